@@ -1,0 +1,298 @@
+"""The `cke` dialect: the model-level ops of a transformer program.
+
+Conventions: activations are `tensor<T x D x f32>` (T token rows, `?` in prefill, where the
+count is a runtime value bounded by the func's `max_tokens`); a matmul weight is
+`tensor<N x K x E>` stored as N rows of K (GGML order), E = f32 or a `!cke.q*` block format;
+`out = x @ w^T`.  The KV caches are `memref<L x C x KVD x f32>` function arguments that
+`cke.attention` writes (rows pos..pos+T-1 of its layer) and reads.
+"""
+
+from __future__ import annotations
+
+from ckeir.ir.core import Operation
+from ckeir.ir.opdef import OpDef, fail, register
+from ckeir.ir.types import (
+    FloatType,
+    IntegerType,
+    MemRefType,
+    ShapedType,
+    TensorType,
+    UnrankedTensorType,
+    element_format,
+    f32,
+    i32,
+)
+
+
+def _ranked(op: Operation, i: int, rank: int | None = None) -> ShapedType | None:
+    """Operand i's type if ranked (None while still unranked); checks the rank."""
+    t = op.operands[i].type
+    if isinstance(t, UnrankedTensorType):
+        return None
+    if not isinstance(t, ShapedType):
+        fail(op, f"operand #{i} must be a tensor, got {t}")
+    if rank is not None and t.rank != rank:
+        fail(op, f"operand #{i} must have rank {rank}, got {t}")
+    return t
+
+
+def _same_as(i: int):
+    def infer(op: Operation):
+        t = op.operands[i].type
+        return [t]
+
+    return infer
+
+
+def _dims_match(op: Operation, what: str, a, b) -> None:
+    if a is not None and b is not None and a != b:
+        fail(op, f"{what}: {a} != {b}")
+
+
+def _results_match_inferred(op: Operation) -> None:
+    d = REG_INFER.get(op.name)
+    if d is None:
+        return
+    for r, t in zip(op.results, d(op), strict=True):
+        if isinstance(t, UnrankedTensorType) or isinstance(r.type, UnrankedTensorType):
+            continue
+        if r.type != t:
+            fail(op, f"result type {r.type} does not match the inferred {t}")
+
+
+# --- checks and inference ------------------------------------------------------------------
+
+
+def _check_func(op: Operation) -> None:
+    if op.attr("phase") not in ("prefill", "decode"):
+        fail(op, f"phase must be 'prefill' or 'decode', got {op.attr('phase')!r}")
+    if not op.regions[0].blocks:
+        fail(op, "has an empty body")
+    term = op.regions[0].entry.terminator
+    if term is None or term.name != "cke.return":
+        fail(op, "body must end with 'cke.return'")
+
+
+def _infer_weight(op: Operation):
+    shape = op.attr("shape")
+    old = op.results[0].type
+    elt = old.element if isinstance(old, (ShapedType, UnrankedTensorType)) else f32
+    return [TensorType(shape, elt)]
+
+
+def _check_weight(op: Operation) -> None:
+    t = op.results[0].type
+    if isinstance(t, ShapedType):
+        if tuple(t.shape) != tuple(op.attr("shape")):
+            fail(op, f"type {t} disagrees with shape {op.attr('shape')}")
+        fmt = element_format(t.element)
+        if fmt.quantized and t.shape[-1] % fmt.block:
+            fail(op, f"rows of {t.shape[-1]} are not whole {fmt.name} blocks of {fmt.block}")
+
+
+def _infer_embed(op: Operation):
+    ids, table = _ranked(op, 0, 1), _ranked(op, 1, 2)
+    if ids is None or table is None:
+        return [UnrankedTensorType(f32)]
+    return [TensorType((ids.shape[0], table.shape[1]), f32)]
+
+
+def _check_embed(op: Operation) -> None:
+    ids = _ranked(op, 0, 1)
+    if ids is not None and ids.element != i32:
+        fail(op, f"ids must be i32, got {ids}")
+    _ranked(op, 1, 2)
+
+
+def _check_rowwise(op: Operation) -> None:
+    """rmsnorm: x [T, D], w [D]."""
+    x, w = _ranked(op, 0, 2), _ranked(op, 1, 1)
+    if x is not None and w is not None:
+        _dims_match(op, "weight length vs row length", w.shape[0], x.shape[1])
+    if op.attr("eps") is not None and op.attr("eps") <= 0:
+        fail(op, "eps must be positive")
+
+
+def _infer_matmul(op: Operation):
+    x, w = _ranked(op, 0, 2), _ranked(op, 1, 2)
+    if x is None or w is None:
+        return [UnrankedTensorType(f32)]
+    return [TensorType((x.shape[0], w.shape[0]), f32)]
+
+
+def _check_matmul(op: Operation) -> None:
+    x, w = _ranked(op, 0, 2), _ranked(op, 1, 2)
+    if x is not None and w is not None:
+        _dims_match(
+            op, "contraction sizes (x columns vs weight row length)", x.shape[1], w.shape[1]
+        )
+    tile = op.attr("tile")
+    if tile is not None and (len(tile) != 2 or min(tile) <= 0):
+        fail(op, f"tile must be two positive sizes, got {tile}")
+
+
+def _check_rope(op: Operation) -> None:
+    x = _ranked(op, 0, 2)
+    hd = op.attr("head_dim")
+    if hd <= 0 or hd % 2:
+        fail(op, f"head_dim must be a positive even number, got {hd}")
+    if x is not None and x.shape[1] % hd:
+        fail(op, f"row length {x.shape[1]} is not a multiple of head_dim {hd}")
+    if op.attr("style") not in ("interleaved", "halves"):
+        fail(op, f"style must be 'interleaved' or 'halves', got {op.attr('style')!r}")
+    if not isinstance(op.operands[1].type, IntegerType):
+        fail(op, "pos must be an integer")
+
+
+def _check_attention(op: Operation) -> None:
+    h, kvh, hd = op.attr("heads"), op.attr("kv_heads"), op.attr("head_dim")
+    if kvh <= 0 or h % kvh:
+        fail(op, f"kv_heads {kvh} must divide heads {h}")
+    q, k, v = (_ranked(op, i, 2) for i in range(3))
+    if q is not None:
+        _dims_match(op, "query row length vs heads*head_dim", q.shape[1], h * hd)
+    for t in (k, v):
+        if t is not None:
+            _dims_match(op, "key/value row length vs kv_heads*head_dim", t.shape[1], kvh * hd)
+    for i in (3, 4):
+        c = op.operands[i].type
+        if not isinstance(c, MemRefType) or c.rank != 3:
+            fail(op, f"operand #{i} must be a rank-3 memref KV cache, got {c}")
+        _dims_match(op, "cache row length", c.shape[2], kvh * hd)
+        if not 0 <= op.attr("layer") < c.shape[0]:
+            fail(op, f"layer {op.attr('layer')} outside the cache's {c.shape[0]} layers")
+
+
+def _check_same_shapes(op: Operation) -> None:
+    ts = [_ranked(op, i) for i in range(len(op.operands))]
+    ts = [t for t in ts if t is not None]
+    for t in ts[1:]:
+        if t != ts[0]:
+            fail(op, f"operands must have the same type, got {ts[0]} and {t}")
+
+
+def _infer_last(op: Operation):
+    x = _ranked(op, 0, 2)
+    return [UnrankedTensorType(f32) if x is None else TensorType((1, x.shape[1]), f32)]
+
+
+def _check_float_rows(op: Operation) -> None:
+    x = _ranked(op, 0, 2)
+    if x is not None and not isinstance(x.element, FloatType):
+        fail(op, f"operand must be a float tensor, got {x}")
+
+
+def _both(*checks):
+    def check(op: Operation) -> None:
+        for c in checks:
+            c(op)
+        _results_match_inferred(op)
+
+    return check
+
+
+DEFS = [
+    OpDef(
+        "cke.func",
+        "A program for one phase (and rank); its entry block arguments are the "
+        "inputs: token ids, position, KV caches.",
+        regions=1,
+        attributes={"sym_name": "str", "phase": "str"},
+        optional={"rank": "int", "max_tokens": "int", "arena_bytes": "int"},
+        check=_check_func,
+    ),
+    OpDef(
+        "cke.return",
+        "Ends a cke.func; its operands are the program's outputs.",
+        operands=("*values",),
+    ),
+    OpDef(
+        "cke.weight",
+        "A named model parameter (GGUF tensor name) of the given shape.",
+        results=("out",),
+        attributes={"name": "str", "shape": "ints"},
+        check=_both(_check_weight),
+        infer=_infer_weight,
+    ),
+    OpDef(
+        "cke.embed",
+        "out[t] = table[ids[t]].",
+        operands=("ids", "table"),
+        results=("out",),
+        check=_both(_check_embed),
+        infer=_infer_embed,
+    ),
+    OpDef(
+        "cke.rmsnorm",
+        "out = x / sqrt(mean(x^2) + eps) * w, row by row.",
+        operands=("x", "w"),
+        results=("out",),
+        attributes={"eps": "float"},
+        check=_both(_check_rowwise),
+        infer=_same_as(0),
+    ),
+    OpDef(
+        "cke.matmul",
+        "out = x @ w^T; w is N rows of K, f32 or block-quantized.",
+        operands=("x", "w"),
+        results=("out",),
+        optional={"tile": "ints"},
+        check=_both(_check_matmul),
+        infer=_infer_matmul,
+    ),
+    OpDef(
+        "cke.rope",
+        "Rotary position embedding of each head_dim-wide head; row t is at "
+        "position pos + t; pairs (2i, 2i+1) ('interleaved') or (i, i+hd/2) ('halves').",
+        operands=("x", "pos"),
+        results=("out",),
+        attributes={"theta": "float", "head_dim": "int", "style": "str"},
+        check=_both(_check_rope),
+        infer=_same_as(0),
+    ),
+    OpDef(
+        "cke.attention",
+        "Stores k, v at rows pos.. of the layer's KV cache, then causal "
+        "grouped-query attention of q over cache rows 0..pos+t.",
+        operands=("q", "k", "v", "kcache", "vcache", "pos"),
+        results=("out",),
+        attributes={"heads": "int", "kv_heads": "int", "head_dim": "int", "layer": "int"},
+        check=_both(_check_attention),
+        infer=_same_as(0),
+    ),
+    OpDef(
+        "cke.silu_mul",
+        "out = silu(gate) * up (SwiGLU).",
+        operands=("gate", "up"),
+        results=("out",),
+        check=_both(_check_same_shapes),
+        infer=_same_as(0),
+    ),
+    OpDef(
+        "cke.add",
+        "out = a + b (residual).",
+        operands=("a", "b"),
+        results=("out",),
+        check=_both(_check_same_shapes),
+        infer=_same_as(0),
+    ),
+    OpDef(
+        "cke.last_token",
+        "The last row of x (the only one the LM head needs).",
+        operands=("x",),
+        results=("out",),
+        check=_both(_check_float_rows),
+        infer=_infer_last,
+    ),
+    OpDef(
+        "cke.argmax",
+        "Index of the largest value of the last row (first on ties).",
+        operands=("x",),
+        results=("out",),
+        check=_both(_check_float_rows),
+        infer=lambda op: [TensorType((1,), i32)],
+    ),
+]
+
+REG_INFER = {d.name: d.infer for d in DEFS if d.infer is not None}
+register(*DEFS)

@@ -1,0 +1,437 @@
+"""Parse MLIR's generic operation syntax back into IR (the inverse of `printer`).
+
+A character-level recursive-descent parser: types and attributes are lexed in context, which
+keeps `tensor<4x576xf32>` and `array<i64: 1, 2>` simple.  Knows nothing of particular ops.
+Errors are `IRParseError`s located at `file:line:col`.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from ckeir.errors import IRParseError, SourceLoc
+from ckeir.ir import attributes as A
+from ckeir.ir import types as T
+from ckeir.ir.core import Block, Operation, Region, Value
+
+_WS = re.compile(r"(\s|//[^\n]*)*")
+_VALUE = re.compile(r"%([A-Za-z0-9_$.\-]+)(?::(\d+))?")
+_USE = re.compile(r"%([A-Za-z0-9_$.\-]+)(?:#(\d+))?")
+_BLOCK = re.compile(r"\^([A-Za-z0-9_$.\-]+)")
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_$.]*")
+_INT = re.compile(r"-?\d+(?![.\deE])")
+_FLOAT = re.compile(r"-?(\d+\.\d*([eE][-+]?\d+)?|\d+[eE][-+]?\d+)")
+_HEX = re.compile(r"0x[0-9A-Fa-f]+")
+_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+_DIM = re.compile(r"(\?|\d+)x")
+
+
+class _Placeholder(Value):
+    __slots__ = ("name", "pos")
+
+    def __init__(self, name: str, pos: int):
+        super().__init__(T.i64)
+        self.name, self.pos = name, pos
+
+
+class Parser:
+    def __init__(self, text: str, filename: str = "<ir>"):
+        self.text, self.file, self.pos = text, filename, 0
+        self.scopes: list[dict[str, Value]] = [{}]
+        self.forward: list[dict[str, _Placeholder]] = [{}]
+
+    # -- low-level scanning -----------------------------------------------------------------
+    def error(self, message: str, pos: int | None = None) -> IRParseError:
+        pos = self.pos if pos is None else pos
+        line = self.text.count("\n", 0, pos) + 1
+        col = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
+        return IRParseError(message, SourceLoc.in_text(self.file, self.text, line, col))
+
+    def ws(self) -> None:
+        self.pos = _WS.match(self.text, self.pos).end()
+
+    def peek(self, s: str) -> bool:
+        self.ws()
+        return self.text.startswith(s, self.pos)
+
+    def accept(self, s: str) -> bool:
+        if self.peek(s):
+            self.pos += len(s)
+            return True
+        return False
+
+    def expect(self, s: str, what: str | None = None) -> None:
+        if not self.accept(s):
+            found = self.text[self.pos : self.pos + 12].split("\n")[0] or "end of input"
+            raise self.error(f"expected {what or repr(s)}, found {found!r}")
+
+    def match(self, rx: re.Pattern) -> re.Match | None:
+        self.ws()
+        m = rx.match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+        return m
+
+    def string(self) -> str:
+        m = self.match(_STRING)
+        if not m:
+            raise self.error("expected a string literal")
+        return _unescape(m.group(1))
+
+    # -- operations -------------------------------------------------------------------------
+    def parse_top(self) -> Operation:
+        ops = []
+        while True:
+            self.ws()
+            if self.pos >= len(self.text):
+                break
+            ops.append(self.operation())
+        self.close_scope()
+        if len(ops) == 1 and ops[0].name == "builtin.module":
+            return ops[0]
+        from ckeir.ir.core import module_op
+
+        return module_op(ops)
+
+    def operation(self) -> Operation:
+        start = self.pos
+        results: list[tuple[str, int, int]] = []
+        if self.peek("%"):
+            while True:
+                at = self.pos
+                m = self.match(_VALUE)
+                if not m:
+                    raise self.error("expected a result name such as %0")
+                results.append((m.group(1), int(m.group(2) or 1), at))
+                if not self.accept(","):
+                    break
+            self.expect("=")
+        self.ws()
+        op_pos = self.pos
+        if not self.peek('"'):
+            raise self.error('expected an operation name in quotes, e.g. "cke.add"')
+        name = self.string()
+        self.expect("(")
+        uses = []
+        if not self.peek(")"):
+            while True:
+                uses.append(self.use())
+                if not self.accept(","):
+                    break
+        self.expect(")")
+        props = {}
+        if self.accept("<{"):
+            props = self.dict_entries("}>")
+        regions = []
+        if self.peek("(") and not self.peek("()"):
+            self.expect("(")
+            while True:
+                regions.append(self.region())
+                if not self.accept(","):
+                    break
+            self.expect(")")
+        attributes = {}
+        if self.accept("{"):
+            attributes = self.dict_entries("}")
+        self.expect(":", "':' and the op's function type")
+        type_pos = self.pos
+        ftype = self.type()
+        if not isinstance(ftype, T.FunctionType):
+            raise self.error("expected a function type `(operands) -> results`", type_pos)
+        if len(ftype.inputs) != len(uses):
+            raise self.error(
+                f"{name}: {len(uses)} operands but the type lists {len(ftype.inputs)}", type_pos
+            )
+        n_results = sum(n for _, n, _ in results)
+        if n_results != len(ftype.results):
+            raise self.error(
+                f"{name}: {n_results} result names but the type lists {len(ftype.results)}",
+                start,
+            )
+        operands = [self.resolve(u, t) for u, t in zip(uses, ftype.inputs, strict=True)]
+        op = Operation(name, operands, ftype.results, attributes, regions, props)
+        op.loc = self.error("", op_pos).loc
+        k = 0
+        for rname, count, at in results:
+            if count == 1:
+                self.define(rname, op.results[k], at)
+            else:
+                for i in range(count):
+                    self.define(f"{rname}#{i}", op.results[k + i], at)
+            k += count
+        return op
+
+    def use(self) -> tuple[str, int]:
+        at = self.pos
+        m = self.match(_USE)
+        if not m:
+            raise self.error("expected an SSA value such as %0 or %arg0")
+        name = m.group(1) + (f"#{m.group(2)}" if m.group(2) is not None else "")
+        return name, at
+
+    def resolve(self, use: tuple[str, int], t: T.Type) -> Value:
+        name, at = use
+        for scope in reversed(self.scopes):
+            if name in scope:
+                v = scope[name]
+                if v.type != t and not isinstance(v, _Placeholder):
+                    raise self.error(f"%{name} has type {v.type} but is used as {t}", at)
+                return v
+        ph = self.forward[-1].get(name)
+        if ph is None:
+            ph = self.forward[-1][name] = _Placeholder(name, at)
+            ph.type = t
+        return ph
+
+    def define(self, name: str, v: Value, at: int) -> None:
+        if name in self.scopes[-1]:
+            raise self.error(f"%{name} is defined twice", at)
+        self.scopes[-1][name] = v
+        ph = self.forward[-1].pop(name, None)
+        if ph is not None:
+            if ph.type != v.type:
+                raise self.error(f"%{name} has type {v.type} but is used as {ph.type}", ph.pos)
+            ph.replace_all_uses_with(v)
+
+    def close_scope(self) -> None:
+        self.scopes.pop()
+        pending = self.forward.pop()
+        if pending:
+            ph = min(pending.values(), key=lambda p: p.pos)
+            if self.forward:  # may be defined later in the enclosing region
+                for n, p in pending.items():
+                    outer = self.forward[-1].get(n)
+                    if outer is None:
+                        self.forward[-1][n] = p
+                    else:
+                        p.replace_all_uses_with(outer)
+                return
+            raise self.error(f"use of undefined value %{ph.name}", ph.pos)
+
+    def region(self) -> Region:
+        self.expect("{")
+        self.scopes.append({})
+        self.forward.append({})
+        region = Region()
+        block = None
+        while not self.peek("}"):
+            if self.peek("^"):
+                block = region.add_block(self.block_header())
+            elif block is None:
+                block = region.add_block(Block())
+            if self.peek("}") or self.peek("^"):
+                continue
+            block.append(self.operation())
+        self.expect("}")
+        self.close_scope()
+        return region
+
+    def block_header(self) -> Block:
+        if not self.match(_BLOCK):
+            raise self.error("expected a block label such as ^bb0")
+        block = Block()
+        if self.accept("("):
+            while True:
+                at = self.pos
+                m = self.match(_VALUE)
+                if not m:
+                    raise self.error("expected a block argument such as %arg0")
+                self.expect(":")
+                self.define(m.group(1), block.add_arg(self.type()), at)
+                if not self.accept(","):
+                    break
+            self.expect(")")
+        self.expect(":")
+        return block
+
+    # -- attributes -------------------------------------------------------------------------
+    def dict_entries(self, close: str) -> dict[str, A.Attribute]:
+        entries: dict[str, A.Attribute] = {}
+        if self.accept(close):
+            return entries
+        while True:
+            at = self.pos
+            if self.peek('"'):
+                key = self.string()
+            else:
+                m = self.match(_BARE)
+                if not m:
+                    raise self.error("expected an attribute name")
+                key = m.group(0)
+            if key in entries:
+                raise self.error(f"attribute {key!r} appears twice", at)
+            entries[key] = self.attribute() if self.accept("=") else A.UnitAttr()
+            if not self.accept(","):
+                break
+        self.expect(close)
+        return entries
+
+    def attribute(self) -> A.Attribute:
+        self.ws()
+        at = self.pos
+        if self.accept("true"):
+            return A.BoolAttr(True)
+        if self.accept("false"):
+            return A.BoolAttr(False)
+        if self.accept("unit"):
+            return A.UnitAttr()
+        if self.peek('"'):
+            return A.StringAttr(self.string())
+        if self.peek("@"):
+            return self.symbol_ref()
+        if self.accept("array<"):
+            elt = self.type()
+            vals = []
+            if self.accept(":"):
+                while True:
+                    m = self.match(_INT)
+                    if not m:
+                        raise self.error("expected an integer")
+                    vals.append(int(m.group(0)))
+                    if not self.accept(","):
+                        break
+            self.expect(">")
+            if not isinstance(elt, T.IntegerType):
+                raise self.error("only integer dense arrays are supported", at)
+            return A.DenseArrayAttr(tuple(vals), elt)
+        if self.accept("["):
+            items = []
+            if not self.accept("]"):
+                while True:
+                    items.append(self.attribute())
+                    if not self.accept(","):
+                        break
+                self.expect("]")
+            return A.ArrayAttr(tuple(items))
+        if self.accept("{"):
+            return A.DictAttr(self.dict_entries("}"))
+        if m := self.match(_HEX):
+            t = self.number_type(T.f64)
+            bits = bytes.fromhex(m.group(0)[2:].rjust(16 if t == T.f64 else 8, "0"))
+            if isinstance(t, T.FloatType):
+                v = struct.unpack(">d" if t == T.f64 else ">f", bits)[0]
+                return A.FloatAttr(v, t)
+            return A.IntegerAttr(int(m.group(0), 16), t)
+        if m := self.match(_FLOAT):
+            return _float_attr(float(m.group(0)), self.number_type(T.f64))
+        if m := self.match(_INT):
+            t = self.number_type(T.i64)
+            if isinstance(t, T.FloatType):
+                return _float_attr(float(m.group(0)), t)
+            return A.IntegerAttr(int(m.group(0)), t)
+        try:
+            return A.TypeAttr(self.type())
+        except IRParseError:
+            raise self.error("expected an attribute value", at) from None
+
+    def number_type(self, default: T.Type) -> T.Type:
+        return self.type() if self.accept(":") else default
+
+    def symbol_ref(self) -> A.SymbolRefAttr:
+        names = []
+        while True:
+            self.expect("@")
+            if self.peek('"'):
+                names.append(self.string())
+            else:
+                m = self.match(_BARE)
+                if not m:
+                    raise self.error("expected a symbol name")
+                names.append(m.group(0))
+            if not self.accept("::"):
+                break
+        return A.SymbolRefAttr(names[0], tuple(names[1:]))
+
+    # -- types ------------------------------------------------------------------------------
+    def type(self) -> T.Type:
+        self.ws()
+        at = self.pos
+        if self.accept("("):
+            ins = self.type_list(")")
+            self.expect("->")
+            if self.accept("("):
+                outs = self.type_list(")")
+            else:
+                outs = [self.type()]
+            return T.FunctionType(ins, outs)
+        if self.accept("tensor<*x"):
+            elt = self.type()
+            self.expect(">")
+            return T.UnrankedTensorType(elt)
+        for kw, cls in (("tensor<", T.TensorType), ("memref<", T.MemRefType)):
+            if self.accept(kw):
+                dims = []
+                while m := _DIM.match(self.text, self.pos):
+                    dims.append(None if m.group(1) == "?" else int(m.group(1)))
+                    self.pos = m.end()
+                elt = self.type()
+                self.expect(">")
+                return cls(tuple(dims), elt)
+        if self.accept("!"):
+            m = self.match(re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z0-9_.$]+)"))
+            if not m:
+                raise self.error("expected a dialect type such as !cke.q8_0")
+            return T.DialectType(m.group(1), m.group(2))
+        m = self.match(re.compile(r"(i\d+|index|bf16|f16|f32|f64)(?![A-Za-z0-9_])"))
+        if m:
+            word = m.group(1)
+            if word == "index":
+                return T.index
+            if word.startswith("i"):
+                return T.IntegerType(int(word[1:]))
+            return T.FloatType(word)
+        raise self.error("expected a type", at)
+
+    def type_list(self, close: str) -> list[T.Type]:
+        out = []
+        if self.accept(close):
+            return out
+        while True:
+            out.append(self.type())
+            if not self.accept(","):
+                break
+        self.expect(close)
+        return out
+
+
+def _float_attr(v: float, t: T.Type) -> A.FloatAttr:
+    if t == T.f32:  # keep the value the type can hold
+        v = struct.unpack("<f", struct.pack("<f", v))[0]
+    return A.FloatAttr(v, t)
+
+
+def _unescape(s: str) -> str:
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            nxt = s[i + 1]
+            if nxt in '\\"':
+                out += nxt.encode()
+                i += 2
+                continue
+            if nxt == "n":
+                out += b"\n"
+                i += 2
+                continue
+            if nxt == "t":
+                out += b"\t"
+                i += 2
+                continue
+            out.append(int(s[i + 1 : i + 3], 16))
+            i += 3
+            continue
+        out += c.encode("utf-8")
+        i += 1
+    return out.decode("utf-8", errors="surrogateescape")
+
+
+def parse_ir(text: str, filename: str = "<ir>") -> Operation:
+    """Parse IR text; returns the `builtin.module` (wrapping top-level ops if there is none)."""
+    p = Parser(text, filename)
+    try:
+        return p.parse_top()
+    except (ValueError, IndexError) as e:
+        raise p.error(f"malformed IR: {e}") from None

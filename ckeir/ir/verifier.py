@@ -1,0 +1,50 @@
+"""Verify IR: structure (SSA dominance inside a block, region nesting), then each op against its
+declaration in the registry.  Unregistered ops are errors unless `allow_unregistered`."""
+
+from __future__ import annotations
+
+from ckeir.errors import VerifyError
+from ckeir.ir.core import BlockArgument, Operation, OpResult
+from ckeir.ir.opdef import lookup
+
+
+def verify(root: Operation, allow_unregistered: bool = False) -> None:
+    """Raise `VerifyError` (located at the op when it came from text) on the first problem."""
+    _verify_op(root, allow_unregistered, set())
+
+
+def _verify_op(op: Operation, allow_unregistered: bool, visible: set) -> None:
+    d = lookup(op.name)
+    if d is None:
+        if op.name != "builtin.module" and not allow_unregistered:
+            raise VerifyError(f"unknown operation '{op.name}'", loc=op.loc)
+    else:
+        d.verify(op)
+    for region in op.regions:
+        scope = set(visible)
+        for block in region.blocks:
+            scope.update(block.args)
+        for block in region.blocks:
+            defined = set(scope)
+            for inner in block.ops:
+                for i, v in enumerate(inner.operands):
+                    if v not in defined and not _defined_in_other_block(v, block):
+                        raise VerifyError(
+                            f"'{inner.name}' op operand #{i} is used before it is defined "
+                            "(or defined in a region that does not enclose it)",
+                            loc=inner.loc,
+                        )
+                _verify_op(inner, allow_unregistered, defined)
+                defined.update(inner.results)
+
+
+def _defined_in_other_block(v, block) -> bool:
+    # Values from other blocks of the same region are allowed (no CFG dominance analysis yet).
+    owner = (
+        v.block
+        if isinstance(v, BlockArgument)
+        else v.op.parent
+        if isinstance(v, OpResult)
+        else None
+    )
+    return owner is not None and owner is not block and owner.parent is block.parent
