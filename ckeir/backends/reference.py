@@ -104,3 +104,38 @@ def run_func(func: Operation, weights: dict[str, np.ndarray], args: list) -> lis
         attrs = {k: v.value for k, v in op.attributes.items()}
         env[op.results[0]] = fn([env[v] for v in op.operands], attrs, env)
     raise BackendError(f"func {func.attr('sym_name')} has no cke.return")
+
+
+class ReferenceEngine:
+    """Engine (see `ckeir.runtime.generate`) interpreting the IR with numpy."""
+
+    def __init__(self, module: Operation, weights: dict[str, np.ndarray], cache_shape):
+        self.funcs = {
+            f.attr("sym_name"): f for f in module.regions[0].entry.ops if f.name == "cke.func"
+        }
+        self.weights = weights
+        self.kcache = np.zeros(cache_shape, dtype=np.float32)
+        self.vcache = np.zeros(cache_shape, dtype=np.float32)
+        self.context = cache_shape[1]
+        self.max_prefill = self.funcs["prefill"].attr("max_tokens", self.context)
+
+    def _run(self, name, ids, pos):
+        token, logits = run_func(
+            self.funcs[name],
+            self.weights,
+            [np.asarray(ids, np.int32), pos, self.kcache, self.vcache],
+        )
+        return int(token[0]), logits
+
+    def prefill(self, ids, pos):
+        return self._run("prefill", ids, pos)
+
+    def decode(self, token, pos):
+        return self._run("decode", [token], pos)
+
+    def reset(self) -> None:
+        self.kcache.fill(0)
+        self.vcache.fill(0)
+
+    def close(self) -> None:
+        pass

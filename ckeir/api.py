@@ -1,0 +1,148 @@
+"""The Python front door: `ckeir.compile(spec)` → `Program`; `Program.generate(ids, n)`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ckeir import driver
+from ckeir.backends.llvm.host import detect_host
+from ckeir.backends.llvm.jit import compile_ir
+from ckeir.backends.llvm.lower import lower_module
+from ckeir.backends.reference import ReferenceEngine
+from ckeir.errors import CkeError
+from ckeir.ir.printer import print_ir
+from ckeir.passes.manager import write_atomic
+from ckeir.runtime.generate import GenerationStats, generate_stream
+from ckeir.runtime.weights import random_weights
+
+
+def load_weights(job: driver.Job) -> dict[str, np.ndarray]:
+    w = job.model.weights
+    if w.kind == "random":
+        return random_weights(job.config, w.seed)
+    raise CkeError(
+        f"model {job.model.name}: weights from {w.kind} files are not supported yet", loc=w.loc
+    )
+
+
+class Program:
+    """A compiled spec: the IR after the passes, the native code, and a ready engine."""
+
+    def __init__(
+        self,
+        spec_path,
+        *,
+        backend: str = "llvm",
+        threads: int | None = None,
+        isa: str | None = None,
+        pipeline: str | None = None,
+        verify_each: bool = True,
+        print_after_all: bool = False,
+        print_after=(),
+        dump_dir=None,
+        schedule: str | None = None,
+        printer=print,
+    ):
+        self.timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self.job = driver.resolve(spec_path, schedule)
+        self.config = self.job.config
+        self.module = driver.build_ir(self.job)
+        self.timings["frontend"] = time.perf_counter() - t0
+        self.dump_dir = Path(dump_dir) if dump_dir else None
+        self.module, self.pass_manager, self.ctx = driver.run_passes(
+            self.module,
+            self.job,
+            pipeline,
+            verify_each=verify_each,
+            print_after_all=print_after_all,
+            print_after=frozenset(print_after),
+            dump_dir=self.dump_dir,
+            printer=printer,
+        )
+        self.timings["passes"] = sum(t.seconds for t in self.pass_manager.timings)
+        self.backend = backend
+        self.threads = threads or self.job.target.cores or os.cpu_count() or 1
+        self.host = detect_host(isa)
+        self._weights = None
+        self._engine = None
+        self.lowered = self.compiled = None
+        if backend == "llvm":
+            t0 = time.perf_counter()
+            self.lowered = lower_module(self.module, self.host)
+            self.timings["lower-llvm"] = time.perf_counter() - t0
+            self.compiled = compile_ir(self.lowered.text, self.host)
+            for k, v in self.compiled.timings.items():
+                self.timings[f"llvm-{k}"] = v
+            if self.dump_dir is not None:
+                n = len(self.pass_manager.timings) + 1
+                write_atomic(self.dump_dir / f"{n:02d}-lower-llvm.ll", self.lowered.text)
+                write_atomic(self.dump_dir / f"{n + 1:02d}-codegen.s", self.compiled.asm())
+        elif backend != "reference":
+            raise CkeError(f"unknown backend '{backend}' (choose llvm or reference)")
+
+    # -- products ----------------------------------------------------------------------------
+    def mlir(self) -> str:
+        return print_ir(self.module)
+
+    def llvm_ir(self) -> str:
+        return self.lowered.text
+
+    def asm(self) -> str:
+        return self.compiled.asm()
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        if self._weights is None:
+            t0 = time.perf_counter()
+            self._weights = load_weights(self.job)
+            self.timings["weights"] = time.perf_counter() - t0
+        return self._weights
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            c = self.config
+            cache = (c.layers, c.context, c.kv_dim)
+            if self.backend == "llvm":
+                from ckeir.backends.llvm.engine import NativeEngine
+
+                self._engine = NativeEngine(
+                    self.lowered, self.compiled, self.weights, cache, self.threads
+                )
+            else:
+                self._engine = ReferenceEngine(self.module, self.weights, cache)
+        return self._engine
+
+    # -- running -----------------------------------------------------------------------------
+    def stream(
+        self, ids, max_new_tokens: int = 16, stats: GenerationStats | None = None, on_logits=None
+    ):
+        """Yield greedy token ids as they are generated."""
+        return generate_stream(
+            self.engine, ids, max_new_tokens, self.config.vocab, stats, on_logits
+        )
+
+    def generate(self, ids, max_new_tokens: int = 16) -> list[int]:
+        """Greedy continuation of `ids` (a list of token ids): the new token ids."""
+        return list(self.stream(ids, max_new_tokens))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def compile(spec_path, **options) -> Program:  # noqa: A001
+    """Compile a `.cke` spec (see `Program` for options: backend, threads, isa, pipeline...)."""
+    return Program(spec_path, **options)

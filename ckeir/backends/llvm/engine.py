@@ -1,0 +1,103 @@
+"""Run lowered programs: buffers (arena, KV cache, inputs), the ctx slots, the thread pool.
+
+One `NativeEngine` serves a model's prefill and decode programs; they share the KV cache.
+Python only writes the inputs, starts the pool once per program call, and reads the outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ckeir.backends.llvm.jit import CompiledModule
+from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
+from ckeir.backends.llvm.pool import ThreadPool
+from ckeir.errors import BackendError
+
+
+def aligned_zeros(nbytes: int, align: int = 64) -> np.ndarray:
+    """A zeroed uint8 buffer whose data starts on an `align`-byte boundary."""
+    raw = np.zeros(nbytes + align, dtype=np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start : start + nbytes]
+
+
+class _Program:
+    def __init__(
+        self,
+        abi: ProgramABI,
+        address: int,
+        weights: dict[str, np.ndarray],
+        kcache: np.ndarray,
+        vcache: np.ndarray,
+    ):
+        self.abi, self.address = abi, address
+        self.arena = aligned_zeros(max(abi.arena_bytes, 64))
+        self.barrier = aligned_zeros(64)
+        self.ids = np.zeros(max(abi.max_tokens, 1), dtype=np.int32)
+        self.ctx = np.zeros(len(abi.slots), dtype=np.uint64)
+        fixed = {
+            "arena": self.arena,
+            "barrier": self.barrier,
+            "ids": self.ids,
+            "kcache": kcache,
+            "vcache": vcache,
+        }
+        for name, buf in fixed.items():
+            self.ctx[abi.slot(name)] = buf.ctypes.data
+        self._keep = []
+        for name in abi.weights:
+            w = weights.get(name)
+            if w is None:
+                raise BackendError(f"weight '{name}' is missing")
+            w = np.ascontiguousarray(w)
+            self._keep.append(w)
+            self.ctx[abi.slot(f"weight:{name}")] = w.ctypes.data
+
+    def output(self, i: int, dtype) -> np.ndarray:
+        off, size = self.abi.outputs[i]
+        return self.arena[off : off + size].view(dtype).copy()
+
+
+class NativeEngine:
+    """Engine (see `ckeir.runtime.generate`) over the native prefill and decode programs."""
+
+    def __init__(
+        self,
+        lowered: LoweredModule,
+        compiled: CompiledModule,
+        weights: dict[str, np.ndarray],
+        cache_shape: tuple[int, int, int],
+        threads: int,
+    ):
+        self.compiled = compiled  # keeps the machine code alive
+        self.kcache = np.zeros(cache_shape, dtype=np.float32)
+        self.vcache = np.zeros(cache_shape, dtype=np.float32)
+        self.context = cache_shape[1]
+        self.pool = ThreadPool(threads)
+        self.programs = {
+            name: _Program(abi, compiled.address(abi.symbol), weights, self.kcache, self.vcache)
+            for name, abi in lowered.programs.items()
+        }
+        self.max_prefill = self.programs["prefill"].abi.max_tokens
+
+    def _run(self, name: str, ids: np.ndarray, pos: int):
+        p = self.programs[name]
+        n = len(ids)
+        p.ids[:n] = ids
+        p.ctx[p.abi.slot("n")] = n
+        p.ctx[p.abi.slot("pos")] = pos
+        self.pool.run(p.address, p.ctx.ctypes.data)
+        return int(p.output(0, np.int32)[0]), p.output(1, np.float32)
+
+    def prefill(self, ids: np.ndarray, pos: int):
+        return self._run("prefill", ids, pos)
+
+    def decode(self, token: int, pos: int):
+        return self._run("decode", np.array([token], dtype=np.int32), pos)
+
+    def reset(self) -> None:
+        self.kcache.fill(0)
+        self.vcache.fill(0)
+
+    def close(self) -> None:
+        self.pool.close()

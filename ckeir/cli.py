@@ -1,0 +1,214 @@
+"""`ckec` — the command-line front door.
+
+    ckec SPEC [--emit=mlir|llvm|asm] [--pass-pipeline=P] [--print-ir-after-all] ...
+    ckec run SPEC --ids 1,2,3 [-n N] [--threads T] [--backend llvm|reference]
+    ckec opt FILE.mlir --pass-pipeline=P      (IR in, IR out: for pass tests)
+
+Errors are printed as `file:line:col: error: ...` with the line and a caret, never as a
+Python traceback (set CKEIR_DEBUG=1 to see one), and the exit code is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from ckeir.errors import CkeError
+
+SUBCOMMANDS = ("run", "opt")
+
+
+def _compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the .cke spec file")
+    p.add_argument("--schedule", help="which schedule of the spec (default: the first)")
+    p.add_argument("--pass-pipeline", help="comma-separated passes (default: the standard one)")
+    p.add_argument(
+        "--no-verify-each", action="store_true", help="do not run the verifier after every pass"
+    )
+    p.add_argument("--print-ir-after-all", action="store_true")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    p.add_argument("--dump-dir", help="write one numbered file per pass (.mlir, then .ll, .s)")
+    p.add_argument("--timing", action="store_true", help="report time per pass and per stage")
+    p.add_argument(
+        "--isa",
+        choices=["generic", "avx2", "avx512"],
+        help="narrow the host's vector ISA (default: everything the CPU has)",
+    )
+    p.add_argument("--threads", type=int, help="threads per rank (default: the node's cores)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckec", description="Compile a .cke spec to native code.")
+    _compile_args(p)
+    p.add_argument("--emit", choices=["mlir", "llvm", "asm"], default="mlir")
+    p.add_argument("--phase", choices=["prefill", "decode"], help="print only this program")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    return p
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckec run", description="Generate greedily from a spec.")
+    _compile_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ids", help="prompt token ids, comma-separated")
+    src.add_argument("--prompt", help="prompt text (needs a tokenizer in the model file)")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=16)
+    p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
+    return p
+
+
+def _opt_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckec opt", description="Run passes over an IR file.")
+    p.add_argument("input", help="IR in MLIR generic syntax ('-' for stdin)")
+    p.add_argument("--pass-pipeline", required=True)
+    p.add_argument("--no-verify-each", action="store_true")
+    p.add_argument("--cores", type=int, default=1, help="target cores (tile pass)")
+    p.add_argument("--l2", default="1MiB", help="target L2 per core (tile pass)")
+    p.add_argument("--l3", default="32MiB", help="target L3 (tile pass)")
+    p.add_argument("--weight-format", help="quantize pass: keep f32 q8_0 q4_0 q4_1")
+    p.add_argument("--weight-except", action="append", default=[], help="quantize pass: skip")
+    p.add_argument(
+        "--emit",
+        choices=["mlir", "llvm"],
+        default="mlir",
+        help="llvm: print the module lower-llvm produced (it must run last)",
+    )
+    return p
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        from ckeir.passes.manager import write_atomic
+
+        write_atomic(Path(output), text)
+    else:
+        sys.stdout.write(text)
+
+
+def _program(args, **extra):
+    from ckeir.api import Program
+
+    return Program(
+        args.spec,
+        pipeline=args.pass_pipeline,
+        verify_each=not args.no_verify_each,
+        print_after_all=args.print_ir_after_all,
+        print_after=args.print_ir_after,
+        dump_dir=args.dump_dir,
+        schedule=args.schedule,
+        isa=args.isa,
+        threads=args.threads,
+        printer=lambda s: print(s, file=sys.stderr),
+        **extra,
+    )
+
+
+def _timing(prog) -> None:
+    print(prog.pass_manager.timing_report(), file=sys.stderr)
+    for k, v in prog.timings.items():
+        print(f"  {v:.4f}  {k}", file=sys.stderr)
+
+
+def cmd_compile(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    backend = "reference" if args.emit == "mlir" else "llvm"
+    prog = _program(args, backend=backend)
+    if args.emit == "mlir":
+        text = prog.mlir()
+        if args.phase:
+            from ckeir.ir.core import module_op
+            from ckeir.ir.printer import print_ir
+            from ckeir.passes.manager import funcs
+
+            keep = [f for f in funcs(prog.module) if f.attr("phase") == args.phase]
+            for f in keep:
+                f.parent.ops.remove(f)
+                f.parent = None
+            text = print_ir(module_op(keep))
+    elif args.emit == "llvm":
+        text = prog.llvm_ir()
+    else:
+        text = prog.asm()
+    _write(text, args.output)
+    if args.timing:
+        _timing(prog)
+    return 0
+
+
+def cmd_run(argv: list[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    if args.prompt is not None:
+        raise CkeError(
+            "--prompt needs a tokenizer from a model file; this model has none (use --ids)"
+        )
+    try:
+        ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise CkeError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    with _program(args, backend=args.backend) as prog:
+        out = []
+        for tok in prog.stream(ids, args.max_new_tokens):
+            out.append(tok)
+        print(",".join(map(str, out)))
+        if args.timing:
+            _timing(prog)
+    return 0
+
+
+def cmd_opt(argv: list[str]) -> int:
+    args = _opt_parser().parse_args(argv)
+    import ckeir  # noqa: F401  (registers dialects)
+    from ckeir.ir import parse_ir, print_ir
+    from ckeir.passes import PassContext, PassManager, Target, parse_pipeline
+    from ckeir.units import parse_quantity
+
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    module = parse_ir(text, args.input)
+    target = Target(
+        cores=args.cores, l2=parse_quantity(args.l2, "size"), l3=parse_quantity(args.l3, "size")
+    )
+    if "lower-llvm" in args.pass_pipeline:
+        from ckeir.backends.llvm import lower  # noqa: F401  (registers lower-llvm)
+    pm = PassManager(parse_pipeline(args.pass_pipeline), verify_each=not args.no_verify_each)
+    options = {"weight_format": args.weight_format, "weight_except": args.weight_except}
+    ctx = PassContext(target=target, options=options)
+    pm.run(module, ctx)
+    if args.emit == "llvm":
+        if "llvm" not in ctx.artifacts:
+            raise CkeError("--emit=llvm needs lower-llvm at the end of the pipeline")
+        sys.stdout.write(ctx.artifacts["llvm"].text)
+    else:
+        sys.stdout.write(print_ir(module))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return {"run": cmd_run, "opt": cmd_opt}[argv[0]](argv[1:])
+        return cmd_compile(argv)
+    except CkeError as e:
+        print(e.format(), file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug in ckeir: say so plainly
+        if os.environ.get("CKEIR_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"internal error: {type(e).__name__}: {e}\n"
+            "note: this is a bug in ckeir; rerun with CKEIR_DEBUG=1 for a traceback",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""quantize: rewrite weight types to the schedule's format.
+
+Requires: shape-infer.  Options (from the schedule, or `ctx.options`): `weight_format` in
+`keep f32 q8_0 q4_0 q4_1` and `weight_except` (names, with or without the `.weight` suffix).
+Matrices whose rows are whole 32-element blocks take the format; 1-D weights (norm gains) stay
+f32, as GGML keeps them; `keep` leaves every weight in the format it was loaded in.  Only the IR
+types change here: the runtime packs the numbers to match (bit-exact with `gguf.quants`).
+Records `ctx.stats["quantize"]` = {weight name: format}.
+"""
+
+from __future__ import annotations
+
+from ckeir.errors import PassError
+from ckeir.formats import FORMATS
+from ckeir.ir.core import Operation, Rewriter
+from ckeir.ir.types import ShapedType, TensorType, element_format, quant_type
+from ckeir.passes.manager import Pass, PassContext, register_pass
+
+CHOICES = ("keep", "f32", "q8_0", "q4_0", "q4_1")
+
+
+def weight_plan(ctx: PassContext) -> tuple[str, frozenset[str]]:
+    sched = ctx.options.get("schedule")
+    fmt = ctx.options.get("weight_format") or getattr(sched, "weight_format", None) or "keep"
+    excepted = ctx.options.get("weight_except") or getattr(sched, "weight_except", ()) or ()
+    if fmt not in CHOICES:
+        raise PassError(f"quantize: unknown weight format '{fmt}' (choose {', '.join(CHOICES)})")
+    names = set()
+    for n in excepted:
+        names |= {n, n.removesuffix(".weight"), n + ".weight"}
+    return fmt, frozenset(names)
+
+
+def target_format(name: str, t: ShapedType, fmt: str, excepted: frozenset[str]) -> str:
+    if fmt == "keep" or t.rank != 2 or name in excepted:
+        return element_format(t.element).name
+    if t.shape[-1] % FORMATS[fmt].block:
+        return element_format(t.element).name
+    return fmt
+
+
+@register_pass
+class Quantize(Pass):
+    name = "quantize"
+    summary = "rewrite weight element types to the scheduled GGML block format"
+
+    def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
+        fmt, excepted = weight_plan(ctx)
+        chosen = ctx.stats.setdefault("quantize", {})
+        for op in module.walk():
+            if op.name != "cke.weight":
+                continue
+            t = op.results[0].type
+            if not isinstance(t, ShapedType):
+                raise PassError("quantize: run shape-infer first (a weight is unranked)")
+            name = op.attr("name")
+            new = target_format(name, t, fmt, excepted)
+            chosen[name] = new
+            # Users' result types do not depend on the weight's element type.
+            rewriter.set_result_type(op, 0, TensorType(t.shape, quant_type(new)))

@@ -1,0 +1,51 @@
+"""Model weights: where the numbers come from (random, GGUF, safetensors) and how they are
+stored (f32 arrays, or GGML blocks as raw bytes)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ckeir.models.llama import LlamaConfig
+
+
+def random_weights(cfg: LlamaConfig, seed: int) -> dict[str, np.ndarray]:
+    """Deterministic f32 weights for a synthetic model: matrices ~ N(0, 1/K) (so activations
+    keep their scale through each projection), norm gains near 1, embeddings ~ N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in cfg.weight_shapes().items():
+        if len(shape) == 1:
+            w = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name == "token_embd.weight":
+            w = rng.standard_normal(shape)
+        else:
+            w = rng.standard_normal(shape) / np.sqrt(shape[1])
+        out[name] = np.ascontiguousarray(w, dtype=np.float32)
+    return out
+
+
+def pack(weights: dict[str, np.ndarray], formats: dict[str, str]) -> dict[str, np.ndarray]:
+    """Weights in the formats the quantize pass chose: f32 arrays stay, quantized ones become
+    uint8 arrays of GGML blocks (rows x row bytes), packed by `gguf.quants` (bit-exact)."""
+    out = {}
+    for name, w in weights.items():
+        fmt = formats.get(name, "f32")
+        out[name] = w if fmt == "f32" else quantize_rows(w, fmt)
+    return out
+
+
+def quantize_rows(w: np.ndarray, fmt: str) -> np.ndarray:
+    from gguf import GGMLQuantizationType, quants
+
+    return np.ascontiguousarray(
+        quants.quantize(w.astype(np.float32), GGMLQuantizationType[fmt.upper()])
+    )
+
+
+def dequantize_rows(q: np.ndarray, fmt: str) -> np.ndarray:
+    """f32 values of packed GGML rows (for the reference backend)."""
+    if fmt == "f32":
+        return q
+    from gguf import GGMLQuantizationType, quants
+
+    return quants.dequantize(q, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
