@@ -1,0 +1,268 @@
+"""Row- and element-wise kernels: embed, rmsnorm, rope, kv_store, silu_mul, add, argmax.
+
+Each splits its work across threads by `FunctionWriter.share` (chunks aligned to the vector
+width so threads write disjoint cache lines) and handles the ragged end with masked
+loads/stores, so any size works on any ISA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ckeir.backends.llvm.host import HostCPU
+from ckeir.backends.llvm.kernels.common import (
+    NEG_INF,
+    FunctionWriter,
+    Kernel,
+    Vec,
+    f32,
+    f64,
+    finish_kernel,
+    kernel_writer,
+)
+
+Body = Callable[[str, "str | int | None"], None]
+
+
+def for_vectors(f: FunctionWriter, v: Vec, lo: str | int, hi: str | int, body: Body) -> None:
+    """body(i, lanes) over [lo, hi) in steps of W: full vectors (lanes None), then one masked
+    tail whose lane count is an i64 value (or an int when lo and hi are ints)."""
+    if isinstance(lo, int) and isinstance(hi, int):
+        full = lo + (hi - lo) // v.w * v.w
+        if full > lo:
+            with f.loop(lo, full, v.w, "k") as i:
+                body(i, None)
+        if full < hi:
+            body(str(full), hi - full)
+        return
+    full = f.round_down(lo, hi, v.w)
+    with f.loop(lo, full, v.w, "k") as i:
+        body(i, None)
+    with f.if_(f(f"icmp slt i64 {full}, {hi}", "tail")):
+        body(full, f.sub(hi, full))
+
+
+def embed(vocab: int, dim: int, host: HostCPU) -> Kernel:
+    """out[t] = table[ids[t]]; threads split the columns."""
+    f = kernel_writer(f"embed_f32_v{vocab}_d{dim}", 3)
+    lo, hi = f.share(dim, host.vector_width)
+    nbytes = f.mul(f.sub(hi, lo), 4)
+    with f.loop(0, "%n", 1, "t") as t:
+        row = f(f"sext i32 {f.load('i32', f.gep('%a0', t, 'i32'))} to i64", "id")
+        src = f.gep("%a1", f.add(f.mul(row, dim), lo))
+        dst = f.gep("%a2", f.add(f.mul(t, dim), lo))
+        f.memcpy(dst, src, nbytes)
+    return finish_kernel(f, ("ids", "table", "out"))
+
+
+def rmsnorm(dim: int, eps: float, host: HostCPU) -> Kernel:
+    """out = x / sqrt(mean(x**2) + eps) * w per row; threads split the rows."""
+    f = kernel_writer(
+        f"rmsnorm_f32_d{dim}_e{eps:g}_v{host.vector_width}".replace("-", "m").replace(".", "p"), 3
+    )
+    v = Vec(f, host.vector_width)
+    lo, hi = f.share("%n", 1)
+    with f.loop(lo, hi, 1, "t") as t:
+        x = f.gep("%a0", f.mul(t, dim))
+        out = f.gep("%a2", f.mul(t, dim))
+        acc = f.var(v.t, v.zero, "acc")
+
+        def square(i: str, lanes: str | int | None) -> None:
+            xv = v.load(x, i, lanes)
+            f.set(acc, v.fma(xv, xv, f.get(acc)))
+
+        for_vectors(f, v, 0, dim, square)
+        mean = f(f"fmul float {v.hsum(f.get(acc))}, {f32(1.0 / dim)}", "mean")
+        rms = f.intrinsic(
+            "float", "llvm.sqrt.f32", [("float", f(f"fadd float {mean}, {f32(eps)}"))]
+        )
+        scale = v.splat(f(f"fdiv float 1.0, {rms}", "inv"))
+
+        def normalize(i: str, lanes: str | int | None) -> None:
+            y = v.mul(v.mul(v.load(x, i, lanes), scale), v.load("%a1", i, lanes))
+            v.store(y, out, i, lanes)
+
+        for_vectors(f, v, 0, dim, normalize)
+    return finish_kernel(f, ("x", "w", "out"))
+
+
+def _flat_map(
+    name: str, nin: int, dim: int, host: HostCPU, fn: Callable[[Vec, list[str]], str]
+) -> Kernel:
+    """out[i] = fn(in0[i], in1[i], ...) over the n*dim elements; threads split the range."""
+    f = kernel_writer(name, nin + 1)
+    v = Vec(f, host.vector_width)
+    lo, hi = f.share(f.mul("%n", dim), host.vector_width)
+
+    def body(i: str, lanes: str | int | None) -> None:
+        ins = [v.load(f"%a{j}", i, lanes) for j in range(nin)]
+        v.store(fn(v, ins), f"%a{nin}", i, lanes)
+
+    for_vectors(f, v, lo, hi, body)
+    return f
+
+
+def silu_mul(dim: int, host: HostCPU) -> Kernel:
+    """out = g * sigmoid(g) * u."""
+
+    def fn(v: Vec, ins: list[str]) -> str:
+        g, u = ins
+        sig = v.div(v.const(1.0), v.add(v.const(1.0), v.exp(v.sub(v.zero, g))))
+        return v.mul(v.mul(g, sig), u)
+
+    f = _flat_map(f"silu_mul_f32_d{dim}_v{host.vector_width}", 2, dim, host, fn)
+    return finish_kernel(f, ("g", "u", "out"))
+
+
+def add(dim: int, host: HostCPU) -> Kernel:
+    """out = a + b elementwise over n*dim."""
+    f = _flat_map(f"add_f32_d{dim}_v{host.vector_width}", 2, dim, host, lambda v, ins: v.add(*ins))
+    return finish_kernel(f, ("a", "b", "out"))
+
+
+def kv_store(kv_dim: int, context: int, host: HostCPU) -> Kernel:
+    """kcache[pos+t] = k[t], vcache[pos+t] = v[t]; threads split the n*kv_dim floats."""
+    f = kernel_writer(f"kv_store_f32_d{kv_dim}_c{context}", 4)
+    lo, hi = f.share(f.mul("%n", kv_dim), 16)
+    nbytes = f.mul(f.sub(hi, lo), 4)
+    at = f.add(f.mul("%pos", kv_dim), lo)
+    with f.if_(f(f"icmp sgt i64 {nbytes}, 0")):
+        f.memcpy(f.gep("%a2", at), f.gep("%a0", lo), nbytes)
+        f.memcpy(f.gep("%a3", at), f.gep("%a1", lo), nbytes)
+    return finish_kernel(f, ("k", "v", "kcache", "vcache"))
+
+
+def argmax(vocab: int, host: HostCPU) -> Kernel:
+    """out[0] = first index of the max of the last row; thread 0 alone."""
+    w = host.vector_width
+    f = kernel_writer(f"argmax_f32_v{vocab}_w{w}", 2)
+    v = Vec(f, w)
+    it = v.it
+    with f.if_(f("icmp eq i32 %tid, 0")):
+        row = f.gep("%a0", f.mul(f.sub("%n", 1), vocab))
+        best = f.var(v.t, f"splat (float {NEG_INF})", "best")
+        where = f.var(it, v.iota(), "where")
+
+        def step(i: str, lanes: str | int | None) -> None:
+            x = v.load(row, i, lanes, fill=f"splat (float {NEG_INF})")
+            idx = f(f"trunc i64 {i} to i32")
+            one = f(f"insertelement <1 x i32> poison, i32 {idx}, i64 0")
+            base = f(
+                f"shufflevector <1 x i32> {one}, <1 x i32> poison, <{w} x i32> zeroinitializer"
+            )
+            b = f.get(best)
+            gt = f(f"fcmp ogt {v.t} {x}, {b}", "gt")
+            f.set(best, f(f"select <{w} x i1> {gt}, {v.t} {x}, {v.t} {b}"))
+            here = f(f"add {it} {base}, {v.iota()}")
+            f.set(where, f(f"select <{w} x i1> {gt}, {it} {here}, {it} {f.get(where)}"))
+
+        for_vectors(f, v, 0, vocab, step)
+        b = f.get(best)
+        top = v.splat(v.hmax(b))
+        hit = f(f"fcmp oeq {v.t} {b}, {top}", "hit")
+        cand = f(f"select <{w} x i1> {hit}, {it} {f.get(where)}, {it} splat (i32 2147483647)")
+        first = f.intrinsic("i32", f"llvm.vector.reduce.smin.v{w}i32", [(it, cand)])
+        f.store("i32", first, "%a1")
+    return finish_kernel(f, ("x", "out"))
+
+
+def rope(heads: int, head_dim: int, theta: float, style: str, host: HostCPU) -> Kernel:
+    """Rotary embedding of row t at position pos+t; threads split the (row, head) pairs.
+
+    Frequencies theta**(-2i/hd) are computed here in float64 and baked as a constant table;
+    cos/sin of (pos+t)*freq are computed at run time in f64 by `llvm.cos/sin.f64` (libm,
+    resolved from the process), once per row per thread, into a stack table of hd floats
+    laid out so that a head rotates with two vector FMAs (see `_rotate_*`)."""
+    if style not in ("interleaved", "halves"):
+        raise ValueError(f"rope style {style!r}: expected 'interleaved' or 'halves'")
+    if head_dim % 2:
+        raise ValueError(f"rope needs an even head_dim, got {head_dim}")
+    w = host.vector_width
+    half = head_dim // 2
+    name = f"rope_f32_h{heads}_d{head_dim}_{style}_t{theta:g}_v{w}".replace(".", "p").replace(
+        "+", ""
+    )
+    f = kernel_writer(name, 2)
+    v = Vec(f, w)
+    freqs = theta ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
+    f.globals.append(
+        f"@{name}.freq = internal unnamed_addr constant [{half} x double] ["
+        + ", ".join(f"double {f64(x)}" for x in freqs)
+        + "]"
+    )
+    cos_t = f.var(f"[{head_dim} x float]", None, "cos", align=64)
+    sin_t = f.var(f"[{head_dim} x float]", None, "sin", align=64)
+    cur = f.var("i64", "-1", "row")
+    lo, hi = f.share(f.mul("%n", heads), 1)
+    with f.loop(lo, hi, 1, "p") as p:
+        t = f(f"sdiv i64 {p}, {heads}", "t")
+        with f.if_(f(f"icmp ne i64 {t}, {f.get(cur)}")):
+            f.set(cur, t)
+            _angle_table(
+                f, name, half, style, f(f"sitofp i64 {f.add('%pos', t)} to double"), cos_t, sin_t
+            )
+        off = f.mul(p, head_dim)
+        x, out = f.gep("%a0", off), f.gep("%a1", off)
+        if style == "interleaved":
+            _rotate_interleaved(f, v, x, out, head_dim, cos_t.ptr, sin_t.ptr)
+        else:
+            _rotate_halves(f, v, x, out, half, cos_t.ptr, sin_t.ptr)
+    return finish_kernel(f, ("x", "out"))
+
+
+def _angle_table(
+    f: FunctionWriter, name: str, half: int, style: str, position: str, cos_t, sin_t
+) -> None:
+    """interleaved: cos = [c0 c0 c1 c1 ..], sin = [-s0 s0 -s1 s1 ..]; halves: [c0 c1 ..], [s0 s1 ..]."""
+    with f.loop(0, half, 1, "f") as i:
+        freq = f.load("double", f.gep(f"@{name}.freq", i, "double"), 8)
+        angle = f(f"fmul double {position}, {freq}", "angle")
+        c = f(
+            f"fptrunc double {f.intrinsic('double', 'llvm.cos.f64', [('double', angle)])} to float",
+            "cos",
+        )
+        s = f(
+            f"fptrunc double {f.intrinsic('double', 'llvm.sin.f64', [('double', angle)])} to float",
+            "sin",
+        )
+        if style == "interleaved":
+            j = f(f"mul i64 {i}, 2")
+            j1 = f(f"add i64 {j}, 1")
+            f.store("float", c, f.gep(cos_t.ptr, j))
+            f.store("float", c, f.gep(cos_t.ptr, j1))
+            f.store("float", f(f"fneg float {s}"), f.gep(sin_t.ptr, j))
+            f.store("float", s, f.gep(sin_t.ptr, j1))
+        else:
+            f.store("float", c, f.gep(cos_t.ptr, i))
+            f.store("float", s, f.gep(sin_t.ptr, i))
+
+
+def _rotate_interleaved(
+    f: FunctionWriter, v: Vec, x: str, out: str, hd: int, cos: str, sin: str
+) -> None:
+    # out = x * cos + swap_pairs(x) * sin  (pairs never straddle a vector: W and offsets even)
+    swap = "<" + ", ".join(f"i32 {i ^ 1}" for i in range(v.w)) + ">"
+
+    def body(i: str, lanes: str | int | None) -> None:
+        xv = v.load(x, i, lanes)
+        sw = f(f"shufflevector {v.t} {xv}, {v.t} poison, <{v.w} x i32> {swap}", "sw")
+        v.store(v.fma(sw, v.load(sin, i, lanes), v.mul(xv, v.load(cos, i, lanes))), out, i, lanes)
+
+    for_vectors(f, v, 0, hd, body)
+
+
+def _rotate_halves(
+    f: FunctionWriter, v: Vec, x: str, out: str, half: int, cos: str, sin: str
+) -> None:
+    # (a, b) = (x[i], x[i+hd/2]): out_a = a*c - b*s, out_b = a*s + b*c
+    xb, ob = f.gep(x, half), f.gep(out, half)
+
+    def body(i: str, lanes: str | int | None) -> None:
+        a, b = v.load(x, i, lanes), v.load(xb, i, lanes)
+        c, s = v.load(cos, i, lanes), v.load(sin, i, lanes)
+        v.store(v.sub(v.mul(a, c), v.mul(b, s)), out, i, lanes)
+        v.store(v.fma(a, s, v.mul(b, c)), ob, i, lanes)
+
+    for_vectors(f, v, 0, half, body)
