@@ -1,0 +1,222 @@
+"""Properties of the frontend, checked on generated input.
+
+* A randomly generated valid spec, written with random layout (`;` or newlines, comments,
+  blank lines, spacing, optional brackets), parses to exactly the AST it was generated from.
+* Any text obtained by mutating a valid spec either parses or raises a located CkeError:
+  never a Lark exception, never a Python error.
+"""
+
+from fractions import Fraction
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ckeir import units
+from ckeir.errors import CkeError
+from ckeir.frontend import (
+    ClusterDecl,
+    LinkDecl,
+    ModelDecl,
+    NodeDecl,
+    PhaseDecl,
+    ScheduleDecl,
+    Spec,
+    StageDecl,
+    WeightsDecl,
+    parse_spec,
+)
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+# Names, including words that are keywords elsewhere: a keyword is only one where it can stand.
+NAMES = st.one_of(
+    st.from_regex(r"[a-z_][a-z0-9_]{0,6}", fullmatch=True),
+    st.sampled_from(["layers", "node", "link", "on", "stage", "model", "auto", "like", "q8_0"]),
+)
+
+
+class Layout:
+    """Draws the incidental parts of the text: separators, spaces, comments."""
+
+    def __init__(self, draw):
+        self.draw = draw
+
+    def sep(self) -> str:
+        return self.draw(st.sampled_from([";", "\n", " ;\n", "\n\n  ", "  # note\n", ";# x;y\n\t"]))
+
+    def sp(self) -> str:
+        return self.draw(st.sampled_from([" ", "  ", "\t", " \t "]))
+
+    def block(self, head: str, statements: list[str]) -> str:
+        body = "".join(self.sep() + s for s in statements)
+        return f"{head}{self.sp()}{{{body}{self.draw(st.sampled_from(['', self.sep()]))}}}"
+
+
+def quantity(draw, table: dict) -> tuple[str, Fraction]:
+    n = draw(st.integers(1, 64))
+    unit = draw(st.sampled_from(sorted(table)))
+    return f"{n}{draw(st.sampled_from(['', ' ']))}{unit}", n * Fraction(table[unit])
+
+
+@st.composite
+def models(draw, lay: Layout):
+    name = draw(NAMES)
+    heads = draw(st.integers(1, 6))
+    kv_heads = draw(st.sampled_from([k for k in range(1, heads + 1) if heads % k == 0]))
+    head_dim = 2 * draw(st.integers(1, 8))
+    sizes = dict(
+        vocab=draw(st.integers(1, 999)), hidden=heads * head_dim, layers=draw(st.integers(1, 6)),
+        heads=heads, ffn=draw(st.integers(1, 300)), context=draw(st.integers(1, 300)),
+    )  # fmt: skip
+    written = [f"family{lay.sp()}llama"] + [f"{k}{lay.sp()}{v}" for k, v in sizes.items()]
+    values = dict(sizes, kv_heads=kv_heads, norm_eps=1e-5, rope_theta=10000.0)
+    values |= dict(tie_embeddings=False, rope_style="halves")
+    if draw(st.booleans()) or kv_heads != heads:
+        written.append(f"kv_heads {kv_heads}")
+    for key, choices in [
+        ("norm_eps", ["1e-5", "1e-6", "0.5", "3.25e-4", "2E-7"]),
+        ("rope_theta", ["10000", "500000", "1e4", "1.5e6"]),
+        ("tie_embeddings", ["true", "false"]),
+        ("rope_style", ["interleaved", "halves"]),
+    ]:
+        if draw(st.booleans()):
+            word = draw(st.sampled_from(choices))
+            written.append(f"{key} {word}")
+            values[key] = {"true": True, "false": False}.get(word, word)
+            if key in ("norm_eps", "rope_theta"):
+                values[key] = float(word)
+    seed = draw(st.integers(0, 2**31))
+    written.append(f"weights{lay.sp()}random(seed{lay.sp()}={lay.sp()}{seed})")
+    written = draw(st.permutations(written))
+    decl = ModelDecl(name, weights=WeightsDecl("random", seed=seed), **values, family="llama")
+    return lay.block(f"model {name}", written), decl
+
+
+@st.composite
+def clusters(draw, lay: Layout):
+    name = draw(NAMES)
+    node_names = draw(st.lists(NAMES, min_size=1, max_size=4, unique=True))
+    texts, nodes = [], []
+    for node in node_names:
+        like = draw(st.sampled_from(nodes)) if nodes and draw(st.booleans()) else None
+        stated = {k: draw(st.booleans()) or like is None for k in NodeDecl.RESOURCES}
+        written, values = [f"like {like.name}"] if like else [], {}
+        for key in NodeDecl.RESOURCES:
+            if not stated[key]:
+                values[key] = getattr(like, key)
+            elif key == "cores":
+                values[key] = draw(st.integers(1, 64))
+                written.append(f"cores {values[key]}")
+            else:
+                text, amount = quantity(draw, units.RATES if key == "dram_bw" else units.SIZES)
+                written.append(f"{key} {text}")
+                values[key] = float(amount) if key == "dram_bw" else int(amount)
+        written = draw(st.permutations(written))
+        texts.append(lay.block(f"node {node}", written))
+        nodes.append(NodeDecl(node, like=like and like.name, **values))
+    pairs = [(a, b) for i, a in enumerate(node_names) for b in node_names[i + 1 :]]
+    links = []
+    for a, b in draw(st.lists(st.sampled_from(pairs), unique=True)) if pairs else []:
+        bw, bw_value = quantity(draw, units.RATES)
+        latency, seconds = quantity(draw, units.TIMES)
+        texts.append(lay.block(f"link {a} <-> {b}", [f"bw {bw}", f"latency {latency}"]))
+        links.append(LinkDecl(a, b, float(bw_value), float(seconds)))
+    return lay.block(f"cluster {name}", texts), ClusterDecl(name, tuple(nodes), tuple(links))
+
+
+@st.composite
+def phases(draw, lay: Layout, name: str, n_layers: int, node_names: tuple):
+    kind = draw(st.sampled_from(["omitted", "auto", "stages"]))
+    if kind == "omitted":
+        return None, PhaseDecl(
+            name, (StageDecl((node_names[0],), 0, n_layers - 1),), defaulted=True
+        )
+    if kind == "auto":
+        return lay.block(f"phase {name}", ["auto"]), PhaseDecl(name, auto=True)
+    n_stages = draw(st.integers(1, min(n_layers, len(node_names))))
+    cuts = sorted(draw(st.sets(st.integers(1, max(n_layers - 1, 1)), min_size=n_stages - 1, max_size=n_stages - 1)))  # fmt: skip
+    bounds = list(zip([0, *cuts], [*cuts, n_layers], strict=True))
+    order = draw(st.permutations(node_names))
+    groups = [order[i::n_stages] for i in range(n_stages)]  # disjoint, non-empty
+    texts, stages = [], []
+    for (first, end), group in zip(bounds, groups, strict=True):
+        group = tuple(group[: draw(st.integers(1, len(group)))])
+        nodes = group[0] if len(group) == 1 and draw(st.booleans()) else f"[{', '.join(group)}]"
+        layers = str(first) if first == end - 1 and draw(st.booleans()) else f"{first}..{end - 1}"
+        texts.append(f"stage {nodes} layers {layers}")
+        stages.append(StageDecl(group, first, end - 1))
+    return lay.block(f"phase {name}", texts), PhaseDecl(name, tuple(stages))
+
+
+@st.composite
+def specs(draw):
+    lay = Layout(draw)
+    model_text, model = draw(models(lay))
+    cluster_text, cluster = draw(clusters(lay))
+    name = draw(NAMES)
+    written = [f"run {model.name} on {cluster.name}"]
+    values: dict = dict(weight_format="keep", weight_except=(), transfer_format="f32", batch=1)
+    if draw(st.booleans()):
+        values["weight_format"] = draw(st.sampled_from(["keep", "f32", "q8_0", "q4_0", "q4_1"]))
+        values["weight_except"] = tuple(draw(st.lists(NAMES, max_size=3)))
+        names = values["weight_except"]
+        excepted = f" except [{', '.join(names)}]" if names else ""
+        written.append(f"quantize weights {values['weight_format']}{excepted}")
+    if draw(st.booleans()):
+        values["transfer_format"] = draw(st.sampled_from(["f32", "q8_0"]))
+        written.append(f"quantize transfers {values['transfer_format']}")
+    if draw(st.booleans()):
+        values["batch"] = draw(st.integers(1, 16))
+        written.append(f"batch {values['batch']}")
+    phase_decls = {}
+    for phase in ScheduleDecl.PHASES:
+        text, decl = draw(phases(lay, phase, model.layers, cluster.node_names))
+        written += [text] if text else []
+        phase_decls[phase] = decl
+    written = draw(st.permutations(written))
+    schedule = ScheduleDecl(name, model.name, cluster.name, phases=phase_decls, **values)
+    decls = draw(
+        st.permutations([model_text, cluster_text, lay.block(f"schedule {name}", written)])
+    )
+    text = draw(st.sampled_from(["", "# spec\n", "\n;\n"])) + lay.sep().join(decls) + lay.sep()
+    expected = Spec("gen.cke", {model.name: model}, {cluster.name: cluster}, {name: schedule})
+    return text, expected
+
+
+@settings(max_examples=120, deadline=None)
+@given(specs())
+def test_generated_specs_parse_to_the_ast_they_were_generated_from(case):
+    text, expected = case
+    assert parse_spec(text, "gen.cke") == expected
+
+
+VALID = [(SPECS / f).read_text() for f in ("tiny.cke", "odd.cke", "hybrid.cke", "mha.cke")]
+JUNK = 'abxyz0129.;:{}[]()<->"#=,/_ \t\n\r\\é\x00'
+
+
+@st.composite
+def mutants(draw):
+    chars = list(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["delete", "insert", "replace"]))
+        at = draw(st.integers(0, len(chars) - 1))
+        if op == "delete":
+            del chars[at]
+        elif op == "insert":
+            chars.insert(at, draw(st.sampled_from(JUNK)))
+        else:
+            chars[at] = draw(st.sampled_from(JUNK))
+    return "".join(chars)
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutants())
+def test_mutated_specs_parse_or_fail_with_a_located_error(text):
+    try:
+        parse_spec(text, "mut.cke")
+    except CkeError as err:
+        assert err.loc is not None, err.message
+        assert err.loc.file == "mut.cke" and err.loc.line >= 1 and err.loc.col >= 1
+        assert err.loc.source_line is not None
+        assert err.format().startswith(f"mut.cke:{err.loc.line}:{err.loc.col}: error: ")
