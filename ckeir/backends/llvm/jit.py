@@ -117,7 +117,7 @@ class CompiledModule:
         except RuntimeError as e:
             raise BackendError(f"LLVM code generation failed: {_first_lines(str(e))}") from e
         t3 = time.perf_counter()
-        self._optimized: llvm.ModuleRef | None = None if self.cache_hit else mod
+        self._optimized: llvm.ModuleRef | None = None
         self.timings.update(parse=t1 - t0, opt=t2 - t1, codegen=t3 - t2, total=t3 - t0)
 
     def address(self, name: str) -> int:
@@ -127,7 +127,8 @@ class CompiledModule:
         return addr
 
     def _optimized_module(self) -> llvm.ModuleRef:
-        # On a cache hit the optimized module was never built: build a copy on demand.
+        # The engine owns the module it compiled (and on a cache hit it was never optimized):
+        # build a separate optimized copy on demand, for --emit=llvm/asm.
         if self._optimized is None:
             mod = _parse(self.text)
             _optimize(mod, self._tm, self.opt)
