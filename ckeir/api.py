@@ -17,13 +17,14 @@ from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
 from ckeir.passes.manager import write_atomic
 from ckeir.runtime.generate import GenerationStats, generate_stream
-from ckeir.runtime.weights import random_weights
+from ckeir.runtime.weights import dequantize_rows, pack, random_weights
 
 
-def load_weights(job: driver.Job) -> dict[str, np.ndarray]:
+def load_weights(job: driver.Job, formats: dict[str, str]) -> dict[str, np.ndarray]:
+    """The model's weights in the formats the quantize pass chose (GGML blocks as uint8)."""
     w = job.model.weights
     if w.kind == "random":
-        return random_weights(job.config, w.seed)
+        return pack(random_weights(job.config, w.seed), formats)
     raise CkeError(
         f"model {job.model.name}: weights from {w.kind} files are not supported yet", loc=w.loc
     )
@@ -99,9 +100,14 @@ class Program:
     def weights(self) -> dict[str, np.ndarray]:
         if self._weights is None:
             t0 = time.perf_counter()
-            self._weights = load_weights(self.job)
+            self._weights = load_weights(self.job, self.weight_formats)
             self.timings["weights"] = time.perf_counter() - t0
         return self._weights
+
+    @property
+    def weight_formats(self) -> dict[str, str]:
+        """Weight name -> storage format, as the quantize pass chose (f32 without it)."""
+        return dict(self.ctx.stats.get("quantize", {}))
 
     @property
     def engine(self):
@@ -112,10 +118,12 @@ class Program:
                 from ckeir.backends.llvm.engine import NativeEngine
 
                 self._engine = NativeEngine(
-                    self.lowered, self.compiled, self.weights, cache, self.threads
+                    self.lowered, self.compiled, self.weights, cache, self.threads, self.host
                 )
             else:
-                self._engine = ReferenceEngine(self.module, self.weights, cache)
+                fmts = self.weight_formats
+                plain = {k: dequantize_rows(v, fmts.get(k, "f32")) for k, v in self.weights.items()}
+                self._engine = ReferenceEngine(self.module, plain, cache)
         return self._engine
 
     # -- running -----------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ckeir.backends.llvm.jit import CompiledModule
+from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES
 from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
-from ckeir.backends.llvm.pool import ThreadPool
+from ckeir.backends.llvm.pool import Pool
 from ckeir.errors import BackendError
 
 
@@ -32,7 +33,7 @@ class _Program:
     ):
         self.abi, self.address = abi, address
         self.arena = aligned_zeros(max(abi.arena_bytes, 64))
-        self.barrier = aligned_zeros(64)
+        self.barrier = aligned_zeros(BARRIER_STATE_BYTES)
         self.ids = np.zeros(max(abi.max_tokens, 1), dtype=np.int32)
         self.ctx = np.zeros(len(abi.slots), dtype=np.uint64)
         fixed = {
@@ -68,12 +69,13 @@ class NativeEngine:
         weights: dict[str, np.ndarray],
         cache_shape: tuple[int, int, int],
         threads: int,
+        host=None,
     ):
         self.compiled = compiled  # keeps the machine code alive
         self.kcache = np.zeros(cache_shape, dtype=np.float32)
         self.vcache = np.zeros(cache_shape, dtype=np.float32)
         self.context = cache_shape[1]
-        self.pool = ThreadPool(threads)
+        self.pool = Pool(threads, host)
         self.programs = {
             name: _Program(abi, compiled.address(abi.symbol), weights, self.kcache, self.vcache)
             for name, abi in lowered.programs.items()

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import attrs
 
+from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import HostCPU
-from ckeir.backends.llvm.kernels import attention as attn_k
-from ckeir.backends.llvm.kernels import elementwise as ew
-from ckeir.backends.llvm.kernels import matmul as mm_k
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
-from ckeir.backends.llvm.kernels.sync import barrier as barrier_kernel
 from ckeir.errors import BackendError
 from ckeir.ir.core import Operation, OpResult
-from ckeir.ir.types import ShapedType, nbytes
+from ckeir.ir.types import ShapedType, element_format, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 
 FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache")
@@ -119,7 +116,7 @@ class _Lowering:
         self.f.call("void", kernel.name, args)
 
     def sync(self) -> None:
-        k = barrier_kernel()
+        k = K.barrier()
         self.kernels.setdefault(k.name, k)
         self.f.call("void", k.name, [("ptr", self.barrier), ("i32", "%nth")])
 
@@ -141,25 +138,27 @@ def _dims(v) -> tuple[int, ...]:
 
 def _lower_embed(low: _Lowering, op: Operation) -> None:
     v, d = _dims(op.operands[1])
-    low.call(ew.embed(v, d, low.host), _io(low, op), low.rows(op.operands[0]))
+    low.call(K.embed(v, d, low.host), _io(low, op), low.rows(op.operands[0]))
 
 
 def _lower_rmsnorm(low: _Lowering, op: Operation) -> None:
     d = _dims(op.operands[1])[0]
-    low.call(ew.rmsnorm(d, op.attr("eps"), low.host), _io(low, op), low.rows(op.operands[0]))
+    low.call(K.rmsnorm(d, op.attr("eps"), low.host), _io(low, op), low.rows(op.operands[0]))
 
 
 def _lower_matmul(low: _Lowering, op: Operation) -> None:
     n, k = _dims(op.operands[1])
-    tn, tk = op.attr("tile") or (16, k)
-    kern = mm_k.matmul(n, k, tn, tk, low.host, op.operands[1].type.element)
-    low.call(kern, _io(low, op), low.rows(op.operands[0]))
+    tile = tuple(op.attr("tile") or (16, k))
+    elt = op.operands[1].type.element
+    if element_format(elt).name != "f32":
+        raise BackendError(f"lower-llvm: no native matmul for {elt} weights yet", loc=op.loc)
+    low.call(K.matmul(n, k, tile, low.host), _io(low, op), low.rows(op.operands[0]))
 
 
 def _lower_rope(low: _Lowering, op: Operation) -> None:
     width = _dims(op.operands[0])[1]
     hd = op.attr("head_dim")
-    kern = ew.rope(width // hd, hd, op.attr("theta"), op.attr("style"), low.host)
+    kern = K.rope(width // hd, hd, op.attr("theta"), op.attr("style"), low.host)
     io = [low.value_ptr(op.operands[0]), low.value_ptr(op.results[0])]
     low.call(kern, io, low.rows(op.operands[0]))
 
@@ -169,9 +168,9 @@ def _lower_attention(low: _Lowering, op: Operation) -> None:
     kc, vc = low.cache_layer(kc, op, 3), low.cache_layer(vc, op, 4)
     context, kvd = _dims(op.operands[3])[1:]
     rows = low.rows(op.operands[0])
-    low.call(ew.kv_store(kvd, context, low.host), [k, v, kc, vc], rows)
+    low.call(K.kv_store(kvd, context, low.host), [k, v, kc, vc], rows)
     low.sync()
-    kern = attn_k.attention(
+    kern = K.attention(
         op.attr("heads"), op.attr("kv_heads"), op.attr("head_dim"), context, low.host
     )
     low.call(kern, [q, kc, vc, low.value_ptr(op.results[0])], rows)
@@ -196,7 +195,7 @@ def _lower_last_token(low: _Lowering, op: Operation) -> None:
 
 def _lower_argmax(low: _Lowering, op: Operation) -> None:
     v = _dims(op.operands[0])[1]
-    low.call(ew.argmax(v, low.host), _io(low, op), low.rows(op.operands[0]))
+    low.call(K.argmax(v, low.host), _io(low, op), low.rows(op.operands[0]))
 
 
 LOWER = {
@@ -205,8 +204,8 @@ LOWER = {
     "cke.matmul": _lower_matmul,
     "cke.rope": _lower_rope,
     "cke.attention": _lower_attention,
-    "cke.silu_mul": _lower_elementwise(ew.silu_mul),
-    "cke.add": _lower_elementwise(ew.add),
+    "cke.silu_mul": _lower_elementwise(K.silu_mul),
+    "cke.add": _lower_elementwise(K.add),
     "cke.last_token": _lower_last_token,
     "cke.argmax": _lower_argmax,
 }
