@@ -356,6 +356,34 @@ class Vec:
     def min(self, a: str, b: str) -> str:
         return self.f.intrinsic(self.t, f"llvm.minnum.v{self.w}f32", [(self.t, a), (self.t, b)])
 
+    def hsum_each(self, vs: list[str]) -> str:
+        """The vector whose lane j is the horizontal sum of vs[j], for W vectors: a
+        transpose-and-add tree (W-1 steps of two shuffles and an add) instead of W
+        separate reductions.  Each step merges two vectors of G groups of L lanes into one
+        of 2G groups of L/2 lanes (each group's low half plus its high half)."""
+        assert len(vs) == self.w, "hsum_each takes exactly W vectors"
+        lanes = self.w
+        while len(vs) > 1:
+            groups, half = self.w // lanes, lanes // 2
+            lo = [
+                g * lanes + i if g < groups else self.w + (g - groups) * lanes + i
+                for g in range(2 * groups)
+                for i in range(half)
+            ]
+            mask_lo = "<" + ", ".join(f"i32 {m}" for m in lo) + ">"
+            mask_hi = "<" + ", ".join(f"i32 {m + half}" for m in lo) + ">"
+            merged = []
+            for a, b in zip(vs[0::2], vs[1::2], strict=True):
+                x = self.f(
+                    f"shufflevector {self.t} {a}, {self.t} {b}, <{self.w} x i32> {mask_lo}", "lo"
+                )
+                y = self.f(
+                    f"shufflevector {self.t} {a}, {self.t} {b}, <{self.w} x i32> {mask_hi}", "hi"
+                )
+                merged.append(self.add(x, y))
+            vs, lanes = merged, half
+        return vs[0]
+
     def hsum(self, v: str) -> str:
         return self.f.intrinsic(
             "float",
@@ -365,7 +393,15 @@ class Vec:
         )
 
     def hmax(self, v: str) -> str:
-        return self.f.intrinsic("float", f"llvm.vector.reduce.fmax.v{self.w}f32", [(self.t, v)])
+        """The largest lane (lanes are never NaN here: no NaN bookkeeping)."""
+        return self.f.intrinsic(
+            "float", f"llvm.vector.reduce.fmax.v{self.w}f32", [(self.t, v)], flags="nnan"
+        )
+
+    def broadcast_lane(self, v: str, i: int) -> str:
+        """Every lane = lane i of v (one permute, no trip through a scalar register)."""
+        mask = "<" + ", ".join(f"i32 {i}" for _ in range(self.w)) + ">"
+        return self.f(f"shufflevector {self.t} {v}, {self.t} poison, <{self.w} x i32> {mask}", "bc")
 
     def lane(self, v: str, i: int | str) -> str:
         return self.f(f"extractelement {self.t} {v}, i64 {i}", "e")
