@@ -15,9 +15,10 @@ is caught in its thread and re-raised by `run` as a `BackendError`; a worker thr
 dies sets a `failed` word that the caller's wait checks (it sleeps with a 10 ms timeout),
 and `run` raises.
 
-Per-call overhead of an empty native fn, measured with `measure_overhead` (Zen 4, 2 cores,
-Python 3.11): ≈ 0.6 µs with 1 thread, ≈ 1.3 µs with 2 threads while the worker spins
-(back-to-back calls); ≈ 25-60 µs when the worker had gone to sleep (futex wake-up).
+Per-call overhead of an empty native fn (`measure_overhead`; Zen 4 VM, 2 cores, Python
+3.11): ≈ 0.5-0.65 µs with 1 thread and ≈ 0.65 µs with 2 while the worker spins (calls less
+than ~0.5 ms apart); 30-100 µs when the worker had gone to sleep (futex wake-up); tens of
+µs or more whenever another process holds the worker's core (it waits for a time slice).
 """
 
 from __future__ import annotations
@@ -271,7 +272,10 @@ def _shutdown(shared: _Shared, threads: list[threading.Thread]) -> None:
 
 
 class Pool:
-    """`nth` threads (the caller + nth-1 persistent workers) running native entries."""
+    """`nth` threads (the caller + nth-1 persistent workers) running native entries.
+
+    One `run` at a time: the pool is driven by a single Python thread (the one whose calls
+    become tid 0)."""
 
     def __init__(self, nth: int, host: HostCPU | None = None):
         if nth < 1:

@@ -32,9 +32,9 @@ class Kernel:
     declares: frozenset[str] = frozenset()  # `declare ...` lines, deduplicated by module_ir
 
     @property
-    def signature(self) -> str:
-        ptrs = ", ".join("ptr" for _ in self.args)
-        return f"void @{self.name}({ptrs}, i64, i64, i32, i32)"
+    def text(self) -> str:
+        """The kernel alone as a complete module body (declarations + definitions)."""
+        return "\n".join([*sorted(self.declares), self.ir])
 
 
 # ---- constants ---------------------------------------------------------------------------
