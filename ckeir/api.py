@@ -17,7 +17,7 @@ from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
 from ckeir.passes.manager import write_atomic
 from ckeir.runtime.generate import GenerationStats, generate_stream
-from ckeir.runtime.weights import dequantize_rows, pack, random_weights
+from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
 
 def load_weights(job: driver.Job, formats: dict[str, str]) -> dict[str, np.ndarray]:
@@ -25,9 +25,7 @@ def load_weights(job: driver.Job, formats: dict[str, str]) -> dict[str, np.ndarr
     w = job.model.weights
     if w.kind == "random":
         return pack(random_weights(job.config, w.seed), formats)
-    raise CkeError(
-        f"model {job.model.name}: weights from {w.kind} files are not supported yet", loc=w.loc
-    )
+    return file_weights(job.config, job.model_file, formats)
 
 
 class Program:

@@ -11,8 +11,11 @@ from pathlib import Path
 import attrs
 
 from ckeir.errors import CkeError
-from ckeir.frontend import load_spec
+from ckeir.formats import FORMATS
+from ckeir.frontend import load_spec, with_model_params
 from ckeir.ir.core import Operation
+from ckeir.ir.types import quant_type
+from ckeir.models.files import ModelFile, open_model_file
 from ckeir.models.llama import LlamaConfig, build_module
 from ckeir.passes import PASSES, PassContext, PassManager, Target, parse_pipeline
 from ckeir.passes.manager import DEFAULT_PIPELINE
@@ -31,6 +34,13 @@ class Job:
     cluster: object
     config: LlamaConfig
     target: Target
+    model_file: ModelFile | None = None  # None for random weights
+
+    def stored_formats(self) -> dict[str, str]:
+        """Weight name -> the format it is stored in (f32 for random weights)."""
+        if self.model_file is None:
+            return {}
+        return {n: t.format for n, t in self.model_file.tensors.items()}
 
 
 def default_pipeline() -> str:
@@ -77,14 +87,25 @@ def resolve(spec_path, schedule: str | None = None) -> Job:
     path = Path(spec_path)
     spec = load_spec(path)
     sched = spec.schedule(schedule)
-    model, cluster = spec.model_of(sched), spec.cluster_of(sched)
+    model = spec.model_of(sched)
+    model_file = None
+    if not model.weights.is_random:
+        file_path = model.weights.resolve_path()
+        model_file = open_model_file(model.weights.kind, file_path)
+        if model.weights.kind == "gguf":
+            spec = with_model_params(spec, model.name, model_file.params(), str(file_path))
+            sched = spec.schedules[sched.name]
+            model = spec.model_of(sched)
+    cluster = spec.cluster_of(sched)
     config = config_from_decl(model)
-    first_node = cluster.nodes[0]
-    return Job(path, spec, sched, model, cluster, config, target_of(first_node))
+    return Job(path, spec, sched, model, cluster, config, target_of(cluster.nodes[0]), model_file)
 
 
 def build_ir(job: Job, phases=("prefill", "decode")) -> Operation:
-    return build_module(job.config, phases, max_tokens=min(PREFILL_CHUNK, job.config.context))
+    types = {n: quant_type(f) for n, f in job.stored_formats().items() if f in FORMATS}
+    return build_module(
+        job.config, phases, max_tokens=min(PREFILL_CHUNK, job.config.context), weight_types=types
+    )
 
 
 def run_passes(module: Operation, job: Job, pipeline: str | None = None, **pm_options):

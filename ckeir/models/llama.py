@@ -62,8 +62,11 @@ class LlamaConfig:
         return MemRefType((self.layers, self.context, self.kv_dim), f32)
 
 
-def build_program(cfg: LlamaConfig, phase: str, max_tokens: int | None = None) -> Operation:
-    """One `cke.func` for `phase` ('prefill': up to max_tokens rows, 'decode': one row)."""
+def build_program(
+    cfg: LlamaConfig, phase: str, max_tokens: int | None = None, weight_types=None
+) -> Operation:
+    """One `cke.func` for `phase` ('prefill': up to max_tokens rows, 'decode': one row).
+    `weight_types` gives the element type a weight is stored in (default f32)."""
     rows = DYN if phase == "prefill" else 1
     block = Block([TensorType((rows,), i32), i64, cfg.cache_type(), cfg.cache_type()])
     ids, pos, kcache, vcache = block.args
@@ -74,7 +77,10 @@ def build_program(cfg: LlamaConfig, phase: str, max_tokens: int | None = None) -
 
     def w(name: str):
         if name not in weights:
-            weights[name] = b.value("cke.weight", [], u, name=name, shape=shapes[name])
+            elt = (weight_types or {}).get(name, f32)
+            weights[name] = b.value(
+                "cke.weight", [], UnrankedTensorType(elt), name=name, shape=shapes[name]
+            )
         return weights[name]
 
     def mm(x, name):
@@ -114,6 +120,8 @@ def build_program(cfg: LlamaConfig, phase: str, max_tokens: int | None = None) -
     return Operation("cke.func", regions=[Region([block])], attributes=attributes)
 
 
-def build_module(cfg: LlamaConfig, phases=("prefill", "decode"), max_tokens=None) -> Operation:
+def build_module(
+    cfg: LlamaConfig, phases=("prefill", "decode"), max_tokens=None, weight_types=None
+) -> Operation:
     """A module with one program per phase."""
-    return module_op(build_program(cfg, ph, max_tokens) for ph in phases)
+    return module_op(build_program(cfg, ph, max_tokens, weight_types) for ph in phases)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ckeir.errors import ModelFileError
+from ckeir.formats import FORMATS
 from ckeir.models.llama import LlamaConfig
 
 
@@ -49,3 +51,44 @@ def dequantize_rows(q: np.ndarray, fmt: str) -> np.ndarray:
     from gguf import GGMLQuantizationType, quants
 
     return quants.dequantize(q, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
+
+
+def file_weights(cfg: LlamaConfig, model_file, formats: dict[str, str]) -> dict[str, np.ndarray]:
+    """The weights a model file holds, in `formats` (weight name -> format).  A tensor already
+    in its target format is the file's memory-mapped bytes (no copy); others are converted
+    through float32 once, at load."""
+    out = {}
+    for name, shape in cfg.weight_shapes().items():
+        info = model_file.require(name)
+        if tuple(info.shape) != tuple(shape):
+            raise ModelFileError(
+                f"{model_file.path}: tensor '{name}' has shape "
+                f"{list(info.shape)}, the model needs {list(shape)}"
+            )
+        target = formats.get(name, info.format)
+        if target not in FORMATS:
+            raise ModelFileError(
+                f"{model_file.path}: tensor '{name}' is stored as {info.format.upper()}, "
+                "which ckeir cannot compute on",
+                hint="schedule 'quantize weights q8_0' (or f32, q4_0, q4_1) to convert it at load",
+            )
+        data = model_file.data(name)
+        if target == info.format:
+            out[name] = data
+            continue
+        plain = _to_f32(data, info.format, model_file.path, name)
+        out[name] = plain if target == "f32" else quantize_rows(plain, target)
+    return out
+
+
+def _to_f32(data: np.ndarray, fmt: str, path, name: str) -> np.ndarray:
+    if fmt == "f32":
+        return np.asarray(data, np.float32)
+    from gguf import GGMLQuantizationType, quants
+
+    try:
+        return quants.dequantize(data, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
+    except (KeyError, NotImplementedError, ValueError) as e:
+        raise ModelFileError(
+            f"{path}: cannot read tensor '{name}' of type {fmt.upper()} ({e})"
+        ) from None
