@@ -45,14 +45,18 @@ class Program:
         dump_dir=None,
         schedule: str | None = None,
         printer=print,
+        on_stage=None,
     ):
         self.timings: dict[str, float] = {}
+        self._stage = on_stage or (lambda name: None)
+        self._stage("reading the spec and the model file")
         t0 = time.perf_counter()
         self.job = driver.resolve(spec_path, schedule)
         self.config = self.job.config
         self.module = driver.build_ir(self.job)
         self.timings["frontend"] = time.perf_counter() - t0
         self.dump_dir = Path(dump_dir) if dump_dir else None
+        self._stage("running passes")
         self.module, self.pass_manager, self.ctx = driver.run_passes(
             self.module,
             self.job,
@@ -71,9 +75,11 @@ class Program:
         self._engine = None
         self.lowered = self.compiled = None
         if backend == "llvm":
+            self._stage("lowering to LLVM IR")
             t0 = time.perf_counter()
             self.lowered = lower_module(self.module, self.host)
             self.timings["lower-llvm"] = time.perf_counter() - t0
+            self._stage(f"compiling native code for {self.host.name}")
             self.compiled = compile_ir(self.lowered.text, self.host)
             for k, v in self.compiled.timings.items():
                 self.timings[f"llvm-{k}"] = v
@@ -97,10 +103,21 @@ class Program:
     @property
     def weights(self) -> dict[str, np.ndarray]:
         if self._weights is None:
+            self._stage("loading weights")
             t0 = time.perf_counter()
             self._weights = load_weights(self.job, self.weight_formats)
             self.timings["weights"] = time.perf_counter() - t0
         return self._weights
+
+    @property
+    def tokenizer(self):
+        """The model file's tokenizer (None for random-weight models)."""
+        if getattr(self, "_tokenizer", None) is None and self.job.model_file is not None:
+            if self.job.model.weights.kind == "gguf":
+                from ckeir.runtime.tokenizer import Tokenizer
+
+                self._tokenizer = Tokenizer.from_gguf(self.job.model_file)
+        return getattr(self, "_tokenizer", None)
 
     @property
     def weight_formats(self) -> dict[str, str]:

@@ -140,22 +140,57 @@ def cmd_compile(argv: list[str]) -> int:
 
 def cmd_run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
-    if args.prompt is not None:
-        raise CkeError(
-            "--prompt needs a tokenizer from a model file; this model has none (use --ids)"
-        )
-    try:
-        ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise CkeError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
-    with _program(args, backend=args.backend) as prog:
-        out = []
-        for tok in prog.stream(ids, args.max_new_tokens):
-            out.append(tok)
-        print(",".join(map(str, out)))
-        if args.timing:
-            _timing(prog)
+    ids = None
+    if args.ids is not None:
+        try:
+            ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise CkeError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    from ckeir.reports.progress import Progress
+
+    with Progress() as progress:
+        prog = _program(args, backend=args.backend, on_stage=progress.stage)
+        with prog:
+            tokenizer = prog.tokenizer
+            if args.prompt is not None:
+                if tokenizer is None:
+                    raise CkeError(
+                        "--prompt needs a tokenizer from the model file; this model "
+                        "has none (give --ids)"
+                    )
+                ids = tokenizer.encode(args.prompt)
+            _ = prog.engine  # loads weights and starts the threads under the progress display
+            progress.done()
+            from ckeir.runtime.generate import GenerationStats
+
+            stats = GenerationStats()
+            stream = prog.stream(ids, args.max_new_tokens, stats)
+            if args.prompt is not None:
+                from ckeir.runtime.tokenizer import StreamDecoder
+
+                dec = StreamDecoder(tokenizer)
+                sys.stdout.write(args.prompt)
+                for tok in stream:
+                    sys.stdout.write(dec.push(tok))
+                    sys.stdout.flush()
+                sys.stdout.write("\n")
+            else:
+                print(",".join(map(str, stream)))
+            print(_summary(stats), file=sys.stderr)
+            if args.timing:
+                _timing(prog)
     return 0
+
+
+def _summary(stats) -> str:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (
+        f"prompt {stats.prompt_tokens} tokens, generated {stats.generated_tokens} | "
+        f"prefill {stats.prefill_tps:.1f} tok/s | decode {stats.decode_tps:.1f} tok/s | "
+        f"peak RSS {rss / 2**20:.0f} MiB"
+    )
 
 
 def cmd_opt(argv: list[str]) -> int:
