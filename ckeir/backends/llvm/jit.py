@@ -8,11 +8,12 @@ text only parses it (milliseconds) and loads the cached object through MCJIT's o
 hooks, skipping optimization and code generation.
 
 External symbols (`cos`, `sin`, `syscall`, `sched_yield`, `memcpy`) resolve from the
-process, which has libc and libm loaded.
+process, which has libc and libm loaded; libgcc_s is loaded for compiler builtins.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import functools
 import hashlib
 import os
@@ -31,6 +32,14 @@ from ckeir.errors import BackendError
 def _init_llvm() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    # Compiler builtins LLVM may call (f16 conversions, 128-bit division, ...): MCJIT looks
+    # them up in the process, where libgcc_s is not necessarily loaded.
+    lib = ctypes.util.find_library("gcc_s")
+    if lib:
+        try:
+            llvm.load_library_permanently(lib)
+        except RuntimeError:
+            pass
 
 
 def cache_dir() -> Path:

@@ -4,10 +4,15 @@ threads, on each ISA level the host supports (generic, avx2, avx512)."""
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
 from ckeir.backends.llvm import kernels as K
+from ckeir.backends.llvm.host import detect_host
+from ckeir.backends.llvm.jit import compile_ir
+from ckeir.backends.llvm.kernels.common import FunctionWriter, half_to_float
 
 THREADS = [1, 2, 3]
 rng = np.random.default_rng(0)
@@ -81,6 +86,42 @@ def test_matmul(host, run_kernel, assert_close, n_out, k, tile, n, nth):
     out = np.full((n, n_out), np.nan, np.float32)
     run_kernel(K.matmul(n_out, k, tile, host), host, [x, w, out], n, pos=3, nth=nth)
     assert_close(out, x.astype(np.float64) @ w.T.astype(np.float64), np.abs(x) @ np.abs(w).T)
+
+
+QUANT_SHAPES = [(7, 64, (64, 256)), (300, 96, (16, 32)), (33, 576, (8, 256))]
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("n_out,k,tile", QUANT_SHAPES)
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("nth", [1, 3])
+def test_matmul_quantized(host, run_kernel, assert_close, fmt, n_out, k, tile, n, nth):
+    from gguf import GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[fmt.upper()]
+    x = randn(n, k)
+    w = np.ascontiguousarray(quants.quantize(randn(n_out, k), qtype))  # raw GGML blocks
+    wf = quants.dequantize(w, qtype).astype(np.float64)
+    out = np.full((n, n_out), np.nan, np.float32)
+    run_kernel(K.matmul(n_out, k, tile, host, fmt), host, [x, w, out], n, nth=nth)
+    assert_close(out, x.astype(np.float64) @ wf.T, np.abs(x) @ np.abs(wf).T)
+
+
+def test_half_to_float_without_f16c_is_exact():
+    """The integer-op f16 conversion (for hosts without F16C) on all 65536 halves."""
+    f = FunctionWriter("conv", [("ptr", "%src"), ("ptr", "%dst"), ("i64", "%n")], linkage="")
+    with f.loop(0, "%n") as i:
+        f.store("float", half_to_float(f, f.gep("%src", i, "half"), f16c=False), f.gep("%dst", i))
+    cm = compile_ir(f.finish(), detect_host("generic"))
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16)
+    out = np.zeros(65536, np.float32)
+    conv = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+        cm.address("conv")
+    )
+    conv(halves.ctypes.data, out.ctypes.data, halves.size)
+    want = halves.astype(np.float32)
+    same = (out.view(np.uint32) == want.view(np.uint32)) | (np.isnan(out) & np.isnan(want))
+    assert same.all()
 
 
 def test_matmul_tile_is_normalized(host):

@@ -241,6 +241,23 @@ class FunctionWriter:
         )
 
 
+def half_to_float(f: FunctionWriter, ptr: str, f16c: bool) -> str:
+    """The f16 at `ptr` as a float.  Without F16C, LLVM would call the compiler-rt builtin
+    __extendhfsf2, which the JIT cannot count on: convert with integer ops instead — the
+    15 low bits shifted into a float's place and scaled by 2**112 are exact for normal and
+    subnormal halves; exponent 31 (inf/nan) maps to 255; then the sign."""
+    if f16c:
+        return f(f"fpext half {f.load('half', ptr, 2)} to float", "h")
+    h = f(f"zext i16 {f.load('i16', ptr, 2)} to i32", "h")
+    mag = f(f"shl i32 {f(f'and i32 {h}, 32767')}, 13", "mag")
+    val = f(f"fmul float {f(f'bitcast i32 {mag} to float')}, {f32(2.0**112)}", "val")
+    special = f(f"icmp uge i32 {mag}, {31 << 23}", "infnan")
+    infnan = f(f"or i32 {mag}, {255 << 23}")
+    bits = f(f"select i1 {special}, i32 {infnan}, i32 {f(f'bitcast float {val} to i32')}")
+    sign = f(f"shl i32 {f(f'and i32 {h}, 32768')}, 16", "sign")
+    return f(f"bitcast i32 {f(f'or i32 {bits}, {sign}')} to float", "h")
+
+
 def kernel_writer(name: str, nptr: int) -> FunctionWriter:
     """A writer for a kernel with `nptr` buffer arguments %a0.. and the common tail."""
     params = [("ptr", f"%a{i}") for i in range(nptr)] + list(TAIL_PARAMS)
