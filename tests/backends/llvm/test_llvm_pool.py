@@ -62,7 +62,7 @@ check:
 checked:
   call void @cke_barrier(ptr %state, i32 %nth)
   %i1 = add i64 %i, 1
-  %again = icmp slt i64 %i1, 2000
+  %again = icmp slt i64 %i1, 1000
   br i1 %again, label %round, label %done
 done:
   %pe = getelementptr i64, ptr %errors, i64 %t
@@ -94,7 +94,7 @@ def test_barrier_keeps_threads_in_lock_step(native, nth):
     ctx = raw[skip : skip + 1024 // 8 + 64]  # 64-byte aligned, as the barrier requires
     assert ctx.ctypes.data % 64 == 0 and BARRIER_STATE_BYTES <= 128
     with Pool(nth) as pool:
-        for _ in range(3):
+        for _ in range(2):
             pool.run(native.address("lockstep"), ctx.ctypes.data)
     assert not ctx[128:].any()
 
