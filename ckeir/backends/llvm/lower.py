@@ -58,7 +58,7 @@ class _Lowering:
         self.f = FunctionWriter(
             self.sym,
             [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")],
-            linkage="",
+            linkage="dso_local",
             attributes="nounwind",
         )
         self.ptrs: dict[object, str] = {}
