@@ -1,0 +1,103 @@
+"""Model files: hyper-parameters from GGUF metadata, weights memory-mapped in their stored
+format, and clear errors that name the file and the tensor."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ggufgen import CFG, spec_for, write_gguf
+
+import ckeir
+from ckeir.errors import CkeError, ModelFileError
+from ckeir.models.files import GGUFFile
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return write_gguf(tmp_path_factory.mktemp("gguf") / "m.gguf")
+
+
+def test_params_from_metadata(model_path):
+    p = GGUFFile(model_path).params()
+    assert p["hidden"] == 64 and p["layers"] == 2 and p["heads"] == 4 and p["kv_heads"] == 2
+    assert p["vocab"] == 256 and p["tie_embeddings"] and p["rope_style"] == "interleaved"
+
+
+def test_weights_are_memory_mapped_not_copied(model_path, tmp_path):
+    prog = ckeir.compile(spec_for(model_path, tmp_path), backend="reference")
+    w = prog.weights["blk.0.attn_q.weight"]
+    assert w.dtype == np.uint8 and isinstance(w.base, np.memmap) or isinstance(w, np.memmap)
+    assert prog.weight_formats["blk.0.attn_q.weight"] == "q8_0"
+
+
+def test_keep_vs_requantize_in_ir(model_path, tmp_path):
+    text = ckeir.compile(spec_for(model_path, tmp_path, "q4_1"), backend="reference").mlir()
+    assert "tensor<64x64x!cke.q4_1>" in text and "!cke.q8_0" not in text
+
+
+def test_spec_that_disagrees_with_the_file(model_path, tmp_path):
+    with pytest.raises(CkeError) as e:
+        ckeir.compile(spec_for(model_path, tmp_path, extra="hidden 128"), backend="reference")
+    assert "hidden" in str(e.value) and str(model_path) in str(e.value)
+    assert e.value.loc is not None and e.value.loc.line == 2
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated", "empty"])
+def test_broken_files(model_path, tmp_path, damage):
+    data = model_path.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(
+        {"magic": b"GGUX" + data[4:], "truncated": data[: len(data) // 2], "empty": b""}[damage]
+    )
+    with pytest.raises(ModelFileError) as e:
+        prog = ckeir.compile(spec_for(bad, tmp_path), backend="reference")
+        _ = prog.weights
+    assert str(bad) in str(e.value)
+
+
+def test_missing_tensor(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", drop=("blk.1.ffn_up.weight",))
+    prog = ckeir.compile(spec_for(path, tmp_path), backend="reference")
+    with pytest.raises(ModelFileError, match="blk.1.ffn_up.weight.*missing"):
+        _ = prog.weights
+
+
+def test_shape_mismatch(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", fmt="f32", reshape={"blk.0.ffn_down.weight": (64, 96)})
+    prog = ckeir.compile(spec_for(path, tmp_path), backend="reference")
+    with pytest.raises(ModelFileError, match=r"blk.0.ffn_down.weight.*\[64, 96\].*\[64, 128\]"):
+        _ = prog.weights
+
+
+def test_unsupported_architecture(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", arch="gpt2")
+    with pytest.raises(ModelFileError, match="architecture 'gpt2'"):
+        ckeir.compile(spec_for(path, tmp_path), backend="reference")
+
+
+def test_cli_reports_bad_file_without_traceback(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckeir.cli",
+            "run",
+            str(spec_for(bad, tmp_path)),
+            "--ids",
+            "1",
+            "-n",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr and str(bad) in r.stderr
+
+
+def test_reference_runs_a_gguf_model(model_path, tmp_path):
+    out = ckeir.compile(spec_for(model_path, tmp_path), backend="reference").generate([1, 2, 3], 5)
+    assert len(out) == 5 and all(0 <= t < CFG.vocab for t in out)
