@@ -112,3 +112,13 @@ def test_long_prompt_runs_in_prefill_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(driver, "PREFILL_CHUNK", 256)
     want = ckeir.compile(spec, backend="reference").generate(PROMPT, max_new_tokens=6)
     assert got == want
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+def test_parity_quantized_weights(tmp_path, fmt):
+    """Native kernels read the GGML blocks the reference dequantizes: same numbers."""
+    kw = dict(CASES["gqa"], vocab=320, ffn=224)
+    spec = write_spec(tmp_path, fmt, fmt=f"{fmt} except [token_embd]", **kw)
+    prog = ckeir.compile(spec, backend="reference")
+    assert set(prog.weight_formats.values()) == {"f32", fmt}
+    compare(spec, 16, threads=2)

@@ -149,10 +149,8 @@ def _lower_rmsnorm(low: _Lowering, op: Operation) -> None:
 def _lower_matmul(low: _Lowering, op: Operation) -> None:
     n, k = _dims(op.operands[1])
     tile = tuple(op.attr("tile") or (16, k))
-    elt = op.operands[1].type.element
-    if element_format(elt).name != "f32":
-        raise BackendError(f"lower-llvm: no native matmul for {elt} weights yet", loc=op.loc)
-    low.call(K.matmul(n, k, tile, low.host), _io(low, op), low.rows(op.operands[0]))
+    fmt = element_format(op.operands[1].type.element).name
+    low.call(K.matmul(n, k, tile, low.host, fmt=fmt), _io(low, op), low.rows(op.operands[0]))
 
 
 def _lower_rope(low: _Lowering, op: Operation) -> None:
