@@ -12,11 +12,14 @@ GGUF llama runs with `rope_style = interleaved`; Hugging Face safetensors use `h
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import attrs
 import numpy as np
 
+from ckeir import cache
 from ckeir.errors import ModelFileError
 from ckeir.formats import FORMATS
 
@@ -52,31 +55,65 @@ class ModelFile:
 
 
 class GGUFFile(ModelFile):
-    def __init__(self, path: Path):
-        from gguf import GGUFReader
+    """A GGUF file.  The first open parses it with `gguf.GGUFReader` and caches an index
+    (metadata, tensor table with byte offsets, keyed by path, size and mtime); later opens
+    read the index and map the file, which skips parsing ~100k tokenizer strings."""
 
+    def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
+        st = self.path.stat()
+        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        self._index_path = cache.cache_dir() / "gguf" / f"{key.hexdigest()[:32]}.json"
+        raw = cache.read(self._index_path)
+        index = json.loads(raw) if raw else self._parse_index()
+        if raw is None:
+            cache.write_atomic(self._index_path, json.dumps(index).encode())
+        self._meta = index["metadata"]
+        self._offsets = {t["name"]: (t["offset"], t["bytes"]) for t in index["tensors"]}
+        self.tensors = {
+            t["name"]: TensorInfo(t["name"], tuple(t["shape"]), t["format"])
+            for t in index["tensors"]
+        }
+        self._map = None
+
+    def _parse_index(self) -> dict:
+        from gguf import GGUFReader
+
         try:
-            self.reader = GGUFReader(self.path, "r")
+            reader = GGUFReader(self.path, "r")
         except Exception as e:  # the reader raises ValueError, struct.error, IndexError...
             raise ModelFileError(f"{self.path}: not a readable GGUF file ({_why(e)})") from None
-        self.tensors = {}
-        for t in self.reader.tensors:
-            fmt = t.tensor_type.name.lower()
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            self.tensors[t.name] = TensorInfo(t.name, shape, fmt)
-        self._by_name = {t.name: t for t in self.reader.tensors}
+        meta = {}
+        for key, field in reader.fields.items():
+            try:
+                value = field.contents()
+            except Exception:  # noqa: BLE001 - a malformed field reads as absent
+                continue
+            if isinstance(value, (str, int, float, bool, list)):
+                meta[key] = value
+        tensors = []
+        for t in reader.tensors:
+            end = int(t.data_offset) + int(t.n_bytes)
+            if end > reader.data.shape[0]:
+                raise ModelFileError(
+                    f"{self.path}: tensor '{t.name}' is truncated "
+                    f"(ends at byte {end}, the file has {reader.data.shape[0]})"
+                )
+            tensors.append(
+                {
+                    "name": t.name,
+                    "shape": [int(d) for d in reversed(t.shape.tolist())],
+                    "format": t.tensor_type.name.lower(),
+                    "offset": int(t.data_offset),
+                    "bytes": int(t.n_bytes),
+                }
+            )
+        return {"metadata": meta, "tensors": tensors}
 
     def metadata(self, key: str, default=None):
-        field = self.reader.fields.get(key)
-        if field is None:
-            return default
-        try:
-            return field.contents()
-        except Exception:  # noqa: BLE001 - a malformed field reads as absent
-            return default
+        return self._meta.get(key, default)
 
     def params(self) -> dict:
         arch = self.metadata("general.architecture")
@@ -106,19 +143,20 @@ class GGUFFile(ModelFile):
 
     def data(self, name: str) -> np.ndarray:
         info = self.require(name)
-        t = self._by_name[name]
-        try:
-            arr = t.data
-            if info.format in FORMATS and FORMATS[info.format].quantized:
-                rows = int(np.prod(info.shape[:-1]))
-                arr = arr.reshape(rows, FORMATS[info.format].row_bytes(info.shape[-1]))
-            else:
-                arr = arr.reshape(info.shape)
-        except (ValueError, IndexError) as e:
-            raise ModelFileError(
-                f"{self.path}: tensor '{name}' is truncated or malformed ({_why(e)})"
-            ) from None
-        return arr
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        offset, nbytes = self._offsets[name]
+        raw = self._map[offset : offset + nbytes]
+        if len(raw) != nbytes:
+            raise ModelFileError(f"{self.path}: tensor '{name}' is truncated")
+        fmt = FORMATS.get(info.format)
+        if fmt is not None and fmt.quantized:
+            rows = int(np.prod(info.shape[:-1]))
+            return raw.reshape(rows, fmt.row_bytes(info.shape[-1]))
+        if fmt is not None:
+            dtype = {"f32": np.float32, "f16": np.float16}[fmt.name]
+            return raw.view(dtype).reshape(info.shape)
+        return raw  # a type ckeir cannot compute on: converted (or refused) by the caller
 
 
 class SafetensorsFile(ModelFile):

@@ -76,18 +76,19 @@ def file_weights(cfg: LlamaConfig, model_file, formats: dict[str, str]) -> dict[
         if target == info.format:
             out[name] = data
             continue
-        plain = _to_f32(data, info.format, model_file.path, name)
+        plain = _to_f32(data, info.format, model_file.path, name, info.shape)
         out[name] = plain if target == "f32" else quantize_rows(plain, target)
     return out
 
 
-def _to_f32(data: np.ndarray, fmt: str, path, name: str) -> np.ndarray:
+def _to_f32(data: np.ndarray, fmt: str, path, name: str, shape) -> np.ndarray:
     if fmt == "f32":
         return np.asarray(data, np.float32)
     from gguf import GGMLQuantizationType, quants
 
     try:
-        return quants.dequantize(data, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
+        plain = quants.dequantize(data, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
+        return plain.reshape(shape)
     except (KeyError, NotImplementedError, ValueError) as e:
         raise ModelFileError(
             f"{path}: cannot read tensor '{name}' of type {fmt.upper()} ({e})"

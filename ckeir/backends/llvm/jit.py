@@ -16,14 +16,12 @@ from __future__ import annotations
 import ctypes.util
 import functools
 import hashlib
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
 
+from ckeir import cache
 from ckeir.backends.llvm.host import HostCPU, detect_host
 from ckeir.errors import BackendError
 
@@ -40,12 +38,6 @@ def _init_llvm() -> None:
             llvm.load_library_permanently(lib)
         except RuntimeError:
             pass
-
-
-def cache_dir() -> Path:
-    """Where object code is cached: `$CKEIR_CACHE_DIR` or `~/.cache/ckeir`."""
-    env = os.environ.get("CKEIR_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "ckeir"
 
 
 def target_machine(host: HostCPU, opt: int = 3) -> llvm.TargetMachine:
@@ -105,8 +97,8 @@ class CompiledModule:
         self.key = cache_key(text, host, opt)
         self.timings: dict[str, float] = {}
         self._tm = target_machine(host, opt)
-        path = cache_dir() / f"{self.key}.o"
-        cached = _read(path) if use_cache else None
+        path = cache.cache_dir() / f"{self.key}.o"
+        cached = cache.read(path) if use_cache else None
         self.cache_hit = cached is not None
 
         t0 = time.perf_counter()
@@ -118,7 +110,7 @@ class CompiledModule:
         try:
             self._engine = llvm.create_mcjit_compiler(mod, self._tm)
             self._engine.set_object_cache(
-                notify_func=(lambda _m, obj: _write_atomic(path, obj)) if use_cache else None,
+                notify_func=(lambda _m, obj: cache.write_atomic(path, obj)) if use_cache else None,
                 getbuffer_func=lambda _m: cached,
             )
             self._engine.finalize_object()
@@ -149,25 +141,6 @@ class CompiledModule:
 
     def asm(self) -> str:
         return self._tm.emit_assembly(self._optimized_module())
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file, or the whole new one."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".o")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written only costs time
 
 
 def compile_ir(

@@ -138,6 +138,11 @@ def _dims(v) -> tuple[int, ...]:
 
 def _lower_embed(low: _Lowering, op: Operation) -> None:
     v, d = _dims(op.operands[1])
+    fmt = element_format(op.operands[1].type.element).name
+    if fmt != "f32":
+        raise BackendError(
+            f"lower-llvm: no native embedding lookup in {fmt} tables yet", loc=op.loc
+        )
     low.call(K.embed(v, d, low.host), _io(low, op), low.rows(op.operands[0]))
 
 

@@ -6,7 +6,8 @@ import ctypes
 
 import pytest
 
-from ckeir.backends.llvm.jit import cache_dir, compile_ir
+from ckeir.backends.llvm.jit import compile_ir
+from ckeir.cache import cache_dir
 from ckeir.errors import BackendError
 
 ADD_IR = """
