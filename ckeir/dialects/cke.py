@@ -85,9 +85,13 @@ def _check_weight(op: Operation) -> None:
     if isinstance(t, ShapedType):
         if tuple(t.shape) != tuple(op.attr("shape")):
             fail(op, f"type {t} disagrees with shape {op.attr('shape')}")
-        fmt = element_format(t.element)
-        if fmt.quantized and t.shape[-1] % fmt.block:
-            fail(op, f"rows of {t.shape[-1]} are not whole {fmt.name} blocks of {fmt.block}")
+        try:
+            fmt = element_format(t.element)
+        except ValueError:
+            fail(op, f"element type {t.element} is not a weight format")
+        row = t.shape[-1] if t.shape else 1
+        if fmt.quantized and row % fmt.block:
+            fail(op, f"rows of {row} are not whole {fmt.name} blocks of {fmt.block}")
 
 
 def _infer_embed(op: Operation):
@@ -136,7 +140,7 @@ def _check_rope(op: Operation) -> None:
     hd = op.attr("head_dim")
     if hd <= 0 or hd % 2:
         fail(op, f"head_dim must be a positive even number, got {hd}")
-    if x is not None and x.shape[1] % hd:
+    if x is not None and x.shape[1] is not None and x.shape[1] % hd:
         fail(op, f"row length {x.shape[1]} is not a multiple of head_dim {hd}")
     if op.attr("style") not in ("interleaved", "halves"):
         fail(op, f"style must be 'interleaved' or 'halves', got {op.attr('style')!r}")
@@ -159,7 +163,7 @@ def _check_attention(op: Operation) -> None:
         if not isinstance(c, MemRefType) or c.rank != 3:
             fail(op, f"operand #{i} must be a rank-3 memref KV cache, got {c}")
         _dims_match(op, "cache row length", c.shape[2], kvh * hd)
-        if not 0 <= op.attr("layer") < c.shape[0]:
+        if c.shape[0] is not None and not 0 <= op.attr("layer") < c.shape[0]:
             fail(op, f"layer {op.attr('layer')} outside the cache's {c.shape[0]} layers")
 
 

@@ -8,7 +8,6 @@ Errors are `IRParseError`s located at `file:line:col`.
 from __future__ import annotations
 
 import re
-import struct
 
 from ckeir.errors import IRParseError, SourceLoc
 from ckeir.ir import attributes as A
@@ -23,7 +22,7 @@ _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_$.]*")
 _INT = re.compile(r"-?\d+(?![.\deE])")
 _FLOAT = re.compile(r"-?(\d+\.\d*([eE][-+]?\d+)?|\d+[eE][-+]?\d+)")
 _HEX = re.compile(r"0x[0-9A-Fa-f]+")
-_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+_STRING = re.compile(r'"((?:[^"\\\n]|\\[nt"\\]|\\[0-9A-Fa-f]{2})*)"')
 _DIM = re.compile(r"(\?|\d+)x")
 
 
@@ -50,6 +49,11 @@ class Parser:
 
     def ws(self) -> None:
         self.pos = _WS.match(self.text, self.pos).end()
+
+    def here(self) -> int:
+        """The position of the next token (for error locations)."""
+        self.ws()
+        return self.pos
 
     def peek(self, s: str) -> bool:
         self.ws()
@@ -99,7 +103,7 @@ class Parser:
         results: list[tuple[str, int, int]] = []
         if self.peek("%"):
             while True:
-                at = self.pos
+                at = self.here()
                 m = self.match(_VALUE)
                 if not m:
                     raise self.error("expected a result name such as %0")
@@ -135,7 +139,7 @@ class Parser:
         if self.accept("{"):
             attributes = self.dict_entries("}")
         self.expect(":", "':' and the op's function type")
-        type_pos = self.pos
+        type_pos = self.here()
         ftype = self.type()
         if not isinstance(ftype, T.FunctionType):
             raise self.error("expected a function type `(operands) -> results`", type_pos)
@@ -163,7 +167,7 @@ class Parser:
         return op
 
     def use(self) -> tuple[str, int]:
-        at = self.pos
+        at = self.here()
         m = self.match(_USE)
         if not m:
             raise self.error("expected an SSA value such as %0 or %arg0")
@@ -204,6 +208,8 @@ class Parser:
                     outer = self.forward[-1].get(n)
                     if outer is None:
                         self.forward[-1][n] = p
+                    elif outer.type != p.type:
+                        raise self.error(f"%{n} is used as {outer.type} and as {p.type}", p.pos)
                     else:
                         p.replace_all_uses_with(outer)
                 return
@@ -231,9 +237,9 @@ class Parser:
         if not self.match(_BLOCK):
             raise self.error("expected a block label such as ^bb0")
         block = Block()
-        if self.accept("("):
+        if self.accept("(") and not self.accept(")"):
             while True:
-                at = self.pos
+                at = self.here()
                 m = self.match(_VALUE)
                 if not m:
                     raise self.error("expected a block argument such as %arg0")
@@ -251,7 +257,7 @@ class Parser:
         if self.accept(close):
             return entries
         while True:
-            at = self.pos
+            at = self.here()
             if self.peek('"'):
                 key = self.string()
             else:
@@ -308,18 +314,19 @@ class Parser:
             return A.DictAttr(self.dict_entries("}"))
         if m := self.match(_HEX):
             t = self.number_type(T.f64)
-            bits = bytes.fromhex(m.group(0)[2:].rjust(16 if t == T.f64 else 8, "0"))
+            bits = int(m.group(0), 16)
             if isinstance(t, T.FloatType):
-                v = struct.unpack(">d" if t == T.f64 else ">f", bits)[0]
-                return A.FloatAttr(v, t)
-            return A.IntegerAttr(int(m.group(0), 16), t)
+                if bits >> t.width:
+                    raise self.error(f"hexadecimal float constant out of range for {t}", at)
+                return A.FloatAttr(A.float_from_bits(bits, t), t)
+            return self.integer_attr(bits, t, at)
         if m := self.match(_FLOAT):
-            return _float_attr(float(m.group(0)), self.number_type(T.f64))
+            return self.float_attr(float(m.group(0)), self.number_type(T.f64), at)
         if m := self.match(_INT):
             t = self.number_type(T.i64)
             if isinstance(t, T.FloatType):
-                return _float_attr(float(m.group(0)), t)
-            return A.IntegerAttr(int(m.group(0)), t)
+                return self.float_attr(float(m.group(0)), t, at)
+            return self.integer_attr(int(m.group(0)), t, at)
         try:
             return A.TypeAttr(self.type())
         except IRParseError:
@@ -327,6 +334,19 @@ class Parser:
 
     def number_type(self, default: T.Type) -> T.Type:
         return self.type() if self.accept(":") else default
+
+    def integer_attr(self, v: int, t: T.Type, at: int) -> A.IntegerAttr:
+        if not isinstance(t, (T.IntegerType, T.IndexType)):
+            raise self.error(f"an integer literal cannot have type {t}", at)
+        return A.IntegerAttr(v, t)
+
+    def float_attr(self, v: float, t: T.Type, at: int) -> A.FloatAttr:
+        if not isinstance(t, T.FloatType):
+            raise self.error(f"a float literal cannot have type {t}", at)
+        try:  # keep the value the type can hold
+            return A.FloatAttr(A.float_from_bits(A.float_bits(v, t), t), t)
+        except OverflowError:
+            raise self.error(f"float literal out of range for {t}", at) from None
 
     def symbol_ref(self) -> A.SymbolRefAttr:
         names = []
@@ -395,12 +415,6 @@ class Parser:
         return out
 
 
-def _float_attr(v: float, t: T.Type) -> A.FloatAttr:
-    if t == T.f32:  # keep the value the type can hold
-        v = struct.unpack("<f", struct.pack("<f", v))[0]
-    return A.FloatAttr(v, t)
-
-
 def _unescape(s: str) -> str:
     out = bytearray()
     i = 0
@@ -435,3 +449,5 @@ def parse_ir(text: str, filename: str = "<ir>") -> Operation:
         return p.parse_top()
     except (ValueError, IndexError) as e:
         raise p.error(f"malformed IR: {e}") from None
+    except RecursionError:
+        raise p.error("attributes or regions nested too deeply") from None

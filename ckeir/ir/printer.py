@@ -9,7 +9,7 @@ several results is `%N:k` (used as `%N#i`).
 
 from __future__ import annotations
 
-from ckeir.ir.attributes import format_entries
+from ckeir.ir.attributes import format_entries, sorted_entries
 from ckeir.ir.core import Block, Operation, Region, Value
 from ckeir.ir.types import FunctionType
 
@@ -63,7 +63,7 @@ def _print_op(op: Operation, names: _Names, out: list[str], indent: int) -> None
     operands = ", ".join(_name(names, v) for v in op.operands)
     text = f'{pad}{head}"{op.name}"({operands})'
     if op.properties:
-        text += " <{" + format_entries(sorted(op.properties.items())) + "}>"
+        text += " <{" + format_entries(sorted_entries(op.properties)) + "}>"
     if op.regions:
         text += " ("
         out.append(text)
@@ -75,7 +75,7 @@ def _print_op(op: Operation, names: _Names, out: list[str], indent: int) -> None
             out.append(pad + "}")
         text = out.pop() + ")"
     if op.attributes:
-        text += " {" + format_entries(sorted(op.attributes.items())) + "}"
+        text += " {" + format_entries(sorted_entries(op.attributes)) + "}"
     ftype = FunctionType([v.type for v in op.operands], [r.type for r in op.results])
     out.append(f"{text} : {ftype}")
 
@@ -83,10 +83,12 @@ def _print_op(op: Operation, names: _Names, out: list[str], indent: int) -> None
 def _print_region(region: Region, names: _Names, out: list[str], indent: int) -> None:
     pad = "  " * indent
     for bi, block in enumerate(region.blocks):
-        # MLIR omits the entry block's label when it has no arguments.
-        if bi or block.args:
+        # MLIR omits the entry block's label when it has no arguments and is not empty.
+        if bi or block.args or not block.ops:
             args = ", ".join(f"{names.values[a]}: {a.type}" for a in block.args)
-            out.append(f"{pad}{names.blocks[block]}" + (f"({args})" if args else "") + ":")
+            label = f"{pad}{names.blocks[block]}" + (f"({args})" if args else "") + ":"
+            # No op has successors here, so no block but the entry one has predecessors.
+            out.append(label + ("  // no predecessors" if bi else ""))
         for op in block.ops:
             _print_op(op, names, out, indent + 1)
 
