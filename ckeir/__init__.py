@@ -1,8 +1,8 @@
 """ckeir — a compiler for LLM inference on CPUs.
 
-    prog = ckeir.compile("specs/tiny.cke")
-    prog.generate([1, 2, 3], max_new_tokens=10)
-    module = ckeir.parse_ir(text); text = ckeir.print_ir(module)
+prog = ckeir.compile("specs/tiny.cke")
+prog.generate([1, 2, 3], max_new_tokens=10)
+module = ckeir.parse_ir(text); text = ckeir.print_ir(module)
 """
 
 from ckeir import dialects as _dialects  # noqa: F401  (registers the ops)
