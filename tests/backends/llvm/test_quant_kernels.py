@@ -1,0 +1,223 @@
+"""The int8 quantized kernels (`qmatmul`, `qembed`) and their numpy semantics (`ckeir.quant`).
+
+- `quantize_activations` against a literal transcription of the rule (GGML Q8_0 with an f32
+  scale, C `roundf`), ties at .5 and all-zero blocks included;
+- `qmatmul` on each ISA level (VNNI on avx512 hosts that have it; the generic integer path
+  on avx2 and generic) against `qmatmul_reference` within 1e-5 of each output row's largest
+  magnitude — the integer sums are exact, only the f32 accumulation differs — and against the
+  float64 product with the dequantized weights within the activation-quantization bound
+  (about 5e-3 relative on Gaussian data);
+- `qembed` bitwise equal to `gguf.quants.dequantize`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ckeir.backends.llvm.host import detect_host
+from ckeir.backends.llvm.jit import compile_ir
+from ckeir.backends.llvm.kernels.common import FunctionWriter
+from ckeir.backends.llvm.kernels.quant_embed import qembed
+from ckeir.backends.llvm.kernels.quant_matmul import halves_to_floats, qmatmul
+from ckeir.quant import qmatmul_reference, quantize_activations, unpack_blocks
+from ckeir.runtime.weights import dequantize_rows, quantize_rows
+
+FORMATS = ["q8_0", "q4_0", "q4_1"]
+rng = np.random.default_rng(7)
+
+
+def awkward(rows: int, k: int) -> np.ndarray:
+    """Gaussian rows with some 32-blocks all zero, some huge (1e4) and some tiny (1e-6)."""
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    blocks = x.reshape(rows, k // 32, 32)
+    pick = rng.random(blocks.shape[:2])
+    blocks[pick < 0.08] = 0.0
+    blocks[(pick >= 0.08) & (pick < 0.14)] *= np.float32(1e4)
+    blocks[(pick >= 0.14) & (pick < 0.2)] *= np.float32(1e-6)
+    return x
+
+
+# ---- activation quantization ----------------------------------------------------------------
+
+
+def quantize_transcribed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rule, one block and one element at a time, in float32 scalars."""
+    q = np.zeros(x.shape, np.int8)
+    d = np.zeros((*x.shape[:-1], x.shape[-1] // 32), np.float32)
+    for idx in np.ndindex(*d.shape):
+        block = x[(*idx[:-1], slice(32 * idx[-1], 32 * idx[-1] + 32))]
+        amax = np.float32(0)
+        for v in block:
+            amax = max(amax, np.float32(abs(v)))
+        dx = np.float32(amax / np.float32(127))
+        inv = np.float32(np.float32(1) / dx) if dx != 0 else np.float32(0)
+        d[idx] = dx
+        for i, v in enumerate(block):
+            y = float(np.float32(v * inv))
+            q[(*idx[:-1], 32 * idx[-1] + i)] = int(math.copysign(math.floor(abs(y) + 0.5), y))
+    return q, d
+
+
+def test_quantize_activations_ties_and_zero_blocks():
+    x = np.zeros((2, 96), np.float32)
+    x[0, :32] = np.arange(32) - 15.5  # amax 16.5: no exact ties, scale 16.5/127
+    x[0, 32:64] = 0.5 * np.arange(-16, 16)  # with amax 127 below: d = 1, ties at every .5
+    x[0, 32] = 127.0
+    x[1, 64:96] = -np.float32(1e-6) * np.arange(32)  # tiny, negative
+    q, d = quantize_activations(x)
+    tq, td = quantize_transcribed(x)
+    np.testing.assert_array_equal(q, tq)
+    np.testing.assert_array_equal(d.view(np.uint32), td.view(np.uint32))
+    assert d[0, 1] == 1.0 and list(q[0, 33:38]) == [-8, -7, -7, -6, -6]  # halves away from 0
+    assert q[0, 32 + 17] == 1 and q[0, 32 + 15] == -1  # 0.5 -> 1, -0.5 -> -1
+    assert d[1, 0] == 0 and d[0, 2] == 0 and not q[1, :64].any()  # all-zero blocks
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.floats(-30, 30),
+    st.integers(0, 2**32 - 1),
+)
+def test_quantize_activations_property(rows, blocks, log_scale, seed):
+    x = np.random.default_rng(seed).standard_normal((rows, 32 * blocks)).astype(np.float32)
+    x *= np.float32(2.0**log_scale)
+    q, d = quantize_activations(x)
+    tq, td = quantize_transcribed(x)
+    np.testing.assert_array_equal(q, tq)
+    np.testing.assert_array_equal(d, td)
+    assert np.abs(q).max() <= 127
+
+
+def test_reference_is_the_block_formula():
+    """qmatmul_reference equals the formula written block by block with integer sums."""
+    x, n_out, k = awkward(3, 96), 5, 96
+    for fmt in FORMATS:
+        w = quantize_rows(awkward(n_out, k), fmt)
+        q, dx = quantize_activations(x)
+        dw, mw, qw = unpack_blocks(w, fmt)
+        want = np.zeros((3, n_out))
+        for t in range(3):
+            for n in range(n_out):
+                for b in range(k // 32):
+                    qx = q[t, 32 * b : 32 * b + 32].astype(np.int64)
+                    s = int(qx @ qw[n, b].astype(np.int64))
+                    want[t, n] += float(dw[n, b]) * float(dx[t, b]) * s
+                    if mw is not None:
+                        want[t, n] += float(mw[n, b]) * float(dx[t, b]) * int(qx.sum())
+        np.testing.assert_allclose(qmatmul_reference(x, w, fmt), want, rtol=1e-12, atol=1e-300)
+
+
+def magnitude(x: np.ndarray, w: np.ndarray, fmt: str) -> np.ndarray:
+    """Σ_b |term_b| of each output: `qmatmul_reference` with every product taken absolute."""
+    q, dx = quantize_activations(x)
+    xs = np.abs(q.reshape(*dx.shape, 32) * dx[..., None].astype(np.float64)).reshape(q.shape)
+    d, m, qw = unpack_blocks(w, fmt)
+    ws = np.abs(qw * d[..., None].astype(np.float64))
+    if m is not None:
+        ws = ws + np.abs(m[..., None].astype(np.float64))
+    return xs @ ws.reshape(ws.shape[0], -1).T + 1e-300
+
+
+# ---- qmatmul --------------------------------------------------------------------------------
+
+SHAPES = [(1, 1536), (7, 32), (33, 96), (300, 576), (300, 64)]  # N, K
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_out,k", SHAPES)
+def test_qmatmul(host, run_kernel, fmt, n_out, k):
+    kernel = qmatmul(fmt, n_out, k, (16, 256), host)
+    w = quantize_rows(awkward(n_out, k), fmt)
+    wf = dequantize_rows(w, fmt).astype(np.float64)
+    for n in (1, 3, 8):
+        x = awkward(n, k)
+        want = qmatmul_reference(x, w, fmt)
+        exact = x.astype(np.float64) @ wf.T
+        _, dx = quantize_activations(x)
+        # |x - dequant(q8(x))| <= d_x/2 per element, so the product moves at most this much
+        quant_bound = (np.repeat(dx, 32, axis=1).astype(np.float64) / 2) @ np.abs(wf).T
+        # f32 accumulation: 1e-5 of the largest output, or of the terms' magnitudes where a
+        # row's blocks cancel (one output of 1e3 from terms of 1e7)
+        tolerance = 1e-5 * np.abs(want).max() + 2e-6 * magnitude(x, w, fmt)
+        for nth in (1, 2, 3):
+            out = np.full((n, n_out), np.nan, np.float32)
+            run_kernel(kernel, host, [x, w, out], n, pos=5, nth=nth)
+            err = np.abs(out - want)
+            assert (err <= tolerance).all(), f"n={n} nth={nth}: worst {np.max(err / tolerance):.3g}"
+            assert (np.abs(out - exact) <= quant_bound + 2 * tolerance).all()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_qmatmul_activation_error_is_about_5e3(host, run_kernel, fmt):
+    """On Gaussian data, 8-bit activations cost ~5e-3 of the output scale (not a bug)."""
+    n_out, k, n = 64, 576, 4
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w = quantize_rows(rng.standard_normal((n_out, k)).astype(np.float32), fmt)
+    out = np.zeros((n, n_out), np.float32)
+    run_kernel(qmatmul(fmt, n_out, k, (64, 256), host), host, [x, w, out], n, nth=2)
+    exact = x.astype(np.float64) @ dequantize_rows(w, fmt).astype(np.float64).T
+    rel = np.abs(out - exact).max() / np.abs(exact).max()
+    assert 1e-4 < rel < 1.5e-2
+
+
+def test_qmatmul_paths_and_names(host):
+    k = qmatmul("q4_1", 64, 576, (64, 256), host)
+    assert k.args == ("x", "w", "out")
+    assert ("_vnni" in k.name) == host.has_vnni
+    with pytest.raises(ValueError, match="multiple of 32"):
+        qmatmul("q8_0", 4, 48, (64, 256), host)
+    with pytest.raises(ValueError, match="no kernel"):
+        qmatmul("f16", 4, 64, (64, 256), host)
+
+
+def test_vnni_asm_uses_vpdpbusd(run_kernel):
+    if not detect_host().has_vnni:
+        pytest.skip("host lacks avx512vnni")
+    for isa, want in (("avx512", True), ("avx2", False)):
+        host = detect_host(isa)
+        for fmt in FORMATS:
+            asm = run_kernel.compile(qmatmul(fmt, 64, 576, (64, 256), host), host).asm()
+            assert ("vpdpbusd" in asm) == want, (isa, fmt)
+
+
+def test_halves_to_floats_without_f16c_is_exact():
+    """The lane-wise integer f16 conversion of the generic path, on all 65536 halves."""
+    f = FunctionWriter("conv", [("ptr", "%src"), ("ptr", "%dst"), ("i64", "%n")], linkage="")
+    with f.loop(0, "%n", 8) as i:
+        h = f.load("<8 x i16>", f.gep("%src", i, "i16"), 2)
+        f.store("<8 x float>", halves_to_floats(f, h, 8, f16c=False), f.gep("%dst", i))
+    cm = compile_ir(f.finish(), detect_host("generic"))
+    halves = np.arange(65536, dtype=np.uint16)
+    out = np.zeros(65536, np.float32)
+    conv = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+        cm.address("conv")
+    )
+    conv(halves.ctypes.data, out.ctypes.data, halves.size)
+    want = halves.view(np.float16).astype(np.float32)
+    same = (out.view(np.uint32) == want.view(np.uint32)) | (np.isnan(out) & np.isnan(want))
+    assert same.all()
+
+
+# ---- qembed ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("vocab,dim", [(50, 64), (300, 576), (9, 32)])
+def test_qembed_is_bitwise_gguf(host, run_kernel, fmt, vocab, dim):
+    table = quantize_rows(awkward(vocab, dim), fmt)
+    want_all = dequantize_rows(table, fmt)
+    kernel = qembed(fmt, vocab, dim, host)
+    for n in (1, 4):
+        ids = rng.integers(0, vocab, n).astype(np.int32)
+        for nth in (1, 2, 3):
+            out = np.full((n, dim), np.nan, np.float32)
+            run_kernel(kernel, host, [ids, table, out], n, nth=nth)
+            np.testing.assert_array_equal(out.view(np.uint32), want_all[ids].view(np.uint32))
