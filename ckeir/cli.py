@@ -68,6 +68,7 @@ def _opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=1, help="target cores (tile pass)")
     p.add_argument("--l2", default="1MiB", help="target L2 per core (tile pass)")
     p.add_argument("--l3", default="32MiB", help="target L3 (tile pass)")
+    p.add_argument("--spec", help="take the cluster and schedule (place pass) from this spec")
     p.add_argument("--weight-format", help="quantize pass: keep f32 q8_0 q4_0 q4_1")
     p.add_argument("--weight-except", action="append", default=[], help="quantize pass: skip")
     p.add_argument(
@@ -209,6 +210,12 @@ def cmd_opt(argv: list[str]) -> int:
         from ckeir.backends.llvm import lower  # noqa: F401  (registers lower-llvm)
     pm = PassManager(parse_pipeline(args.pass_pipeline), verify_each=not args.no_verify_each)
     options = {"weight_format": args.weight_format, "weight_except": args.weight_except}
+    if args.spec:
+        from ckeir.frontend import load_spec
+
+        spec = load_spec(Path(args.spec))
+        sched = spec.schedule()
+        options.update(schedule=sched, cluster=spec.cluster_of(sched))
     ctx = PassContext(target=target, options=options)
     pm.run(module, ctx)
     if args.emit == "llvm":

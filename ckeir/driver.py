@@ -111,6 +111,7 @@ def build_ir(job: Job, phases=("prefill", "decode")) -> Operation:
 def run_passes(module: Operation, job: Job, pipeline: str | None = None, **pm_options):
     """Run the pipeline; returns (module, pass manager, context)."""
     pm = PassManager(parse_pipeline(pipeline or default_pipeline()), **pm_options)
-    ctx = PassContext(target=job.target, options={"schedule": job.schedule})
+    ctx = PassContext(target=job.target,
+                      options={"schedule": job.schedule, "cluster": job.cluster})
     pm.run(module, ctx)
     return module, pm, ctx

@@ -251,3 +251,30 @@ def module_op(ops: Iterable[Operation] = ()) -> Operation:
     for op in ops:
         block.append(op)
     return Operation("builtin.module", regions=[Region([block])])
+
+
+def clone(op: Operation, mapping: dict[Value, Value] | None = None) -> Operation:
+    """A deep copy of `op` (its regions included); operands defined outside `op` are looked up
+    in `mapping` (value -> value) and kept as they are if absent."""
+    mapping = {} if mapping is None else mapping
+    new = Operation(
+        op.name,
+        [mapping.get(v, v) for v in op.operands],
+        [r.type for r in op.results],
+        dict(op.attributes),
+        (),
+        dict(op.properties),
+        op.loc,
+    )
+    for old, r in zip(op.results, new.results, strict=True):
+        mapping[old] = r
+    for region in op.regions:
+        new_region = new.add_region(Region())
+        for block in region.blocks:
+            nb = new_region.add_block(Block([a.type for a in block.args]))
+            for old, a in zip(block.args, nb.args, strict=True):
+                mapping[old] = a
+        for block, nb in zip(region.blocks, new_region.blocks, strict=True):
+            for inner in block.ops:
+                nb.append(clone(inner, mapping))
+    return new

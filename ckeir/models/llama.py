@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Block, Builder, Operation, Region, module_op
 from ckeir.ir.types import DYN, MemRefType, TensorType, UnrankedTensorType, f32, i32, i64
 
@@ -76,6 +77,7 @@ def build_program(
     weights: dict[str, object] = {}
 
     def w(name: str):
+        """The weight op (created on first use); a layer's weights carry its `layer`."""
         if name not in weights:
             elt = (weight_types or {}).get(name, f32)
             weights[name] = b.value(
@@ -89,6 +91,7 @@ def build_program(
     x = b.value("cke.embed", [ids, w("token_embd.weight")], u)
     rope = dict(theta=float(cfg.rope_theta), head_dim=cfg.head_dim, style=cfg.rope_style)
     for layer in range(cfg.layers):
+        first = len(block.ops)
         p = f"blk.{layer}."
         h = b.value("cke.rmsnorm", [x, w(p + "attn_norm.weight")], u, eps=float(cfg.norm_eps))
         q = b.value("cke.rope", [mm(h, p + "attn_q.weight"), pos], u, **rope)
@@ -107,6 +110,8 @@ def build_program(
         h = b.value("cke.rmsnorm", [x, w(p + "ffn_norm.weight")], u, eps=float(cfg.norm_eps))
         g = b.value("cke.silu_mul", [mm(h, p + "ffn_gate.weight"), mm(h, p + "ffn_up.weight")], u)
         x = b.value("cke.add", [x, mm(g, p + "ffn_down.weight")], u)
+        for op in block.ops[first:]:  # every op of the layer says so: the unit of placement
+            op.attributes["layer"] = to_attr(layer)
     if phase == "prefill":
         x = b.value("cke.last_token", [x], u)
     x = b.value("cke.rmsnorm", [x, w("output_norm.weight")], u, eps=float(cfg.norm_eps))

@@ -14,6 +14,22 @@ from ckeir.ir.types import UnrankedTensorType
 from ckeir.passes.manager import Pass, PassContext, register_pass
 
 
+def retype(root: Operation, rewriter: Rewriter | None = None) -> None:
+    """Recompute every inferable result type under `root`, in program order."""
+    rewriter = rewriter or Rewriter()
+    for op in root.walk():
+        d = lookup(op.name)
+        if d is None or d.infer is None:
+            continue
+        for r, t in zip(op.results, d.infer(op), strict=True):
+            if isinstance(t, UnrankedTensorType):
+                raise PassError(
+                    f"shape-infer: cannot type the result of {op.name} "
+                    "(an operand is still unranked)"
+                )
+            rewriter.set_result_type(op, r.index, t)
+
+
 @register_pass
 class ShapeInfer(Pass):
     name = "shape-infer"

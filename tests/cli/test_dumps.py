@@ -27,15 +27,17 @@ def dump(spec, tmp_path, backend="reference"):
 def test_dump_dir_shows_each_pass(tmp_path):
     files = dump(ROOT / "specs/odd.cke", tmp_path, backend="llvm")
     names = [f.name for f in files]
-    assert names[:5] == ["00-input.mlir", "01-shape-infer.mlir", "02-quantize.mlir",
-                         "03-tile.mlir", "04-plan-memory.mlir"]
-    assert names[5].endswith("lower-llvm.ll") and names[6].endswith("codegen.s")
+    assert names[:7] == ["00-input.mlir", "01-shape-infer.mlir", "02-quantize.mlir",
+                         "03-place.mlir", "04-insert-collectives.mlir", "05-tile.mlir",
+                         "06-plan-memory.mlir"]
+    assert names[7].endswith("lower-llvm.ll") and names[8].endswith("codegen.s")
     texts = [f.read_text() for f in files]
     assert "tensor<*xf32>" in texts[0] and "tensor<*xf32>" not in texts[1]
-    assert "tile = array<i64:" not in texts[2] and "tile = array<i64:" in texts[3]
-    assert "mem.arena" not in texts[3] and "mem.arena" in texts[4]
-    llvm.parse_assembly(texts[5]).verify()
-    assert "vfmadd" in texts[6]
+    assert "rank = 0" not in texts[2] and "rank = 0" in texts[3]
+    assert "tile = array<i64:" not in texts[4] and "tile = array<i64:" in texts[5]
+    assert "mem.arena" not in texts[5] and "mem.arena" in texts[6]
+    llvm.parse_assembly(texts[7]).verify()
+    assert "vfmadd" in texts[8]
 
 
 @pytest.mark.mlir

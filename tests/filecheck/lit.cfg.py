@@ -15,3 +15,4 @@ config.substitutions.append(("%ckec", f"{sys.executable} -m ckeir.cli"))
 for var in ("CKEIR_CACHE_DIR", "HOME"):
     if var in os.environ:
         config.environment[var] = os.environ[var]
+config.excludes = ["Inputs"]

@@ -23,15 +23,38 @@ FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache")
 
 
 @attrs.frozen
+class Step:
+    """One step of a program: a native segment, or a communication between segments.
+    Byte counts are per token row when `rows` is None (the row count is known at run time)."""
+
+    kind: str  # native | send | recv | allreduce | allgather
+    symbol: str = ""
+    src: int = -1  # arena offsets
+    dst: int = -1
+    row_bytes: int = 0
+    rows: int | None = None
+    peer: int = -1
+    group: tuple[int, ...] = ()
+
+    def nbytes(self, n: int) -> int:
+        return self.row_bytes * (n if self.rows is None else self.rows)
+
+
+@attrs.frozen
 class ProgramABI:
-    """What the runtime must put in each `%ctx` slot of one program, and where outputs are."""
+    """What the runtime must put in each `%ctx` slot of one program, the steps to run, and
+    where the outputs are."""
 
     symbol: str
     phase: str
+    rank: int
     slots: tuple[str, ...]  # FIXED_SLOTS, then "weight:<name>" per weight
     arena_bytes: int
     max_tokens: int
     outputs: tuple[tuple[int, int], ...]  # (arena offset, bytes) of each returned value
+    steps: tuple[Step, ...] = ()
+    shards: dict = attrs.field(factory=dict)  # weight slot name -> (row0, row1, col0, col1)
+    cache_shape: tuple[int, ...] = ()
 
     def slot(self, name: str) -> int:
         return self.slots.index(name)
@@ -48,20 +71,18 @@ class LoweredModule:
 
 
 class _Lowering:
+    """Lowers one `cke.func` into native segments split at its `dist.*` ops."""
+
     def __init__(self, func: Operation, host: HostCPU):
         self.func, self.host = func, host
         self.kernels: dict[str, Kernel] = {}
         self.block = func.regions[0].entry
-        self.weights = [op.attr("name") for op in self.block.ops if op.name == "cke.weight"]
-        self.slots = FIXED_SLOTS + tuple(f"weight:{w}" for w in self.weights)
+        self.weight_ops = [op for op in self.block.ops if op.name == "cke.weight"]
+        self.slots = FIXED_SLOTS + tuple(_slot_name(op) for op in self.weight_ops)
         self.sym = f"cke_{func.attr('sym_name')}"
-        self.f = FunctionWriter(
-            self.sym,
-            [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")],
-            linkage="dso_local",
-            attributes="nounwind",
-        )
-        self.ptrs: dict[object, str] = {}
+        self.entries: list[str] = []
+        self.declares: set[str] = set()
+        self.steps: list[Step] = []
 
     # -- ctx slots --------------------------------------------------------------------------
     def slot_ptr(self, name: str) -> str:
@@ -77,33 +98,65 @@ class _Lowering:
         raise BackendError(f"lower-llvm: no buffer for {v!r}")
 
     # -- the program ------------------------------------------------------------------------
-    def run(self) -> str:
+    def run(self) -> None:
+        for op in self.block.ops:
+            if op.results and op.name != "cke.weight" and op.attr("offset") is None:
+                raise BackendError(
+                    f"lower-llvm: {op.name} has no arena offset (run plan-memory first)"
+                )
+        segment: list[Operation] = []
+        for op in self.block.ops:
+            if op.name in ("cke.weight", "mem.arena"):
+                continue
+            if op.name.startswith("dist.") or op.name == "cke.return":
+                if segment:
+                    self.native(segment)
+                    segment = []
+                if op.name != "cke.return":
+                    self.steps.append(_comm_step(op))
+                continue
+            segment.append(op)
+        if segment:
+            self.native(segment)
+
+    def native(self, ops: list[Operation]) -> None:
+        """One entry `void @cke_<func>_s<k>(ptr ctx, i32 tid, i32 nth)` running `ops`."""
+        k = sum(1 for st in self.steps if st.kind == "native")
+        symbol = (
+            self.sym
+            if k == 0 and not any(o.name.startswith("dist.") for o in self.block.ops)
+            else f"{self.sym}_s{k}"
+        )
+        self.f = FunctionWriter(
+            symbol,
+            [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")],
+            linkage="dso_local",
+            attributes="nounwind",
+        )
         f = self.f
         arena = self.slot_ptr("arena")
         self.n, self.pos = self.slot_i64("n"), self.slot_i64("pos")
         self.barrier = self.slot_ptr("barrier")
-        ids, kc, vc = (self.slot_ptr(s) for s in ("ids", "kcache", "vcache"))
         args = self.block.args
-        self.ptrs.update({args[0]: ids, args[2]: kc, args[3]: vc})
-        ops = [op for op in self.block.ops if op.name not in ("cke.weight", "mem.arena")]
+        self.ptrs = {
+            args[0]: self.slot_ptr("ids"),
+            args[2]: self.slot_ptr("kcache"),
+            args[3]: self.slot_ptr("vcache"),
+        }
+        for w in self.weight_ops:
+            self.ptrs[w.results[0]] = self.slot_ptr(_slot_name(w))
         for op in self.block.ops:
-            if op.name == "cke.weight":
-                self.ptrs[op.results[0]] = self.slot_ptr(f"weight:{op.attr('name')}")
-            elif op.results and op.attr("offset") is not None:
+            if op.results and op.attr("offset") is not None:
                 self.ptrs[op.results[0]] = f(
                     f"getelementptr inbounds i8, ptr {arena}, i64 {op.attr('offset')}", "buf"
                 )
-            elif op.results and op.name not in ("cke.weight",):
-                raise BackendError(
-                    f"lower-llvm: {op.name} has no arena offset (run plan-memory first)"
-                )
         for i, op in enumerate(ops):
-            if op.name == "cke.return":
-                break
             LOWER[op.name](self, op)
-            if i + 1 < len(ops) - 1:  # no barrier needed after the last op before return
+            if i + 1 < len(ops):  # the caller waits for every thread at the end anyway
                 self.sync()
-        return f.finish()
+        self.entries.append(f.finish())
+        self.declares |= f.declares
+        self.steps.append(Step("native", symbol=symbol))
 
     def rows(self, v) -> str:
         t = v.type
@@ -214,41 +267,93 @@ LOWER = {
 }
 
 
+def _slot_name(w: Operation) -> str:
+    shard = w.attr("shard")
+    return f"weight:{w.attr('name')}" + ("@" + ",".join(map(str, shard)) if shard else "")
+
+
+def _row_bytes(t) -> tuple[int, int | None]:
+    rows = t.shape[0]
+    per_row = nbytes(t.with_shape((1, *t.shape[1:])))
+    return per_row, rows
+
+
+def _comm_step(op: Operation) -> Step:
+    if op.name == "dist.send":
+        per_row, rows = _row_bytes(op.operands[0].type)
+        return Step(
+            "send",
+            src=op.operands[0].op.attr("offset"),
+            row_bytes=per_row,
+            rows=rows,
+            peer=op.attr("peer"),
+        )
+    if op.name == "dist.recv":
+        per_row, rows = _row_bytes(op.results[0].type)
+        return Step(
+            "recv", dst=op.attr("offset"), row_bytes=per_row, rows=rows, peer=op.attr("peer")
+        )
+    per_row, rows = _row_bytes(op.operands[0].type)
+    return Step(
+        op.name.split(".")[1],
+        src=op.operands[0].op.attr("offset"),
+        dst=op.attr("offset"),
+        row_bytes=per_row,
+        rows=rows,
+        group=tuple(op.attr("group")),
+    )
+
+
 def _abi(low: _Lowering) -> ProgramABI:
     func = low.func
-    ret = low.block.terminator
     outputs = []
-    for v in ret.operands:
+    for v in low.block.terminator.operands:
         if not isinstance(v, OpResult) or v.op.attr("offset") is None:
             raise BackendError("lower-llvm: a returned value is not in the arena")
         outputs.append((v.op.attr("offset"), nbytes(v.type)))
+    shards = {_slot_name(w): tuple(w.attr("shard")) for w in low.weight_ops if w.attr("shard")}
     return ProgramABI(
         low.sym,
         func.attr("phase"),
+        func.attr("rank", 0),
         low.slots,
         func.attr("arena_bytes", 0),
         func.attr("max_tokens", 1),
         tuple(outputs),
+        tuple(low.steps),
+        shards,
+        tuple(low.block.args[2].type.shape),
     )
 
 
-def lower_module(module: Operation, host: HostCPU) -> LoweredModule:
-    """LLVM IR text for every program of the module, and each program's ABI."""
+def lower_module(module: Operation, host: HostCPU, rank: int | None = None) -> LoweredModule:
+    """LLVM IR text for the programs of the module (those of `rank`, if given), and each
+    program's ABI."""
     kernels: dict[str, Kernel] = {}
     entries, programs, declares = [], {}, set()
     for func in funcs(module):
+        if rank is not None and func.attr("rank", 0) != rank:
+            continue
         for op in func.regions[0].entry.ops:
-            if op.name not in LOWER and op.name not in ("cke.weight", "mem.arena", "cke.return"):
+            if (
+                op.name not in LOWER
+                and op.name not in NOT_LOWERED
+                and not op.name.startswith("dist.")
+            ):
                 raise BackendError(f"lower-llvm: no lowering for '{op.name}'", loc=op.loc)
         low = _Lowering(func, host)
-        entries.append(low.run())
+        low.run()
+        entries += low.entries
         kernels.update(low.kernels)
-        declares |= low.f.declares
+        declares |= low.declares
         programs[func.attr("sym_name")] = _abi(low)
     for k in kernels.values():
         declares |= k.declares
     text = "\n".join(sorted(declares) + [k.ir for k in kernels.values()] + entries)
     return LoweredModule(text, programs)
+
+
+NOT_LOWERED = ("cke.weight", "mem.arena", "cke.return")
 
 
 @register_pass

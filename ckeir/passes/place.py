@@ -1,0 +1,381 @@
+"""place: give every op a rank, per phase, and cut each phase's program into one per rank.
+
+Requires: shape-infer (types), the llama builder's `layer` tags, and the schedule + cluster
+in `ctx.options` ("schedule", "cluster").  Ranks are the cluster's nodes that any phase uses,
+in declaration order.  A phase is a list of stages (layer ranges); a stage of k nodes is
+tensor parallel: attention splits by key/value-head groups (with their query heads), the FFN
+column-then-row by 32-wide blocks, the LM head by vocabulary; shares follow the nodes'
+resources (DRAM bandwidth for decode, cores for prefill).  Several stages make a pipeline:
+the embedding lives on the first, the final norm and LM head on the last.  `auto` phases
+take the candidate with the lowest predicted latency that fits every node's memory.
+
+For each (phase, rank) the pass clones the phase program, keeps the ops the rank owns,
+shrinks sharded weights (`shard = array<i64: row0, row1, col0, col1>` of the full tensor),
+and turns every value that comes from another stage into a `dist.recv` (the producer gets the
+matching `dist.send`): a graph cut always needs that pair.  Matmuls whose outputs are partial
+sums (`tp = "partial"`) or vocabulary slices (`tp = "vocab"`) are left for
+insert-collectives.  Records `ctx.artifacts["placement"]`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ckeir import cost
+from ckeir.errors import PassError
+from ckeir.ir.attributes import to_attr
+from ckeir.ir.core import Operation, Rewriter, clone
+from ckeir.ir.types import MemRefType, ShapedType, TensorType, element_format, nbytes
+from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
+from ckeir.passes.shape_infer import retype
+
+FFN_UNIT = 32  # FFN shards are whole quantization blocks
+
+
+@attrs.frozen
+class StagePlan:
+    index: int
+    nodes: tuple[str, ...]
+    ranks: tuple[int, ...]
+    first: int
+    last: int
+    kv_heads: tuple[tuple[int, int], ...]  # per rank [kv0, kv1)
+    ffn: tuple[tuple[int, int], ...]  # per rank [f0, f1)
+    vocab: tuple[tuple[int, int], ...]  # per rank [v0, v1) of the LM head
+
+
+@attrs.frozen
+class PhasePlan:
+    phase: str
+    stages: tuple[StagePlan, ...]
+    auto: bool = False
+    why: str = ""
+    candidates: tuple[tuple[str, float, bool], ...] = ()  # (description, latency s, fits)
+
+    def stage_of(self, rank: int) -> StagePlan | None:
+        return next((s for s in self.stages if rank in s.ranks), None)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return tuple(r for s in self.stages for r in s.ranks)
+
+    def describe(self) -> str:
+        return " | ".join(
+            f"{'[' + ', '.join(s.nodes) + ']' if len(s.nodes) > 1 else s.nodes[0]} "
+            f"layers {s.first}..{s.last}"
+            for s in self.stages
+        )
+
+
+@attrs.frozen
+class Shape:
+    """The model dimensions place needs, read from the IR."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+
+
+def model_shape(func: Operation) -> Shape:
+    ops = func.regions[0].entry.ops
+    att = next(op for op in ops if op.name == "cke.attention")
+    gate = next(
+        op for op in ops if op.name == "cke.weight" and op.attr("name").endswith("ffn_gate.weight")
+    )
+    head = [op for op in ops if op.name == "cke.matmul"][-1]
+    layers = 1 + max(op.attr("layer", -1) for op in ops)
+    return Shape(
+        layers,
+        att.attr("heads"),
+        att.attr("kv_heads"),
+        att.attr("head_dim"),
+        gate.results[0].type.shape[0],
+        head.operands[1].type.shape[0],
+    )
+
+
+# --- choosing the plan ----------------------------------------------------------------------
+
+
+def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float]) -> StagePlan:
+    k = len(nodes)
+    if k == 1:
+        whole = lambda n: ((0, n),)  # noqa: E731
+        return StagePlan(
+            index,
+            tuple(nodes),
+            tuple(ranks),
+            first,
+            last,
+            whole(shape.kv_heads),
+            whole(shape.ffn),
+            whole(shape.vocab),
+        )
+    if k > shape.kv_heads:
+        raise PassError(
+            f"stage [{', '.join(nodes)}] has {k} nodes but the model has {shape.kv_heads} "
+            "key/value heads: tensor parallelism splits attention by key/value heads"
+        )
+    kv = _ranges(cost.share(shape.kv_heads, speed))
+    if shape.ffn % FFN_UNIT or shape.ffn // FFN_UNIT < k:
+        raise PassError(
+            f"stage [{', '.join(nodes)}]: FFN width {shape.ffn} cannot be split "
+            f"into {k} shards of whole {FFN_UNIT}-blocks"
+        )
+    ffn = _ranges(cost.share(shape.ffn, speed, FFN_UNIT))
+    vocab = _ranges(cost.share(shape.vocab, speed))
+    return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab)
+
+
+def _ranges(sizes: list[int]) -> tuple[tuple[int, int], ...]:
+    out, at = [], 0
+    for s in sizes:
+        out.append((at, at + s))
+        at += s
+    return tuple(out)
+
+
+def _speed(node: cost.NodeModel, phase: str) -> float:
+    return node.dram_bw if phase == "decode" else float(node.cores)
+
+
+def plan_from_stages(phase: str, stages, rank_of, nodes, shape: Shape) -> PhasePlan:
+    plans = []
+    for i, (names, first, last) in enumerate(stages):
+        speed = [_speed(nodes[n], phase) for n in names]
+        plans.append(make_stage(i, names, [rank_of[n] for n in names], first, last, shape, speed))
+    return PhasePlan(phase, tuple(plans))
+
+
+def split_layers(n_layers: int, names: list[str], nodes, phase: str) -> list[tuple]:
+    """Pipeline stages with layer counts proportional to the nodes' speed."""
+    sizes = cost.share(n_layers, [_speed(nodes[n], phase) for n in names])
+    out, at = [], 0
+    for name, s in zip(names, sizes, strict=True):
+        out.append(((name,), at, at + s - 1))
+        at += s
+    return out
+
+
+# --- cutting the program --------------------------------------------------------------------
+
+
+def _owner_stage(op: Operation, plan: PhasePlan, pre_end: int, post_start: int, i: int) -> int:
+    layer = op.attr("layer")
+    if layer is not None:
+        return next(s.index for s in plan.stages if s.first <= layer <= s.last)
+    return 0 if i < pre_end else len(plan.stages) - 1
+
+
+def rank_program(func: Operation, plan: PhasePlan, rank: int, shape: Shape) -> Operation:
+    """The part of `func` that `rank` runs, with its shards, boundary recvs and sends."""
+    new = clone(func)
+    block = new.regions[0].entry
+    ops = list(block.ops)
+    tagged = [
+        i for i, op in enumerate(ops) if op.attr("layer") is not None and op.name != "cke.weight"
+    ]
+    pre_end, post_start = tagged[0], tagged[-1] + 1
+    stage = plan.stage_of(rank)
+    owner = {op: _owner_stage(op, plan, pre_end, post_start, i) for i, op in enumerate(ops)}
+    for op in ops:  # a weight belongs to where it is used
+        if op.name == "cke.weight":
+            owner[op] = None
+    rw = Rewriter()
+    lead = {s.index: s.ranks[0] for s in plan.stages}
+    term = block.terminator
+
+    # values produced in an earlier stage and used here arrive by dist.recv
+    for op in ops:
+        if owner[op] is None or op is term:
+            continue
+        for r in op.results:
+            users = [u for u, _ in r.uses if u is not term and owner.get(u) is not None]
+            if owner[op] != stage.index and any(owner[u] == stage.index for u in users):
+                recv = Operation(
+                    "dist.recv",
+                    result_types=[r.type],
+                    attributes={"peer": lead[owner[op]], "bytes": _msg_bytes(r.type, func)},
+                )
+                rw.insert_before(op, recv)
+                r.replace_all_uses_with(recv.results[0])
+            elif owner[op] == stage.index and rank == stage.ranks[0]:
+                later = sorted({owner[u] for u in users if owner[u] > stage.index})
+                at = op
+                for s in later:
+                    for peer in plan.stages[s].ranks:
+                        send = Operation(
+                            "dist.send",
+                            [r],
+                            attributes={"peer": peer, "bytes": _msg_bytes(r.type, func)},
+                        )
+                        at = rw.insert_after(at, send)
+    # drop what other stages run (users first)
+    last_stage = len(plan.stages) - 1
+    if stage.index != last_stage:
+        rw.erase(term)
+        term = block.append(Operation("cke.return"))
+    for op in reversed(list(block.ops)):
+        if op is term or op.name.startswith("dist."):
+            continue
+        if owner.get(op) is None and op.name == "cke.weight":
+            if not op.results[0].uses:
+                rw.erase(op)
+            continue
+        if owner[op] != stage.index:
+            rw.erase(op)
+    _shard(new, stage, stage.ranks.index(rank), shape, rw)
+    new.attributes.update(
+        {
+            "sym_name": to_attr(
+                f"{func.attr('sym_name')}_r{rank}" if len(plan.ranks) > 1 else func.attr("sym_name")
+            ),
+            "rank": to_attr(rank),
+            "stage": to_attr(stage.index),
+            "layers": to_attr((stage.first, stage.last)),
+            "group": to_attr(tuple(stage.ranks)),
+        }
+    )
+    retype(new)
+    return new
+
+
+def _msg_bytes(t: ShapedType, func: Operation) -> int:
+    return nbytes(t, dyn=func.attr("max_tokens", 1))
+
+
+def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter) -> None:
+    """Shrink this rank's weights, attention heads and KV caches to its share."""
+    if len(stage.ranks) == 1:
+        return
+    g, hd = shape.heads // shape.kv_heads, shape.head_dim
+    kv0, kv1 = stage.kv_heads[j]
+    f0, f1 = stage.ffn[j]
+    v0, v1 = stage.vocab[j]
+    rows = {
+        "attn_q": (kv0 * g * hd, kv1 * g * hd),
+        "attn_k": (kv0 * hd, kv1 * hd),
+        "attn_v": (kv0 * hd, kv1 * hd),
+        "ffn_gate": (f0, f1),
+        "ffn_up": (f0, f1),
+    }
+    cols = {"attn_output": (kv0 * g * hd, kv1 * g * hd), "ffn_down": (f0, f1)}
+    block = func.regions[0].entry
+    matmuls = [op for op in block.ops if op.name == "cke.matmul"]
+    head = (
+        matmuls[-1]
+        if stage.last == shape.layers - 1 and matmuls and matmuls[-1].attr("layer") is None
+        else None
+    )
+    for op in list(block.ops):
+        if op.name == "cke.matmul" and op is head:
+            w = op.operands[1].op
+            sliced = _weight_slice(w, (v0, v1), None, rw)
+            op.set_operand(1, sliced.results[0])
+            if not w.results[0].uses:
+                rw.erase(w)
+            rw.set_attr(op, "tp", "vocab")
+            rw.set_attr(op, "vocab_slice", (v0, v1, shape.vocab))
+            continue
+        if op.name != "cke.weight" or op.attr("layer") is None:
+            continue
+        kind = op.attr("name").split(".")[2]
+        if kind in rows:
+            _weight_slice(op, rows[kind], None, rw, in_place=True)
+        elif kind in cols:
+            _weight_slice(op, None, cols[kind], rw, in_place=True)
+            for user, _ in op.results[0].uses:
+                rw.set_attr(user, "tp", "partial")
+    for op in block.ops:
+        if op.name == "cke.attention":
+            rw.set_attr(op, "heads", (kv1 - kv0) * g)
+            rw.set_attr(op, "kv_heads", kv1 - kv0)
+    for arg in block.args[2:4]:
+        t = arg.type
+        rw.set_arg_type(arg, MemRefType((t.shape[0], t.shape[1], (kv1 - kv0) * hd), t.element))
+
+
+def _weight_slice(op: Operation, rows, cols, rw: Rewriter, in_place: bool = False) -> Operation:
+    """Restrict a weight op to rows [r0, r1) and/or columns [c0, c1) of the full tensor."""
+    full = tuple(op.attr("shape"))
+    r0, r1 = rows or (0, full[0])
+    c0, c1 = cols or (0, full[1])
+    elt = op.results[0].type.element
+    fmt = element_format(elt)
+    if fmt.quantized and (c0 % fmt.block or c1 % fmt.block):
+        raise PassError(
+            f"place: weight {op.attr('name')} columns {c0}..{c1} do not fall on "
+            f"{fmt.name} block boundaries"
+        )
+    attributes = dict(op.attributes)
+    attributes.update(shard=to_attr((r0, r1, c0, c1)), shape=to_attr((r1 - r0, c1 - c0)))
+    target = op
+    if not in_place:
+        target = Operation("cke.weight", result_types=[TensorType((r1 - r0, c1 - c0), elt)])
+        rw.insert_after(op, target)
+    target.attributes = attributes
+    rw.set_result_type(target, 0, TensorType((r1 - r0, c1 - c0), elt))
+    return target
+
+
+@register_pass
+class Place(Pass):
+    name = "place"
+    summary = "assign ops to ranks per phase (pipeline / tensor / hybrid / auto); shard weights"
+
+    def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
+        sched, cluster = ctx.options.get("schedule"), ctx.options.get("cluster")
+        if sched is None or cluster is None:
+            raise PassError(
+                "place needs a schedule and a cluster (compile a spec, or give "
+                "`ckec opt --spec FILE`)"
+            )
+        nodes = {n.name: cost.NodeModel.of(n) for n in cluster.nodes}
+        body = module.regions[0].entry
+        originals = [f for f in funcs(module) if f.attr("rank") is None]
+        used = _used_nodes(sched, cluster, [f.attr("phase") for f in originals])
+        rank_of = {n: i for i, n in enumerate(used)}
+        placement = ctx.artifacts.setdefault("placement", {})
+        for func in originals:
+            phase = func.attr("phase")
+            shape = model_shape(func)
+            plan = choose(sched.phases.get(phase), phase, shape, rank_of, nodes, func, ctx)
+            placement[phase] = plan
+            at = body.ops.index(func)
+            for rank in plan.ranks:
+                body.insert(at, rank_program(func, plan, rank, shape))
+                at += 1
+            body.ops.remove(func)
+            func.parent = None
+        ctx.artifacts["ranks"] = {r: n for n, r in rank_of.items()}
+
+
+def _used_nodes(sched, cluster, phases) -> list[str]:
+    named = set()
+    for p in phases:
+        decl = sched.phases.get(p)
+        if decl is None or decl.auto:
+            named |= (
+                {n.name for n in cluster.nodes} if decl is not None else {cluster.nodes[0].name}
+            )
+        else:
+            named |= {n for s in decl.stages for n in s.nodes}
+    return [n.name for n in cluster.nodes if n.name in named]
+
+
+def choose(decl, phase, shape, rank_of, nodes, func, ctx) -> PhasePlan:
+    if decl is None:
+        first = next(iter(rank_of))
+        return plan_from_stages(phase, [((first,), 0, shape.layers - 1)], rank_of, nodes, shape)
+    if not decl.auto:
+        stages = [
+            (tuple(s.nodes), s.first, shape.layers - 1 if s.last is None else s.last)
+            for s in decl.stages
+        ]
+        return plan_from_stages(phase, stages, rank_of, nodes, shape)
+    from ckeir.passes.predict import auto_plan
+
+    return auto_plan(phase, shape, rank_of, nodes, func, ctx)
