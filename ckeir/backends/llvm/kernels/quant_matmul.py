@@ -3,32 +3,35 @@ int8 dot products, the semantics of `ckeir.quant` (the numpy oracle):
 
 - each x row is quantized per 32-block to int8 with an f32 scale (GGML's Q8_0 rule, scale
   kept in f32), by every thread for itself, into its own stack scratch;
-- each block contributes  d_w·d_x · Σ q_w q_x  (exact int32 sum)  (+ m_w·d_x·Σ q_x for q4_1),
-  accumulated in f32.
+- each block contributes  d_w·d_x · Σ q_w q_x  (an exact int32 sum), plus m_w·d_x·Σ q_x for
+  q4_1, accumulated in f32.
 
-Two code paths with identical integer sums:
+Two code paths compute the same integer sums:
 
-- VNNI (AVX-512 + avx512vnni): `vpdpbusd` multiplies unsigned bytes by signed bytes.  q4
-  nibbles (0..15) are the unsigned side; q8_0 weights become unsigned by flipping their
-  sign bit (w + 128).  The dot product's i32 lanes start from a correction the
-  quantization stored per lane, -128·Σq_x (q8_0) or -8·Σq_x (q4_0, whose weights are
-  nibble - 8), so they end at exact partial sums.  One 512-bit vector holds two blocks;
-  each step takes `pairs` of them per row for `ROWS` rows.
+- VNNI (AVX-512 with avx512vnni): `vpdpbusd` multiplies unsigned by signed bytes into i32
+  lanes.  q4 nibbles (0..15) are the unsigned side as they are; q8_0 weights become
+  unsigned with their sign bit flipped (w + 128).  The lanes start from a correction the
+  quantizer stored, -128·Σq_x (q8_0) or -8·Σq_x (q4_0, whose weights are nibble - 8), so
+  they end at exact partial sums.  A *group* of blocks fills one 512-bit dot product: two
+  q8_0 blocks (8 lanes each), or four q4 blocks whose low nibbles and high nibbles are two
+  `vpdpbusd` into the same lanes (4 per block).  A row's group is one or two unaligned
+  64-byte loads, one byte shuffle to gather its quants and one to gather its f16 scales;
+  the quantizer lays the activations out in the matching order (for q4, per group: every
+  block's first 16 values, then every block's last 16).
 - generic (any other host): per block, sign-extended bytes multiplied as i32 vectors and
   reduced (`llvm.vector.reduce.add`); LLVM lowers it to AVX2 or SSE.
 
-Per step and row, the f16 scales of the step's blocks are converted as one vector and
-multiplied by the token's activation scales: lane c_b = d_w·d_x for every block, and for
-q4_1 the interleaved lane m_w·(d_x Σq_x) is the block's whole min term.
-
 Work split: threads take disjoint output rows (multiples of 16, so no two threads write to
-one cache line).  Tokens are quantized in groups of up to `group` rows; then the thread's
-rows are swept in tiles of TN rows, each tile by `tokens` token rows at a time, so a tile is
-read from DRAM once per group and reused from cache (prefill).  n == 1 is the same code with
-one token: weights stream once (decode GEMV).
+one cache line).  Token rows are quantized `group` at a time; then the thread's rows are
+swept in tiles of TN rows, each tile by `tokens` token rows at a time with `rows` weight
+rows per register block, so a tile is read from DRAM once per token group and reused from
+cache (prefill).  n == 1 is the same code with one token (decode GEMV: weights stream once;
+its scales are combined as d_w·d_x per block, q4_1's min terms on the side).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import attrs
 
@@ -44,9 +47,9 @@ from ckeir.backends.llvm.kernels.common import (
 from ckeir.formats import FORMATS, QUANT_FORMATS, Format
 
 QK = 32  # elements per block (weights and activations)
-ROWS = 4  # weight rows per step
-SCRATCH_BYTES = 96 * 1024  # per thread, on its stack: the quantized token group
-_CORRECTION = {"q8_0": -128, "q4_0": -8}  # VNNI: per-lane start of the dot products
+SCRATCH_BYTES = 96 * 1024  # per thread, on its stack: one quantized token group
+_HEAD = {"q8_0": 2, "q4_0": 2, "q4_1": 4}  # bytes of f16 scale(s) before a block's quants
+_CORRECTION = {"q8_0": -128, "q4_0": -8}  # VNNI: where each dot-product lane starts, per Σq_x
 
 
 @attrs.frozen
@@ -57,41 +60,57 @@ class Plan:
     k: int
     vnni: bool
     f16c: bool
-    tile_rows: int  # TN: rows per tile, a multiple of ROWS
-    tokens: int  # token rows per step in prefill
-    group: int  # token rows quantized at once (a multiple of `tokens`)
+    tile_rows: int  # TN: weight rows per tile, a multiple of both row counts below
+    rows: int  # weight rows per register block in decode
+    prefill_rows: int  # ... and in prefill, with `tokens` token rows
+    tokens: int
+    group: int  # token rows quantized at once, a multiple of `tokens`
 
     @property
     def blocks(self) -> int:
         return self.k // QK
 
     @property
-    def lanes_per_block(self) -> int:
-        """Scale lanes per block: d (q8_0, q4_0) or d, m (q4_1)."""
+    def nibbles(self) -> bool:
+        return self.fmt.name != "q8_0"
+
+    @property
+    def scale_lanes(self) -> int:
+        """f16 values at the head of a block: d, or d and m (q4_1)."""
         return 2 if self.fmt.name == "q4_1" else 1
+
+    @property
+    def dot_lanes(self) -> int:
+        """VNNI i32 lanes per block: 8 for q8_0; 4 for q4 (both nibble halves add there)."""
+        return 4 if self.nibbles else 8
+
+    @property
+    def group_blocks(self) -> int:
+        """VNNI blocks per 16-lane dot product."""
+        return 16 // self.dot_lanes
 
     @property
     def correction(self) -> int:
         return _CORRECTION.get(self.fmt.name, 0) if self.vnni else 0
 
-    # scratch layout of one token row: q_x bytes, per-lane corrections (i32, VNNI q8_0/q4_0),
-    # then per block d_x (and d_x·Σq_x for q4_1) as f32
-    @property
-    def corr_offset(self) -> int:
-        return self.k
-
-    @property
-    def scale_offset(self) -> int:
-        return self.k * (2 if self.correction else 1)
-
-    @property
-    def stride(self) -> int:
-        return ceil_to(self.scale_offset + 4 * self.lanes_per_block * self.blocks, 64)
-
-    def blocks_per_step(self, ntok: int) -> int:
-        """Blocks per step: 2 pairs (4 blocks) per row in decode; 1 pair when `tokens` rows
-        share each weight vector (their accumulators fill the registers)."""
-        return 4 if ntok == 1 else 2
+    def offsets(self) -> dict[str, int]:
+        """Byte offsets of the regions of one token's scratch, and its `stride`: q_x; VNNI
+        lane corrections (i32); per block d_x (and d_x·Σq_x for q4_1) (`dxs`); VNNI: d_x
+        once per dot lane (`pattern`) and q4_1's d_x·Σq_x alone (`sigma`)."""
+        b, vnni = self.blocks, self.vnni
+        sizes = {
+            "q": self.k,
+            "corr": 4 * self.dot_lanes * b if self.correction else 0,
+            "dxs": 4 * self.scale_lanes * b,
+            "pattern": 4 * self.dot_lanes * b if vnni else 0,
+            "sigma": 4 * b if vnni and self.scale_lanes == 2 else 0,
+        }
+        out, at = {}, 0
+        for name, size in sizes.items():
+            out[name] = at
+            at += ceil_to(size, 64)
+        out["stride"] = at
+        return out
 
 
 def plan(fmt: str, k: int, tile: tuple[int, int], host: HostCPU) -> Plan:
@@ -100,11 +119,15 @@ def plan(fmt: str, k: int, tile: tuple[int, int], host: HostCPU) -> Plan:
     if k % QK:
         raise ValueError(f"qmatmul {fmt}: K={k} must be a multiple of {QK}")
     vnni = host.has_vnni and {"avx512vl", "avx512bw", "f16c"} <= host.features
-    tokens = 4 if vnni else 2
-    tn = max(ROWS, tile[0] // ROWS * ROWS)
-    probe = Plan(FORMATS[fmt], k, vnni, "f16c" in host.features, tn, tokens, tokens)
-    group = max(tokens, min(32, SCRATCH_BYTES // probe.stride) // tokens * tokens)
-    return attrs.evolve(probe, group=group)
+    # decode: 4 weight rows share each activation load; prefill: 2 rows x 4 tokens, whose
+    # 8 accumulators and 4 tokens' activations (12 vectors) fit the 32 registers unspilled
+    rows, prefill_rows, tokens = (4, 2, 4) if vnni else (4, 4, 2)
+    tn = max(4, tile[0] // 4 * 4)
+    probe = Plan(
+        FORMATS[fmt], k, vnni, "f16c" in host.features, tn, rows, prefill_rows, tokens, tokens
+    )
+    per_group = SCRATCH_BYTES // probe.offsets()["stride"]
+    return attrs.evolve(probe, group=max(tokens, min(32, per_group) // tokens * tokens))
 
 
 def qmatmul(fmt: str, n_out: int, k: int, tile: tuple[int, int], host: HostCPU) -> Kernel:
@@ -116,22 +139,57 @@ def qmatmul(fmt: str, n_out: int, k: int, tile: tuple[int, int], host: HostCPU) 
     return finish_kernel(f, ("x", "w", "out"))
 
 
+# ---- IR snippets --------------------------------------------------------------------------
+
+
 def _vec(n: int, ty: str) -> str:
     return f"<{n} x {ty}>"
 
 
-def _mask(idx: list[int]) -> str:
+def _mask(idx: Sequence[int]) -> str:
     return f"<{len(idx)} x i32> <" + ", ".join(f"i32 {i}" for i in idx) + ">"
+
+
+def _shuffle(f: FunctionWriter, ty: str, a: str, b: str, idx: Sequence[int], hint: str = "sh"):
+    return f(f"shufflevector {ty} {a}, {ty} {b}, {_mask(idx)}", hint)
+
+
+def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
+    one = f(f"insertelement <1 x {ty}> poison, {ty} {scalar}, i64 0")
+    return _shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
+
+
+def _opaque(f: FunctionWriter, ptr: str) -> str:
+    """`ptr`, through an empty asm statement LLVM cannot see through or move."""
+    return f(f'call ptr asm sideeffect "", "=r,0"(ptr {ptr})', "opq")
+
+
+def halves_to_floats(f: FunctionWriter, halves: str, n: int, f16c: bool) -> str:
+    """<n x i16> f16 bit patterns as <n x float>: `fpext` with F16C, else the integer
+    conversion of `common.half_to_float`, lane-wise (exact for every half)."""
+    it, ft = _vec(n, "i32"), _vec(n, "float")
+    if f16c:
+        h = f(f"bitcast {_vec(n, 'i16')} {halves} to {_vec(n, 'half')}", "h")
+        return f(f"fpext {_vec(n, 'half')} {h} to {ft}", "hf")
+    h = f(f"zext {_vec(n, 'i16')} {halves} to {it}", "h")
+    mag = f(f"shl {it} {f(f'and {it} {h}, splat (i32 32767)')}, splat (i32 13)", "mag")
+    val = f(f"fmul {ft} {f(f'bitcast {it} {mag} to {ft}')}, splat (float {f32(2.0**112)})", "val")
+    special = f(f"icmp uge {it} {mag}, splat (i32 {31 << 23})", "infnan")
+    infnan = f(f"or {it} {mag}, splat (i32 {255 << 23})")
+    bits = f(f"select <{n} x i1> {special}, {it} {infnan}, {it} {f(f'bitcast {ft} {val} to {it}')}")
+    sign = f(f"shl {it} {f(f'and {it} {h}, splat (i32 32768)')}, splat (i32 16)", "sign")
+    return f(f"bitcast {it} {f(f'or {it} {bits}, {sign}')} to {ft}", "hf")
+
+
+# ---- the kernel's structure ---------------------------------------------------------------
 
 
 class _Writer:
     def __init__(self, f: FunctionWriter, p: Plan, n_out: int):
         self.f, self.p, self.n_out = f, p, n_out
-        self.bb = p.fmt.block_bytes
-        self.row_bytes = p.fmt.row_bytes(p.k)
-        self.scratch = f.var(f"[{p.group * p.stride} x i8]", hint="scratch", align=64).ptr
-
-    # ---- structure ----------------------------------------------------------------------
+        self.stride = p.offsets()["stride"]
+        self.scratch = f.var(f"[{p.group * self.stride} x i8]", hint="scratch", align=64).ptr
+        self.path = _Vnni(f, p) if p.vnni else _Generic(f, p)
 
     def body(self) -> None:
         f, p = self.f, self.p
@@ -140,8 +198,7 @@ class _Writer:
             with f.loop(0, "%n", p.group, "tg") as tg:
                 ng = f.min(p.group, f.sub("%n", tg))
                 with f.loop(0, ng, 1, "qt") as j:
-                    x = f.gep("%a0", f.mul(f.add(tg, j), p.k))
-                    self.quantize(x, self.token(j))
+                    self.path.quantize(f.gep("%a0", f.mul(f.add(tg, j), p.k)), self.token(j))
                 with f.loop(lo, hi, p.tile_rows, "rb") as rb:
                     re = f.min(f.add(rb, p.tile_rows), hi)
                     tfull = f.round_down(0, ng, p.tokens)
@@ -151,112 +208,384 @@ class _Writer:
                         self.rows(rb, re, tg, t, 1)
 
     def token(self, j: str | int) -> str:
-        return self.f.gep(self.scratch, self.f.mul(j, self.p.stride), "i8")
+        return self.f.gep(self.scratch, self.f.mul(j, self.stride), "i8")
 
     def rows(self, rb: str, re: str, tg: str, t: str, ntok: int) -> None:
-        f = self.f
-        rend = f.round_down(rb, re, ROWS)
-        with f.loop(rb, rend, ROWS, "r") as r:
-            self.dots(r, ROWS, tg, t, ntok)
+        f, rows = self.f, self.p.rows if ntok == 1 else self.p.prefill_rows
+        rend = f.round_down(rb, re, rows)
+        with f.loop(rb, rend, rows, "r") as r:
+            self.dots(r, rows, tg, t, ntok)
         with f.loop(rend, re, 1, "r") as r:
             self.dots(r, 1, tg, t, ntok)
 
     def dots(self, r: str, nrow: int, tg: str, t: str, ntok: int) -> None:
-        """out[tg+t+j, r+i] for i < nrow, j < ntok: the whole K, then one store each."""
+        """out[tg+t+j, r+i] for i < nrow, j < ntok."""
+        f, row_bytes = self.f, self.p.fmt.row_bytes(self.p.k)
+        wrows = [f.gep("%a1", f.mul(f.add(r, i), row_bytes), "i8") for i in range(nrow)]
+        # opaque to LLVM: otherwise, once it unrolls a short K loop, it hoists every
+        # activation load out of the row loop and spills them (slower than reloading)
+        toks = [_opaque(f, self.token(f.add(t, j))) for j in range(ntok)]
+        totals = self.path.dots(wrows, toks)
+        for i in range(nrow):
+            for j in range(ntok):
+                out = f.gep("%a2", f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), f.add(r, i)))
+                f.store("float", totals[i][j], out)
+
+
+class _Path:
+    """What both code paths share: quantizing one activation block."""
+
+    def __init__(self, f: FunctionWriter, p: Plan):
+        self.f, self.p, self.at = f, p, p.offsets()
+        self.bb = p.fmt.block_bytes
+
+    def region(self, tok: str, name: str, b: str | int, per_block: int) -> str:
+        """Address of block b's entry (`per_block` bytes each) in a scratch region."""
+        return self.f.gep(tok, self.f.add(self.at[name], self.f.mul(b, per_block)), "i8")
+
+    def q8(self, x: str, b: str | int) -> tuple[str, str, str]:
+        """Block b of an f32 row quantized: (q <32 x i8>, q as <32 x i32>, d_x)."""
+        f, v32 = self.f, _vec(32, "float")
+        xv = f.load(v32, f.gep(x, f.mul(b, QK)))
+        ax = f.intrinsic(v32, "llvm.fabs.v32f32", [(v32, xv)])
+        amax = f.intrinsic("float", "llvm.vector.reduce.fmax.v32f32", [(v32, ax)], "nnan")
+        d = f(f"fdiv float {amax}, {f32(127.0)}", "dx")
+        inv = f(f"fdiv float {f32(1.0)}, {d}", "inv")
+        inv = f(f"select i1 {f(f'fcmp oeq float {d}, 0.0')}, float 0.0, float {inv}", "id")
+        scaled = f(f"fmul {v32} {xv}, {_splat(f, 'float', inv, 32)}", "sx")
+        rounded = f.intrinsic(v32, "llvm.round.v32f32", [(v32, scaled)])  # halves away from 0
+        q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
+        return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
+
+    def sigma(self, q32: str, d: str) -> str:
+        """d_x·Σq_x (q4_1's min term per unit m_w)."""
+        f = self.f
+        qsum = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", q32)])
+        return f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
+
+
+# ---- VNNI ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Acts:
+    """One token's operands for one group: q_x bytes (low and high halves for q4), lane
+    corrections, and d_x per block (decode) or per dot lane (prefill)."""
+
+    x: tuple[str, ...]
+    init: str
+    scale: str
+
+
+class _Vnni(_Path):
+    def tail_groups(self) -> list[tuple[int, int]]:
+        """(first block, blocks) of the groups after the whole ones: sizes 2 and/or 1."""
+        gm, b = self.p.group_blocks, self.p.blocks
+        start, out = b // gm * gm, []
+        for size in (2, 1):
+            if size < gm and b - start >= size:
+                out.append((start, size))
+                start += size
+        return out
+
+    # -- activations
+
+    def quantize(self, x: str, s: str) -> None:
         f, p = self.f, self.p
-        wrows = [f.gep("%a1", f.mul(f.add(r, i), self.row_bytes), "i8") for i in range(nrow)]
-        toks = [self.token(f.add(t, j)) for j in range(ntok)]
-        nb = p.blocks_per_step(ntok)
-        acc = _Accumulators(f, p, nrow, ntok, nb)
+        gm = p.group_blocks
+        if not p.nibbles:
+            with f.loop(0, p.blocks, 1, "qb") as b:
+                self.quantize_block(x, s, b, f.mul(b, QK), None)
+            return
+        if p.blocks // gm:
+            with f.loop(0, p.blocks // gm, 1, "qg") as g:
+                base = f.mul(g, QK * gm)
+                for i in range(gm):
+                    lo = f.add(base, 16 * i)
+                    self.quantize_block(x, s, f.add(f.mul(g, gm), i), lo, f.add(lo, 16 * gm))
+        for g0, gs in self.tail_groups():
+            for i in range(gs):
+                lo = QK * g0 + 16 * i
+                self.quantize_block(x, s, g0 + i, lo, lo + 16 * gs)
+
+    def quantize_block(self, x: str, s: str, b: str | int, lo: str | int, hi: str | int | None):
+        """Block b: its q_x at `lo` (q4: the first 16 there, the last 16 at `hi`), its lane
+        corrections, d_x (+ σ), d_x per dot lane, σ."""
+        f, p = self.f, self.p
+        q, q32, d = self.q8(x, b)
+        if hi is None:
+            f.store("<32 x i8>", q, f.gep(s, lo, "i8"), 16)
+        else:
+            for off, first in ((lo, 0), (hi, 16)):
+                half = _shuffle(f, "<32 x i8>", q, "poison", range(first, first + 16), "qh")
+                f.store("<16 x i8>", half, f.gep(s, off, "i8"), 16)
+        lanes = p.dot_lanes
+        if p.correction:
+            corr = f(f"mul {_vec(lanes, 'i32')} {self.lane_sums(q32)}, splat (i32 {p.correction})")
+            f.store(_vec(lanes, "i32"), corr, self.region(s, "corr", b, 4 * lanes), 16)
+        f.store("float", d, self.region(s, "dxs", b, 4 * p.scale_lanes))
+        f.store(
+            _vec(lanes, "float"),
+            _splat(f, "float", d, lanes),
+            self.region(s, "pattern", b, 4 * lanes),
+            16,
+        )
+        if p.scale_lanes == 2:
+            sigma = self.sigma(q32, d)
+            f.store("float", sigma, f.gep(self.region(s, "dxs", b, 8), 4, "i8"))
+            f.store("float", sigma, self.region(s, "sigma", b, 4))
+
+    def lane_sums(self, q32: str) -> str:
+        """Σq_x over the bytes each dot lane of the block multiplies: q8_0 lane l has
+        values 4l..4l+3; a q4 lane has 4l..4l+3 (low nibbles) and 16+4l..16+4l+3 (high)."""
+        f, lanes = self.f, self.p.dot_lanes
+        parts = [
+            _shuffle(
+                f,
+                "<32 x i32>",
+                q32,
+                "poison",
+                [4 * lane + k % 4 + 16 * (k // 4) for lane in range(lanes)],
+            )
+            for k in range(32 // lanes)
+        ]
+        while len(parts) > 1:
+            parts = [
+                f(f"add {_vec(lanes, 'i32')} {a}, {b}", "ls")
+                for a, b in zip(parts[::2], parts[1::2], strict=True)
+            ]
+        return parts[0]
+
+    def activations(self, tok: str, g0: str | int, gs: int, decode: bool) -> _Acts:
+        f, p = self.f, self.p
+        n = p.dot_lanes * gs
+        base = f.gep(tok, f.mul(g0, QK), "i8")
+        if p.nibbles:
+            x = tuple(
+                f.load(_vec(16 * gs, "i8"), f.gep(base, 16 * gs * h, "i8"), 16) for h in (0, 1)
+            )
+        else:
+            x = (f.load(_vec(32 * gs, "i8"), base, 16),)
+        init = (
+            f.load(_vec(n, "i32"), self.region(tok, "corr", g0, 4 * p.dot_lanes), 16)
+            if p.correction
+            else "zeroinitializer"
+        )
+        if decode:
+            scale = f.load(
+                _vec(gs * p.scale_lanes, "float"), self.region(tok, "dxs", g0, 4 * p.scale_lanes), 4
+            )
+        else:
+            scale = f.load(_vec(n, "float"), self.region(tok, "pattern", g0, 4 * p.dot_lanes), 16)
+        return _Acts(x, init, scale)
+
+    def sigmas(self, toks: list[str], g0: str | int, gs: int, width: int) -> str:
+        """<width x float>: lane j·G + i is σ of block g0+i for token j (G = group_blocks)."""
+        f, gm = self.f, self.p.group_blocks
+        parts = []
+        for tok in toks:
+            v = f.load(_vec(gs, "float"), self.region(tok, "sigma", g0, 4), 4)
+            parts.append(
+                _shuffle(
+                    f,
+                    _vec(gs, "float"),
+                    v,
+                    "zeroinitializer",
+                    [i if i < gs else gs for i in range(gm)],
+                )
+                if gs < gm
+                else v
+            )
+        while len(parts) < width // gm:
+            parts.append("zeroinitializer")
+        n = gm
+        while len(parts) > 1:
+            parts = [
+                _shuffle(f, _vec(n, "float"), a, b, range(2 * n), "sig")
+                for a, b in zip(parts[::2], parts[1::2], strict=True)
+            ]
+            n *= 2
+        return parts[0]
+
+    # -- weights
+
+    def weights(self, row: str, g0: str | int, gs: int) -> tuple[tuple[str, ...], str]:
+        """A row's group: the unsigned dot operand(s) (q4: low and high nibbles) and its f16
+        scales as f32 (d0[, m0], d1, ...)."""
+        f, p, bb = self.f, self.p, self.bb
+        start = f.gep(row, f.mul(g0, bb), "i8")
+        span = gs * bb
+        bt = "<64 x i8>"
+        if span >= 64:
+            a = f.load(bt, start, 1)
+            b = f.load(bt, f.gep(start, span - 64, "i8"), 1) if span > 64 else a
+        else:  # a tail group: load only its bytes
+            mask = "<" + ", ".join(f"i1 {'true' if i < span else 'false'}" for i in range(64)) + ">"
+            a = b = f.intrinsic(
+                bt,
+                "llvm.masked.load.v64i8.p0",
+                [("ptr", start), ("i32", "1"), ("<64 x i1>", mask), (bt, "zeroinitializer")],
+            )
+
+        def at(byte: int) -> int:  # where a byte of the span is in (a, b)
+            return byte if byte < 64 else 64 + byte - (span - 64)
+
+        head, per = _HEAD[p.fmt.name], 16 if p.nibbles else 32
+        quants = _shuffle(
+            f, bt, a, b, [at(i * bb + head + j) for i in range(gs) for j in range(per)], "wq"
+        )
+        if p.nibbles:
+            ty = _vec(16 * gs, "i8")
+            ops = (
+                f(f"and {ty} {quants}, splat (i8 15)", "lo"),
+                f(f"lshr {ty} {quants}, splat (i8 4)", "hi"),
+            )
+        else:
+            ops = (f(f"xor {_vec(32 * gs, 'i8')} {quants}, splat (i8 -128)", "wu"),)
+        nh = gs * p.scale_lanes
+        hb = _shuffle(
+            f, bt, a, b, [at(i * bb + j) for i in range(gs) for j in range(2 * p.scale_lanes)], "hb"
+        )
+        halves = f(f"bitcast {_vec(2 * nh, 'i8')} {hb} to {_vec(nh, 'i16')}", "hs")
+        return ops, halves_to_floats(f, halves, nh, p.f16c)
+
+    def dot(self, w: tuple[str, ...], acts: _Acts, gs: int) -> str:
+        """The group's exact partial sums (16·gs/G i32 lanes) as floats."""
+        f = self.f
+        n = self.p.dot_lanes * gs
+        it, bt = _vec(n, "i32"), _vec(4 * n, "i8")
+        acc = acts.init
+        for wv, xv in zip(w, acts.x, strict=True):
+            acc = f.intrinsic(
+                it, f"llvm.x86.avx512.vpdpbusd.{32 * n}", [(it, acc), (bt, wv), (bt, xv)]
+            )
+        return f(f"sitofp {it} {acc} to {_vec(n, 'float')}", "df")
+
+    # -- the dot products
+
+    def dots(self, wrows: list[str], toks: list[str]) -> list[list[str]]:
+        f, p = self.f, self.p
+        gm, decode = p.group_blocks, len(toks) == 1
+        acc = _Sums(f, 16, len(wrows), len(toks), "acc")
+        mins = None
+        if p.scale_lanes == 2:  # decode: c vectors summed whole; prefill: lanes per token
+            width = 2 * gm if decode else gm * (1 << (len(toks) - 1).bit_length())
+            mins = _Sums(f, width, len(wrows), 1, "accm")
+        if p.blocks // gm:
+            with f.loop(0, p.blocks // gm, 1, "g") as g:
+                self.group(wrows, toks, f.mul(g, gm), gm, acc, mins)
+        for g0, gs in self.tail_groups():
+            self.group(wrows, toks, g0, gs, acc, mins)
+        totals = [[acc.total(i, j) for j in range(len(toks))] for i in range(len(wrows))]
+        if mins is not None:
+            for i, row in enumerate(totals):
+                for j in range(len(toks)):
+                    lanes = range(1, mins.width, 2) if decode else range(j * gm, (j + 1) * gm)
+                    row[j] = f(f"fadd float {row[j]}, {mins.total(i, 0, lanes)}", "tot")
+        return totals
+
+    def group(
+        self,
+        wrows: list[str],
+        toks: list[str],
+        g0: str | int,
+        gs: int,
+        acc: _Sums,
+        mins: _Sums | None,
+    ) -> None:
+        f, p = self.f, self.p
+        decode, lpb, n = len(toks) == 1, p.scale_lanes, p.dot_lanes * gs
+        acts = [self.activations(tok, g0, gs, decode) for tok in toks]
+        per_lane = [
+            b * lpb for b in range(gs) for _ in range(p.dot_lanes)
+        ]  # scale lane of each dot lane
+        sig = None if decode or mins is None else self.sigmas(toks, g0, gs, mins.width)
+        for i, row in enumerate(wrows):
+            w, hv = self.weights(row, g0, gs)
+            ht = _vec(gs * lpb, "float")
+            if decode:
+                c = f(f"fmul {ht} {hv}, {acts[0].scale}", "c")
+                acc.fma(
+                    i, 0, self.dot(w, acts[0], gs), _shuffle(f, ht, c, "poison", per_lane, "cp"), n
+                )
+                if mins is not None:
+                    mins.add(i, 0, c, gs * lpb)
+                continue
+            dw = _shuffle(f, ht, hv, "poison", per_lane, "dw")
+            for j, a in enumerate(acts):
+                scaled = f(f"fmul {_vec(n, 'float')} {self.dot(w, a, gs)}, {a.scale}", "sd")
+                acc.fma(i, j, scaled, dw, n)
+            if mins is not None:
+                gm = p.group_blocks
+                idx = [
+                    2 * (lane % gm) + 1 if lane % gm < gs and lane // gm < len(toks) else 2 * gs
+                    for lane in range(mins.width)
+                ]
+                mw = _shuffle(f, ht, hv, "zeroinitializer", idx, "mw")
+                mins.fma(i, 0, mw, sig, mins.width)
+
+
+# ---- generic ------------------------------------------------------------------------------
+
+
+class _Generic(_Path):
+    """Per block: Σ q_w q_x as a reduced product of sign-extended i32 vectors."""
+
+    def steps(self, ntok: int) -> int:
+        """Blocks per step: 4 in decode, 2 when several tokens share each weight block."""
+        return 4 if ntok == 1 else 2
+
+    def quantize(self, x: str, s: str) -> None:
+        f = self.f
+        with f.loop(0, self.p.blocks, 1, "qb") as b:
+            q, q32, d = self.q8(x, b)
+            f.store("<32 x i8>", q, f.gep(s, f.mul(b, QK), "i8"), 16)
+            f.store("float", d, self.region(s, "dxs", b, 4 * self.p.scale_lanes))
+            if self.p.scale_lanes == 2:
+                f.store("float", self.sigma(q32, d), f.gep(self.region(s, "dxs", b, 8), 4, "i8"))
+
+    def dots(self, wrows: list[str], toks: list[str]) -> list[list[str]]:
+        f, p = self.f, self.p
+        nb = self.steps(len(toks))
+        acc = _Sums(f, nb * p.scale_lanes, len(wrows), len(toks), "acc")
         steps, rest = divmod(p.blocks, nb)
         if steps:
             with f.loop(0, steps, 1, "ks") as i:
                 self.step(wrows, toks, f.mul(i, nb), nb, acc)
         if rest:
             self.step(wrows, toks, steps * nb, rest, acc)
-        for i in range(nrow):
-            for j in range(ntok):
-                row = f.add(f.add(tg, t), j)
-                out = f.gep("%a2", f.add(f.mul(row, self.n_out), f.add(r, i)))
-                f.store("float", acc.total(i, j), out)
+        return [[acc.total(i, j) for j in range(len(toks))] for i in range(len(wrows))]
 
-    # ---- activations --------------------------------------------------------------------
-
-    def quantize(self, x: str, s: str) -> None:
-        """One f32 row as int8 blocks + scales (+ VNNI lane corrections) in scratch `s`."""
-        f, p = self.f, self.p
-        v32 = _vec(32, "float")
-        with f.loop(0, p.blocks, 1, "qb") as b:
-            xv = f.load(v32, f.gep(x, f.mul(b, QK)))
-            ax = f.intrinsic(v32, "llvm.fabs.v32f32", [(v32, xv)])
-            amax = f.intrinsic("float", "llvm.vector.reduce.fmax.v32f32", [(v32, ax)], "nnan")
-            d = f(f"fdiv float {amax}, {f32(127.0)}", "dx")
-            inv = f(f"fdiv float {f32(1.0)}, {d}", "inv")
-            inv = f(f"select i1 {f(f'fcmp oeq float {d}, 0.0')}, float 0.0, float {inv}", "id")
-            one = f(f"insertelement <1 x float> poison, float {inv}, i64 0")
-            inv32 = f(
-                f"shufflevector <1 x float> {one}, <1 x float> poison, <32 x i32> zeroinitializer"
-            )
-            scaled = f(f"fmul {v32} {xv}, {inv32}", "sx")
-            rounded = f.intrinsic(v32, "llvm.round.v32f32", [(v32, scaled)])
-            q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
-            f.store("<32 x i8>", q, f.gep(s, f.mul(b, QK), "i8"), 32)
-            q32 = f(f"sext <32 x i8> {q} to <32 x i32>", "q32")
-            if p.correction:
-                quads = [
-                    f(
-                        f"shufflevector <32 x i32> {q32}, <32 x i32> poison, {_mask(list(range(i, 32, 4)))}"
-                    )
-                    for i in range(4)
-                ]
-                s4 = f(
-                    f"add <8 x i32> {f(f'add <8 x i32> {quads[0]}, {quads[1]}')}, "
-                    f"{f(f'add <8 x i32> {quads[2]}, {quads[3]}')}",
-                    "sum4",
-                )
-                corr = f(f"mul <8 x i32> {s4}, splat (i32 {p.correction})", "corr")
-                f.store("<8 x i32>", corr, f.gep(s, f.add(p.corr_offset, f.mul(b, QK)), "i8"), 32)
-            sp = f.gep(s, f.add(p.scale_offset, f.mul(b, 4 * p.lanes_per_block)), "i8")
-            f.store("float", d, sp)
-            if p.lanes_per_block == 2:
-                qsum = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", q32)])
-                sigma = f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
-                f.store("float", sigma, f.gep(sp, 4, "i8"))
-
-    # ---- one step: `nb` blocks from block b0, for every row and token --------------------
-
-    def step(
-        self, wrows: list[str], toks: list[str], b0: str | int, nb: int, acc: _Accumulators
-    ) -> None:
-        f, p = self.f, self.p
-        nl = nb * p.lanes_per_block
+    def step(self, wrows: list[str], toks: list[str], b0: str | int, nb: int, acc: _Sums) -> None:
+        """Blocks b0..b0+nb-1: acc += (d_w·d_x per block [, m_w·σ]) · (Σ q_w q_x [, 1])."""
+        f, lpb = self.f, self.p.scale_lanes
+        nl = nb * lpb
         scales = [self.scales(w, b0, nb) for w in wrows]
-        if p.vnni:
-            weights = [self.vnni_weights(w, b0, nb) for w in wrows]
-        else:
-            weights = [[self.block_bytes(w, f.add(b0, j)) for j in range(nb)] for w in wrows]
+        weights = [[self.block(w, f.add(b0, j)) for j in range(nb)] for w in wrows]
         for j, tok in enumerate(toks):
-            xs = f.load(
-                _vec(nl, "float"),
-                f.gep(tok, f.add(p.scale_offset, f.mul(b0, 4 * p.lanes_per_block)), "i8"),
-            )
-            if p.vnni:
-                acts = self.vnni_activations(tok, b0, nb)
-            else:
-                acts = [
-                    f.load("<32 x i8>", f.gep(tok, f.mul(f.add(b0, i), QK), "i8"), 32)
-                    for i in range(nb)
-                ]
+            xs = f.load(_vec(nl, "float"), self.region(tok, "dxs", b0, 4 * lpb))
+            acts = [
+                f.load("<32 x i8>", f.gep(tok, f.mul(f.add(b0, i), QK), "i8"), 16)
+                for i in range(nb)
+            ]
             for i in range(len(wrows)):
                 c = f(f"fmul {_vec(nl, 'float')} {scales[i]}, {xs}", "c")
-                if p.vnni:
-                    self.vnni_dot(acc, i, j, weights[i], acts, c, nb)
-                else:
-                    self.generic_dot(acc, i, j, weights[i], acts, c, nb)
+                sums = "splat (float 1.0)" if lpb == 2 else "poison"
+                for b, (w, q) in enumerate(zip(weights[i], acts, strict=True)):
+                    w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
+                    q32 = f(f"sext <32 x i8> {q} to <32 x i32>", "x32")
+                    prod = f(f"mul nsw <32 x i32> {w32}, {q32}", "prod")
+                    s = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", prod)])
+                    sf = f(f"sitofp i32 {s} to float", "sf")
+                    sums = f(
+                        f"insertelement {_vec(nl, 'float')} {sums}, float {sf}, i64 {b * lpb}",
+                        "sums",
+                    )
+                acc.fma(i, j, c, sums, nl)
 
     def scales(self, row: str, b0: str | int, nb: int) -> str:
         """The f16 scale(s) of blocks b0..b0+nb-1 of a row as one f32 vector (d0[, m0], d1...)."""
-        f, lpb = self.f, self.p.lanes_per_block
+        f, lpb = self.f, self.p.scale_lanes
         ity = "i32" if lpb == 2 else "i16"
         vec = "poison"
         for j in range(nb):
@@ -265,147 +594,20 @@ class _Writer:
         halves = f(f"bitcast {_vec(nb, ity)} {vec} to {_vec(nb * lpb, 'i16')}", "hs")
         return halves_to_floats(f, halves, nb * lpb, self.p.f16c)
 
-    # -- VNNI
-
-    def vnni_weights(self, row: str, b0: str | int, nb: int) -> list[str]:
-        """<64 x u8> per pair of blocks (+ <32 x u8> for an odd last block), in the order
-        of the activations' bytes."""
-        f = self.f
-        out = []
-        for j in range(0, nb - 1, 2):
-            a, b = (self.raw_block(row, f.add(b0, j + i)) for i in (0, 1))
-            ty = "<32 x i8>" if self.p.fmt.name == "q8_0" else "<16 x i8>"
-            n = 32 if self.p.fmt.name == "q8_0" else 16
-            ab = f(f"shufflevector {ty} {a}, {ty} {b}, {_mask(list(range(2 * n)))}", "wab")
-            out.append(self.unsigned(ab, 2))
-        if nb % 2:
-            out.append(self.unsigned(self.raw_block(row, f.add(b0, nb - 1)), 1))
-        return out
-
-    def raw_block(self, row: str, b: str) -> str:
-        """A block's quants as stored: <32 x i8> (q8_0) or <16 x i8> of nibble pairs."""
-        fmt = self.p.fmt.name
-        head = {"q8_0": 2, "q4_0": 2, "q4_1": 4}[fmt]
-        ty = "<32 x i8>" if fmt == "q8_0" else "<16 x i8>"
-        return self.f.load(ty, self.f.gep(row, self.f.add(self.f.mul(b, self.bb), head), "i8"), 1)
-
-    def unsigned(self, raw: str, nblocks: int) -> str:
-        """`nblocks` consecutive raw blocks as the u8 operand: q8_0 with the sign bit flipped,
-        nibbles as bytes (each block's low nibbles, then its high ones)."""
-        f = self.f
-        if self.p.fmt.name == "q8_0":
-            ty = _vec(32 * nblocks, "i8")
-            return f(f"xor {ty} {raw}, splat (i8 -128)", "wu")
-        ty = _vec(16 * nblocks, "i8")
-        lo = f(f"and {ty} {raw}, splat (i8 15)", "lo")
-        hi = f(f"lshr {ty} {raw}, splat (i8 4)", "hi")
-        idx = [
-            half * 16 * nblocks + blk * 16 + i
-            for blk in range(nblocks)
-            for half in (0, 1)
-            for i in range(16)
-        ]
-        return f(f"shufflevector {ty} {lo}, {ty} {hi}, {_mask(idx)}", "wn")
-
-    def vnni_activations(self, tok: str, b0: str | int, nb: int) -> list[tuple[str, str]]:
-        """(q_x bytes, lane corrections) per pair of blocks (+ the odd last block)."""
-        f, p = self.f, self.p
-        out = []
-        for j in range(0, nb, 2):
-            width = 2 if j + 1 < nb else 1
-            vt = _vec(32 * width, "i8")
-            ct = _vec(8 * width, "i32")
-            off = f.mul(f.add(b0, j), QK)
-            q = f.load(vt, f.gep(tok, off, "i8"), 32)
-            corr = (
-                f.load(ct, f.gep(tok, f.add(p.corr_offset, off), "i8"), 32)
-                if p.correction
-                else "zeroinitializer"
-            )
-            out.append((q, corr))
-        return out
-
-    def vnni_dot(
-        self,
-        acc: _Accumulators,
-        i: int,
-        j: int,
-        weights: list[str],
-        acts: list[tuple[str, str]],
-        c: str,
-        nb: int,
-    ) -> None:
-        f, lpb = self.f, self.p.lanes_per_block
-        nl = nb * lpb
-        a = acc.main.get(i, j)
-        for pair, (w, (q, corr)) in enumerate(zip(weights, acts, strict=True)):
-            blocks = [2 * pair, 2 * pair + 1] if 2 * pair + 1 < nb else [2 * pair]
-            lanes = 8 * len(blocks)
-            it, bt = _vec(lanes, "i32"), _vec(4 * lanes, "i8")
-            name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
-            dot = f.intrinsic(it, name, [(it, corr), (bt, w), (bt, q)])
-            ft = _vec(lanes, "float")
-            df = f(f"sitofp {it} {dot} to {ft}", "df")
-            cb = f(
-                f"shufflevector {_vec(nl, 'float')} {c}, {_vec(nl, 'float')} poison, "
-                f"{_mask([b * lpb for b in blocks for _ in range(8)])}",
-                "cb",
-            )
-            if lanes == 16:
-                a = f.intrinsic(ft, "llvm.fmuladd.v16f32", [(ft, df), (ft, cb), (ft, a)])
-            else:  # the odd block: into the low half of the accumulator
-                prod = f(f"fmul {ft} {df}, {cb}", "odd")
-                wide = f(
-                    f"shufflevector {ft} {prod}, {ft} zeroinitializer, {_mask(list(range(16)))}",
-                    "odd",
-                )
-                a = f(f"fadd <16 x float> {a}, {wide}", "acc")
-        if lpb == 2:  # q4_1: the odd lanes of c are the min terms
-            if acc.mins is not None:
-                acc.mins.add(i, j, c, nl)
-            else:
-                idx = [2 * b + 1 for b in range(nb)] + [nl] * (16 - nb)
-                mins = f(
-                    f"shufflevector {_vec(nl, 'float')} {c}, {_vec(nl, 'float')} zeroinitializer, {_mask(idx)}",
-                    "m",
-                )
-                a = f(f"fadd <16 x float> {a}, {mins}", "acc")
-        acc.main.set(i, j, a)
-
-    # -- generic
-
-    def block_bytes(self, row: str, b: str) -> str:
+    def block(self, row: str, b: str) -> str:
         """A block's 32 integer weights as <32 x i8> holding q_w (signed, exact)."""
         f, fmt = self.f, self.p.fmt.name
-        raw = self.raw_block(row, b)
+        start = f.gep(row, f.add(f.mul(b, self.bb), _HEAD[fmt]), "i8")
         if fmt == "q8_0":
-            return raw
+            return f.load("<32 x i8>", start, 1)
+        raw = f.load("<16 x i8>", start, 1)
         lo = f(f"and <16 x i8> {raw}, splat (i8 15)", "lo")
         hi = f(f"lshr <16 x i8> {raw}, splat (i8 4)", "hi")
-        q = f(f"shufflevector <16 x i8> {lo}, <16 x i8> {hi}, {_mask(list(range(32)))}", "wq")
+        q = _shuffle(f, "<16 x i8>", lo, hi, range(32), "wq")
         return f(f"sub <32 x i8> {q}, splat (i8 8)", "wq") if fmt == "q4_0" else q
 
-    def generic_dot(
-        self,
-        acc: _Accumulators,
-        i: int,
-        j: int,
-        weights: list[str],
-        acts: list[str],
-        c: str,
-        nb: int,
-    ) -> None:
-        f, lpb = self.f, self.p.lanes_per_block
-        nl = nb * lpb
-        sums = "splat (float 1.0)" if lpb == 2 else "poison"
-        for b, (w, q) in enumerate(zip(weights, acts, strict=True)):
-            w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
-            q32 = f(f"sext <32 x i8> {q} to <32 x i32>", "x32")
-            prod = f(f"mul nsw <32 x i32> {w32}, {q32}", "prod")
-            s = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", prod)])
-            sf = f(f"sitofp i32 {s} to float", "sf")
-            sums = f(f"insertelement {_vec(nl, 'float')} {sums}, float {sf}, i64 {b * lpb}", "sums")
-        acc.main.fma(i, j, c, sums, nl)
+
+# ---- accumulators -------------------------------------------------------------------------
 
 
 class _Sums:
@@ -427,9 +629,8 @@ class _Sums:
         """An n-lane vector as `width` lanes, the rest zero."""
         if n == self.width:
             return v
-        t = _vec(n, "float")
         idx = list(range(n)) + [n] * (self.width - n)
-        return self.f(f"shufflevector {t} {v}, {t} zeroinitializer, {_mask(idx)}", "wide")
+        return _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "wide")
 
     def add(self, i: int, j: int, v: str, n: int) -> None:
         self.set(i, j, self.f(f"fadd {self.ty} {self.get(i, j)}, {self.widen(v, n)}", "acc"))
@@ -440,18 +641,15 @@ class _Sums:
         if n != self.width:
             self.add(i, j, self.f(f"fmul {t} {a}, {b}", "prod"), n)
             return
-        self.set(
-            i,
-            j,
-            self.f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, a), (t, b), (t, self.get(i, j))]),
-        )
+        fma = self.f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, a), (t, b), (t, self.get(i, j))])
+        self.set(i, j, fma)
 
     def total(self, i: int, j: int, lanes: range | None = None) -> str:
         """The sum of the accumulator's lanes (of `lanes` only, when given)."""
         f, v = self.f, self.get(i, j)
         lanes = lanes or range(self.width)
         if len(lanes) != self.width:
-            v = f(f"shufflevector {self.ty} {v}, {self.ty} poison, {_mask(list(lanes))}", "sel")
+            v = _shuffle(f, self.ty, v, "poison", lanes, "sel")
         t = _vec(len(lanes), "float")
         return f.intrinsic(
             "float",
@@ -459,41 +657,3 @@ class _Sums:
             [("float", "-0.0"), (t, v)],
             "reassoc",
         )
-
-
-class _Accumulators:
-    """`main`: the dot products' accumulators (16 lanes on VNNI, one lane per scale lane of
-    a full step on the generic path); `mins`, q4_1 decode on VNNI only: the step's scale
-    vectors summed whole, whose odd lanes are the min terms."""
-
-    def __init__(self, f: FunctionWriter, p: Plan, nrow: int, ntok: int, nb: int):
-        nl = nb * p.lanes_per_block
-        self.main = _Sums(f, 16 if p.vnni else nl, nrow, ntok, "acc")
-        self.mins = None
-        if p.vnni and p.lanes_per_block == 2 and ntok == 1:
-            self.mins = _Sums(f, nl, nrow, ntok, "accm")
-        self.f = f
-
-    def total(self, i: int, j: int) -> str:
-        s = self.main.total(i, j)
-        if self.mins is None:
-            return s
-        m = self.mins.total(i, j, range(1, self.mins.width, 2))
-        return self.f(f"fadd float {s}, {m}", "tot")
-
-
-def halves_to_floats(f: FunctionWriter, halves: str, n: int, f16c: bool) -> str:
-    """<n x i16> f16 bit patterns as <n x float>: `fpext` with F16C, else the integer
-    conversion of `common.half_to_float`, lane-wise (exact for every half)."""
-    it, ft = _vec(n, "i32"), _vec(n, "float")
-    if f16c:
-        h = f(f"bitcast {_vec(n, 'i16')} {halves} to {_vec(n, 'half')}", "h")
-        return f(f"fpext {_vec(n, 'half')} {h} to {ft}", "hf")
-    h = f(f"zext {_vec(n, 'i16')} {halves} to {it}", "h")
-    mag = f(f"shl {it} {f(f'and {it} {h}, splat (i32 32767)')}, splat (i32 13)", "mag")
-    val = f(f"fmul {ft} {f(f'bitcast {it} {mag} to {ft}')}, splat (float {f32(2.0**112)})", "val")
-    special = f(f"icmp uge {it} {mag}, splat (i32 {31 << 23})", "infnan")
-    infnan = f(f"or {it} {mag}, splat (i32 {255 << 23})")
-    bits = f(f"select <{n} x i1> {special}, {it} {infnan}, {it} {f(f'bitcast {ft} {val} to {it}')}")
-    sign = f(f"shl {it} {f(f'and {it} {h}, splat (i32 32768)')}, splat (i32 16)", "sign")
-    return f(f"bitcast {it} {f(f'or {it} {bits}, {sign}')} to {ft}", "hf")
