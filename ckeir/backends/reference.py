@@ -12,6 +12,7 @@ import numpy as np
 
 from ckeir.errors import BackendError
 from ckeir.ir.core import Operation
+from ckeir.quant import quantize_activations
 
 
 def _f32(a) -> np.ndarray:
@@ -58,6 +59,14 @@ def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer):
     return _f32(out.reshape(t, heads * head_dim))
 
 
+def _matmul(x, w, act):
+    """x @ w^T; with `act = "q8_0"` x is first rounded to 8-bit blocks (ckeir.quant)."""
+    if act == "q8_0":
+        q, d = quantize_activations(x)
+        x = (q.reshape(*q.shape[:-1], -1, 32) * d[..., None].astype(np.float64)).reshape(q.shape)
+    return _f32(x.astype(np.float64) @ w.astype(np.float64).T)
+
+
 def _rmsnorm(x, w, eps):
     x64 = x.astype(np.float64)
     return _f32(x64 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + eps) * w)
@@ -72,7 +81,7 @@ def _silu_mul(g, u):
 SEMANTICS: dict[str, Callable] = {
     "cke.embed": lambda o, a, env: _f32(o[1][o[0]]),
     "cke.rmsnorm": lambda o, a, env: _rmsnorm(o[0], o[1], a["eps"]),
-    "cke.matmul": lambda o, a, env: _f32(o[0].astype(np.float64) @ o[1].astype(np.float64).T),
+    "cke.matmul": lambda o, a, env: _matmul(o[0], o[1], a.get("act")),
     "cke.rope": lambda o, a, env: _rope(o[0], int(o[1]), a["theta"], a["head_dim"], a["style"]),
     "cke.attention": lambda o, a, env: _attention(
         *o[:5], int(o[5]), a["heads"], a["kv_heads"], a["head_dim"], a["layer"]
@@ -134,8 +143,9 @@ class ReferenceEngine:
         return self._run("decode", [token], pos)
 
     def reset(self) -> None:
-        self.kcache.fill(0)
-        self.vcache.fill(0)
+        """Start a new sequence.  The KV cache is not cleared: attention reads rows 0..pos+t
+        only, and every one of them is written first; clearing would make the whole cache
+        (hundreds of MB at long contexts) resident for nothing."""
 
     def close(self) -> None:
         pass

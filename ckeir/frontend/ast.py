@@ -220,6 +220,7 @@ class ScheduleDecl:
     weight_format: str | None = None
     weight_except: tuple[str, ...] = ()
     transfer_format: str | None = None
+    activation_format: str | None = None  # q8_0 (default) or f32
     phases: Mapping[str, PhaseDecl] = attrs.field(factory=dict)
     batch: int | None = None
     loc: SourceLoc | None = _loc()

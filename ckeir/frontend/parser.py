@@ -168,6 +168,9 @@ class _ToAst(Transformer):
     def quantize_transfers(self, meta, fmt):
         return _Setting("quantize transfers", fmt, self.at(meta))
 
+    def quantize_activations(self, meta, fmt):
+        return _Setting("quantize activations", fmt, self.at(meta))
+
     def auto(self, meta):
         return _Setting("auto", True, self.at(meta))
 
@@ -194,6 +197,7 @@ class _ToAst(Transformer):
             weight_format=weight_format,
             weight_except=weight_except,
             transfer_format=block.pop("quantize transfers", None),
+            activation_format=block.pop("quantize activations", None),
             phases={p.name: p for k, p in block.items() if k.startswith("phase ")},
             batch=block.pop("batch", None),
             loc=self.at(name),

@@ -259,6 +259,7 @@ def check_schedule(s: ScheduleDecl) -> ScheduleDecl:
         s,
         weight_format=s.weight_format or "keep",
         transfer_format=s.transfer_format or "f32",
+        activation_format=s.activation_format or "q8_0",
         batch=s.batch or 1,
     )
 

@@ -3,7 +3,11 @@
 Requires: shape-infer.  Options (from the schedule, or `ctx.options`): `weight_format` in
 `keep f32 q8_0 q4_0 q4_1` and `weight_except` (names, with or without the `.weight` suffix).
 Matrices whose rows are whole 32-element blocks take the format; 1-D weights (norm gains) stay
-f32, as GGML keeps them; `keep` leaves every weight in the format it was loaded in.  Only the IR
+f32, as GGML keeps them; `keep` leaves every weight in the format it was loaded in.  A matmul
+on block-quantized weights gets `act = "q8_0"` (unless the schedule says `quantize activations
+f32`): its activations are quantized to 8-bit blocks
+once per row and multiplied with integer dot products (`ckeir.quant` states the exact
+arithmetic), as GGML does.  Only the IR
 types change here: the runtime packs the numbers to match (bit-exact with `gguf.quants`).
 Records `ctx.stats["quantize"]` = {weight name: format}.
 """
@@ -46,6 +50,9 @@ class Quantize(Pass):
 
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
         fmt, excepted = weight_plan(ctx)
+        sched = ctx.options.get("schedule")
+        act = ctx.options.get("activation_format") or getattr(sched, "activation_format", None)
+        act = act or "q8_0"
         chosen = ctx.stats.setdefault("quantize", {})
         for op in module.walk():
             if op.name != "cke.weight":
@@ -58,3 +65,8 @@ class Quantize(Pass):
             chosen[name] = new
             # Users' result types do not depend on the weight's element type.
             rewriter.set_result_type(op, 0, TensorType(t.shape, quant_type(new)))
+            for user, i in op.results[0].uses:
+                if user.name == "cke.matmul" and i == 1 and FORMATS[new].quantized and act != "f32":
+                    rewriter.set_attr(user, "act", "q8_0")
+                elif user.name == "cke.matmul" and i == 1:
+                    rewriter.remove_attr(user, "act")

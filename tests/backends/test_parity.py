@@ -17,7 +17,7 @@ model m {{
   rope_style {rope}; weights random(seed = {seed})
 }}
 cluster c {{ node n0 {{ cores 2; dram 8GiB; dram_bw 10GB/s; l2 1MiB; l3 32MiB }} }}
-schedule s {{ run m on c; quantize weights {fmt} }}
+schedule s {{ run m on c; quantize weights {fmt}; quantize activations {act} }}
 """
 
 CASES = {
@@ -40,13 +40,13 @@ PROMPT = [5, 17, 3, 99, 42, 7, 1, 250]
 
 
 def write_spec(tmp_path, name, fmt="f32", seed=1, **kw):
-    params = dict(tied="false", rope="halves", seed=seed, fmt=fmt) | kw
+    params = dict(tied="false", rope="halves", seed=seed, fmt=fmt, act="q8_0") | kw
     path = tmp_path / f"{name}.cke"
     path.write_text(SPEC.format(**params))
     return path
 
 
-def compare(spec, n_new, threads, prompt=PROMPT):
+def compare(spec, n_new, threads, prompt=PROMPT, tol=1e-4):
     native = ckeir.compile(spec, threads=threads)
     ref = ckeir.compile(spec, backend="reference")
     got, want = [], []
@@ -58,8 +58,12 @@ def compare(spec, n_new, threads, prompt=PROMPT):
         pos = len(prompt)
         for _ in range(n_new):
             scale = float(np.abs(lb).max())
-            assert np.abs(la - lb).max() <= 1e-4 * scale, (pos, np.abs(la - lb).max(), scale)
-            got.append(ta), want.append(tb)
+            assert np.abs(la - lb).max() <= tol * scale, (pos, np.abs(la - lb).max(), scale)
+            top2 = np.sort(lb[0])[-2:]
+            # Where the reference's winner leads by more than twice the logits' difference,
+            # the native argmax must pick it too; closer calls are ties at this precision.
+            if top2[1] - top2[0] > 2 * np.abs(la - lb).max():
+                got.append(ta), want.append(tb)
             if pos == native.config.context:
                 break
             ta, la = a.decode(tb, pos)  # both continue from the reference's token
@@ -116,9 +120,23 @@ def test_long_prompt_runs_in_prefill_chunks(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
 def test_parity_quantized_weights(tmp_path, fmt):
-    """Native kernels read the GGML blocks the reference dequantizes: same numbers."""
+    """With float activations, native kernels read the GGML blocks the reference dequantizes:
+    the same numbers to float rounding."""
     kw = dict(CASES["gqa"], vocab=320, ffn=224)
-    spec = write_spec(tmp_path, fmt, fmt=f"{fmt} except [token_embd]", **kw)
+    spec = write_spec(tmp_path, fmt, fmt=fmt, act="f32", **kw)
     prog = ckeir.compile(spec, backend="reference")
     assert set(prog.weight_formats.values()) == {"f32", fmt}
-    compare(spec, 16, threads=2)
+    assert 'act = "q8_0"' not in prog.mlir()
+    assert len(compare(spec, 16, threads=2)) >= 14
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+def test_parity_quantized_activations(tmp_path, fmt):
+    """With 8-bit activations (the default, as GGML), both backends round the same formula
+    (ckeir.quant), but rounding to int8 is discontinuous: a last-bit difference upstream can
+    move one value by a quantization step.  Logits agree within 2% of their scale, and the
+    greedy token wherever the winner is clear."""
+    kw = dict(CASES["gqa"], vocab=320, ffn=224)
+    spec = write_spec(tmp_path, fmt, fmt=fmt, **kw)
+    assert 'act = "q8_0"' in ckeir.compile(spec, backend="reference").mlir()
+    assert len(compare(spec, 16, threads=2, tol=2e-2)) >= 8

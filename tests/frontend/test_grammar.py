@@ -66,7 +66,7 @@ def test_tiny_spec_from_the_design_parses_to_this_ast():
     assert spec.schedules == {
         "serve": ScheduleDecl(
             "serve", model="tiny", cluster="pair", weight_format="q8_0",
-            weight_except=("token_embd",), transfer_format="f32", batch=1,
+            weight_except=("token_embd",), transfer_format="f32", activation_format="q8_0", batch=1,
             phases={
                 "prefill": PhaseDecl("prefill", (StageDecl(("n0", "n1"), 0, 3),)),
                 "decode": PhaseDecl(

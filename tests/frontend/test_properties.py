@@ -156,7 +156,13 @@ def specs(draw):
     cluster_text, cluster = draw(clusters(lay))
     name = draw(NAMES)
     written = [f"run {model.name} on {cluster.name}"]
-    values: dict = dict(weight_format="keep", weight_except=(), transfer_format="f32", batch=1)
+    values: dict = dict(
+        weight_format="keep",
+        weight_except=(),
+        transfer_format="f32",
+        activation_format="q8_0",
+        batch=1,
+    )
     if draw(st.booleans()):
         values["weight_format"] = draw(st.sampled_from(["keep", "f32", "q8_0", "q4_0", "q4_1"]))
         values["weight_except"] = tuple(draw(st.lists(NAMES, max_size=3)))
@@ -166,6 +172,9 @@ def specs(draw):
     if draw(st.booleans()):
         values["transfer_format"] = draw(st.sampled_from(["f32", "q8_0"]))
         written.append(f"quantize transfers {values['transfer_format']}")
+    if draw(st.booleans()):
+        values["activation_format"] = draw(st.sampled_from(["f32", "q8_0"]))
+        written.append(f"quantize activations {values['activation_format']}")
     if draw(st.booleans()):
         values["batch"] = draw(st.integers(1, 16))
         written.append(f"batch {values['batch']}")

@@ -22,6 +22,25 @@ def aligned_zeros(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[start : start + nbytes]
 
 
+def shard_of(weights: dict[str, np.ndarray], slot: str, shard) -> np.ndarray:
+    """The array a weight slot points at: the whole weight, or its rows [r0, r1) and columns
+    [c0, c1) (for GGML blocks, columns are whole blocks of bytes).  Row slices of a memory-
+    mapped file stay views; column slices copy only the shard."""
+    name = slot.split("@", 1)[0]
+    w = weights.get(name)
+    if w is None:
+        raise BackendError(f"weight '{name}' is missing")
+    if shard is not None:
+        r0, r1, c0, c1, block, block_bytes = shard
+        if w.ndim == 2 and w.dtype == np.uint8:
+            w = w[r0:r1, c0 // block * block_bytes : c1 // block * block_bytes]
+        elif w.ndim == 2:
+            w = w[r0:r1, c0:c1]
+        else:
+            w = w[r0:r1]
+    return np.ascontiguousarray(w)
+
+
 class _Program:
     def __init__(
         self,
@@ -46,13 +65,10 @@ class _Program:
         for name, buf in fixed.items():
             self.ctx[abi.slot(name)] = buf.ctypes.data
         self._keep = []
-        for name in abi.weights:
-            w = weights.get(name)
-            if w is None:
-                raise BackendError(f"weight '{name}' is missing")
-            w = np.ascontiguousarray(w)
+        for slot in abi.weights:
+            w = shard_of(weights, slot, abi.shards.get(f"weight:{slot}"))
             self._keep.append(w)
-            self.ctx[abi.slot(f"weight:{name}")] = w.ctypes.data
+            self.ctx[abi.slot(f"weight:{slot}")] = w.ctypes.data
 
     def output(self, i: int, dtype) -> np.ndarray:
         off, size = self.abi.outputs[i]
@@ -98,8 +114,9 @@ class NativeEngine:
         return self._run("decode", np.array([token], dtype=np.int32), pos)
 
     def reset(self) -> None:
-        self.kcache.fill(0)
-        self.vcache.fill(0)
+        """Start a new sequence.  The KV cache is not cleared: attention reads rows 0..pos+t
+        only, and every one of them is written first; clearing would make the whole cache
+        (hundreds of MB at long contexts) resident for nothing."""
 
     def close(self) -> None:
         self.pool.close()

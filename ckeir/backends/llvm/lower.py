@@ -14,6 +14,8 @@ import attrs
 from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
+from ckeir.backends.llvm.kernels.quant_embed import qembed
+from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.errors import BackendError
 from ckeir.ir.core import Operation, OpResult
 from ckeir.ir.types import ShapedType, element_format, nbytes
@@ -53,7 +55,9 @@ class ProgramABI:
     max_tokens: int
     outputs: tuple[tuple[int, int], ...]  # (arena offset, bytes) of each returned value
     steps: tuple[Step, ...] = ()
-    shards: dict = attrs.field(factory=dict)  # weight slot name -> (row0, row1, col0, col1)
+    # weight slot -> (row0, row1, col0, col1, block, block bytes): the rank's slice of the
+    # full tensor, in elements (columns in whole blocks for quantized formats)
+    shards: dict = attrs.field(factory=dict)
     cache_shape: tuple[int, ...] = ()
 
     def slot(self, name: str) -> int:
@@ -192,11 +196,8 @@ def _dims(v) -> tuple[int, ...]:
 def _lower_embed(low: _Lowering, op: Operation) -> None:
     v, d = _dims(op.operands[1])
     fmt = element_format(op.operands[1].type.element).name
-    if fmt != "f32":
-        raise BackendError(
-            f"lower-llvm: no native embedding lookup in {fmt} tables yet", loc=op.loc
-        )
-    low.call(K.embed(v, d, low.host), _io(low, op), low.rows(op.operands[0]))
+    kern = K.embed(v, d, low.host) if fmt == "f32" else qembed(fmt, v, d, low.host)
+    low.call(kern, _io(low, op), low.rows(op.operands[0]))
 
 
 def _lower_rmsnorm(low: _Lowering, op: Operation) -> None:
@@ -208,7 +209,11 @@ def _lower_matmul(low: _Lowering, op: Operation) -> None:
     n, k = _dims(op.operands[1])
     tile = tuple(op.attr("tile") or (16, k))
     fmt = element_format(op.operands[1].type.element).name
-    low.call(K.matmul(n, k, tile, low.host, fmt=fmt), _io(low, op), low.rows(op.operands[0]))
+    if op.attr("act") == "q8_0":
+        kern = qmatmul(fmt, n, k, tile, low.host)
+    else:
+        kern = K.matmul(n, k, tile, low.host, fmt=fmt)
+    low.call(kern, _io(low, op), low.rows(op.operands[0]))
 
 
 def _lower_rope(low: _Lowering, op: Operation) -> None:
@@ -311,7 +316,11 @@ def _abi(low: _Lowering) -> ProgramABI:
         if not isinstance(v, OpResult) or v.op.attr("offset") is None:
             raise BackendError("lower-llvm: a returned value is not in the arena")
         outputs.append((v.op.attr("offset"), nbytes(v.type)))
-    shards = {_slot_name(w): tuple(w.attr("shard")) for w in low.weight_ops if w.attr("shard")}
+    shards = {}
+    for w in low.weight_ops:
+        if w.attr("shard"):
+            fmt = element_format(w.results[0].type.element)
+            shards[_slot_name(w)] = (*w.attr("shard"), fmt.block, fmt.block_bytes)
     return ProgramABI(
         low.sym,
         func.attr("phase"),

@@ -1,0 +1,187 @@
+"""Running one rank of a distributed program: its native segments, the communication steps
+between them, the token broadcast, and the KV-cache handoff when prefill and decode place
+layers or heads differently.
+
+Every rank runs the same generation loop (SPMD).  A rank without a program in a phase only
+takes part in the token broadcast (and in the handoff after prefill).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from ckeir.backends.llvm.engine import _Program
+from ckeir.backends.llvm.pool import Pool
+from ckeir.errors import TransportError
+
+HANDOFF_TAG = 7
+
+
+def head_owner(plan, layer: int, head: int) -> tuple[int, int]:
+    """(rank, local head index) that holds KV head `head` of `layer` under a phase plan."""
+    stage = next(s for s in plan.stages if s.first <= layer <= s.last)
+    for rank, (k0, k1) in zip(stage.ranks, stage.kv_heads, strict=True):
+        if k0 <= head < k1:
+            return rank, head - k0
+    raise ValueError(f"no owner for layer {layer} head {head}")
+
+
+def handoff_plan(pre, dec, layers: int, kv_heads: int):
+    """(src rank, dst rank) -> [(layer, src local head, dst local head)] for every KV head whose
+    owner or local index differs between the prefill and the decode placement."""
+    moves = defaultdict(list)
+    for layer in range(layers):
+        for h in range(kv_heads):
+            src, i = head_owner(pre, layer, h)
+            dst, j = head_owner(dec, layer, h)
+            if (src, i) != (dst, j) or pre.describe() != dec.describe():
+                moves[(src, dst)].append((layer, i, j))
+    return dict(moves)
+
+
+class RankEngine:
+    """Engine (see `ckeir.runtime.generate`) for one rank of a placed program."""
+
+    def __init__(
+        self,
+        rank: int,
+        lowered,
+        compiled,
+        weights,
+        placement,
+        config,
+        threads,
+        host,
+        transport,
+        events=None,
+    ):
+        self.rank, self.transport, self.config = rank, transport, config
+        self.placement = placement
+        self.context = config.context
+        self.pool = Pool(threads, host)
+        self.compiled = compiled
+        self.events = events if events is not None else []
+        self.programs, self.caches = {}, {}
+        same = placement["prefill"].describe() == placement["decode"].describe()
+        for name, abi in lowered.programs.items():
+            key = "shared" if same else abi.phase
+            if key not in self.caches:
+                self.caches[key] = (
+                    np.zeros(abi.cache_shape, np.float32),
+                    np.zeros(abi.cache_shape, np.float32),
+                )
+            kc, vc = self.caches[key]
+            addresses = {
+                st.symbol: compiled.address(st.symbol) for st in abi.steps if st.kind == "native"
+            }
+            self.programs[abi.phase] = (_Program(abi, 0, weights, kc, vc), addresses)
+        self.max_prefill = min(
+            (p.abi.max_tokens for p, _ in self.programs.values() if p.abi.phase == "prefill"),
+            default=min(256, config.context),
+        )
+        self.handoff = (
+            None
+            if same
+            else handoff_plan(
+                placement["prefill"], placement["decode"], config.layers, config.kv_heads
+            )
+        )
+        self.world = tuple(sorted({r for p in placement.values() for r in p.ranks}))
+        self.stats = defaultdict(float)
+
+    # -- one phase step ---------------------------------------------------------------------
+    def _run(self, phase: str, ids: np.ndarray, pos: int):
+        token, logits = -1, None
+        entry = self.programs.get(phase)
+        if entry is not None:
+            prog, addresses = entry
+            n = len(ids)
+            prog.ids[:n] = ids
+            prog.ctx[prog.abi.slot("n")] = n
+            prog.ctx[prog.abi.slot("pos")] = pos
+            for st in prog.abi.steps:
+                t0 = time.perf_counter()
+                self._step(prog, st, addresses, n)
+                self._record(st, n, t0)
+            if prog.abi.outputs:
+                token = int(prog.output(0, np.int32)[0])
+                logits = prog.output(1, np.float32)
+        root = _root(self.placement[phase])
+        buf = np.array([token], dtype=np.int32)
+        self.transport.broadcast(buf, root, self.world)
+        if phase == "prefill" and self.handoff is not None:
+            self._handoff(pos, len(ids))
+        return int(buf[0]), logits
+
+    def _step(self, prog, st, addresses, n: int) -> None:
+        arena = prog.arena
+        size = st.nbytes(n)
+        if st.kind == "native":
+            self.pool.run(addresses[st.symbol], prog.ctx.ctypes.data)
+        elif st.kind == "send":
+            self.transport.send(arena[st.src : st.src + size], st.peer)
+        elif st.kind == "recv":
+            self.transport.recv(arena[st.dst : st.dst + size], st.peer)
+        elif st.kind == "allreduce":
+            out = arena[st.dst : st.dst + size]
+            out[:] = arena[st.src : st.src + size]
+            self.transport.allreduce(out.view(np.float32), st.group)
+        elif st.kind == "allgather":
+            src = arena[st.src : st.src + size].view(np.float32)
+            out = arena[st.dst : st.dst + size * len(st.group)].view(np.float32)
+            self.transport.allgather(src, out, st.group)
+        else:
+            raise TransportError(f"unknown program step {st.kind}")
+
+    def _record(self, st, n, t0) -> None:
+        dt = time.perf_counter() - t0
+        self.stats[st.kind] += dt
+        self.events.append((st.kind, st.peer if st.peer >= 0 else st.group, st.nbytes(n), t0, dt))
+
+    def _handoff(self, pos: int, n: int) -> None:
+        """Move the KV rows just written from their prefill owners to their decode owners."""
+        hd = self.config.head_dim
+        pre = self.caches.get("prefill")
+        dec = self.caches.get("decode")
+        for (src, dst), moves in sorted(self.handoff.items()):
+            if self.rank not in (src, dst):
+                continue
+            rows = slice(pos, pos + n)
+            if src == dst:
+                for layer, i, j in moves:
+                    for c in (0, 1):
+                        dec[c][layer, rows, j * hd : (j + 1) * hd] = pre[c][
+                            layer, rows, i * hd : (i + 1) * hd
+                        ]
+                continue
+            buf = np.empty((2, len(moves), n, hd), np.float32)
+            if self.rank == src:
+                for m, (layer, i, _j) in enumerate(moves):
+                    for c in (0, 1):
+                        buf[c, m] = pre[c][layer, rows, i * hd : (i + 1) * hd]
+                self.transport.send(buf.reshape(-1).view(np.uint8), dst, HANDOFF_TAG)
+            else:
+                self.transport.recv(buf.reshape(-1).view(np.uint8), src, HANDOFF_TAG)
+                for m, (layer, _i, j) in enumerate(moves):
+                    for c in (0, 1):
+                        dec[c][layer, rows, j * hd : (j + 1) * hd] = buf[c, m]
+
+    # -- the Engine protocol ----------------------------------------------------------------
+    def prefill(self, ids, pos):
+        return self._run("prefill", np.asarray(ids, np.int32), pos)
+
+    def decode(self, token, pos):
+        return self._run("decode", np.array([token], np.int32), pos)
+
+    def reset(self) -> None:
+        """Start a new sequence (the KV caches need no clearing: see NativeEngine.reset)."""
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _root(plan) -> int:
+    return plan.stages[-1].ranks[0]
