@@ -46,6 +46,8 @@ class Program:
         schedule: str | None = None,
         printer=print,
         on_stage=None,
+        rank: int | None = None,
+        transport=None,
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
@@ -69,15 +71,30 @@ class Program:
         )
         self.timings["passes"] = sum(t.seconds for t in self.pass_manager.timings)
         self.backend = backend
-        self.threads = threads or self.job.target.cores or os.cpu_count() or 1
+        self.placement = self.ctx.artifacts.get("placement", {})
+        self.rank_nodes = self.ctx.artifacts.get("ranks") or {0: self.job.cluster.nodes[0].name}
+        self.world_size = len(self.rank_nodes)
+        self.transport = transport
+        self.rank = transport.rank if transport is not None else rank
+        node = self.job.cluster.node(self.rank_nodes[self.rank or 0])
+        self.threads = threads or node.cores or os.cpu_count() or 1
         self.host = detect_host(isa)
+        self._options = dict(
+            backend=backend,
+            threads=threads,
+            isa=isa,
+            pipeline=pipeline,
+            verify_each=verify_each,
+            schedule=schedule,
+        )
+        self.spec_path = spec_path
         self._weights = None
         self._engine = None
         self.lowered = self.compiled = None
         if backend == "llvm":
             self._stage("lowering to LLVM IR")
             t0 = time.perf_counter()
-            self.lowered = lower_module(self.module, self.host)
+            self.lowered = lower_module(self.module, self.host, rank=self.rank)
             self.timings["lower-llvm"] = time.perf_counter() - t0
             self._stage(f"compiling native code for {self.host.name}")
             self.compiled = compile_ir(self.lowered.text, self.host)
@@ -129,7 +146,26 @@ class Program:
         if self._engine is None:
             c = self.config
             cache = (c.layers, c.context, c.kv_dim)
-            if self.backend == "llvm":
+            if self.world_size > 1:
+                if self.transport is None:
+                    raise CkeError(
+                        f"this schedule runs on {self.world_size} ranks: generate() launches "
+                        "them (local ranks), or give each rank its transport"
+                    )
+                from ckeir.runtime.distributed import RankEngine
+
+                self._engine = RankEngine(
+                    self.rank,
+                    self.lowered,
+                    self.compiled,
+                    self.weights,
+                    self.placement,
+                    c,
+                    self.threads,
+                    self.host,
+                    self.transport,
+                )
+            elif self.backend == "llvm":
                 from ckeir.backends.llvm.engine import NativeEngine
 
                 self._engine = NativeEngine(
@@ -151,7 +187,13 @@ class Program:
         )
 
     def generate(self, ids, max_new_tokens: int = 16) -> list[int]:
-        """Greedy continuation of `ids` (a list of token ids): the new token ids."""
+        """Greedy continuation of `ids` (a list of token ids): the new token ids.  A schedule
+        over several nodes runs here as local ranks (one process each), unless this
+        Program is already one rank of a running world."""
+        if self.world_size > 1 and self.transport is None:
+            from ckeir.runtime.launch import run_local
+
+            return run_local(self, list(ids), max_new_tokens)["tokens"]
         return list(self.stream(ids, max_new_tokens))
 
     def close(self) -> None:

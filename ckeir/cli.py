@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ckeir.errors import CkeError
 
-SUBCOMMANDS = ("run", "opt")
+SUBCOMMANDS = ("run", "opt", "plan")
 
 
 def _compile_args(p: argparse.ArgumentParser) -> None:
@@ -194,6 +194,27 @@ def _summary(stats) -> str:
     )
 
 
+def cmd_plan(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ckec plan", description="Show the planner's decisions.")
+    p.add_argument("spec")
+    p.add_argument("--schedule")
+    p.add_argument("--json", help="also write the plan as JSON to this file")
+    args = p.parse_args(argv)
+    from ckeir.api import Program
+    from ckeir.reports.plan import plan_report, print_plan
+
+    prog = Program(args.spec, backend="reference", schedule=args.schedule)
+    report = plan_report(prog)
+    print_plan(report)
+    if args.json:
+        import json
+
+        from ckeir.passes.manager import write_atomic
+
+        write_atomic(Path(args.json), json.dumps(report, indent=2, default=str))
+    return 0
+
+
 def cmd_opt(argv: list[str]) -> int:
     args = _opt_parser().parse_args(argv)
     import ckeir  # noqa: F401  (registers dialects)
@@ -231,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            return {"run": cmd_run, "opt": cmd_opt}[argv[0]](argv[1:])
+            return {"run": cmd_run, "opt": cmd_opt, "plan": cmd_plan}[argv[0]](argv[1:])
         return cmd_compile(argv)
     except CkeError as e:
         print(e.format(), file=sys.stderr)

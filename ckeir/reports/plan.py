@@ -1,0 +1,185 @@
+"""`ckec plan`: the planner's view of a compiled spec — who owns which layers and shards,
+memory per rank, transfers per step, predicted time per phase, bubbles and CKU — as tables
+and as a JSON-ready dict."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ckeir import cost
+from ckeir.ir.types import nbytes
+from ckeir.passes.manager import funcs
+from ckeir.passes.predict import predict
+from ckeir.units import format_bytes, format_seconds
+
+PREFILL_TOKENS = 128  # the prompt length predictions assume
+
+
+def plan_report(prog) -> dict:
+    module, job = prog.module, prog.job
+    ranks = prog.rank_nodes
+    nodes = {n.name: cost.NodeModel.of(n) for n in job.cluster.nodes}
+    programs = defaultdict(dict)
+    for f in funcs(module):
+        programs[f.attr("phase")][f.attr("rank", 0)] = f
+    out = {
+        "spec": str(job.spec_path),
+        "model": job.model.name,
+        "cluster": job.cluster.name,
+        "ranks": {r: n for r, n in ranks.items()},
+        "phases": {},
+        "memory": {},
+    }
+    memory = defaultdict(lambda: {"weights": 0, "kv_cache": 0, "arena": 0})
+    weight_seen = defaultdict(set)
+    for phase, progs in programs.items():
+        plan = prog.placement.get(phase)
+        tokens = 1 if phase == "decode" else min(PREFILL_TOKENS, job.config.context)
+        pred = predict(plan, progs, nodes, ranks, job.cluster, tokens, context=tokens)
+        stages = []
+        for s in plan.stages:
+            stages.append(
+                {
+                    "stage": s.index,
+                    "nodes": list(s.nodes),
+                    "ranks": list(s.ranks),
+                    "layers": [s.first, s.last],
+                    "kv_heads": [list(r) for r in s.kv_heads],
+                    "ffn": [list(r) for r in s.ffn],
+                    "vocab": [list(r) for r in s.vocab],
+                    "predicted_seconds": pred.stage_time[s.index],
+                    "bubble_seconds": pred.bubble(s.index),
+                }
+            )
+        transfers = []
+        for r, f in sorted(progs.items()):
+            for op in f.regions[0].entry.ops:
+                if op.name.startswith("dist."):
+                    t = (op.operands or op.results)[0].type
+                    rows = tokens if t.shape[0] is None else t.shape[0]
+                    per_row = nbytes(t.with_shape((1, *t.shape[1:])))
+                    transfers.append(
+                        {
+                            "rank": r,
+                            "op": op.name,
+                            "peer": op.attr("peer"),
+                            "group": list(op.attr("group") or ()),
+                            "bytes": per_row * rows,
+                        }
+                    )
+            for op in f.regions[0].entry.ops:
+                if op.name == "cke.weight":
+                    key = (op.attr("name"), tuple(op.attr("shard") or ()))
+                    if key not in weight_seen[r]:
+                        weight_seen[r].add(key)
+                        memory[r]["weights"] += nbytes(op.results[0].type)
+            cache = f.regions[0].entry.args[2].type
+            first, last = f.attr("layers", (0, cache.shape[0] - 1))
+            kv = cost.kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
+            memory[r]["kv_cache"] = max(memory[r]["kv_cache"], kv)
+            memory[r]["arena"] += f.attr("arena_bytes", 0)
+        active = sum(pred.weight_bytes.values())
+        out["phases"][phase] = {
+            "placement": plan.describe(),
+            "auto": plan.auto,
+            "why": plan.why,
+            "candidates": [
+                {"placement": d, "predicted_seconds": t, "fits": fit}
+                for d, t, fit in plan.candidates
+            ],
+            "tokens": tokens,
+            "stages": stages,
+            "transfers": transfers,
+            "transfer_bytes": sum(t["bytes"] for t in transfers if t["op"] != "dist.recv"),
+            "predicted_seconds": pred.latency,
+            "predicted_tokens_per_second": tokens / pred.latency if pred.latency else 0.0,
+            "active_bytes": active,
+            "cku": cost.cku(active, pred.latency / tokens),
+            "rank_seconds": pred.rank_time,
+            "comm_seconds": pred.comm_time,
+        }
+    for r, m in memory.items():
+        node = nodes[ranks[r]]
+        m["total"] = m["weights"] + m["kv_cache"] + m["arena"]
+        m["node_dram"] = node.dram
+        m["fits"] = m["total"] <= node.dram
+    out["memory"] = dict(memory)
+    return out
+
+
+def print_plan(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(
+        f"[bold]{report['spec']}[/]: model {report['model']} on cluster "
+        f"{report['cluster']}, ranks " + ", ".join(f"{r}={n}" for r, n in report["ranks"].items())
+    )
+    for phase, p in report["phases"].items():
+        t = Table(title=escape(f"{phase}: {p['placement']}" + (" (auto)" if p["auto"] else "")))
+        for col in (
+            "stage",
+            "nodes → ranks",
+            "layers",
+            "kv heads",
+            "ffn",
+            "vocab",
+            "predicted",
+            "bubble",
+        ):
+            t.add_column(col)
+        for s in p["stages"]:
+            t.add_row(
+                str(s["stage"]),
+                f"{', '.join(s['nodes'])} → {s['ranks']}",
+                f"{s['layers'][0]}..{s['layers'][1]}",
+                str(s["kv_heads"]),
+                str(s["ffn"]),
+                str(s["vocab"]),
+                format_seconds(s["predicted_seconds"]),
+                format_seconds(s["bubble_seconds"]),
+            )
+        console.print(t)
+        if p["auto"]:
+            console.print(f"  auto: {p['why']}")
+            for c in p["candidates"]:
+                console.print(
+                    f"    {c['placement']}: {format_seconds(c['predicted_seconds'])}"
+                    f"{'' if c['fits'] else ' (does not fit)'}"
+                )
+        per = "token" if phase == "decode" else f"{p['tokens']}-token prompt"
+        console.print(
+            f"  predicted {format_seconds(p['predicted_seconds'])} per {per} "
+            f"({p['predicted_tokens_per_second']:.1f} tok/s); transfers "
+            f"{format_bytes(p['transfer_bytes'])} per step; active bytes "
+            f"{format_bytes(p['active_bytes'])}; CKU {format_bytes(p['cku'])}/s"
+        )
+        if p["transfers"]:
+            tt = Table(title=f"{phase} transfers per step")
+            for col in ("rank", "op", "peer / group", "bytes"):
+                tt.add_column(col)
+            for x in p["transfers"]:
+                tt.add_row(
+                    str(x["rank"]),
+                    x["op"],
+                    str(x["peer"] if x["peer"] is not None else x["group"]),
+                    str(x["bytes"]),
+                )
+            console.print(tt)
+    mt = Table(title="memory per rank")
+    for col in ("rank", "node", "weights", "KV cache", "arena", "total", "node DRAM", "fits"):
+        mt.add_column(col)
+    for r, m in sorted(report["memory"].items()):
+        mt.add_row(
+            str(r),
+            report["ranks"][r],
+            format_bytes(m["weights"]),
+            format_bytes(m["kv_cache"]),
+            format_bytes(m["arena"]),
+            format_bytes(m["total"]),
+            format_bytes(m["node_dram"]),
+            "yes" if m["fits"] else "[red]NO[/]",
+        )
+    console.print(mt)

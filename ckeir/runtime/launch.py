@@ -1,0 +1,49 @@
+"""Starting the ranks of a distributed schedule: local processes (one per rank, shared-memory
+transport) or MPI (each process started by mpiexec takes its rank from the communicator).
+Every rank compiles the same spec (the passes are deterministic), keeps its own programs and
+loads only its own weights and shards from its copy of the model file."""
+
+from __future__ import annotations
+
+from ckeir.runtime.generate import GenerationStats
+
+
+def rank_main(transport, spec_path, options: dict, ids, max_new_tokens: int, prompt=None):
+    """The body of one rank: compile, generate, and return tokens, stats and evidence."""
+    from ckeir.api import Program
+
+    with Program(spec_path, transport=transport, **options) as prog:
+        if prompt is not None:
+            ids = prog.tokenizer.encode(prompt)
+        stats = GenerationStats()
+        tokens = list(prog.stream(ids, max_new_tokens, stats))
+        engine = prog.engine
+        return {
+            "rank": transport.rank,
+            "tokens": tokens,
+            "stats": {
+                "prompt_tokens": stats.prompt_tokens,
+                "generated_tokens": stats.generated_tokens,
+                "prefill_seconds": stats.prefill_seconds,
+                "decode_seconds": stats.decode_seconds,
+            },
+            "steps": dict(engine.stats),
+            "events": engine.events[-2000:],
+            "transport": transport.stats.as_dict() if hasattr(transport, "stats") else {},
+        }
+
+
+def run_local(program, ids, max_new_tokens: int, prompt=None, links=None) -> dict:
+    """Run `program`'s spec on local ranks; returns rank 0's result with every rank's in
+    `ranks`."""
+    from ckeir.runtime.transport.local import launch_local
+
+    results = launch_local(
+        program.world_size,
+        rank_main,
+        args=(program.spec_path, program._options, ids, max_new_tokens, prompt),
+        links=links,
+    )
+    out = dict(results[0])
+    out["ranks"] = results
+    return out
