@@ -547,17 +547,33 @@ class _Generic(_Path):
     def dots(self, wrows: list[str], toks: list[str]) -> list[list[str]]:
         f, p = self.f, self.p
         nb = self.steps(len(toks))
-        acc = _Sums(f, nb * p.scale_lanes, len(wrows), len(toks), "acc")
+        acc = _Sums(f, 8, len(wrows), len(toks), "acc")
+        mins = _Sums(f, 2 * nb, len(wrows), len(toks), "accm") if p.scale_lanes == 2 else None
         steps, rest = divmod(p.blocks, nb)
         if steps:
             with f.loop(0, steps, 1, "ks") as i:
-                self.step(wrows, toks, f.mul(i, nb), nb, acc)
+                self.step(wrows, toks, f.mul(i, nb), nb, acc, mins)
         if rest:
-            self.step(wrows, toks, steps * nb, rest, acc)
-        return [[acc.total(i, j) for j in range(len(toks))] for i in range(len(wrows))]
+            self.step(wrows, toks, steps * nb, rest, acc, mins)
+        totals = [[acc.total(i, j) for j in range(len(toks))] for i in range(len(wrows))]
+        if mins is not None:
+            for i, row in enumerate(totals):
+                for j in range(len(toks)):
+                    m = mins.total(i, j, range(1, mins.width, 2))
+                    row[j] = f(f"fadd float {row[j]}, {m}", "tot")
+        return totals
 
-    def step(self, wrows: list[str], toks: list[str], b0: str | int, nb: int, acc: _Sums) -> None:
-        """Blocks b0..b0+nb-1: acc += (d_w·d_x per block [, m_w·σ]) · (Σ q_w q_x [, 1])."""
+    def step(
+        self,
+        wrows: list[str],
+        toks: list[str],
+        b0: str | int,
+        nb: int,
+        acc: _Sums,
+        mins: _Sums | None,
+    ) -> None:
+        """Blocks b0..b0+nb-1: 8 lanes of each block's integer sum, times its d_w·d_x, into
+        `acc`; q4_1: m_w·σ per block into `mins` (the odd lanes of the scale vector c)."""
         f, lpb = self.f, self.p.scale_lanes
         nl = nb * lpb
         scales = [self.scales(w, b0, nb) for w in wrows]
@@ -565,23 +581,32 @@ class _Generic(_Path):
         for j, tok in enumerate(toks):
             xs = f.load(_vec(nl, "float"), self.region(tok, "dxs", b0, 4 * lpb))
             acts = [
-                f.load("<32 x i8>", f.gep(tok, f.mul(f.add(b0, i), QK), "i8"), 16)
+                f(
+                    f"sext <32 x i8> {f.load('<32 x i8>', f.gep(tok, f.mul(f.add(b0, i), QK), 'i8'), 16)} to <32 x i32>",
+                    "x32",
+                )
                 for i in range(nb)
             ]
             for i in range(len(wrows)):
                 c = f(f"fmul {_vec(nl, 'float')} {scales[i]}, {xs}", "c")
-                sums = "splat (float 1.0)" if lpb == 2 else "poison"
-                for b, (w, q) in enumerate(zip(weights[i], acts, strict=True)):
-                    w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
-                    q32 = f(f"sext <32 x i8> {q} to <32 x i32>", "x32")
-                    prod = f(f"mul nsw <32 x i32> {w32}, {q32}", "prod")
-                    s = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", prod)])
-                    sf = f(f"sitofp i32 {s} to float", "sf")
-                    sums = f(
-                        f"insertelement {_vec(nl, 'float')} {sums}, float {sf}, i64 {b * lpb}",
-                        "sums",
+                for b, (w, x32) in enumerate(zip(weights[i], acts, strict=True)):
+                    lanes = f(f"sitofp <8 x i32> {self.partial_sums(w, x32)} to <8 x float>", "sf")
+                    acc.fma(
+                        i, j, lanes, _shuffle(f, _vec(nl, "float"), c, "poison", [b * lpb] * 8), 8
                     )
-                acc.fma(i, j, c, sums, nl)
+                if mins is not None:
+                    mins.add(i, j, c, nl)
+
+    def partial_sums(self, w: str, x32: str) -> str:
+        """Σ q_w q_x of one block as 8 i32 lanes.  Adding the even and odd products first
+        is the shape LLVM turns into `pmaddwd` (SSE2/AVX2)."""
+        f = self.f
+        w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
+        prod = f(f"mul nsw <32 x i32> {w32}, {x32}", "prod")
+        even, odd = (_shuffle(f, "<32 x i32>", prod, "poison", range(k, 32, 2)) for k in (0, 1))
+        pairs = f(f"add nsw <16 x i32> {even}, {odd}", "pairs")
+        lo, hi = (_shuffle(f, "<16 x i32>", pairs, "poison", range(k, k + 8)) for k in (0, 8))
+        return f(f"add nsw <8 x i32> {lo}, {hi}", "ps")
 
     def scales(self, row: str, b0: str | int, nb: int) -> str:
         """The f16 scale(s) of blocks b0..b0+nb-1 of a row as one f32 vector (d0[, m0], d1...)."""
