@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ckeir.backends.llvm.engine import _Program
+from ckeir.backends.llvm.engine import _Program, lazy_zeros
 from ckeir.backends.llvm.pool import Pool
 from ckeir.errors import TransportError
 
@@ -66,7 +66,7 @@ class RankEngine:
         self.events = events if events is not None else []
         self.programs, self.caches = {}, {}
         same = placement["prefill"].describe() == placement["decode"].describe()
-        for name, abi in lowered.programs.items():
+        for abi in lowered.programs.values():
             key = "shared" if same else abi.phase
             if key not in self.caches:
                 self.caches[key] = (

@@ -6,6 +6,8 @@ Python only writes the inputs, starts the pool once per program call, and reads 
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from ckeir.backends.llvm.jit import CompiledModule
@@ -13,6 +15,18 @@ from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES
 from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
 from ckeir.backends.llvm.pool import Pool
 from ckeir.errors import BackendError
+
+
+def lazy_zeros(shape, dtype=np.float32) -> np.ndarray:
+    """Zeroed memory that becomes resident page by page as it is written.  For KV caches:
+    numpy asks for transparent huge pages on large arrays, which would make 2 MiB resident
+    for every layer a decode step touches."""
+    count = int(np.prod(shape))
+    nbytes = max(count * np.dtype(dtype).itemsize, 1)
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(m, dtype=dtype, count=count).reshape(shape)
 
 
 def aligned_zeros(nbytes: int, align: int = 64) -> np.ndarray:
@@ -88,8 +102,8 @@ class NativeEngine:
         host=None,
     ):
         self.compiled = compiled  # keeps the machine code alive
-        self.kcache = np.zeros(cache_shape, dtype=np.float32)
-        self.vcache = np.zeros(cache_shape, dtype=np.float32)
+        self.kcache = lazy_zeros(cache_shape)
+        self.vcache = lazy_zeros(cache_shape)
         self.context = cache_shape[1]
         self.pool = Pool(threads, host)
         self.programs = {
