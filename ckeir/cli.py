@@ -57,6 +57,13 @@ def _run_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="prompt text (needs a tokenizer in the model file)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=16)
     p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
+    p.add_argument("--report", help="write the run report (JSON) to this file")
+    p.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) to this file")
+    p.add_argument(
+        "--transport",
+        choices=["local", "mpi"],
+        help="how ranks talk when the schedule spans nodes (default: local)",
+    )
     return p
 
 
@@ -178,9 +185,29 @@ def cmd_run(argv: list[str]) -> int:
             else:
                 print(",".join(map(str, stream)))
             print(_summary(stats), file=sys.stderr)
+            _reports(args, prog, stats)
             if args.timing:
                 _timing(prog)
     return 0
+
+
+def _reports(args, prog, stats) -> None:
+    from ckeir.reports.run import run_report, summary_line
+
+    if args.backend != "llvm" or stats.generated_tokens < 2:
+        return
+    report = run_report(prog, stats)
+    print(summary_line(report), file=sys.stderr)
+    if args.report:
+        import json
+
+        from ckeir.passes.manager import write_atomic
+
+        write_atomic(Path(args.report), json.dumps(report, indent=2, default=str))
+    if args.trace:
+        from ckeir.reports.trace import write_trace
+
+        write_trace(args.trace, {prog.rank or 0: prog.engine.events}, prog.rank_nodes)
 
 
 def _summary(stats) -> str:

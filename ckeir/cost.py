@@ -55,6 +55,10 @@ def rows_of(t, tokens: int) -> int:
 def op_bytes(op: Operation, tokens: int, context: int) -> int:
     """Bytes an op moves through DRAM for `tokens` rows: its weights once, activations in and
     out, and for attention the KV cache rows it reads (context = rows already cached)."""
+    if op.name == "cke.embed":  # reads one table row per token, not the table
+        table = op.operands[1].type
+        row = nbytes(table.with_shape((1, table.shape[1])))
+        return tokens * (row + table.shape[1] * F32)
     total = 0
     for v in op.operands:
         t = v.type

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ckeir.backends.llvm.engine import _Program, lazy_zeros
+from ckeir.backends.llvm.engine import _Program
 from ckeir.backends.llvm.pool import Pool
 from ckeir.errors import TransportError
 
@@ -91,9 +91,12 @@ class RankEngine:
         )
         self.world = tuple(sorted({r for p in placement.values() for r in p.ranks}))
         self.stats = defaultdict(float)
+        self.native_seconds = {"prefill": 0.0, "decode": 0.0}
+        self._phase = "prefill"
 
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
+        self._phase = phase
         token, logits = -1, None
         entry = self.programs.get(phase)
         if entry is not None:
@@ -139,6 +142,8 @@ class RankEngine:
     def _record(self, st, n, t0) -> None:
         dt = time.perf_counter() - t0
         self.stats[st.kind] += dt
+        if st.kind == "native":
+            self.native_seconds[self._phase] += dt
         self.events.append((st.kind, st.peer if st.peer >= 0 else st.group, st.nbytes(n), t0, dt))
 
     def _handoff(self, pos: int, n: int) -> None:

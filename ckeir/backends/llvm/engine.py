@@ -7,6 +7,7 @@ Python only writes the inputs, starts the pool once per program call, and reads 
 from __future__ import annotations
 
 import mmap
+import time
 
 import numpy as np
 
@@ -111,6 +112,9 @@ class NativeEngine:
             for name, abi in lowered.programs.items()
         }
         self.max_prefill = self.programs["prefill"].abi.max_tokens
+        # seconds inside the native program per phase (the rest of a step is Python)
+        self.native_seconds = dict.fromkeys(self.programs, 0.0)
+        self.events: list[tuple] = []  # (kind, peer, bytes, t0, seconds) for traces
 
     def _run(self, name: str, ids: np.ndarray, pos: int):
         p = self.programs[name]
@@ -118,7 +122,12 @@ class NativeEngine:
         p.ids[:n] = ids
         p.ctx[p.abi.slot("n")] = n
         p.ctx[p.abi.slot("pos")] = pos
+        t0 = time.perf_counter()
         self.pool.run(p.address, p.ctx.ctypes.data)
+        dt = time.perf_counter() - t0
+        self.native_seconds[name] += dt
+        if len(self.events) < 100_000:
+            self.events.append((name, -1, 0, t0, dt))
         return int(p.output(0, np.int32)[0]), p.output(1, np.float32)
 
     def prefill(self, ids: np.ndarray, pos: int):
