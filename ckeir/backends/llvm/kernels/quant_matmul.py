@@ -71,6 +71,12 @@ class Plan:
         return self.k // QK
 
     @property
+    def padded_blocks(self) -> int:
+        """Blocks in the scratch: VNNI pads the last group with zero blocks."""
+        gm = self.group_blocks if self.vnni else 1
+        return ceil_to(self.blocks, gm)
+
+    @property
     def nibbles(self) -> bool:
         return self.fmt.name != "q8_0"
 
@@ -97,9 +103,9 @@ class Plan:
         """Byte offsets of the regions of one token's scratch, and its `stride`: q_x; VNNI
         lane corrections (i32); per block d_x (and d_x·Σq_x for q4_1) (`dxs`); VNNI: d_x
         once per dot lane (`pattern`) and q4_1's d_x·Σq_x alone (`sigma`)."""
-        b, vnni = self.blocks, self.vnni
+        b, vnni = self.padded_blocks, self.vnni
         sizes = {
-            "q": self.k,
+            "q": QK * b,
             "corr": 4 * self.dot_lanes * b if self.correction else 0,
             "dxs": 4 * self.scale_lanes * b,
             "pattern": 4 * self.dot_lanes * b if vnni else 0,
@@ -159,9 +165,9 @@ def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
     return _shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
 
 
-def _opaque(f: FunctionWriter, ptr: str) -> str:
-    """`ptr`, through an empty asm statement LLVM cannot see through or move."""
-    return f(f'call ptr asm sideeffect "", "=r,0"(ptr {ptr})', "opq")
+def _opaque(f: FunctionWriter, value: str | int, ty: str = "ptr") -> str:
+    """`value`, through an empty asm statement LLVM cannot see through or move."""
+    return f(f'call {ty} asm sideeffect "", "=r,0"({ty} {value})', "opq")
 
 
 def halves_to_floats(f: FunctionWriter, halves: str, n: int, f16c: bool) -> str:
@@ -225,11 +231,21 @@ class _Writer:
         # opaque to LLVM: otherwise, once it unrolls a short K loop, it hoists every
         # activation load out of the row loop and spills them (slower than reloading)
         toks = [_opaque(f, self.token(f.add(t, j))) for j in range(ntok)]
-        totals = self.path.dots(wrows, toks)
-        for i in range(nrow):
-            for j in range(ntok):
-                out = f.gep("%a2", f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), f.add(r, i)))
-                f.store("float", totals[i][j], out)
+        sums = self.path.dots(wrows, toks)  # lane i*ntok + j: output row r+i of token t+j
+        for j in range(ntok):
+            out = f.gep("%a2", f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
+            lanes = [i * ntok + j for i in range(nrow)]
+            if nrow == 1:
+                f.store(
+                    "float", f(f"extractelement {_vec(nrow * ntok, 'float')} {sums}, i64 {j}"), out
+                )
+                continue
+            row = (
+                sums
+                if ntok == 1
+                else _shuffle(f, _vec(nrow * ntok, "float"), sums, "poison", lanes, "o")
+            )
+            f.store(_vec(nrow, "float"), row, out)
 
 
 class _Path:
@@ -278,42 +294,39 @@ class _Acts:
 
 
 class _Vnni(_Path):
-    def tail_groups(self) -> list[tuple[int, int]]:
-        """(first block, blocks) of the groups after the whole ones: sizes 2 and/or 1."""
-        gm, b = self.p.group_blocks, self.p.blocks
-        start, out = b // gm * gm, []
-        for size in (2, 1):
-            if size < gm and b - start >= size:
-                out.append((start, size))
-                start += size
-        return out
+    """Groups of `group_blocks` blocks; a last partial group is a whole one whose missing
+    blocks read as zero (weights by a masked load, activations zero-filled by `quantize`)."""
 
     # -- activations
 
     def quantize(self, x: str, s: str) -> None:
         f, p = self.f, self.p
         gm = p.group_blocks
-        if not p.nibbles:
-            with f.loop(0, p.blocks, 1, "qb") as b:
-                self.quantize_block(x, s, b, f.mul(b, QK), None)
-            return
-        if p.blocks // gm:
-            with f.loop(0, p.blocks // gm, 1, "qg") as g:
-                base = f.mul(g, QK * gm)
-                for i in range(gm):
-                    lo = f.add(base, 16 * i)
-                    self.quantize_block(x, s, f.add(f.mul(g, gm), i), lo, f.add(lo, 16 * gm))
-        for g0, gs in self.tail_groups():
-            for i in range(gs):
-                lo = QK * g0 + 16 * i
-                self.quantize_block(x, s, g0 + i, lo, lo + 16 * gs)
+        with f.loop(0, p.blocks // gm, 1, "qg") as g:
+            for i in range(gm):
+                self.quantize_block(x, s, f.add(f.mul(g, gm), i))
+        for b in range(p.blocks // gm * gm, p.padded_blocks):
+            if b < p.blocks:
+                self.quantize_block(x, s, b)
+            else:
+                self.zero_block(s, b)
 
-    def quantize_block(self, x: str, s: str, b: str | int, lo: str | int, hi: str | int | None):
-        """Block b: its q_x at `lo` (q4: the first 16 there, the last 16 at `hi`), its lane
-        corrections, d_x (+ σ), d_x per dot lane, σ."""
+    def q_offsets(self, b: str | int) -> tuple[str | int, str | int]:
+        """Where block b's q_x go: q8_0 all 32 at the first offset; q4: per group of G,
+        every block's first 16 values, then every block's last 16."""
+        f, gm = self.f, self.p.group_blocks
+        if not self.p.nibbles:
+            return f.mul(b, QK), 0
+        i = f(f"and i64 {b}, {gm - 1}", "bi")
+        lo = f.add(f.mul(f.sub(b, i), QK), f.mul(i, 16))
+        return lo, f.add(lo, 16 * gm)
+
+    def quantize_block(self, x: str, s: str, b: str | int) -> None:
+        """Block b of row x: q_x, lane corrections, d_x (+ σ), d_x per dot lane, σ."""
         f, p = self.f, self.p
         q, q32, d = self.q8(x, b)
-        if hi is None:
+        lo, hi = self.q_offsets(b)
+        if not p.nibbles:
             f.store("<32 x i8>", q, f.gep(s, lo, "i8"), 16)
         else:
             for off, first in ((lo, 0), (hi, 16)):
@@ -323,17 +336,32 @@ class _Vnni(_Path):
         if p.correction:
             corr = f(f"mul {_vec(lanes, 'i32')} {self.lane_sums(q32)}, splat (i32 {p.correction})")
             f.store(_vec(lanes, "i32"), corr, self.region(s, "corr", b, 4 * lanes), 16)
-        f.store("float", d, self.region(s, "dxs", b, 4 * p.scale_lanes))
-        f.store(
-            _vec(lanes, "float"),
-            _splat(f, "float", d, lanes),
-            self.region(s, "pattern", b, 4 * lanes),
-            16,
-        )
-        if p.scale_lanes == 2:
-            sigma = self.sigma(q32, d)
-            f.store("float", sigma, f.gep(self.region(s, "dxs", b, 8), 4, "i8"))
-            f.store("float", sigma, self.region(s, "sigma", b, 4))
+        pattern = _splat(f, "float", d, lanes)
+        f.store(_vec(lanes, "float"), pattern, self.region(s, "pattern", b, 4 * lanes), 16)
+        if p.scale_lanes == 1:
+            f.store("float", d, self.region(s, "dxs", b, 4))
+            return
+        sigma = self.sigma(q32, d)
+        pair = f(f"insertelement <2 x float> <float poison, float 0.0>, float {d}, i64 0")
+        pair = f(f"insertelement <2 x float> {pair}, float {sigma}, i64 1")
+        f.store("<2 x float>", pair, self.region(s, "dxs", b, 8))
+        f.store("float", sigma, self.region(s, "sigma", b, 4))
+
+    def zero_block(self, s: str, b: int) -> None:
+        """A padding block: zero q_x and zero scales, so it adds exactly 0."""
+        f, p = self.f, self.p
+        lo, hi = self.q_offsets(b)
+        for off in (lo,) if hi == 0 else (lo, hi):
+            f.store(_vec(16 if p.nibbles else 32, "i8"), "zeroinitializer", f.gep(s, off, "i8"), 16)
+        for region, size in (
+            ("corr", 4 * p.dot_lanes if p.correction else 0),
+            ("dxs", 4 * p.scale_lanes),
+            ("pattern", 4 * p.dot_lanes),
+            ("sigma", 4 if p.scale_lanes == 2 else 0),
+        ):
+            if size:
+                ptr = self.region(s, region, b, size)
+                f.store(_vec(size, "i8"), "zeroinitializer", ptr, 4)
 
     def lane_sums(self, q32: str) -> str:
         """Σq_x over the bytes each dot lane of the block multiplies: q8_0 lane l has
@@ -356,48 +384,28 @@ class _Vnni(_Path):
             ]
         return parts[0]
 
-    def activations(self, tok: str, g0: str | int, gs: int, decode: bool) -> _Acts:
+    def activations(self, tok: str, g0: str | int, decode: bool) -> _Acts:
         f, p = self.f, self.p
-        n = p.dot_lanes * gs
         base = f.gep(tok, f.mul(g0, QK), "i8")
         if p.nibbles:
-            x = tuple(
-                f.load(_vec(16 * gs, "i8"), f.gep(base, 16 * gs * h, "i8"), 16) for h in (0, 1)
-            )
+            x = tuple(f.load("<64 x i8>", f.gep(base, 64 * h, "i8"), 16) for h in (0, 1))
         else:
-            x = (f.load(_vec(32 * gs, "i8"), base, 16),)
-        init = (
-            f.load(_vec(n, "i32"), self.region(tok, "corr", g0, 4 * p.dot_lanes), 16)
-            if p.correction
-            else "zeroinitializer"
-        )
+            x = (f.load("<64 x i8>", base, 16),)
+        init = "zeroinitializer"
+        if p.correction:
+            init = f.load("<16 x i32>", self.region(tok, "corr", g0, 4 * p.dot_lanes), 16)
         if decode:
-            scale = f.load(
-                _vec(gs * p.scale_lanes, "float"), self.region(tok, "dxs", g0, 4 * p.scale_lanes), 4
-            )
+            nl = p.group_blocks * p.scale_lanes
+            scale = f.load(_vec(nl, "float"), self.region(tok, "dxs", g0, 4 * p.scale_lanes), 4)
         else:
-            scale = f.load(_vec(n, "float"), self.region(tok, "pattern", g0, 4 * p.dot_lanes), 16)
+            scale = f.load("<16 x float>", self.region(tok, "pattern", g0, 4 * p.dot_lanes), 16)
         return _Acts(x, init, scale)
 
-    def sigmas(self, toks: list[str], g0: str | int, gs: int, width: int) -> str:
+    def sigmas(self, toks: list[str], g0: str | int, width: int) -> str:
         """<width x float>: lane j·G + i is σ of block g0+i for token j (G = group_blocks)."""
         f, gm = self.f, self.p.group_blocks
-        parts = []
-        for tok in toks:
-            v = f.load(_vec(gs, "float"), self.region(tok, "sigma", g0, 4), 4)
-            parts.append(
-                _shuffle(
-                    f,
-                    _vec(gs, "float"),
-                    v,
-                    "zeroinitializer",
-                    [i if i < gs else gs for i in range(gm)],
-                )
-                if gs < gm
-                else v
-            )
-        while len(parts) < width // gm:
-            parts.append("zeroinitializer")
+        parts = [f.load(_vec(gm, "float"), self.region(tok, "sigma", g0, 4), 4) for tok in toks]
+        parts += ["zeroinitializer"] * (width // gm - len(parts))
         n = gm
         while len(parts) > 1:
             parts = [
@@ -409,61 +417,58 @@ class _Vnni(_Path):
 
     # -- weights
 
-    def weights(self, row: str, g0: str | int, gs: int) -> tuple[tuple[str, ...], str]:
-        """A row's group: the unsigned dot operand(s) (q4: low and high nibbles) and its f16
-        scales as f32 (d0[, m0], d1, ...)."""
-        f, p, bb = self.f, self.p, self.bb
+    def weights(self, row: str, g0: str | int, span: int) -> tuple[tuple[str, ...], str]:
+        """A row's group of `span` bytes (less than a whole group's: the last, partial one):
+        the unsigned dot operand(s) (q4: low and high nibbles) and the f16 scales as f32
+        (d0[, m0], d1, ...)."""
+        f, p, bb, gm = self.f, self.p, self.bb, self.p.group_blocks
         start = f.gep(row, f.mul(g0, bb), "i8")
-        span = gs * bb
+        full = gm * bb  # 68, 72 or 80: two overlapping 64-byte loads cover it
         bt = "<64 x i8>"
-        if span >= 64:
+        if span == full:
             a = f.load(bt, start, 1)
-            b = f.load(bt, f.gep(start, span - 64, "i8"), 1) if span > 64 else a
-        else:  # a tail group: load only its bytes
-            mask = "<" + ", ".join(f"i1 {'true' if i < span else 'false'}" for i in range(64)) + ">"
-            a = b = f.intrinsic(
+            b = f.load(bt, f.gep(start, full - 64, "i8"), 1)
+        else:  # never read past the row: load its bytes, the rest reads as zero
+            mask = "<" + ", ".join(f"i1 {str(i < span).lower()}" for i in range(64)) + ">"
+            a = f.intrinsic(
                 bt,
                 "llvm.masked.load.v64i8.p0",
                 [("ptr", start), ("i32", "1"), ("<64 x i1>", mask), (bt, "zeroinitializer")],
             )
+            b = "zeroinitializer"
 
-        def at(byte: int) -> int:  # where a byte of the span is in (a, b)
-            return byte if byte < 64 else 64 + byte - (span - 64)
+        def at(byte: int) -> int:  # where byte of the group is in (a, b)
+            return byte if byte < 64 else 64 + byte - (full - 64)
 
         head, per = _HEAD[p.fmt.name], 16 if p.nibbles else 32
-        quants = _shuffle(
-            f, bt, a, b, [at(i * bb + head + j) for i in range(gs) for j in range(per)], "wq"
-        )
+        idx = [at(i * bb + head + j) for i in range(gm) for j in range(per)]
+        quants = _shuffle(f, bt, a, b, idx, "wq")
         if p.nibbles:
-            ty = _vec(16 * gs, "i8")
             ops = (
-                f(f"and {ty} {quants}, splat (i8 15)", "lo"),
-                f(f"lshr {ty} {quants}, splat (i8 4)", "hi"),
+                f(f"and {bt} {quants}, splat (i8 15)", "lo"),
+                f(f"lshr {bt} {quants}, splat (i8 4)", "hi"),
             )
         else:
-            ops = (f(f"xor {_vec(32 * gs, 'i8')} {quants}, splat (i8 -128)", "wu"),)
-        nh = gs * p.scale_lanes
-        hb = _shuffle(
-            f, bt, a, b, [at(i * bb + j) for i in range(gs) for j in range(2 * p.scale_lanes)], "hb"
+            ops = (f(f"xor {bt} {quants}, splat (i8 -128)", "wu"),)
+        nh = gm * p.scale_lanes
+        idx = [at(i * bb + j) for i in range(gm) for j in range(2 * p.scale_lanes)]
+        halves = f(
+            f"bitcast {_vec(2 * nh, 'i8')} {_shuffle(f, bt, a, b, idx, 'hb')} to {_vec(nh, 'i16')}",
+            "hs",
         )
-        halves = f(f"bitcast {_vec(2 * nh, 'i8')} {hb} to {_vec(nh, 'i16')}", "hs")
         return ops, halves_to_floats(f, halves, nh, p.f16c)
 
-    def dot(self, w: tuple[str, ...], acts: _Acts, gs: int) -> str:
-        """The group's exact partial sums (16·gs/G i32 lanes) as floats."""
-        f = self.f
-        n = self.p.dot_lanes * gs
-        it, bt = _vec(n, "i32"), _vec(4 * n, "i8")
+    def dot(self, w: tuple[str, ...], acts: _Acts) -> str:
+        """The group's exact partial sums (16 i32 lanes) as floats."""
+        f, it, bt = self.f, "<16 x i32>", "<64 x i8>"
         acc = acts.init
         for wv, xv in zip(w, acts.x, strict=True):
-            acc = f.intrinsic(
-                it, f"llvm.x86.avx512.vpdpbusd.{32 * n}", [(it, acc), (bt, wv), (bt, xv)]
-            )
-        return f(f"sitofp {it} {acc} to {_vec(n, 'float')}", "df")
+            acc = f.intrinsic(it, "llvm.x86.avx512.vpdpbusd.512", [(it, acc), (bt, wv), (bt, xv)])
+        return f(f"sitofp {it} {acc} to <16 x float>", "df")
 
     # -- the dot products
 
-    def dots(self, wrows: list[str], toks: list[str]) -> list[list[str]]:
+    def dots(self, wrows: list[str], toks: list[str]) -> str:
         f, p = self.f, self.p
         gm, decode = p.group_blocks, len(toks) == 1
         acc = _Sums(f, 16, len(wrows), len(toks), "acc")
@@ -471,55 +476,53 @@ class _Vnni(_Path):
         if p.scale_lanes == 2:  # decode: c vectors summed whole; prefill: lanes per token
             width = 2 * gm if decode else gm * (1 << (len(toks) - 1).bit_length())
             mins = _Sums(f, width, len(wrows), 1, "accm")
-        if p.blocks // gm:
-            with f.loop(0, p.blocks // gm, 1, "g") as g:
-                self.group(wrows, toks, f.mul(g, gm), gm, acc, mins)
-        for g0, gs in self.tail_groups():
-            self.group(wrows, toks, g0, gs, acc, mins)
-        totals = [[acc.total(i, j) for j in range(len(toks))] for i in range(len(wrows))]
-        if mins is not None:
-            for i, row in enumerate(totals):
+        whole, rest = divmod(p.blocks, gm)
+        # decode streams the rows one after the other: a single sequential stream is what
+        # the hardware prefetchers follow at full DRAM speed (4 rows interleaved ran at
+        # half of it).  The opaque trip count keeps LLVM from unrolling the loops fully
+        # and interleaving the rows again.  Prefill interleaves its rows, each group shared
+        # by `tokens` token rows.
+        for part in [[(i, w)] for i, w in enumerate(wrows)] if decode else [list(enumerate(wrows))]:
+            with f.loop(0, _opaque(f, whole, "i64") if decode else whole, 1, "g") as g:
+                self.group(part, toks, f.mul(g, gm), gm * self.bb, acc, mins)
+            if rest:
+                self.group(part, toks, whole * gm, rest * self.bb, acc, mins)
+        if mins is not None:  # add the min terms into the main accumulators
+            for i in range(len(wrows)):
                 for j in range(len(toks)):
                     lanes = range(1, mins.width, 2) if decode else range(j * gm, (j + 1) * gm)
-                    row[j] = f(f"fadd float {row[j]}, {mins.total(i, 0, lanes)}", "tot")
-        return totals
+                    acc.fold(i, j, mins.get(i, 0), mins.width, lanes)
+        return acc.totals()
 
     def group(
         self,
-        wrows: list[str],
+        wrows: list[tuple[int, str]],
         toks: list[str],
         g0: str | int,
-        gs: int,
+        span: int,
         acc: _Sums,
         mins: _Sums | None,
     ) -> None:
         f, p = self.f, self.p
-        decode, lpb, n = len(toks) == 1, p.scale_lanes, p.dot_lanes * gs
-        acts = [self.activations(tok, g0, gs, decode) for tok in toks]
-        per_lane = [
-            b * lpb for b in range(gs) for _ in range(p.dot_lanes)
-        ]  # scale lane of each dot lane
-        sig = None if decode or mins is None else self.sigmas(toks, g0, gs, mins.width)
-        for i, row in enumerate(wrows):
-            w, hv = self.weights(row, g0, gs)
-            ht = _vec(gs * lpb, "float")
-            if decode:
+        decode, gm, lpb = len(toks) == 1, p.group_blocks, p.scale_lanes
+        acts = [self.activations(tok, g0, decode) for tok in toks]
+        per_lane = [b * lpb for b in range(gm) for _ in range(p.dot_lanes)]  # scale of each lane
+        ht = _vec(gm * lpb, "float")
+        sig = None if decode or mins is None else self.sigmas(toks, g0, mins.width)
+        for i, row in wrows:
+            w, hv = self.weights(row, g0, span)
+            if decode:  # c = d_w·d_x per block (q4_1: interleaved with m_w·σ)
                 c = f(f"fmul {ht} {hv}, {acts[0].scale}", "c")
-                acc.fma(
-                    i, 0, self.dot(w, acts[0], gs), _shuffle(f, ht, c, "poison", per_lane, "cp"), n
-                )
+                acc.fma(i, 0, self.dot(w, acts[0]), _shuffle(f, ht, c, "poison", per_lane), 16)
                 if mins is not None:
-                    mins.add(i, 0, c, gs * lpb)
+                    mins.add(i, 0, c, mins.width)
                 continue
             dw = _shuffle(f, ht, hv, "poison", per_lane, "dw")
             for j, a in enumerate(acts):
-                scaled = f(f"fmul {_vec(n, 'float')} {self.dot(w, a, gs)}, {a.scale}", "sd")
-                acc.fma(i, j, scaled, dw, n)
-            if mins is not None:
-                gm = p.group_blocks
+                acc.fma(i, j, f(f"fmul <16 x float> {self.dot(w, a)}, {a.scale}", "sd"), dw, 16)
+            if mins is not None:  # lane j·G + b: m_w of block b (times σ of token j)
                 idx = [
-                    2 * (lane % gm) + 1 if lane % gm < gs and lane // gm < len(toks) else 2 * gs
-                    for lane in range(mins.width)
+                    2 * (k % gm) + 1 if k // gm < len(toks) else 2 * gm for k in range(mins.width)
                 ]
                 mw = _shuffle(f, ht, hv, "zeroinitializer", idx, "mw")
                 mins.fma(i, 0, mw, sig, mins.width)
@@ -555,13 +558,11 @@ class _Generic(_Path):
                 self.step(wrows, toks, f.mul(i, nb), nb, acc, mins)
         if rest:
             self.step(wrows, toks, steps * nb, rest, acc, mins)
-        totals = [[acc.total(i, j) for j in range(len(toks))] for i in range(len(wrows))]
         if mins is not None:
-            for i, row in enumerate(totals):
+            for i in range(len(wrows)):
                 for j in range(len(toks)):
-                    m = mins.total(i, j, range(1, mins.width, 2))
-                    row[j] = f(f"fadd float {row[j]}, {m}", "tot")
-        return totals
+                    acc.fold(i, j, mins.get(i, j), mins.width, range(1, mins.width, 2))
+        return acc.totals()
 
     def step(
         self,
@@ -669,16 +670,48 @@ class _Sums:
         fma = self.f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, a), (t, b), (t, self.get(i, j))])
         self.set(i, j, fma)
 
-    def total(self, i: int, j: int, lanes: range | None = None) -> str:
-        """The sum of the accumulator's lanes (of `lanes` only, when given)."""
-        f, v = self.f, self.get(i, j)
-        lanes = lanes or range(self.width)
-        if len(lanes) != self.width:
-            v = _shuffle(f, self.ty, v, "poison", lanes, "sel")
-        t = _vec(len(lanes), "float")
-        return f.intrinsic(
-            "float",
-            f"llvm.vector.reduce.fadd.v{len(lanes)}f32",
-            [("float", "-0.0"), (t, v)],
-            "reassoc",
+    def fold(self, i: int, j: int, v: str, n: int, lanes: range) -> None:
+        """acc += the `lanes` of an n-lane vector v (in the low lanes, the rest zero)."""
+        idx = list(lanes) + [n] * (self.width - len(lanes))
+        self.add(
+            i, j, _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "fold"), self.width
         )
+
+    def totals(self) -> str:
+        """<rows·tokens x float>: lane i·tokens + j is the sum of accumulator (i, j)'s lanes."""
+        return _hsums(
+            self.f,
+            [self.get(i, j) for i in range(len(self.vars)) for j in range(len(self.vars[0]))],
+            self.width,
+        )
+
+
+def _hsums(f: FunctionWriter, vs: list[str], width: int) -> str:
+    """<n x float> whose lane i sums the `width` lanes of vs[i] (n a power of two ≤ width):
+    pairs of vectors merge into one whose lane groups add each input group's halves (a
+    transpose-and-add tree), then each of the n groups left sums within itself."""
+    n, ty = len(vs), _vec(width, "float")
+    assert n & (n - 1) == 0 and n <= width, n
+    lanes = width
+    while len(vs) > 1:
+        half, groups = lanes // 2, width // lanes
+        lo = [
+            g * lanes + i if g < groups else width + (g - groups) * lanes + i
+            for g in range(2 * groups)
+            for i in range(half)
+        ]
+        merged = []
+        for a, b in zip(vs[::2], vs[1::2], strict=True):
+            x, y = (
+                _shuffle(f, ty, a, b, lo, "lo"),
+                _shuffle(f, ty, a, b, [m + half for m in lo], "hi"),
+            )
+            merged.append(f(f"fadd reassoc {ty} {x}, {y}", "hs"))
+        vs, lanes = merged, half
+    v = vs[0]
+    while lanes > 1:
+        half = lanes // 2
+        idx = [i + half if i % lanes < half else i for i in range(width)]
+        v = f(f"fadd reassoc {ty} {v}, {_shuffle(f, ty, v, 'poison', idx, 'sw')}", "hs")
+        lanes = half
+    return _shuffle(f, ty, v, "poison", [g * (width // n) for g in range(n)], "sums")
