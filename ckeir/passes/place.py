@@ -351,6 +351,42 @@ class Place(Pass):
             body.ops.remove(func)
             func.parent = None
         ctx.artifacts["ranks"] = {r: n for n, r in rank_of.items()}
+        check_memory(module, ctx.artifacts["ranks"], nodes)
+
+
+def rank_memory(module: Operation) -> dict[int, dict[str, int]]:
+    """Weights (every distinct weight or shard any phase needs) and KV cache per rank."""
+    seen: dict[int, set] = {}
+    out: dict[int, dict[str, int]] = {}
+    for f in funcs(module):
+        r = f.attr("rank", 0)
+        m = out.setdefault(r, {"weights": 0, "kv_cache": 0})
+        for op in f.regions[0].entry.ops:
+            key = (op.attr("name"), tuple(op.attr("shard") or ()))
+            if op.name == "cke.weight" and key not in seen.setdefault(r, set()):
+                seen[r].add(key)
+                m["weights"] += nbytes(op.results[0].type)
+        cache = f.regions[0].entry.args[2].type
+        first, last = f.attr("layers", (0, cache.shape[0] - 1))
+        m["kv_cache"] = max(
+            m["kv_cache"], cost.kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
+        )
+    return out
+
+
+def check_memory(module: Operation, ranks: dict[int, str], nodes) -> None:
+    from ckeir.units import format_bytes
+
+    for r, m in sorted(rank_memory(module).items()):
+        node = nodes[ranks[r]]
+        need = m["weights"] + m["kv_cache"]
+        if need > node.dram:
+            raise PassError(
+                f"placement does not fit: node {node.name} (rank {r}) needs "
+                f"{format_bytes(need)} ({format_bytes(m['weights'])} of weights + "
+                f"{format_bytes(m['kv_cache'])} of KV cache) but has {format_bytes(node.dram)}",
+                hint="give the node more layers' worth of dram, or move layers to other nodes",
+            )
 
 
 def _used_nodes(sched, cluster, phases) -> list[str]:

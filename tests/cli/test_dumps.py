@@ -14,7 +14,8 @@ import ckeir
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted(p for p in (ROOT / "specs").glob("*.cke"))
 MLIR_OPT = shutil.which("mlir-opt") or next(
-    (p for p in ("/usr/lib/llvm-22/bin/mlir-opt",) if Path(p).exists()), None)
+    (p for p in ("/usr/lib/llvm-22/bin/mlir-opt",) if Path(p).exists()), None
+)
 
 
 def dump(spec, tmp_path, backend="reference"):
@@ -27,9 +28,15 @@ def dump(spec, tmp_path, backend="reference"):
 def test_dump_dir_shows_each_pass(tmp_path):
     files = dump(ROOT / "specs/odd.cke", tmp_path, backend="llvm")
     names = [f.name for f in files]
-    assert names[:7] == ["00-input.mlir", "01-shape-infer.mlir", "02-quantize.mlir",
-                         "03-place.mlir", "04-insert-collectives.mlir", "05-tile.mlir",
-                         "06-plan-memory.mlir"]
+    assert names[:7] == [
+        "00-input.mlir",
+        "01-shape-infer.mlir",
+        "02-quantize.mlir",
+        "03-place.mlir",
+        "04-insert-collectives.mlir",
+        "05-tile.mlir",
+        "06-plan-memory.mlir",
+    ]
     assert names[7].endswith("lower-llvm.ll") and names[8].endswith("codegen.s")
     texts = [f.read_text() for f in files]
     assert "tensor<*xf32>" in texts[0] and "tensor<*xf32>" not in texts[1]
@@ -41,13 +48,20 @@ def test_dump_dir_shows_each_pass(tmp_path):
 
 
 @pytest.mark.mlir
-@pytest.mark.skipif(MLIR_OPT is None, reason="mlir-opt not installed (apt-get install mlir-22-tools)")
+@pytest.mark.skipif(
+    MLIR_OPT is None, reason="mlir-opt not installed (apt-get install mlir-22-tools)"
+)
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_mlir_opt_reads_every_stage(spec, tmp_path):
     for f in dump(spec, tmp_path):
         text = f.read_text()
-        r = subprocess.run([MLIR_OPT, "--allow-unregistered-dialect", "--mlir-print-op-generic"],
-                           input=text, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [MLIR_OPT, "--allow-unregistered-dialect", "--mlir-print-op-generic"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, f"{f.name}: {r.stderr}"
         assert r.stdout.rstrip("\n") == text.rstrip("\n"), f"{f.name} changed in mlir-opt"
         assert ckeir.print_ir(ckeir.parse_ir(r.stdout)) == text
@@ -55,7 +69,11 @@ def test_mlir_opt_reads_every_stage(spec, tmp_path):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_emit_llvm_parses_in_llvmlite(spec):
-    out = subprocess.run([sys.executable, "-m", "ckeir.cli", str(spec), "--emit=llvm"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "ckeir.cli", str(spec), "--emit=llvm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     llvm.parse_assembly(out.stdout).verify()

@@ -1,0 +1,88 @@
+"""The evidence a run and a plan leave behind: the run report's numbers, a trace that follows
+the Chrome Trace Event format, and the planner's view of a hybrid schedule."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ckec(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_run_report_and_trace(tmp_path):
+    report, trace = tmp_path / "r.json", tmp_path / "t.json"
+    r = ckec(
+        "run",
+        ROOT / "specs/odd.cke",
+        "--ids",
+        "1,2,3",
+        "-n",
+        "8",
+        "--report",
+        report,
+        "--trace",
+        trace,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "CKU" in r.stderr and "outside kernels" in r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["prompt_tokens"] == 3 and rep["generated_tokens"] == 8
+    d = rep["decode"]
+    assert 0 < d["native_seconds"] <= d["seconds"]
+    assert abs(d["outside_kernels_per_token"] * 7 - (d["seconds"] - d["native_seconds"])) < 1e-6
+    # active bytes: at least every weight byte the decode program reads
+    assert rep["active_bytes_per_token"] > 0
+    assert rep["cku_bytes_per_second"] == rep["active_bytes_per_token"] / d["seconds_per_token"]
+    events = json.loads(trace.read_text())["traceEvents"]
+    meta = [e for e in events if e["ph"] == "M"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["name"] for e in meta} == {"process_name", "thread_name"}
+    assert len(spans) == 1 + 7  # one prefill, seven decode steps
+    for e in spans:
+        assert {"name", "ph", "ts", "dur", "pid", "tid"} <= set(e)
+        assert e["ts"] >= 0 and e["dur"] > 0
+    assert [e["name"] for e in spans] == ["prefill"] + ["decode"] * 7
+    assert all(b["ts"] >= a["ts"] + a["dur"] for a, b in zip(spans, spans[1:]))
+
+
+def test_plan_of_a_hybrid_schedule(tmp_path):
+    out = tmp_path / "plan.json"
+    r = ckec("plan", ROOT / "specs/hybrid.cke", "--json", out)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(out.read_text())
+    assert plan["ranks"] == {"0": "n0", "1": "n1", "2": "n2"}
+    dec = plan["phases"]["decode"]
+    assert [s["nodes"] for s in dec["stages"]] == [["n0", "n1"], ["n2"]]
+    assert dec["stages"][0]["kv_heads"] == [[0, 1], [1, 2]]
+    ops = {t["op"] for t in dec["transfers"]}
+    assert ops == {"dist.allreduce", "dist.send", "dist.recv"}
+    sends = [t for t in dec["transfers"] if t["op"] == "dist.send"]
+    recvs = [t for t in dec["transfers"] if t["op"] == "dist.recv"]
+    assert [t["bytes"] for t in sends] == [t["bytes"] for t in recvs] == [64 * 4]
+    for s in dec["stages"]:  # a pipeline stage idles while the other works
+        assert (
+            abs(s["bubble_seconds"] - (dec["predicted_seconds"] - s["predicted_seconds"])) < 1e-12
+        )
+    pre = plan["phases"]["prefill"]
+    assert pre["auto"] and pre["candidates"] and "lowest predicted latency" in pre["why"]
+    best = min(c["predicted_seconds"] for c in pre["candidates"] if c["fits"])
+    assert abs(pre["predicted_seconds"] - best) < 1e-12
+    assert all(m["fits"] for m in plan["memory"].values())
+
+
+def test_placement_that_does_not_fit_is_refused(tmp_path):
+    spec = tmp_path / "small.cke"
+    spec.write_text((ROOT / "specs/tiny.cke").read_text().replace("dram 24GiB", "dram 100KiB"))
+    r = ckec(spec, "-o", tmp_path / "out.mlir")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "node n0 (rank 0) needs" in r.stderr and "but has 100.0 KiB" in r.stderr
+    assert not (tmp_path / "out.mlir").exists()
