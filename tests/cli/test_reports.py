@@ -51,7 +51,7 @@ def test_run_report_and_trace(tmp_path):
         assert {"name", "ph", "ts", "dur", "pid", "tid"} <= set(e)
         assert e["ts"] >= 0 and e["dur"] > 0
     assert [e["name"] for e in spans] == ["prefill"] + ["decode"] * 7
-    assert all(b["ts"] >= a["ts"] + a["dur"] for a, b in zip(spans, spans[1:]))
+    assert all(b["ts"] >= a["ts"] + a["dur"] for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_plan_of_a_hybrid_schedule(tmp_path):
