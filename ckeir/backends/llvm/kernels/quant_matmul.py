@@ -273,6 +273,22 @@ class _Path:
         q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
         return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
 
+    def sweep(self, wrows: list[str], toks: list[str], per_step: int, step) -> None:
+        """step(rows, b0, nb) over K in steps of `per_step` blocks (the last may be short);
+        rows are (index, pointer) pairs.  Decode streams the rows one after the other: a
+        single sequential stream is what the hardware prefetchers follow at full DRAM
+        speed (4 rows interleaved ran at half of it), and the opaque trip count keeps LLVM
+        from unrolling the loops fully and interleaving the rows again.  Prefill
+        interleaves its rows, each weight step shared by several token rows."""
+        f, decode = self.f, len(toks) == 1
+        whole, rest = divmod(self.p.blocks, per_step)
+        parts = [[(i, w)] for i, w in enumerate(wrows)] if decode else [list(enumerate(wrows))]
+        for part in parts:
+            with f.loop(0, _opaque(f, whole, "i64") if decode else whole, 1, "ks") as i:
+                step(part, f.mul(i, per_step), per_step)
+            if rest:
+                step(part, whole * per_step, rest)
+
     def sigma(self, q32: str, d: str) -> str:
         """d_x·Σq_x (q4_1's min term per unit m_w)."""
         f = self.f
@@ -476,17 +492,12 @@ class _Vnni(_Path):
         if p.scale_lanes == 2:  # decode: c vectors summed whole; prefill: lanes per token
             width = 2 * gm if decode else gm * (1 << (len(toks) - 1).bit_length())
             mins = _Sums(f, width, len(wrows), 1, "accm")
-        whole, rest = divmod(p.blocks, gm)
-        # decode streams the rows one after the other: a single sequential stream is what
-        # the hardware prefetchers follow at full DRAM speed (4 rows interleaved ran at
-        # half of it).  The opaque trip count keeps LLVM from unrolling the loops fully
-        # and interleaving the rows again.  Prefill interleaves its rows, each group shared
-        # by `tokens` token rows.
-        for part in [[(i, w)] for i, w in enumerate(wrows)] if decode else [list(enumerate(wrows))]:
-            with f.loop(0, _opaque(f, whole, "i64") if decode else whole, 1, "g") as g:
-                self.group(part, toks, f.mul(g, gm), gm * self.bb, acc, mins)
-            if rest:
-                self.group(part, toks, whole * gm, rest * self.bb, acc, mins)
+        self.sweep(
+            wrows,
+            toks,
+            gm,
+            lambda rows, b0, nb: self.group(rows, toks, b0, nb * self.bb, acc, mins),
+        )
         if mins is not None:  # add the min terms into the main accumulators
             for i in range(len(wrows)):
                 for j in range(len(toks)):
@@ -547,17 +558,12 @@ class _Generic(_Path):
             if self.p.scale_lanes == 2:
                 f.store("float", self.sigma(q32, d), f.gep(self.region(s, "dxs", b, 8), 4, "i8"))
 
-    def dots(self, wrows: list[str], toks: list[str]) -> list[list[str]]:
+    def dots(self, wrows: list[str], toks: list[str]) -> str:
         f, p = self.f, self.p
         nb = self.steps(len(toks))
         acc = _Sums(f, 8, len(wrows), len(toks), "acc")
         mins = _Sums(f, 2 * nb, len(wrows), len(toks), "accm") if p.scale_lanes == 2 else None
-        steps, rest = divmod(p.blocks, nb)
-        if steps:
-            with f.loop(0, steps, 1, "ks") as i:
-                self.step(wrows, toks, f.mul(i, nb), nb, acc, mins)
-        if rest:
-            self.step(wrows, toks, steps * nb, rest, acc, mins)
+        self.sweep(wrows, toks, nb, lambda rows, b0, n: self.step(rows, toks, b0, n, acc, mins))
         if mins is not None:
             for i in range(len(wrows)):
                 for j in range(len(toks)):
@@ -566,7 +572,7 @@ class _Generic(_Path):
 
     def step(
         self,
-        wrows: list[str],
+        wrows: list[tuple[int, str]],
         toks: list[str],
         b0: str | int,
         nb: int,
@@ -577,8 +583,8 @@ class _Generic(_Path):
         `acc`; q4_1: m_w·σ per block into `mins` (the odd lanes of the scale vector c)."""
         f, lpb = self.f, self.p.scale_lanes
         nl = nb * lpb
-        scales = [self.scales(w, b0, nb) for w in wrows]
-        weights = [[self.block(w, f.add(b0, j)) for j in range(nb)] for w in wrows]
+        scales = [self.scales(w, b0, nb) for _, w in wrows]
+        weights = [[self.block(w, f.add(b0, j)) for j in range(nb)] for _, w in wrows]
         for j, tok in enumerate(toks):
             xs = f.load(_vec(nl, "float"), self.region(tok, "dxs", b0, 4 * lpb))
             acts = [
@@ -588,9 +594,9 @@ class _Generic(_Path):
                 )
                 for i in range(nb)
             ]
-            for i in range(len(wrows)):
-                c = f(f"fmul {_vec(nl, 'float')} {scales[i]}, {xs}", "c")
-                for b, (w, x32) in enumerate(zip(weights[i], acts, strict=True)):
+            for k, (i, _) in enumerate(wrows):
+                c = f(f"fmul {_vec(nl, 'float')} {scales[k]}, {xs}", "c")
+                for b, (w, x32) in enumerate(zip(weights[k], acts, strict=True)):
                     lanes = f(f"sitofp <8 x i32> {self.partial_sums(w, x32)} to <8 x float>", "sf")
                     acc.fma(
                         i, j, lanes, _shuffle(f, _vec(nl, "float"), c, "poison", [b * lpb] * 8), 8
