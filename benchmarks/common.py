@@ -171,7 +171,7 @@ def print_table(
         table.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*("" if x is None else str(x) for x in r))
-    console = Console(width=max(100, sum(len(c) + 3 for c in columns) + 20), highlight=False)
+    console = Console(width=250, highlight=False)
     console.print(table)
     for n in notes:
         console.print(n, soft_wrap=True)
