@@ -1,104 +1,65 @@
-"""Decode GEMV throughput of the quantized matmul kernels against the machine's read bandwidth.
+"""Decode GEMV throughput of the int8 quantized matmul kernels (`qmatmul`) against this
+machine's read bandwidth, for the SmolLM2-135M shapes.
 
-Each shape's weights are tiled into enough copies to be several times larger than L3 and
-cycled through (one `Pool.run` per GEMV, as a decode step does), so every byte comes from
-DRAM.  The bandwidth baseline, measured in the same run: a JIT-compiled read loop over a
-1 GiB buffer on the same pool (4 independent 512/256-bit load-add chains per thread), and
-numpy's single-threaded `np.sum` over the same bytes.
+Each shape's weights are tiled into enough copies to be 4 × L3 and cycled through, one
+`Pool.run` per GEMV as a decode step calls it (so the per-call overhead is included), so
+every byte comes from DRAM.  The baseline is `benchmarks.stream`'s native read kernel (sum of
+an array of max(4 × L3, 512 MiB)) on the same pools, and numpy's one-thread `np.sum`;
+every cell is timed in turns with the others (`time_interleaved`), best of N rounds.
 
-    python benchmarks/gemv.py [--isa avx512|avx2|generic] [--threads 1 2] [--repeat 3]
+    python -m benchmarks.gemv [--threads 1,2] [--isa avx512|avx2|generic] [--repeat 10]
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import ctypes
-import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    common_args,
+    fmt,
+    host_line,
+    log,
+    print_table,
+    time_interleaved,
+    write_json,
+)
+from benchmarks.stream import Arrays, _native_runner, _numpy_runner, default_bytes
 from ckeir.backends.llvm.host import HostCPU, detect_host
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir
-from ckeir.backends.llvm.kernels.common import finish_kernel, kernel_writer
 from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.backends.llvm.pool import Pool
 from ckeir.runtime.weights import quantize_rows
 
-SHAPES = [  # fmt, N, K (SmolLM2-135M)
+SHAPES = [  # fmt, N, K: SmolLM2-135M's Q4_1 layers and its Q8_0 LM head
     ("q4_1", 1536, 576),
     ("q4_1", 576, 1536),
     ("q4_1", 576, 576),
     ("q8_0", 49152, 576),
 ]
-GiB = 1 << 30
-
-
-def read_kernel(host: HostCPU):
-    """(buf, out) -> out[tid] = a checksum of this thread's share of buf (n bytes)."""
-    f = kernel_writer("read_bw", 2)
-    lanes = host.vector_bits // 32
-    vt = f"<{lanes} x i32>"
-    step = 4 * lanes * 4
-    lo, hi = f.share("%n", 4096)
-    accs = [f.var(vt, "zeroinitializer", "acc") for _ in range(4)]
-    with f.loop(lo, f.round_down(lo, hi, step), step, "i") as i:
-        for j, a in enumerate(accs):
-            v = f.load(vt, f.gep("%a0", f.add(i, j * lanes * 4), "i8"), 64)
-            f.set(a, f(f"add {vt} {f.get(a)}, {v}"))
-    total = f(f"add {vt} {f.get(accs[0])}, {f.get(accs[1])}")
-    total = f(f"add {vt} {total}, {f(f'add {vt} {f.get(accs[2])}, {f.get(accs[3])}')}")
-    s = f.intrinsic("i32", f"llvm.vector.reduce.add.v{lanes}i32", [(vt, total)])
-    f.store("i32", s, f.gep("%a1", f.i64("%tid"), "i32"))
-    return finish_kernel(f, ("buf", "out"))
-
-
-def timed(fn, seconds: float) -> float:
-    """Best seconds per call of fn() over a few rounds of about `seconds` in total."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-6)
-    reps = max(1, int(seconds / 5 / once))
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
-
-
-def read_bandwidth(host: HostCPU, pools: dict[int, Pool], seconds: float) -> dict[str, float]:
-    buf = np.ones(GiB, np.uint8)
-    out = np.zeros(64, np.int32)
-    k = read_kernel(host)
-    cm = compile_ir(module_ir([k, kernel_entry_ir(k)]), host)
-    ctx = entry_ctx([buf.ctypes.data, out.ctypes.data], GiB, 0)
-    res = {}
-    for nth, pool in pools.items():
-        sec = timed(lambda p=pool: p.run(cm.address("entry"), ctypes.addressof(ctx)), seconds)
-        res[f"jit read, {nth} thr"] = GiB / sec / 1e9
-    f64 = buf.view(np.float64)
-    res["np.sum, 1 thr"] = GiB / timed(lambda: f64.sum(), seconds) / 1e9
-    return res
 
 
 class Gemv:
-    """One shape's kernel and enough copies of its weights to be 4x the size of L3, cycled
-    through one `Pool.run` per GEMV (as a decode step calls it)."""
+    """One shape's kernel and copies of its weights filling 4 × L3, cycled through."""
 
-    def __init__(self, fmt: str, n_out: int, k: int, host: HostCPU):
+    def __init__(self, fmt_name: str, n_out: int, k: int, host: HostCPU):
         rng = np.random.default_rng(0)
-        w1 = quantize_rows(rng.standard_normal((n_out, k)).astype(np.float32), fmt)
+        w1 = quantize_rows(rng.standard_normal((n_out, k)).astype(np.float32), fmt_name)
         self.nbytes = w1.nbytes
         self.copies = max(1, -(-4 * host.l3 // self.nbytes))
         self.w = np.ascontiguousarray(np.tile(w1, (self.copies, 1)))
         self.x = rng.standard_normal((1, k)).astype(np.float32)
         self.out = np.zeros((1, n_out), np.float32)
-        kern = qmatmul(fmt, n_out, k, (64, 256), host)
-        self.module = compile_ir(module_ir([kern, kernel_entry_ir(kern)]), host)
+        kernel = qmatmul(fmt_name, n_out, k, (64, 256), host)
+        self.module = compile_ir(module_ir([kernel, kernel_entry_ir(kernel)]), host)
         self.fn = self.module.address("entry")
         self.ctxs = [
             entry_ctx(
@@ -110,49 +71,77 @@ class Gemv:
         ]
         self.addrs = [ctypes.addressof(c) for c in self.ctxs]
 
-    def bandwidth(self, pool: Pool, seconds: float) -> float:
-        """GB/s of weight bytes."""
-
-        def sweep():
+    def runner(self, pool: Pool):
+        def sweep() -> None:
             for a in self.addrs:
                 pool.run(self.fn, a)
 
-        return self.copies * self.nbytes / timed(sweep, seconds) / 1e9
+        return sweep
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--isa", default=None)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds; each cell keeps its best")
-    args = ap.parse_args()
-    host = detect_host(args.isa)
-    pools = {nth: Pool(nth, host) for nth in args.threads}
-    print(f"host {host.name}, isa {host.isa}, vnni {host.has_vnni}, L3 {host.l3 >> 20} MiB")
+def run(repeat: int, threads: list[int], host: HostCPU) -> list[dict]:
+    arrays = Arrays(default_bytes(host), host)
     gemvs = {shape: Gemv(*shape, host) for shape in SHAPES}
-    base: dict[str, float] = {}
-    res: dict[tuple, float] = {}
-    for _ in range(args.repeat):  # other processes come and go: interleave, keep the best
-        for name, gbs in read_bandwidth(host, pools, args.seconds).items():
-            base[name] = max(base.get(name, 0.0), gbs)
-        for shape, g in gemvs.items():
-            for nth, pool in pools.items():
-                res[shape, nth] = max(res.get((shape, nth), 0.0), g.bandwidth(pool, args.seconds))
-    print(f"load average {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    for name, gbs in base.items():
-        print(f"  {name:18} {gbs:6.1f} GB/s")
-    print()
-    head = "".join(f" | {n} thr GB/s | frac" for n in args.threads)
-    print(f"{'weights':22}{'MB':>7}{head}")
-    for (fmt, n_out, k), g in gemvs.items():
-        cells = "".join(
-            f" | {res[(fmt, n_out, k), n]:10.1f} | {res[(fmt, n_out, k), n] / base[f'jit read, {n} thr']:4.2f}"
-            for n in args.threads
+    runners: dict[tuple, object] = {("np.sum", 1): _numpy_runner(arrays, "read")}
+    with contextlib.ExitStack() as stack:
+        for nth in threads:
+            pool = stack.enter_context(Pool(nth, host))
+            runners["read", nth] = _native_runner(arrays, pool, "read", host)
+            for shape, g in gemvs.items():
+                runners[shape, nth] = g.runner(pool)
+        timings = time_interleaved(runners, rounds=repeat, min_seconds=0.0)
+    read = {nth: arrays.nbytes / timings["read", nth].best for nth in threads}
+    results = []
+    for (what, nth), t in timings.items():
+        nbytes = (
+            arrays.nbytes if what in ("read", "np.sum") else gemvs[what].copies * gemvs[what].nbytes
         )
-        print(f"{fmt} {n_out}x{k:<12}{g.nbytes / 1e6:7.2f}{cells}")
-    for pool in pools.values():
-        pool.close()
+        results.append(
+            {
+                "what": what if isinstance(what, str) else "{} {}x{}".format(*what),
+                "threads": nth,
+                "weight_bytes": None if isinstance(what, str) else gemvs[what].nbytes,
+                "gb_per_s": nbytes / t.best / 1e9,
+                "fraction_of_read": nbytes / t.best / read[nth],
+                "timing": t,
+            }
+        )
+    return results
+
+
+def main(argv=None) -> None:
+    p = common_args(__doc__.split("\n\n")[0])
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--isa", help="narrow the host to generic, avx2 or avx512")
+    args = p.parse_args(argv)
+    host = detect_host(args.isa)
+    threads = [int(x) for x in args.threads.split(",")]
+    repeat = args.repeat or 10
+    log(f"gemv: {len(SHAPES)} shapes, threads {threads}, best of {repeat} interleaved rounds")
+    results = run(repeat, threads, host)
+    cell = {(r["what"], r["threads"]): r for r in results}
+    columns = ["weights", "MB"] + [c for t in threads for c in (f"{t} thr GB/s", "of read")]
+    rows = []
+    for what in ["read", *("{} {}x{}".format(*s) for s in SHAPES)]:
+        r0 = next(r for r in results if r["what"] == what)
+        mb = "—" if r0["weight_bytes"] is None else fmt(r0["weight_bytes"] / 1e6, 2)
+        row = [what if what != "read" else "read (stream kernel)", mb]
+        for t in threads:
+            r = cell[what, t]
+            row += [fmt(r["gb_per_s"]), f"{r['fraction_of_read']:.2f}"]
+        rows.append(row)
+    print_table(
+        f"Decode GEMV (n = 1) from DRAM, GB/s of weight bytes (best of {repeat} rounds)",
+        columns,
+        rows,
+        notes=[
+            f"host: {host_line()}; kernels for {host.isa}{' + VNNI' if host.has_vnni else ''}",
+            f"np.sum (1 thread) read {fmt(cell['np.sum', 1]['gb_per_s'])} GB/s; "
+            "'of read' = fraction of the stream read kernel's bandwidth at the same thread count.",
+        ],
+    )
+    if args.json:
+        write_json(args.json, "gemv", results, repeat=repeat, threads=threads)
 
 
 if __name__ == "__main__":
