@@ -24,7 +24,7 @@ from ckeir.backends.llvm.host import detect_host
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.kernels.common import FunctionWriter
 from ckeir.backends.llvm.kernels.quant_embed import qembed
-from ckeir.backends.llvm.kernels.quant_matmul import halves_to_floats, qmatmul
+from ckeir.backends.llvm.kernels.quant_matmul import halves_to_floats, plan, qmatmul
 from ckeir.quant import qmatmul_reference, quantize_activations, unpack_blocks
 from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
@@ -153,6 +153,20 @@ def test_qmatmul(host, run_kernel, fmt, n_out, k):
             err = np.abs(out - want)
             assert (err <= tolerance).all(), f"n={n} nth={nth}: worst {np.max(err / tolerance):.3g}"
             assert (np.abs(out - exact) <= quant_bound + 2 * tolerance).all()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_qmatmul_prefill_beyond_one_batch(host, run_kernel, fmt):
+    """More token rows than one quantized batch (32 here), the last batch ragged."""
+    n_out, k, n = 40, 96, 37
+    kernel = qmatmul(fmt, n_out, k, (8, 64), host)
+    assert plan(fmt, k, (8, 64), host).batch < n
+    w = quantize_rows(awkward(n_out, k), fmt)
+    x = awkward(n, k)
+    want = qmatmul_reference(x, w, fmt)
+    out = np.full((n, n_out), np.nan, np.float32)
+    run_kernel(kernel, host, [x, w, out], n, nth=2)
+    assert (np.abs(out - want) <= 1e-5 * np.abs(want).max() + 2e-6 * magnitude(x, w, fmt)).all()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
