@@ -107,17 +107,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=5
         )
-        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _uncommitted() -> list[str] | None:
+    """Files of the package with uncommitted changes: the code measured is not the commit's."""
+    status = _git("status", "--porcelain", "--", "ckeir")
+    return None if status is None else [line[3:] for line in status.splitlines()]
 
 
 def host_description() -> dict:
@@ -140,7 +143,8 @@ def host_description() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "llvmlite": llvmlite.__version__,
-        "ckeir_commit": _git_commit(),
+        "ckeir_commit": _git("rev-parse", "--short", "HEAD"),
+        "ckeir_uncommitted": _uncommitted(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg": os.getloadavg(),
     }
@@ -152,6 +156,8 @@ def host_line(h: dict | None = None) -> str:
         f"{h['cpu']} ({h['llvm_cpu']}, {h['isa']}{' + VNNI' if h['vnni'] else ''}), "
         f"{h['cores']} cores, L2 {h['l2_bytes'] >> 10} KiB/core, L3 {h['l3_bytes'] >> 20} MiB; "
         f"load average at start {h['loadavg'][0]:.2f}"
+        + (f"; ckeir {h['ckeir_commit']}" if h["ckeir_commit"] else "")
+        + (" + uncommitted changes" if h["ckeir_uncommitted"] else "")
     )
 
 
