@@ -8,15 +8,30 @@ from __future__ import annotations
 from ckeir.runtime.generate import GenerationStats
 
 
-def rank_main(transport, spec_path, options: dict, ids, max_new_tokens: int, prompt=None):
-    """The body of one rank: compile, generate, and return tokens, stats and evidence."""
+def rank_main(
+    transport,
+    spec_path,
+    options: dict,
+    ids,
+    max_new_tokens: int,
+    prompt=None,
+    collect_logits: bool = False,
+):
+    """The body of one rank: compile, generate, and return tokens, stats and evidence (and,
+    on the rank that computes them, each step's logits)."""
     from ckeir.api import Program
 
     with Program(spec_path, transport=transport, **options) as prog:
         if prompt is not None:
             ids = prog.tokenizer.encode(prompt)
         stats = GenerationStats()
-        tokens = list(prog.stream(ids, max_new_tokens, stats))
+        logits = {}
+
+        def keep(step, x):
+            if collect_logits and x is not None:
+                logits[step] = x.copy()
+
+        tokens = list(prog.stream(ids, max_new_tokens, stats, on_logits=keep))
         engine = prog.engine
         return {
             "rank": transport.rank,
@@ -30,10 +45,13 @@ def rank_main(transport, spec_path, options: dict, ids, max_new_tokens: int, pro
             "steps": dict(engine.stats),
             "events": engine.events[-2000:],
             "transport": transport.stats.as_dict() if hasattr(transport, "stats") else {},
+            "logits": logits,
         }
 
 
-def run_local(program, ids, max_new_tokens: int, prompt=None, links=None) -> dict:
+def run_local(
+    program, ids, max_new_tokens: int, prompt=None, links=None, collect_logits: bool = False
+) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's result with every rank's in
     `ranks`."""
     from ckeir.runtime.transport.local import launch_local
@@ -41,8 +59,15 @@ def run_local(program, ids, max_new_tokens: int, prompt=None, links=None) -> dic
     results = launch_local(
         program.world_size,
         rank_main,
-        args=(program.spec_path, program._options, ids, max_new_tokens, prompt),
-        links=links,
+        args=(
+            program.spec_path,
+            dict(program._options, backend="llvm"),
+            ids,
+            max_new_tokens,
+            prompt,
+            collect_logits,
+        ),
+        link_model=links,
     )
     out = dict(results[0])
     out["ranks"] = results
