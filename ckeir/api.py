@@ -48,6 +48,7 @@ class Program:
         on_stage=None,
         rank: int | None = None,
         transport=None,
+        launcher: bool = False,
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
@@ -91,7 +92,9 @@ class Program:
         self._weights = None
         self._engine = None
         self.lowered = self.compiled = None
-        if backend == "llvm":
+        # A launcher of local ranks compiles nothing itself: every rank compiles its programs.
+        native = backend == "llvm" and not (launcher and self.world_size > 1 and transport is None)
+        if native:
             self._stage("lowering to LLVM IR")
             t0 = time.perf_counter()
             self.lowered = lower_module(self.module, self.host, rank=self.rank)
@@ -104,7 +107,7 @@ class Program:
                 n = len(self.pass_manager.timings) + 1
                 write_atomic(self.dump_dir / f"{n:02d}-lower-llvm.ll", self.lowered.text)
                 write_atomic(self.dump_dir / f"{n + 1:02d}-codegen.s", self.compiled.asm())
-        elif backend != "reference":
+        elif backend not in ("reference", "llvm"):
             raise CkeError(f"unknown backend '{backend}' (choose llvm or reference)")
 
     # -- products ----------------------------------------------------------------------------

@@ -154,10 +154,21 @@ def cmd_run(argv: list[str]) -> int:
             ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
         except ValueError:
             raise CkeError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    transport = _transport(args)
+    try:
+        return _run(args, ids, transport)
+    finally:
+        if transport is not None:
+            transport.close()
+
+
+def _run(args, ids, transport) -> int:
     from ckeir.reports.progress import Progress
 
     with Progress() as progress:
-        prog = _program(args, backend=args.backend, on_stage=progress.stage)
+        prog = _program(
+            args, backend=args.backend, on_stage=progress.stage, transport=transport, launcher=True
+        )
         with prog:
             tokenizer = prog.tokenizer
             if args.prompt is not None:
@@ -167,27 +178,75 @@ def cmd_run(argv: list[str]) -> int:
                         "has none (give --ids)"
                     )
                 ids = tokenizer.encode(args.prompt)
+            if prog.world_size > 1 and transport is None:
+                return _run_local_ranks(args, prog, ids, progress)
             _ = prog.engine  # loads weights and starts the threads under the progress display
             progress.done()
             from ckeir.runtime.generate import GenerationStats
 
             stats = GenerationStats()
             stream = prog.stream(ids, args.max_new_tokens, stats)
+            quiet = transport is not None and transport.rank != 0  # one rank prints
             if args.prompt is not None:
                 from ckeir.runtime.tokenizer import StreamDecoder
 
                 dec = StreamDecoder(tokenizer)
-                sys.stdout.write(args.prompt)
-                for tok in stream:
-                    sys.stdout.write(dec.push(tok))
-                    sys.stdout.flush()
-                sys.stdout.write("\n")
+                out = [args.prompt] + [dec.push(tok) for tok in stream]
+                if not quiet:
+                    sys.stdout.write("".join(out) + "\n")
             else:
-                print(",".join(map(str, stream)))
-            print(_summary(stats), file=sys.stderr)
-            _reports(args, prog, stats)
-            if args.timing:
-                _timing(prog)
+                tokens = list(stream)
+                if not quiet:
+                    print(",".join(map(str, tokens)))
+            if not quiet:
+                print(_summary(stats), file=sys.stderr)
+                _reports(args, prog, stats)
+                if args.timing:
+                    _timing(prog)
+    return 0
+
+
+def _transport(args):
+    """MPI when asked for (or when started by mpiexec), else None (local ranks if needed)."""
+    from ckeir.runtime.transport.mpi import under_mpiexec
+
+    if args.transport == "mpi" or (args.transport is None and under_mpiexec()):
+        from ckeir.runtime.transport.mpi import MPITransport
+
+        return MPITransport()
+    return None
+
+
+def _run_local_ranks(args, prog, ids, progress) -> int:
+    from ckeir.runtime.generate import GenerationStats
+    from ckeir.runtime.launch import run_local
+
+    progress.stage(f"starting {prog.world_size} local ranks")
+    progress.done()
+    result = run_local(prog, ids, args.max_new_tokens)
+    tokens = result["tokens"]
+    if args.prompt is not None:
+        print(args.prompt + prog.tokenizer.decode(tokens))
+    else:
+        print(",".join(map(str, tokens)))
+    stats = GenerationStats(**result["stats"])
+    print(_summary(stats) + f" | {prog.world_size} local ranks", file=sys.stderr)
+    if args.report:
+        import json
+
+        from ckeir.passes.manager import write_atomic
+
+        report = {
+            "ranks": {
+                r["rank"]: {k: r[k] for k in ("tokens", "stats", "steps", "transport")}
+                for r in result["ranks"]
+            }
+        }
+        write_atomic(Path(args.report), json.dumps(report, indent=2, default=str))
+    if args.trace:
+        from ckeir.reports.trace import write_trace
+
+        write_trace(args.trace, {r["rank"]: r["events"] for r in result["ranks"]}, prog.rank_nodes)
     return 0
 
 
