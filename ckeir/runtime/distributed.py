@@ -8,6 +8,8 @@ takes part in the token broadcast (and in the handoff after prefill).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import defaultdict
 
@@ -93,6 +95,8 @@ class RankEngine:
         self.stats = defaultdict(float)
         self.native_seconds = {"prefill": 0.0, "decode": 0.0}
         self._phase = "prefill"
+        self._fault = injected_fault(rank)
+        self._steps = 0
 
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
@@ -179,6 +183,12 @@ class RankEngine:
         return self._run("prefill", np.asarray(ids, np.int32), pos)
 
     def decode(self, token, pos):
+        self._steps += 1
+        if self._fault is not None and self._steps == self._fault[0]:
+            if self._fault[1] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"fault injected on rank {self.rank} at decode step "
+                               f"{self._steps} (CKEIR_FAULT)")
         return self._run("decode", np.array([token], np.int32), pos)
 
     def reset(self) -> None:
@@ -186,6 +196,18 @@ class RankEngine:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def injected_fault(rank: int):
+    """CKEIR_FAULT="rank=R,step=S[,kind=raise|kill]": make rank R fail at decode step S — a
+    testing aid for the fault paths (every rank must stop, naming the failed one)."""
+    spec = os.environ.get("CKEIR_FAULT")
+    if not spec:
+        return None
+    fields = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    if int(fields.get("rank", -1)) != rank:
+        return None
+    return int(fields.get("step", 1)), fields.get("kind", "raise")
 
 
 def _root(plan) -> int:

@@ -158,3 +158,24 @@ def test_hybrid_three_ranks_with_uneven_nodes(tmp_path, single):
     assert stage.ffn == ((0, 160), (160, 256))  # 2:1 bandwidth, in 32-wide blocks
     out = run(path, collect=False)
     assert out["tokens"] == single()[0]
+
+
+@pytest.mark.parametrize("kind", ["raise", "kill"])
+def test_failing_local_rank_stops_every_rank(tmp_path, kind):
+    """A rank that raises or is killed mid-decode: the run exits non-zero within seconds and
+    says which rank failed — no hang."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    path = spec(tmp_path, "pp", """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""")
+    env = dict(os.environ, CKEIR_FAULT=f"rank=1,step=4,kind={kind}")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3",
+                        "-n", "40"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert time.perf_counter() - t0 < 60
+    assert "rank 1" in r.stderr, r.stderr
