@@ -23,9 +23,17 @@ import attrs
 
 from ckeir import cost
 from ckeir.errors import PassError
+from ckeir.formats import FORMATS
 from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Operation, Rewriter, clone
-from ckeir.ir.types import MemRefType, ShapedType, TensorType, element_format, nbytes
+from ckeir.ir.types import (
+    MemRefType,
+    ShapedType,
+    TensorType,
+    element_format,
+    nbytes,
+    quant_type,
+)
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import retype
 
@@ -170,8 +178,11 @@ def _owner_stage(op: Operation, plan: PhasePlan, pre_end: int, post_start: int, 
     return 0 if i < pre_end else len(plan.stages) - 1
 
 
-def rank_program(func: Operation, plan: PhasePlan, rank: int, shape: Shape) -> Operation:
-    """The part of `func` that `rank` runs, with its shards, boundary recvs and sends."""
+def rank_program(
+    func: Operation, plan: PhasePlan, rank: int, shape: Shape, transfer: str = "f32"
+) -> Operation:
+    """The part of `func` that `rank` runs, with its shards, boundary recvs and sends
+    (activations cross as `transfer`: f32, or Q8_0 blocks when rows are whole blocks)."""
     new = clone(func)
     block = new.regions[0].entry
     ops = list(block.ops)
@@ -198,7 +209,7 @@ def rank_program(func: Operation, plan: PhasePlan, rank: int, shape: Shape) -> O
                 recv = Operation(
                     "dist.recv",
                     result_types=[r.type],
-                    attributes={"peer": lead[owner[op]], "bytes": _msg_bytes(r.type, func)},
+                    attributes={"peer": lead[owner[op]], **_msg(r.type, func, transfer)},
                 )
                 rw.insert_before(op, recv)
                 r.replace_all_uses_with(recv.results[0])
@@ -210,7 +221,7 @@ def rank_program(func: Operation, plan: PhasePlan, rank: int, shape: Shape) -> O
                         send = Operation(
                             "dist.send",
                             [r],
-                            attributes={"peer": peer, "bytes": _msg_bytes(r.type, func)},
+                            attributes={"peer": peer, **_msg(r.type, func, transfer)},
                         )
                         at = rw.insert_after(at, send)
     # drop what other stages run (users first)
@@ -243,8 +254,15 @@ def rank_program(func: Operation, plan: PhasePlan, rank: int, shape: Shape) -> O
     return new
 
 
-def _msg_bytes(t: ShapedType, func: Operation) -> int:
-    return nbytes(t, dyn=func.attr("max_tokens", 1))
+def _msg(t: ShapedType, func: Operation, transfer: str) -> dict:
+    """A message's attributes: its bytes (rows at the func's bound) and, when activations
+    travel as Q8_0 blocks, its `format`."""
+    if transfer == "q8_0" and t.shape[-1] % FORMATS["q8_0"].block == 0:
+        return {
+            "bytes": nbytes(t.with_element(quant_type("q8_0")), dyn=func.attr("max_tokens", 1)),
+            "format": "q8_0",
+        }
+    return {"bytes": nbytes(t, dyn=func.attr("max_tokens", 1))}
 
 
 def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter) -> None:
@@ -345,8 +363,9 @@ class Place(Pass):
             plan = choose(sched.phases.get(phase), phase, shape, rank_of, nodes, func, ctx)
             placement[phase] = plan
             at = body.ops.index(func)
+            transfer = getattr(sched, "transfer_format", None) or "f32"
             for rank in plan.ranks:
-                body.insert(at, rank_program(func, plan, rank, shape))
+                body.insert(at, rank_program(func, plan, rank, shape, transfer))
                 at += 1
             body.ops.remove(func)
             func.parent = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ckeir import cost
-from ckeir.ir.types import nbytes
+from ckeir.ir.types import nbytes, quant_type
 from ckeir.passes.manager import funcs
 from ckeir.passes.predict import predict
 from ckeir.units import format_bytes, format_seconds
@@ -57,14 +57,18 @@ def plan_report(prog) -> dict:
                 if op.name.startswith("dist."):
                     t = (op.operands or op.results)[0].type
                     rows = tokens if t.shape[0] is None else t.shape[0]
-                    per_row = nbytes(t.with_shape((1, *t.shape[1:])))
+                    one = t.with_shape((1, *t.shape[1:]))
+                    fmt = op.attr("format", "f32")
+                    sent = one if fmt == "f32" else one.with_element(quant_type(fmt))
                     transfers.append(
                         {
                             "rank": r,
                             "op": op.name,
                             "peer": op.attr("peer"),
                             "group": list(op.attr("group") or ()),
-                            "bytes": per_row * rows,
+                            "format": fmt,
+                            "bytes": nbytes(sent) * rows,
+                            "f32_bytes": nbytes(one) * rows,
                         }
                     )
             for op in f.regions[0].entry.ops:
@@ -91,6 +95,9 @@ def plan_report(prog) -> dict:
             "stages": stages,
             "transfers": transfers,
             "transfer_bytes": sum(t["bytes"] for t in transfers if t["op"] != "dist.recv"),
+            "transfer_bytes_saved": sum(
+                t["f32_bytes"] - t["bytes"] for t in transfers if t["op"] != "dist.recv"
+            ),
             "predicted_seconds": pred.latency,
             "predicted_tokens_per_second": tokens / pred.latency if pred.latency else 0.0,
             "active_bytes": active,
@@ -153,7 +160,13 @@ def print_plan(report: dict, console=None) -> None:
         console.print(
             f"  predicted {format_seconds(p['predicted_seconds'])} per {per} "
             f"({p['predicted_tokens_per_second']:.1f} tok/s); transfers "
-            f"{format_bytes(p['transfer_bytes'])} per step; active bytes "
+            f"{format_bytes(p['transfer_bytes'])} per step"
+            + (
+                f" ({format_bytes(p['transfer_bytes_saved'])} saved by Q8_0)"
+                if p["transfer_bytes_saved"]
+                else ""
+            )
+            + "; active bytes "
             f"{format_bytes(p['active_bytes'])}; CKU {format_bytes(p['cku'])}/s"
         )
         if p["transfers"]:

@@ -18,6 +18,8 @@ import numpy as np
 from ckeir.backends.llvm.engine import _Program
 from ckeir.backends.llvm.pool import Pool
 from ckeir.errors import TransportError
+from ckeir.formats import FORMATS
+from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
 HANDOFF_TAG = 7
 
@@ -128,6 +130,20 @@ class RankEngine:
         size = st.nbytes(n)
         if st.kind == "native":
             self.pool.run(addresses[st.symbol], prog.ctx.ctypes.data)
+        elif st.kind == "send" and st.format == "q8_0":
+            rows = (
+                arena[st.src : st.src + size]
+                .view(np.float32)
+                .reshape(n if st.rows is None else st.rows, -1)
+            )
+            self.transport.send(quantize_rows(rows, "q8_0").reshape(-1), st.peer)
+        elif st.kind == "recv" and st.format == "q8_0":
+            out = arena[st.dst : st.dst + size].view(np.float32)
+            rows = n if st.rows is None else st.rows
+            width = out.size // rows
+            blocks = np.empty(rows * FORMATS["q8_0"].row_bytes(width), np.uint8)
+            self.transport.recv(blocks, st.peer)
+            out[:] = dequantize_rows(blocks.reshape(rows, -1), "q8_0").reshape(-1)
         elif st.kind == "send":
             self.transport.send(arena[st.src : st.src + size], st.peer)
         elif st.kind == "recv":
@@ -187,8 +203,9 @@ class RankEngine:
         if self._fault is not None and self._steps == self._fault[0]:
             if self._fault[1] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            raise RuntimeError(f"fault injected on rank {self.rank} at decode step "
-                               f"{self._steps} (CKEIR_FAULT)")
+            raise RuntimeError(
+                f"fault injected on rank {self.rank} at decode step {self._steps} (CKEIR_FAULT)"
+            )
         return self._run("decode", np.array([token], np.int32), pos)
 
     def reset(self) -> None:

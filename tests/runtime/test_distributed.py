@@ -169,13 +169,44 @@ def test_failing_local_rank_stops_every_rank(tmp_path, kind):
     import sys
     import time
 
-    path = spec(tmp_path, "pp", """
+    path = spec(
+        tmp_path,
+        "pp",
+        """
   phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
-  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""")
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
+    )
     env = dict(os.environ, CKEIR_FAULT=f"rank=1,step=4,kind={kind}")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3",
-                        "-n", "40"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert time.perf_counter() - t0 < 60
     assert "rank 1" in r.stderr, r.stderr
+
+
+def test_q8_0_transfers(tmp_path, single):
+    """Activations crossing the pipeline as Q8_0 blocks: 34 bytes per 32 floats instead of
+    128; the greedy tokens stay those of the float run."""
+    phases = """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }"""
+    path = spec(tmp_path, "q8t", phases, extra="quantize transfers q8_0")
+    prog = ckeir.compile(path, backend="reference")
+    text = prog.mlir()
+    assert 'bytes = 136 : i64, format = "q8_0"' in text  # 128 floats -> 4 blocks of 34 B
+    from ckeir.reports.plan import plan_report
+
+    dec = plan_report(prog)["phases"]["decode"]
+    assert dec["transfer_bytes"] == 136 and dec["transfer_bytes_saved"] == 512 - 136
+    tokens, logits = single()
+    out = run(path)
+    got = root_logits(out)
+    for a, b in zip(got, logits, strict=True):  # 8-bit rounding of the residual stream
+        assert np.abs(a - b).max() <= 2e-2 * np.abs(b).max()
+    assert out["tokens"] == tokens

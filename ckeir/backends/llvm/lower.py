@@ -37,6 +37,7 @@ class Step:
     rows: int | None = None
     peer: int = -1
     group: tuple[int, ...] = ()
+    format: str = "f32"  # how a send/recv's rows travel (q8_0: GGML blocks)
 
     def nbytes(self, n: int) -> int:
         return self.row_bytes * (n if self.rows is None else self.rows)
