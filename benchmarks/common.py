@@ -184,8 +184,17 @@ def print_table(
     console.print()
 
 
-def write_json(path: str | os.PathLike, benchmark: str, results: object, **extra) -> None:
-    payload = {"benchmark": benchmark, "host": host_description(), **extra, "results": results}
+def write_json(
+    path: str | os.PathLike, benchmark: str, results: object, host: dict | None = None, **extra
+) -> None:
+    """`host`: the description taken when the run started (its load average is the one that
+    tells how noisy the run was)."""
+    payload = {
+        "benchmark": benchmark,
+        "host": host or host_description(),
+        **extra,
+        "results": results,
+    }
     Path(path).write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
     print(f"wrote {path}")
 

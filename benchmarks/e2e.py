@@ -553,6 +553,7 @@ def main(argv=None) -> None:
             args.json,
             "e2e",
             [r.as_dict() for r in runs],
+            host,
             spec=str(args.spec),
             prompt_tokens=args.prompt_tokens,
             gen_tokens=args.gen_tokens,

@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 from benchmarks.common import (
     common_args,
     fmt,
+    host_description,
     host_line,
     log,
     print_table,
@@ -207,6 +208,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", help="comma-separated native thread counts (default 1,2,cores)")
     args = p.parse_args(argv)
     host = detect_host()
+    host_info = host_description()
     nbytes = args.mib * MIB if args.mib else default_bytes(host)
     repeat = args.repeat or 10
     threads = (
@@ -230,14 +232,14 @@ def main(argv=None) -> None:
         columns,
         rows,
         notes=[
-            f"host: {host_line()}",
+            f"host: {host_line(host_info)}",
             "each round runs every cell once (interleaved); "
             "bytes counted as STREAM does: read 1×, copy 2×, triad 3× the array size "
             "(write-allocate reads not counted); numpy's triad is two passes.",
         ],
     )
     if args.json:
-        write_json(args.json, "stream", results, array_bytes=nbytes, repeat=repeat)
+        write_json(args.json, "stream", results, host_info, array_bytes=nbytes, repeat=repeat)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 from benchmarks.common import (
     common_args,
     fmt,
+    host_description,
     host_line,
     log,
     print_table,
@@ -172,6 +173,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="the three layer shapes, qmatmul q4_1")
     args = p.parse_args(argv)
     host = detect_host()
+    host_info = host_description()
     nth = args.threads or host.cores
     pairs = [
         tuple(x.split(":")) for x in ("qmatmul:q4_1" if args.quick else args.kernels).split(",")
@@ -216,7 +218,7 @@ def main(argv=None) -> None:
         ],
         rows,
         notes=[
-            f"host: {host_line()}",
+            f"host: {host_line(host_info)}",
             "tiles are tile_n×tile_k for matmul, tile_n for qmatmul (K is whole); picked = "
             f"choose_tile(N, K, fmt, Target(l2={host.l2 >> 10} KiB, cores={host.cores})) after "
             f"the kernel's rounding; '!' marks picked/best > {TARGET_RATIO:.2f}.",
@@ -225,7 +227,7 @@ def main(argv=None) -> None:
         ],
     )
     if args.json:
-        write_json(args.json, "tiles", results)
+        write_json(args.json, "tiles", results, host_info)
 
 
 if __name__ == "__main__":
