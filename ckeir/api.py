@@ -78,7 +78,9 @@ class Program:
         self.transport = transport
         self.rank = transport.rank if transport is not None else rank
         node = self.job.cluster.node(self.rank_nodes[self.rank or 0])
-        self.threads = threads or node.cores or os.cpu_count() or 1
+        # the node's cores, but never more threads than this process may run on (local
+        # ranks each get their share of the machine)
+        self.threads = threads or max(1, min(node.cores, len(os.sched_getaffinity(0))))
         self.host = detect_host(isa)
         self._options = dict(
             backend=backend,

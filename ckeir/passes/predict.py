@@ -76,6 +76,12 @@ def predict(
         if key not in seen:
             seen.add(key)
             hop_time += t
+    # the next token goes back from the last stage to the first (a 4-byte broadcast)
+    first, last = plan.stages[0].ranks[0], plan.stages[-1].ranks[0]
+    if first != last:
+        t = link_between(cluster, ranks[last], ranks[first]).time(4)
+        hops.append((last, first, 4, t))
+        hop_time += t
     return Prediction(
         sum(stage_time) + hop_time, stage_time, rank_time, comm, tuple(hops), memory, weights
     )

@@ -49,6 +49,38 @@ def rank_main(
         }
 
 
+def spec_links(program):
+    """The cluster's declared links as a transport LinkModel (rank pairs), so local ranks
+    behave like the machines the spec describes: each message is delayed by
+    latency + bytes / bandwidth (the OS here cannot shape loopback traffic)."""
+    from ckeir.runtime.transport.base import Link, LinkModel
+
+    names = program.rank_nodes
+    cluster = program.job.cluster
+    links = {}
+    for a in names:
+        for b in names:
+            if a < b:
+                decl = cluster.link(names[a], names[b])
+                if decl is not None:
+                    links[(a, b)] = Link(decl.bw, decl.latency)
+    return LinkModel(links)
+
+
+def measured_hops(result: dict) -> dict:
+    """Mean seconds and bytes of each (sender, receiver) pair's sends, from every rank's
+    events."""
+    hops: dict = {}
+    for r in result["ranks"]:
+        for kind, peer, nbytes, _t0, dt in r["events"]:
+            if kind == "send":
+                h = hops.setdefault((r["rank"], peer), [0, 0.0, 0])
+                h[0] += 1
+                h[1] += dt
+                h[2] += nbytes
+    return {k: {"count": c, "seconds": t / c, "bytes": b / c} for k, (c, t, b) in hops.items()}
+
+
 def run_local(
     program, ids, max_new_tokens: int, prompt=None, links=None, collect_logits: bool = False
 ) -> dict:
