@@ -11,7 +11,7 @@ import numpy as np
 from ckeir import driver
 from ckeir.backends.llvm.host import detect_host
 from ckeir.backends.llvm.jit import compile_ir
-from ckeir.backends.llvm.lower import lower_module
+from ckeir.backends.llvm.lower import lower_module_cached
 from ckeir.backends.reference import ReferenceEngine
 from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
@@ -94,15 +94,18 @@ class Program:
         self._weights = None
         self._engine = None
         self.lowered = self.compiled = None
+        self.cache_hits: dict[str, bool] = {}
         # A launcher of local ranks compiles nothing itself: every rank compiles its programs.
         native = backend == "llvm" and not (launcher and self.world_size > 1 and transport is None)
         if native:
             self._stage("lowering to LLVM IR")
             t0 = time.perf_counter()
-            self.lowered = lower_module(self.module, self.host, rank=self.rank)
+            self.lowered, hit = lower_module_cached(self.module, self.host, rank=self.rank)
+            self.cache_hits = {"lowering": hit}
             self.timings["lower-llvm"] = time.perf_counter() - t0
             self._stage(f"compiling native code for {self.host.name}")
             self.compiled = compile_ir(self.lowered.text, self.host)
+            self.cache_hits["object code"] = self.compiled.cache_hit
             for k, v in self.compiled.timings.items():
                 self.timings[f"llvm-{k}"] = v
             if self.dump_dir is not None:

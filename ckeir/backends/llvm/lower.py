@@ -9,8 +9,14 @@ the KV caches, and one pointer per weight.  Intermediates live at their plan-mem
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import pickle
+from pathlib import Path
+
 import attrs
 
+from ckeir import cache
 from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
@@ -376,3 +382,42 @@ class LowerLLVM(Pass):
 
         host = ctx.options.get("host") or detect_host(ctx.options.get("isa"))
         ctx.artifacts["llvm"] = lower_module(module, host)
+
+
+@functools.cache
+def _backend_fingerprint() -> str:
+    """A hash of this backend's own source: cached lowerings die with any change to it."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def lower_module_cached(module: Operation, host: HostCPU, rank: int | None = None):
+    """`lower_module`, remembered on disk by the module's text, the rank, the host and the
+    backend's source, so a warm start skips generating kernel IR (about a second for
+    SmolLM2).  Returns (lowered, cache_hit)."""
+    from ckeir.ir.printer import print_ir
+
+    key = hashlib.sha256(
+        "\n".join(
+            [
+                print_ir(module),
+                str(rank),
+                host.name,
+                host.llvm_features_string(),
+                _backend_fingerprint(),
+            ]
+        ).encode()
+    ).hexdigest()[:40]
+    path = cache.cache_dir() / "lowered" / f"{key}.pickle"
+    raw = cache.read(path)
+    if raw is not None:
+        try:
+            return pickle.loads(raw), True
+        except Exception:  # noqa: BLE001 - a damaged entry is rebuilt
+            pass
+    lowered = lower_module(module, host, rank)
+    cache.write_atomic(path, pickle.dumps(lowered))
+    return lowered, False
