@@ -62,6 +62,7 @@ SHAPES = (
 TILE_N = (16, 32, 64, 128, 256, 512, 1024, 2048)  # plus one thread's rows
 TILE_K = (64, 128, 256, 512)  # plus the whole row
 TARGET_RATIO = 1.10
+SWEEP_SECONDS = 12.0  # timing budget of one (shape, kernel, format): fewer rounds past it
 DEFAULT_KERNELS = "matmul:f32,qmatmul:q4_1,qmatmul:q8_0"
 
 
@@ -130,7 +131,7 @@ def sweep(kind: KernelKind, n_out, k, fmt: str, tokens, nth, host, pool, rng, ro
     runners = {
         t: functools.partial(pool.run, cm.address(f"entry{i}"), c) for i, t in enumerate(tiles)
     }
-    timing = time_interleaved(runners, rounds, min_seconds=0.02)
+    timing = time_interleaved(runners, rounds, min_seconds=0.005, budget=SWEEP_SECONDS)
     check = x @ dequantize_rows(w, fmt).T
     err = float(np.max(np.abs(out - check)) / (np.max(np.abs(check)) + 1e-30))
     best = min(timing, key=lambda t: timing[t].best)
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
         tuple(x.split(":")) for x in ("qmatmul:q4_1" if args.quick else args.kernels).split(",")
     ]
     shapes = SHAPES[:3] if args.quick else SHAPES
-    rounds = args.repeat or 7
+    rounds = args.repeat or 15
     rng = np.random.default_rng(0)
     results = []
     with Pool(nth, host) as pool:
@@ -193,6 +194,7 @@ def main(argv=None) -> None:
             r["shape"],
             f"{r['kernel']} {r['format']}",
             len(r["grid"]),
+            r["grid"][0]["n"],
             _tile(r["best"], r["kernel"]),
             fmt(r["best_s"] * 1e3, 3),
             fmt(2.0 * r["tokens"] * r["n_out"] * r["k"] / r["best_s"] / 1e9),
@@ -203,12 +205,14 @@ def main(argv=None) -> None:
         for r in results
     ]
     print_table(
-        f"Prefill GEMM tile sweep: n = {args.tokens} rows, {nth} thread(s), best of {rounds} "
-        "rounds (each round times every tile once, batches ≥ 20 ms)",
+        f"Prefill GEMM tile sweep: n = {args.tokens} rows, {nth} thread(s), best of N ≤ "
+        f"{rounds} rounds (each times every tile once, batches ≥ 5 ms; N within "
+        f"{SWEEP_SECONDS:.0f} s)",
         [
             "weight",
             "kernel",
             "tiles",
+            "N",
             "best tile",
             "best ms",
             "GFLOP/s",
