@@ -74,12 +74,18 @@ def time_runs(
 
 
 def time_interleaved(
-    fns: dict, rounds: int = 5, min_seconds: float = 0.02, budget: float | None = None
+    fns: dict,
+    rounds: int = 5,
+    min_seconds: float = 0.02,
+    budget: float | None = None,
+    span: float | None = None,
 ) -> dict[object, Timing]:
     """Seconds per call of each of several short functions, timed in turns: every round times
     one batch of each (batches sized to last `min_seconds`), so a burst of load from another
     process lands on all of them alike instead of on whichever ran then.  With `budget`
-    (seconds), fewer rounds (at least 3) when `rounds` of them would take longer."""
+    (seconds), fewer rounds (at least 3) when `rounds` of them would take longer; with `span`
+    (seconds), more rounds when they would take less, so that the timing outlasts a burst of
+    load (the budget still caps them)."""
     calls, per_round = {}, 0.0
     for key, fn in fns.items():
         fn()
@@ -88,6 +94,8 @@ def time_interleaved(
         dt = max(time.perf_counter() - t0, 1e-7)
         calls[key] = max(1, int(min_seconds / dt))
         per_round += calls[key] * dt
+    if span is not None:
+        rounds = max(rounds, int(span / per_round) + 1)
     if budget is not None:
         rounds = max(3, min(rounds, int(budget / per_round)))
     times: dict[object, list[float]] = {key: [] for key in fns}
