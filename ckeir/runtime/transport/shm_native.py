@@ -1,0 +1,409 @@
+"""Native helpers of the shared-memory transport: chunk send/recv with atomics, doorbells.
+
+A *channel* carries messages from one rank to another through `SLOTS` slots of
+`slot_bytes` each.  Two counters, each on its own cache line, order everything:
+
+    seq  chunks the sender has published   (written by the sender only)
+    ack  chunks the receiver has consumed  (written by the receiver only)
+
+Chunk `k` lives in slot `k % SLOTS`.  The sender may fill a slot once `ack > seq - SLOTS`
+(acquire), writes the header and the bytes, then stores `seq + 1` (seq_cst); the receiver
+waits for `seq > ack` (acquire), checks the header against what it expects, copies out, and
+stores `ack + 1`.  Counters are i32 and compared modulo 2**32.
+
+Every rank has a *doorbell* (an i32 counter plus a sleepers count on one cache line).
+Whoever may have unblocked a rank rings its bell: the sender when the channel was empty
+before its publish, the receiver when it was full before its consume.  A rank with nothing to
+do reads its bell, re-checks its work, and then waits for the bell to change: first
+spinning with a pause hint for `spin_ns`, then asleep on a (process-shared) futex for at
+most `timeout_ns`, so that the Python side regains control to check that its peers are
+alive.  The bell protocol is the classic one: ringer = add bell (seq_cst), read sleepers;
+sleeper = add sleepers, re-read bell (seq_cst), futex-wait on the value it saw.
+
+Python calls one native function per chunk: round trips stay in the microseconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+import sys
+from collections.abc import Callable
+
+import attrs
+
+from ckeir.backends.llvm.jit import CompiledModule, compile_ir
+from ckeir.backends.llvm.kernels.common import FunctionWriter
+from ckeir.backends.llvm.kernels.sync import spin_hint
+
+SLOTS = 2  # slots per channel: the sender fills one while the receiver drains the other
+
+# Channel layout (bytes from the channel's start).
+CH_SEQ, CH_ACK, CH_HDR = 0, 64, 128
+HDR_BYTES = 64  # per slot: tag i32 @0, chunk bytes i64 @8, message bytes i64 @16
+HDR_TAG, HDR_NBYTES, HDR_TOTAL = 0, 8, 16
+CH_DATA = 4096  # slot data, page aligned (CH_HDR + SLOTS * HDR_BYTES fits before it)
+
+# Doorbell layout (bytes from the bell's start): the counter and how many sleep on it.
+BELL, BELL_SLEEPERS = 0, 4
+BELL_BYTES = 64
+
+# Return codes of send/recv.
+DONE, NOT_READY, MISMATCH = 0, 1, 2
+
+# Checking the clock every this many pause hints keeps the spin loop tight.
+_CLOCK_EVERY = 64
+# Spinning this long, then sched_yield at every clock check (a process-wide setting, see
+# `Native.set_yield_after`): short when ranks share CPUs, so that a descheduled peer runs at
+# once; long otherwise, as every yield to another job delays noticing the data.
+YIELD_AFTER = "cke_shm_yield_after_ns"
+YIELD_AFTER_DEFAULT_NS = 5_000
+_CLOCK_MONOTONIC = 1  # same clock as time.perf_counter_ns / time.monotonic_ns on Linux
+
+# Process-shared futexes (FUTEX_WAIT / FUTEX_WAKE without the PRIVATE flag): the words
+# live in memory mapped by several processes.
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(
+    platform.machine().lower()
+)
+_HAVE_FUTEX = sys.platform.startswith("linux") and _SYS_FUTEX is not None
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+
+assert CH_HDR + SLOTS * HDR_BYTES <= CH_DATA
+
+
+def channel_bytes(slot_bytes: int) -> int:
+    """Bytes of one channel with slots of `slot_bytes` (page multiple)."""
+    return CH_DATA + SLOTS * slot_bytes
+
+
+# ---- IR pieces ---------------------------------------------------------------------------------
+
+
+def _extern(name: str, params: list[tuple[str, str]], ret: str = "void") -> FunctionWriter:
+    return FunctionWriter(name, params, ret=ret, linkage="", attributes="nounwind")
+
+
+def _now_ns(f: FunctionWriter) -> str:
+    f.declare("declare i32 @clock_gettime(i32, ptr)")
+    ts = f.var("{ i64, i64 }", None, "ts")
+    f.call("i32", "clock_gettime", [("i32", str(_CLOCK_MONOTONIC)), ("ptr", ts.ptr)])
+    sec = f.load("i64", ts.ptr, 8)
+    nsec = f.load("i64", f.gep(ts.ptr, 8, "i8"), 8)
+    return f(f"add i64 {f(f'mul i64 {sec}, 1000000000')}, {nsec}", "now")
+
+
+def _reached(f: FunctionWriter, word: str, target: str, order: str = "acquire") -> str:
+    """i1: the i32 counter at `word` has reached `target` (modulo 2**32)."""
+    v = f(f"load atomic i32, ptr {word} {order}, align 4", "cnt")
+    return f(f"icmp sge i32 {f(f'sub i32 {v}, {target}')}, 0", "reached")
+
+
+def _spin_until_reached(f: FunctionWriter, word: str, target: str, spin_ns: str) -> str:
+    """Spin (pause hints) for at most `spin_ns` until the counter reaches `target`; return
+    the i1 outcome.  The first check costs no clock read."""
+    ok = f.var("i1", "false", "ok")
+    first, spin, tick, clock, more, courtesy, out = (
+        f.label(x) for x in ("first", "spin", "tick", "clock", "more", "courtesy", "out")
+    )
+    f.br(first)
+    f.start(first)
+    now0 = _reached(f, word, target)
+    f.set(ok, now0)
+    f.cbr(f(f"or i1 {now0}, {f(f'icmp sle i64 {spin_ns}, 0')}"), out, spin)
+    f.start(spin)
+    deadline = f(f"add i64 {_now_ns(f)}, {spin_ns}", "deadline")
+    n = f.var("i32", "0", "n")
+    f.br(tick)
+    f.start(tick)
+    spin_hint(f)
+    got = _reached(f, word, target)
+    f.set(ok, got)
+    k = f(f"add i32 {f.get(n)}, 1")
+    f.set(n, k)
+    at_clock = f(f"icmp eq i32 {f(f'and i32 {k}, {_CLOCK_EVERY - 1}')}, 0")
+    f.cbr(got, out, clock)
+    f.start(clock)
+    f.cbr(at_clock, more, tick)
+    f.start(more)
+    now = _now_ns(f)
+    f.cbr(f(f"icmp sge i64 {now}, {deadline}"), out, courtesy)
+    f.start(courtesy)
+    # Past the first microseconds, offer the core at every clock check: a peer descheduled
+    # on this core (more runnable threads than cores) then runs at once instead of after
+    # the whole spin.  Without such a peer sched_yield returns at once.
+    with f.if_(
+        f(
+            f"icmp sge i64 {f(f'sub i64 {deadline}, {now}')}, {f(f'sub i64 {spin_ns}, {_yield_after(f)}')}"
+        )
+    ):
+        f.br(tick)
+        f.start(f.label("yield"))
+    f.declare("declare i32 @sched_yield()")
+    f.call("i32", "sched_yield", [])
+    f.br(tick)
+    f.start(out)
+    return f.get(ok)
+
+
+def _yield_after(f: FunctionWriter) -> str:
+    return f(f"load i64, ptr @{YIELD_AFTER}, align 8", "yield_after")
+
+
+def _set_yield_ir() -> FunctionWriter:
+    """`void cke_shm_set_yield_after(i64 ns)`."""
+    f = _extern("cke_shm_set_yield_after", [("i64", "%ns")])
+    f.op(f"store i64 %ns, ptr @{YIELD_AFTER}, align 8")
+    return f
+
+
+def _ring(f: FunctionWriter, bell: str) -> None:
+    """Bump the doorbell and wake its sleepers, if any (one system call only then)."""
+    f(f"atomicrmw add ptr {bell}, i32 1 seq_cst, align 4")
+    sleepers = f(
+        f"load atomic i32, ptr {f.gep(bell, BELL_SLEEPERS, 'i8')} seq_cst, align 4", "sleepers"
+    )
+    if _HAVE_FUTEX:
+        with f.if_(f(f"icmp ne i32 {sleepers}, 0")):
+            f.declare("declare i64 @syscall(i64, ...)")
+            f(
+                f"call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr {bell}, i64 {_FUTEX_WAKE},"
+                f" i64 {2**31 - 1}, ptr null, ptr null, i64 0)"
+            )
+
+
+def _slot(f: FunctionWriter, ch: str, counter: str, slot_bytes: int) -> tuple[str, str]:
+    """(header, data) pointers of the slot that chunk number `counter` uses."""
+    idx = f(f"zext i32 {f(f'and i32 {counter}, {SLOTS - 1}')} to i64", "slot")
+    hdr = f.gep(ch, f.add(CH_HDR, f.mul(idx, HDR_BYTES)), "i8")
+    data = f.gep(ch, f.add(CH_DATA, f.mul(idx, slot_bytes)), "i8")
+    return hdr, data
+
+
+def _send_ir(slot_bytes: int) -> FunctionWriter:
+    """`i32 cke_shm_send(ptr ch, ptr src, i64 n, i64 total, i32 tag, i64 spin_ns, ptr bell,
+    i32 publish)`: copy one chunk into the next slot once one is free (spinning at most
+    spin_ns); publish it (and ring the receiver's bell) unless `publish` is 0, in which case
+    `cke_shm_publish` does it later.  DONE or NOT_READY."""
+    f = _extern(
+        "cke_shm_send",
+        [
+            ("ptr", "%ch"),
+            ("ptr", "%src"),
+            ("i64", "%n"),
+            ("i64", "%total"),
+            ("i32", "%tag"),
+            ("i64", "%spin_ns"),
+            ("ptr", "%bell"),
+            ("i32", "%publish"),
+        ],
+        "i32",
+    )
+    seq = f(f"load atomic i32, ptr {f.gep('%ch', CH_SEQ, 'i8')} monotonic, align 4", "seq")
+    free_at = f(f"sub i32 {seq}, {SLOTS - 1}")
+    ok = _spin_until_reached(f, f.gep("%ch", CH_ACK, "i8"), free_at, "%spin_ns")
+    with f.if_(f(f"xor i1 {ok}, true")):
+        f.op(f"ret i32 {NOT_READY}")
+        f.start(f.label("dead"))
+    hdr, data = _slot(f, "%ch", seq, slot_bytes)
+    f.store("i32", "%tag", f.gep(hdr, HDR_TAG, "i8"))
+    f.store("i64", "%n", f.gep(hdr, HDR_NBYTES, "i8"), 8)
+    f.store("i64", "%total", f.gep(hdr, HDR_TOTAL, "i8"), 8)
+    f.memcpy(data, "%src", "%n")
+    with f.if_(f("icmp ne i32 %publish, 0")):
+        _publish(f, "%ch", "%bell")
+    f.op(f"ret i32 {DONE}")
+    return f
+
+
+def _publish(f: FunctionWriter, ch: str, bell: str) -> None:
+    seq_p = f.gep(ch, CH_SEQ, "i8")
+    seq = f(f"load atomic i32, ptr {seq_p} monotonic, align 4", "seq")
+    f.op(f"store atomic i32 {f(f'add i32 {seq}, 1')}, ptr {seq_p} seq_cst, align 4")
+    # The receiver can only be waiting for this channel if it had drained it.
+    ack = f(f"load atomic i32, ptr {f.gep(ch, CH_ACK, 'i8')} seq_cst, align 4", "ack")
+    with f.if_(f(f"icmp eq i32 {ack}, {seq}")):
+        _ring(f, bell)
+
+
+def _publish_ir() -> FunctionWriter:
+    """`void cke_shm_publish(ptr ch, ptr bell)`: make the chunk copied by a
+    `cke_shm_send(..., publish=0)` visible."""
+    f = _extern("cke_shm_publish", [("ptr", "%ch"), ("ptr", "%bell")])
+    _publish(f, "%ch", "%bell")
+    return f
+
+
+def _publish_at_ir() -> FunctionWriter:
+    """`void cke_shm_publish_at(ptr ch, ptr bell, i64 due_ns)`: spin until CLOCK_MONOTONIC
+    reaches due_ns, then publish — a shaped link's delivery time, met to well under a µs
+    (the caller sleeps through all but the last ~PUBLISH_SPIN_S)."""
+    f = _extern("cke_shm_publish_at", [("ptr", "%ch"), ("ptr", "%bell"), ("i64", "%due_ns")])
+    head, pause, go = f.label("head"), f.label("pause"), f.label("go")
+    f.br(head)
+    f.start(head)
+    f.cbr(f(f"icmp sge i64 {_now_ns(f)}, %due_ns"), go, pause)
+    f.start(pause)
+    spin_hint(f)
+    f.br(head)
+    f.start(go)
+    _publish(f, "%ch", "%bell")
+    return f
+
+
+def _recv_ir(slot_bytes: int) -> FunctionWriter:
+    """`i32 cke_shm_recv(ptr ch, ptr dst, i64 n, i64 total, i32 tag, i64 spin_ns, ptr bell)`:
+    wait (spinning at most spin_ns) for the next chunk; if its header says (tag, n, total),
+    copy it out, consume it and ring the sender's bell if it was blocked.  DONE, NOT_READY,
+    or MISMATCH (the chunk is left in place for the caller to describe)."""
+    f = _extern(
+        "cke_shm_recv",
+        [
+            ("ptr", "%ch"),
+            ("ptr", "%dst"),
+            ("i64", "%n"),
+            ("i64", "%total"),
+            ("i32", "%tag"),
+            ("i64", "%spin_ns"),
+            ("ptr", "%bell"),
+        ],
+        "i32",
+    )
+    ack_p = f.gep("%ch", CH_ACK, "i8")
+    ack = f(f"load atomic i32, ptr {ack_p} monotonic, align 4", "ack")
+    ok = _spin_until_reached(f, f.gep("%ch", CH_SEQ, "i8"), f(f"add i32 {ack}, 1"), "%spin_ns")
+    with f.if_(f(f"xor i1 {ok}, true")):
+        f.op(f"ret i32 {NOT_READY}")
+        f.start(f.label("dead"))
+    hdr, data = _slot(f, "%ch", ack, slot_bytes)
+    tag = f.load("i32", f.gep(hdr, HDR_TAG, "i8"))
+    n = f.load("i64", f.gep(hdr, HDR_NBYTES, "i8"), 8)
+    total = f.load("i64", f.gep(hdr, HDR_TOTAL, "i8"), 8)
+    same_tag = f(f"icmp eq i32 {tag}, %tag")
+    same_n = f(f"icmp eq i64 {n}, %n")
+    same_total = f(f"icmp eq i64 {total}, %total")
+    same = f(f"and i1 {same_tag}, {f(f'and i1 {same_n}, {same_total}')}")
+    with f.if_(f(f"xor i1 {same}, true")):
+        f.op(f"ret i32 {MISMATCH}")
+        f.start(f.label("dead"))
+    f.memcpy("%dst", data, "%n")
+    f.op(f"store atomic i32 {f(f'add i32 {ack}, 1')}, ptr {ack_p} seq_cst, align 4")
+    # The sender can only be blocked on this channel if every slot was full.
+    seq = f(f"load atomic i32, ptr {f.gep('%ch', CH_SEQ, 'i8')} seq_cst, align 4", "seq")
+    with f.if_(f(f"icmp eq i32 {f(f'sub i32 {seq}, {ack}')}, {SLOTS}")):
+        _ring(f, "%bell")
+    f.op(f"ret i32 {DONE}")
+    return f
+
+
+def _wait_ir() -> FunctionWriter:
+    """`i32 cke_shm_wait(ptr bell, i32 seen, i64 spin_ns, i64 timeout_ns)`: wait until the
+    bell differs from `seen` — spin for spin_ns, then sleep for at most timeout_ns; return
+    the bell's value (still `seen` on a time-out)."""
+    f = _extern(
+        "cke_shm_wait",
+        [("ptr", "%bell"), ("i32", "%seen"), ("i64", "%spin_ns"), ("i64", "%timeout_ns")],
+        "i32",
+    )
+    changed = _spin_until_reached(f, "%bell", f("add i32 %seen, 1"), "%spin_ns")
+    with f.if_(f(f"and i1 {f(f'xor i1 {changed}, true')}, {f('icmp sgt i64 %timeout_ns, 0')}")):
+        sleepers = f.gep("%bell", BELL_SLEEPERS, "i8")
+        f(f"atomicrmw add ptr {sleepers}, i32 1 seq_cst, align 4")
+        again = f("load atomic i32, ptr %bell seq_cst, align 4", "again")
+        with f.if_(f(f"icmp eq i32 {again}, %seen")):
+            if _HAVE_FUTEX:
+                ts = f.var("{ i64, i64 }", None, "ts")
+                f.store("i64", f("sdiv i64 %timeout_ns, 1000000000"), ts.ptr, 8)
+                f.store("i64", f("srem i64 %timeout_ns, 1000000000"), f.gep(ts.ptr, 8, "i8"), 8)
+                f.declare("declare i64 @syscall(i64, ...)")
+                f(
+                    f"call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr %bell, i64 {_FUTEX_WAIT},"
+                    f" i64 {f('zext i32 %seen to i64')}, ptr {ts.ptr}, ptr null, i64 0)"
+                )
+            else:  # no futex: give the CPU away; the caller polls again
+                f.declare("declare i32 @sched_yield()")
+                f.call("i32", "sched_yield", [])
+        f(f"atomicrmw sub ptr {sleepers}, i32 1 seq_cst, align 4")
+    f.op(f"ret i32 {f('load atomic i32, ptr %bell acquire, align 4')}")
+    return f
+
+
+def _ring_ir() -> FunctionWriter:
+    """`void cke_shm_ring(ptr bell)`: wake a rank so that it re-checks the world state."""
+    f = _extern("cke_shm_ring", [("ptr", "%bell")])
+    _ring(f, "%bell")
+    return f
+
+
+def _word_irs() -> list[FunctionWriter]:
+    """Atomic i32 load (acquire), store (release) and compare-and-swap (seq_cst; returns
+    the old value) for the world's state words."""
+    load = _extern("cke_shm_load", [("ptr", "%p")], "i32")
+    load.op(f"ret i32 {load('load atomic i32, ptr %p acquire, align 4')}")
+    store = _extern("cke_shm_store", [("ptr", "%p"), ("i32", "%v")])
+    store.op("store atomic i32 %v, ptr %p release, align 4")
+    cas = _extern("cke_shm_cas", [("ptr", "%p"), ("i32", "%old"), ("i32", "%new")], "i32")
+    pair = cas("cmpxchg ptr %p, i32 %old, i32 %new seq_cst seq_cst, align 4", "pair")
+    cas.op(f"ret i32 {cas(f'extractvalue {{ i32, i1 }} {pair}, 0')}")
+    return [load, store, cas]
+
+
+def native_ir(slot_bytes: int) -> str:
+    """The whole helper module for channels with `slot_bytes`-byte slots."""
+    writers = [
+        _send_ir(slot_bytes),
+        _publish_ir(),
+        _publish_at_ir(),
+        _recv_ir(slot_bytes),
+        _wait_ir(),
+        _ring_ir(),
+        *_word_irs(),
+    ]
+    writers.append(_set_yield_ir())
+    declares = sorted({d for w in writers for d in w.declares})
+    global_ = f"@{YIELD_AFTER} = internal global i64 {YIELD_AFTER_DEFAULT_NS}, align 8"
+    return "\n".join([*declares, global_, *(w.finish() for w in writers)])
+
+
+# ---- Python side -------------------------------------------------------------------------------
+
+_p, _i32, _i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+
+
+@attrs.frozen
+class Native:
+    """The compiled helpers as ctypes callables (GIL released during each call)."""
+
+    module: CompiledModule
+    send: Callable[..., int]  # (ch, src, n, total, tag, spin_ns, bell, publish) -> code
+    publish: Callable[..., int]  # (ch, bell)
+    publish_at: Callable[..., int]  # (ch, bell, due_ns)
+    recv: Callable[..., int]  # (ch, dst, n, total, tag, spin_ns, bell) -> code
+    wait: Callable[..., int]  # (bell, seen, spin_ns, timeout_ns) -> bell value
+    ring: Callable[..., int]  # (bell)
+    load: Callable[..., int]  # (word) -> value
+    store: Callable[..., int]  # (word, value)
+    cas: Callable[..., int]  # (word, old, new) -> previous value
+    set_yield_after: Callable[..., int]  # (ns): spins yield the CPU after this long
+
+
+@functools.cache
+def native(slot_bytes: int) -> Native:
+    cm = compile_ir(native_ir(slot_bytes))
+
+    def fn(name: str, ret, *args):
+        return ctypes.CFUNCTYPE(ret, *args)(cm.address(name))
+
+    return Native(
+        module=cm,
+        send=fn("cke_shm_send", _i32, _p, _p, _i64, _i64, _i32, _i64, _p, _i32),
+        publish=fn("cke_shm_publish", None, _p, _p),
+        publish_at=fn("cke_shm_publish_at", None, _p, _p, _i64),
+        recv=fn("cke_shm_recv", _i32, _p, _p, _i64, _i64, _i32, _i64, _p),
+        wait=fn("cke_shm_wait", _i32, _p, _i32, _i64, _i64),
+        ring=fn("cke_shm_ring", None, _p),
+        load=fn("cke_shm_load", _i32, _p),
+        store=fn("cke_shm_store", None, _p, _i32),
+        cas=fn("cke_shm_cas", _i32, _p, _i32, _i32),
+        set_yield_after=fn("cke_shm_set_yield_after", None, _i64),
+    )

@@ -1,0 +1,225 @@
+"""LocalTransport: ranks as processes over shared memory, launched by `launch_local`.
+
+Every collective is checked bitwise against numpy's ordered sum and across ranks, with 2
+and 3 ranks (not only powers of two); every fault — a rank raising, SIGKILLed mid-receive,
+returning early, computing forever, deadlocking — ends the run within seconds with a
+TransportError that names the rank and the operation."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import transport_programs as tp
+
+from ckeir.errors import TransportError
+from ckeir.runtime.transport import LinkModel, launch_local
+
+RANKS = [2, 3]
+
+
+def failure(n: int, program, *, timeout: float = 30, **kw) -> tuple[TransportError, float]:
+    t0 = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        launch_local(n, program, timeout=timeout, **kw)
+    return info.value, time.monotonic() - t0
+
+
+# ---- messages and collectives ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_p2p_small_large_empty(n):
+    results = launch_local(n, tp.prog_p2p, timeout=30)
+    assert all(r["ok"] for r in results)
+    # every byte sent was received: the planner's invariant, from the transport's counters
+    assert sum(r["sent"] for r in results) == sum(r["received"] for r in results)
+    assert all(r["sends"] == 4 for r in results)
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_allreduce_is_the_ordered_sum_on_every_rank(n):
+    results = launch_local(n, tp.prog_allreduce, timeout=30)
+    for key in results[0]:
+        members = [r[key] for r in results if key in r]
+        assert all(m["exact"] for m in members), key
+        assert len({m["digest"] for m in members}) == 1, key
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_allgather_axis0_and_last(n):
+    for r in launch_local(n, tp.prog_allgather, timeout=30):
+        assert r == {"axis0": True, "axis_last": True}
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_broadcast_and_barrier(n):
+    assert all(r["bcast"] for r in launch_local(n, tp.prog_broadcast_barrier, timeout=30))
+
+
+def test_spawned_ranks():
+    results = launch_local(3, tp.prog_allreduce, ((5,),), timeout=60, start_method="spawn")
+    assert len({r["(0, 1, 2)/5"]["digest"] for r in results}) == 1
+
+
+def test_events_and_stats():
+    results = launch_local(3, tp.prog_events, timeout=30)
+    assert all(r["sane"] for r in results)
+    assert {"allreduce", "send"} <= set(results[0]["kinds"])
+    assert {"allreduce", "recv"} <= set(results[1]["kinds"])
+    sent = sum(p["bytes_sent"] for r in results for p in r["stats"]["peers"].values())
+    received = sum(p["bytes_received"] for r in results for p in r["stats"]["peers"].values())
+    assert sent == received == 3 * 2 * 64 + 64
+    assert results[0]["stats"]["ops"]["allreduce"]["count"] == 1
+
+
+def test_results_in_rank_order():
+    assert launch_local(3, _rank_and_size) == [(0, 3), (1, 3), (2, 3)]
+
+
+def _rank_and_size(t):
+    return t.rank, t.size
+
+
+def test_segment_is_gone_after_the_run():
+    launch_local(2, _rank_and_size)
+    with pytest.raises(TransportError):
+        launch_local(2, tp.prog_kill, timeout=30)
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        assert not list(shm.glob(f"ckeir-{os.getpid()}-*"))
+
+
+@pytest.mark.parametrize(
+    "bandwidth, latency, nbytes",
+    [(1.25e9, 50e-6, 2304), (1.25e9, 100e-6, 2304), (1e9, 100e-6, 64 * 1024)],
+)
+def test_shaped_link_hop_time(bandwidth, latency, nbytes):
+    """A hop (send start -> recv end, as a trace shows it) takes latency + bytes/bandwidth:
+    never less, and within a few percent in the undisturbed hops.  Short delays only: the
+    sender then spins through the whole delay (a sleeping rank may wake late on a busy
+    machine).  A run can be disturbed throughout by other processes: up to three tries,
+    and a skip if unshaped hops were slow too (the machine, not the transport)."""
+    model = LinkModel.uniform(bandwidth, latency)
+    want = latency + nbytes / bandwidth
+    errors = []
+    for _ in range(3):
+        results = launch_local(2, tp.prog_link, (nbytes, 60), timeout=30, link_model=model)
+        error = tp.hop_error(tp.hop_times(results), want)
+        if error is None:
+            return
+        assert "< " not in error, error  # early is never noise
+        errors.append(error)
+    control = tp.hop_times(launch_local(2, tp.prog_link, (nbytes, 60), timeout=30))
+    if np.percentile(control, 10) > tp.BUSY_HOP_S:
+        pytest.skip(f"machine too busy to time hops ({errors[-1]})")
+    pytest.fail("; ".join(errors))
+
+
+# ---- faults: everything stops within seconds, and the message says who and where ---------------
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_raising_rank(n):
+    err, seconds = failure(n, tp.prog_raise)
+    assert seconds < 10
+    text = err.message
+    assert text.startswith("rank 1 failed: ValueError: boom from rank 1")
+    assert "traceback of rank 1" in text and "prog_raise" in text
+    assert "rank 0: recv from rank 1 (tag 3) abandoned" in text
+    assert err.rank == 1
+    assert isinstance(err.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_rank_killed_mid_recv(n):
+    err, seconds = failure(n, tp.prog_kill)
+    assert seconds < 10
+    assert err.message.startswith("rank 1 was killed by SIGKILL during recv from rank 0 (tag 3)")
+    assert "rank 0: recv from rank 1 (tag 4) abandoned" in err.message
+    if n == 3:
+        assert "rank 2: allreduce over ranks (0, 1, 2) abandoned" in err.message
+
+
+def test_size_mismatch_names_both_ranks_and_sizes():
+    err, _ = failure(2, tp.prog_mismatch)
+    assert (
+        "rank 1: recv from rank 0 (tag 2): size mismatch: rank 0 sent 400 bytes,"
+        " rank 1 expects 200 bytes" in err.message
+    )
+
+
+def test_tag_mismatch():
+    err, _ = failure(2, tp.prog_tag_mismatch)
+    assert "rank 1: recv from rank 0 (tag 2): the next message from rank 0 has tag 1" in err.message
+
+
+def test_peer_returned_without_sending():
+    err, seconds = failure(3, tp.prog_finish_early)
+    assert seconds < 10
+    assert "rank 1 finished its program without a matching send" in err.message
+
+
+def test_ranks_still_computing_are_killed_after_the_grace_period():
+    err, seconds = failure(3, tp.prog_compute_forever, grace=0.5)
+    assert seconds < 5
+    assert err.message.startswith("rank 0 failed: RuntimeError: rank 0 gives up")
+    assert "rank 2 was still running 0.5 s after the failure and was killed" in err.message
+
+
+def test_exit_is_a_failure():
+    err, _ = failure(2, tp.prog_exit_without_close)
+    assert err.message.startswith("rank 1 failed: SystemExit: 3")
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_deadlock_hits_the_launcher_timeout(n):
+    err, seconds = failure(n, tp.prog_deadlock, timeout=1.0)
+    assert seconds < 5
+    assert err.message.startswith("launch_local timed out after 1 s")
+    assert "rank 0 is blocked in recv from rank 1 (tag 7)" in err.message
+
+
+def test_deadlock_hits_the_wait_timeout():
+    err, seconds = failure(2, tp.prog_deadlock, wait_timeout=0.5)
+    assert seconds < 5
+    assert "no progress for" in err.message
+    assert "is blocked in recv from rank" in err.message
+
+
+# ---- argument checks (no peer needed: they fail before any message moves) ----------------------
+
+
+def test_argument_errors():
+    launch_local(2, _argument_errors, timeout=30)
+
+
+def _argument_errors(t):
+    peer = 1 - t.rank
+    cases = [
+        (lambda: t.send(np.zeros(4), t.rank), "cannot send to rank"),
+        (lambda: t.recv(np.zeros(4), 5), "cannot receive from rank 5"),
+        (lambda: t.send(np.zeros(4), peer, tag=1 << 20), "outside 0..16383"),
+        (lambda: t.send(np.zeros((4, 4))[:, 0], peer), "C-contiguous"),
+        (lambda: t.allreduce(np.zeros(4), group=(0, 0)), "distinct ranks"),
+        (lambda: t.allreduce(np.zeros(4), group=(peer,)), "is not a member"),
+        (lambda: t.allgather(np.zeros(4), np.zeros(5)), "needs an output of 64 bytes"),
+        (lambda: t.broadcast(np.zeros(4), root=7), "root 7 is not in group"),
+    ]
+    for call, text in cases:
+        try:
+            call()
+        except TransportError as e:
+            assert text in e.message, (text, e.message)
+        else:
+            raise AssertionError(f"no error for {text!r}")
+    ro = np.zeros(4)
+    ro.setflags(write=False)
+    try:
+        t.recv(ro, peer)
+    except TransportError as e:
+        assert "read-only" in e.message
+    t.barrier()

@@ -1,0 +1,100 @@
+"""MPITransport under the mpich wheel's mpiexec: the same programs as the local tests, the
+same bits from allreduce, and failures that end the whole job within seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import transport_programs as tp
+from mpirun import needs_mpi, run_mpi
+
+from ckeir.runtime.transport import launch_local, transport_from_env
+
+pytestmark = needs_mpi
+
+RANKS = [2, 3]
+
+
+def ok(n: int, program: str, *args, **kw) -> list:
+    run = run_mpi(n, program, *args, **kw)
+    assert run.returncode == 0, run.output
+    assert sorted(run.results) == list(range(n)), run.output
+    return [run.results[r] for r in range(n)]
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_p2p(n):
+    results = ok(n, "p2p")
+    assert all(r["ok"] for r in results)
+    assert sum(r["sent"] for r in results) == sum(r["received"] for r in results)
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_allreduce_bits_match_every_rank_and_the_local_transport(n):
+    results = ok(n, "allreduce")
+    local = launch_local(n, tp.prog_allreduce, timeout=30)
+    for key in results[0]:
+        members = [r[key] for r in results if key in r]
+        assert all(m["exact"] for m in members), key
+        assert {m["digest"] for m in members} == {local[0][key]["digest"]}, key
+
+
+def test_allgather_broadcast_barrier():
+    assert all(r == {"axis0": True, "axis_last": True} for r in ok(3, "allgather"))
+    assert all(r["bcast"] for r in ok(3, "broadcast_barrier"))
+
+
+def test_events_and_stats():
+    results = ok(2, "events")
+    assert results[0]["kinds"] == ["allreduce", "send"]
+    assert results[1]["kinds"] == ["allreduce", "recv"]
+    assert results[0]["stats"]["peers"]["1"]["bytes_sent"] == 128
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_raising_rank_aborts_the_job(n):
+    run = run_mpi(n, "raise")
+    assert run.returncode != 0
+    assert run.seconds < 10
+    assert "ckeir: rank 1 failed:" in run.output
+    assert "ValueError: boom from rank 1" in run.output
+
+
+def test_exit_without_close_aborts_the_job():
+    run = run_mpi(2, "exit_without_close")
+    assert run.returncode != 0
+    assert run.seconds < 10
+    assert "ckeir: rank 1: exited without closing its transport" in run.output
+
+
+def test_killed_rank_ends_the_job():
+    run = run_mpi(3, "kill")
+    assert run.returncode != 0
+    assert run.seconds < 10
+
+
+def test_size_mismatch():
+    run = run_mpi(2, "mismatch")
+    assert run.returncode != 0
+    assert "size mismatch: rank 0 sent 400 bytes, rank 1 expects 200 bytes" in run.output
+
+
+def test_shaped_link_hop_time():
+    """MPI adds its own one-way latency (a few µs over loopback) to the simulated hop."""
+    want = 100e-6 + 2304 / 1.25e9
+    for _ in range(3):
+        hops = tp.hop_times(ok(2, "link", 2304, 60, env={"CKEIR_TEST_LINK": "1.25e9,100e-6"}))
+        assert hops.min() >= want
+        if np.percentile(hops, 10) <= want * 1.08 + 3e-6:
+            return
+    control = tp.hop_times(ok(2, "link", 2304, 60))
+    error = f"10th percentile {np.percentile(hops, 10) * 1e6:.1f} µs for {want * 1e6:.1f} µs"
+    if np.percentile(control, 10) > tp.BUSY_HOP_S:
+        pytest.skip(f"machine too busy to time hops ({error})")
+    pytest.fail(error)
+
+
+def test_not_under_mpiexec(monkeypatch):
+    for key in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert transport_from_env() is None
