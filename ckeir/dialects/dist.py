@@ -48,10 +48,12 @@ register(
     ),
     OpDef(
         "dist.allgather",
-        "Concatenate a value over the ranks of `group` along `axis`.",
+        "Concatenate a value over the ranks of `group` along `axis` (`sizes`: each rank's "
+        "width, when the slices are uneven).",
         operands=("value",),
         results=("out",),
         attributes={"group": "ints", "bytes": "int", "axis": "int"},
+        optional={"sizes": "ints"},
         check=_check_group,
     ),
 )

@@ -42,12 +42,14 @@ def insert(func: Operation, rw: Rewriter) -> None:
             )
         else:
             v0, v1, full = op.attr("vocab_slice")
+            bounds = op.attr("vocab_bounds")
+            sizes = tuple(b - a for a, b in zip(bounds, bounds[1:], strict=False))
             out = TensorType((r.type.shape[0], full), r.type.element)
             new = Operation(
                 "dist.allgather",
                 [r],
                 [out],
-                {"group": tuple(group), "bytes": _bytes(r.type, func), "axis": 1},
+                {"group": tuple(group), "bytes": _bytes(r.type, func), "axis": 1, "sizes": sizes},
             )
         rw.insert_after(op, new)
         for user, i in users:

@@ -297,6 +297,7 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
                 rw.erase(w)
             rw.set_attr(op, "tp", "vocab")
             rw.set_attr(op, "vocab_slice", (v0, v1, shape.vocab))
+            rw.set_attr(op, "vocab_bounds", tuple(b for b, _ in stage.vocab) + (shape.vocab,))
             continue
         if op.name != "cke.weight" or op.attr("layer") is None:
             continue

@@ -153,9 +153,18 @@ class RankEngine:
             out[:] = arena[st.src : st.src + size]
             self.transport.allreduce(out.view(np.float32), st.group)
         elif st.kind == "allgather":
+            # uneven slices (shards follow the nodes) travel padded to the widest one
             src = arena[st.src : st.src + size].view(np.float32)
-            out = arena[st.dst : st.dst + size * len(st.group)].view(np.float32)
-            self.transport.allgather(src, out, st.group)
+            widest = max(st.sizes)
+            padded = np.zeros(widest, np.float32)
+            padded[: src.size] = src
+            gathered = np.empty(widest * len(st.group), np.float32)
+            self.transport.allgather(padded, gathered, st.group)
+            out = arena[st.dst : st.dst + 4 * sum(st.sizes)].view(np.float32)
+            at = 0
+            for i, w in enumerate(st.sizes):
+                out[at : at + w] = gathered[i * widest : i * widest + w]
+                at += w
         else:
             raise TransportError(f"unknown program step {st.kind}")
 

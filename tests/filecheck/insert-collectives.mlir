@@ -8,7 +8,7 @@
 // CHECK-NEXT: %[[R:.*]] = "dist.allreduce"(%[[P]]) {bytes = 4096 : i64, group = array<i64: 0, 1>} : (tensor<?x64xf32>) -> tensor<?x64xf32>
 // CHECK-NEXT: "cke.add"(%{{.*}}, %[[R]])
 // CHECK: %[[V:.*]] = "cke.matmul"{{.*}}tp = "vocab"
-// CHECK-NEXT: %[[G:.*]] = "dist.allgather"(%[[V]]) {axis = 1 : i64, bytes = 128 : i64, group = array<i64: 0, 1>} : (tensor<1x32xf32>) -> tensor<1x64xf32>
+// CHECK-NEXT: %[[G:.*]] = "dist.allgather"(%[[V]]) {axis = 1 : i64, bytes = 128 : i64, group = array<i64: 0, 1>, sizes = array<i64: 32, 32>} : (tensor<1x32xf32>) -> tensor<1x64xf32>
 // CHECK-NEXT: "cke.argmax"(%[[G]])
 // CHECK: sym_name = "prefill_r1"
 // The pipeline stages need no collective.
@@ -71,7 +71,7 @@
     %163 = "cke.weight"() {name = "output_norm.weight", shape = array<i64: 64>} : () -> tensor<64xf32>
     %164 = "cke.rmsnorm"(%162, %163) {eps = 1.000000e-05 : f64} : (tensor<1x64xf32>, tensor<64xf32>) -> tensor<1x64xf32>
     %165 = "cke.weight"() {name = "output.weight", shape = array<i64: 32, 64>, shard = array<i64: 0, 32, 0, 64>} : () -> tensor<32x64xf32>
-    %166 = "cke.matmul"(%164, %165) {tp = "vocab", vocab_slice = array<i64: 0, 32, 64>} : (tensor<1x64xf32>, tensor<32x64xf32>) -> tensor<1x32xf32>
+    %166 = "cke.matmul"(%164, %165) {tp = "vocab", vocab_bounds = array<i64: 0, 32, 64>, vocab_slice = array<i64: 0, 32, 64>} : (tensor<1x64xf32>, tensor<32x64xf32>) -> tensor<1x32xf32>
     %167 = "cke.argmax"(%166) : (tensor<1x32xf32>) -> tensor<1xi32>
     "cke.return"(%167, %166) : (tensor<1xi32>, tensor<1x32xf32>) -> ()
   }) {group = array<i64: 0, 1>, layers = array<i64: 0, 1>, max_tokens = 16 : i64, phase = "prefill", rank = 0 : i64, stage = 0 : i64, sym_name = "prefill_r0"} : () -> ()
@@ -131,7 +131,7 @@
     %107 = "cke.weight"() {name = "output_norm.weight", shape = array<i64: 64>} : () -> tensor<64xf32>
     %108 = "cke.rmsnorm"(%106, %107) {eps = 1.000000e-05 : f64} : (tensor<1x64xf32>, tensor<64xf32>) -> tensor<1x64xf32>
     %109 = "cke.weight"() {name = "output.weight", shape = array<i64: 32, 64>, shard = array<i64: 32, 64, 0, 64>} : () -> tensor<32x64xf32>
-    %110 = "cke.matmul"(%108, %109) {tp = "vocab", vocab_slice = array<i64: 32, 64, 64>} : (tensor<1x64xf32>, tensor<32x64xf32>) -> tensor<1x32xf32>
+    %110 = "cke.matmul"(%108, %109) {tp = "vocab", vocab_bounds = array<i64: 0, 32, 64>, vocab_slice = array<i64: 32, 64, 64>} : (tensor<1x64xf32>, tensor<32x64xf32>) -> tensor<1x32xf32>
     %111 = "cke.argmax"(%110) : (tensor<1x32xf32>) -> tensor<1xi32>
     "cke.return"(%111, %110) : (tensor<1xi32>, tensor<1x32xf32>) -> ()
   }) {group = array<i64: 0, 1>, layers = array<i64: 0, 1>, max_tokens = 16 : i64, phase = "prefill", rank = 1 : i64, stage = 0 : i64, sym_name = "prefill_r1"} : () -> ()

@@ -11,7 +11,7 @@
 // CHECK-NEXT: "cke.matmul"{{.*}}tp = "partial"
 // CHECK: "cke.weight"() {layer = 0 : i64, name = "blk.0.ffn_down.weight", shape = array<i64: 64, 32>, shard = array<i64: 0, 64, 0, 32>}
 // CHECK: "cke.weight"() {name = "output.weight", shape = array<i64: 32, 64>, shard = array<i64: 0, 32, 0, 64>}
-// CHECK-NEXT: "cke.matmul"{{.*}}{tp = "vocab", vocab_slice = array<i64: 0, 32, 64>}
+// CHECK-NEXT: "cke.matmul"{{.*}}{tp = "vocab", vocab_bounds = array<i64: 0, 32, 64>, vocab_slice = array<i64: 0, 32, 64>}
 // CHECK: group = array<i64: 0, 1>, layers = array<i64: 0, 1>, {{.*}}phase = "prefill", rank = 0 : i64, stage = 0 : i64, sym_name = "prefill_r0"
 //
 // Decode, rank 0 (stage 0): the embedding and layer 0, whose output goes to rank 1.

@@ -44,6 +44,7 @@ class Step:
     peer: int = -1
     group: tuple[int, ...] = ()
     format: str = "f32"  # how a send/recv's rows travel (q8_0: GGML blocks)
+    sizes: tuple[int, ...] = ()  # allgather: each rank's width, in group order
 
     def nbytes(self, n: int) -> int:
         return self.row_bytes * (n if self.rows is None else self.rows)
@@ -313,6 +314,7 @@ def _comm_step(op: Operation) -> Step:
         row_bytes=per_row,
         rows=rows,
         group=tuple(op.attr("group")),
+        sizes=tuple(op.attr("sizes") or ()),
     )
 
 
