@@ -643,7 +643,8 @@ def _rank_main(
             text = f"rank {rank} failed: {text}"
         world.fail(rank, text)
         with contextlib.suppress(Exception):
-            conn.send(("error", text, traceback.format_exc(), _picklable(e)))
+            tb = traceback.format_exception(type(e), e, e.__traceback__.tb_next)  # from target
+            conn.send(("error", text, "".join(tb), _picklable(e)))
     finally:
         t.close()
         conn.close()
@@ -859,14 +860,16 @@ class _Supervisor:
                 ]
         others = [r for r in range(self.world.size) if r != root]
         if others:
-            lines += ["", "other ranks:"]
+            lines += ["", "other ranks:" if root < self.world.size else "ranks:"]
             for r in others:
                 if r in self.finished:
                     lines.append(f"  rank {r}: finished")
                 elif r in self.outcome:
-                    lines.append(f"  {self.outcome[r][0]}")
+                    text = self.outcome[r][0]  # "rank r: <op> abandoned: <the line above>"
+                    lines.append("  " + text.removesuffix(": " + lines[0]))
         err = TransportError("\n".join(lines))
-        err.rank = root  # type: ignore[attr-defined]
+        # which rank failed first (None: the launcher, on a timeout), for programs
+        err.rank = root if root < self.world.size else None  # type: ignore[attr-defined]
         if exc is not None:
             err.__cause__ = exc
         return err
