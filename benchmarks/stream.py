@@ -32,7 +32,6 @@ from benchmarks.common import (
     log,
     print_table,
     time_interleaved,
-    time_runs,
     write_json,
 )
 from ckeir.backends.llvm.host import HostCPU, detect_host
@@ -164,12 +163,11 @@ def measure_bandwidth(
     threads: int, nbytes: int | None = None, repeat: int = 5, host: HostCPU | None = None
 ) -> float:
     """DRAM read bandwidth in bytes/s with `threads` threads: best of `repeat` sums of an array
-    of `nbytes` (default max(4 × L3, 256 MiB)) by the native read kernel."""
-    host = host or detect_host()
-    arrays = Arrays(nbytes or max(4 * host.l3, 256 * MIB), host)
-    with Pool(threads, host) as pool:
-        t = time_runs(_native_runner(arrays, pool, "read", host), repeat=repeat, warmup=1)
-    return arrays.nbytes / t.best
+    of `nbytes` (default max(4 × L3, 256 MiB)) — ckeir's own probe, the one its run reports
+    state CKU against (`ckeir.runtime.bandwidth`)."""
+    from ckeir.runtime.bandwidth import measure_read_bandwidth
+
+    return measure_read_bandwidth(threads, nbytes, repeat, host)
 
 
 def run(nbytes: int, repeat: int, thread_counts: list[int], host: HostCPU) -> list[dict]:

@@ -60,6 +60,12 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the run report (JSON) to this file")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) to this file")
     p.add_argument(
+        "--measure-bandwidth",
+        action="store_true",
+        help="measure this machine's DRAM read bandwidth for the CKU fraction (remembered; "
+        "otherwise the last measurement is used, or the spec's dram_bw)",
+    )
+    p.add_argument(
         "--transport",
         choices=["local", "mpi"],
         help="how ranks talk when the schedule spans nodes (default: local)",
@@ -261,7 +267,10 @@ def _reports(args, prog, stats) -> None:
 
     if args.backend != "llvm" or stats.generated_tokens < 2:
         return
-    report = run_report(prog, stats)
+    from ckeir.runtime.bandwidth import read_bandwidth
+
+    bw = read_bandwidth(prog.threads, measure=args.measure_bandwidth, host=prog.host)
+    report = run_report(prog, stats, bandwidth=bw)
     print(summary_line(report), file=sys.stderr)
     if args.report:
         import json
