@@ -47,6 +47,7 @@ def run_mpi(n: int, program: str, *args: object, env: dict | None = None) -> MPI
     root = str(HERE.parents[2])
     full_env = {**os.environ, "MPIEXEC_TIMEOUT": "60", "CKEIR_TEST_OUT": str(out), **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    before = _mpich_segments()
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=full_env)
@@ -54,4 +55,32 @@ def run_mpi(n: int, program: str, *args: object, env: dict | None = None) -> MPI
         results = {int(f.stem): json.loads(f.read_text()) for f in out.glob("*.json")}
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        _remove_leaked(_mpich_segments() - before)
     return MPIRun(proc.returncode, proc.stdout + proc.stderr, seconds, results)
+
+
+# MPICH leaves its shared-memory segment (~2.4 MB of RAM in /dev/shm) behind when a job is
+# aborted or a rank is killed: remove the ones this run created that no process maps.
+
+SHM = Path("/dev/shm")
+
+
+def _mpich_segments() -> set[Path]:
+    return set(SHM.glob("mpich_shm_*")) if SHM.is_dir() else set()
+
+
+def _remove_leaked(new: set[Path]) -> None:
+    for _ in range(20):  # killed ranks may take a moment to go away after mpiexec returns
+        if not new:
+            return
+        mapped = set()
+        for maps in Path("/proc").glob("[0-9]*/maps"):
+            try:
+                text = maps.read_text()
+            except OSError:  # the process is gone, or not ours to read
+                continue
+            mapped.update(p for p in new if str(p) in text)
+        for p in new - mapped:
+            p.unlink(missing_ok=True)
+        new = mapped
+        time.sleep(0.1)
