@@ -59,7 +59,7 @@ def test_cli_prompt_streams_text_and_summarizes():
     r = ckec("run", SPEC, "--prompt", "Once upon a time", "-n", "10")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Once upon a time" + TEXT)
-    summary = r.stderr.strip().splitlines()[-1]
+    summary = next(ln for ln in r.stderr.splitlines() if ln.startswith("prompt "))
     assert "prompt 4 tokens, generated 10" in summary
     assert "prefill" in summary and "decode" in summary and "peak RSS" in summary
 
@@ -68,7 +68,8 @@ def test_resident_memory_bound():
     """Peak RSS of a whole run stays under 1.6 x the GGUF file + the KV cache."""
     r = ckec("run", SPEC, "--ids", ",".join(map(str, PROMPT)), "-n", "10")
     assert r.returncode == 0, r.stderr
-    rss_mib = float(r.stderr.strip().splitlines()[-1].split("peak RSS")[1].split("MiB")[0])
+    summary = next(ln for ln in r.stderr.splitlines() if ln.startswith("prompt "))
+    rss_mib = float(summary.split("peak RSS")[1].split("MiB")[0])
     kv = 2 * 30 * 8192 * 192 * 4
     bound = 1.6 * gguf_path().stat().st_size + kv
     assert rss_mib * 2**20 < bound, (rss_mib, bound / 2**20)

@@ -852,12 +852,14 @@ class _Supervisor:
         else:
             text, tb, exc = self.outcome.get(root, (self.world.reason(root), "", None))
             lines = [text]
-            if tb:
+            if tb and os.environ.get("CKEIR_DEBUG"):
                 lines += [
                     "",
                     f"traceback of rank {root}:",
                     *("  " + ln for ln in tb.rstrip().splitlines()),
                 ]
+            elif tb:
+                lines += ["(set CKEIR_DEBUG=1 for rank {}'s traceback)".format(root)]
         others = [r for r in range(self.world.size) if r != root]
         if others:
             lines += ["", "other ranks:" if root < self.world.size else "ranks:"]

@@ -123,7 +123,8 @@ def test_shaped_link_hop_time(bandwidth, latency, nbytes):
 
 
 @pytest.mark.parametrize("n", RANKS)
-def test_raising_rank(n):
+def test_raising_rank(n, monkeypatch):
+    monkeypatch.setenv("CKEIR_DEBUG", "1")  # the rank's traceback, for developers
     err, seconds = failure(n, tp.prog_raise)
     assert seconds < 10
     text = err.message
