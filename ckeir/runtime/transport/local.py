@@ -859,7 +859,7 @@ class _Supervisor:
                     *("  " + ln for ln in tb.rstrip().splitlines()),
                 ]
             elif tb:
-                lines += ["(set CKEIR_DEBUG=1 for rank {}'s traceback)".format(root)]
+                lines += [f"(set CKEIR_DEBUG=1 for rank {root}'s traceback)"]
         others = [r for r in range(self.world.size) if r != root]
         if others:
             lines += ["", "other ranks:" if root < self.world.size else "ranks:"]
