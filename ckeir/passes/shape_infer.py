@@ -36,14 +36,4 @@ class ShapeInfer(Pass):
     summary = "type every value from the weights' shapes and the ops' inference rules"
 
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
-        for op in module.walk():
-            d = lookup(op.name)
-            if d is None or d.infer is None:
-                continue
-            for r, t in zip(op.results, d.infer(op), strict=True):
-                if isinstance(t, UnrankedTensorType):
-                    raise PassError(
-                        f"shape-infer: cannot type the result of {op.name} "
-                        "(an operand is still unranked)"
-                    )
-                rewriter.set_result_type(op, r.index, t)
+        retype(module, rewriter)
