@@ -203,9 +203,13 @@ def _run(args, ids, transport) -> int:
                 from ckeir.runtime.tokenizer import StreamDecoder
 
                 dec = StreamDecoder(tokenizer)
-                out = [args.prompt] + [dec.push(tok) for tok in stream]
-                if not quiet:
-                    sys.stdout.write("".join(out) + "\n")
+                out = sys.stdout if not quiet else open(os.devnull, "w")  # noqa: SIM115
+                out.write(args.prompt)
+                out.flush()
+                for tok in stream:  # each piece as soon as its token exists
+                    out.write(dec.push(tok))
+                    out.flush()
+                out.write("\n")
             else:
                 tokens = list(stream)
                 if not quiet:
