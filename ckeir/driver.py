@@ -47,7 +47,7 @@ def default_pipeline() -> str:
     return ",".join(p for p in DEFAULT_PIPELINE if p in PASSES)
 
 
-def config_from_decl(model) -> LlamaConfig:
+def config_from_decl(model, model_file=None) -> LlamaConfig:
     """The llama hyper-parameters a model declaration states (random weights: all of them)."""
     if model.family != "llama":
         raise CkeError(
@@ -64,6 +64,11 @@ def config_from_decl(model) -> LlamaConfig:
             "(state them, or load weights from a file that has them)",
             loc=model.loc,
         )
+    # What neither the spec nor the file states takes llama's usual values (a safetensors
+    # file carries no hyper-parameters: Hugging Face's RoPE pairs halves of each head).
+    tied = model.tie_embeddings
+    if tied is None:
+        tied = model_file is not None and "output.weight" not in model_file.tensors
     return LlamaConfig(
         vocab=model.vocab,
         hidden=model.hidden,
@@ -72,9 +77,9 @@ def config_from_decl(model) -> LlamaConfig:
         kv_heads=model.kv_heads or model.heads,
         ffn=model.ffn,
         context=model.context,
-        norm_eps=float(model.norm_eps),
-        rope_theta=float(model.rope_theta),
-        tie_embeddings=bool(model.tie_embeddings),
+        norm_eps=float(1e-5 if model.norm_eps is None else model.norm_eps),
+        rope_theta=float(10000.0 if model.rope_theta is None else model.rope_theta),
+        tie_embeddings=bool(tied),
         rope_style=model.rope_style or "halves",
     )
 
@@ -97,7 +102,7 @@ def resolve(spec_path, schedule: str | None = None) -> Job:
             sched = spec.schedules[sched.name]
             model = spec.model_of(sched)
     cluster = spec.cluster_of(sched)
-    config = config_from_decl(model)
+    config = config_from_decl(model, model_file)
     return Job(path, spec, sched, model, cluster, config, target_of(cluster.nodes[0]), model_file)
 
 
@@ -111,7 +116,6 @@ def build_ir(job: Job, phases=("prefill", "decode")) -> Operation:
 def run_passes(module: Operation, job: Job, pipeline: str | None = None, **pm_options):
     """Run the pipeline; returns (module, pass manager, context)."""
     pm = PassManager(parse_pipeline(pipeline or default_pipeline()), **pm_options)
-    ctx = PassContext(target=job.target,
-                      options={"schedule": job.schedule, "cluster": job.cluster})
+    ctx = PassContext(target=job.target, options={"schedule": job.schedule, "cluster": job.cluster})
     pm.run(module, ctx)
     return module, pm, ctx

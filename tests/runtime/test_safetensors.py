@@ -1,0 +1,81 @@
+"""Weights from a Hugging Face style safetensors file: tensor names mapped to GGUF's, the
+hyper-parameters stated in the spec, memory-mapped loading, and the same tokens as the same
+numbers given as random weights."""
+
+import pytest
+
+import ckeir
+from ckeir.errors import CkeError, ModelFileError
+from ckeir.models.llama import LlamaConfig
+from ckeir.runtime.weights import random_weights
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+CFG = LlamaConfig(vocab=256, hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, context=64)
+HF = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+LAYER = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+SIZES = "vocab 256; hidden 64; layers 2; heads 4; kv_heads 2; ffn 128; context 64"
+
+
+def hf_name(name):
+    if name in HF:
+        return HF[name]
+    _, i, kind, _ = name.split(".")
+    return f"model.layers.{i}.{LAYER[kind]}.weight"
+
+
+def write(tmp_path, weights, sizes=SIZES, extra=""):
+    st = tmp_path / "model.safetensors"
+    safetensors_numpy.save_file({hf_name(k): v for k, v in weights.items()}, str(st))
+    spec = tmp_path / "m.cke"
+    spec.write_text(f"""
+model m {{ family llama; {sizes}; weights safetensors("model.safetensors"); {extra} }}
+cluster c {{ node n0 {{ cores 2; dram 8GiB; dram_bw 10GB/s; l2 1MiB; l3 32MiB }} }}
+schedule s {{ run m on c; quantize weights f32 }}
+""")
+    return spec
+
+
+def test_same_tokens_as_the_same_numbers_in_memory(tmp_path):
+    w = random_weights(CFG, seed=4)
+    spec = write(tmp_path, w)
+    got = ckeir.compile(spec).generate([1, 2, 3], 12)
+    rand = tmp_path / "r.cke"
+    rand.write_text(
+        spec.read_text().replace('safetensors("model.safetensors")', "random(seed = 4)")
+    )
+    assert got == ckeir.compile(rand, backend="reference").generate([1, 2, 3], 12)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    w = random_weights(CFG, seed=4)
+    del w["blk.1.ffn_up.weight"]
+    prog = ckeir.compile(write(tmp_path, w), backend="reference")
+    with pytest.raises(ModelFileError, match="blk.1.ffn_up.weight.*missing"):
+        _ = prog.weights
+
+
+def test_sizes_must_be_stated(tmp_path):
+    with pytest.raises(CkeError, match="hyper-parameters|state them"):
+        ckeir.compile(write(tmp_path, random_weights(CFG, 4), sizes="vocab 256"))
+
+
+def test_not_a_safetensors_file(tmp_path):
+    spec = write(tmp_path, random_weights(CFG, 4))
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelFileError, match="model.safetensors"):
+        ckeir.compile(spec, backend="reference")
