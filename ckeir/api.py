@@ -49,6 +49,7 @@ class Program:
         rank: int | None = None,
         transport=None,
         launcher: bool = False,
+        single_rank: bool = False,
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
@@ -64,6 +65,7 @@ class Program:
             self.module,
             self.job,
             pipeline,
+            single_rank=single_rank,
             verify_each=verify_each,
             print_after_all=print_after_all,
             print_after=frozenset(print_after),

@@ -60,6 +60,16 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the run report (JSON) to this file")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) to this file")
     p.add_argument(
+        "--simulate-links",
+        action="store_true",
+        help="local ranks: delay each message as the spec's link would (latency + bytes/bw)",
+    )
+    p.add_argument(
+        "--check-parity",
+        action="store_true",
+        help="also run the spec on one rank and compare tokens and logits (distributed runs)",
+    )
+    p.add_argument(
         "--measure-bandwidth",
         action="store_true",
         help="measure this machine's DRAM read bandwidth for the CKU fraction (remembered; "
@@ -235,11 +245,14 @@ def _transport(args):
 
 def _run_local_ranks(args, prog, ids, progress) -> int:
     from ckeir.runtime.generate import GenerationStats
-    from ckeir.runtime.launch import run_local
+    from ckeir.runtime.launch import measured_hops, run_local, spec_links
 
     progress.stage(f"starting {prog.world_size} local ranks")
     progress.done()
-    result = run_local(prog, ids, args.max_new_tokens)
+    links = spec_links(prog) if args.simulate_links else None
+    result = run_local(
+        prog, ids, args.max_new_tokens, links=links, collect_logits=args.check_parity
+    )
     tokens = result["tokens"]
     if args.prompt is not None:
         print(args.prompt + prog.tokenizer.decode(tokens))
@@ -247,17 +260,55 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         print(",".join(map(str, tokens)))
     stats = GenerationStats(**result["stats"])
     print(_summary(stats) + f" | {prog.world_size} local ranks", file=sys.stderr)
+    report = {"ranks": {}, "hops": []}
+    for r in result["ranks"]:
+        steps = r["steps"]
+        report["ranks"][r["rank"]] = {
+            "node": prog.rank_nodes[r["rank"]],
+            "tokens": r["tokens"],
+            "stats": r["stats"],
+            "seconds_by_step": steps,
+            "transport": r["transport"],
+            "busy_seconds": steps.get("native", 0.0),
+            "waiting_seconds": sum(v for k, v in steps.items() if k != "native"),
+        }
+    for (a, b), h in sorted(measured_hops(result).items()):
+        link = prog.job.cluster.link(prog.rank_nodes[a], prog.rank_nodes[b])
+        from ckeir import cost
+
+        pred = cost.LinkModel(link.bw, link.latency).time(h["bytes"]) if link else None
+        report["hops"].append(
+            {
+                "from": a,
+                "to": b,
+                "messages": h["count"],
+                "mean_bytes": h["bytes"],
+                "measured_seconds": h["seconds"],
+                "predicted_seconds": pred,
+                "links_simulated": bool(links),
+            }
+        )
+    if args.check_parity:
+        from ckeir.api import Program
+        from ckeir.reports.parity import compare, describe
+
+        logits = {}
+        for r in result["ranks"]:
+            logits.update(r["logits"])
+        ref_logits = []
+        with Program(args.spec, schedule=args.schedule, isa=args.isa, single_rank=True) as one:
+            ref = list(
+                one.stream(
+                    ids, args.max_new_tokens, on_logits=lambda i, x: ref_logits.append(x.copy())
+                )
+            )
+        report["parity"] = compare(tokens, logits, ref, ref_logits)
+        print(describe(report["parity"]), file=sys.stderr)
     if args.report:
         import json
 
         from ckeir.passes.manager import write_atomic
 
-        report = {
-            "ranks": {
-                r["rank"]: {k: r[k] for k in ("tokens", "stats", "steps", "transport")}
-                for r in result["ranks"]
-            }
-        }
         write_atomic(Path(args.report), json.dumps(report, indent=2, default=str))
     if args.trace:
         from ckeir.reports.trace import write_trace

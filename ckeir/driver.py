@@ -113,9 +113,14 @@ def build_ir(job: Job, phases=("prefill", "decode")) -> Operation:
     )
 
 
-def run_passes(module: Operation, job: Job, pipeline: str | None = None, **pm_options):
+def run_passes(
+    module: Operation, job: Job, pipeline: str | None = None, single_rank=False, **pm_options
+):
     """Run the pipeline; returns (module, pass manager, context)."""
     pm = PassManager(parse_pipeline(pipeline or default_pipeline()), **pm_options)
-    ctx = PassContext(target=job.target, options={"schedule": job.schedule, "cluster": job.cluster})
+    ctx = PassContext(
+        target=job.target,
+        options={"schedule": job.schedule, "cluster": job.cluster, "single_rank": single_rank},
+    )
     pm.run(module, ctx)
     return module, pm, ctx

@@ -355,13 +355,20 @@ class Place(Pass):
         nodes = {n.name: cost.NodeModel.of(n) for n in cluster.nodes}
         body = module.regions[0].entry
         originals = [f for f in funcs(module) if f.attr("rank") is None]
-        used = _used_nodes(sched, cluster, [f.attr("phase") for f in originals])
+        single = ctx.options.get("single_rank")  # everything on the first node: the
+        # single-rank twin a distributed run's parity is checked against
+        used = (
+            [cluster.nodes[0].name]
+            if single
+            else _used_nodes(sched, cluster, [f.attr("phase") for f in originals])
+        )
         rank_of = {n: i for i, n in enumerate(used)}
         placement = ctx.artifacts.setdefault("placement", {})
         for func in originals:
             phase = func.attr("phase")
             shape = model_shape(func)
-            plan = choose(sched.phases.get(phase), phase, shape, rank_of, nodes, func, ctx)
+            decl = None if single else sched.phases.get(phase)
+            plan = choose(decl, phase, shape, rank_of, nodes, func, ctx)
             placement[phase] = plan
             at = body.ops.index(func)
             transfer = getattr(sched, "transfer_format", None) or "f32"

@@ -210,3 +210,53 @@ def test_q8_0_transfers(tmp_path, single):
     for a, b in zip(got, logits, strict=True):  # 8-bit rounding of the residual stream
         assert np.abs(a - b).max() <= 2e-2 * np.abs(b).max()
     assert out["tokens"] == tokens
+
+
+def test_cli_records_parity_hops_and_waiting(tmp_path):
+    """`ckec run --check-parity --simulate-links --report`: the report holds the parity check
+    against the single-rank run, each hop's measured and predicted time, and every rank's
+    busy and waiting time (the bubbles)."""
+    import json
+    import subprocess
+    import sys
+
+    path = spec(
+        tmp_path,
+        "pp",
+        """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
+    )
+    report = tmp_path / "r.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckeir.cli",
+            "run",
+            str(path),
+            "--ids",
+            "1,2,3",
+            "-n",
+            "8",
+            "--check-parity",
+            "--simulate-links",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "parity vs single rank: tokens identical (8), logits bitwise identical" in r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["parity"]["tokens_identical"] and rep["parity"]["logits_bitwise_identical"]
+    (hop,) = rep["hops"]
+    # one prefill message of 3 rows and 7 decode messages of one 128-float row
+    assert (hop["from"], hop["to"], hop["messages"]) == (0, 1, 8)
+    assert hop["mean_bytes"] == (3 + 7) * 512 / 8
+    assert hop["links_simulated"] and hop["predicted_seconds"] == 20e-6 + 640 / 1.25e9
+    assert hop["measured_seconds"] >= hop["predicted_seconds"]  # the delay is a floor
+    for rank in rep["ranks"].values():
+        assert rank["busy_seconds"] > 0 and rank["waiting_seconds"] > 0
