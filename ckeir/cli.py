@@ -343,11 +343,31 @@ def _summary(stats) -> str:
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    libs = _library_rss()
+    code = f" (shared-library code {libs / 2**20:.0f} MiB)" if libs is not None else ""
     return (
         f"prompt {stats.prompt_tokens} tokens, generated {stats.generated_tokens} | "
         f"prefill {stats.prefill_tps:.1f} tok/s | decode {stats.decode_tps:.1f} tok/s | "
-        f"peak RSS {rss / 2**20:.0f} MiB"
+        f"peak RSS {rss / 2**20:.0f} MiB{code}"
     )
+
+
+def _library_rss() -> int | None:
+    """Bytes of shared libraries (LLVM is 180 MB of them) resident in this process: file
+    pages shared with every other process using them, and how many the kernel maps depends
+    on what is already in its page cache.  None where /proc/self/smaps is missing."""
+    try:
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return None
+    total, in_lib = 0, False
+    for line in text.splitlines():
+        if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            in_lib = ".so" in Path(path).name
+        elif in_lib and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 def cmd_plan(argv: list[str]) -> int:

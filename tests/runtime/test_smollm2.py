@@ -75,9 +75,13 @@ def test_resident_memory_bound():
     assert r.returncode == 0, r.stderr
     summary = next(ln for ln in r.stderr.splitlines() if ln.startswith("prompt "))
     rss_mib = float(summary.split("peak RSS")[1].split("MiB")[0])
+    # Shared libraries' code (LLVM alone is 180 MB of file pages, shared with every process
+    # that maps it; how much of it a process shows depends on the page cache) is not the
+    # run's memory: the bound is on the rest.
+    libs_mib = float(summary.split("shared-library code")[1].split("MiB")[0])
     kv = 2 * 30 * 8192 * 192 * 4
     bound = 1.6 * gguf_path().stat().st_size + kv
-    assert rss_mib * 2**20 < bound, (rss_mib, bound / 2**20, r.stderr)
+    assert (rss_mib - libs_mib) * 2**20 < bound, (rss_mib, libs_mib, bound / 2**20, r.stderr)
 
 
 def test_reference_backend_with_float_activations(tmp_path):
