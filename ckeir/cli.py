@@ -261,6 +261,15 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
     stats = GenerationStats(**result["stats"])
     print(_summary(stats) + f" | {prog.world_size} local ranks", file=sys.stderr)
     report = {"ranks": {}, "hops": []}
+    from ckeir import cost
+    from ckeir.reports.run import decode_active_bytes
+
+    per_token = stats.decode_seconds / max(stats.generated_tokens - 1, 1)
+    context = int(stats.prompt_tokens + stats.generated_tokens / 2)
+    total_active = decode_active_bytes(prog, context)
+    report["decode_seconds_per_token"] = per_token
+    report["active_bytes_per_token"] = total_active
+    report["cku_bytes_per_second"] = cost.cku(total_active, per_token)
     for r in result["ranks"]:
         steps = r["steps"]
         report["ranks"][r["rank"]] = {
@@ -269,6 +278,10 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
             "stats": r["stats"],
             "seconds_by_step": steps,
             "transport": r["transport"],
+            "active_bytes_per_token": decode_active_bytes(prog, context, r["rank"]),
+            "cku_bytes_per_second": cost.cku(
+                decode_active_bytes(prog, context, r["rank"]), per_token
+            ),
             "busy_seconds": steps.get("native", 0.0),
             "waiting_seconds": sum(v for k, v in steps.items() if k != "native"),
         }
@@ -288,6 +301,14 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
                 "links_simulated": bool(links),
             }
         )
+    print(
+        f"CKU {report['cku_bytes_per_second'] / 1e9:.2f} GB/s in total ("
+        + ", ".join(
+            f"rank {r}: {v['cku_bytes_per_second'] / 1e9:.2f}" for r, v in report["ranks"].items()
+        )
+        + f") | active {total_active / 1e6:.1f} MB/token",
+        file=sys.stderr,
+    )
     if args.check_parity:
         from ckeir.api import Program
         from ckeir.reports.parity import compare, describe

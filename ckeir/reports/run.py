@@ -10,11 +10,12 @@ from ckeir import cost
 from ckeir.passes.manager import funcs
 
 
-def decode_active_bytes(prog, context: int) -> int:
-    """Bytes one decode step touches at `context` cached tokens, summed over ranks."""
+def decode_active_bytes(prog, context: int, rank: int | None = None) -> int:
+    """Bytes one decode step touches at `context` cached tokens, on `rank` (default: summed
+    over ranks)."""
     total = 0
     for f in funcs(prog.module):
-        if f.attr("phase") != "decode":
+        if f.attr("phase") != "decode" or rank is not None and f.attr("rank", 0) != rank:
             continue
         for op in f.regions[0].entry.ops:
             if op.name.startswith("cke.") and op.name not in ("cke.weight", "cke.return"):

@@ -260,3 +260,8 @@ def test_cli_records_parity_hops_and_waiting(tmp_path):
     assert hop["measured_seconds"] >= hop["predicted_seconds"]  # the delay is a floor
     for rank in rep["ranks"].values():
         assert rank["busy_seconds"] > 0 and rank["waiting_seconds"] > 0
+    # CKU per rank and in total: each rank's active bytes over the shared token time
+    ranks = rep["ranks"].values()
+    assert sum(r["active_bytes_per_token"] for r in ranks) == rep["active_bytes_per_token"]
+    assert abs(sum(r["cku_bytes_per_second"] for r in ranks) - rep["cku_bytes_per_second"]) < 1
+    assert "CKU" in r.stderr and "rank 0:" in r.stderr
