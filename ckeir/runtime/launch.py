@@ -81,6 +81,19 @@ def measured_hops(result: dict) -> dict:
     return {k: {"count": c, "seconds": t / c, "bytes": b / c} for k, (c, t, b) in hops.items()}
 
 
+def _rank_options(program) -> dict:
+    """Each local rank compiles natively; unless told otherwise, the ranks share this
+    machine's CPUs instead of each taking its node's cores (threads spinning at barriers on
+    an oversubscribed CPU cost more than they give)."""
+    import os
+
+    options = dict(program._options, backend="llvm")
+    if options.get("threads") is None:
+        cpus = len(os.sched_getaffinity(0))
+        options["threads"] = max(1, cpus // program.world_size)
+    return options
+
+
 def run_local(
     program, ids, max_new_tokens: int, prompt=None, links=None, collect_logits: bool = False
 ) -> dict:
@@ -93,7 +106,7 @@ def run_local(
         rank_main,
         args=(
             program.spec_path,
-            dict(program._options, backend="llvm"),
+            _rank_options(program),
             ids,
             max_new_tokens,
             prompt,
