@@ -3,8 +3,11 @@ the plan and the report can add up what crosses each link."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+
+from ckeir.errors import VerifyError
 from ckeir.ir.core import Operation
-from ckeir.ir.opdef import OpDef, fail, register
+from ckeir.ir.opdef import OpDef, fail, register, register_module_check
 
 
 def _check_group(op: Operation) -> None:
@@ -57,3 +60,69 @@ register(
         check=_check_group,
     ),
 )
+
+
+COMM = ("dist.send", "dist.recv", "dist.allreduce", "dist.allgather")
+
+
+def check_matching(programs: dict[int, Operation], phase: str) -> None:
+    """Sends meet receives with equal bytes; the communication sequences cannot deadlock."""
+    seqs = {
+        r: [op for op in f.regions[0].entry.ops if op.name in COMM] for r, f in programs.items()
+    }
+    pos = dict.fromkeys(seqs, 0)
+
+    def at(r):
+        return seqs[r][pos[r]] if pos[r] < len(seqs[r]) else None
+
+    while True:
+        moved = False
+        for r in seqs:
+            op = at(r)
+            if op is None:
+                continue
+            if op.name == "dist.send":
+                peer = op.attr("peer")
+                other = at(peer) if peer in seqs else None
+                if other is not None and other.name == "dist.recv" and other.attr("peer") == r:
+                    if other.attr("bytes") != op.attr("bytes"):
+                        raise VerifyError(
+                            f"{phase}: rank {r} sends {op.attr('bytes')} bytes to rank {peer}, "
+                            f"which receives {other.attr('bytes')}"
+                        )
+                    pos[r] += 1
+                    pos[peer] += 1
+                    moved = True
+            elif op.name in ("dist.allreduce", "dist.allgather"):
+                group = op.attr("group")
+                ops = [at(g) for g in group if g in seqs]
+                if len(ops) == len(group) and all(
+                    o is not None and o.name == op.name and o.attr("group") == group for o in ops
+                ):
+                    if len({o.attr("bytes") for o in ops if op.name == "dist.allreduce"}) > 1:
+                        raise VerifyError(f"{phase}: allreduce over {group} with unequal sizes")
+                    for g in group:
+                        pos[g] += 1
+                    moved = True
+        if all(at(r) is None for r in seqs):
+            return
+        if not moved:
+            stuck = ", ".join(
+                f"rank {r} at {at(r).name} (peer/group {at(r).attr('peer', at(r).attr('group'))})"
+                for r in seqs
+                if at(r) is not None
+            )
+            raise VerifyError(f"{phase}: the ranks' communication would deadlock: {stuck}")
+
+
+def check_module(module: Operation) -> None:
+    """Per phase, the rank programs' communication matches (see `check_matching`)."""
+    by_phase: dict[str, dict[int, Operation]] = defaultdict(dict)
+    for op in module.regions[0].entry.ops if module.regions and module.regions[0].blocks else ():
+        if op.name == "cke.func" and any(o.name.startswith("dist.") for o in op.walk()):
+            by_phase[op.attr("phase")][op.attr("rank", 0)] = op
+    for phase, programs in by_phase.items():
+        check_matching(programs, phase)
+
+
+register_module_check(check_module)

@@ -79,5 +79,14 @@ def fail(op: Operation, message: str):
     raise VerifyError(f"'{op.name}' op {message}", loc=op.loc)
 
 
+MODULE_CHECKS: list[Callable[[Operation], None]] = []
+
+
+def register_module_check(check: Callable[[Operation], None]) -> None:
+    """A rule about a whole module that no single op can state (e.g. that every `dist.send`
+    meets its `dist.recv`); the verifier runs it on every `builtin.module`."""
+    MODULE_CHECKS.append(check)
+
+
 def lookup(name: str) -> OpDef | None:
     return REGISTRY.get(name)

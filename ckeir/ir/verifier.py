@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from ckeir.errors import VerifyError
 from ckeir.ir.core import BlockArgument, Operation, OpResult
-from ckeir.ir.opdef import lookup
+from ckeir.ir.opdef import MODULE_CHECKS, lookup
 
 
 def verify(root: Operation, allow_unregistered: bool = False) -> None:
     """Raise `VerifyError` (located at the op when it came from text) on the first problem."""
     _verify_op(root, allow_unregistered, set())
+    if root.name == "builtin.module":
+        for check in MODULE_CHECKS:
+            check(root)
 
 
 def _verify_op(op: Operation, allow_unregistered: bool, visible: set) -> None:

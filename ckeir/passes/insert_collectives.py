@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ckeir.errors import PassError
+from ckeir.dialects.dist import check_matching
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import TensorType, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
-
-COMM = ("dist.send", "dist.recv", "dist.allreduce", "dist.allgather")
 
 
 def _bytes(t, func) -> int:
@@ -56,56 +54,6 @@ def insert(func: Operation, rw: Rewriter) -> None:
             user.set_operand(i, new.results[0])
 
 
-def check_matching(programs: dict[int, Operation], phase: str) -> None:
-    """Sends meet receives with equal bytes; the communication sequences cannot deadlock."""
-    seqs = {
-        r: [op for op in f.regions[0].entry.ops if op.name in COMM] for r, f in programs.items()
-    }
-    pos = dict.fromkeys(seqs, 0)
-
-    def at(r):
-        return seqs[r][pos[r]] if pos[r] < len(seqs[r]) else None
-
-    while True:
-        moved = False
-        for r in seqs:
-            op = at(r)
-            if op is None:
-                continue
-            if op.name == "dist.send":
-                peer = op.attr("peer")
-                other = at(peer) if peer in seqs else None
-                if other is not None and other.name == "dist.recv" and other.attr("peer") == r:
-                    if other.attr("bytes") != op.attr("bytes"):
-                        raise PassError(
-                            f"{phase}: rank {r} sends {op.attr('bytes')} bytes to rank {peer}, "
-                            f"which receives {other.attr('bytes')}"
-                        )
-                    pos[r] += 1
-                    pos[peer] += 1
-                    moved = True
-            elif op.name in ("dist.allreduce", "dist.allgather"):
-                group = op.attr("group")
-                ops = [at(g) for g in group if g in seqs]
-                if len(ops) == len(group) and all(
-                    o is not None and o.name == op.name and o.attr("group") == group for o in ops
-                ):
-                    if len({o.attr("bytes") for o in ops if op.name == "dist.allreduce"}) > 1:
-                        raise PassError(f"{phase}: allreduce over {group} with unequal sizes")
-                    for g in group:
-                        pos[g] += 1
-                    moved = True
-        if all(at(r) is None for r in seqs):
-            return
-        if not moved:
-            stuck = ", ".join(
-                f"rank {r} at {at(r).name} (peer/group {at(r).attr('peer', at(r).attr('group'))})"
-                for r in seqs
-                if at(r) is not None
-            )
-            raise PassError(f"{phase}: the ranks' communication would deadlock: {stuck}")
-
-
 @register_pass
 class InsertCollectives(Pass):
     name = "insert-collectives"
@@ -117,4 +65,4 @@ class InsertCollectives(Pass):
             insert(func, rewriter)
             by_phase[func.attr("phase")][func.attr("rank", 0)] = func
         for phase, programs in by_phase.items():
-            check_matching(programs, phase)
+            check_matching(programs, phase)  # also part of the verifier: see ckeir.dialects.dist
