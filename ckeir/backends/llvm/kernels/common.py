@@ -241,21 +241,41 @@ class FunctionWriter:
         )
 
 
-def half_to_float(f: FunctionWriter, ptr: str, f16c: bool) -> str:
-    """The f16 at `ptr` as a float.  Without F16C, LLVM would call the compiler-rt builtin
-    __extendhfsf2, which the JIT cannot count on: convert with integer ops instead — the
-    15 low bits shifted into a float's place and scaled by 2**112 are exact for normal and
-    subnormal halves; exponent 31 (inf/nan) maps to 255; then the sign."""
+def halves_to_floats(f: FunctionWriter, halves: str, n: int | None, f16c: bool) -> str:
+    """f16 bit patterns as floats: `halves` is an i16 (n None) or an <n x i16> value.  Without
+    F16C, LLVM would call the compiler-rt builtin __extendhfsf2, which the JIT cannot count
+    on: convert with integer ops instead — the 15 low bits shifted into a float's place and
+    scaled by 2**112 are exact for normal and subnormal halves; exponent 31 (inf/nan) maps to
+    255; then the sign."""
+    scalar = n is None
+    it, ft, ht, i16 = (t if scalar else f"<{n} x {t}>" for t in ("i32", "float", "half", "i16"))
+
+    def k(t: str, v: object) -> str:  # a constant of element type t, splat for vectors
+        return str(v) if scalar else f"splat ({t} {v})"
+
     if f16c:
-        return f(f"fpext half {f.load('half', ptr, 2)} to float", "h")
-    h = f(f"zext i16 {f.load('i16', ptr, 2)} to i32", "h")
-    mag = f(f"shl i32 {f(f'and i32 {h}, 32767')}, 13", "mag")
-    val = f(f"fmul float {f(f'bitcast i32 {mag} to float')}, {f32(2.0**112)}", "val")
-    special = f(f"icmp uge i32 {mag}, {31 << 23}", "infnan")
-    infnan = f(f"or i32 {mag}, {255 << 23}")
-    bits = f(f"select i1 {special}, i32 {infnan}, i32 {f(f'bitcast float {val} to i32')}")
-    sign = f(f"shl i32 {f(f'and i32 {h}, 32768')}, 16", "sign")
-    return f(f"bitcast i32 {f(f'or i32 {bits}, {sign}')} to float", "h")
+        return f(f"fpext {ht} {f(f'bitcast {i16} {halves} to {ht}', 'h')} to {ft}", "hf")
+    c_low, c_13, c_scale = k("i32", 32767), k("i32", 13), k("float", f32(2.0**112))
+    c_inf, c_exp, c_sign, c_16 = (
+        k("i32", 31 << 23),
+        k("i32", 255 << 23),
+        k("i32", 32768),
+        k("i32", 16),
+    )
+    h = f(f"zext {i16} {halves} to {it}", "h")
+    mag = f(f"shl {it} {f(f'and {it} {h}, {c_low}')}, {c_13}", "mag")
+    val = f(f"fmul {ft} {f(f'bitcast {it} {mag} to {ft}')}, {c_scale}", "val")
+    special = f(f"icmp uge {it} {mag}, {c_inf}", "infnan")
+    infnan = f(f"or {it} {mag}, {c_exp}")
+    i1 = "i1" if scalar else f"<{n} x i1>"
+    bits = f(f"select {i1} {special}, {it} {infnan}, {it} {f(f'bitcast {ft} {val} to {it}')}")
+    sign = f(f"shl {it} {f(f'and {it} {h}, {c_sign}')}, {c_16}", "sign")
+    return f(f"bitcast {it} {f(f'or {it} {bits}, {sign}')} to {ft}", "hf")
+
+
+def half_to_float(f: FunctionWriter, ptr: str, f16c: bool) -> str:
+    """The f16 at `ptr` as a float (see `halves_to_floats`)."""
+    return halves_to_floats(f, f.load("i16", ptr, 2), None, f16c)
 
 
 def kernel_writer(name: str, nptr: int) -> FunctionWriter:

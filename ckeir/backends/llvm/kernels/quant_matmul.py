@@ -47,6 +47,7 @@ from ckeir.backends.llvm.kernels.common import (
     ceil_to,
     f32,
     finish_kernel,
+    halves_to_floats,
     kernel_writer,
 )
 from ckeir.formats import FORMATS, QUANT_FORMATS, Format
@@ -173,23 +174,6 @@ def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
 def _opaque(f: FunctionWriter, value: str | int, ty: str = "ptr") -> str:
     """`value`, through an empty asm statement LLVM cannot see through or move."""
     return f(f'call {ty} asm sideeffect "", "=r,0"({ty} {value})', "opq")
-
-
-def halves_to_floats(f: FunctionWriter, halves: str, n: int, f16c: bool) -> str:
-    """<n x i16> f16 bit patterns as <n x float>: `fpext` with F16C, else the integer
-    conversion of `common.half_to_float`, lane-wise (exact for every half)."""
-    it, ft = _vec(n, "i32"), _vec(n, "float")
-    if f16c:
-        h = f(f"bitcast {_vec(n, 'i16')} {halves} to {_vec(n, 'half')}", "h")
-        return f(f"fpext {_vec(n, 'half')} {h} to {ft}", "hf")
-    h = f(f"zext {_vec(n, 'i16')} {halves} to {it}", "h")
-    mag = f(f"shl {it} {f(f'and {it} {h}, splat (i32 32767)')}, splat (i32 13)", "mag")
-    val = f(f"fmul {ft} {f(f'bitcast {it} {mag} to {ft}')}, splat (float {f32(2.0**112)})", "val")
-    special = f(f"icmp uge {it} {mag}, splat (i32 {31 << 23})", "infnan")
-    infnan = f(f"or {it} {mag}, splat (i32 {255 << 23})")
-    bits = f(f"select <{n} x i1> {special}, {it} {infnan}, {it} {f(f'bitcast {ft} {val} to {it}')}")
-    sign = f(f"shl {it} {f(f'and {it} {h}, splat (i32 32768)')}, splat (i32 16)", "sign")
-    return f(f"bitcast {it} {f(f'or {it} {bits}, {sign}')} to {ft}", "hf")
 
 
 # ---- the kernel's structure ---------------------------------------------------------------
