@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ckec", description="Compile a .cke spec to native code.")
     _compile_args(p)
     p.add_argument("--emit", choices=["mlir", "llvm", "asm"], default="mlir")
-    p.add_argument("--phase", choices=["prefill", "decode"], help="print only this program")
+    p.add_argument("--phase", choices=["prefill", "decode"], help="only this phase's programs")
+    p.add_argument("--rank", type=int, help="only this rank's programs")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     return p
 
@@ -144,28 +145,47 @@ def _timing(prog) -> None:
 
 def cmd_compile(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    backend = "reference" if args.emit == "mlir" else "llvm"
+    selected = args.phase is not None or args.rank is not None
+    backend = "reference" if args.emit == "mlir" or selected else "llvm"
     prog = _program(args, backend=backend)
+    module = _select(prog.module, args.phase, args.rank) if selected else prog.module
     if args.emit == "mlir":
-        text = prog.mlir()
-        if args.phase:
-            from ckeir.ir.core import module_op
-            from ckeir.ir.printer import print_ir
-            from ckeir.passes.manager import funcs
+        from ckeir.ir.printer import print_ir
 
-            keep = [f for f in funcs(prog.module) if f.attr("phase") == args.phase]
-            for f in keep:
-                f.parent.ops.remove(f)
-                f.parent = None
-            text = print_ir(module_op(keep))
-    elif args.emit == "llvm":
-        text = prog.llvm_ir()
+        text = print_ir(module)
+    elif not selected:
+        text = prog.llvm_ir() if args.emit == "llvm" else prog.asm()
     else:
-        text = prog.asm()
+        from ckeir.backends.llvm.jit import compile_ir
+        from ckeir.backends.llvm.lower import lower_module
+
+        lowered = lower_module(module, prog.host)
+        text = lowered.text if args.emit == "llvm" else compile_ir(lowered.text, prog.host).asm()
     _write(text, args.output)
     if args.timing:
         _timing(prog)
     return 0
+
+
+def _select(module, phase, rank):
+    """A module holding only the programs of `phase` and/or `rank`."""
+    from ckeir.ir.core import module_op
+    from ckeir.passes.manager import funcs
+
+    keep = [
+        f
+        for f in funcs(module)
+        if (phase is None or f.attr("phase") == phase)
+        and (rank is None or f.attr("rank", 0) == rank)
+    ]
+    if not keep:
+        raise CkeError(
+            f"no program for phase {phase or 'any'} and rank {'any' if rank is None else rank}"
+        )
+    for f in keep:
+        f.parent.ops.remove(f)
+        f.parent = None
+    return module_op(keep)
 
 
 def cmd_run(argv: list[str]) -> int:

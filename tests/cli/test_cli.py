@@ -113,3 +113,14 @@ def test_run_reference_prints_ids():
 def test_run_bad_ids(ids):
     r = ckec("run", SPECS / "odd.cke", "--ids", ids, "-n", "2", "--backend", "reference")
     assert_clean_error(r)
+
+
+def test_select_one_program_by_phase_and_rank():
+    r = ckec(SPECS / "tiny.cke", "--emit=llvm", "--phase", "decode", "--rank", "1")
+    assert r.returncode == 0, r.stderr
+    defs = [ln for ln in r.stdout.splitlines() if ln.startswith("define dso_local")]
+    assert defs and all("@cke_decode_r1" in d for d in defs)
+    r = ckec(SPECS / "tiny.cke", "--emit=asm", "--phase", "decode", "--rank", "0")
+    assert r.returncode == 0 and "cke_decode_r0" in r.stdout
+    r = ckec(SPECS / "tiny.cke", "--rank", "7")
+    assert r.returncode == 1 and "no program for phase any and rank 7" in r.stderr
