@@ -104,6 +104,15 @@ def _opt_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _write_json(path: str, obj) -> None:
+    """A JSON report, written whole or not at all."""
+    import json
+
+    from ckeir.passes.manager import write_atomic
+
+    write_atomic(Path(path), json.dumps(obj, indent=2, default=str))
+
+
 def _write(text: str, output: str | None) -> None:
     if output:
         from ckeir.passes.manager import write_atomic
@@ -346,11 +355,7 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         report["parity"] = compare(tokens, logits, ref, ref_logits)
         print(describe(report["parity"]), file=sys.stderr)
     if args.report:
-        import json
-
-        from ckeir.passes.manager import write_atomic
-
-        write_atomic(Path(args.report), json.dumps(report, indent=2, default=str))
+        _write_json(args.report, report)
     if args.trace:
         from ckeir.reports.trace import write_trace
 
@@ -369,11 +374,7 @@ def _reports(args, prog, stats) -> None:
     report = run_report(prog, stats, bandwidth=bw)
     print(summary_line(report), file=sys.stderr)
     if args.report:
-        import json
-
-        from ckeir.passes.manager import write_atomic
-
-        write_atomic(Path(args.report), json.dumps(report, indent=2, default=str))
+        _write_json(args.report, report)
     if args.trace:
         from ckeir.reports.trace import write_trace
 
@@ -424,11 +425,7 @@ def cmd_plan(argv: list[str]) -> int:
     report = plan_report(prog)
     print_plan(report)
     if args.json:
-        import json
-
-        from ckeir.passes.manager import write_atomic
-
-        write_atomic(Path(args.json), json.dumps(report, indent=2, default=str))
+        _write_json(args.json, report)
     return 0
 
 

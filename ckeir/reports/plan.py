@@ -9,6 +9,7 @@ from collections import defaultdict
 from ckeir import cost
 from ckeir.ir.types import nbytes, quant_type
 from ckeir.passes.manager import funcs
+from ckeir.passes.place import rank_memory
 from ckeir.passes.predict import predict
 from ckeir.units import format_bytes, format_seconds
 
@@ -30,8 +31,8 @@ def plan_report(prog) -> dict:
         "phases": {},
         "memory": {},
     }
-    memory = defaultdict(lambda: {"weights": 0, "kv_cache": 0, "arena": 0})
-    weight_seen = defaultdict(set)
+    # weights and KV cache per rank as the place pass checked them before launch
+    memory = {r: dict(m, arena=0) for r, m in rank_memory(module).items()}
     arenas: dict = {}
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
@@ -72,16 +73,6 @@ def plan_report(prog) -> dict:
                             "f32_bytes": nbytes(one) * rows,
                         }
                     )
-            for op in f.regions[0].entry.ops:
-                if op.name == "cke.weight":
-                    key = (op.attr("name"), tuple(op.attr("shard") or ()))
-                    if key not in weight_seen[r]:
-                        weight_seen[r].add(key)
-                        memory[r]["weights"] += nbytes(op.results[0].type)
-            cache = f.regions[0].entry.args[2].type
-            first, last = f.attr("layers", (0, cache.shape[0] - 1))
-            kv = cost.kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
-            memory[r]["kv_cache"] = max(memory[r]["kv_cache"], kv)
             memory[r]["arena"] += f.attr("arena_bytes", 0)
             arenas.setdefault(str(r), {})[phase] = {
                 "bytes": f.attr("arena_bytes", 0),
