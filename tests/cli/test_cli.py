@@ -1,24 +1,13 @@
 """ckec through a subprocess, as a user runs it: outputs, dumps, and errors that are located,
 non-zero and free of tracebacks."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import ckec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
-
-
-def ckec(*args, cwd=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 def assert_clean_error(r, *fragments):

@@ -2,20 +2,11 @@
 the Chrome Trace Event format, and the planner's view of a hybrid schedule."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from cli_runner import ckec
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def ckec(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_run_report_and_trace(tmp_path):

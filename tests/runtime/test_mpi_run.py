@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import ckec
 
 ROOT = Path(__file__).resolve().parents[2]
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -31,12 +32,7 @@ def mpirun(n, *args, env=None, timeout=180):
 
 
 def local(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return ckec(*args, timeout=180)
 
 
 @pytest.mark.parametrize("spec,n", [("tiny.cke", 2), ("hybrid.cke", 3)])

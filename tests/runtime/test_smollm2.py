@@ -3,10 +3,9 @@ greedy continuation of "Once upon a time" that Hugging Face transformers and an 
 numpy implementation both produce, from the API and from the CLI."""
 
 import os
-import subprocess
-import sys
 
 import pytest
+from cli_runner import ckec
 from smollm2 import SPEC, gguf_path, needs_smollm2
 
 import ckeir
@@ -39,15 +38,6 @@ def test_weights_kept_as_shipped(prog):
 def test_tokenizer_round_trip_of_the_answer(prog):
     assert prog.tokenizer.encode("Once upon a time") == PROMPT
     assert prog.tokenizer.decode(EXPECTED) == TEXT
-
-
-def ckec(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_cli_ids():
