@@ -1,12 +1,38 @@
-"""The on-disk cache (`$CKEIR_CACHE_DIR`, else `~/.cache/ckeir`): compiled objects and model
-file indexes.  Entries are written atomically, so a reader sees a whole entry or none; a
-cache that cannot be written only costs time."""
+"""The on-disk cache (`$CKEIR_CACHE_DIR`, else `~/.cache/ckeir`): compiled objects, lowered
+programs, model file indexes and the bandwidth record.
+
+Nothing read back from the cache is trusted: a disk fills up, a machine loses power mid-write,
+a bit flips, another ckeir version wrote the file.  Loading a damaged object into the JIT
+aborts LLVM or runs damaged machine code, so every entry carries a header
+
+    magic, format version, digest of the key it was written for, content length, content digest
+
+and `read` checks all of it.  A bad entry is deleted with a one-line warning and reads as a
+miss, so the caller rebuilds it and writes it again: the cache heals.  Entries are written to
+a temporary file and renamed, so a reader sees a whole entry or none and concurrent writers of
+one key both leave a valid entry; a cache that cannot be written only costs time.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import shutil
+import stat
+import struct
+import sys
 import tempfile
 from pathlib import Path
+
+MAGIC = b"ckeir\0ce"
+VERSION = 1
+# magic, version, sha256 of the key, content length, sha256 of the content
+HEADER = struct.Struct("<8sI32sQ32s")
+
+# Errors that mean "there is no entry here" (a miss, not damage): the file or one of its
+# parent directories does not exist, or the cache root sits under a regular file.
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
 
 
 def cache_dir() -> Path:
@@ -14,19 +40,106 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "ckeir"
 
 
-def read(path: Path) -> bytes | None:
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _key_digest(path: Path, key: str | None) -> bytes:
+    # Callers whose file name is their key need not repeat it.
+    return _digest((path.name if key is None else key).encode())
+
+
+def _entry(data: bytes, key_digest: bytes) -> bytes:
+    """`data` behind the header that `read` checks."""
+    return HEADER.pack(MAGIC, VERSION, key_digest, len(data), _digest(data)) + data
+
+
+def _damage(raw: bytes, key_digest: bytes) -> str | None:
+    """Why `raw` is not a valid entry for the key, or None if it is."""
+    if not raw:
+        return "empty"
+    if len(raw) < HEADER.size:
+        return f"truncated: {len(raw)} bytes, shorter than the {HEADER.size}-byte header"
+    magic, version, key, length, digest = HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        return "not a ckeir cache entry"
+    if version != VERSION:
+        return f"cache format version {version}, expected {VERSION}"
+    if key != key_digest:
+        return "written for another key"
+    body = len(raw) - HEADER.size
+    if body != length:
+        return f"{'truncated' if body < length else 'too long'}: {body} of {length} bytes"
+    if _digest(raw[HEADER.size :]) != digest:
+        return "checksum mismatch"
+    return None
+
+
+def _read_regular(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file.  O_NONBLOCK so that a FIFO put in an entry's place
+    cannot block the open; anything but a regular file is refused before it is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        return path.read_bytes()
-    except OSError:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(), st
+    finally:
+        os.close(fd)
+
+
+def read(path: Path, key: str | None = None) -> bytes | None:
+    """The content of the entry at `path` written for `key` (default: the file name), or
+    None on a miss.  A damaged entry is discarded with a warning and also reads as None."""
+    path = Path(path)
+    try:
+        raw, st = _read_regular(path)
+    except OSError as e:
+        if e.errno in _ABSENT:
+            return None
+        discard(path, "not a regular file" if e.errno == errno.EISDIR else e.strerror or str(e))
         return None
+    why = _damage(raw, _key_digest(path, key))
+    if why is not None:
+        discard(path, why, st)
+        return None
+    return raw[HEADER.size :]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def discard(path: Path, reason: str, seen: os.stat_result | None = None) -> None:
+    """Delete a bad entry and say so in one line.  For callers too that find an entry's
+    content unusable after its checksum passed (e.g. JSON of the wrong shape).  `seen`: the
+    file as it was read; if another process has replaced it since, its new entry stays."""
+    print(
+        f"warning: discarded a damaged cache entry {path} ({reason}); rebuilding", file=sys.stderr
+    )
+    try:
+        now = os.lstat(path)
+        if seen is not None and (now.st_ino, now.st_dev) != (seen.st_ino, seen.st_dev):
+            return
+        if stat.S_ISDIR(now.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass  # already gone, or the cache is read-only: the rebuilt entry is not kept then
+
+
+def write_atomic(path: Path, data: bytes, key: str | None = None) -> None:
+    """Store `data` for `key` (default: the file name) at `path`, whole or not at all."""
+    path = Path(path)
+    entry = _entry(data, _key_digest(path, key))
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(entry)
         os.replace(tmp, path)
     except OSError:
-        pass
+        if tmp is not None:  # a full disk must not leave partial temporaries behind
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

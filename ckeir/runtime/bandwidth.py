@@ -8,11 +8,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
-from ckeir import cache
+from ckeir import cache, limits
 from ckeir.backends.llvm.host import HostCPU, detect_host
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Vec
@@ -76,21 +78,41 @@ def measure_read_bandwidth(
     return count * 4 / best
 
 
-def read_bandwidth(threads: int, measure: bool = False, host: HostCPU | None = None):
-    """The remembered figure for this host and thread count (measured now, and remembered,
-    if `measure` or if none is remembered and `measure` is None); None if unknown."""
-    host = host or detect_host()
-    path = cache.cache_dir() / "bandwidth" / f"{host.name}-{host.isa}-{threads}.json"
+def _record_path(host: HostCPU, threads: int) -> Path:
+    return cache.cache_dir() / "bandwidth" / f"{host.name}-{host.isa}-{threads}.json"
+
+
+def _remembered(path: Path) -> float | None:
+    """The figure in the record at `path`, or None.  A record whose checksum holds but whose
+    content is unusable (not JSON, wrong types, NaN, out of range) is discarded like a
+    damaged one: a report must not state CKU against a nonsense bandwidth."""
     raw = cache.read(path)
-    if raw is not None and not measure:
-        return json.loads(raw)["bytes_per_second"]
-    if not measure:
+    if raw is None:
         return None
+    try:
+        bw = json.loads(raw)["bytes_per_second"]
+    except (ValueError, TypeError, KeyError):
+        cache.discard(path, "not a bandwidth record")
+        return None
+    if not limits.in_real_range(bw, limits.MIN_RATE, limits.MAX_RATE):
+        why = limits.range_message("bytes_per_second", bw, limits.MIN_RATE, limits.MAX_RATE)
+        cache.discard(path, why)
+        return None
+    return float(bw)
+
+
+def read_bandwidth(threads: int, measure: bool = False, host: HostCPU | None = None):
+    """The remembered figure for this host and thread count; measured now, and remembered,
+    if `measure` or if the record was there but damaged (it was measured once: a damaged
+    disk must not silently change what reports compare against).  None if unknown."""
+    host = host or detect_host()
+    path = _record_path(host, threads)
+    if not measure:
+        existed = os.path.lexists(path)
+        bw = _remembered(path)
+        if bw is not None or not existed:
+            return bw
     bw = measure_read_bandwidth(threads, host=host)
-    cache.write_atomic(
-        path,
-        json.dumps(
-            {"bytes_per_second": bw, "threads": threads, "measured_at": time.time()}
-        ).encode(),
-    )
+    record = {"bytes_per_second": bw, "threads": threads, "measured_at": time.time()}
+    cache.write_atomic(path, json.dumps(record).encode())
     return bw

@@ -5,7 +5,8 @@ at O3 for the host CPU (see `host.py`), and JIT-links it.  The object code is ca
 disk under `$CKEIR_CACHE_DIR` (default `~/.cache/ckeir`), keyed by the sha256 of the module
 text, CPU name, feature string, llvmlite version and opt level: a second compile of the same
 text only parses it (milliseconds) and loads the cached object through MCJIT's object-cache
-hooks, skipping optimization and code generation.
+hooks, skipping optimization and code generation.  An object is loaded only after its
+checksum and key are verified (`ckeir.cache`); a damaged one is recompiled and rewritten.
 
 External symbols (`cos`, `sin`, `syscall`, `sched_yield`, `memcpy`) resolve from the
 process, which has libc and libm loaded; libgcc_s is loaded for compiler builtins.
@@ -98,7 +99,9 @@ class CompiledModule:
         self.timings: dict[str, float] = {}
         self._tm = target_machine(host, opt)
         path = cache.cache_dir() / f"{self.key}.o"
-        cached = cache.read(path) if use_cache else None
+        # `cache.read` checks the entry's checksum and key: a damaged object reads as a miss
+        # and is rebuilt, never handed to MCJIT (which aborts or runs the damaged code).
+        cached = cache.read(path, self.key) if use_cache else None
         self.cache_hit = cached is not None
 
         t0 = time.perf_counter()
@@ -110,7 +113,9 @@ class CompiledModule:
         try:
             self._engine = llvm.create_mcjit_compiler(mod, self._tm)
             self._engine.set_object_cache(
-                notify_func=(lambda _m, obj: cache.write_atomic(path, obj)) if use_cache else None,
+                notify_func=(
+                    (lambda _m, obj: cache.write_atomic(path, obj, self.key)) if use_cache else None
+                ),
                 getbuffer_func=lambda _m: cached,
             )
             self._engine.finalize_object()
