@@ -74,3 +74,7 @@ def range_message(what: str, value: object, lo: float, hi: float) -> str:
     if len(shown) > 40:
         shown = shown[:20] + "…" + shown[-8:]
     return f"{what} must be between {lo:g} and {hi:g}, not {shown}"
+
+
+# ---- added later (append only) ----------------------------------------------------------------
+MIN_SECONDS = 1e-9  # a latency: one nanosecond, the smallest time unit of a spec
