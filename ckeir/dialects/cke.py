@@ -9,8 +9,9 @@ count is a runtime value bounded by the func's `max_tokens`); a matmul weight is
 
 from __future__ import annotations
 
+from ckeir import limits as L
 from ckeir.ir.core import Operation
-from ckeir.ir.opdef import OpDef, fail, register
+from ckeir.ir.opdef import Float, Int, Ints, OpDef, Str, fail, register
 from ckeir.ir.types import (
     FloatType,
     IntegerType,
@@ -21,6 +22,7 @@ from ckeir.ir.types import (
     element_format,
     f32,
     i32,
+    nbytes,
 )
 
 
@@ -60,17 +62,58 @@ def _results_match_inferred(op: Operation) -> None:
             fail(op, f"result type {r.type} does not match the inferred {t}")
 
 
+# --- attribute ranges (checked by the generic verifier; see ckeir.ir.opdef) -------------------
+
+MAX_DIM = max(L.MAX_VOCAB, L.MAX_FFN, L.MAX_HIDDEN)  # the longest side of any weight
+RANK_BOUNDS = (0, L.MAX_NODES - 1)
+RANK = Int(*RANK_BOUNDS)
+LAYER = Int(0, L.MAX_LAYERS - 1)
+# Every op of a layer carries its `layer` (the unit of placement); plan-memory gives every
+# intermediate a byte `offset` into its func's arena (the func checks it stays inside).
+PLACED = {"layer": LAYER, "offset": Int(0, L.MAX_BYTES)}
+
+
 # --- checks and inference ------------------------------------------------------------------
 
 
 def _check_func(op: Operation) -> None:
-    if op.attr("phase") not in ("prefill", "decode"):
-        fail(op, f"phase must be 'prefill' or 'decode', got {op.attr('phase')!r}")
     if not op.regions[0].blocks:
         fail(op, "has an empty body")
     term = op.regions[0].entry.terminator
     if term is None or term.name != "cke.return":
         fail(op, "body must end with 'cke.return'")
+    layers = op.attr("layers")
+    if layers is not None and layers[0] > layers[1]:
+        fail(op, f"layers {layers[0]}..{layers[1]} is an empty range")
+    group = op.attr("group")
+    if group is not None and op.attr("rank", 0) not in group:
+        fail(op, f"group {group} does not include its rank {op.attr('rank', 0)}")
+    _check_arena_offsets(op)
+
+
+def _check_arena_offsets(func: Operation) -> None:
+    """Every buffer plan-memory placed lies inside the func's arena: the backend addresses
+    `arena + offset` without further checks."""
+    arena = func.attr("arena_bytes")
+    bound = func.attr("max_tokens", 1)
+    for op in func.regions[0].entry.ops:
+        offset = op.attr("offset")
+        if offset is None:
+            continue
+        if arena is None:
+            fail(op, f"has offset {offset} but its func has no arena_bytes (run plan-memory)")
+        if len(op.results) != 1 or not isinstance(op.results[0].type, ShapedType):
+            fail(op, "has an offset but no tensor result to place in the arena")
+        try:
+            size = nbytes(op.results[0].type, dyn=bound)
+        except ValueError as e:
+            fail(op, f"has an offset but no byte size: {e}")
+        if offset + size > arena:
+            fail(
+                op,
+                f"buffer at offset {offset} of {size} bytes ends past its func's arena of "
+                f"{arena} bytes",
+            )
 
 
 def _infer_weight(op: Operation):
@@ -92,6 +135,11 @@ def _check_weight(op: Operation) -> None:
         row = t.shape[-1] if t.shape else 1
         if fmt.quantized and row % fmt.block:
             fail(op, f"rows of {row} are not whole {fmt.name} blocks of {fmt.block}")
+    shard, shape = op.attr("shard"), op.attr("shape")
+    if shard is not None:
+        r0, r1, c0, c1 = shard
+        if len(shape) != 2 or not (r0 < r1 and c0 < c1) or (r1 - r0, c1 - c0) != tuple(shape):
+            fail(op, f"shard {shard} (rows r0..r1, columns c0..c1) disagrees with shape {shape}")
 
 
 def _infer_embed(op: Operation):
@@ -113,8 +161,6 @@ def _check_rowwise(op: Operation) -> None:
     x, w = _ranked(op, 0, 2), _ranked(op, 1, 1)
     if x is not None and w is not None:
         _dims_match(op, "weight length vs row length", w.shape[0], x.shape[1])
-    if op.attr("eps") is not None and op.attr("eps") <= 0:
-        fail(op, "eps must be positive")
 
 
 def _infer_matmul(op: Operation):
@@ -130,27 +176,41 @@ def _check_matmul(op: Operation) -> None:
         _dims_match(
             op, "contraction sizes (x columns vs weight row length)", x.shape[1], w.shape[1]
         )
-    tile = op.attr("tile")
-    if tile is not None and (len(tile) != 2 or min(tile) <= 0):
-        fail(op, f"tile must be two positive sizes, got {tile}")
+    if op.attr("tp") == "vocab":
+        _check_vocab_split(op, w)
+    elif op.attr("vocab_slice") is not None or op.attr("vocab_bounds") is not None:
+        fail(op, 'vocab_slice and vocab_bounds belong to a matmul with tp = "vocab"')
+
+
+def _check_vocab_split(op: Operation, w: ShapedType | None) -> None:
+    """An LM head split by vocabulary: its rows are one of the bounds' slices of the vocab."""
+    sl, bounds = op.attr("vocab_slice"), op.attr("vocab_bounds")
+    if sl is None or bounds is None:
+        fail(op, 'with tp = "vocab" needs vocab_slice and vocab_bounds')
+    v0, v1, full = sl
+    steps = list(zip(bounds, bounds[1:], strict=False))
+    if bounds[0] != 0 or bounds[-1] != full or any(a >= b for a, b in steps):
+        fail(op, f"vocab_bounds {bounds} must rise strictly from 0 to the vocab {full}")
+    if (v0, v1) not in steps:
+        fail(op, f"vocab_slice {v0}..{v1} is not one of the slices {bounds}")
+    if w is not None:
+        _dims_match(op, "weight rows vs vocab_slice", w.shape[0], v1 - v0)
 
 
 def _check_rope(op: Operation) -> None:
     x = _ranked(op, 0, 2)
     hd = op.attr("head_dim")
-    if hd <= 0 or hd % 2:
-        fail(op, f"head_dim must be a positive even number, got {hd}")
+    if hd % 2:
+        fail(op, f"head_dim must be an even number, got {hd}")
     if x is not None and x.shape[1] is not None and x.shape[1] % hd:
         fail(op, f"row length {x.shape[1]} is not a multiple of head_dim {hd}")
-    if op.attr("style") not in ("interleaved", "halves"):
-        fail(op, f"style must be 'interleaved' or 'halves', got {op.attr('style')!r}")
     if not isinstance(op.operands[1].type, IntegerType):
         fail(op, "pos must be an integer")
 
 
 def _check_attention(op: Operation) -> None:
     h, kvh, hd = op.attr("heads"), op.attr("kv_heads"), op.attr("head_dim")
-    if kvh <= 0 or h % kvh:
+    if h % kvh:
         fail(op, f"kv_heads {kvh} must divide heads {h}")
     q, k, v = (_ranked(op, i, 2) for i in range(3))
     if q is not None:
@@ -201,8 +261,15 @@ DEFS = [
         "A program for one phase (and rank); its entry block arguments are the "
         "inputs: token ids, position, KV caches.",
         regions=1,
-        attributes={"sym_name": "str", "phase": "str"},
-        optional={"rank": "int", "max_tokens": "int", "arena_bytes": "int"},
+        attributes={"sym_name": Str(), "phase": Str("prefill", "decode")},
+        optional={
+            "rank": RANK,
+            "stage": RANK,
+            "group": Ints((1, L.MAX_NODES), *RANK_BOUNDS),
+            "layers": Ints(2, 0, L.MAX_LAYERS - 1),
+            "max_tokens": Int(1, L.MAX_CONTEXT),
+            "arena_bytes": Int(0, L.MAX_BYTES),
+        },
         check=_check_func,
     ),
     OpDef(
@@ -214,7 +281,8 @@ DEFS = [
         "cke.weight",
         "A named model parameter (GGUF tensor name) of the given shape.",
         results=("out",),
-        attributes={"name": "str", "shape": "ints"},
+        attributes={"name": Str(), "shape": Ints((1, L.MAX_TENSOR_DIMS), 1, MAX_DIM)},
+        optional={"layer": LAYER, "shard": Ints(4, 0, MAX_DIM)},
         check=_both(_check_weight),
         infer=_infer_weight,
     ),
@@ -223,6 +291,7 @@ DEFS = [
         "out[t] = table[ids[t]].",
         operands=("ids", "table"),
         results=("out",),
+        optional=PLACED,
         check=_both(_check_embed),
         infer=_infer_embed,
     ),
@@ -231,7 +300,8 @@ DEFS = [
         "out = x / sqrt(mean(x^2) + eps) * w, row by row.",
         operands=("x", "w"),
         results=("out",),
-        attributes={"eps": "float"},
+        attributes={"eps": Float(L.MIN_NORM_EPS, L.MAX_NORM_EPS)},
+        optional=PLACED,
         check=_both(_check_rowwise),
         infer=_same_as(0),
     ),
@@ -240,7 +310,14 @@ DEFS = [
         "out = x @ w^T; w is N rows of K, f32 or block-quantized.",
         operands=("x", "w"),
         results=("out",),
-        optional={"tile": "ints"},
+        optional={
+            **PLACED,
+            "tile": Ints(2, 1, MAX_DIM),
+            "act": Str("q8_0"),
+            "tp": Str("partial", "vocab"),
+            "vocab_slice": Ints(3, 0, L.MAX_VOCAB),
+            "vocab_bounds": Ints((2, L.MAX_NODES + 1), 0, L.MAX_VOCAB),
+        },
         check=_both(_check_matmul),
         infer=_infer_matmul,
     ),
@@ -250,7 +327,12 @@ DEFS = [
         "position pos + t; pairs (2i, 2i+1) ('interleaved') or (i, i+hd/2) ('halves').",
         operands=("x", "pos"),
         results=("out",),
-        attributes={"theta": "float", "head_dim": "int", "style": "str"},
+        attributes={
+            "theta": Float(L.MIN_ROPE_THETA, L.MAX_ROPE_THETA),
+            "head_dim": Int(2, L.MAX_HIDDEN),
+            "style": Str("interleaved", "halves"),
+        },
+        optional=PLACED,
         check=_both(_check_rope),
         infer=_same_as(0),
     ),
@@ -260,7 +342,13 @@ DEFS = [
         "grouped-query attention of q over cache rows 0..pos+t.",
         operands=("q", "k", "v", "kcache", "vcache", "pos"),
         results=("out",),
-        attributes={"heads": "int", "kv_heads": "int", "head_dim": "int", "layer": "int"},
+        attributes={
+            "heads": Int(1, L.MAX_HEADS),
+            "kv_heads": Int(1, L.MAX_HEADS),
+            "head_dim": Int(1, L.MAX_HIDDEN),
+            "layer": LAYER,
+        },
+        optional={"offset": PLACED["offset"]},
         check=_both(_check_attention),
         infer=_same_as(0),
     ),
@@ -269,6 +357,7 @@ DEFS = [
         "out = silu(gate) * up (SwiGLU).",
         operands=("gate", "up"),
         results=("out",),
+        optional=PLACED,
         check=_both(_check_same_shapes),
         infer=_same_as(0),
     ),
@@ -277,6 +366,7 @@ DEFS = [
         "out = a + b (residual).",
         operands=("a", "b"),
         results=("out",),
+        optional=PLACED,
         check=_both(_check_same_shapes),
         infer=_same_as(0),
     ),
@@ -285,6 +375,7 @@ DEFS = [
         "The last row of x (the only one the LM head needs).",
         operands=("x",),
         results=("out",),
+        optional=PLACED,
         check=_both(_check_float_rows),
         infer=_infer_last,
     ),
@@ -293,6 +384,7 @@ DEFS = [
         "Index of the largest value of the last row (first on ties).",
         operands=("x",),
         results=("out",),
+        optional=PLACED,
         check=_both(_check_float_rows),
         infer=lambda op: [TensorType((1,), i32)],
     ),

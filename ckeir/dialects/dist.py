@@ -5,22 +5,51 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ckeir import limits as L
 from ckeir.errors import VerifyError
 from ckeir.ir.core import Operation
-from ckeir.ir.opdef import OpDef, fail, register, register_module_check
+from ckeir.ir.opdef import Int, Ints, OpDef, Str, fail, register, register_module_check
+from ckeir.ir.types import ShapedType
+
+RANK = Int(0, L.MAX_NODES - 1)
+BYTES = Int(0, L.MAX_BYTES)
+GROUP = Ints((2, L.MAX_NODES), 0, L.MAX_NODES - 1)
+OFFSET = {"offset": BYTES}  # where plan-memory put the result (checked by cke.func)
+TRANSFER = {"format": Str("f32", "q8_0")}  # how activations travel (default f32)
+
+
+def _own_rank(op: Operation) -> int | None:
+    func = op.parent_op
+    return None if func is None or func.name != "cke.func" else func.attr("rank")
 
 
 def _check_group(op: Operation) -> None:
     group = op.attr("group")
-    if len(group) < 2 or len(set(group)) != len(group):
-        fail(op, f"group must list two or more distinct ranks, got {group}")
-    if op.attr("bytes") < 0:
-        fail(op, "bytes must be non-negative")
+    if len(set(group)) != len(group):
+        fail(op, f"group must list distinct ranks, got {group}")
+    rank = _own_rank(op)
+    if rank is not None and rank not in group:
+        fail(op, f"group {group} does not include the func's own rank {rank}")
+
+
+def _check_allgather(op: Operation) -> None:
+    _check_group(op)
+    if op.attr("axis") != 1:
+        fail(op, f"axis must be 1 (the columns of the rows), got {op.attr('axis')}")
+    sizes = op.attr("sizes")
+    x, out = op.operands[0].type, op.results[0].type
+    if sizes is None or not isinstance(x, ShapedType) or not isinstance(out, ShapedType):
+        return
+    if len(sizes) != len(op.attr("group")) or min(sizes) < 1:
+        fail(op, f"sizes {sizes} must give one positive width per rank of the group")
+    if x.rank != 2 or out.rank != 2 or out.shape[1] != sum(sizes) or max(sizes) < x.shape[1]:
+        fail(op, f"sizes {sizes} do not fit gathering {x} into {out}")
 
 
 def _check_peer(op: Operation) -> None:
-    if op.attr("peer") < 0 or op.attr("bytes") < 0:
-        fail(op, "peer and bytes must be non-negative")
+    rank = _own_rank(op)
+    if rank is not None and op.attr("peer") == rank:
+        fail(op, f"peer {rank} is the func's own rank")
 
 
 register(
@@ -28,16 +57,16 @@ register(
         "dist.send",
         "Send a value to rank `peer`.",
         operands=("value",),
-        attributes={"peer": "int", "bytes": "int"},
-        optional={"format": "str"},
+        attributes={"peer": RANK, "bytes": BYTES},
+        optional=TRANSFER,
         check=_check_peer,
     ),
     OpDef(
         "dist.recv",
         "Receive a value from rank `peer`.",
         results=("value",),
-        attributes={"peer": "int", "bytes": "int"},
-        optional={"format": "str"},
+        attributes={"peer": RANK, "bytes": BYTES},
+        optional={**TRANSFER, **OFFSET},
         check=_check_peer,
     ),
     OpDef(
@@ -45,7 +74,8 @@ register(
         "Sum a value over the ranks of `group`.",
         operands=("value",),
         results=("out",),
-        attributes={"group": "ints", "bytes": "int"},
+        attributes={"group": GROUP, "bytes": BYTES},
+        optional=OFFSET,
         check=_check_group,
         infer=lambda op: [op.operands[0].type],
     ),
@@ -55,9 +85,9 @@ register(
         "width, when the slices are uneven).",
         operands=("value",),
         results=("out",),
-        attributes={"group": "ints", "bytes": "int", "axis": "int"},
-        optional={"sizes": "ints"},
-        check=_check_group,
+        attributes={"group": GROUP, "bytes": BYTES, "axis": Int(0, 1)},
+        optional={"sizes": Ints((2, L.MAX_NODES), 1, L.MAX_VOCAB), **OFFSET},
+        check=_check_allgather,
     ),
 )
 

@@ -12,7 +12,7 @@ from ckeir.ir import attributes as A
 from ckeir.ir import parse_ir, verify
 from ckeir.ir import types as T
 from ckeir.ir.core import Block, Operation, Region, module_op
-from ckeir.ir.opdef import ATTR_KINDS
+from ckeir.ir.opdef import ATTR_KINDS, attr_spec
 
 # One valid instance of every registered op: (block argument types, the op's text).
 VALID = {
@@ -163,19 +163,29 @@ def test_missing_required_attribute(name, key):
 @pytest.mark.parametrize(("name", "key"), declared_attributes())
 def test_attribute_of_the_wrong_kind(name, key):
     module, op = parse_sample(name)
-    kind = {**REGISTRY[name].attributes, **REGISTRY[name].optional}[key]
-    wrong = A.IntegerAttr(1) if kind == "str" else A.StringAttr("1")
-    assert not isinstance(wrong, ATTR_KINDS[kind])
+    spec = attr_spec({**REGISTRY[name].attributes, **REGISTRY[name].optional}[key])
+    wrong = A.IntegerAttr(1) if spec.kind == "str" else A.StringAttr("1")
+    assert not isinstance(wrong, ATTR_KINDS[spec.kind])
     op.attributes[key] = wrong
     err = verify_error(module)
-    assert f"attribute '{key}' must be {kind}" in err.message
+    assert f"attribute '{key}' must be {spec.describe()}, got {wrong}" in err.message
     assert err.loc.line == OP_LINE
 
 
-def test_undeclared_attributes_are_allowed():
+def test_declared_optional_attributes_verify():
     module, op = parse_sample("cke.add")
     op.attributes["offset"] = A.IntegerAttr(64)
+    op.attributes["layer"] = A.IntegerAttr(3)
     verify(module, allow_unregistered=True)
+
+
+def test_undeclared_attributes_are_refused():
+    # A misspelt attribute (`tiel` for `tile`) would otherwise be carried along unused.
+    module, op = parse_sample("cke.matmul")
+    op.attributes["tiel"] = A.DenseArrayAttr((16, 64))
+    err = verify_error(module)
+    assert "'cke.matmul' op has no attribute 'tiel' (it takes: " in err.message
+    assert "tile" in err.message and err.loc.line == OP_LINE
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
@@ -248,7 +258,7 @@ SHAPE_ERRORS = [
         "matmul tile",
         ["tensor<2x64xf32>", "tensor<32x64xf32>"],
         '%r = "cke.matmul"(%a0, %a1) {tile = array<i64: 16>} : (tensor<2x64xf32>, tensor<32x64xf32>) -> tensor<2x32xf32>',
-        "tile must be two positive sizes",
+        "attribute 'tile' must be array<i64: ...> of 2 entries in [1, ",
     ),
     (
         "matmul weight of rank 1",
@@ -260,7 +270,7 @@ SHAPE_ERRORS = [
         "rope head_dim odd",
         ["tensor<2x63xf32>", "i64"],
         '%r = "cke.rope"(%a0, %a1) {head_dim = 7 : i64, style = "halves", theta = 1.000000e+04 : f64} : (tensor<2x63xf32>, i64) -> tensor<2x63xf32>',
-        "head_dim must be a positive even number, got 7",
+        "head_dim must be an even number, got 7",
     ),
     (
         "rope row not whole heads",
@@ -272,7 +282,7 @@ SHAPE_ERRORS = [
         "rope style",
         ["tensor<2x64xf32>", "i64"],
         '%r = "cke.rope"(%a0, %a1) {head_dim = 16 : i64, style = "spiral", theta = 1.000000e+04 : f64} : (tensor<2x64xf32>, i64) -> tensor<2x64xf32>',
-        "style must be 'interleaved' or 'halves'",
+        "attribute 'style' must be one of 'interleaved', 'halves', got \"spiral\"",
     ),
     (
         "rope pos not an integer",
@@ -361,7 +371,7 @@ SHAPE_ERRORS = [
         "quantized rank-0 weight",
         [],
         '%r = "cke.weight"() {name = "w", shape = array<i64>} : () -> tensor<!cke.q4_0>',
-        "rows of 1 are not whole q4_0 blocks of 32",
+        "attribute 'shape' must be array<i64: ...> of 1-4 entries",
     ),
     (
         "weight of a type with no storage format",
@@ -391,7 +401,7 @@ SHAPE_ERRORS = [
         "rmsnorm eps not positive",
         ["tensor<2x64xf32>", "tensor<64xf32>"],
         '%r = "cke.rmsnorm"(%a0, %a1) {eps = 0.000000e+00 : f64} : (tensor<2x64xf32>, tensor<64xf32>) -> tensor<2x64xf32>',
-        "eps must be positive",
+        "attribute 'eps' must be a float in [1e-30, 1], got 0.000000e+00",
     ),
     (
         "add of different shapes",
@@ -427,7 +437,7 @@ SHAPE_ERRORS = [
         "func phase",
         [],
         '"cke.func"() ({\n  "cke.return"() : () -> ()\n}) {phase = "train", sym_name = "f"} : () -> ()',
-        "phase must be 'prefill' or 'decode'",
+        "attribute 'phase' must be one of 'prefill', 'decode', got \"train\"",
     ),
     (
         "func without a body",
@@ -445,25 +455,25 @@ SHAPE_ERRORS = [
         "send to a negative peer",
         ["tensor<1x64xf32>"],
         '"dist.send"(%a0) {bytes = 256 : i64, peer = -1 : i64} : (tensor<1x64xf32>) -> ()',
-        "peer and bytes must be non-negative",
+        "attribute 'peer' must be an integer in [0, 4095], got -1",
     ),
     (
         "allreduce over one rank",
         ["tensor<1x64xf32>"],
         '%r = "dist.allreduce"(%a0) {bytes = 256 : i64, group = array<i64: 0>} : (tensor<1x64xf32>) -> tensor<1x64xf32>',
-        "group must list two or more distinct ranks",
+        "attribute 'group' must be array<i64: ...> of 2-4096 entries",
     ),
     (
         "allgather with a repeated rank",
         ["tensor<1x32xf32>"],
         '%r = "dist.allgather"(%a0) {axis = 1 : i64, bytes = 128 : i64, group = array<i64: 1, 1>} : (tensor<1x32xf32>) -> tensor<1x64xf32>',
-        "group must list two or more distinct ranks",
+        "group must list distinct ranks, got (1, 1)",
     ),
     (
         "arena alignment",
         [],
         '"mem.arena"() {alignment = 0 : i64, buffers = 3 : i64, bytes = 4096 : i64} : () -> ()',
-        "bytes must be >= 0 and alignment > 0",
+        "attribute 'alignment' must be an integer in [1, 4096], got 0",
     ),
 ]
 
