@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ckeir.errors import CkeError, TransportError
+from ckeir.limits import MAX_WATCHDOG_S, in_real_range
 from ckeir.runtime.transport import shm_native
 from ckeir.runtime.transport.base import EventHook, LinkModel, Message, Transport
 from ckeir.runtime.transport.shm_native import DONE, MISMATCH, NOT_READY
@@ -60,6 +61,9 @@ LINK_SPIN_S = 10e-3  # receives over a shaped link spin this long before sleepin
 SHAPED_CHUNK = 32 * 1024  # chunk bytes over a shaped link
 PUBLISH_SPIN_S = 300e-6  # a shaped send sleeps until this close to its due time, then spins
 GRACE_S = 2.0  # after a failure, ranks still running this long are killed
+WATCHDOG_S = 30.0  # a rank whose heartbeat stands still this long is taken for stopped
+WATCHDOG_ENV = "CKEIR_WATCHDOG_SECONDS"  # overrides WATCHDOG_S; 0 turns the watchdog off
+BEATS_PER_WATCHDOG = 20  # heartbeats per watchdog period (at most one a second)
 
 # ---- the segment layout -------------------------------------------------------------------------
 
@@ -70,7 +74,7 @@ H_CLAIM_LAUNCHER = 68  # 0 until the launcher's reason is written
 H_TEXT, TEXT_BYTES = 1024, 1024  # the launcher's reason when it fails the world
 RANKS_AT, RANK_BYTES = 4096, 2048
 R_BELL = 0  # doorbell + sleepers, alone on their cache line
-R_STATE, R_CLAIM, R_WAITING, R_PID = 64, 68, 72, 80
+R_STATE, R_CLAIM, R_WAITING, R_PID, R_BEAT = 64, 68, 72, 80, 96
 R_OP, OP_BYTES = 128, 128  # what the rank is blocked in, while R_WAITING is 1
 R_TEXT = 256  # why the rank failed (RANK_BYTES - R_TEXT bytes)
 
@@ -170,6 +174,14 @@ class World:
         ctypes.c_int64.from_address(self.rank_at(r) + R_PID).value = pid
         self.set_state(r, RUNNING)
 
+    # -- heartbeats (one writer per counter: the rank's heartbeat thread)
+
+    def beat(self, r: int) -> None:
+        ctypes.c_int64.from_address(self.rank_at(r) + R_BEAT).value += 1
+
+    def beats(self, r: int) -> int:
+        return ctypes.c_int64.from_address(self.rank_at(r) + R_BEAT).value
+
     # -- what a rank is blocked in
 
     def set_waiting(self, r: int, what: str | None) -> None:
@@ -240,13 +252,20 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return _proc_state(pid) not in (b"", b"Z", b"X")
+
+
+def _proc_state(pid: int) -> bytes:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...); b"" if the process is gone,
+    b"?" if it cannot be read."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except FileNotFoundError:
-        return False
+        return b""
     except OSError:
-        return True
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+        return b"?"
+    at = stat.rindex(b")") + 2
+    return stat[at : at + 1]
 
 
 def _cores() -> int:
@@ -613,7 +632,10 @@ def _rank_main(
     target: Callable[..., Any],
     args: tuple,
     options: dict,
+    launcher: int,
+    beat_s: float | None,
 ) -> None:
+    _die_with_launcher(launcher)
     if cpus:
         # start on this rank's own CPUs (forked ranks all begin on the launcher's CPU, and
         # two spinning ranks sharing one until the scheduler separates them is slow), and
@@ -624,6 +646,9 @@ def _rank_main(
             os.sched_setaffinity(0, allowed)
     world = World.attach(path)
     world.started(rank, os.getpid())
+    if all(world.state(r) != STARTING for r in range(world.size)):
+        world.unlink()  # the last rank to map it: nothing can leak, even if the launcher dies
+    heart = _Heartbeat(world, rank, beat_s) if beat_s else None
     t = LocalTransport(world, rank, **options)
     code = 0
     try:
@@ -648,9 +673,86 @@ def _rank_main(
     finally:
         t.close()
         conn.close()
+        if heart is not None:
+            heart.stop()  # before the segment it writes to is unmapped
         world.close()
     if code:
         os._exit(code)  # skip interpreter teardown: nothing of the rank needs it
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_launcher(launcher: int) -> None:
+    """Have the kernel SIGKILL this rank when its launcher dies (killed, crashed): no rank
+    outlives its run, not even a stopped one (SIGKILL is the one signal a stopped process
+    cannot ignore).  Only when the launcher is our parent (not under a forkserver)."""
+    if os.getppid() != launcher:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the launcher watches
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != launcher:  # it died before the prctl took effect
+        os._exit(1)
+
+
+class _Heartbeat:
+    """Bumps this rank's heartbeat counter every `interval` seconds from a thread of its
+    own, whatever the rank's main thread is doing — computing, compiling, or blocked in a
+    native wait (GIL released).  Only a process that does not run at all (SIGSTOP, a
+    debugger, a frozen cgroup) leaves it still, and that is what the launcher's watchdog
+    looks for: every thread of a stopped process stands still."""
+
+    def __init__(self, world: World, rank: int, interval: float):
+        self._world, self._rank, self._interval = world, rank, interval
+        self._stop = threading.Event()
+        world.beat(rank)
+        self._thread = threading.Thread(
+            target=self._run, name=f"ckeir-heartbeat-{rank}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._world.beat(self._rank)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def watchdog_seconds(value: float | None = None) -> float | None:
+    """The watchdog period: `value` if given, else $CKEIR_WATCHDOG_SECONDS, else WATCHDOG_S;
+    None when turned off (0 or inf)."""
+    if value is None:
+        text = os.environ.get(WATCHDOG_ENV, "").strip()
+        if not text:
+            return WATCHDOG_S
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        where = f"{WATCHDOG_ENV}={text[:40]!r}"
+    else:
+        where = f"watchdog={value!r}"
+    if value == 0 or value == math.inf:
+        return None
+    if not in_real_range(value, 0, MAX_WATCHDOG_S) or value <= 0:
+        raise TransportError(
+            f"{where}: the watchdog needs a number of seconds in (0, {MAX_WATCHDOG_S:g}]",
+            hint="0 turns it off; the default is 30 s",
+        )
+    return float(value)
+
+
+def _stalled(world: World, r: int, seconds: float) -> str:
+    """The watchdog's verdict on rank r, with what /proc says of its process."""
+    pid = world.pid(r)
+    state = _proc_state(pid) if pid > 0 else b""
+    why = "it is stopped (SIGSTOP or a debugger)" if state in (b"T", b"t") else "is it stopped?"
+    return (
+        f"rank {r} made no progress for {seconds:g} s ({why}) while {world.doing(r)};"
+        f" the watchdog killed it (set {WATCHDOG_ENV} to change the period, 0 to turn it off)"
+    )
 
 
 def _picklable(e: BaseException) -> BaseException | None:
@@ -713,6 +815,7 @@ def launch_local(
     spin_us: float | None = None,
     grace: float = GRACE_S,
     pin: bool = False,
+    watchdog: float | None = None,
 ) -> list[Any]:
     """Run `target(transport, *args)` on `n` ranks (processes) of this machine; return the
     results in rank order.  Any failure — a rank raising, dying, or the `timeout` (seconds)
@@ -721,7 +824,14 @@ def launch_local(
     'spawn' (then `target` and `args` must be picklable).  With no more ranks than CPUs,
     each rank starts on its own share of this process's CPUs; with `pin` it stays bound
     there (a rank's thread pool then sizes itself to that share) — for dedicated machines:
-    a pinned rank cannot escape a CPU that another job is using."""
+    a pinned rank cannot escape a CPU that another job is using.
+
+    A watchdog ends the run when a rank's heartbeat stands still for `watchdog` seconds
+    (default: $CKEIR_WATCHDOG_SECONDS, else 30; 0 turns it off) — a stopped rank — and kills
+    it.  Every rank dies with the launcher (SIGKILL, even when stopped), and the segment is
+    unlinked once every rank has mapped it: nothing is left behind."""
+    period = watchdog_seconds(watchdog)
+    beat_s = None if period is None else min(1.0, period / BEATS_PER_WATCHDOG)
     world = World.create(n, slot_bytes)
     cpus = _cpu_shares(n)
     options = dict(link_model=link_model, wait_timeout=wait_timeout, spin_us=spin_us)
@@ -733,7 +843,10 @@ def launch_local(
             recv_end, send_end = ctx.Pipe(duplex=False)
             p = ctx.Process(
                 target=_rank_main,
-                args=(str(world.path), r, cpus[r], pin, send_end, target, tuple(args), options),
+                args=(
+                    *(str(world.path), r, cpus[r], pin, send_end, target, tuple(args)),
+                    *(options, os.getpid(), beat_s),
+                ),
                 name=f"ckeir-rank-{r}",
             )
             try:
@@ -744,7 +857,7 @@ def launch_local(
                 send_end.close()
             procs.append(p)
             conns.append(recv_end)
-        return _Supervisor(world, procs, conns, timeout, grace).run()
+        return _Supervisor(world, procs, conns, timeout, grace, period).run()
     finally:
         for p in procs:
             if p.is_alive():
@@ -757,11 +870,20 @@ def launch_local(
 
 
 class _Supervisor:
-    """The launcher's loop: collect results, notice deaths, enforce the timeout and grace."""
+    """The launcher's loop: collect results, notice deaths, enforce the timeout and grace,
+    and watch the heartbeats."""
 
-    def __init__(self, world: World, procs, conns, timeout: float | None, grace: float):
+    def __init__(
+        self,
+        world: World,
+        procs,
+        conns,
+        timeout: float | None,
+        grace: float,
+        watchdog: float | None = None,
+    ):
         self.world, self.procs, self.conns = world, procs, conns
-        self.timeout, self.grace = timeout, grace
+        self.timeout, self.grace, self.watchdog = timeout, grace, watchdog
         n = len(procs)
         self.results: list[Any] = [None] * n
         self.outcome: dict[
@@ -769,7 +891,10 @@ class _Supervisor:
         ] = {}  # rank -> (text, tb, exc)
         self.finished: set[int] = set()
         self.killed: dict[int, str] = {}  # rank -> what it was doing when the launcher killed it
+        self.stalled: dict[int, str] = {}  # rank -> the watchdog's verdict (it was killed)
         self.unlinked = False
+        now = time.monotonic()
+        self.beats = {r: (-1, now) for r in range(n)}  # rank -> (last count, when it moved)
 
     def run(self) -> list[Any]:
         t0 = time.monotonic()
@@ -787,6 +912,8 @@ class _Supervisor:
                     running.discard(r)
             self._unlink_once_attached()
             now = time.monotonic()
+            if failed_at is None:
+                self._watch(running, now)
             if failed_at is None and self.world.failure() is not None:
                 failed_at = now
             if failed_at is None and self.timeout is not None and now - t0 > self.timeout:
@@ -802,6 +929,21 @@ class _Supervisor:
         if self.world.failure() is not None or self.outcome:
             raise self._error()
         return self.results
+
+    def _watch(self, running: set[int], now: float) -> None:
+        """Kill (SIGKILL: a stopped process ignores everything else) the first rank whose
+        heartbeat has not moved for the watchdog period, and fail the world naming it."""
+        if self.watchdog is None:
+            return
+        for r in sorted(running):
+            count, since = self.beats[r]
+            if (now_count := self.world.beats(r)) != count:
+                self.beats[r] = (now_count, now)
+            elif now - since > self.watchdog and self.world.state(r) in (STARTING, RUNNING):
+                self.stalled[r] = text = _stalled(self.world, r, self.watchdog)
+                self.procs[r].kill()
+                self.world.fail(r, text)
+                return
 
     def _receive(self, r: int) -> None:
         try:
@@ -827,7 +969,9 @@ class _Supervisor:
         self.procs[r].join()
         if r in self.finished or r in self.outcome:
             return
-        if r in self.killed:
+        if r in self.stalled:
+            text = self.stalled[r]
+        elif r in self.killed:
             text = (
                 f"rank {r} was still running {self.grace:g} s after the failure and was killed"
                 f" (it was {self.killed[r]})"

@@ -7,13 +7,18 @@ TransportError that names the rank and the operation."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import transport_programs as tp
+from reaping import adopting
 
 from ckeir.errors import TransportError
 from ckeir.runtime.transport import LinkModel, launch_local
@@ -189,6 +194,82 @@ def test_deadlock_hits_the_wait_timeout():
     assert seconds < 5
     assert "no progress for" in err.message
     assert "is blocked in recv from rank" in err.message
+
+
+# ---- the watchdog: a stopped rank ends the run, named; no rank outlives its launcher -----------
+
+
+def no_segment_of(launcher: int) -> bool:
+    shm = Path("/dev/shm")
+    return not shm.is_dir() or not list(shm.glob(f"ckeir-{launcher}-*"))
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_stopped_rank_is_named_by_the_watchdog(n):
+    """A SIGSTOPped rank answers nothing and dies of nothing but SIGKILL: its heartbeat
+    stands still, the watchdog names and kills it, and every other rank stops."""
+    err, seconds = failure(n, tp.prog_stop, watchdog=1.0)
+    assert seconds < 10
+    assert err.message.startswith(
+        "rank 1 made no progress for 1 s (it is stopped (SIGSTOP or a debugger))"
+    ), err.message
+    assert "rank 0: recv from rank 1 (tag 3) abandoned" in err.message
+    assert err.rank == 1
+    assert not multiprocessing.active_children()
+    assert no_segment_of(os.getpid())
+
+
+def test_watchdog_period_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CKEIR_WATCHDOG_SECONDS", "1.5")
+    err, seconds = failure(2, tp.prog_stop)
+    assert seconds < 10
+    assert err.message.startswith("rank 1 made no progress for 1.5 s"), err.message
+
+
+@pytest.mark.parametrize("setting", ["soon", "-1", "nan", "1e9"])
+def test_bad_watchdog_setting_is_named(monkeypatch, setting):
+    monkeypatch.setenv("CKEIR_WATCHDOG_SECONDS", setting)
+    with pytest.raises(TransportError) as info:
+        launch_local(2, _rank_and_size)
+    assert info.value.message.startswith(f"CKEIR_WATCHDOG_SECONDS={setting!r}: the watchdog needs")
+
+
+def test_slow_is_not_stopped():
+    """A rank busy for twice the watchdog period (outside the transport), and a peer blocked
+    in a receive all that time: both keep beating, the run succeeds."""
+    assert launch_local(2, tp.prog_slow, (2.0,), timeout=30, watchdog=1.0) == [True, True]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_no_rank_outlives_a_killed_launcher(tmp_path, sig):
+    """Kill the launcher of a running job (one rank stopped, one blocked in a receive): both
+    ranks are gone within seconds (SIGKILL from the kernel when their parent dies), and
+    no segment is left in /dev/shm."""
+    code = (
+        "import transport_programs as tp\n"
+        "from ckeir.runtime.transport import launch_local\n"
+        f"launch_local(2, tp.prog_pid_then_wait, ({str(tmp_path)!r},))\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    path = os.pathsep.join([str(Path(__file__).parent), str(root)])
+    env = dict(os.environ, PYTHONPATH=path, CKEIR_WATCHDOG_SECONDS="0")
+    with adopting() as adoption:
+        launcher = subprocess.Popen([sys.executable, "-c", code], env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while len(list(tmp_path.glob("*.pid"))) < 2:
+                assert launcher.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            ranks = sorted(int(p.read_text()) for p in tmp_path.glob("*.pid"))
+            launcher.send_signal(sig)
+            launcher.wait(30)
+        finally:
+            launcher.kill()
+            launcher.wait()
+        assert adoption.leftovers() == []
+    for pid in ranks:
+        assert not Path(f"/proc/{pid}").exists()
+    assert no_segment_of(launcher.pid)
 
 
 # ---- argument checks (no peer needed: they fail before any message moves) ----------------------

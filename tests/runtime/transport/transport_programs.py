@@ -162,6 +162,39 @@ def prog_compute_forever(t) -> None:
         time.sleep(0.01)
 
 
+def prog_stop(t) -> None:
+    """Rank 1 stops itself (SIGSTOP, as `kill -STOP` or a debugger would) after a barrier,
+    while the others wait for a message from it."""
+    t.barrier()
+    if t.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    t.recv(np.empty(4, np.float32), 1 if t.rank != 1 else 0, tag=3)
+
+
+def prog_slow(t, seconds: float) -> bool:
+    """Rank 1 is busy (asleep, not in the transport) for `seconds` before it sends; rank 0
+    waits in a receive all that time.  Slow is not stopped: the run must succeed."""
+    x = np.zeros(4, np.float32)
+    if t.rank == 1:
+        time.sleep(seconds)
+        t.send(x + 1, 0)
+    elif t.rank == 0:
+        t.recv(x, 1)
+    t.barrier()
+    return bool(t.rank != 0 or (x == 1).all())
+
+
+def prog_pid_then_wait(t, folder: str) -> None:
+    """Each rank writes its pid to FOLDER/<rank>.pid, then rank 1 stops itself and the
+    others wait for it forever (for killing the launcher underneath them)."""
+    with open(os.path.join(folder, f"{t.rank}.pid.tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(os.path.join(folder, f"{t.rank}.pid.tmp"), os.path.join(folder, f"{t.rank}.pid"))
+    if t.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    t.recv(np.empty(4, np.float32), 1 if t.rank != 1 else 0)
+
+
 def prog_link(t, nbytes: int, hops: int = 40) -> dict:
     """Hop times 0 -> 1 as a trace would show them: from the start of rank 0's send to the
     end of rank 1's recv (perf_counter is CLOCK_MONOTONIC: one clock for the machine)."""
