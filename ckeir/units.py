@@ -2,7 +2,8 @@
 
 Sizes become whole bytes (int), rates bytes per second (float), times seconds (float).
 Decimal prefixes are powers of 1000 (KB = 1000 B), binary ones powers of 1024 (KiB = 1024 B),
-and bit rates count 8 bits to the byte.
+and bit rates count 8 bits to the byte.  Every quantity must lie in the range ckeir/limits
+gives its kind: a size of 0 B or a rate of 1e400 Gbit/s is refused here, where it is read.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from ckeir import limits
 from ckeir.errors import SourceLoc, SpecError
 
 SIZES: dict[str, int] = {
@@ -43,6 +45,14 @@ KINDS: dict[str, tuple[dict, str, str]] = {
     "time": (TIMES, "a time", "us"),
 }
 
+# kind -> the values it may take, in bytes, bytes per second or seconds (inclusive)
+RANGES: dict[str, tuple[Fraction, Fraction]] = {
+    "size": (Fraction(1), Fraction(limits.MAX_BYTES)),
+    "rate": (Fraction(limits.MIN_RATE), Fraction(limits.MAX_RATE)),
+    "time": (Fraction(limits.MIN_SECONDS), Fraction(limits.MAX_SECONDS)),
+}
+
+_DECIMAL = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
 _QUANTITY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+(?:/s)?)\s*")
 
 
@@ -83,11 +93,67 @@ def unit_kind(unit: str) -> str | None:
     return next((kind for kind, (units, _, _) in KINDS.items() if unit in units), None)
 
 
+def check_digits(number: str, loc: SourceLoc | None = None) -> None:
+    """A numeric literal has at most limits.MAX_NUMBER_DIGITS digits: converting a longer one
+    costs time (and Python refuses ints over 4,300 digits) for no value a spec can need."""
+    digits = sum(c.isdigit() for c in number)
+    if digits > limits.MAX_NUMBER_DIGITS:
+        raise SpecError(
+            f"a number of {digits} digits is too long (at most {limits.MAX_NUMBER_DIGITS})",
+            loc=loc,
+        )
+
+
 def _scaled(number: str | int | float, unit: str, kind: str, loc: SourceLoc | None) -> Fraction:
     units = KINDS[kind][0]
     if unit not in units:
         raise SpecError(_unit_message(unit, kind), loc=loc, hint=_unit_hint(unit, kind))
-    return Fraction(number) * units[unit]
+    mantissa, exponent = _decimal(str(number), loc)
+    # Bound the exponent before 10**exponent is built: `1e999999999GiB` as an exact fraction
+    # would take minutes and gigabytes, yet is plainly out of range.
+    magnitude = len(str(mantissa)) + exponent  # 10**(magnitude - 1) <= value < 10**magnitude
+    if mantissa == 0 or abs(magnitude) > _MAX_MAGNITUDE:
+        raise _out_of_range(number, unit, kind, loc)
+    value = mantissa * Fraction(10) ** exponent * units[unit]
+    lo, hi = RANGES[kind]
+    if not lo <= value <= hi:
+        raise _out_of_range(number, unit, kind, loc)
+    return value
+
+
+# Far beyond every range in any unit: a literal outside 10**±this is out of range.
+_MAX_MAGNITUDE = 2 * limits.MAX_NUMBER_DIGITS
+
+
+def _decimal(number: str, loc: SourceLoc | None) -> tuple[int, int]:
+    """`1.5e3` -> (15, 2): the literal is mantissa * 10**exponent, exactly."""
+    m = _DECIMAL.fullmatch(number)
+    if m is None:
+        raise SpecError(f"'{_shorten(number)}' is not a number", loc=loc)
+    check_digits(number, loc)
+    whole, fraction, exponent = m.group(1), m.group(2) or "", m.group(3) or "0"
+    return int(whole + fraction), int(exponent) - len(fraction)
+
+
+def _out_of_range(number: str | int | float, unit: str, kind: str, loc: SourceLoc | None):
+    lo, hi = (_readable(bound, kind) for bound in RANGES[kind])
+    what = KINDS[kind][1]
+    return SpecError(
+        f"{what} must be between {lo} and {hi}, not {_shorten(str(number))}{unit}", loc=loc
+    )
+
+
+def _readable(value: Fraction, kind: str) -> str:
+    """A bound in the largest unit that keeps it at least 1: 2**60 -> '1073741824 GiB'."""
+    units = KINDS[kind][0]
+    fitting = [u for u in units if units[u] <= value] or [min(units, key=units.get)]
+    unit = max(fitting, key=units.get)
+    n = value / units[unit]
+    return f"{n.numerator if n.denominator == 1 else f'{float(n):g}'} {unit}"
+
+
+def _shorten(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _unit_message(unit: str, kind: str) -> str:

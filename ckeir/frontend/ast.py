@@ -114,6 +114,13 @@ class ModelDecl:
     def weights_path(self, spec_dir: str | Path | None = None) -> Path | None:
         return self.weights.resolve_path(spec_dir) if self.weights else None
 
+    def weight_names(self) -> tuple[str, ...]:
+        """The weights a spec can name in `quantize weights ... except [...]`: those outside
+        the layers (a name has no dots, so `blk.0.attn_q` cannot be written).  These are
+        GGUF's names, as ckeir/models/llama.py's `weight_shapes` gives them, without
+        `.weight`; a model that ties its output to `token_embd` has no `output`."""
+        return ("token_embd", "output_norm") + (() if self.tie_embeddings else ("output",))
+
 
 @attrs.frozen
 class NodeDecl:
@@ -224,7 +231,7 @@ class ScheduleDecl:
     phases: Mapping[str, PhaseDecl] = attrs.field(factory=dict)
     batch: int | None = None
     loc: SourceLoc | None = _loc()
-    key_locs: Mapping[str, SourceLoc] = _key_locs()
+    key_locs: Mapping[str, SourceLoc] = _key_locs()  # also `except NAME` for each excepted name
 
     PHASES = ("prefill", "decode")
 

@@ -18,7 +18,7 @@ from lark import Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
 
-from ckeir import units
+from ckeir import limits, units
 from ckeir.errors import CkeError, SourceLoc, SpecError
 from ckeir.frontend.ast import (
     ClusterDecl,
@@ -38,6 +38,11 @@ GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "cke.lark"
 
 def parse(text: str, filename: str = "<string>") -> Spec:
     """Parse one file's text into its declarations, as written."""
+    if len(text) > limits.MAX_SPEC_BYTES:
+        raise SpecError(
+            f"spec {filename} is larger than {limits.MAX_SPEC_BYTES >> 20} MiB; "
+            "split it with `import`"
+        )
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as err:
@@ -98,12 +103,14 @@ class _ToAst(Transformer):
 
     # values
     def integer(self, meta, number):
+        units.check_digits(number, self.at(number))
         if not number.isdigit():
             raise SpecError(f"expected a whole number, got {number}", loc=self.at(number))
         return int(number)
 
     def real(self, meta, number):
-        return float(number)
+        units.check_digits(number, self.at(number))
+        return float(number)  # 1e400 becomes inf: the range checks of `semantic` refuse it
 
     def size(self, meta, number, unit):
         return units.to_bytes(number, unit, self.at(unit))
@@ -123,7 +130,7 @@ class _ToAst(Transformer):
     rope_pairing = weights_format = weight_format = transfer_format = phase_name = _word
 
     def names(self, meta, *names):
-        return tuple(map(str, names))
+        return names  # tokens, so that a name can be located later
 
     def __default__(self, data, children, meta):
         """Every `key value` statement: `vocab 512`, `dram 24GiB`, `like n0`, ..."""
@@ -135,10 +142,11 @@ class _ToAst(Transformer):
         return WeightsDecl("random", seed=seed, loc=self.at(meta))
 
     def file_weights(self, meta, kind, path):
-        return WeightsDecl(kind, path=_unquote(path), loc=self.at(meta))
+        return WeightsDecl(kind, path=self.path(path), loc=self.at(meta))
 
     def package_weights(self, meta, kind, package, file):
-        return WeightsDecl(kind, path=_unquote(file), package=_unquote(package), loc=self.at(meta))
+        path, package = self.path(file), self.path(package)
+        return WeightsDecl(kind, path=path, package=package, loc=self.at(meta))
 
     def model(self, meta, name, *settings):
         return ModelDecl(
@@ -163,7 +171,9 @@ class _ToAst(Transformer):
         return _Setting("run", (model, cluster), self.at(meta))
 
     def quantize_weights(self, meta, fmt, names):
-        return _Setting("quantize weights", (fmt, names or ()), self.at(meta))
+        names = names or ()
+        locs = {f"except {n}": self.at(n) for n in names}  # where each name was written
+        return _Setting("quantize weights", (fmt, tuple(map(str, names)), locs), self.at(meta))
 
     def quantize_transfers(self, meta, fmt):
         return _Setting("quantize transfers", fmt, self.at(meta))
@@ -175,6 +185,7 @@ class _ToAst(Transformer):
         return _Setting("auto", True, self.at(meta))
 
     def stage(self, meta, nodes, first, last=None):
+        nodes = tuple(map(str, nodes))
         return StageDecl(nodes, first, first if last is None else last, loc=self.at(meta))
 
     def phase(self, meta, name, *items):
@@ -186,10 +197,11 @@ class _ToAst(Transformer):
     def schedule(self, meta, name, *settings):
         block = self._block(settings, f"schedule {name}")
         model, cluster = block.pop("run", (None, None))
-        weight_format, weight_except = block.pop("quantize weights", (None, ()))
+        weight_format, weight_except, except_locs = block.pop("quantize weights", (None, (), {}))
         key_locs = block.pop("key_locs")
         if model is not None:
             key_locs |= {"model": self.at(model), "cluster": self.at(cluster)}
+        key_locs |= except_locs
         return ScheduleDecl(
             name=str(name),
             model=model and str(model),
@@ -206,7 +218,14 @@ class _ToAst(Transformer):
 
     # the file
     def import_file(self, meta, path):
-        return ImportDecl(_unquote(path), loc=self.at(meta))
+        return ImportDecl(self.path(path), loc=self.at(meta))
+
+    def path(self, token: Token) -> str:
+        """A quoted file or package name; a NUL cannot be part of any path."""
+        text = _unquote(token)
+        if "\0" in text:
+            raise SpecError("a path cannot contain a NUL character", loc=self.at(token))
+        return text
 
     def start(self, meta, *decls):
         return Spec.from_declarations(self.file, decls)

@@ -16,11 +16,14 @@ completes it later with ``with_model_params``, which re-runs the checks.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 
+from ckeir import limits
 from ckeir.errors import SourceLoc, SpecError
 from ckeir.frontend.ast import (
     ClusterDecl,
@@ -43,7 +46,22 @@ RANDOM_DEFAULTS = {
     "tie_embeddings": False,
     "rope_style": "halves",
 }
-POSITIVE_INTS = ("vocab", "hidden", "layers", "heads", "kv_heads", "ffn", "context")
+# The largest sane value of each integer hyper-parameter (all are at least 1) and the range
+# of each real one: checked before any of them sizes work or memory.
+INT_LIMITS = {
+    "vocab": limits.MAX_VOCAB,
+    "hidden": limits.MAX_HIDDEN,
+    "layers": limits.MAX_LAYERS,
+    "heads": limits.MAX_HEADS,
+    "kv_heads": limits.MAX_HEADS,
+    "ffn": limits.MAX_FFN,
+    "context": limits.MAX_CONTEXT,
+}
+REAL_LIMITS = {
+    "norm_eps": (limits.MIN_NORM_EPS, limits.MAX_NORM_EPS),
+    "rope_theta": (limits.MIN_ROPE_THETA, limits.MAX_ROPE_THETA),
+}
+ROPE_STYLES = ("interleaved", "halves")
 
 
 # ---- entry points ---------------------------------------------------------------------
@@ -60,9 +78,10 @@ def load_spec(path: str | Path) -> Spec:
     """Read a spec file and, recursively, the files it imports; check and resolve it all.
     The file's own declarations come first, then imported ones in import order."""
     path = Path(path)
+    identity = _file_identity(path, importer=None)
     own = _read_spec(path, importer=None)
     decls = list(own.declarations)
-    _collect_imports(own, path, decls, in_progress=[path.resolve()], done={path.resolve()})
+    _collect_imports(own, path, decls, chain=[(identity, path)], done={identity})
     return resolve(Spec.from_declarations(str(path), decls, own.imports))
 
 
@@ -88,36 +107,73 @@ def with_model_params(spec: Spec, model: str, params: Mapping[str, object], sour
 
 
 def check_layer_coverage(schedule: ScheduleDecl, n_layers: int) -> None:
-    """Every layer 0..n_layers-1 belongs to exactly one stage of each non-auto phase."""
+    """Every layer 0..n_layers-1 belongs to exactly one stage of each non-auto phase.
+
+    Ranges are compared as intervals, never expanded into layers: `layers 4..2**63` costs no
+    more than `layers 4..5`."""
     for phase in schedule.phases.values():
         if phase.auto:
             continue
-        owner: dict[int, StageDecl] = {}
-        for stage in phase.stages:
-            last = n_layers - 1 if stage.last is None else stage.last
-            missing = [i for i in range(stage.first, last + 1) if i >= n_layers]
-            if missing:
+        spans = [(s.first, n_layers - 1 if s.last is None else s.last, s) for s in phase.stages]
+        for first, last, stage in spans:
+            if last >= n_layers:
                 raise SpecError(
-                    f"{_layers(missing, 'does', 'do')} not exist: model {schedule.model} has "
-                    f"{n_layers} layers (0..{n_layers - 1})",
+                    f"{_layers([(max(first, n_layers), last)], 'does', 'do')} not exist: model "
+                    f"{schedule.model} has {n_layers} layers (0..{n_layers - 1})",
                     loc=stage.loc,
                 )
-            again = [i for i in range(stage.first, last + 1) if i in owner]
-            if again:
-                other = owner[again[0]].loc
-                raise SpecError(
-                    f"{_layers(again, 'belongs', 'belong')} to another stage of phase {phase.name} too",
-                    loc=stage.loc,
-                    hint=f"the other stage is at line {other.line}" if other else None,
-                )
-            owner |= dict.fromkeys(range(stage.first, last + 1), stage)
-        gaps = [i for i in range(n_layers) if i not in owner]
+        _check_no_overlap(phase, spans)
+        gaps = _gaps(spans, n_layers)
         if gaps:
             raise SpecError(
                 f"{_layers(gaps, 'belongs', 'belong')} to no stage of phase {phase.name}",
                 loc=phase.loc,
                 hint=f"the stages must cover layers 0..{n_layers - 1} exactly once",
             )
+
+
+def _check_no_overlap(phase: PhaseDecl, spans: list[tuple[int, int, StageDecl]]) -> None:
+    """Sorted by first layer, a stage overlaps another iff it starts at or before the
+    furthest last layer seen so far; the stage written later is the one in error."""
+    order = {id(stage): i for i, (_, _, stage) in enumerate(spans)}
+    reach: tuple[int, int, StageDecl] | None = None  # the span reaching furthest so far
+    for span in sorted(spans, key=lambda t: (t[0], order[id(t[2])])):
+        if reach is not None and span[0] <= reach[1]:
+            later, earlier = sorted((span, reach), key=lambda t: order[id(t[2])], reverse=True)
+            both = (max(span[0], reach[0]), min(span[1], reach[1]))
+            other = earlier[2].loc
+            raise SpecError(
+                f"{_layers([both], 'belongs', 'belong')} to another stage of phase "
+                f"{phase.name} too",
+                loc=later[2].loc,
+                hint=f"the other stage is at line {other.line}" if other else None,
+            )
+        if reach is None or span[1] > reach[1]:
+            reach = span
+
+
+def _gaps(spans: list[tuple[int, int, StageDecl]], n_layers: int) -> list[tuple[int, int]]:
+    """The layers 0..n_layers-1 outside every span, as inclusive intervals."""
+    gaps, next_free = [], 0
+    for first, last, _ in sorted(spans, key=lambda t: t[0]):
+        if first > next_free:
+            gaps.append((next_free, first - 1))
+        next_free = max(next_free, last + 1)
+    return gaps + ([(next_free, n_layers - 1)] if next_free < n_layers else [])
+
+
+def check_layer_bound(schedule: ScheduleDecl) -> None:
+    """Before the layer count is known (it comes from a weights file), no stage may name a
+    layer that no model could have."""
+    top = limits.MAX_LAYERS - 1
+    for phase in schedule.phases.values():
+        for stage in phase.stages:
+            if stage.last is not None and stage.last > top:
+                raise SpecError(
+                    f"{_layers([(max(stage.first, top + 1), stage.last)], 'does', 'do')} not "
+                    f"exist: a model has at most {limits.MAX_LAYERS} layers",
+                    loc=stage.loc,
+                )
 
 
 # ---- one declaration at a time --------------------------------------------------------
@@ -163,12 +219,7 @@ def check_model(m: ModelDecl) -> ModelDecl:
     def bad(key: str, message: str) -> SpecError:
         return SpecError(message, loc=m.key_locs.get(key, m.loc))
 
-    for key in POSITIVE_INTS:
-        if getattr(m, key) is not None and getattr(m, key) < 1:
-            raise bad(key, f"{key} must be at least 1 in {where}")
-    for key in ("norm_eps", "rope_theta"):
-        if getattr(m, key) is not None and getattr(m, key) <= 0:
-            raise bad(key, f"{key} must be greater than 0 in {where}")
+    _check_model_ranges(m, bad)
     if m.hidden and m.heads and m.hidden % m.heads:
         raise bad("heads", f"heads {m.heads} does not divide hidden {m.hidden} in {where}")
     if m.head_dim and m.head_dim % 2:
@@ -178,10 +229,33 @@ def check_model(m: ModelDecl) -> ModelDecl:
     return m
 
 
+def _check_model_ranges(m: ModelDecl, bad: Callable[[str, str], SpecError]) -> None:
+    """Each hyper-parameter has the type and range it must have: values may come from a
+    weights file (``with_model_params``) as well as from the spec."""
+    where = f"model {m.name}"
+    for key, hi in INT_LIMITS.items():
+        value = getattr(m, key)
+        if value is not None and not limits.in_int_range(value, 1, hi):
+            raise bad(key, limits.range_message(f"{key} of {where}", value, 1, hi))
+    for key, (lo, hi) in REAL_LIMITS.items():
+        value = getattr(m, key)
+        if value is not None and not limits.in_real_range(value, lo, hi):
+            raise bad(key, limits.range_message(f"{key} of {where}", value, lo, hi))
+    if m.rope_style is not None and m.rope_style not in ROPE_STYLES:
+        raise bad("rope_style", f"rope_style of {where} must be {' or '.join(ROPE_STYLES)}")
+    if m.tie_embeddings is not None and not isinstance(m.tie_embeddings, bool):
+        raise bad("tie_embeddings", f"tie_embeddings of {where} must be true or false")
+
+
 def check_cluster(c: ClusterDecl) -> ClusterDecl:
     if not c.nodes:
         raise SpecError(
             f"cluster {c.name} has no node", loc=c.loc, hint="add e.g. `node n0 { ... }`"
+        )
+    if len(c.nodes) > limits.MAX_NODES:
+        raise SpecError(
+            f"cluster {c.name} has {len(c.nodes)} nodes, more than {limits.MAX_NODES}",
+            loc=c.nodes[limits.MAX_NODES].loc,
         )
     by_name: dict[str, NodeDecl] = {}
     for node in c.nodes:
@@ -192,7 +266,8 @@ def check_cluster(c: ClusterDecl) -> ClusterDecl:
                 hint=f"the first declaration is at line {by_name[node.name].loc.line}",
             )
         by_name[node.name] = node
-    nodes = tuple(_check_node(_like(n, by_name, c.name, ())) for n in c.nodes)
+    copied: dict[str, NodeDecl] = {}
+    nodes = tuple(_check_node(_like(n, by_name, c.name, copied)) for n in c.nodes)
     seen: dict[frozenset, object] = {}
     for link in c.links:
         for end in (link.a, link.b):
@@ -207,26 +282,38 @@ def check_cluster(c: ClusterDecl) -> ClusterDecl:
         if link.bw is None or link.latency is None:
             missing = [k for k in ("bw", "latency") if getattr(link, k) is None]
             raise SpecError(f"link {link.a} <-> {link.b} has no {_and(missing)}", loc=link.loc)
-        if link.bw <= 0:
-            raise SpecError("a link's bandwidth must be greater than 0", loc=link.key_locs["bw"])
     return attrs.evolve(c, nodes=nodes)
 
 
-def _like(node: NodeDecl, by_name: dict[str, NodeDecl], cluster: str, chain: tuple) -> NodeDecl:
-    """The node with the keys of the node it is `like` filled in (stated keys win)."""
-    if node.like is None:
-        return node
-    loc = node.key_locs["like"]
-    if node.like not in by_name:
-        known = ", ".join(by_name)
-        raise SpecError(
-            f"node '{node.like}' is not in cluster {cluster}", loc=loc, hint=f"its nodes: {known}"
-        )
-    if node.name in chain:
-        raise SpecError(f"nodes copy each other in a circle: {' -> '.join(chain)}", loc=loc)
-    source = _like(by_name[node.like], by_name, cluster, (*chain, node.name))
-    inherited = {k: getattr(source, k) for k in NodeDecl.RESOURCES if getattr(node, k) is None}
-    return attrs.evolve(node, **inherited)
+def _like(
+    node: NodeDecl, by_name: dict[str, NodeDecl], cluster: str, copied: dict[str, NodeDecl]
+) -> NodeDecl:
+    """The node with the keys of the node it is `like` filled in (stated keys win).
+
+    The chain of copies is walked without recursion (a cluster may chain thousands of
+    nodes), and ``copied`` remembers finished nodes so that each chain is walked once."""
+    chain = [node]
+    while chain[-1].like is not None and chain[-1].name not in copied:
+        here = chain[-1]
+        loc = here.key_locs["like"]
+        if here.like not in by_name:
+            known = ", ".join(by_name)
+            raise SpecError(
+                f"node '{here.like}' is not in cluster {cluster}",
+                loc=loc,
+                hint=f"its nodes: {known}",
+            )
+        names = [n.name for n in chain]
+        if here.like in names:  # reported where the circle starts
+            circle = names[names.index(here.like) :]
+            start = by_name[here.like].key_locs["like"]
+            raise SpecError(f"nodes copy each other in a circle: {' -> '.join(circle)}", loc=start)
+        chain.append(by_name[here.like])
+    source = copied.get(chain[-1].name, chain[-1])
+    for here in reversed(chain[:-1]):
+        inherited = {k: getattr(source, k) for k in NodeDecl.RESOURCES if getattr(here, k) is None}
+        source = copied[here.name] = attrs.evolve(here, **inherited)
+    return source
 
 
 def _check_node(node: NodeDecl) -> NodeDecl:
@@ -237,10 +324,13 @@ def _check_node(node: NodeDecl) -> NodeDecl:
             loc=node.loc,
             hint="state every resource, or copy another node with `like`",
         )
-    for key in NodeDecl.RESOURCES:
-        if getattr(node, key) <= 0:
-            loc = node.key_locs.get(key) or node.key_locs.get("like", node.loc)
-            raise SpecError(f"{key} of node {node.name} must be greater than 0", loc=loc)
+    # Sizes and rates were range-checked where they were read (ckeir/units).
+    if not limits.in_int_range(node.cores, 1, limits.MAX_CORES):
+        loc = node.key_locs.get("cores") or node.key_locs.get("like", node.loc)
+        message = limits.range_message(
+            f"cores of node {node.name}", node.cores, 1, limits.MAX_CORES
+        )
+        raise SpecError(message, loc=loc)
     return node
 
 
@@ -251,8 +341,9 @@ def check_schedule(s: ScheduleDecl) -> ScheduleDecl:
             loc=s.loc,
             hint="add `run MODEL on CLUSTER`",
         )
-    if s.batch is not None and s.batch < 1:
-        raise SpecError("batch must be at least 1", loc=s.key_locs["batch"])
+    if s.batch is not None and not limits.in_int_range(s.batch, 1, limits.MAX_BATCH):
+        message = limits.range_message("batch", s.batch, 1, limits.MAX_BATCH)
+        raise SpecError(message, loc=s.key_locs["batch"])
     for phase in s.phases.values():
         _check_phase(phase)
     return attrs.evolve(
@@ -319,6 +410,14 @@ def _resolve_schedule(spec: Spec, s: ScheduleDecl) -> ScheduleDecl:
     s = attrs.evolve(s, phases=phases)
     if model.layers is not None:
         check_layer_coverage(s, model.layers)
+    else:
+        check_layer_bound(s)
+    _check_weight_except(s, model)
+    for phase in phases.values():
+        for stage in phase.stages:
+            _check_tensor_parallel(stage, model, cluster)
+        if phase.auto and phase.name == "decode":  # the planner may split over every node
+            _check_rate_skew(cluster.nodes, cluster.loc, "the nodes of cluster " + cluster.name)
     return s
 
 
@@ -328,33 +427,185 @@ def _default_phase(name: str, cluster: ClusterDecl, model: ModelDecl, loc: Sourc
     return PhaseDecl(name, (stage,), defaulted=True, loc=loc)
 
 
+def _check_weight_except(s: ScheduleDecl, model: ModelDecl) -> None:
+    """`except [name]` names a weight the model has: a misspelt name would silently quantize
+    the weight it meant to keep."""
+    known = model.weight_names()
+    for name in s.weight_except:
+        if name not in known:
+            tied = name == "output" and model.tie_embeddings
+            why = f"model {model.name} ties its output to token_embd" if tied else None
+            raise SpecError(
+                f"model {model.name} has no weight '{name}' to leave unquantized",
+                loc=s.key_locs.get(f"except {name}", s.loc),
+                hint=why or f"`except` can name {_and(list(known))}",
+            )
+
+
+def _check_tensor_parallel(stage: StageDecl, model: ModelDecl, cluster: ClusterDecl) -> None:
+    """A stage on several nodes splits attention by key/value heads and the LM head by
+    vocabulary rows: each node needs at least one of each, at comparable speeds."""
+    k = len(stage.nodes)
+    if k == 1:
+        return
+    kv_heads = model.kv_heads or model.heads
+    for count, what in ((kv_heads, "key/value heads"), (model.vocab, "vocabulary entries")):
+        if count is not None and count < k:
+            raise SpecError(
+                f"stage [{', '.join(stage.nodes)}] has {k} nodes but model {model.name} has "
+                f"{count} {what}: tensor parallelism gives each node at least one",
+                loc=stage.loc,
+                hint="use fewer nodes in this stage, or split the layers into pipeline stages",
+            )
+    nodes = [cluster.node(n) for n in stage.nodes]
+    _check_rate_skew(nodes, stage.loc, "the nodes of this stage")
+
+
+def _check_rate_skew(nodes, loc: SourceLoc | None, which: str) -> None:
+    """Work is shared in proportion to memory bandwidth: past limits.MAX_RATE_SKEW the slow
+    node's share rounds to nothing."""
+    if len(nodes) < 2:
+        return
+    slow = min(nodes, key=lambda n: n.dram_bw)
+    fast = max(nodes, key=lambda n: n.dram_bw)
+    if fast.dram_bw > limits.MAX_RATE_SKEW * slow.dram_bw:
+        raise SpecError(
+            f"{which} differ too much in dram_bw: {fast.name} is "
+            f"{fast.dram_bw / slow.dram_bw:.3g} times faster than {slow.name} "
+            f"(at most {limits.MAX_RATE_SKEW:g})",
+            loc=loc,
+            hint="work is shared in proportion to dram_bw; the slower node's share would be empty",
+        )
+
+
 # ---- imports --------------------------------------------------------------------------
+#
+# A spec file is read only if it is a regular file of at most limits.MAX_SPEC_BYTES: it is
+# stat'ed before it is opened, so `/dev/zero`, `/dev/urandom`, a FIFO or a directory is
+# refused without reading from it, and the read itself never takes more than the limit.
+
+
+def _file_identity(path: Path, importer: SourceLoc | None) -> tuple[int, int]:
+    """(device, inode) of a readable spec file: the same file under any name or link."""
+    info = _stat_spec(path, importer)
+    return info.st_dev, info.st_ino
 
 
 def _read_spec(path: Path, importer: SourceLoc | None) -> Spec:
     """One file, parsed and checked on its own (a missing file is an error at its import)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise SpecError(f"cannot read spec file {path}: {reason}", loc=importer) from None
-    return check_declarations(parse(text, str(path)))
+    return check_declarations(parse(_read_text(path, importer), str(path)))
 
 
-def _collect_imports(spec: Spec, path: Path, decls: list, in_progress: list, done: set) -> None:
-    """Append the declarations imported by ``spec`` (depth first, each file once)."""
+def _collect_imports(
+    spec: Spec, path: Path, decls: list, chain: list[tuple[tuple[int, int], Path]], done: set
+) -> None:
+    """Append the declarations imported by ``spec`` (depth first, each file once); ``chain``
+    is the files being imported, outermost first."""
     for imp in spec.imports:
         target = path.parent / imp.path
-        key = target.resolve()
-        if key in in_progress:
-            cycle = " -> ".join(p.name for p in in_progress[in_progress.index(key) :] + [key])
-            raise SpecError(f"import cycle: {cycle}", loc=imp.loc)
+        key = _file_identity(target, imp.loc)
+        keys = [k for k, _ in chain]
+        if key in keys:
+            cycle = [p.name for _, p in chain[keys.index(key) :]] + [target.name]
+            raise SpecError(f"import cycle: {' -> '.join(cycle)}", loc=imp.loc)
         if key in done:
             continue
+        if len(chain) >= limits.MAX_IMPORT_DEPTH:
+            raise SpecError(
+                f"imports nest more than {limits.MAX_IMPORT_DEPTH} files deep", loc=imp.loc
+            )
         done.add(key)
         imported = _read_spec(target, importer=imp.loc)
         decls.extend(imported.declarations)
-        _collect_imports(imported, target, decls, [*in_progress, key], done)
+        _collect_imports(imported, target, decls, [*chain, (key, target)], done)
+
+
+def _stat_spec(path: Path, importer: SourceLoc | None) -> os.stat_result:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise _unreadable(path, err, importer) from None
+    _check_regular(path, info, importer)
+    return info
+
+
+def _check_regular(path: Path, info: os.stat_result, importer: SourceLoc | None) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError(
+            f"cannot read spec file {path}: it is {_file_kind(info.st_mode)}, not a regular file",
+            loc=importer,
+        )
+    if info.st_size > limits.MAX_SPEC_BYTES:
+        raise _too_large(path, importer)
+
+
+def _read_text(path: Path, importer: SourceLoc | None) -> str:
+    try:
+        # O_NONBLOCK: should the path become a FIFO between stat and open, opening it
+        # must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as err:
+        raise _unreadable(path, err, importer) from None
+    try:
+        _check_regular(path, os.fstat(fd), importer)
+        data = _read_at_most(fd, limits.MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise _unreadable(path, err, importer) from None
+    finally:
+        os.close(fd)
+    if len(data) > limits.MAX_SPEC_BYTES:  # it grew after the stat
+        raise _too_large(path, importer)
+    return _decode(path, data)
+
+
+def _read_at_most(fd: int, n: int) -> bytes:
+    chunks: list[bytes] = []
+    while n > 0 and (chunk := os.read(fd, min(n, 1 << 16))):
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 text, or an error located at the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line_end = data.find(b"\n", err.start)
+        line = data[line_start : line_end if line_end >= 0 else len(data)]
+        col = len(data[line_start : err.start].decode("utf-8", "replace")) + 1
+        loc = SourceLoc(
+            str(path), data.count(b"\n", 0, err.start) + 1, col, line.decode("utf-8", "replace")
+        )
+        byte = data[err.start]
+        raise SpecError(
+            f"spec file {path} is not UTF-8 text (byte 0x{byte:02x})", loc=loc
+        ) from None
+
+
+def _unreadable(path: Path, err: Exception, importer: SourceLoc | None) -> SpecError:
+    reason = getattr(err, "strerror", None) or str(err)
+    return SpecError(f"cannot read spec file {path!s}: {reason}", loc=importer)
+
+
+def _too_large(path: Path, importer: SourceLoc | None) -> SpecError:
+    return SpecError(
+        f"spec file {path} is larger than {limits.MAX_SPEC_BYTES >> 20} MiB",
+        loc=importer,
+        hint="a spec is a few hundred lines; is this the right file?",
+    )
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 # ---- helpers --------------------------------------------------------------------------
@@ -378,16 +629,11 @@ def _unknown_node(name: str, cluster: ClusterDecl, loc: SourceLoc | None) -> Spe
     )
 
 
-def _layers(indices: list[int], verb: str, verb_plural: str) -> str:
-    """[0, 1, 2, 5] -> 'layers 0..2, 5 do'; [3] -> 'layer 3 does'."""
-    runs: list[list[int]] = []
-    for i in sorted(indices):
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    text = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in runs)
-    return f"layer {text} {verb}" if len(indices) == 1 else f"layers {text} {verb_plural}"
+def _layers(spans: list[tuple[int, int]], verb: str, verb_plural: str) -> str:
+    """[(0, 2), (5, 5)] -> 'layers 0..2, 5 do'; [(3, 3)] -> 'layer 3 does'."""
+    text = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in spans)
+    single = len(spans) == 1 and spans[0][0] == spans[0][1]
+    return f"layer {text} {verb}" if single else f"layers {text} {verb_plural}"
 
 
 def _and(words: list[str]) -> str:

@@ -53,6 +53,10 @@ class Layout:
         return f"{head}{self.sp()}{{{body}{self.draw(st.sampled_from(['', self.sep()]))}}}"
 
 
+# Node bandwidths within limits.MAX_RATE_SKEW of each other (64 GB/s ÷ 1 Mbit/s = 5.1e5).
+FAST_RATES = {u: units.RATES[u] for u in ("Mbit/s", "MB/s", "Gbit/s", "GB/s")}
+
+
 def quantity(draw, table: dict) -> tuple[str, Fraction]:
     n = draw(st.integers(1, 64))
     unit = draw(st.sampled_from(sorted(table)))
@@ -109,7 +113,7 @@ def clusters(draw, lay: Layout):
                 values[key] = draw(st.integers(1, 64))
                 written.append(f"cores {values[key]}")
             else:
-                text, amount = quantity(draw, units.RATES if key == "dram_bw" else units.SIZES)
+                text, amount = quantity(draw, FAST_RATES if key == "dram_bw" else units.SIZES)
                 written.append(f"{key} {text}")
                 values[key] = float(amount) if key == "dram_bw" else int(amount)
         written = draw(st.permutations(written))
@@ -126,8 +130,10 @@ def clusters(draw, lay: Layout):
 
 
 @st.composite
-def phases(draw, lay: Layout, name: str, n_layers: int, node_names: tuple):
+def phases(draw, lay: Layout, name: str, model: ModelDecl, node_names: tuple):
     kind = draw(st.sampled_from(["omitted", "auto", "stages"]))
+    n_layers = model.layers
+    most_parallel = min(model.kv_heads, model.vocab)  # nodes a tensor-parallel stage can use
     if kind == "omitted":
         return None, PhaseDecl(
             name, (StageDecl((node_names[0],), 0, n_layers - 1),), defaulted=True
@@ -141,7 +147,7 @@ def phases(draw, lay: Layout, name: str, n_layers: int, node_names: tuple):
     groups = [order[i::n_stages] for i in range(n_stages)]  # disjoint, non-empty
     texts, stages = [], []
     for (first, end), group in zip(bounds, groups, strict=True):
-        group = tuple(group[: draw(st.integers(1, len(group)))])
+        group = tuple(group[: draw(st.integers(1, min(len(group), most_parallel)))])
         nodes = group[0] if len(group) == 1 and draw(st.booleans()) else f"[{', '.join(group)}]"
         layers = str(first) if first == end - 1 and draw(st.booleans()) else f"{first}..{end - 1}"
         texts.append(f"stage {nodes} layers {layers}")
@@ -165,7 +171,9 @@ def specs(draw):
     )
     if draw(st.booleans()):
         values["weight_format"] = draw(st.sampled_from(["keep", "f32", "q8_0", "q4_0", "q4_1"]))
-        values["weight_except"] = tuple(draw(st.lists(NAMES, max_size=3)))
+        values["weight_except"] = tuple(
+            draw(st.lists(st.sampled_from(model.weight_names()), max_size=3))
+        )
         names = values["weight_except"]
         excepted = f" except [{', '.join(names)}]" if names else ""
         written.append(f"quantize weights {values['weight_format']}{excepted}")
@@ -180,7 +188,7 @@ def specs(draw):
         written.append(f"batch {values['batch']}")
     phase_decls = {}
     for phase in ScheduleDecl.PHASES:
-        text, decl = draw(phases(lay, phase, model.layers, cluster.node_names))
+        text, decl = draw(phases(lay, phase, model, cluster.node_names))
         written += [text] if text else []
         phase_decls[phase] = decl
     written = draw(st.permutations(written))

@@ -74,7 +74,7 @@ def test_unknown_unit_lists_the_known_ones_and_hints_at_case():
 
 def test_a_size_must_be_a_whole_number_of_bytes():
     with pytest.raises(SpecError, match="not a whole number of bytes"):
-        units.to_bytes("0.5", "B")
+        units.to_bytes("1.5", "B")
 
 
 def test_parse_quantity_rejects_text_without_a_unit():
