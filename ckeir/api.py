@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +15,8 @@ from ckeir.backends.llvm.lower import lower_module_cached
 from ckeir.backends.reference import ReferenceEngine
 from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
-from ckeir.passes.manager import write_atomic
+from ckeir.limits import MAX_NEW_TOKENS, in_int_range
+from ckeir.outputs import check_output_dir, write_output
 from ckeir.runtime.generate import GenerationStats, generate_stream
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
@@ -53,13 +54,14 @@ class Program:
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
+        # an unwritable dump directory is refused before any work, not after it
+        self.dump_dir = check_output_dir(dump_dir, "--dump-dir") if dump_dir else None
         self._stage("reading the spec and the model file")
         t0 = time.perf_counter()
         self.job = driver.resolve(spec_path, schedule)
         self.config = self.job.config
         self.module = driver.build_ir(self.job)
         self.timings["frontend"] = time.perf_counter() - t0
-        self.dump_dir = Path(dump_dir) if dump_dir else None
         self._stage("running passes")
         self.module, self.pass_manager, self.ctx = driver.run_passes(
             self.module,
@@ -112,8 +114,8 @@ class Program:
                 self.timings[f"llvm-{k}"] = v
             if self.dump_dir is not None:
                 n = len(self.pass_manager.timings) + 1
-                write_atomic(self.dump_dir / f"{n:02d}-lower-llvm.ll", self.lowered.text)
-                write_atomic(self.dump_dir / f"{n + 1:02d}-codegen.s", self.compiled.asm())
+                write_output(self.dump_dir / f"{n:02d}-lower-llvm.ll", self.lowered.text)
+                write_output(self.dump_dir / f"{n + 1:02d}-codegen.s", self.compiled.asm())
         elif backend not in ("reference", "llvm"):
             raise CkeError(f"unknown backend '{backend}' (choose llvm or reference)")
 
@@ -188,10 +190,36 @@ class Program:
         return self._engine
 
     # -- running -----------------------------------------------------------------------------
+    def check_request(self, ids, max_new_tokens: int) -> list[int]:
+        """The prompt `ids` as a list of this model's token ids, refused before any work (no
+        weights loaded, no rank started) if one is not an integer in the vocabulary or the
+        token count is negative or absurd."""
+        if not in_int_range(max_new_tokens, 0, MAX_NEW_TOKENS):
+            raise CkeError(
+                f"max_new_tokens must be between 0 and {MAX_NEW_TOKENS}, "
+                f"not {_shown(max_new_tokens)}"
+            )
+        vocab = self.config.vocab
+        prompt = []
+        for i in ids:
+            if isinstance(i, bool) or not hasattr(i, "__index__"):
+                raise CkeError(f"token ids are integers, not {_shown(i)}")
+            i = operator.index(i)  # numpy integers too
+            if not 0 <= i < vocab:
+                raise CkeError(
+                    f"token id {_shown(i)} is not in the model's vocabulary of {vocab} tokens "
+                    f"(ids 0..{vocab - 1})"
+                )
+            prompt.append(i)
+        if not prompt:
+            raise CkeError("the prompt is empty: give at least one token id")
+        return prompt
+
     def stream(
         self, ids, max_new_tokens: int = 16, stats: GenerationStats | None = None, on_logits=None
     ):
         """Yield greedy token ids as they are generated."""
+        ids = self.check_request(ids, max_new_tokens)
         return generate_stream(
             self.engine, ids, max_new_tokens, self.config.vocab, stats, on_logits
         )
@@ -203,7 +231,8 @@ class Program:
         if self.world_size > 1 and self.transport is None:
             from ckeir.runtime.launch import run_local
 
-            return run_local(self, list(ids), max_new_tokens)["tokens"]
+            ids = self.check_request(ids, max_new_tokens)
+            return run_local(self, ids, max_new_tokens)["tokens"]
         return list(self.stream(ids, max_new_tokens))
 
     def close(self) -> None:
@@ -216,6 +245,14 @@ class Program:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _shown(value) -> str:
+    """A value for a message: huge integers by their size (their digits could not even be
+    printed past 4,300), anything else cut short."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"(a {value.bit_length()}-bit integer)"
+    return f"{value!r:.40}"
 
 
 def compile(spec_path, **options) -> Program:  # noqa: A001

@@ -12,13 +12,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import stat
 import sys
 import traceback
 from pathlib import Path
 
-from ckeir.errors import CkeError
+from ckeir import limits, outputs
+from ckeir.errors import CkeError, SourceLoc
 
 SUBCOMMANDS = ("run", "opt", "plan")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are CkeErrors: exit 1 like every user error (argparse's
+    own exit 2 is ckec's code for an internal error)."""
+
+    def error(self, message: str):
+        raise CkeError(message, hint=self.format_usage().strip())
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi] (a negative count or thread number is
+    nonsense, a huge one would size work)."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]{1,19}", text.strip(), re.ASCII):
+            raise argparse.ArgumentTypeError(f"expected an integer, not {text!r:.40}")
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {value}")
+        return value
+
+    return parse
 
 
 def _compile_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +55,9 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
         "--no-verify-each", action="store_true", help="do not run the verifier after every pass"
     )
     p.add_argument("--print-ir-after-all", action="store_true")
-    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    p.add_argument(
+        "--print-ir-after", action="append", default=[], metavar="PASS", help="PASS[,PASS...]"
+    )
     p.add_argument("--dump-dir", help="write one numbered file per pass (.mlir, then .ll, .s)")
     p.add_argument("--timing", action="store_true", help="report time per pass and per stage")
     p.add_argument(
@@ -37,26 +65,32 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
         choices=["generic", "avx2", "avx512"],
         help="narrow the host's vector ISA (default: everything the CPU has)",
     )
-    p.add_argument("--threads", type=int, help="threads per rank (default: the node's cores)")
+    p.add_argument(
+        "--threads",
+        type=_int_in(1, limits.MAX_CORES),
+        help="threads per rank (default: the node's cores)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckec", description="Compile a .cke spec to native code.")
+    p = _Parser(prog="ckec", description="Compile a .cke spec to native code.")
     _compile_args(p)
     p.add_argument("--emit", choices=["mlir", "llvm", "asm"], default="mlir")
     p.add_argument("--phase", choices=["prefill", "decode"], help="only this phase's programs")
-    p.add_argument("--rank", type=int, help="only this rank's programs")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument(
+        "--rank", type=_int_in(0, limits.MAX_NODES - 1), help="only this rank's programs"
+    )
+    p.add_argument("-o", "--output", help="write to this file instead of stdout ('-')")
     return p
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckec run", description="Generate greedily from a spec.")
+    p = _Parser(prog="ckec run", description="Generate greedily from a spec.")
     _compile_args(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ids", help="prompt token ids, comma-separated")
+    src.add_argument("--ids", help="prompt token ids, separated by commas and/or spaces")
     src.add_argument("--prompt", help="prompt text (needs a tokenizer in the model file)")
-    p.add_argument("-n", "--max-new-tokens", type=int, default=16)
+    p.add_argument("-n", "--max-new-tokens", type=_int_in(0, limits.MAX_NEW_TOKENS), default=16)
     p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
     p.add_argument("--report", help="write the run report (JSON) to this file")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) to this file")
@@ -85,11 +119,13 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _opt_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckec opt", description="Run passes over an IR file.")
+    p = _Parser(prog="ckec opt", description="Run passes over an IR file.")
     p.add_argument("input", help="IR in MLIR generic syntax ('-' for stdin)")
     p.add_argument("--pass-pipeline", required=True)
     p.add_argument("--no-verify-each", action="store_true")
-    p.add_argument("--cores", type=int, default=1, help="target cores (tile pass)")
+    p.add_argument(
+        "--cores", type=_int_in(1, limits.MAX_CORES), default=1, help="target cores (tile pass)"
+    )
     p.add_argument("--l2", default="1MiB", help="target L2 per core (tile pass)")
     p.add_argument("--l3", default="32MiB", help="target L3 (tile pass)")
     p.add_argument("--spec", help="take the cluster and schedule (place pass) from this spec")
@@ -104,22 +140,38 @@ def _opt_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_json(path: str, obj) -> None:
+def _write_json(path: str, obj, flag: str) -> None:
     """A JSON report, written whole or not at all."""
     import json
 
-    from ckeir.passes.manager import write_atomic
-
-    write_atomic(Path(path), json.dumps(obj, indent=2, default=str))
+    outputs.write_output(path, json.dumps(obj, indent=2, default=str), flag)
 
 
-def _write(text: str, output: str | None) -> None:
-    if output:
-        from ckeir.passes.manager import write_atomic
+def _check_outputs(args, flags: dict[str, str]) -> None:
+    """Refuse every output path that cannot be written before any work starts; `flags` maps
+    an argparse destination to the flag a user typed."""
+    for dest, flag in flags.items():
+        path = getattr(args, dest, None)
+        if path is not None and dest == "dump_dir":
+            outputs.check_output_dir(path, flag)
+        elif path is not None:
+            outputs.check_output(path, flag)
 
-        write_atomic(Path(output), text)
-    else:
-        sys.stdout.write(text)
+
+def _print_after(names: list[str]) -> frozenset[str]:
+    """The passes of `--print-ir-after` (each may list several, comma-separated), refused
+    when one is no pass at all: a typo would otherwise print nothing, silently."""
+    import ckeir  # noqa: F401  (registers the passes)
+    from ckeir.passes.manager import PASSES
+
+    wanted = frozenset(n.strip() for arg in names for n in arg.split(","))
+    for name in sorted(wanted):
+        if name not in PASSES:
+            raise CkeError(
+                f"--print-ir-after: unknown pass '{name}'",
+                hint="known passes: " + ", ".join(sorted(PASSES)),
+            )
+    return wanted
 
 
 def _program(args, **extra):
@@ -130,7 +182,7 @@ def _program(args, **extra):
         pipeline=args.pass_pipeline,
         verify_each=not args.no_verify_each,
         print_after_all=args.print_ir_after_all,
-        print_after=args.print_ir_after,
+        print_after=_print_after(args.print_ir_after),
         dump_dir=args.dump_dir,
         schedule=args.schedule,
         isa=args.isa,
@@ -154,6 +206,7 @@ def _timing(prog) -> None:
 
 def cmd_compile(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    _check_outputs(args, {"output": "-o", "dump_dir": "--dump-dir"})
     selected = args.phase is not None or args.rank is not None
     backend = "reference" if args.emit == "mlir" or selected else "llvm"
     prog = _program(args, backend=backend)
@@ -170,7 +223,7 @@ def cmd_compile(argv: list[str]) -> int:
 
         lowered = lower_module(module, prog.host)
         text = lowered.text if args.emit == "llvm" else compile_ir(lowered.text, prog.host).asm()
-    _write(text, args.output)
+    outputs.write_output(args.output or outputs.STDOUT, text, "-o")
     if args.timing:
         _timing(prog)
     return 0
@@ -199,18 +252,54 @@ def _select(module, phase, rank):
 
 def cmd_run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
-    ids = None
-    if args.ids is not None:
-        try:
-            ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
-        except ValueError:
-            raise CkeError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    ids = _parse_ids(args.ids) if args.ids is not None else None
+    if args.prompt is not None:
+        _check_utf8(args.prompt, "--prompt")
+    _check_outputs(args, {"report": "--report", "trace": "--trace", "dump_dir": "--dump-dir"})
     transport = _transport(args)
     try:
         return _run(args, ids, transport)
     finally:
         if transport is not None:
             transport.close()
+
+
+def _parse_ids(text: str) -> list[int]:
+    """`--ids`: token ids separated by commas and/or whitespace ("1,2,3", "1 2 3", "1, 2");
+    each a plain decimal integer within limits.MAX_TOKEN_ID (the vocabulary is checked once
+    the model is known)."""
+    fields = re.split(r"\s*,\s*|\s+", text.strip())
+    if fields == [""]:
+        raise CkeError("--ids is empty: give at least one token id")
+    ids = []
+    for field in fields:
+        if not re.fullmatch(r"[0-9]+", field, re.ASCII):
+            shown = f"{field!r:.40}" if field else "an empty field"
+            raise CkeError(
+                f"--ids: {shown} is not a token id",
+                hint="token ids are non-negative integers separated by commas or spaces",
+            )
+        if len(field) > 10 or int(field) > limits.MAX_TOKEN_ID:  # int() of 10 digits is cheap
+            shown = field if len(field) <= 40 else f"of {len(field)} digits"
+            raise CkeError(f"--ids: token id {shown} is too large (at most {limits.MAX_TOKEN_ID})")
+        ids.append(int(field))
+    return ids
+
+
+def _check_utf8(text: str, flag: str) -> None:
+    """Command-line text is decoded with surrogate escapes: an undecodable byte shows up as a
+    lone surrogate, which no tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        where = ""
+        try:
+            os.fsencode(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = f" (byte {e.object[e.start]:#04x} at offset {e.start})"
+        except UnicodeEncodeError:
+            pass
+        raise CkeError(f"{flag} is not valid UTF-8 text{where}") from None
 
 
 def _run(args, ids, transport) -> int:
@@ -221,7 +310,8 @@ def _run(args, ids, transport) -> int:
             args, backend=args.backend, on_stage=progress.stage, transport=transport, launcher=True
         )
         with prog:
-            tokenizer = prog.tokenizer
+            # only a text prompt needs the model's tokenizer: --ids runs a model without one
+            tokenizer = prog.tokenizer if args.prompt is not None else None
             if args.prompt is not None:
                 if tokenizer is None:
                     raise CkeError(
@@ -229,6 +319,7 @@ def _run(args, ids, transport) -> int:
                         "has none (give --ids)"
                     )
                 ids = tokenizer.encode(args.prompt)
+            ids = prog.check_request(ids, args.max_new_tokens)  # before any rank starts
             if prog.world_size > 1 and transport is None:
                 return _run_local_ranks(args, prog, ids, progress)
             _ = prog.engine  # loads weights and starts the threads under the progress display
@@ -355,11 +446,12 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         report["parity"] = compare(tokens, logits, ref, ref_logits)
         print(describe(report["parity"]), file=sys.stderr)
     if args.report:
-        _write_json(args.report, report)
+        _write_json(args.report, report, "--report")
     if args.trace:
         from ckeir.reports.trace import write_trace
 
-        write_trace(args.trace, {r["rank"]: r["events"] for r in result["ranks"]}, prog.rank_nodes)
+        events = {r["rank"]: r["events"] for r in result["ranks"]}
+        write_trace(args.trace, events, prog.rank_nodes, "--trace")
     return 0
 
 
@@ -374,11 +466,11 @@ def _reports(args, prog, stats) -> None:
     report = run_report(prog, stats, bandwidth=bw)
     print(summary_line(report), file=sys.stderr)
     if args.report:
-        _write_json(args.report, report)
+        _write_json(args.report, report, "--report")
     if args.trace:
         from ckeir.reports.trace import write_trace
 
-        write_trace(args.trace, {prog.rank or 0: prog.engine.events}, prog.rank_nodes)
+        write_trace(args.trace, {prog.rank or 0: prog.engine.events}, prog.rank_nodes, "--trace")
 
 
 def _summary(stats) -> str:
@@ -413,11 +505,12 @@ def _library_rss() -> int | None:
 
 
 def cmd_plan(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ckec plan", description="Show the planner's decisions.")
+    p = _Parser(prog="ckec plan", description="Show the planner's decisions.")
     p.add_argument("spec")
     p.add_argument("--schedule")
     p.add_argument("--json", help="also write the plan as JSON to this file")
     args = p.parse_args(argv)
+    _check_outputs(args, {"json": "--json"})
     from ckeir.api import Program
     from ckeir.reports.plan import plan_report, print_plan
 
@@ -425,7 +518,7 @@ def cmd_plan(argv: list[str]) -> int:
     report = plan_report(prog)
     print_plan(report)
     if args.json:
-        _write_json(args.json, report)
+        _write_json(args.json, report, "--json")
     return 0
 
 
@@ -434,13 +527,10 @@ def cmd_opt(argv: list[str]) -> int:
     import ckeir  # noqa: F401  (registers dialects)
     from ckeir.ir import parse_ir, print_ir
     from ckeir.passes import PassContext, PassManager, Target, parse_pipeline
-    from ckeir.units import parse_quantity
 
-    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    text = _read_ir(args.input)
     module = parse_ir(text, args.input)
-    target = Target(
-        cores=args.cores, l2=parse_quantity(args.l2, "size"), l3=parse_quantity(args.l3, "size")
-    )
+    target = Target(cores=args.cores, l2=_size(args.l2, "--l2"), l3=_size(args.l3, "--l3"))
     if "lower-llvm" in args.pass_pipeline:
         from ckeir.backends.llvm import lower  # noqa: F401  (registers lower-llvm)
     pm = PassManager(parse_pipeline(args.pass_pipeline), verify_each=not args.no_verify_each)
@@ -462,13 +552,69 @@ def cmd_opt(argv: list[str]) -> int:
     return 0
 
 
+def _size(text: str, flag: str) -> int:
+    from ckeir.units import parse_quantity
+
+    try:
+        return parse_quantity(text, "size")
+    except CkeError as e:
+        raise CkeError(f"{flag}: {e.message}") from None
+
+
+def _read_ir(path: str) -> str:
+    """The text `ckec opt` reads: a regular file or stdin ('-'), at most limits.MAX_IR_BYTES
+    (a device such as /dev/zero would never end), UTF-8 (a bad byte is located)."""
+    if path == "-":
+        raw = sys.stdin.buffer.read(limits.MAX_IR_BYTES + 1)
+    else:
+        raw = _read_regular_file(path)
+    if len(raw) > limits.MAX_IR_BYTES:
+        raise CkeError(f"{path}: larger than {limits.MAX_IR_BYTES} bytes, too large for IR text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - raw.rfind(b"\n", 0, e.start)
+        from ckeir.errors import IRParseError
+
+        raise IRParseError(
+            f"not UTF-8 text (byte {raw[e.start]:#04x})", loc=SourceLoc(path, line, col)
+        ) from None
+
+
+def _read_regular_file(path: str) -> bytes:
+    """At most limits.MAX_IR_BYTES + 1 bytes of a regular file; anything else is refused
+    (opened non-blocking, so a FIFO with no writer cannot hang the check)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise CkeError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            what = "a directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "not a regular file"
+            raise CkeError(f"cannot read {path}: it is {what}")
+        try:
+            return f.read(limits.MAX_IR_BYTES + 1)
+        except OSError as e:
+            raise CkeError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    stdout, sys.stdout = sys.stdout, outputs.GuardedStdout(sys.stdout)
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            return {"run": cmd_run, "opt": cmd_opt, "plan": cmd_plan}[argv[0]](argv[1:])
-        return cmd_compile(argv)
+            code = {"run": cmd_run, "opt": cmd_opt, "plan": cmd_plan}[argv[0]](argv[1:])
+        else:
+            code = cmd_compile(argv)
+        sys.stdout.flush()  # a full device fails here, while it can still be reported
+        return code
+    except BrokenPipeError:  # the reader of our output has gone (`ckec … | head -1`)
+        outputs.discard_stdout()
+        return 141  # what a shell shows for a tool ended by SIGPIPE
     except CkeError as e:
+        if isinstance(e, outputs.OutputError):
+            outputs.discard_stdout()
         print(e.format(), file=sys.stderr)
         return 1
     except FileNotFoundError as e:
@@ -485,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ckeir.errors import PassError
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.printer import print_ir
 from ckeir.ir.verifier import verify
+from ckeir.outputs import write_output as write_atomic  # one way to write an output file
 
 
 @attrs.define
@@ -132,13 +133,6 @@ class PassManager:
             )
         lines.append(f"  {total:.4f} (100.0%)  {'':15s}  Total")
         return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a reader never sees a partial output."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def funcs(module: Operation) -> list[Operation]:

@@ -45,12 +45,11 @@ def trace_events(per_rank: dict[int, list[tuple]], names: dict[int, str]) -> lis
     return out
 
 
-def write_trace(path, per_rank, names) -> None:
-    from pathlib import Path
+def write_trace(path, per_rank, names, flag: str | None = None) -> None:
+    from ckeir.outputs import write_output
 
-    from ckeir.passes.manager import write_atomic
-
-    write_atomic(
-        Path(path),
+    write_output(
+        path,
         json.dumps({"traceEvents": trace_events(per_rank, names), "displayTimeUnit": "ms"}),
+        flag,
     )
