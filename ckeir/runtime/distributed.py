@@ -210,8 +210,8 @@ class RankEngine:
     def decode(self, token, pos):
         self._steps += 1
         if self._fault is not None and self._steps == self._fault[0]:
-            if self._fault[1] == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+            if self._fault[1] in FAULT_SIGNALS:
+                os.kill(os.getpid(), FAULT_SIGNALS[self._fault[1]])
             raise RuntimeError(
                 f"fault injected on rank {self.rank} at decode step {self._steps} (CKEIR_FAULT)"
             )
@@ -224,9 +224,14 @@ class RankEngine:
         self.pool.close()
 
 
+# CKEIR_FAULT kinds that are a signal to the rank itself: killed, or stopped (as by
+# `kill -STOP` or a debugger: only a watchdog notices; once continued, it raises).
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+
+
 def injected_fault(rank: int):
-    """CKEIR_FAULT="rank=R,step=S[,kind=raise|kill]": make rank R fail at decode step S — a
-    testing aid for the fault paths (every rank must stop, naming the failed one)."""
+    """CKEIR_FAULT="rank=R,step=S[,kind=raise|kill|stop]": make rank R fail at decode step S
+    — a testing aid for the fault paths (every rank must stop, naming the failed one)."""
     spec = os.environ.get("CKEIR_FAULT")
     if not spec:
         return None

@@ -95,10 +95,17 @@ def _rank_options(program) -> dict:
 
 
 def run_local(
-    program, ids, max_new_tokens: int, prompt=None, links=None, collect_logits: bool = False
+    program,
+    ids,
+    max_new_tokens: int,
+    prompt=None,
+    links=None,
+    collect_logits: bool = False,
+    watchdog: float | None = None,
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's result with every rank's in
-    `ranks`."""
+    `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is taken for
+    stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never)."""
     from ckeir.runtime.transport.local import launch_local
 
     results = launch_local(
@@ -113,6 +120,7 @@ def run_local(
             collect_logits,
         ),
         link_model=links,
+        watchdog=watchdog,
     )
     out = dict(results[0])
     out["ranks"] = results

@@ -190,6 +190,45 @@ def test_failing_local_rank_stops_every_rank(tmp_path, kind):
     assert "rank 1" in r.stderr, r.stderr
 
 
+def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path):
+    """A rank stopped mid-decode (SIGSTOP: it answers nothing, and only SIGKILL ends it),
+    with the watchdog at 2 s: the run exits non-zero within seconds naming the rank, and
+    leaves no process and no shared-memory segment behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "transport"))
+    from reaping import adopting
+
+    path = spec(
+        tmp_path,
+        "pp",
+        """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
+    )
+    env = dict(os.environ, CKEIR_FAULT="rank=1,step=4,kind=stop", CKEIR_WATCHDOG_SECONDS="2")
+    cmd = [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"]
+    t0 = time.perf_counter()
+    with adopting() as adoption:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+        left = adoption.leftovers()
+    assert proc.returncode == 1, err
+    assert time.perf_counter() - t0 < 60
+    assert "rank 1 made no progress for 2 s (it is stopped" in err, err
+    assert "Traceback" not in err
+    assert left == []
+    assert not list(Path("/dev/shm").glob(f"ckeir-{proc.pid}-*"))
+
+
 def test_q8_0_transfers(tmp_path, single):
     """Activations crossing the pipeline as Q8_0 blocks: 34 bytes per 32 floats instead of
     128; the greedy tokens stay those of the float run."""
