@@ -8,14 +8,20 @@ Failures: under `mpiexec`, a rank that raises and exits leaves the others blocke
 forever.  An `MPITransport` therefore aborts the whole job (`COMM_WORLD.Abort`, which makes
 `mpiexec` kill every rank within about a second) when its process
 
-- ends with an unhandled exception (an `excepthook` prints the error, naming the rank, then
-  aborts), or
+- ends with an unhandled exception (an `excepthook`), or is closed while an exception
+  propagates (`close()` in a `finally`, `__exit__`): it prints the error as the CLI prints a
+  `CkeError`, naming the rank and the fault, then aborts; or
 - exits in any other way without `close()` — e.g. `sys.exit(1)` after printing an error.
 
 So a program must `close()` its transport on success (or use it as a context manager).
 Running under `python -m mpi4py` gives the same protection for exceptions raised before
 the transport exists.  A rank killed by a signal is noticed by `mpiexec` itself, which
-tears the job down.  Set `MPIEXEC_TIMEOUT` as a last backstop.
+tears the job down (with SIGKILL: a rank cannot clean up after itself).  Set
+`MPIEXEC_TIMEOUT` as a last backstop.
+
+Nothing is left behind: MPICH's shared-memory segment of the node (`/dev/shm/mpich_shm_*`,
+which an aborted or killed job would leave there) is unlinked as soon as every rank has
+mapped it, as the local transport does with its own.
 """
 
 from __future__ import annotations
@@ -66,10 +72,14 @@ class MPITransport(Transport):
         self._status = mpi.Status()
         self._closed = False
         self._prev_hook = None
-        if abort_on_error and self.size > 1:
+        self._abort_on_error = abort_on_error and self.size > 1
+        if self._abort_on_error:
             self._prev_hook = sys.excepthook
             sys.excepthook = self._excepthook
             atexit.register(self._at_exit)
+        if self.comm == mpi.COMM_WORLD and self.size > 1:
+            self.comm.Barrier()  # every rank of the node has mapped MPICH's segment
+            unlink_mpich_segments()
 
     # -- failure handling
 
@@ -86,10 +96,11 @@ class MPITransport(Transport):
             os._exit(code)
 
     def _excepthook(self, tp, value, tb) -> None:
-        text = value.message if isinstance(value, CkeError) else f"{tp.__name__}: {value}"
-        lines = traceback.format_exception(tp, value, tb)
-        print(f"ckeir: rank {self.rank} failed:\n{''.join(lines)}", file=sys.stderr, flush=True)
-        self.abort(f"aborting the job because rank {self.rank} failed: {text}")
+        print(failure_text(self.rank, value), file=sys.stderr, flush=True)
+        if os.environ.get("CKEIR_DEBUG"):
+            lines = traceback.format_exception(tp, value, tb)
+            print(f"traceback of rank {self.rank}:\n{''.join(lines)}", file=sys.stderr)
+        self.abort(f"aborting the job because rank {self.rank} failed")
 
     def _at_exit(self) -> None:
         if not self._closed:
@@ -99,15 +110,21 @@ class MPITransport(Transport):
             )
 
     def close(self) -> None:
+        """Release the transport.  Called while an exception propagates (a `finally`
+        clause), it aborts the job instead, naming this rank and the exception: the other
+        ranks may be waiting for this one."""
         if self._closed:
             return
+        failing = sys.exc_info()[1]
+        if self._abort_on_error and _is_failure(failing):
+            self._excepthook(type(failing), failing, failing.__traceback__)
         self._closed = True
         if self._prev_hook is not None and sys.excepthook == self._excepthook:
             sys.excepthook = self._prev_hook
         atexit.unregister(self._at_exit)
 
     def __exit__(self, tp, value, tb) -> None:
-        if value is not None and self._prev_hook is not None and not self._closed:
+        if self._abort_on_error and not self._closed and _is_failure(value):
             self._excepthook(tp, value, tb)
         self.close()
 
@@ -176,6 +193,64 @@ class MPITransport(Transport):
                 f" than the {msg.nbytes} bytes rank {self.rank} expects"
             )
         return TransportError(f"rank {self.rank}: {msg.describe()}: {e}")
+
+
+def failure_text(rank: int, e: BaseException) -> str:
+    """A failed rank's error as the CLI prints a CkeError, naming the rank: the CkeError
+    itself (prefixed with 'rank R: ' unless its message names the rank already), anything
+    else as 'error: rank R failed: Type: message'."""
+    if isinstance(e, CkeError):
+        named = e.message.startswith((f"rank {rank}:", f"rank {rank} "))
+        return e.format() if named else f"rank {rank}: {e.format()}"
+    text = f"{type(e).__name__}: {e}".rstrip(": ")
+    return TransportError(
+        f"rank {rank} failed: {text}", hint="set CKEIR_DEBUG=1 for its traceback"
+    ).format()
+
+
+def _is_failure(e: BaseException | None) -> bool:
+    if isinstance(e, SystemExit):
+        return e.code not in (None, 0)
+    return e is not None
+
+
+MPICH_SEGMENTS = "/dev/shm/mpich_shm_"
+
+
+def unlink_mpich_segments() -> list[str]:
+    """Unlink the MPICH shared-memory segments this process maps (its job's, by
+    construction), once every local rank has mapped them: the memory stays until the last
+    rank unmaps it, and an aborted or killed job leaves no file behind.  Returns the
+    paths unlinked."""
+    gone = []
+    for path in _mapped(MPICH_SEGMENTS):
+        try:
+            os.unlink(path)
+            gone.append(path)
+        except FileNotFoundError:  # another rank of the node was first
+            pass
+        except OSError:  # not ours to remove: leave it to MPICH
+            pass
+    return gone
+
+
+def _mapped(prefix: str) -> set[str]:
+    """Paths starting with `prefix` that this process maps (and are not yet unlinked)."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:  # not Linux
+        return set()
+    paths = set()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if (
+            len(fields) == 6
+            and fields[5].startswith(prefix)
+            and not fields[5].endswith(" (deleted)")
+        ):
+            paths.add(fields[5])
+    return paths
 
 
 def _due(m: Message) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from reaping import adopting
 
 HERE = Path(__file__).parent
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
@@ -35,32 +36,53 @@ class MPIRun:
     output: str  # stdout + stderr
     seconds: float
     results: dict[int, object]  # rank -> what its program returned
+    leftovers: list[str]  # processes of the job still alive after mpiexec returned
+    leaked: list[str]  # MPICH segments the job left in /dev/shm
+
+
+def mpiexec(argv: list[str], env: dict, timeout: float = 90) -> MPIRun:
+    """`mpiexec ARGV` as this process's child, with MPIEXEC_TIMEOUT as a backstop (a hang
+    fails the test, never the suite).  This process adopts what the job leaves behind (a
+    Hydra proxy that mpiexec did not wait for, ranks), so nothing stays "defunct", and
+    reports what was still alive and which MPICH segments the job left."""
+    before = _mpich_segments()
+    full_env = {**os.environ, "MPIEXEC_TIMEOUT": "60", **env}
+    with adopting() as adoption:
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [str(MPIEXEC), *argv], capture_output=True, text=True, timeout=timeout, env=full_env
+            )
+        finally:
+            left = adoption.leftovers()
+    leaked = _unmapped(_mpich_segments() - before)
+    for p in leaked:  # the machine stays clean; the test sees them in `leaked`
+        p.unlink(missing_ok=True)
+    output = proc.stdout + proc.stderr
+    return MPIRun(
+        proc.returncode, output, time.monotonic() - t0, {}, left, sorted(map(str, leaked))
+    )
 
 
 def run_mpi(n: int, program: str, *args: object, env: dict | None = None) -> MPIRun:
-    """`mpiexec -n N python -m mpi4py transport_programs.py PROGRAM ARGS...` with
-    MPIEXEC_TIMEOUT as a backstop (a hang fails the test, never the suite).  Each rank
+    """`mpiexec -n N python -m mpi4py transport_programs.py PROGRAM ARGS...`.  Each rank
     writes what its program returned to a file of a fresh folder."""
     out = Path(tempfile.mkdtemp(prefix="ckeir-mpi-"))
-    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "mpi4py"]
-    cmd += [str(HERE / "transport_programs.py"), program, *(json.dumps(a) for a in args)]
+    argv = ["-n", str(n), sys.executable, "-m", "mpi4py"]
+    argv += [str(HERE / "transport_programs.py"), program, *(json.dumps(a) for a in args)]
     root = str(HERE.parents[2])
-    full_env = {**os.environ, "MPIEXEC_TIMEOUT": "60", "CKEIR_TEST_OUT": str(out), **(env or {})}
+    full_env = {"CKEIR_TEST_OUT": str(out), **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    before = _mpich_segments()
-    t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=full_env)
-        seconds = time.monotonic() - t0
+        run = mpiexec(argv, full_env)
         results = {int(f.stem): json.loads(f.read_text()) for f in out.glob("*.json")}
     finally:
         shutil.rmtree(out, ignore_errors=True)
-        _remove_leaked(_mpich_segments() - before)
-    return MPIRun(proc.returncode, proc.stdout + proc.stderr, seconds, results)
+    return attrs.evolve(run, results=results)
 
 
-# MPICH leaves its shared-memory segment (~2.4 MB of RAM in /dev/shm) behind when a job is
-# aborted or a rank is killed: remove the ones this run created that no process maps.
+# MPICH leaves its shared-memory segment (~2 MB of RAM in /dev/shm) behind when a job is
+# aborted or a rank is killed, unless the ranks unlink it once mapped (MPITransport does).
 
 SHM = Path("/dev/shm")
 
@@ -69,10 +91,9 @@ def _mpich_segments() -> set[Path]:
     return set(SHM.glob("mpich_shm_*")) if SHM.is_dir() else set()
 
 
-def _remove_leaked(new: set[Path]) -> None:
-    for _ in range(20):  # killed ranks may take a moment to go away after mpiexec returns
-        if not new:
-            return
+def _unmapped(new: set[Path]) -> set[Path]:
+    """The segments of `new` that no process maps (killed ranks may take a moment to go)."""
+    for _ in range(20):
         mapped = set()
         for maps in Path("/proc").glob("[0-9]*/maps"):
             try:
@@ -80,7 +101,7 @@ def _remove_leaked(new: set[Path]) -> None:
             except OSError:  # the process is gone, or not ours to read
                 continue
             mapped.update(p for p in new if str(p) in text)
-        for p in new - mapped:
-            p.unlink(missing_ok=True)
-        new = mapped
+        if not mapped:
+            break
         time.sleep(0.1)
+    return {p for p in new - mapped if p.exists()}

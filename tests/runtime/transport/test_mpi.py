@@ -51,13 +51,31 @@ def test_events_and_stats():
     assert results[0]["stats"]["peers"]["1"]["bytes_sent"] == 128
 
 
+def nothing_left(run) -> None:
+    """No process of the job alive after mpiexec returned, no MPICH segment in /dev/shm."""
+    assert run.leftovers == [], run.output
+    assert run.leaked == [], run.output
+
+
 @pytest.mark.parametrize("n", RANKS)
 def test_raising_rank_aborts_the_job(n):
     run = run_mpi(n, "raise")
     assert run.returncode != 0
     assert run.seconds < 10
-    assert "ckeir: rank 1 failed:" in run.output
-    assert "ValueError: boom from rank 1" in run.output
+    assert "error: rank 1 failed: ValueError: boom from rank 1" in run.output
+    nothing_left(run)
+
+
+def test_rank_closing_while_it_raises_aborts_naming_it():
+    """close() in a `finally` (as `ckec run` does) while an error propagates: the rank and
+    its error are printed the way the CLI prints a CkeError, then the job is aborted."""
+    run = run_mpi(2, "raise_closing")
+    assert run.returncode != 0
+    assert run.seconds < 10
+    assert "error: rank 1 failed: ValueError: boom from rank 1" in run.output
+    assert "ckeir: rank 1: aborting the job because rank 1 failed" in run.output
+    assert "Traceback" not in run.output
+    nothing_left(run)
 
 
 def test_exit_without_close_aborts_the_job():
@@ -65,12 +83,18 @@ def test_exit_without_close_aborts_the_job():
     assert run.returncode != 0
     assert run.seconds < 10
     assert "ckeir: rank 1: exited without closing its transport" in run.output
+    nothing_left(run)
 
 
 def test_killed_rank_ends_the_job():
     run = run_mpi(3, "kill")
     assert run.returncode != 0
     assert run.seconds < 10
+    nothing_left(run)
+
+
+def test_a_finished_job_leaves_nothing():
+    nothing_left(run_mpi(2, "p2p"))
 
 
 def test_size_mismatch():

@@ -109,6 +109,15 @@ def prog_raise(t) -> None:
     t.recv(np.empty(4, np.float32), 1, tag=3)
 
 
+def prog_raise_closing(t) -> None:
+    """`prog_raise`, with the transport closed in a `finally` (as `ckec run` does) while
+    rank 1's error propagates."""
+    try:
+        prog_raise(t)
+    finally:
+        t.close()
+
+
 def prog_kill(t) -> None:
     """Rank 1 is SIGKILLed while it waits in a receive that rank 0 never satisfies; rank 0
     waits for rank 1, rank 2 (if any) in an allreduce."""
