@@ -7,12 +7,17 @@ Errors are `IRParseError`s located at `file:line:col`.
 
 from __future__ import annotations
 
+import bisect
 import re
+from contextlib import contextmanager
 
 from ckeir.errors import IRParseError, SourceLoc
 from ckeir.ir import attributes as A
 from ckeir.ir import types as T
 from ckeir.ir.core import Block, Operation, Region, Value
+from ckeir.limits import MAX_BYTES, MAX_IR_DEPTH
+
+MAX_INT_WIDTH = 1024  # bits of an integer type (MLIR allows more; nothing here needs them)
 
 _WS = re.compile(r"(\s|//[^\n]*)*")
 _VALUE = re.compile(r"%([A-Za-z0-9_$.\-]+)(?::(\d+))?")
@@ -37,15 +42,24 @@ class _Placeholder(Value):
 class Parser:
     def __init__(self, text: str, filename: str = "<ir>"):
         self.text, self.file, self.pos = text, filename, 0
+        self.depth = 0
+        self.line_starts: list[int] | None = None
         self.scopes: list[dict[str, Value]] = [{}]
         self.forward: list[dict[str, _Placeholder]] = [{}]
 
     # -- low-level scanning -----------------------------------------------------------------
     def error(self, message: str, pos: int | None = None) -> IRParseError:
-        pos = self.pos if pos is None else pos
-        line = self.text.count("\n", 0, pos) + 1
-        col = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
-        return IRParseError(message, SourceLoc.in_text(self.file, self.text, line, col))
+        return IRParseError(message, self.loc(self.pos if pos is None else pos))
+
+    def loc(self, pos: int) -> SourceLoc:
+        """file:line:col of `pos` (every op records one: found by bisection over the line
+        starts, so that parsing stays linear in the text)."""
+        if self.line_starts is None:
+            self.line_starts = [0, *(m.end() for m in re.finditer("\n", self.text))]
+        line = bisect.bisect_right(self.line_starts, pos)
+        start = self.line_starts[line - 1]
+        end = self.text.find("\n", start)
+        return SourceLoc(self.file, line, pos - start + 1, _clip(self.text, start, end))
 
     def ws(self) -> None:
         self.pos = _WS.match(self.text, self.pos).end()
@@ -76,6 +90,18 @@ class Parser:
         if m:
             self.pos = m.end()
         return m
+
+    @contextmanager
+    def nested(self, what: str):
+        """One level of nesting (a region, an attribute or type inside another): bounded, so
+        that hostile text ends in an error naming where, not in Python's recursion limit."""
+        if self.depth >= MAX_IR_DEPTH:
+            raise self.error(f"{what} nested more than {MAX_IR_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def string(self) -> str:
         m = self.match(_STRING)
@@ -131,7 +157,8 @@ class Parser:
         if self.peek("(") and not self.peek("()"):
             self.expect("(")
             while True:
-                regions.append(self.region())
+                with self.nested("regions"):
+                    regions.append(self.region())
                 if not self.accept(","):
                     break
             self.expect(")")
@@ -155,7 +182,7 @@ class Parser:
             )
         operands = [self.resolve(u, t) for u, t in zip(uses, ftype.inputs, strict=True)]
         op = Operation(name, operands, ftype.results, attributes, regions, props)
-        op.loc = self.error("", op_pos).loc
+        op.loc = self.loc(op_pos)
         k = 0
         for rname, count, at in results:
             if count == 1:
@@ -274,6 +301,10 @@ class Parser:
         return entries
 
     def attribute(self) -> A.Attribute:
+        with self.nested("attributes"):
+            return self._attribute()
+
+    def _attribute(self) -> A.Attribute:
         self.ws()
         at = self.pos
         if self.accept("true"):
@@ -287,19 +318,20 @@ class Parser:
         if self.peek("@"):
             return self.symbol_ref()
         if self.accept("array<"):
+            elt_at = self.here()
             elt = self.type()
+            if not isinstance(elt, T.IntegerType):
+                raise self.error("only integer dense arrays are supported", elt_at)
             vals = []
             if self.accept(":"):
                 while True:
                     m = self.match(_INT)
                     if not m:
                         raise self.error("expected an integer")
-                    vals.append(int(m.group(0)))
+                    vals.append(self.integer_attr(m.group(0), elt, m.start()).value)
                     if not self.accept(","):
                         break
             self.expect(">")
-            if not isinstance(elt, T.IntegerType):
-                raise self.error("only integer dense arrays are supported", at)
             return A.DenseArrayAttr(tuple(vals), elt)
         if self.accept("["):
             items = []
@@ -319,14 +351,14 @@ class Parser:
                 if bits >> t.width:
                     raise self.error(f"hexadecimal float constant out of range for {t}", at)
                 return A.FloatAttr(A.float_from_bits(bits, t), t)
-            return self.integer_attr(bits, t, at)
+            return self.integer_attr(m.group(0), t, at)
         if m := self.match(_FLOAT):
             return self.float_attr(float(m.group(0)), self.number_type(T.f64), at)
         if m := self.match(_INT):
             t = self.number_type(T.i64)
             if isinstance(t, T.FloatType):
                 return self.float_attr(float(m.group(0)), t, at)
-            return self.integer_attr(int(m.group(0)), t, at)
+            return self.integer_attr(m.group(0), t, at)
         try:
             return A.TypeAttr(self.type())
         except IRParseError:
@@ -335,9 +367,16 @@ class Parser:
     def number_type(self, default: T.Type) -> T.Type:
         return self.type() if self.accept(":") else default
 
-    def integer_attr(self, v: int, t: T.Type, at: int) -> A.IntegerAttr:
+    def integer_attr(self, literal: str, t: T.Type, at: int) -> A.IntegerAttr:
+        """A decimal or 0x literal that fits `t`, read signed or unsigned as MLIR does."""
         if not isinstance(t, (T.IntegerType, T.IndexType)):
             raise self.error(f"an integer literal cannot have type {t}", at)
+        width = t.width if isinstance(t, T.IntegerType) else 64
+        digits = len(literal.lstrip("-").removeprefix("0x").lstrip("0"))
+        base = 16 if "0x" in literal else 10
+        v = int(literal, base) if digits <= MAX_INT_WIDTH // 3 else None  # 2**w < 10**(w/3)
+        if v is None or not -(1 << (width - 1)) <= v < (1 << width):
+            raise self.error(f"integer literal out of range for {t}", at)
         return A.IntegerAttr(v, t)
 
     def float_attr(self, v: float, t: T.Type, at: int) -> A.FloatAttr:
@@ -365,6 +404,10 @@ class Parser:
 
     # -- types ------------------------------------------------------------------------------
     def type(self) -> T.Type:
+        with self.nested("types"):
+            return self._type()
+
+    def _type(self) -> T.Type:
         self.ws()
         at = self.pos
         if self.accept("("):
@@ -383,7 +426,7 @@ class Parser:
             if self.accept(kw):
                 dims = []
                 while m := _DIM.match(self.text, self.pos):
-                    dims.append(None if m.group(1) == "?" else int(m.group(1)))
+                    dims.append(None if m.group(1) == "?" else self.dim(m.group(1)))
                     self.pos = m.end()
                 elt = self.type()
                 self.expect(">")
@@ -399,9 +442,20 @@ class Parser:
             if word == "index":
                 return T.index
             if word.startswith("i"):
-                return T.IntegerType(int(word[1:]))
+                return self.integer_type(word, at)
             return T.FloatType(word)
         raise self.error("expected a type", at)
+
+    def integer_type(self, word: str, at: int) -> T.IntegerType:
+        if len(word) > 5 or not 1 <= int(word[1:]) <= MAX_INT_WIDTH:
+            raise self.error(f"integer type {word[:12]} is not i1 to i{MAX_INT_WIDTH}", at)
+        return T.IntegerType(int(word[1:]))
+
+    def dim(self, digits: str) -> int:
+        # A size beyond any memory would only overflow the byte counts computed from it.
+        if len(digits) > 19 or int(digits) > MAX_BYTES:
+            raise self.error(f"dimension {digits[:20]} is larger than {MAX_BYTES}")
+        return int(digits)
 
     def type_list(self, close: str) -> list[T.Type]:
         out = []
@@ -413,6 +467,13 @@ class Parser:
                 break
         self.expect(close)
         return out
+
+
+def _clip(text: str, start: int, end: int, width: int = 4096) -> str | None:
+    """The line shown under an error: whole if short; a very long line (hostile or
+    minified IR) is not worth printing, and the caret needs the real column."""
+    end = len(text) if end < 0 else end
+    return text[start:end] if end - start <= width else None
 
 
 def _unescape(s: str) -> str:
