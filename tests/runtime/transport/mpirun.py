@@ -38,6 +38,7 @@ class MPIRun:
     results: dict[int, object]  # rank -> what its program returned
     leftovers: list[str]  # processes of the job still alive after mpiexec returned
     leaked: list[str]  # MPICH segments the job left in /dev/shm
+    stdout: str = ""
 
 
 def mpiexec(argv: list[str], env: dict, timeout: float = 90) -> MPIRun:
@@ -59,8 +60,9 @@ def mpiexec(argv: list[str], env: dict, timeout: float = 90) -> MPIRun:
     for p in leaked:  # the machine stays clean; the test sees them in `leaked`
         p.unlink(missing_ok=True)
     output = proc.stdout + proc.stderr
+    leaked_names = sorted(map(str, leaked))
     return MPIRun(
-        proc.returncode, output, time.monotonic() - t0, {}, left, sorted(map(str, leaked))
+        proc.returncode, output, time.monotonic() - t0, {}, left, leaked_names, proc.stdout
     )
 
 
