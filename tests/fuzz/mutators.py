@@ -1,0 +1,1049 @@
+"""Hostile inputs for ckec: mutated specs, mutated IR texts and damaged model files.
+
+Each maker takes a `random.Random` and returns a `Case` (the ckec command line and the files
+it reads); the same seed gives the same cases.  Seeds come from the repository: specs/*.cke,
+the spec texts in the tests, the IR that `ckec` prints for the specs after each pass, the
+inputs of tests/filecheck/, and small GGUF / safetensors files written as the tests write them.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import io
+import json
+import os
+import random
+import re
+import struct
+from pathlib import Path
+
+from .harness import CASE_DIR, Case, GiB, MiB
+
+REPO = Path(__file__).resolve().parents[2]
+
+# ---- values that break things -----------------------------------------------------------------
+
+# numbers a spec can write (the grammar's NUMBER), then some it cannot
+EXTREME_NUMBERS = (
+    "0",
+    "1",
+    "00",
+    "3",
+    "0.5",
+    "4096",
+    "4097",
+    "1000000",
+    "2147483648",
+    "4294967296",
+    "9223372036854775807",
+    "18446744073709551616",
+    "1" + "0" * 5000,  # more digits than int() accepts by default (4,300)
+    "1e400",
+    "1e-400",
+    "1e999999999",
+    "1e-999999999",
+    "1e30",
+    "1e-30",
+    "0e0",
+    "1.5e3",
+)
+MALFORMED_NUMBERS = ("-1", "nan", "inf", "-0", "2**31", "0x10", "1_000")
+EXTREME_INTS = (
+    "0",
+    "-1",
+    "1",
+    "3",
+    "2147483648",
+    "4294967296",
+    str(1 << 40),
+    str(1 << 62),
+    str((1 << 63) - 1),
+    str(1 << 63),
+    str(10**30),
+    "-9223372036854775808",
+)
+EXTREME_FLOATS = ("0.0", "-1.0", "1.0e+30", "1.0e-30", "nan", "inf", "-inf", "1.0e400", "5e-324")
+
+
+# ---- the environment a case directory offers ----------------------------------------------------
+
+
+class Environment:
+    """What every case directory holds besides the case's own files: the specs' imports and
+    odd things to import or read (a FIFO, a directory, a symlink loop, a file too big,
+    bytes that are not UTF-8, a file that imports itself)."""
+
+    ODD = (
+        "/dev/zero",
+        "/dev/urandom",
+        "/dev/null",
+        "/dev/stdin",
+        "/proc/self/status",
+        "/",
+        "",
+        "odd/fifo",
+        "odd/dir",
+        "odd/loop_a",
+        "odd/big.cke",
+        "odd/latin1.cke",
+        "odd/self.cke",
+        "odd/cycle_a.cke",
+        "odd/unreadable.cke",
+        "odd/missing.cke",
+        "case.cke",  # the case's own spec
+        "odd/nul\x00path.cke",
+        "odd/nul\\0path.cke",
+        "odd/" + "x" * 5000,
+    )
+
+    def __init__(self):
+        self.files = {
+            "common/pair.cke": (REPO / "specs/common/pair.cke").read_bytes(),
+            "Inputs/pair.cke": (REPO / "tests/filecheck/Inputs/pair.cke").read_bytes(),
+            "odd/big.cke": b"# padding\n" * ((2 * MiB) // 10),
+            "odd/latin1.cke": b"# caf\xe9 \xff\xfe\nmodel \xe9 { }\n",
+            "odd/self.cke": b'import "self.cke"\n',
+            "odd/cycle_a.cke": b'import "cycle_b.cke"\n',
+            "odd/cycle_b.cke": b'import "cycle_a.cke"\n',
+            "odd/unreadable.cke": b"model u { }\n",
+        }
+
+    def __call__(self, path: Path) -> None:
+        for name, data in self.files.items():
+            target = path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        odd = path / "odd"
+        os.mkfifo(odd / "fifo")
+        (odd / "dir").mkdir()
+        os.symlink("loop_b", odd / "loop_a")
+        os.symlink("loop_a", odd / "loop_b")
+        os.symlink(".", odd / "here")
+        os.chmod(odd / "unreadable.cke", 0)
+
+
+# ---- specs --------------------------------------------------------------------------------------
+
+_SPEC_TOKEN = re.compile(
+    r'(?P<space>[ \t\r\f]+|#[^\n]*)|(?P<nl>\n)|(?P<string>"(?:[^"\\\n]|\\.)*")'
+    r"|(?P<number>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)|(?P<name>[A-Za-z_]\w*(?:/s)?)"
+    r"|(?P<punct>\.\.|<->|\S)"
+)
+SPEC_NAMES = (
+    "model cluster schedule import node link like cores dram dram_bw l2 l3 bw latency run on "
+    "quantize weights transfers activations except phase prefill decode auto stage layers "
+    "batch family llama gemma3 vocab hidden heads kv_heads ffn context norm_eps rope_theta "
+    "tie_embeddings rope_style interleaved halves random gguf safetensors package file seed "
+    "keep f32 q8_0 q4_0 q4_1 true false token_embd output n0 n1 n2 nonexistent GiB B/s us "
+    "Gbit/s"
+).split()
+# (block, setting): a setting with a hostile value, stated in a block of that kind
+SPEC_SETTINGS = (
+    ("model", "layers 2147483648"),
+    ("model", "layers 1000000"),
+    ("model", "layers 9223372036854775807"),
+    ("model", "layers 0"),
+    ("model", "norm_eps 1e30"),
+    ("model", "norm_eps 1e400"),
+    ("model", "norm_eps 0"),
+    ("model", "norm_eps 1e-400"),
+    ("model", "rope_theta 1e400"),
+    ("model", "rope_theta 0"),
+    ("model", "rope_theta 0.5"),
+    ("model", "context 0"),
+    ("model", "context 100000000"),
+    ("model", "kv_heads 0"),
+    ("model", "kv_heads 3"),
+    ("model", "heads 3"),
+    ("model", "heads 1000000"),
+    ("model", "hidden 131073"),
+    ("model", "hidden 1"),
+    ("model", "vocab 16777217"),
+    ("model", "vocab 1"),
+    ("model", "ffn 1"),
+    ("model", "family gemma3"),
+    ("model", "family nonesuch"),
+    ("model", "tie_embeddings true"),
+    ("model", "rope_style interleaved"),
+    ("model", 'weights gguf("/dev/zero")'),
+    ("model", 'weights gguf("odd/fifo")'),
+    ("model", 'weights safetensors("odd/dir")'),
+    ("model", 'weights gguf("odd/loop_a")'),
+    ("model", 'weights gguf("odd/latin1.cke")'),
+    ("model", 'weights gguf("odd/nul\x00path.gguf")'),
+    ("model", 'weights gguf(package = "nonexistent_pkg", file = "x.gguf")'),
+    ("model", 'weights gguf(package = "os", file = "../../../../dev/zero")'),
+    ("model", "weights random(seed = 99999999999999999999999)"),
+    ("node", "dram 1e999999999GiB"),
+    ("node", "dram 0B"),
+    ("node", "dram_bw 1e-400GB/s"),
+    ("node", "dram_bw 1e30GB/s"),
+    ("node", "dram_bw 0B/s"),
+    ("node", "cores 0"),
+    ("node", "cores 1000000000"),
+    ("node", "l2 0B"),
+    ("node", "l3 1e400GiB"),
+    ("node", "like nonexistent"),
+    ("link", "bw 1e400Gbit/s"),
+    ("link", "bw 0B/s"),
+    ("link", "latency 1e30s"),
+    ("link", "latency 0s"),
+    ("cluster", "node nx { like nx }"),
+    ("cluster", "node n9 { like n0; dram_bw 1e30GB/s }"),
+    ("cluster", "node n9 { like n0; cores 1000 }"),
+    ("cluster", "link n0 <-> n0 { bw 1B/s; latency 0s }"),
+    ("cluster", "link n0 <-> nonexistent { bw 1GB/s; latency 1us }"),
+    ("schedule", "phase decode { auto }"),
+    ("schedule", "phase prefill { auto }"),
+    ("schedule", "phase decode { stage n0 layers 4..9223372036854775807 }"),
+    ("schedule", "phase decode { stage n0 layers 0..2147483647 }"),
+    ("schedule", "phase decode { stage n0 layers 3..0 }"),
+    ("schedule", "phase prefill { stage [n0, n0, n0] layers 0..3 }"),
+    ("schedule", "phase decode { stage [n0, n1] layers 0..1; stage [n0, n1] layers 2..3 }"),
+    ("schedule", "phase decode { auto; stage n0 layers 0..3 }"),
+    ("schedule", "batch 1000000000000000000000000000000"),
+    ("schedule", "batch 0"),
+    ("schedule", "batch 5000"),
+    ("schedule", "quantize weights q8_0 except [nonexistent]"),
+    ("schedule", "quantize weights q4_1 except [token_embd, token_embd]"),
+    ("schedule", "quantize transfers q8_0"),
+    ("schedule", "quantize activations f32"),
+    ("schedule", "run nonexistent on nonexistent"),
+    ("top", "model m2 { }"),
+    ("top", "schedule s2 { }"),
+    ("top", "cluster c2 { }"),
+    ("top", "cluster c3 { node n0 { cores 1 } }"),
+)
+_BLOCK_OPEN = re.compile(r"\b(model|cluster|schedule|node|link)\b[^{}\n]*\{")
+
+
+def spec_seeds() -> list[tuple[str, str]]:
+    """(name, text) of every spec in specs/ and every spec-like text in the tests."""
+    seeds = [
+        (str(p.relative_to(REPO)), p.read_text())
+        for p in sorted((REPO / "specs").rglob("*.cke"))
+        if "smollm2" not in p.name  # package weights: a 98 MB model per case
+    ]
+    seeds.append(
+        ("tests/filecheck/Inputs/pair.cke", (REPO / "tests/filecheck/Inputs/pair.cke").read_text())
+    )
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if "fuzz" in path.parts:
+            continue
+        for i, text in enumerate(_spec_strings(path)):
+            if _whole_spec(text):
+                seeds.append((f"{path.relative_to(REPO)}#{i}", text))
+    return seeds
+
+
+def _whole_spec(text: str) -> bool:
+    """A text that is a spec on its own: it parses and imports nothing (the tests' imports
+    are not in a case's directory)."""
+    from ckeir.errors import CkeError
+    from ckeir.frontend import parse_spec
+
+    try:
+        parse_spec(text, "seed.cke")
+    except CkeError:
+        return False
+    return "import" not in text
+
+
+def _spec_strings(path: Path) -> list[str]:
+    """String constants in a test file that look like spec text."""
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            s = node.value
+            if all(
+                re.search(rf"\b{word}\b[^{{}}]*{{", s) for word in ("model", "cluster", "schedule")
+            ):
+                out.append(s)
+    return out
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    return [(m.lastgroup, m.group()) for m in _SPEC_TOKEN.finditer(text)]
+
+
+def _solid(tokens) -> list[int]:
+    return [i for i, (kind, _) in enumerate(tokens) if kind not in ("space", "nl")]
+
+
+def _mutate_lines(rng: random.Random, text: str) -> tuple[str, str]:
+    lines = text.splitlines(keepends=True) or [""]
+    i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+    op = rng.choice(("delete", "duplicate", "swap"))
+    if op == "delete":
+        del lines[i]
+    elif op == "duplicate":
+        lines.insert(j, lines[i])
+    else:
+        lines[i], lines[j] = lines[j], lines[i]
+    return "".join(lines), f"{op}-line"
+
+
+def _mutate_token(rng: random.Random, text: str) -> tuple[str, str]:
+    tokens = _tokens(text)
+    solid = _solid(tokens)
+    if not solid:
+        return _set_setting(rng, text)
+    i, j = rng.choice(solid), rng.choice(solid)
+    op = rng.choice(("delete", "duplicate", "swap"))
+    if op == "delete":
+        tokens[i] = ("space", "")
+    elif op == "duplicate":
+        tokens[i] = (tokens[i][0], tokens[i][1] + " " + tokens[i][1])
+    else:
+        tokens[i], tokens[j] = tokens[j], tokens[i]
+    return "".join(t for _, t in tokens), f"{op}-token"
+
+
+def _replace_kind(rng: random.Random, text: str, kind: str, values) -> tuple[str, str]:
+    tokens = _tokens(text)
+    where = [i for i, (k, _) in enumerate(tokens) if k == kind]
+    if not where:
+        return _mutate_token(rng, text)
+    i = rng.choice(where)
+    new = rng.choice(values)
+    tokens[i] = (kind, new)
+    return "".join(t for _, t in tokens), f"{kind}={new[:24]}"
+
+
+def _replace_number(rng, text):
+    pool = EXTREME_NUMBERS if rng.random() < 0.9 else MALFORMED_NUMBERS
+    return _replace_kind(rng, text, "number", pool)
+
+
+def _small_number(rng, text):
+    """A plausible value where another stood: specs that still compile reach the passes."""
+    return _replace_kind(rng, text, "number", ("1", "2", "3", "4", "6", "8", "16", "64", "96"))
+
+
+def _replace_name(rng, text):
+    """Another name of the same text (a node for a node, a model for a cluster), or now and
+    then a keyword."""
+    names = sorted({t for k, t in _tokens(text) if k == "name"})
+    if rng.random() < 0.2 or not names:
+        names = list(SPEC_NAMES)
+    return _replace_kind(rng, text, "name", names)
+
+
+def _set_setting(rng: random.Random, text: str) -> tuple[str, str]:
+    """State a hostile setting in a block of its kind: in place of the same key where the
+    block has it (a key stated twice is refused before its value is looked at), else first."""
+    block, setting = rng.choice(SPEC_SETTINGS)
+    if block == "top":
+        return _insert_top(rng, text, setting)
+    key = setting.split()[0] if block != "schedule" else " ".join(setting.split()[:2])
+    opens = [m for m in _BLOCK_OPEN.finditer(text) if m[1] == block]
+    if not opens:
+        return _replace_number(rng, text)
+    m = rng.choice(opens)
+    body_end = _block_end(text, m.end())
+    stated = _find_setting(text, key, m.end(), body_end)
+    if stated is not None:
+        start, end = stated
+        return text[:start] + setting + text[end:], f"{block}: {setting[:40]}"
+    return text[: m.end()] + "\n" + setting + "\n" + text[m.end() :], f"{block}+ {setting[:40]}"
+
+
+def _block_end(text: str, start: int) -> int:
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return len(text)
+
+
+def _find_setting(text: str, key: str, start: int, end: int) -> tuple[int, int] | None:
+    """Where `key …` is stated between `start` and `end`, up to its `;`, newline or the
+    block's end (a phase's whole `{ … }` for a phase)."""
+    pattern = re.compile(rf"(?<![\w.]){re.escape(key)}\b")
+    m = pattern.search(text, start, end)
+    if m is None:
+        return None
+    if key.startswith("phase"):
+        brace = text.find("{", m.end(), end)
+        return (m.start(), _block_end(text, brace + 1) + 1) if brace >= 0 else None
+    stop = min([p for p in (text.find(c, m.end(), end) for c in ";\n}") if p >= 0] or [end])
+    return m.start(), stop
+
+
+def _insert_top(rng: random.Random, text: str, line: str) -> tuple[str, str]:
+    """A line between two top-level declarations (or first or last)."""
+    tops = [0, len(text)] + [m.start() for m in re.finditer(r"^(?=\S)", text, re.M)]
+    at = rng.choice(tops)
+    return text[:at] + line + "\n" + text[at:], f"top: {line[:40]!r}"
+
+
+def _insert_import(rng, text):
+    path = rng.choice(Environment.ODD)
+    return _insert_top(rng, text, f'import "{path}"')
+
+
+def _huge_range(rng: random.Random, text: str) -> tuple[str, str]:
+    """A stage's layer range (`stage n0 layers 0..3`) made huge, empty or reversed."""
+    ranges = list(re.finditer(r"(?<=layers)\s+\d+(\s*\.\.\s*\d+)?(?=\s*[;\n}])", text))
+    ranges = [m for m in ranges if "stage" in text[text.rfind("\n", 0, m.start()) : m.start()]]
+    if not ranges:
+        return _set_setting(rng, text)
+    m = rng.choice(ranges)
+    hi = rng.choice(("9223372036854775807", "2147483647", "1000000", str(10**40), "4096"))
+    lo = rng.choice(("0", "4", hi))
+    new = f" {lo}..{hi}"
+    return text[: m.start()] + new + text[m.end() :], f"layers{new}"
+
+
+# (weight, mutation): most keep the text parseable, so that the checks behind the parser
+# see hostile values; a few break the syntax
+SPEC_MUTATIONS = (
+    (6, _set_setting),
+    (5, _replace_number),
+    (3, _small_number),
+    (2, _huge_range),
+    (2, _insert_import),
+    (2, _replace_name),
+    (1, _mutate_lines),
+    (1, _mutate_token),
+)
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    """Flip, insert or cut bytes."""
+    if not data:
+        return bytes([rng.randrange(256)]), "byte"
+    op = rng.choice(("flip", "insert", "truncate", "nul"))
+    i = rng.randrange(len(data))
+    if op == "flip":
+        return data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1 :], "flip"
+    if op == "insert":
+        return data[:i] + rng.randbytes(rng.randrange(1, 8)) + data[i:], "insert-bytes"
+    if op == "nul":
+        return data[:i] + b"\x00" + data[i:], "nul"
+    return data[:i], f"truncate@{i}"
+
+
+SPEC_ACTIONS = (
+    (60, ("{spec}", "--emit=mlir")),
+    (20, ("plan", "{spec}")),
+    (5, ("{spec}", "--emit=mlir", "--print-ir-after", "place")),
+    (8, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference")),
+    (2, ("{spec}", "--emit=llvm")),
+    (2, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/dir")),
+    (2, ("{spec}", "--emit=mlir", "--print-ir-after=nonesuch")),
+    (1, ("run", "{spec}", "--ids", "1 2 3", "-n", "-1", "--backend", "reference")),
+    (1, ("run", "{spec}", "--ids", str(2**70), "--backend", "reference")),
+    (1, ("run", "{spec}", "--prompt", "caf\udce9", "-n", "1", "--backend", "reference")),
+)
+
+
+def _weighted(rng: random.Random, table):
+    return rng.choices([v for _, v in table], weights=[w for w, _ in table])[0]
+
+
+def spec_case(rng: random.Random, seeds) -> Case:
+    name, text = rng.choice(seeds)
+    steps = []
+    for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
+        text, step = _weighted(rng, SPEC_MUTATIONS)(rng, text)
+        steps.append(step)
+    data = text.encode("utf-8", "surrogateescape")
+    if rng.random() < 0.1:
+        data, step = mutate_bytes(rng, data)
+        steps.append(step)
+    action = _weighted(rng, SPEC_ACTIONS)
+    spec = CASE_DIR + "/case.cke"
+    argv = tuple(a.replace("{spec}", spec) for a in action)
+    return Case(
+        "spec", f"{name}: {', '.join(steps)} | {' '.join(action[:2])}", argv, {"case.cke": data}
+    )
+
+
+# ---- IR texts -----------------------------------------------------------------------------------
+
+PIPELINE = ("shape-infer", "quantize", "place", "insert-collectives", "tile", "plan-memory")
+PASSES = (*PIPELINE, "lower-llvm")
+IR_SPECS = ("specs/tiny.cke", "specs/odd.cke", "specs/hybrid.cke", "specs/mha.cke")
+
+
+@functools.cache
+def ir_seeds() -> tuple[tuple[str, str, int, str], ...]:
+    """(name, IR text, passes already run, spec path) for each of IR_SPECS after each prefix
+    of the default pipeline, and each tests/filecheck input."""
+    seeds = []
+    for spec in IR_SPECS:
+        seeds.append((f"{spec}@frontend", _frontend_ir(REPO / spec), 0, spec))
+        for k in range(1, len(PIPELINE) + 1):
+            text = _ckec_stdout(
+                [str(REPO / spec), "--emit=mlir", "--pass-pipeline", ",".join(PIPELINE[:k])]
+            )
+            seeds.append((f"{spec}@{PIPELINE[k - 1]}", text, k, spec))
+    for path in sorted((REPO / "tests/filecheck").glob("*.mlir")):
+        text = "".join(
+            ln for ln in path.read_text().splitlines(keepends=True) if not ln.startswith("//")
+        )
+        ran = PIPELINE.index(path.stem) if path.stem in PIPELINE else len(PIPELINE)
+        seeds.append((str(path.relative_to(REPO)), text, ran, "tests/filecheck/Inputs/pair.cke"))
+    return tuple(seeds)
+
+
+def _frontend_ir(spec: Path) -> str:
+    from ckeir import driver
+    from ckeir.ir import print_ir
+
+    return print_ir(driver.build_ir(driver.resolve(spec, None)))
+
+
+def _ckec_stdout(argv: list[str]) -> str:
+    from ckeir import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = cli.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"ckec {' '.join(argv)} failed ({rc}): cannot make an IR seed")
+    return out.getvalue()
+
+
+_IR_INT = re.compile(r"(?<![\w.%#])-?\d+(?= : i\d+)")
+_IR_ARRAY = re.compile(r"array<i64: ([-\d, ]*)>")
+_IR_FLOAT = re.compile(r"-?\d\.\d+e[+-]\d+(?= : f\d+)")
+_IR_DIMS = re.compile(r"(?<=<)(\d+x)+(?=[a-z!])")
+_IR_ELEMENT = re.compile(r"\b(f32|f16|i32|i64|!cke\.q8_0|!cke\.q4_0|!cke\.q4_1)\b")
+_IR_VALUE = re.compile(r"%(arg)?\d+")
+_IR_STRING = re.compile(r'(?<== )"[^"]*"')
+_IR_ATTR = re.compile(r"\b\w+ = [^,}]+(, )?")
+
+
+def _sub_one(rng: random.Random, pattern: re.Pattern, text: str, make) -> tuple[str, bool]:
+    found = list(pattern.finditer(text))
+    if not found:
+        return text, False
+    m = rng.choice(found)
+    return text[: m.start()] + make(m) + text[m.end() :], True
+
+
+def _ir_int(rng, text):
+    return _sub_one(rng, _IR_INT, text, lambda m: rng.choice(EXTREME_INTS)), "int"
+
+
+def _ir_array(rng, text):
+    def make(m):
+        items = [s for s in m[1].split(", ") if s]
+        if items and rng.random() < 0.7:
+            items[rng.randrange(len(items))] = rng.choice(EXTREME_INTS)
+        elif rng.random() < 0.5:
+            items = items[:-1]
+        else:
+            items = items + [rng.choice(EXTREME_INTS)]
+        return f"array<i64: {', '.join(items)}>"
+
+    return _sub_one(rng, _IR_ARRAY, text, make), "array"
+
+
+def _ir_float(rng, text):
+    return _sub_one(rng, _IR_FLOAT, text, lambda m: rng.choice(EXTREME_FLOATS)), "float"
+
+
+def _ir_dims(rng, text):
+    def make(m):
+        dims = m.group().rstrip("x").split("x")
+        op = rng.randrange(3)
+        if op == 0:
+            dims[rng.randrange(len(dims))] = rng.choice(("0", "1", str(1 << 40), "3", "?"))
+        elif op == 1 and len(dims) > 1:
+            dims.pop(rng.randrange(len(dims)))
+        else:
+            dims.insert(rng.randrange(len(dims) + 1), rng.choice(("1", "2", str(1 << 31))))
+        return "x".join(dims) + "x"
+
+    return _sub_one(rng, _IR_DIMS, text, make), "dims"
+
+
+def _ir_element(rng, text):
+    choices = ("f32", "f16", "i32", "i64", "!cke.q8_0", "!cke.q4_0", "!cke.q4_1", "!cke.bogus")
+    return _sub_one(rng, _IR_ELEMENT, text, lambda m: rng.choice(choices)), "element-type"
+
+
+def _ir_value(rng, text):
+    choices = ("%0", "%1", "%arg0", "%arg9", "%99999", "%5")
+    return _sub_one(rng, _IR_VALUE, text, lambda m: rng.choice(choices)), "ssa"
+
+
+def _ir_string(rng, text):
+    choices = (
+        '"partial"',
+        '"vocab"',
+        '"bogus"',
+        '""',
+        '"decode"',
+        '"prefill"',
+        '"token_embd"',
+        '"blk.0.attn_q.weight"',
+        '"\\00"',
+        '"' + "x" * 3000 + '"',
+    )
+    return _sub_one(rng, _IR_STRING, text, lambda m: rng.choice(choices)), "string"
+
+
+def _ir_drop_attr(rng, text):
+    return _sub_one(rng, _IR_ATTR, text, lambda m: ""), "drop-attr"
+
+
+def _ir_lines(rng, text):
+    lines = text.splitlines(keepends=True)
+    body = [i for i, ln in enumerate(lines) if ln.lstrip().startswith(("%", '"'))]
+    if not body:
+        return (text, False), "lines"
+    i, j = rng.choice(body), rng.choice(body)
+    op = rng.choice(("delete", "duplicate", "swap"))
+    if op == "delete":
+        del lines[i]
+    elif op == "duplicate":
+        lines.insert(j, lines[i])
+    else:
+        lines[i], lines[j] = lines[j], lines[i]
+    return ("".join(lines), True), f"{op}-op"
+
+
+def _ir_nest(rng, text):
+    depth = rng.choice((50, 200, 1000, 5000, 20000))
+    inner = '"cke.return"() : () -> ()'
+    nested = inner
+    for _ in range(depth):
+        nested = '"test.op"() ({\n' + nested + "\n}) : () -> ()"
+    lines = text.splitlines(keepends=True)
+    at = rng.randrange(1, max(2, len(lines)))
+    lines.insert(at, nested + "\n")
+    return ("".join(lines), True), f"nest{depth}"
+
+
+def _ir_bytes(rng, text):
+    data, step = mutate_bytes(rng, text.encode())
+    return (data.decode("utf-8", "surrogateescape"), True), step
+
+
+IR_MUTATIONS = (
+    _ir_int,
+    _ir_int,
+    _ir_array,
+    _ir_array,
+    _ir_float,
+    _ir_dims,
+    _ir_element,
+    _ir_value,
+    _ir_string,
+    _ir_drop_attr,
+    _ir_lines,
+    _ir_lines,
+    _ir_nest,
+    _ir_bytes,
+)
+
+
+def _ir_pipeline(rng: random.Random, ran: int, small: bool) -> tuple[str, bool]:
+    """The passes to run over an IR that has been through `ran` passes: the rest of the
+    default pipeline, one pass, one pass twice, or lowering (for small programs)."""
+    rest = PIPELINE[ran:]
+    choice = rng.random()
+    if small and ran == len(PIPELINE) and choice < 0.25:
+        return "lower-llvm", True
+    if rest and choice < 0.55:
+        return ",".join(rest), False
+    if choice < 0.75:
+        p = rng.choice(PIPELINE)
+        return f"{p},{p}", False
+    return rng.choice(PIPELINE), False
+
+
+def ir_case(rng: random.Random, seeds) -> Case:
+    name, text, ran, spec = rng.choice(seeds)
+    steps = []
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        (text, _), step = rng.choice(IR_MUTATIONS)(rng, text)
+        steps.append(step)
+    pipeline, lower = _ir_pipeline(rng, ran, small=len(text) < 40_000)
+    argv = [
+        "opt",
+        CASE_DIR + "/in.mlir",
+        "--pass-pipeline",
+        pipeline,
+        "--spec",
+        CASE_DIR + "/spec.cke",
+    ]
+    if lower:
+        argv.append("--emit=llvm")
+    files = {
+        "in.mlir": text.encode("utf-8", "surrogateescape"),
+        "spec.cke": (REPO / spec).read_bytes(),
+    }
+    return Case("ir", f"{name}: {', '.join(steps)} | {pipeline}", tuple(argv), files)
+
+
+# ---- damaged model files ------------------------------------------------------------------------
+
+FILE_SPEC = """model m {{ family llama; weights {fmt}("{file}"){extra} }}
+cluster c {{ node n0 {{ cores 1; dram 8GiB; dram_bw 10GB/s; l2 1MiB; l3 32MiB }} }}
+schedule s {{ run m on c; quantize weights keep }}
+"""
+FILE_ACTIONS = (
+    (50, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference")),
+    (15, ("run", "{spec}", "--prompt", "hi", "-n", "2", "--backend", "reference")),
+    (25, ("{spec}", "--emit=mlir")),
+    (10, ("plan", "{spec}")),
+)
+FILE_MEMORY = 1 * GiB  # address space above the worker's, on top of 2x the file size
+
+
+@functools.cache
+def _ggufgen():
+    """tests/runtime/ggufgen.py, the tests' small-GGUF writer (loaded by path: it lives in a
+    directory that is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ggufgen", REPO / "tests/runtime/ggufgen.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def gguf_seeds() -> tuple[tuple[str, bytes], ...]:
+    """Small valid GGUF files written by the tests' writer: Q8_0, F32, without a tokenizer."""
+    import tempfile
+
+    gen = _ggufgen()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw in (
+            ("q8_0", {}),
+            ("f32", {"fmt": "f32"}),
+            ("no-tokenizer", {"tokenizer": False}),
+        ):
+            path = Path(tmp) / f"{name}.gguf"
+            gen.write_gguf(path, **kw)
+            out.append((name, path.read_bytes()))
+    return tuple(out)
+
+
+@functools.cache
+def safetensors_seed() -> bytes:
+    from safetensors.numpy import save
+
+    from ckeir.runtime.weights import random_weights
+
+    gen = _ggufgen()
+    return save({_hf_name(k): v for k, v in random_weights(gen.CFG, 1).items()})
+
+
+SAFETENSORS_SIZES = "; vocab 256; hidden 64; layers 2; heads 4; kv_heads 2; ffn 128; context 64"
+
+
+def _hf_name(name: str) -> str:
+    fixed = {
+        "token_embd.weight": "model.embed_tokens.weight",
+        "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight",
+    }
+    if name in fixed:
+        return fixed[name]
+    layer = {
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    _, i, kind, _ = name.split(".")
+    return f"model.layers.{i}.{layer[kind]}.weight"
+
+
+# GGUF value types (gguf.GGUFValueType) and their struct codes.
+GGUF_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+GGUF_STRING, GGUF_ARRAY = 8, 9
+
+
+def gguf_value(vtype: int, value) -> bytes:
+    """A GGUF metadata value of type `vtype` (no type tag)."""
+    if vtype == GGUF_STRING:
+        data = value if isinstance(value, bytes) else str(value).encode()
+        return struct.pack("<Q", len(data)) + data
+    if vtype == GGUF_ARRAY:
+        etype, items = value
+        return struct.pack("<IQ", etype, len(items)) + b"".join(gguf_value(etype, v) for v in items)
+    return struct.pack("<" + GGUF_SCALARS[vtype], value)
+
+
+def gguf_kv(key: str, vtype: int, value) -> bytes:
+    return gguf_value(GGUF_STRING, key) + struct.pack("<I", vtype) + gguf_value(vtype, value)
+
+
+def gguf_header(kvs: list[bytes], n_tensors: int = 0, n_kv: int | None = None) -> bytes:
+    """The start of a GGUF v3 file: magic, version, counts, then the metadata entries."""
+    n_kv = len(kvs) if n_kv is None else n_kv
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + b"".join(kvs)
+
+
+def _base_kvs(**override) -> dict[str, tuple[int, object]]:
+    kv = {
+        "general.architecture": (GGUF_STRING, "llama"),
+        "llama.block_count": (4, 2),
+        "llama.context_length": (4, 64),
+        "llama.embedding_length": (4, 64),
+        "llama.feed_forward_length": (4, 128),
+        "llama.attention.head_count": (4, 4),
+        "llama.attention.head_count_kv": (4, 2),
+        "llama.attention.layer_norm_rms_epsilon": (6, 1e-5),
+        "llama.rope.freq_base": (6, 10000.0),
+        "llama.vocab_size": (4, 256),
+    }
+    kv.update(override)
+    return kv
+
+
+WRONG_METADATA = (
+    ("llama.embedding_length", (GGUF_STRING, "64")),
+    ("llama.attention.head_count", (GGUF_ARRAY, (4, [4, 4]))),
+    ("llama.block_count", (4, 10**6)),
+    ("llama.block_count", (10, 1 << 40)),
+    ("llama.block_count", (5, -1)),
+    ("llama.block_count", (4, 0)),
+    ("llama.embedding_length", (4, 0)),
+    ("llama.embedding_length", (4, 1 << 31)),
+    ("llama.context_length", (10, 1 << 62)),
+    ("llama.vocab_size", (4, 0xFFFFFFFF)),
+    ("llama.attention.head_count", (4, 0)),
+    ("llama.attention.head_count_kv", (4, 3)),
+    ("llama.attention.layer_norm_rms_epsilon", (6, float("nan"))),
+    ("llama.attention.layer_norm_rms_epsilon", (6, float("inf"))),
+    ("llama.attention.layer_norm_rms_epsilon", (6, -1.0)),
+    ("llama.rope.freq_base", (6, 0.0)),
+    ("llama.rope.freq_base", (6, float("nan"))),
+    ("llama.rope.freq_base", (12, 1e300)),
+    ("general.architecture", (GGUF_STRING, "gemma3")),
+    ("general.architecture", (GGUF_STRING, b"\xff\xfe")),
+    ("general.architecture", (4, 7)),
+    ("tokenizer.ggml.tokens", (GGUF_ARRAY, (4, [1, 2, 3]))),
+    ("tokenizer.ggml.tokens", (GGUF_STRING, "abc")),
+    ("tokenizer.ggml.tokens", (GGUF_ARRAY, (GGUF_STRING, []))),
+    ("tokenizer.ggml.merges", (GGUF_ARRAY, (4, [1]))),
+    ("tokenizer.ggml.model", (GGUF_STRING, "nonesuch")),
+    ("tokenizer.ggml.model", (4, 1)),
+    ("tokenizer.ggml.bos_token_id", (4, 1 << 31)),
+    ("tokenizer.ggml.eos_token_id", (5, -5)),
+    ("tokenizer.chat_template", (GGUF_STRING, "{% for %}")),
+)
+
+
+def _as_path(data: bytes):
+    import tempfile
+
+    f = tempfile.NamedTemporaryFile(suffix=".gguf", delete=False)  # noqa: SIM115
+    f.write(data)
+    f.close()
+    return f.name
+
+
+def _gguf_wrong_metadata(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    key, (vtype, value) = rng.choice(WRONG_METADATA)
+    path = _as_path(data)
+    try:
+        return _retag_file(path, data, key, vtype, value), f"{key}={_short(value)}"
+    finally:
+        os.unlink(path)
+
+
+def _retag_file(path: str, data: bytes, key: str, vtype: int, value) -> bytes:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path, "r")
+    fields = list(reader.fields.values())
+    field = reader.fields.get(key)
+    entry = gguf_kv(key, vtype, value)
+    if field is not None:
+        start = int(field.offset)
+        end = start + sum(int(p.nbytes) for p in field.parts)
+        return data[:start] + entry + data[end:]
+    last = fields[-1]
+    end = int(last.offset) + sum(int(p.nbytes) for p in last.parts)
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    data = data[:16] + struct.pack("<Q", n_kv + 1) + data[24:]
+    return data[:end] + entry + data[end:]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 30 else text[:27] + "..."
+
+
+def _gguf_truncate(rng, data):
+    cut = rng.randrange(len(data))
+    return data[:cut], f"truncate@{cut}"
+
+
+def _gguf_header_truncate(rng, data):
+    cut = rng.randrange(min(len(data), 4096))
+    return data[:cut], f"truncate-header@{cut}"
+
+
+def _gguf_flip(rng, data):
+    flips = []
+    buf = bytearray(data)
+    for _ in range(rng.choice((1, 1, 2, 8))):
+        i = rng.randrange(min(len(buf), 4096) if rng.random() < 0.7 else len(buf))
+        buf[i] ^= 1 << rng.randrange(8)
+        flips.append(i)
+    return bytes(buf), f"flip@{','.join(map(str, flips))}"
+
+
+def _gguf_count(rng, data):
+    """A huge tensor or metadata count in the file header."""
+    field = rng.choice((8, 16))
+    value = rng.choice((1 << 40, (1 << 64) - 1, 1 << 20, 1 << 32))
+    return data[:field] + struct.pack("<Q", value) + data[field + 8 :], f"count@{field}={value}"
+
+
+def _gguf_huge_array(rng, data):
+    """A header whose last key is an ARRAY<UINT8> claiming 2**40 entries, then nothing."""
+    kvs = [gguf_kv(k, t, v) for k, (t, v) in _base_kvs().items()]
+    claim = rng.choice((1 << 40, 1 << 32, (1 << 63) - 1))
+    last = gguf_value(GGUF_STRING, "tokenizer.ggml.token_type") + struct.pack(
+        "<IIQ", GGUF_ARRAY, 0, claim
+    )
+    return gguf_header([*kvs, last]) + rng.randbytes(
+        rng.choice((0, 16, 4096))
+    ), f"array-uint8x{claim}"
+
+
+def _gguf_huge_string(rng, data):
+    kvs = [gguf_kv(k, t, v) for k, (t, v) in _base_kvs().items()]
+    claim = rng.choice((1 << 40, (1 << 64) - 1, 1 << 31))
+    last = gguf_value(GGUF_STRING, "general.name") + struct.pack("<IQ", GGUF_STRING, claim) + b"abc"
+    return gguf_header([*kvs, last]), f"string-len{claim}"
+
+
+def _gguf_tensor_info(rng, data):
+    """Metadata only, then one tensor whose dims, type or offset are hostile."""
+    kvs = [gguf_kv(k, t, v) for k, (t, v) in _base_kvs().items()]
+    n_dims = rng.choice((1, 2, 4, 5, 1 << 20))
+    dims = [rng.choice((1, 64, 1 << 40, 0, (1 << 63) - 1)) for _ in range(min(n_dims, 4))]
+    ttype = rng.choice((0, 8, 30, 1000))
+    offset = rng.choice((0, 32, 1 << 50, 3))
+    info = (
+        gguf_value(GGUF_STRING, "token_embd.weight")
+        + struct.pack("<I", n_dims)
+        + b"".join(struct.pack("<Q", d) for d in dims)
+        + struct.pack("<IQ", ttype, offset)
+    )
+    body = gguf_header(kvs, n_tensors=1) + info
+    body += b"\x00" * (-len(body) % 32) + rng.randbytes(256)
+    return body, f"tensor dims={dims} type={ttype} offset={offset}"
+
+
+GGUF_DAMAGE = (
+    _gguf_wrong_metadata,
+    _gguf_wrong_metadata,
+    _gguf_wrong_metadata,
+    _gguf_truncate,
+    _gguf_header_truncate,
+    _gguf_flip,
+    _gguf_flip,
+    _gguf_count,
+    _gguf_huge_array,
+    _gguf_huge_string,
+    _gguf_tensor_info,
+)
+
+
+def _safetensors_damage(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    (n,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8 : 8 + n])
+    rest = data[8 + n :]
+    op = rng.randrange(7)
+    if op == 0:
+        return struct.pack("<Q", rng.choice((1 << 40, len(data), (1 << 64) - 1))) + data[
+            8:
+        ], "header-length"
+    if op == 1:
+        return data[: rng.randrange(len(data))], "truncate"
+    name = rng.choice([k for k in header if k != "__metadata__"])
+    t = header[name]
+    if op == 2:
+        t["data_offsets"] = [rng.choice((0, 10, 1 << 40)), rng.choice((0, 1 << 62, len(rest) + 1))]
+    elif op == 3:
+        t["shape"] = rng.choice(([1 << 40, 1 << 40], [], [-1, 64], [0], [3, 3, 3, 3, 3]))
+    elif op == 4:
+        t["dtype"] = rng.choice(("F64", "I8", "BOOL", "Q4", "", 7))
+    elif op == 5:
+        header[name] = rng.choice(([], "x", None, {"dtype": "F32"}))
+    else:
+        raw = json.dumps(header).encode()
+        raw, step = mutate_bytes(rng, raw)
+        return struct.pack("<Q", len(raw)) + raw + rest, f"header-{step}"
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + rest, f"header-op{op} {name}"
+
+
+def file_case(rng: random.Random) -> Case:
+    if rng.random() < 0.2:
+        data, step = _safetensors_damage(rng, safetensors_seed())
+        spec = FILE_SPEC.format(fmt="safetensors", file="m.safetensors", extra=SAFETENSORS_SIZES)
+        name, files = f"safetensors: {step}", {"m.safetensors": data}
+    else:
+        seed_name, data = rng.choice(gguf_seeds())
+        data, step = rng.choice(GGUF_DAMAGE)(rng, data)
+        if rng.random() < 0.15:
+            data, extra = _gguf_flip(rng, data)
+            step += f", {extra}"
+        spec = FILE_SPEC.format(fmt="gguf", file="m.gguf", extra="")
+        name, files = f"gguf {seed_name}: {step}", {"m.gguf": data}
+    action = _weighted(rng, FILE_ACTIONS)
+    argv = tuple(a.replace("{spec}", CASE_DIR + "/m.cke") for a in action)
+    files["m.cke"] = spec.encode()
+    size = max(len(d) for d in files.values())
+    return Case(
+        "file", f"{name} | {' '.join(action[:2])}", argv, files, memory=2 * size + FILE_MEMORY
+    )
+
+
+# ---- all together -------------------------------------------------------------------------------
+
+KINDS = ("spec", "ir", "file")
+
+
+def cases(kind: str, count: int, seed: int):
+    """`count` cases of one kind, the same for the same seed."""
+    rng = random.Random(f"{kind}:{seed}")
+    if kind == "spec":
+        seeds = spec_seeds()
+        return [spec_case(rng, seeds) for _ in range(count)]
+    if kind == "ir":
+        seeds = ir_seeds()
+        return [ir_case(rng, seeds) for _ in range(count)]
+    if kind == "file":
+        return [file_case(rng) for _ in range(count)]
+    raise ValueError(f"unknown fuzz kind {kind!r}")

@@ -1,0 +1,252 @@
+"""The long fuzzing run: hostile specs, IR texts and model files through ckec, with a table.
+
+    python -m tests.fuzz.run_fuzz --specs 10000 --ir 10000 --files 1000 [--seed 0] [--workers 2]
+    python -m tests.fuzz.run_fuzz --replay OUT/failures/ir-00042/case.json
+
+Run from the repository root.  Every case runs ckec's own entry point (`ckeir.cli.main`) in a
+forked worker, bounded in time (`--timeout`, the parent kills the worker) and address space
+(4 GiB for a spec or IR case, 2x the file size + 1 GiB for a model file).  The same `--seed`
+gives the same cases.  The table counts, per kind: tried, clean (a result or a CkeError),
+internal error, hang, crash (the worker died by a signal), oom; then each distinct internal
+error (exception type + innermost frame) with its count and one example, and the peak memory a
+damaged model file cost against its size.  Each case that was not clean is saved under
+`--out` (default: a new temporary directory) with its files, its command line and a one-line
+summary (`summary.txt` lists them all); `--replay` runs one again and prints what happened.
+
+The kinds (tests/fuzz/mutators.py):
+    specs  specs/*.cke and the tests' spec texts with lines and tokens deleted, duplicated or
+           swapped, numbers replaced by extreme values (0, -1, 2**31, 2**63-1, 5,000 digits,
+           1e400, nan, 1e-400), names by other names, imports of odd paths (/dev/zero,
+           /dev/urandom, a FIFO, a directory, a symlink loop, a NUL byte, itself), huge layer
+           ranges, damaged bytes; run as `ckec SPEC --emit=mlir`, `ckec plan`, `ckec run`
+           (reference backend) and a few misused command lines
+    ir     the IR `ckec` prints for specs/{tiny,odd,hybrid,mha}.cke after each pass and the
+           tests/filecheck inputs, with attributes (values, huge ints, floats, strings),
+           types and shapes changed, ops deleted or duplicated, SSA broken, deep nesting;
+           run through `ckec opt` with the rest of the pipeline, one pass, one pass twice, or
+           lower-llvm for small programs
+    files  small GGUF files written by tests/runtime/ggufgen.py, then damaged: metadata of the
+           wrong type or value, huge counts, truncations, bit flips, a last key ARRAY<UINT8>
+           claiming 2**40 entries, hostile tensor infos; and safetensors headers; run as
+           `ckec run` (reference backend), `ckec SPEC --emit=mlir` and `ckec plan`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .harness import VERDICTS, Case, Outcome, Pool
+from .mutators import KINDS, Environment, cases
+
+KIND_FLAGS = {"spec": "specs", "ir": "ir", "file": "files"}
+
+
+def run(
+    counts: dict[str, int],
+    *,
+    seed: int,
+    workers: int,
+    out: Path,
+    timeout: float | None = None,
+    progress=None,
+) -> list[Outcome]:
+    """Every case of every kind, in order; failing cases saved under `out`."""
+    outcomes: list[Outcome] = []
+    with Pool(out / "workers", Environment(), workers) as pool:
+        for kind in KINDS:
+            todo = cases(kind, counts.get(kind, 0), seed)
+            if timeout is not None:
+                todo = [_with_timeout(c, timeout) for c in todo]
+            done: dict[int, Outcome] = {}
+            for index, outcome in pool.run(todo):
+                done[index] = outcome
+                if outcome.verdict != "clean":
+                    save_case(out, index, outcome)
+                if progress:
+                    progress(kind, len(done), len(todo), outcome)
+            outcomes.extend(done[i] for i in sorted(done))
+    return outcomes
+
+
+def _with_timeout(case: Case, timeout: float) -> Case:
+    import attrs
+
+    return attrs.evolve(case, timeout=timeout)
+
+
+def save_case(out: Path, index: int, outcome: Outcome) -> Path:
+    """The case's files, its command line (`case.json`) and a line in `summary.txt`."""
+    case = outcome.case
+    where = out / "failures" / f"{case.kind}-{index:05d}"
+    where.mkdir(parents=True, exist_ok=True)
+    for name, data in case.files.items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(data)
+    record = {
+        "kind": case.kind,
+        "name": case.name,
+        "argv": list(case.argv),
+        "files": sorted(case.files),
+        "memory": case.memory,
+        "timeout": case.timeout,
+        "verdict": outcome.verdict,
+        "signature": outcome.signature,
+        "error": outcome.error,
+        "frame": outcome.frame,
+        "detail": outcome.detail,
+    }
+    (where / "case.json").write_text(json.dumps(record, indent=2))
+    with open(out / "summary.txt", "a") as f:
+        f.write(f"{where / 'case.json'}: {outcome.summary()}\n")
+    return where
+
+
+def load_case(path: Path) -> Case:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "case.json"
+    record = json.loads(path.read_text())
+    files = {name: (path.parent / name).read_bytes() for name in record["files"]}
+    return Case(
+        record["kind"],
+        record["name"],
+        tuple(record["argv"]),
+        files,
+        memory=record["memory"],
+        timeout=record["timeout"],
+    )
+
+
+def replay(path: Path, out: Path) -> Outcome:
+    case = load_case(path)
+    with Pool(out / "workers", Environment(), 1) as pool:
+        [(_, outcome)] = list(pool.run([case]))
+    return outcome
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+
+def counts_table(outcomes: list[Outcome]) -> dict[str, Counter]:
+    by_kind: dict[str, Counter] = {k: Counter() for k in KINDS}
+    for o in outcomes:
+        by_kind[o.case.kind][o.verdict] += 1
+    return by_kind
+
+
+def signatures(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
+    """Each distinct failure (internal error, crash) and the cases that showed it, the most
+    frequent first."""
+    groups: dict[str, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        if o.verdict in ("internal", "crash", "hang", "oom"):
+            key = (
+                o.signature
+                if o.verdict in ("internal", "crash")
+                else f"{o.verdict} [{o.case.kind}]"
+            )
+            groups[key].append(o)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def file_memory(outcomes: list[Outcome]) -> list[tuple[int, int, Outcome]]:
+    """(file size, peak bytes, outcome) for each damaged model file, worst excess first."""
+    rows = []
+    for o in outcomes:
+        if o.case.kind == "file" and o.peak is not None:
+            size = max(len(d) for d in o.case.files.values())
+            rows.append((size, o.peak, o))
+    return sorted(rows, key=lambda r: -(r[1] - 2 * r[0]))
+
+
+def _example(o: Outcome) -> str:
+    return f"{o.case.name[:110]} | {o.error[:140]}"
+
+
+def print_report(outcomes: list[Outcome], seconds: float, out: Path, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=f"ckec fuzzing: {len(outcomes)} cases in {seconds:.0f} s")
+    t.add_column("kind")
+    t.add_column("tried", justify="right")
+    for v in VERDICTS:
+        t.add_column({"internal": "internal error"}.get(v, v), justify="right")
+    for kind, c in counts_table(outcomes).items():
+        t.add_row(kind, str(sum(c.values())), *(str(c[v]) for v in VERDICTS))
+    console.print(t)
+    groups = signatures(outcomes)
+    if groups:
+        s = Table(title="distinct failures (type + innermost frame)", show_lines=True)
+        s.add_column("count", justify="right")
+        s.add_column("signature")
+        s.add_column("example")
+        for key, group in groups.items():
+            s.add_row(str(len(group)), key, _example(group[0]))
+        console.print(s)
+    rows = file_memory(outcomes)
+    if rows:
+        m = Table(title="peak memory of a damaged model file (worst 5 of " + str(len(rows)) + ")")
+        m.add_column("file bytes", justify="right")
+        m.add_column("peak bytes", justify="right")
+        m.add_column("peak / size", justify="right")
+        m.add_column("case")
+        for size, peak, o in rows[:5]:
+            m.add_row(f"{size:,}", f"{peak:,}", f"{peak / max(size, 1):.2f}", o.case.name[:80])
+        console.print(m)
+    console.print(f"failing cases saved under {out} (summary.txt)")
+
+
+def _progress(kind: str, done: int, total: int, outcome: Outcome) -> None:
+    if outcome.verdict != "clean":
+        print(f"  {kind} {done}/{total}: {outcome.summary()[:200]}", file=sys.stderr, flush=True)
+    elif done % 500 == 0:
+        print(f"  {kind} {done}/{total}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tests.fuzz.run_fuzz", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--specs", type=int, default=1000, help="mutated specs (default 1000)")
+    p.add_argument("--ir", type=int, default=1000, help="mutated IR texts (default 1000)")
+    p.add_argument("--files", type=int, default=200, help="damaged model files (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--timeout", type=float, help="seconds per case before it is a hang (default 15)"
+    )
+    p.add_argument("--out", type=Path, help="where failing cases go (default: a new temporary dir)")
+    p.add_argument("--replay", type=Path, metavar="CASE_JSON", help="run one saved case again")
+    args = p.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="ckeir-fuzz-"))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        o = replay(args.replay, out)
+        print(o.summary())
+        if o.detail:
+            print(o.detail)
+        return 0 if o.verdict == "clean" else 1
+    counts = {"spec": args.specs, "ir": args.ir, "file": args.files}
+    t0 = time.monotonic()
+    outcomes = run(
+        counts,
+        seed=args.seed,
+        workers=args.workers,
+        out=out,
+        timeout=args.timeout,
+        progress=_progress,
+    )
+    print_report(outcomes, time.monotonic() - t0, out)
+    return 0 if all(o.verdict in ("clean", "oom") for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
