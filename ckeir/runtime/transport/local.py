@@ -5,12 +5,12 @@ as every rank has mapped it), starts `n` processes, gives each a `LocalTransport
 `target(transport, *args)` in each and returns the results in rank order.
 
 The segment holds a header (the world's `failed` word), one block per rank (doorbell,
-state, pid, what it is blocked in, why it failed) and one channel per ordered pair of
-ranks (see `shm_native`).  A send copies into the channel's next slot and publishes it with
-one native call; a receive spins briefly on the channel, then sleeps on its doorbell in
-intervals of `POLL_S`, checking between naps that its peers are alive.
+state, pid, heartbeat, what it is blocked in, why it failed) and one channel per ordered
+pair of ranks (see `shm_native`).  A send copies into the channel's next slot and
+publishes it with one native call; a receive spins briefly on the channel, then sleeps on
+its doorbell in intervals of `POLL_S`, checking between naps that its peers are alive.
 
-Faults end the run on every rank within milliseconds, never hang it:
+Faults end the run on every rank (most within milliseconds), never hang it:
 
 - a rank whose target raises records why in its block, marks the world failed and rings
   every doorbell: blocked ranks wake and raise a `TransportError` naming it;
@@ -18,9 +18,15 @@ Faults end the run on every rank within milliseconds, never hang it:
   a waiting peer (its pid is gone or a zombie), which records "rank r was killed by SIGKILL
   during recv from rank p (tag t)" and fails the world the same way;
 - a rank that returned while a peer still waits for it fails that peer's operation;
+- a rank that stops (SIGSTOP, a debugger, a frozen cgroup) stops its heartbeat: the
+  launcher's watchdog kills it after `watchdog` seconds (default 30) and fails the world
+  with "rank r made no progress for 30 s (it is stopped …)";
 - ranks still computing `grace` seconds after a failure are killed by the launcher, which
   raises a `TransportError` naming the rank that failed first, its error and traceback,
-  and what every other rank was doing; a `timeout` fails the world the same way.
+  and what every other rank was doing; a `timeout` fails the world the same way;
+- a launcher that dies takes its ranks with it (the kernel SIGKILLs them: PR_SET_PDEATHSIG).
+
+Every kill is a SIGKILL: a stopped process ignores every other signal.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ GRACE_S = 2.0  # after a failure, ranks still running this long are killed
 WATCHDOG_S = 30.0  # a rank whose heartbeat stands still this long is taken for stopped
 WATCHDOG_ENV = "CKEIR_WATCHDOG_SECONDS"  # overrides WATCHDOG_S; 0 turns the watchdog off
 BEATS_PER_WATCHDOG = 20  # heartbeats per watchdog period (at most one a second)
+MIN_BEAT_S = 0.01  # ... and at most 100 a second, however short the period
 
 # ---- the segment layout -------------------------------------------------------------------------
 
@@ -831,7 +838,7 @@ def launch_local(
     it.  Every rank dies with the launcher (SIGKILL, even when stopped), and the segment is
     unlinked once every rank has mapped it: nothing is left behind."""
     period = watchdog_seconds(watchdog)
-    beat_s = None if period is None else min(1.0, period / BEATS_PER_WATCHDOG)
+    beat_s = None if period is None else min(1.0, max(MIN_BEAT_S, period / BEATS_PER_WATCHDOG))
     world = World.create(n, slot_bytes)
     cpus = _cpu_shares(n)
     options = dict(link_model=link_model, wait_timeout=wait_timeout, spin_us=spin_us)
