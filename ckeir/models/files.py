@@ -1,10 +1,12 @@
 """Model files: hyper-parameters, the tensor table, and memory-mapped tensor data.
 
-GGUF is read with the `gguf` package (`GGUFReader` maps the file; tensor data are numpy views
-into the map, so nothing is copied or widened to float32).  Safetensors is read with the
-`safetensors` package, also memory-mapped.  Every failure — missing file, wrong magic,
-truncation, unsupported tensor type — becomes a `ModelFileError` naming the file (and the
-tensor).
+A GGUF header is read here, bounds-checked (see `_Reader`); tensor data are numpy views into
+a map of the file, so nothing is copied or widened to float32.  The `gguf` package supplies
+what it does well: the value and tensor type tables and the GGML block sizes.  Safetensors is
+read with the `safetensors` package, also memory-mapped.  Every failure — missing file, wrong
+magic, truncation, a count or length the file cannot hold, metadata of the wrong type or out
+of range, tensors that contradict the hyper-parameters — becomes a `ModelFileError` naming
+the file (and the key or the tensor).
 
 GGUF's llama Q/K projections are stored permuted for the interleaved-pair RoPE convention, so a
 GGUF llama runs with `rope_style = interleaved`; Hugging Face safetensors use `halves`.
@@ -14,14 +16,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import struct
 from pathlib import Path
 
 import attrs
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ckeir import cache
 from ckeir.errors import ModelFileError
 from ckeir.formats import FORMATS
+from ckeir.limits import (
+    MAX_CONTEXT,
+    MAX_FFN,
+    MAX_HEADS,
+    MAX_HIDDEN,
+    MAX_LAYERS,
+    MAX_METADATA_KEYS,
+    MAX_NORM_EPS,
+    MAX_ROPE_THETA,
+    MAX_TENSOR_DIMS,
+    MAX_TENSORS,
+    MAX_VOCAB,
+    MIN_NORM_EPS,
+    MIN_ROPE_THETA,
+)
+from ckeir.models.llama import LlamaConfig
 
 
 @attrs.frozen
@@ -29,6 +51,9 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # numpy order: (rows, row length)
     format: str  # a name in ckeir.formats.FORMATS, or the file's own type name if unsupported
+
+
+_LAYER = re.compile(r"blk\.(\d{1,9})\.")
 
 
 class ModelFile:
@@ -53,22 +78,314 @@ class ModelFile:
             raise ModelFileError(f"{self.path}: tensor '{name}' is missing")
         return info
 
+    def layer_count(self) -> int:
+        """Layers the file holds tensors for: the highest `blk.N.` + 1."""
+        found = (_LAYER.match(name) for name in self.tensors)
+        return max((int(m[1]) + 1 for m in found if m), default=0)
+
+    def check_config(self, cfg: LlamaConfig) -> None:
+        """The file holds every tensor `cfg` needs, in the shape it needs, and no more layers.
+        Cheap (the tensor table only), so it runs before any IR is built or weight read: a
+        layer count or a width the tensors contradict never sizes any work."""
+        present = self.layer_count()
+        if present != cfg.layers:
+            raise ModelFileError(
+                f"{self.path}: the model has {cfg.layers} layers, but the file holds "
+                f"tensors for {present}"
+            )
+        for name, shape in cfg.weight_shapes().items():
+            info = self.require(name)
+            if tuple(info.shape) != tuple(shape):
+                raise ModelFileError(
+                    f"{self.path}: tensor '{name}' has shape "
+                    f"{list(info.shape)}, the model needs {list(shape)}"
+                )
+
+
+# ---- the GGUF header ----------------------------------------------------------------------------
+#
+# Why not `gguf.GGUFReader`: it trusts every count and length it reads and walks arrays one
+# element at a time, with a numpy view each.  A last key claiming ARRAY<UINT8> of 2**40
+# entries loops for hours while memory grows; a string length of 2**60 or a tensor count of
+# 2**40 goes the same way.  Here each count and length is checked against the bytes left in
+# the file (and `ckeir.limits`) before it sizes a loop or an allocation, arrays are skipped
+# without being materialized (their values are read from the map when asked for: the
+# tokenizer's 100k strings only when text is encoded), and the header costs one pass.
+
+_SCALARS = {  # GGUF scalar type -> struct code (little endian)
+    GGUFValueType.UINT8: "B",
+    GGUFValueType.INT8: "b",
+    GGUFValueType.UINT16: "H",
+    GGUFValueType.INT16: "h",
+    GGUFValueType.UINT32: "I",
+    GGUFValueType.INT32: "i",
+    GGUFValueType.FLOAT32: "f",
+    GGUFValueType.BOOL: "?",
+    GGUFValueType.UINT64: "Q",
+    GGUFValueType.INT64: "q",
+    GGUFValueType.FLOAT64: "d",
+}
+_INTEGERS = {t.name for t in _SCALARS if t.name[0] in "UI"}
+_REALS = _INTEGERS | {"FLOAT32", "FLOAT64"}
+# the fewest bytes one value of a type takes: an array count times this must fit in the file
+_MIN_BYTES = {**{t: struct.calcsize(c) for t, c in _SCALARS.items()}, GGUFValueType.STRING: 8}
+_MIN_BYTES[GGUFValueType.ARRAY] = 12
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
+_MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
+_MAX_ARRAY_NESTING = 4  # arrays of arrays are legal GGUF; none we know nests at all
+_VERSIONS = (2, 3)  # version 1 had 32-bit counts
+_ALIGNMENT = 32  # GGUF's default
+INDEX_VERSION = 2
+
+
+class _Reader:
+    """Reads a GGUF file's bytes front to back; a read the rest of the file cannot satisfy
+    fails naming the file, what was being read and where."""
+
+    def __init__(self, buf, path: Path, pos: int = 0):
+        self.buf, self.path, self.pos = memoryview(buf), path, pos
+
+    def fail(self, what: str) -> ModelFileError:
+        return ModelFileError(f"{self.path}: {what} (the file is damaged)")
+
+    def need(self, n: int, what: str) -> None:
+        left = len(self.buf) - self.pos
+        if n > left:
+            raise self.fail(f"{what} at byte {self.pos} needs {n} bytes, but {left} follow")
+
+    def skip(self, n: int, what: str) -> int:
+        self.need(n, what)
+        self.pos += n
+        return self.pos - n
+
+    def scalar(self, t: GGUFValueType, what: str):
+        code = _SCALARS[t]
+        start = self.skip(struct.calcsize(code), what)
+        return struct.unpack_from("<" + code, self.buf, start)[0]
+
+    def u32(self, what: str) -> int:
+        return self.scalar(GGUFValueType.UINT32, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar(GGUFValueType.UINT64, what)
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"the length of {what}")
+        start = self.skip(n, what)
+        try:
+            return bytes(self.buf[start : start + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} at byte {start} is not UTF-8") from None
+
+    def value_type(self, what: str) -> GGUFValueType:
+        raw = self.u32(f"the type of {what}")
+        try:
+            return GGUFValueType(raw)
+        except ValueError:
+            raise self.fail(f"{what} has unknown value type {raw}") from None
+
+    def array_head(self, what: str, depth: int) -> tuple[GGUFValueType, int]:
+        """An array's item type and count, checked to fit in the rest of the file."""
+        if depth > _MAX_ARRAY_NESTING:
+            raise self.fail(f"{what} nests arrays deeper than {_MAX_ARRAY_NESTING}")
+        item = self.value_type(f"the items of {what}")
+        count = self.u64(f"the length of {what}")
+        self.need(count * _MIN_BYTES[item], f"{what} (an array of {count} {item.name})")
+        return item, count
+
+    def skip_items(self, item: GGUFValueType, count: int, what: str, depth: int) -> None:
+        if item in _SCALARS:
+            self.skip(count * _MIN_BYTES[item], what)
+        elif item == GGUFValueType.STRING:
+            for _ in range(count):
+                self.skip(self.u64(f"the length of a string in {what}"), what)
+        else:
+            for _ in range(count):
+                self.skip_items(*self.array_head(what, depth + 1), what, depth + 1)
+
+    def items(self, item: GGUFValueType, count: int, what: str, depth: int) -> list:
+        if item in _SCALARS:
+            start = self.skip(count * _MIN_BYTES[item], what)
+            dtype = np.dtype("<" + _SCALARS[item])
+            return np.frombuffer(self.buf, dtype, count, start).tolist()
+        if item == GGUFValueType.STRING:
+            return [self.string(f"a string in {what}") for _ in range(count)]
+        return [
+            self.items(*self.array_head(what, depth + 1), what, depth + 1) for _ in range(count)
+        ]
+
+
+def _read_entry(r: _Reader, what: str) -> dict:
+    """One metadata value as the index keeps it: scalars and strings by value, arrays by
+    where they are (decoded from the map when asked for)."""
+    t = r.value_type(what)
+    if t == GGUFValueType.STRING:
+        return {"type": t.name, "value": r.string(what)}
+    if t in _SCALARS:
+        return {"type": t.name, "value": r.scalar(t, what)}
+    item, count = r.array_head(what, 1)
+    offset = r.pos
+    r.skip_items(item, count, what, 1)
+    return {"type": t.name, "item": item.name, "count": count, "offset": offset}
+
+
+def _read_count(r: _Reader, what: str, limit: int, min_bytes: int) -> int:
+    n = r.u64(f"the {what} count")
+    if n > limit:
+        raise r.fail(f"the header claims {n} {what}, more than the {limit} ckeir reads")
+    r.need(n * min_bytes, f"{n} {what}")
+    return n
+
+
+def _read_tensor(r: _Reader, i: int) -> dict:
+    name = r.string(f"the name of tensor {i}")
+    what = f"tensor '{name}'"
+    n_dims = r.u32(f"the dimension count of {what}")
+    if not 1 <= n_dims <= MAX_TENSOR_DIMS:
+        raise r.fail(f"{what} has {n_dims} dimensions (1 to {MAX_TENSOR_DIMS} are valid)")
+    dims = [r.u64(f"a dimension of {what}") for _ in range(n_dims)]
+    if 0 in dims:
+        raise r.fail(f"{what} has an empty dimension ({dims})")
+    raw = r.u32(f"the type of {what}")
+    try:
+        ggml = GGMLQuantizationType(raw)
+    except ValueError:
+        raise r.fail(f"{what} has unknown tensor type {raw}") from None
+    block, block_bytes = GGML_QUANT_SIZES[ggml]
+    if dims[0] % block:
+        raise r.fail(f"{what}: row length {dims[0]} is not a multiple of {ggml.name}'s {block}")
+    return {
+        "name": name,
+        "shape": dims[::-1],  # GGUF lists the contiguous dimension first
+        "format": ggml.name.lower(),
+        "offset": r.u64(f"the data offset of {what}"),
+        "bytes": math.prod(dims) // block * block_bytes,
+    }
+
+
+def _alignment(meta: dict, path: Path) -> int:
+    entry = meta.get("general.alignment")
+    if entry is None:
+        return _ALIGNMENT
+    value = entry.get("value")
+    if entry["type"] != "UINT32" or value == 0 or value & (value - 1):
+        raise ModelFileError(
+            f"{path}: metadata 'general.alignment' is {_found(entry)}, "
+            "expected a power of two (UINT32)"
+        )
+    return value
+
+
+def _place_tensors(tensors: list[dict], start: int, align: int, size: int, path: Path) -> None:
+    """Make offsets absolute; each tensor aligned and inside the file."""
+    for t in tensors:
+        if t["offset"] % align:
+            raise ModelFileError(
+                f"{path}: tensor '{t['name']}' starts at offset {t['offset']}, "
+                f"not a multiple of the alignment {align}"
+            )
+        t["offset"] += start
+        end = t["offset"] + t["bytes"]
+        if end > size:
+            raise ModelFileError(
+                f"{path}: tensor '{t['name']}' is truncated "
+                f"(ends at byte {end}, the file has {size})"
+            )
+
+
+def read_gguf_index(buf, path: Path) -> dict:
+    """The metadata and tensor table of the GGUF file in `buf`, every count and length
+    checked against the file before it is used."""
+    if bytes(buf[:4]) != b"GGUF":
+        raise ModelFileError(f"{path}: not a GGUF file (it does not start with 'GGUF')")
+    r = _Reader(buf, path, 4)
+    version = r.u32("the GGUF version")
+    if version and not version & 0xFFFF:
+        raise ModelFileError(f"{path}: a big-endian GGUF file, which ckeir does not read")
+    if version not in _VERSIONS:
+        raise ModelFileError(f"{path}: GGUF version {version} is not supported (2 or 3 is)")
+    n_tensors = _read_count(r, "tensors", MAX_TENSORS, _MIN_TENSOR_BYTES)
+    n_keys = _read_count(r, "metadata keys", MAX_METADATA_KEYS, _MIN_KV_BYTES)
+    meta: dict[str, dict] = {}
+    for i in range(n_keys):
+        key = r.string(f"the name of metadata key {i}")
+        if key in meta:
+            raise r.fail(f"metadata '{key}' appears twice")
+        meta[key] = _read_entry(r, f"metadata '{key}'")
+    tensors = [_read_tensor(r, i) for i in range(n_tensors)]
+    if len({t["name"] for t in tensors}) != len(tensors):
+        raise ModelFileError(f"{path}: two tensors have the same name (the file is damaged)")
+    align = _alignment(meta, path)
+    start = -(-r.pos // align) * align
+    _place_tensors(tensors, start, align, len(buf), path)
+    return {"version": INDEX_VERSION, "metadata": meta, "tensors": tensors}
+
+
+def _found(entry: dict) -> str:
+    """A metadata value as a message shows it: `UINT32 1000000`, `an ARRAY of 3 INT32`."""
+    if entry["type"] == "ARRAY":
+        return f"an ARRAY of {entry['count']} {entry['item']}"
+    shown = repr(entry["value"])
+    return f"{entry['type']} {shown if len(shown) <= 40 else shown[:30] + '…'}"
+
+
+def _index_damage(index, size: int) -> str | None:
+    """Why a cached index (JSON that decoded) cannot be used, or None."""
+    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION:
+        return "another index version"
+    meta, tensors = index.get("metadata"), index.get("tensors")
+    if not isinstance(meta, dict) or not isinstance(tensors, list):
+        return "no metadata or tensor table"
+    for key, e in meta.items():
+        if not (isinstance(e, dict) and e.get("type") in GGUFValueType.__members__):
+            return f"metadata '{key}' of unknown type"
+        if e["type"] == "ARRAY" and not (
+            e.get("item") in GGUFValueType.__members__
+            and all(isinstance(e.get(k), int) and 0 <= e[k] <= size for k in ("count", "offset"))
+        ):
+            return f"metadata '{key}': a malformed array"
+        if e["type"] != "ARRAY" and "value" not in e:
+            return f"metadata '{key}' has no value"
+    for t in tensors:
+        fields = (t.get(k) for k in ("name", "format", "offset", "bytes", "shape"))
+        if not (isinstance(t, dict) and _tensor_fields_ok(*fields, size)):
+            return "a malformed tensor entry"
+    return None
+
+
+def _tensor_fields_ok(name, fmt, offset, nbytes, shape, size: int) -> bool:
+    return (
+        isinstance(name, str)
+        and isinstance(fmt, str)
+        and all(isinstance(v, int) and v >= 0 for v in (offset, nbytes))
+        and offset + nbytes <= size
+        and isinstance(shape, list)
+        and 1 <= len(shape) <= MAX_TENSOR_DIMS
+        and all(isinstance(d, int) and d > 0 for d in shape)
+    )
+
+
+_REQUIRED = object()
+
 
 class GGUFFile(ModelFile):
-    """A GGUF file.  The first open parses it with `gguf.GGUFReader` and caches an index
-    (metadata, tensor table with byte offsets, keyed by path, size and mtime); later opens
-    read the index and map the file, which skips parsing ~100k tokenizer strings."""
+    """A GGUF file.  The first open reads its header and caches an index (metadata, tensor
+    table with byte offsets, keyed by path, size and mtime); later opens read the index and
+    map the file."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
         st = self.path.stat()
-        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-        self._index_path = cache.cache_dir() / "gguf" / f"{key.hexdigest()[:32]}.json"
-        raw = cache.read(self._index_path)
-        index = json.loads(raw) if raw else self._parse_index()
-        if raw is None:
+        self._size = st.st_size
+        key = f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|index v{INDEX_VERSION}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        self._index_path = cache.cache_dir() / "gguf" / f"{digest}.json"
+        self._buf = None
+        index = self._cached_index()
+        if index is None:
+            index = read_gguf_index(self._bytes(), self.path)
             cache.write_atomic(self._index_path, json.dumps(index).encode())
         self._meta = index["metadata"]
         self._offsets = {t["name"]: (t["offset"], t["bytes"]) for t in index["tensors"]}
@@ -76,78 +393,162 @@ class GGUFFile(ModelFile):
             t["name"]: TensorInfo(t["name"], tuple(t["shape"]), t["format"])
             for t in index["tensors"]
         }
-        self._map = None
 
-    def _parse_index(self) -> dict:
-        from gguf import GGUFReader
-
-        try:
-            reader = GGUFReader(self.path, "r")
-        except Exception as e:  # the reader raises ValueError, struct.error, IndexError...
-            raise ModelFileError(f"{self.path}: not a readable GGUF file ({_why(e)})") from None
-        meta = {}
-        for key, field in reader.fields.items():
+    def _bytes(self):
+        """The file, mapped read-only (once)."""
+        if self._buf is None:
+            if self._size == 0:
+                raise ModelFileError(f"{self.path}: not a GGUF file (it is empty)")
             try:
-                value = field.contents()
-            except Exception:  # noqa: BLE001 - a malformed field reads as absent
-                continue
-            if isinstance(value, (str, int, float, bool, list)):
-                meta[key] = value
-        tensors = []
-        for t in reader.tensors:
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > reader.data.shape[0]:
-                raise ModelFileError(
-                    f"{self.path}: tensor '{t.name}' is truncated "
-                    f"(ends at byte {end}, the file has {reader.data.shape[0]})"
-                )
-            tensors.append(
-                {
-                    "name": t.name,
-                    "shape": [int(d) for d in reversed(t.shape.tolist())],
-                    "format": t.tensor_type.name.lower(),
-                    "offset": int(t.data_offset),
-                    "bytes": int(t.n_bytes),
-                }
-            )
-        return {"metadata": meta, "tensors": tensors}
+                self._buf = np.memmap(self.path, dtype=np.uint8, mode="r")
+            except (OSError, ValueError) as e:
+                raise ModelFileError(f"{self.path}: cannot read the file ({_why(e)})") from None
+        return self._buf
+
+    def _cached_index(self) -> dict | None:
+        """The cached index, or None on a miss.  An entry whose checksum passed but whose
+        content is unusable (another ckeir wrote it, or a bug did) is discarded and rebuilt."""
+        raw = cache.read(self._index_path)
+        if raw is None:
+            return None
+        try:
+            index = json.loads(raw)
+            why = _index_damage(index, self._size)
+        except (ValueError, RecursionError) as e:
+            why = f"not JSON: {_why(e)}"
+        if why is None:
+            return index
+        cache.discard(self._index_path, f"not an index of {self.path}: {why}")
+        return None
+
+    # ---- metadata -----------------------------------------------------------------------------
 
     def metadata(self, key: str, default=None):
-        return self._meta.get(key, default)
+        entry = self._meta.get(key)
+        if entry is None:
+            return default
+        if entry["type"] != "ARRAY":
+            return entry["value"]
+        r = _Reader(self._bytes(), self.path, entry["offset"])
+        item = GGUFValueType[entry["item"]]
+        return r.items(item, entry["count"], f"metadata '{key}'", 1)
+
+    def _entry(self, key: str, expected: str, types, default):
+        """The entry of `key` if its type is one of `types`; `default` if absent."""
+        entry = self._meta.get(key)
+        if entry is None:
+            if default is _REQUIRED:
+                raise ModelFileError(f"{self.path}: metadata '{key}' is missing ({expected})")
+            return None
+        if entry["type"] not in types:
+            raise self._wrong(key, entry, expected)
+        return entry
+
+    def _wrong(self, key: str, entry: dict, expected: str) -> ModelFileError:
+        return ModelFileError(
+            f"{self.path}: metadata '{key}' is {_found(entry)}, expected {expected}"
+        )
+
+    def integer(self, key: str, lo: int, hi: int, default=_REQUIRED) -> int:
+        expected = f"an integer from {lo} to {hi}"
+        entry = self._entry(key, expected, _INTEGERS, default)
+        if entry is None:
+            return default
+        if not lo <= entry["value"] <= hi:
+            raise self._wrong(key, entry, expected)
+        return entry["value"]
+
+    def real(self, key: str, lo: float, hi: float, default=_REQUIRED) -> float:
+        expected = f"a number from {lo:g} to {hi:g}"
+        entry = self._entry(key, expected, _REALS, default)
+        if entry is None:
+            return default
+        if not lo <= entry["value"] <= hi:  # NaN fails too
+            raise self._wrong(key, entry, expected)
+        return float(entry["value"])
+
+    def text(self, key: str, default=_REQUIRED) -> str:
+        entry = self._entry(key, "a STRING", {"STRING"}, default)
+        return default if entry is None else entry["value"]
+
+    def array(self, key: str, kind: str, count: tuple[int, int], default=_REQUIRED) -> list:
+        """The values of an array of `kind` ('string', 'integer', 'real') whose length is in
+        `count` (inclusive), checked before any value is decoded."""
+        items = {"string": {"STRING"}, "integer": _INTEGERS, "real": _REALS}[kind]
+        lo, hi = count
+        expected = f"an ARRAY of {lo if lo == hi else f'{lo} to {hi}'} {kind} values"
+        entry = self._entry(key, expected, {"ARRAY"}, default)
+        if entry is None:
+            return default
+        if entry["item"] not in items or not lo <= entry["count"] <= hi:
+            raise self._wrong(key, entry, expected)
+        return self.metadata(key)
+
+    # ---- hyper-parameters ---------------------------------------------------------------------
 
     def params(self) -> dict:
-        arch = self.metadata("general.architecture")
+        arch = self.text("general.architecture")
         if arch != "llama":
             raise ModelFileError(f"{self.path}: architecture '{arch}' is not supported (llama)")
-        m = lambda k: self.metadata(f"llama.{k}")  # noqa: E731
-        heads = m("attention.head_count")
+        emb = self.require("token_embd.weight")
+        heads = self.integer("llama.attention.head_count", 1, MAX_HEADS)
         p = {
             "family": "llama",
-            "hidden": m("embedding_length"),
-            "layers": m("block_count"),
+            "vocab": self.integer("llama.vocab_size", 1, MAX_VOCAB, default=emb.shape[0]),
+            "hidden": self.integer("llama.embedding_length", 1, MAX_HIDDEN),
+            "layers": self.integer("llama.block_count", 1, MAX_LAYERS),
             "heads": heads,
-            "kv_heads": m("attention.head_count_kv") or heads,
-            "ffn": m("feed_forward_length"),
-            "context": m("context_length"),
-            "norm_eps": m("attention.layer_norm_rms_epsilon"),
-            "rope_theta": m("rope.freq_base") or 10000.0,
+            "kv_heads": self.integer("llama.attention.head_count_kv", 1, heads, default=heads),
+            "ffn": self.integer("llama.feed_forward_length", 1, MAX_FFN),
+            "context": self.integer("llama.context_length", 1, MAX_CONTEXT),
+            "norm_eps": self.real(
+                "llama.attention.layer_norm_rms_epsilon", MIN_NORM_EPS, MAX_NORM_EPS
+            ),
+            # only an absent key takes the usual base; a stated 0 is an error, not a default
+            "rope_theta": self.real(
+                "llama.rope.freq_base", MIN_ROPE_THETA, MAX_ROPE_THETA, default=10000.0
+            ),
             "tie_embeddings": "output.weight" not in self.tensors,
             "rope_style": "interleaved",
         }
-        emb = self.tensors.get("token_embd.weight")
-        p["vocab"] = m("vocab_size") or (emb.shape[0] if emb else None)
-        missing = [k for k, v in p.items() if v is None]
-        if missing:
-            raise ModelFileError(f"{self.path}: metadata lacks {', '.join(missing)}")
-        return {k: (float(v) if k in ("norm_eps", "rope_theta") else v) for k, v in p.items()}
+        self._check_params(p)
+        self.check_config(LlamaConfig(**{k: v for k, v in p.items() if k != "family"}))
+        return p
+
+    def _check_params(self, p: dict) -> None:
+        """The hyper-parameters agree with each other and with the tensors present."""
+        if not 1 <= p["vocab"] <= MAX_VOCAB:
+            raise ModelFileError(
+                f"{self.path}: tensor 'token_embd.weight' has {p['vocab']} rows, "
+                f"more than the {MAX_VOCAB} tokens ckeir reads"
+            )
+        pairs = [
+            ("llama.embedding_length", p["hidden"], "llama.attention.head_count", p["heads"]),
+            (
+                "llama.attention.head_count",
+                p["heads"],
+                "llama.attention.head_count_kv",
+                p["kv_heads"],
+            ),
+        ]
+        for whole_key, whole, part_key, part in pairs:
+            if whole % part:
+                raise ModelFileError(
+                    f"{self.path}: metadata '{whole_key}' ({whole}) is not a multiple of "
+                    f"'{part_key}' ({part})"
+                )
+        present = self.layer_count()
+        if p["layers"] != present:
+            raise ModelFileError(
+                f"{self.path}: metadata 'llama.block_count' is {p['layers']}, but the file "
+                f"holds tensors for {present} layers"
+            )
 
     def data(self, name: str) -> np.ndarray:
         info = self.require(name)
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         offset, nbytes = self._offsets[name]
-        raw = self._map[offset : offset + nbytes]
-        if len(raw) != nbytes:
+        raw = self._bytes()[offset : offset + nbytes]
+        if len(raw) != nbytes:  # the file shrank since it was opened
             raise ModelFileError(f"{self.path}: tensor '{name}' is truncated")
         fmt = FORMATS.get(info.format)
         if fmt is not None and fmt.quantized:

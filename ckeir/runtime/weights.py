@@ -57,14 +57,10 @@ def file_weights(cfg: LlamaConfig, model_file, formats: dict[str, str]) -> dict[
     """The weights a model file holds, in `formats` (weight name -> format).  A tensor already
     in its target format is the file's memory-mapped bytes (no copy); others are converted
     through float32 once, at load."""
+    model_file.check_config(cfg)
     out = {}
-    for name, shape in cfg.weight_shapes().items():
-        info = model_file.require(name)
-        if tuple(info.shape) != tuple(shape):
-            raise ModelFileError(
-                f"{model_file.path}: tensor '{name}' has shape "
-                f"{list(info.shape)}, the model needs {list(shape)}"
-            )
+    for name in cfg.weight_shapes():
+        info = model_file.tensors[name]
         target = formats.get(name, info.format)
         if target not in FORMATS:
             raise ModelFileError(
