@@ -755,7 +755,7 @@ def _stalled(world: World, r: int, seconds: float) -> str:
     """The watchdog's verdict on rank r, with what /proc says of its process."""
     pid = world.pid(r)
     state = _proc_state(pid) if pid > 0 else b""
-    why = "it is stopped (SIGSTOP or a debugger)" if state in (b"T", b"t") else "is it stopped?"
+    why = "it is stopped: SIGSTOP or a debugger" if state in (b"T", b"t") else "is it stopped?"
     return (
         f"rank {r} made no progress for {seconds:g} s ({why}) while {world.doing(r)};"
         f" the watchdog killed it (set {WATCHDOG_ENV} to change the period, 0 to turn it off)"

@@ -211,7 +211,7 @@ def test_stopped_rank_is_named_by_the_watchdog(n):
     err, seconds = failure(n, tp.prog_stop, watchdog=1.0)
     assert seconds < 10
     assert err.message.startswith(
-        "rank 1 made no progress for 1 s (it is stopped (SIGSTOP or a debugger))"
+        "rank 1 made no progress for 1 s (it is stopped: SIGSTOP or a debugger)"
     ), err.message
     assert "rank 0: recv from rank 1 (tag 3) abandoned" in err.message
     assert err.rank == 1
