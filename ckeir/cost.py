@@ -9,6 +9,8 @@ links come from the cluster spec.
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from ckeir.ir.core import Operation
@@ -45,7 +47,13 @@ class LinkModel:
     latency: float  # s
 
     def time(self, nbytes: int) -> float:
-        return self.latency + nbytes / self.bw
+        return self.latency + seconds(nbytes, self.bw)
+
+
+def seconds(amount: float, rate: float) -> float:
+    """Time to move or compute `amount` at `rate` per second; a rate of zero never finishes
+    (the planner then prefers anything else) instead of dividing by zero."""
+    return amount / rate if rate > 0 else math.inf
 
 
 def rows_of(t, tokens: int) -> int:
@@ -94,8 +102,8 @@ def op_flops(op: Operation, tokens: int, context: int) -> float:
 def op_time(op: Operation, node: NodeModel, tokens: int, context: int) -> float:
     """Roofline time of one op on one node."""
     return max(
-        op_bytes(op, tokens, context) / node.dram_bw,
-        op_flops(op, tokens, context) / node.peak_flops,
+        seconds(op_bytes(op, tokens, context), node.dram_bw),
+        seconds(op_flops(op, tokens, context), node.peak_flops),
     )
 
 
@@ -103,7 +111,7 @@ def allreduce_time(nbytes: int, ranks: int, link: LinkModel) -> float:
     """A gather-to-root + broadcast all-reduce: two hops carrying (ranks - 1) messages."""
     if ranks <= 1:
         return 0.0
-    return 2 * link.latency + 2 * (ranks - 1) * nbytes / link.bw
+    return 2 * link.latency + seconds(2 * (ranks - 1) * nbytes, link.bw)
 
 
 def kv_cache_bytes(layers: int, context: int, kv_dim: int) -> int:
@@ -112,21 +120,38 @@ def kv_cache_bytes(layers: int, context: int, kv_dim: int) -> int:
 
 def share(total: int, weights: list[float], unit: int = 1) -> list[int]:
     """Split `total` (a multiple of `unit`) into len(weights) parts proportional to `weights`,
-    in whole units, every part at least one unit (largest remainder)."""
+    in whole units, every part at least one unit (largest remainder).  Any skew is safe:
+    the weights are scaled to the largest, and a weight that is not a positive finite
+    number counts as the smallest part.  The caller checks `fits_shares` first."""
     units = total // unit
     k = len(weights)
-    if units < k:
+    if not fits_shares(total, k, unit):
         raise ValueError(f"cannot split {total} into {k} parts of at least {unit}")
-    wsum = sum(weights)
-    exact = [units * w / wsum for w in weights]
+    w = _relative(weights)
+    wsum = sum(w)
+    exact = [units * x / wsum for x in w]
     parts = [max(1, int(e)) for e in exact]
-    while sum(parts) > units:
-        i = max(range(k), key=lambda i: parts[i] - exact[i])
+    while sum(parts) > units:  # only the parts above one unit give one back
+        i = max((i for i in range(k) if parts[i] > 1), key=lambda i: parts[i] - exact[i])
         parts[i] -= 1
     while sum(parts) < units:
         i = max(range(k), key=lambda i: exact[i] - parts[i])
         parts[i] += 1
     return [p * unit for p in parts]
+
+
+def fits_shares(total: int, parts: int, unit: int = 1) -> bool:
+    """Whether `total` makes `parts` non-empty shares of whole `unit`s."""
+    return parts >= 1 and total // unit >= parts
+
+
+def _relative(weights: list[float]) -> list[float]:
+    """Weights as fractions of the largest (1e30 : 1 cannot overflow a sum); an infinite
+    weight counts as the largest, zero, negative and NaN ones as nothing (they still get
+    their one unit)."""
+    clean = [min(w, 1e300) if w > 0 else 0.0 for w in weights]  # NaN > 0 is False
+    top = max(clean, default=0.0)
+    return [w / top for w in clean] if top > 0 else [1.0] * len(weights)
 
 
 def cku(active_bytes: float, seconds_per_token: float) -> float:

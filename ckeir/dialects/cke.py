@@ -82,6 +82,7 @@ def _check_func(op: Operation) -> None:
     term = op.regions[0].entry.terminator
     if term is None or term.name != "cke.return":
         fail(op, "body must end with 'cke.return'")
+    _check_signature(op)
     layers = op.attr("layers")
     if layers is not None and layers[0] > layers[1]:
         fail(op, f"layers {layers[0]}..{layers[1]} is an empty range")
@@ -89,6 +90,26 @@ def _check_func(op: Operation) -> None:
     if group is not None and op.attr("rank", 0) not in group:
         fail(op, f"group {group} does not include its rank {op.attr('rank', 0)}")
     _check_arena_offsets(op)
+
+
+def _check_signature(func: Operation) -> None:
+    """The inputs every program takes: token ids, the position, the K and V caches."""
+    args = [a.type for a in func.regions[0].entry.args]
+    ok = (
+        len(args) == 4
+        and isinstance(args[0], TensorType)
+        and args[0].rank == 1
+        and args[0].element == i32
+        and isinstance(args[1], IntegerType)
+        and all(isinstance(t, MemRefType) and t.rank == 3 and t.element == f32 for t in args[2:])
+        and args[2] == args[3]
+    )
+    if not ok:
+        fail(
+            func,
+            "entry block must take (ids: tensor<Nxi32>, pos: i64, kcache, vcache: "
+            f"memref<LxCxDxf32>), got ({', '.join(map(str, args))})",
+        )
 
 
 def _check_arena_offsets(func: Operation) -> None:

@@ -1,6 +1,7 @@
 """insert-collectives: add the communication that sharding implies, and prove it matches.
 
-Requires: place.  After a matmul whose output is a partial sum over its stage's ranks
+Requires: place, and runs once: on a module that already has `dist.allreduce` or
+`dist.allgather` ops it refuses (a second run would add every collective again).  After a matmul whose output is a partial sum over its stage's ranks
 (`tp = "partial"`: row-parallel attention output and FFN down projections) it inserts
 `dist.allreduce {group, bytes}`; after an LM head split by vocabulary (`tp = "vocab"`) a
 `dist.allgather {axis = 1}` that rebuilds the full logits.  Every dist op carries its byte
@@ -14,9 +15,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ckeir.dialects.dist import check_matching
+from ckeir.errors import PassError
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import TensorType, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
+
+COLLECTIVES = ("dist.allreduce", "dist.allgather")
 
 
 def _bytes(t, func) -> int:
@@ -60,6 +64,10 @@ class InsertCollectives(Pass):
     summary = "add allreduce/allgather after sharded matmuls; check sends meet receives"
 
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
+        if any(op.name in COLLECTIVES for op in module.walk()):
+            raise PassError(
+                "insert-collectives: the module already has dist.* collectives; run it once"
+            )
         by_phase: dict[str, dict[int, Operation]] = defaultdict(dict)
         for func in funcs(module):
             insert(func, rewriter)

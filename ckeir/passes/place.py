@@ -30,6 +30,7 @@ from ckeir.ir.types import (
     MemRefType,
     ShapedType,
     TensorType,
+    UnrankedTensorType,
     element_format,
     nbytes,
     quant_type,
@@ -88,15 +89,31 @@ class Shape:
 
 
 def model_shape(func: Operation) -> Shape:
+    """The dimensions of a llama-shaped program; a PassError naming what is missing when the
+    func is not one (IR given to `ckec opt` can be anything that verifies)."""
     ops = func.regions[0].entry.ops
-    att = next(op for op in ops if op.name == "cke.attention")
-    gate = next(
-        op for op in ops if op.name == "cke.weight" and op.attr("name").endswith("ffn_gate.weight")
+    name = func.attr("sym_name")
+
+    def first(what: str, pred) -> Operation:
+        op = next((op for op in ops if pred(op)), None)
+        if op is None:
+            raise PassError(f"place: func {name} has no {what}: place cuts llama programs")
+        return op
+
+    att = first("cke.attention", lambda op: op.name == "cke.attention")
+    gate = first(
+        "ffn_gate weight",
+        lambda op: op.name == "cke.weight" and op.attr("name").endswith("ffn_gate.weight"),
     )
+    first("cke.matmul", lambda op: op.name == "cke.matmul")
     head = [op for op in ops if op.name == "cke.matmul"][-1]
-    layers = 1 + max(op.attr("layer", -1) for op in ops)
+    if any(isinstance(r.type, UnrankedTensorType) for op in ops for r in op.results):
+        raise PassError(f"place: func {name} has unranked values (run shape-infer first)")
+    layers = sorted({op.attr("layer") for op in ops if op.attr("layer") is not None})
+    if layers != list(range(len(layers))):
+        raise PassError(f"place: func {name}'s layers are not numbered 0..{len(layers) - 1}")
     return Shape(
-        layers,
+        len(layers),
         att.attr("heads"),
         att.attr("kv_heads"),
         att.attr("head_dim"),
@@ -134,6 +151,11 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             f"into {k} shards of whole {FFN_UNIT}-blocks"
         )
     ffn = _ranges(cost.share(shape.ffn, speed, FFN_UNIT))
+    if not cost.fits_shares(shape.vocab, k):
+        raise PassError(
+            f"stage [{', '.join(nodes)}]: a vocab of {shape.vocab} has fewer rows "
+            f"than the stage's {k} nodes"
+        )
     vocab = _ranges(cost.share(shape.vocab, speed))
     return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab)
 
@@ -160,6 +182,11 @@ def plan_from_stages(phase: str, stages, rank_of, nodes, shape: Shape) -> PhaseP
 
 def split_layers(n_layers: int, names: list[str], nodes, phase: str) -> list[tuple]:
     """Pipeline stages with layer counts proportional to the nodes' speed."""
+    if not cost.fits_shares(n_layers, len(names)):
+        raise PassError(
+            f"phase {phase}: {n_layers} layers cannot make a pipeline over {len(names)} nodes "
+            "(each stage needs a layer)"
+        )
     sizes = cost.share(n_layers, [_speed(nodes[n], phase) for n in names])
     out, at = [], 0
     for name, s in zip(names, sizes, strict=True):
@@ -301,7 +328,7 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
             continue
         if op.name != "cke.weight" or op.attr("layer") is None:
             continue
-        kind = op.attr("name").split(".")[2]
+        kind = _layer_weight_kind(op.attr("name"))
         if kind in rows:
             _weight_slice(op, rows[kind], None, rw, in_place=True)
         elif kind in cols:
@@ -315,6 +342,12 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
     for arg in block.args[2:4]:
         t = arg.type
         rw.set_arg_type(arg, MemRefType((t.shape[0], t.shape[1], (kv1 - kv0) * hd), t.element))
+
+
+def _layer_weight_kind(name: str) -> str | None:
+    """`attn_q` of `blk.3.attn_q.weight` (None for a name of another form)."""
+    parts = name.split(".")
+    return parts[2] if len(parts) > 2 and parts[0] == "blk" else None
 
 
 def _weight_slice(op: Operation, rows, cols, rw: Rewriter, in_place: bool = False) -> Operation:
@@ -355,6 +388,10 @@ class Place(Pass):
         nodes = {n.name: cost.NodeModel.of(n) for n in cluster.nodes}
         body = module.regions[0].entry
         originals = [f for f in funcs(module) if f.attr("rank") is None]
+        if len(originals) < len(funcs(module)):
+            raise PassError(
+                "place: the module is already placed (its cke.func ops carry `rank`); run it once"
+            )
         single = ctx.options.get("single_rank")  # everything on the first node: the
         # single-rank twin a distributed run's parity is checked against
         used = (
@@ -416,6 +453,24 @@ def check_memory(module: Operation, ranks: dict[int, str], nodes) -> None:
             )
 
 
+def check_coverage(phase: str, stages, layers: int) -> None:
+    """The stages take layers 0..layers-1 in order, each exactly once (the spec's checks
+    compare with the spec's model; a program given to `ckec opt --spec` may differ)."""
+    at = 0
+    for _names, first, last in stages:
+        if first != at or last < first:
+            break
+        at = last + 1
+    else:
+        if at == layers:
+            return
+    ranges = ", ".join(f"{first}..{last}" for _, first, last in stages)
+    raise PassError(
+        f"place: phase {phase}'s stages take layers {ranges}, but its program has layers "
+        f"0..{layers - 1}: each must be taken once, in order"
+    )
+
+
 def _used_nodes(sched, cluster, phases) -> list[str]:
     named = set()
     for p in phases:
@@ -438,6 +493,7 @@ def choose(decl, phase, shape, rank_of, nodes, func, ctx) -> PhasePlan:
             (tuple(s.nodes), s.first, shape.layers - 1 if s.last is None else s.last)
             for s in decl.stages
         ]
+        check_coverage(phase, stages, shape.layers)
         return plan_from_stages(phase, stages, rank_of, nodes, shape)
     from ckeir.passes.predict import auto_plan
 

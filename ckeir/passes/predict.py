@@ -106,7 +106,7 @@ def auto_plan(phase, shape, rank_of, nodes, func, ctx):
     ranks = {r: n for n, r in rank_of.items()}
     last = shape.layers - 1
     candidates = [(f"{n} alone", [((n,), 0, last)]) for n in names]
-    if len(names) > 1:
+    if 1 < len(names) <= shape.layers:  # a pipeline stage needs a layer
         candidates.append(
             ("pipeline over " + ", ".join(names), split_layers(shape.layers, names, nodes, phase))
         )

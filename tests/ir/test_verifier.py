@@ -18,7 +18,8 @@ from ckeir.ir.opdef import ATTR_KINDS, attr_spec
 VALID = {
     "cke.func": (
         [],
-        '"cke.func"() ({\n^bb0(%ids: tensor<1xi32>):\n  "cke.return"(%ids) : (tensor<1xi32>) -> ()\n'
+        '"cke.func"() ({\n^bb0(%ids: tensor<1xi32>, %pos: i64, %k: memref<1x8x4xf32>, '
+        '%v: memref<1x8x4xf32>):\n  "cke.return"(%ids) : (tensor<1xi32>) -> ()\n'
         '}) {arena_bytes = 0 : i64, max_tokens = 8 : i64, phase = "prefill", rank = 0 : i64, '
         'sym_name = "prefill"} : () -> ()',
     ),
@@ -529,7 +530,7 @@ def test_unknown_sizes_pass(args, text):
 def test_use_before_definition_in_a_block():
     text = """\
 "cke.func"() ({
-^bb0(%ids: tensor<1xi32>):
+^bb0(%ids: tensor<1xi32>, %pos: i64, %k: memref<1x8x4xf32>, %v: memref<1x8x4xf32>):
   %s = "cke.add"(%t, %t) : (tensor<1x4xf32>, tensor<1x4xf32>) -> tensor<1x4xf32>
   %t = "ckt.src"() : () -> tensor<1x4xf32>
   "cke.return"(%s) : (tensor<1x4xf32>) -> ()
@@ -580,12 +581,13 @@ def test_unknown_op_is_rejected_unless_allowed():
 def test_unknown_op_nested_in_a_registered_one_is_rejected():
     text = """\
 "cke.func"() ({
+^bb0(%ids: tensor<1xi32>, %pos: i64, %k: memref<1x8x4xf32>, %v: memref<1x8x4xf32>):
   "ckt.mystery"() : () -> ()
   "cke.return"() : () -> ()
 }) {phase = "decode", sym_name = "decode"} : () -> ()
 """
     err = verify_error(parse_ir(text), allow_unregistered=False)
-    assert "ckt.mystery" in err.message and err.loc.line == 2
+    assert "ckt.mystery" in err.message and err.loc.line == 3
 
 
 def test_errors_of_built_ops_have_no_location():
