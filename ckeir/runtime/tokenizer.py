@@ -92,7 +92,9 @@ def read_gguf_tokenizer(model_file) -> Tokenizer:
         raise ModelFileError(
             f"{path}: tokenizer '{kind}' is not supported (byte-level BPE, 'gpt2', is)"
         )
-    tokens = model_file.array(TOKENS, "string", (1, MAX_VOCAB))
+    # more tokens than embedding rows would encode to ids the model has no row for
+    rows = model_file.require("token_embd.weight").shape[0]
+    tokens = model_file.array(TOKENS, "string", (1, min(rows, MAX_VOCAB)))
     n = len(tokens)
     for name in SPECIAL_IDS:
         model_file.integer(f"tokenizer.ggml.{name}_token_id", 0, n - 1, default=None)

@@ -308,6 +308,10 @@ BAD_TOKENIZER = {
         {"tokenizer.ggml.tokens": (list(range(N)), V.ARRAY, V.INT32)},
         f"'tokenizer.ggml.tokens' is an ARRAY of {N} INT32, expected an ARRAY of",
     ),
+    "more tokens than embedding rows": (
+        {"tokenizer.ggml.tokens": ([chr(b) for b in range(N + 1)], V.ARRAY, V.STRING)},
+        f"is an ARRAY of {N + 1} STRING, expected an ARRAY of 1 to {N} string values",
+    ),
     "token types of another length": (
         {"tokenizer.ggml.token_type": ([1] * (N - 1), V.ARRAY, V.INT32)},
         f"'tokenizer.ggml.token_type' is an ARRAY of {N - 1} INT32, expected an ARRAY of {N}",

@@ -79,3 +79,26 @@ def test_not_a_safetensors_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(ModelFileError, match="model.safetensors"):
         ckeir.compile(spec, backend="reference")
+
+
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        (
+            SIZES.replace("layers 2", "layers 1"),
+            "the model has 1 layers, but the file holds tensors for 2",
+        ),
+        (
+            SIZES.replace("layers 2", "layers 3"),
+            "the model has 3 layers, but the file holds tensors for 2",
+        ),
+        (SIZES.replace("ffn 128", "ffn 96"), "tensor 'blk.0.ffn_gate.weight' has shape [128, 64]"),
+    ],
+)
+def test_stated_sizes_must_match_the_tensors(tmp_path, sizes, message):
+    """The spec's hyper-parameters are checked against the file's tensors, extra layers too
+    (a 1-layer model once ran on a 2-layer file, ignoring the second)."""
+    spec = write(tmp_path, random_weights(CFG, 4), sizes=sizes)
+    with pytest.raises(ModelFileError) as e:
+        _ = ckeir.compile(spec, backend="reference").weights
+    assert "model.safetensors" in str(e.value) and message in str(e.value), str(e.value)
