@@ -40,7 +40,7 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "ckeir"
 
 
-def _digest(data: bytes) -> bytes:
+def _digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
@@ -70,7 +70,7 @@ def _damage(raw: bytes, key_digest: bytes) -> str | None:
     body = len(raw) - HEADER.size
     if body != length:
         return f"{'truncated' if body < length else 'too long'}: {body} of {length} bytes"
-    if _digest(raw[HEADER.size :]) != digest:
+    if _digest(memoryview(raw)[HEADER.size :]) != digest:
         return "checksum mismatch"
     return None
 
@@ -111,9 +111,9 @@ def discard(path: Path, reason: str, seen: os.stat_result | None = None) -> None
     """Delete a bad entry and say so in one line.  For callers too that find an entry's
     content unusable after its checksum passed (e.g. JSON of the wrong shape).  `seen`: the
     file as it was read; if another process has replaced it since, its new entry stays."""
-    print(
-        f"warning: discarded a damaged cache entry {path} ({reason}); rebuilding", file=sys.stderr
-    )
+    # One write of the whole line: two threads or ranks warning at once must not interleave.
+    sys.stderr.write(f"warning: discarded a damaged cache entry {path} ({reason}); rebuilding\n")
+    sys.stderr.flush()
     try:
         now = os.lstat(path)
         if seen is not None and (now.st_ino, now.st_dev) != (seen.st_ino, seen.st_dev):

@@ -1,0 +1,277 @@
+"""The disk cache heals: a damaged entry (truncated, a flipped bit, another key's entry, empty,
+a directory or a FIFO in its place, an older format) is discarded with one warning line and
+rebuilt, never trusted; concurrent cold runs and an unwritable cache only cost time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cli_runner import ckec
+from gguf import GGUFWriter
+from runtime.ggufgen import spec_for, write_gguf
+
+from ckeir import cache
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "specs" / "tiny.cke"
+IDS = "1,2,3"
+H = cache.HEADER.size
+
+# ---- the entry format, in process ------------------------------------------------------------
+
+
+def warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def test_round_trip_and_a_miss_is_silent(tmp_path, capsys):
+    path = tmp_path / "sub" / "k.bin"
+    assert cache.read(path) is None
+    cache.write_atomic(path, b"payload")
+    assert cache.read(path) == b"payload"
+    assert path.read_bytes().endswith(b"payload") and path.stat().st_size == H + 7
+    assert capsys.readouterr().err == ""
+    assert [p.name for p in path.parent.iterdir()] == ["k.bin"]  # no temporaries left
+
+
+def test_every_flipped_bit_is_caught(tmp_path, capsys):
+    path = tmp_path / "k.bin"
+    cache.write_atomic(path, b"sixteen bytes..!")
+    clean = path.read_bytes()
+    for bit in range(8 * len(clean)):
+        damaged = bytearray(clean)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(damaged)
+        assert cache.read(path) is None, f"bit {bit} flipped went unnoticed"
+        assert not path.exists()
+    assert len(warnings(capsys.readouterr().err)) == 8 * len(clean)
+
+
+def test_the_key_is_checked(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    cache.write_atomic(a, b"x")
+    shutil.copy(a, b)  # a's entry where b's belongs
+    assert cache.read(b) is None
+    cache.write_atomic(a, b"y", key="one key")
+    assert cache.read(a, key="another") is None
+    err = warnings(capsys.readouterr().err)
+    assert err == [
+        f"warning: discarded a damaged cache entry {b} (written for another key); rebuilding",
+        f"warning: discarded a damaged cache entry {a} (written for another key); rebuilding",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"\x7fELF" * 4), "shorter than the"),
+        (lambda p: p.write_bytes(b"\x7fELF" * 40), "not a ckeir cache entry"),
+        (lambda p: (p.mkdir(), (p / "x").write_text("x")), "not a regular file"),
+        (os.mkfifo, "not a regular file"),  # must not block the open
+        (lambda p: p.symlink_to("/dev/zero"), "not a regular file"),  # must not read forever
+        (lambda p: p.symlink_to(p), "Too many levels of symbolic links"),
+    ],
+    ids=["empty", "short", "old-format", "directory", "fifo", "dev-zero", "symlink-loop"],
+)
+def test_not_an_entry(tmp_path, capsys, make, reason):
+    path = tmp_path / "k.bin"
+    make(path)
+    assert cache.read(path) is None
+    (line,) = warnings(capsys.readouterr().err)
+    assert str(path) in line and reason in line
+    assert not os.path.lexists(path)
+    cache.write_atomic(path, b"rebuilt")
+    assert cache.read(path) == b"rebuilt"
+
+
+def test_a_newer_entry_written_meanwhile_is_kept(tmp_path, capsys):
+    path = tmp_path / "k.bin"
+    path.write_bytes(b"damaged")
+    seen = path.stat()
+    cache.write_atomic(path, b"good")  # another process rebuilt it after we read the damage
+    cache.discard(path, "checksum mismatch", seen)
+    assert cache.read(path) == b"good"
+    assert len(warnings(capsys.readouterr().err)) == 1
+
+
+def test_unwritable_cache_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cache.write_atomic(blocker / "sub" / "k.bin", b"x")  # no exception
+    assert cache.read(blocker / "sub" / "k.bin") is None
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+# ---- real runs on a damaged cache --------------------------------------------------------------
+
+
+def entry_key(path: Path) -> str | None:
+    """The key each kind of entry is written for (objects: their cache key)."""
+    return path.stem if path.suffix == ".o" else None
+
+
+def entries(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def run(spec: Path, root: Path, *extra: str):
+    return ckec("run", spec, "--ids", IDS, "-n", 4, *extra, env={"CKEIR_CACHE_DIR": str(root)})
+
+
+def flip(offset: int, bit: int = 0) -> Callable[[bytes, bytes], bytes]:
+    def damage(raw: bytes, _other: bytes) -> bytes:
+        out = bytearray(raw)
+        out[offset if offset >= 0 else len(raw) + offset] ^= 1 << bit
+        return bytes(out)
+
+    return damage
+
+
+def mid_content(raw: bytes, _other: bytes) -> bytes:
+    return flip(H + (len(raw) - H) // 2, 3)(raw, _other)
+
+
+# Each damage turns an entry's bytes (and another entry's, for the wrong-key case) into what
+# is found on disk; None: a directory in its place.
+DAMAGES: dict[str, Callable[[bytes, bytes], bytes | None]] = {
+    "truncated-in-header": lambda raw, _: raw[: H // 2],
+    "header-only": lambda raw, _: raw[:H],
+    "truncated-mid-content": lambda raw, _: raw[: H + (len(raw) - H) // 2],
+    "last-byte-missing": lambda raw, _: raw[:-1],
+    "flip-magic": flip(0),
+    "flip-key": flip(20, 5),
+    "flip-length": flip(44, 1),
+    "flip-checksum": flip(70, 6),
+    "flip-mid-content": mid_content,
+    "flip-last-byte": flip(-1, 7),
+    "another-keys-entry": lambda _, other: other,
+    "empty": lambda raw, _: b"",
+    "directory": lambda raw, _: None,
+    "older-format": lambda raw, _: raw[H:],
+}
+
+
+def damage_all(root: Path, how: str) -> list[Path]:
+    """Damage every entry under `root` the same way; each gets the next one's bytes as the
+    'other key'.  Returns the damaged paths."""
+    paths = entries(root)
+    raws = [p.read_bytes() for p in paths]
+    for i, p in enumerate(paths):
+        out = DAMAGES[how](raws[i], raws[(i + 1) % len(raws)])
+        p.unlink()
+        if out is None:
+            p.mkdir()
+            (p / "junk").write_bytes(raws[i])
+        else:
+            p.write_bytes(out)
+    return paths
+
+
+def assert_healed(r, clean_ids: str, damaged: list[Path]) -> None:
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == clean_ids
+    assert "Traceback" not in r.stderr
+    lines = warnings(r.stderr)
+    for p in damaged:  # exactly one line per damaged entry, nothing else
+        assert sum(f" {p} (" in line for line in lines) == 1, (p, r.stderr)
+    assert len(lines) == len(damaged), r.stderr
+    for p in damaged:  # rewritten valid
+        assert cache.read(p, entry_key(p)) is not None, p
+
+
+@pytest.fixture(scope="module")
+def gguf_spec(tmp_path_factory) -> Path:
+    """A small GGUF model on one node.  `ckec run --ids` loads its tokenizer, and the
+    writer drops an empty merge list: give the tokenizer one merge (and its token)."""
+    d = tmp_path_factory.mktemp("model")
+    add_list, add_merges = GGUFWriter.add_token_list, GGUFWriter.add_token_merges
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GGUFWriter, "add_token_list", lambda w, t: add_list(w, [*t[:-1], "ab"]))
+        mp.setattr(GGUFWriter, "add_token_merges", lambda w, m: add_merges(w, [*m, "a b"]))
+        return spec_for(write_gguf(d / "m.gguf"), d)
+
+
+@pytest.fixture(scope="module")
+def clean_gguf_cache(gguf_spec, tmp_path_factory) -> tuple[Path, str]:
+    """A warm cache of every kind: objects, lowered programs, the GGUF index, bandwidth."""
+    root = tmp_path_factory.mktemp("cache")
+    r = run(gguf_spec, root, "--measure-bandwidth")
+    assert r.returncode == 0, r.stderr
+    kinds = {p.parent.name if p.parent != root else "objects" for p in entries(root)}
+    assert kinds == {"objects", "lowered", "gguf", "bandwidth"}
+    return root, r.stdout.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def clean_tiny_cache(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("cache")
+    r = run(TINY, root)
+    assert r.returncode == 0, r.stderr
+    return root, r.stdout.split()[-1]
+
+
+@pytest.mark.parametrize("how", list(DAMAGES))
+def test_a_damaged_cache_heals(how, gguf_spec, clean_gguf_cache, tmp_path):
+    clean, ids = clean_gguf_cache
+    root = tmp_path / "cache"
+    shutil.copytree(clean, root)
+    damaged = damage_all(root, how)
+    assert_healed(run(gguf_spec, root), ids, damaged)
+    again = run(gguf_spec, root)  # healed: silent
+    assert again.returncode == 0 and warnings(again.stderr) == []
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated-mid-content", "flip-mid-content", "another-keys-entry", "directory"]
+)
+def test_local_ranks_heal_a_damaged_cache(how, clean_tiny_cache, tmp_path):
+    """Two local ranks share some objects: still one warning per entry."""
+    clean, ids = clean_tiny_cache
+    root = tmp_path / "cache"
+    shutil.copytree(clean, root)
+    damaged = damage_all(root, how)
+    assert_healed(run(TINY, root), ids, damaged)
+
+
+def test_concurrent_cold_runs(clean_tiny_cache, tmp_path):
+    _, ids = clean_tiny_cache
+    root = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "ckeir.cli", "run", str(TINY), "--ids", IDS, "-n", "4"]
+    env = dict(os.environ, CKEIR_CACHE_DIR=str(root))
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert out.split()[-1] == ids and warnings(err) == []
+    assert not list(root.rglob(".tmp-*"))
+    for p in entries(root):
+        assert cache.read(p, entry_key(p)) is not None, p
+
+
+@pytest.mark.parametrize("spec", ["tiny", "gguf"])
+def test_unwritable_cache_only_costs_time(spec, request, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    if spec == "tiny":
+        path, (_, ids), extra = TINY, request.getfixturevalue("clean_tiny_cache"), ()
+    else:  # a single rank: the bandwidth record too
+        path, (_, ids) = (
+            request.getfixturevalue("gguf_spec"),
+            request.getfixturevalue("clean_gguf_cache"),
+        )
+        extra = ("--measure-bandwidth",)
+    r = run(path, blocker / "sub", *extra)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == ids
+    assert warnings(r.stderr) == [] and "Traceback" not in r.stderr
+    assert blocker.read_text() == "not a directory"
