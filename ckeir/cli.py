@@ -568,18 +568,22 @@ def _read_ir(path: str) -> str:
         raw = sys.stdin.buffer.read(limits.MAX_IR_BYTES + 1)
     else:
         raw = _read_regular_file(path)
-    if len(raw) > limits.MAX_IR_BYTES:
-        raise CkeError(f"{path}: larger than {limits.MAX_IR_BYTES} bytes, too large for IR text")
+    if len(raw) > limits.MAX_IR_BYTES:  # a file that grew, or stdin
+        raise _too_large(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        col = e.start - raw.rfind(b"\n", 0, e.start)
         from ckeir.errors import IRParseError
 
-        raise IRParseError(
-            f"not UTF-8 text (byte {raw[e.start]:#04x})", loc=SourceLoc(path, line, col)
-        ) from None
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        end = raw.find(b"\n", e.start)
+        text = raw[start : end if end >= 0 else len(raw)].decode(errors="replace")
+        loc = SourceLoc(path, raw.count(b"\n", 0, e.start) + 1, e.start - start + 1, text)
+        raise IRParseError(f"not UTF-8 text (byte {raw[e.start]:#04x})", loc=loc) from None
+
+
+def _too_large(path: str) -> CkeError:
+    return CkeError(f"cannot read {path}: larger than {limits.MAX_IR_BYTES} bytes of IR text")
 
 
 def _read_regular_file(path: str) -> bytes:
@@ -588,15 +592,19 @@ def _read_regular_file(path: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise CkeError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+        raise CkeError(f"cannot read {path}: {outputs.describe_os_error(e)}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > limits.MAX_IR_BYTES:  # refused unread
+        os.close(fd)
+        if stat.S_ISREG(st.st_mode):
+            raise _too_large(path)
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CkeError(f"cannot read {path}: it is {what}")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            what = "a directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "not a regular file"
-            raise CkeError(f"cannot read {path}: it is {what}")
         try:
             return f.read(limits.MAX_IR_BYTES + 1)
         except OSError as e:
-            raise CkeError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+            raise CkeError(f"cannot read {path}: {outputs.describe_os_error(e)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ def check_output_dir(path, flag: str | None = None) -> Path:
     try:
         os.makedirs(target, exist_ok=True)
     except OSError as e:
-        raise refusal(path, flag, _reason(e)) from None
+        raise refusal(path, flag, describe_os_error(e)) from None
     _check_directory(target, path, flag)
     return Path(path)
 
@@ -79,7 +79,7 @@ def _mode(target: str, path, flag) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as e:  # a component that is a file, a symlink loop, no permission...
-        raise refusal(path, flag, _reason(e)) from None
+        raise refusal(path, flag, describe_os_error(e)) from None
 
 
 def _check_directory(directory: str, path, flag) -> None:
@@ -90,12 +90,15 @@ def _check_directory(directory: str, path, flag) -> None:
     try:
         fd, probe = _create_temp(directory, os.path.basename(os.fspath(path)) or "out")
     except OSError as e:
-        raise refusal(path, flag, f"cannot create files in {directory} ({_reason(e)})") from None
+        raise refusal(
+            path, flag, f"cannot create files in {directory} ({describe_os_error(e)})"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
 
-def _reason(e: OSError) -> str:
+def describe_os_error(e: OSError) -> str:
+    """`no space left on device`: an OSError as the end of a sentence."""
     return (e.strerror or str(e)).lower()
 
 
@@ -116,7 +119,7 @@ def write_output(path, data: str | bytes, flag: str | None = None) -> None:
         else:
             _replace(target, raw, mode)
     except OSError as e:
-        raise refusal(path, flag, _reason(e)) from None
+        raise refusal(path, flag, describe_os_error(e)) from None
 
 
 def _replace(target: str, raw: bytes, mode: int | None) -> None:
@@ -202,7 +205,7 @@ def _stdout_errors():
     except BrokenPipeError:
         raise
     except OSError as e:
-        raise OutputError(f"cannot write to standard output: {_reason(e)}") from None
+        raise OutputError(f"cannot write to standard output: {describe_os_error(e)}") from None
 
 
 def discard_stdout() -> None:
