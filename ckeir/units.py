@@ -45,35 +45,47 @@ KINDS: dict[str, tuple[dict, str, str]] = {
     "time": (TIMES, "a time", "us"),
 }
 
-# kind -> the values it may take, in bytes, bytes per second or seconds (inclusive)
+# kind -> the values it may take, in bytes, bytes per second or seconds (inclusive); a bound
+# is read from its decimal text, so that 1ns is exactly limits.MIN_SECONDS (1e-9).
 RANGES: dict[str, tuple[Fraction, Fraction]] = {
-    "size": (Fraction(1), Fraction(limits.MAX_BYTES)),
-    "rate": (Fraction(limits.MIN_RATE), Fraction(limits.MAX_RATE)),
-    "time": (Fraction(limits.MIN_SECONDS), Fraction(limits.MAX_SECONDS)),
+    kind: (Fraction(str(lo)), Fraction(str(hi)))
+    for kind, (lo, hi) in {
+        "size": (1, limits.MAX_BYTES),
+        "rate": (limits.MIN_RATE, limits.MAX_RATE),
+        "time": (limits.MIN_SECONDS, limits.MAX_SECONDS),
+    }.items()
 }
 
 _DECIMAL = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
 _QUANTITY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+(?:/s)?)\s*")
 
 
-def to_bytes(number: str | int | float, unit: str, loc: SourceLoc | None = None) -> int:
+# Each conversion takes the unit's location `loc` and, where it differs, the number's
+# (`number_loc`): an error about the number points at the number, one about the unit at it.
+
+
+def to_bytes(
+    number: str | int | float, unit: str, loc: SourceLoc | None = None, *, number_loc=None
+) -> int:
     """`24`, `GiB` -> 25769803776.  A size must come to a whole number of bytes."""
-    value = _scaled(number, unit, "size", loc)
+    value = _scaled(number, unit, "size", loc, number_loc or loc)
     if value.denominator != 1:
-        raise SpecError(f"{number}{unit} is not a whole number of bytes", loc=loc)
+        raise SpecError(f"{number}{unit} is not a whole number of bytes", loc=number_loc or loc)
     return int(value)
 
 
 def to_bytes_per_second(
-    number: str | int | float, unit: str, loc: SourceLoc | None = None
+    number: str | int | float, unit: str, loc: SourceLoc | None = None, *, number_loc=None
 ) -> float:
     """`10`, `Gbit/s` -> 1.25e9."""
-    return float(_scaled(number, unit, "rate", loc))
+    return float(_scaled(number, unit, "rate", loc, number_loc or loc))
 
 
-def to_seconds(number: str | int | float, unit: str, loc: SourceLoc | None = None) -> float:
+def to_seconds(
+    number: str | int | float, unit: str, loc: SourceLoc | None = None, *, number_loc=None
+) -> float:
     """`50`, `us` -> 5e-05."""
-    return float(_scaled(number, unit, "time", loc))
+    return float(_scaled(number, unit, "time", loc, number_loc or loc))
 
 
 def parse_quantity(text: str, kind: str, loc: SourceLoc | None = None) -> int | float:
@@ -104,10 +116,13 @@ def check_digits(number: str, loc: SourceLoc | None = None) -> None:
         )
 
 
-def _scaled(number: str | int | float, unit: str, kind: str, loc: SourceLoc | None) -> Fraction:
+def _scaled(
+    number: str | int | float, unit: str, kind: str, loc: SourceLoc | None, number_loc
+) -> Fraction:
     units = KINDS[kind][0]
     if unit not in units:
         raise SpecError(_unit_message(unit, kind), loc=loc, hint=_unit_hint(unit, kind))
+    loc = number_loc
     mantissa, exponent = _decimal(str(number), loc)
     # Bound the exponent before 10**exponent is built: `1e999999999GiB` as an exact fraction
     # would take minutes and gigabytes, yet is plainly out of range.

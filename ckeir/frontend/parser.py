@@ -113,13 +113,13 @@ class _ToAst(Transformer):
         return float(number)  # 1e400 becomes inf: the range checks of `semantic` refuse it
 
     def size(self, meta, number, unit):
-        return units.to_bytes(number, unit, self.at(unit))
+        return units.to_bytes(number, unit, self.at(unit), number_loc=self.at(number))
 
     def rate(self, meta, number, unit):
-        return units.to_bytes_per_second(number, unit, self.at(unit))
+        return units.to_bytes_per_second(number, unit, self.at(unit), number_loc=self.at(number))
 
     def time(self, meta, number, unit):
-        return units.to_seconds(number, unit, self.at(unit))
+        return units.to_seconds(number, unit, self.at(unit), number_loc=self.at(number))
 
     def boolean(self, meta, word):
         return word == "true"

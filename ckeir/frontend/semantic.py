@@ -416,7 +416,7 @@ def _resolve_schedule(spec: Spec, s: ScheduleDecl) -> ScheduleDecl:
     for phase in phases.values():
         for stage in phase.stages:
             _check_tensor_parallel(stage, model, cluster)
-        if phase.auto and phase.name == "decode":  # the planner may split over every node
+        if phase.auto:  # the planner may split the phase over every node
             _check_rate_skew(cluster.nodes, cluster.loc, "the nodes of cluster " + cluster.name)
     return s
 
