@@ -256,12 +256,33 @@ def cmd_run(argv: list[str]) -> int:
     if args.prompt is not None:
         _check_utf8(args.prompt, "--prompt")
     _check_outputs(args, {"report": "--report", "trace": "--trace", "dump_dir": "--dump-dir"})
+    _check_measured(args)
     transport = _transport(args)
     try:
         return _run(args, ids, transport)
     finally:
         if transport is not None:
             transport.close()
+
+
+def _measurements(args) -> str | None:
+    """The flags asking for measurements of the run, as the user typed them."""
+    asked = [f for f, v in (("--report", args.report), ("--trace", args.trace)) if v]
+    return " and ".join(asked) or None
+
+
+def _check_measured(args, prog=None) -> None:
+    """A report or trace measures decode steps, between generated tokens: refuse a run that
+    could only leave it unwritten (or full of zeros), before it starts rather than silently
+    after.  With `prog`, also what only the compiled spec tells: one rank on the reference
+    backend has no native timings."""
+    flags = _measurements(args)
+    if flags is None:
+        return
+    if args.max_new_tokens < 2:
+        raise CkeError(f"{flags}: decode is measured between generated tokens; give -n 2 or more")
+    if prog is not None and prog.world_size == 1 and args.backend != "llvm":
+        raise CkeError(f"{flags}: one rank is measured on native code; run with --backend llvm")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -320,6 +341,7 @@ def _run(args, ids, transport) -> int:
                     )
                 ids = tokenizer.encode(args.prompt)
             ids = prog.check_request(ids, args.max_new_tokens)  # before any rank starts
+            _check_measured(args, prog)
             if prog.world_size > 1 and transport is None:
                 return _run_local_ranks(args, prog, ids, progress)
             _ = prog.engine  # loads weights and starts the threads under the progress display

@@ -181,3 +181,19 @@ def test_opt_target_options(tmp_path):
     f.write_text(MODULE)
     assert_user_error(opt(f, "--cores", "0"), "argument --cores: must be between 1")
     assert_user_error(opt(f, "--l2", "lots"), "--l2: 'lots' is not a size")
+
+
+# ---- measurements that could not be made ---------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-n", "1"], "--report: decode is measured between generated tokens; give -n 2"),
+        (["--backend", "reference"], "--report: one rank is measured on native code"),
+    ],
+)
+def test_report_that_could_not_be_written_is_refused_before_the_run(tmp_path, args, message):
+    """Both ran to exit 0 and left no report, silently."""
+    report = tmp_path / "r.json"
+    r = ckec("run", ODD, "--ids", "1", "--report", report, *args)
+    assert_user_error(r, message)
+    assert "ready in" not in r.stderr and not report.exists()
