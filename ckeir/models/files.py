@@ -128,8 +128,10 @@ _SCALARS = {  # GGUF scalar type -> struct code (little endian)
 _INTEGERS = {t.name for t in _SCALARS if t.name[0] in "UI"}
 _REALS = _INTEGERS | {"FLOAT32", "FLOAT64"}
 # the fewest bytes one value of a type takes: an array count times this must fit in the file
-_MIN_BYTES = {**{t: struct.calcsize(c) for t, c in _SCALARS.items()}, GGUFValueType.STRING: 8}
-_MIN_BYTES[GGUFValueType.ARRAY] = 12
+_MIN_BYTES = {t: struct.calcsize(c) for t, c in _SCALARS.items()} | {
+    GGUFValueType.STRING: 8,  # its length
+    GGUFValueType.ARRAY: 12,  # its item type and count
+}
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
 _MAX_ARRAY_NESTING = 4  # arrays of arrays are legal GGUF; none we know nests at all
@@ -336,32 +338,47 @@ def _index_damage(index, size: int) -> str | None:
     meta, tensors = index.get("metadata"), index.get("tensors")
     if not isinstance(meta, dict) or not isinstance(tensors, list):
         return "no metadata or tensor table"
-    for key, e in meta.items():
-        if not (isinstance(e, dict) and e.get("type") in GGUFValueType.__members__):
-            return f"metadata '{key}' of unknown type"
-        if e["type"] == "ARRAY" and not (
-            e.get("item") in GGUFValueType.__members__
-            and all(isinstance(e.get(k), int) and 0 <= e[k] <= size for k in ("count", "offset"))
-        ):
-            return f"metadata '{key}': a malformed array"
-        if e["type"] != "ARRAY" and "value" not in e:
-            return f"metadata '{key}' has no value"
-    for t in tensors:
-        fields = (t.get(k) for k in ("name", "format", "offset", "bytes", "shape"))
-        if not (isinstance(t, dict) and _tensor_fields_ok(*fields, size)):
-            return "a malformed tensor entry"
+    bad_key = next((k for k, e in meta.items() if not _entry_ok(e, size)), None)
+    if bad_key is not None:
+        return f"a malformed entry for metadata '{bad_key}'"
+    if not all(_tensor_ok(t, size) for t in tensors):
+        return "a malformed tensor entry"
     return None
 
 
-def _tensor_fields_ok(name, fmt, offset, nbytes, shape, size: int) -> bool:
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# what a scalar entry's JSON value must be, by GGUF type
+_VALUE_KIND = {"STRING": str, "BOOL": bool, "FLOAT32": float, "FLOAT64": float}
+
+
+def _entry_ok(e, size: int) -> bool:
+    if not isinstance(e, dict) or e.get("type") not in GGUFValueType.__members__:
+        return False
+    if e["type"] == "ARRAY":
+        where = (e.get("count"), e.get("offset"))
+        return e.get("item") in GGUFValueType.__members__ and all(
+            _is_int(v) and 0 <= v <= size for v in where
+        )
+    kind = _VALUE_KIND.get(e["type"])
+    return isinstance(e.get("value"), kind) if kind else _is_int(e.get("value"))
+
+
+def _tensor_ok(t, size: int) -> bool:
+    if not isinstance(t, dict):
+        return False
+    offset, nbytes, shape = t.get("offset"), t.get("bytes"), t.get("shape")
     return (
-        isinstance(name, str)
-        and isinstance(fmt, str)
-        and all(isinstance(v, int) and v >= 0 for v in (offset, nbytes))
-        and offset + nbytes <= size
+        isinstance(t.get("name"), str)
+        and isinstance(t.get("format"), str)
+        and _is_int(offset)
+        and _is_int(nbytes)
+        and 0 <= offset <= offset + nbytes <= size
         and isinstance(shape, list)
         and 1 <= len(shape) <= MAX_TENSOR_DIMS
-        and all(isinstance(d, int) and d > 0 for d in shape)
+        and all(_is_int(d) and d > 0 for d in shape)
     )
 
 

@@ -381,14 +381,24 @@ def test_ids_run_through_the_api_without_a_tokenizer(tmp_path):
 # ---- the cached index -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "content", [b"{not json", b"[]", b'{"version": 2, "metadata": 1, "tensors": []}', b"[" * 100000]
-)
-def test_a_damaged_index_is_rebuilt_with_one_warning(content, tmp_path, capsys):
+WRONG_VALUE = b'{"version": 2, "tensors": [], "metadata": {"k": {"type": "UINT32", "value": "2"}}}'
+DAMAGED_INDEX = {
+    "not JSON": b"{not json",
+    "a list": b"[]",
+    "metadata not a mapping": b'{"version": 2, "metadata": 1, "tensors": []}',
+    "a value of the wrong type": WRONG_VALUE,
+    "nested too deep for the decoder": b"[" * 100000,
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_INDEX))
+def test_a_damaged_index_is_rebuilt_with_one_warning(case, tmp_path, capsys):
     path = write_gguf(tmp_path / "m.gguf")
     params = GGUFFile(path).params()
     (entry,) = (tmp_path / "cache" / "gguf").iterdir()
-    cache.write_atomic(entry, content)  # a valid cache entry holding content that decodes badly
+    cache.write_atomic(
+        entry, DAMAGED_INDEX[case]
+    )  # a valid cache entry holding content that decodes badly
     capsys.readouterr()
     assert GGUFFile(path).params() == params
     err = capsys.readouterr().err.splitlines()
