@@ -640,11 +640,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a full device fails here, while it can still be reported
         return code
     except BrokenPipeError:  # the reader of our output has gone (`ckec … | head -1`)
-        outputs.discard_stdout()
+        outputs.discard_stdout(stdout)
         return 141  # what a shell shows for a tool ended by SIGPIPE
     except CkeError as e:
         if isinstance(e, outputs.OutputError):
-            outputs.discard_stdout()
+            outputs.discard_stdout(stdout)
         print(e.format(), file=sys.stderr)
         return 1
     except FileNotFoundError as e:

@@ -208,10 +208,12 @@ def _stdout_errors():
         raise OutputError(f"cannot write to standard output: {describe_os_error(e)}") from None
 
 
-def discard_stdout() -> None:
-    """Point standard output at /dev/null, so that what is still buffered for a full device
-    or a closed pipe does not fail again when Python flushes it at exit."""
+def discard_stdout(stream) -> None:
+    """Point `stream` (standard output) at /dev/null, so that what is still buffered for a full
+    device or a closed pipe does not fail again when Python flushes it at exit.  A stream
+    without a file descriptor (a test's StringIO) is left alone."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.__stdout__.fileno())
+        os.dup2(null, fd)
         os.close(null)

@@ -3,11 +3,13 @@ import stat
 
 import pytest
 
+DEVICES = (os.devnull, "/dev/full")  # the devices CLI tests write to
+
 
 @pytest.fixture(autouse=True)
-def dev_null_stays_a_device():
-    """No CLI test may turn the machine's /dev/null into a regular file (an output written
-    by renaming a temporary file onto `-o /dev/null` did)."""
+def devices_stay_devices():
+    """No CLI test may turn the machine's /dev/null or /dev/full into a regular file (an
+    output written by renaming a temporary file onto `-o /dev/null` did)."""
     yield
-    mode = os.stat(os.devnull).st_mode
-    assert stat.S_ISCHR(mode), f"{os.devnull} is no longer a character device"
+    for dev in DEVICES:
+        assert stat.S_ISCHR(os.stat(dev).st_mode), f"{dev} is no longer a character device"
