@@ -192,8 +192,8 @@ class Program:
     # -- running -----------------------------------------------------------------------------
     def check_request(self, ids, max_new_tokens: int) -> list[int]:
         """The prompt `ids` as a list of this model's token ids, refused before any work (no
-        weights loaded, no rank started) if one is not an integer in the vocabulary or the
-        token count is negative or absurd."""
+        weights loaded, no rank started) if one is not an integer in the vocabulary, the
+        token count is negative or absurd, or both do not fit the context."""
         if not in_int_range(max_new_tokens, 0, MAX_NEW_TOKENS):
             raise CkeError(
                 f"max_new_tokens must be between 0 and {MAX_NEW_TOKENS}, "
@@ -213,6 +213,11 @@ class Program:
             prompt.append(i)
         if not prompt:
             raise CkeError("the prompt is empty: give at least one token id")
+        if len(prompt) + max_new_tokens > self.config.context:
+            raise CkeError(
+                f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the "
+                f"model's context of {self.config.context}"
+            )
         return prompt
 
     def stream(

@@ -285,6 +285,17 @@ def _check_measured(args, prog=None) -> None:
         raise CkeError(f"{flags}: one rank is measured on native code; run with --backend llvm")
 
 
+def _check_world(prog, transport) -> None:
+    """Under MPI, as many processes as the schedule has ranks (else a collective would name
+    a rank that does not exist, deep in the run)."""
+    if transport is not None and transport.size != prog.world_size:
+        n = prog.world_size
+        raise CkeError(
+            f"this schedule runs on {n} ranks but MPI started {transport.size}",
+            hint=f"run it as: mpiexec -n {n} {sys.executable} -m mpi4py -m ckeir.cli run …",
+        )
+
+
 def _parse_ids(text: str) -> list[int]:
     """`--ids`: token ids separated by commas and/or whitespace ("1,2,3", "1 2 3", "1, 2");
     each a plain decimal integer within limits.MAX_TOKEN_ID (the vocabulary is checked once
@@ -342,6 +353,7 @@ def _run(args, ids, transport) -> int:
                 ids = tokenizer.encode(args.prompt)
             ids = prog.check_request(ids, args.max_new_tokens)  # before any rank starts
             _check_measured(args, prog)
+            _check_world(prog, transport)
             if prog.world_size > 1 and transport is None:
                 return _run_local_ranks(args, prog, ids, progress)
             _ = prog.engine  # loads weights and starts the threads under the progress display
@@ -591,7 +603,7 @@ def _read_ir(path: str) -> str:
     else:
         raw = _read_regular_file(path)
     if len(raw) > limits.MAX_IR_BYTES:  # a file that grew, or stdin
-        raise _too_large(path)
+        raise _too_large("standard input" if path == "-" else path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -2,6 +2,7 @@
 what, no traceback, and nothing started that the error makes pointless."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,6 +52,21 @@ def test_ids_outside_the_vocabulary_name_the_id_and_the_vocabulary():
     r = run(TINY, "--ids", "1,99999", "-n", "1")
     assert_user_error(r, "token id 99999 is not in the model's vocabulary of 512 tokens")
     assert "rank" not in r.stderr and "ready in" not in r.stderr
+
+
+def test_prompt_longer_than_the_context_is_refused_before_ranks_start():
+    r = run(TINY, "--ids", "1,2", "-n", "255")
+    assert_user_error(r, "prompt (2 tokens) + 255 new tokens exceed the model's context of 256")
+    assert "rank" not in r.stderr and "ready in" not in r.stderr
+    assert run(TINY, "--ids", "1,2", "-n", "254").returncode == 0
+
+
+def test_mpi_transport_with_too_few_processes():
+    """Without mpiexec MPI has one process; the schedule needs two (a collective used to
+    fail deep in the run, naming a group)."""
+    pytest.importorskip("mpi4py")
+    r = run(TINY, "--ids", "1", "-n", "2", "--transport", "mpi")
+    assert_user_error(r, "this schedule runs on 2 ranks but MPI started 1", "mpiexec -n 2")
 
 
 def test_ids_separated_by_spaces_or_commas_are_the_same_prompt():
@@ -167,6 +183,18 @@ def test_opt_refuses_a_fifo_without_blocking(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)  # no writer: reading it would block forever
     assert_user_error(opt(fifo), f"cannot read {fifo}: it is not a regular file")
+
+
+def test_opt_bounds_standard_input():
+    with open("/dev/zero", "rb") as zero:  # endless: read up to the bound, then refused
+        r = subprocess.run(
+            [sys.executable, "-m", "ckeir.cli", "opt", "-", "--pass-pipeline=shape-infer"],
+            stdin=zero,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert_user_error(r, "cannot read standard input: larger than")
 
 
 def test_opt_refuses_a_huge_file_unread(tmp_path):
