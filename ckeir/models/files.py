@@ -65,9 +65,35 @@ class ModelFile:
     def params(self) -> dict:
         raise NotImplementedError
 
+    _offsets: dict[str, tuple[int, int]]  # tensor name -> (byte offset, byte length)
+    _buf = None
+
+    def _bytes(self) -> np.ndarray:
+        """The file, mapped read-only (once)."""
+        if self._buf is None:
+            try:
+                self._buf = np.memmap(self.path, dtype=np.uint8, mode="r")
+            except (OSError, ValueError) as e:
+                raise ModelFileError(f"{self.path}: cannot read the file ({_why(e)})") from None
+        return self._buf
+
     def data(self, name: str) -> np.ndarray:
-        """The stored tensor: float32 (rows, K) or uint8 GGML blocks (rows, row bytes)."""
-        raise NotImplementedError
+        """The stored tensor, a view into the file: f32/f16 as typed (rows, K) arrays, GGML
+        blocks as uint8 (rows, row bytes), any other type as its bytes (converted, or
+        refused, by the caller)."""
+        info = self.require(name)
+        offset, nbytes = self._offsets[name]
+        raw = self._bytes()[offset : offset + nbytes]
+        if len(raw) != nbytes:  # the file shrank since it was opened
+            raise ModelFileError(f"{self.path}: tensor '{name}' is truncated")
+        fmt = FORMATS.get(info.format)
+        if fmt is not None and fmt.quantized:
+            rows = int(np.prod(info.shape[:-1]))
+            return raw.reshape(rows, fmt.row_bytes(info.shape[-1]))
+        if fmt is not None:
+            dtype = {"f32": np.float32, "f16": np.float16}[fmt.name]
+            return raw.view(dtype).reshape(info.shape)
+        return raw
 
     def metadata(self, key: str, default=None):
         return default
@@ -399,7 +425,6 @@ class GGUFFile(ModelFile):
         key = f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|index v{INDEX_VERSION}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         self._index_path = cache.cache_dir() / "gguf" / f"{digest}.json"
-        self._buf = None
         index = self._cached_index()
         if index is None:
             index = read_gguf_index(self._bytes(), self.path)
@@ -411,16 +436,10 @@ class GGUFFile(ModelFile):
             for t in index["tensors"]
         }
 
-    def _bytes(self):
-        """The file, mapped read-only (once)."""
-        if self._buf is None:
-            if self._size == 0:
-                raise ModelFileError(f"{self.path}: not a GGUF file (it is empty)")
-            try:
-                self._buf = np.memmap(self.path, dtype=np.uint8, mode="r")
-            except (OSError, ValueError) as e:
-                raise ModelFileError(f"{self.path}: cannot read the file ({_why(e)})") from None
-        return self._buf
+    def _bytes(self) -> np.ndarray:
+        if self._size == 0:  # numpy cannot map it; say what a user can act on
+            raise ModelFileError(f"{self.path}: not a GGUF file (it is empty)")
+        return super()._bytes()
 
     def _cached_index(self) -> dict | None:
         """The cached index, or None on a miss.  An entry whose checksum passed but whose
@@ -561,23 +580,13 @@ class GGUFFile(ModelFile):
                 f"holds tensors for {present} layers"
             )
 
-    def data(self, name: str) -> np.ndarray:
-        info = self.require(name)
-        offset, nbytes = self._offsets[name]
-        raw = self._bytes()[offset : offset + nbytes]
-        if len(raw) != nbytes:  # the file shrank since it was opened
-            raise ModelFileError(f"{self.path}: tensor '{name}' is truncated")
-        fmt = FORMATS.get(info.format)
-        if fmt is not None and fmt.quantized:
-            rows = int(np.prod(info.shape[:-1]))
-            return raw.reshape(rows, fmt.row_bytes(info.shape[-1]))
-        if fmt is not None:
-            dtype = {"f32": np.float32, "f16": np.float16}[fmt.name]
-            return raw.view(dtype).reshape(info.shape)
-        return raw  # a type ckeir cannot compute on: converted (or refused) by the caller
-
 
 class SafetensorsFile(ModelFile):
+    """A Hugging Face safetensors file.  The `safetensors` package validates its header (JSON
+    of bounded size, offsets inside the file, byte sizes that match shapes and types); the
+    tensors are then views into a map of the file in their stored type, as for GGUF: the
+    package's numpy loader cannot return bfloat16 or float8, and would copy the rest."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_file():
@@ -585,29 +594,32 @@ class SafetensorsFile(ModelFile):
         try:
             from safetensors import safe_open
 
-            self._f = safe_open(str(self.path), framework="numpy")
-            keys = list(self._f.keys())
+            safe_open(str(self.path), framework="numpy")
         except Exception as e:  # noqa: BLE001
             raise ModelFileError(
                 f"{self.path}: not a readable safetensors file ({_why(e)})"
             ) from None
-        self.tensors = {}
-        for k in keys:
-            sl = self._f.get_slice(k)
-            self.tensors[_hf_to_gguf(k)] = TensorInfo(
-                _hf_to_gguf(k), tuple(sl.get_shape()), _st_format(sl.get_dtype())
-            )
-        self._names = {_hf_to_gguf(k): k for k in keys}
+        self.tensors, self._offsets = {}, {}
+        header, start = self._header()
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            name = _hf_to_gguf(key)
+            begin, end = entry["data_offsets"]
+            self.tensors[name] = TensorInfo(name, tuple(entry["shape"]), _st_format(entry["dtype"]))
+            self._offsets[name] = (start + begin, end - begin)
+
+    def _header(self) -> tuple[dict, int]:
+        """The header (already validated by `safetensors`) and where the data begin."""
+        buf = self._bytes()
+        n = int(buf[:8].view("<u8")[0])
+        return json.loads(bytes(buf[8 : 8 + n])), 8 + n
 
     def params(self) -> dict:
         raise ModelFileError(
             f"{self.path}: safetensors carry no hyper-parameters; state them "
             "in the model (vocab, hidden, layers, heads, kv_heads, ffn, context)"
         )
-
-    def data(self, name: str) -> np.ndarray:
-        self.require(name)
-        return np.ascontiguousarray(self._f.get_tensor(self._names[name]), dtype=np.float32)
 
 
 _HF = {

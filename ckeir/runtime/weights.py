@@ -85,7 +85,8 @@ def _to_f32(data: np.ndarray, fmt: str, path, name: str, shape) -> np.ndarray:
     try:
         plain = quants.dequantize(data, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
         return plain.reshape(shape)
-    except (KeyError, NotImplementedError, ValueError) as e:
+    except (KeyError, NotImplementedError, ValueError):
         raise ModelFileError(
-            f"{path}: cannot read tensor '{name}' of type {fmt.upper()} ({e})"
+            f"{path}: tensor '{name}' is stored as {fmt.upper()}, which ckeir cannot read "
+            "(it reads F32, F16, BF16 and GGML's quantized types)"
         ) from None

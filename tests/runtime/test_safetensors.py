@@ -2,6 +2,10 @@
 hyper-parameters stated in the spec, memory-mapped loading, and the same tokens as the same
 numbers given as random weights."""
 
+import json
+import struct
+
+import numpy as np
 import pytest
 
 import ckeir
@@ -102,3 +106,52 @@ def test_stated_sizes_must_match_the_tensors(tmp_path, sizes, message):
     with pytest.raises(ModelFileError) as e:
         _ = ckeir.compile(spec, backend="reference").weights
     assert "model.safetensors" in str(e.value) and message in str(e.value), str(e.value)
+
+
+def write_raw(tmp_path, weights, stored):
+    """`weights` as a safetensors file whose tensors `stored` names are in another type:
+    name -> (safetensors dtype, bytes); written by hand (numpy has no bfloat16)."""
+    header, body = {}, b""
+    for name, w in weights.items():
+        dtype, data = stored.get(name, ("F32", w.tobytes()))
+        header[hf_name(name)] = {
+            "dtype": dtype,
+            "shape": list(w.shape),
+            "data_offsets": [len(body), len(body) + len(data)],
+        }
+        body += data
+    spec = write(tmp_path, weights)
+    head = json.dumps(header).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + body)
+    return spec
+
+
+def bf16(w):
+    return (w.view(np.uint32) >> 16).astype(np.uint16)
+
+
+UP = "blk.0.ffn_up.weight"
+
+
+@pytest.mark.parametrize(
+    "dtype, stored, loaded",
+    [
+        ("F16", lambda w: w.astype(np.float16), lambda w: w.astype(np.float16).astype(np.float32)),
+        ("BF16", bf16, lambda w: (bf16(w).astype(np.uint32) << 16).view(np.float32)),
+    ],
+)
+def test_half_precision_tensors_are_read(tmp_path, dtype, stored, loaded):
+    w = random_weights(CFG, 4)
+    spec = write_raw(tmp_path, w, {UP: (dtype, stored(w[UP]).tobytes())})
+    prog = ckeir.compile(spec, backend="reference")
+    np.testing.assert_array_equal(prog.weights[UP], loaded(w[UP]))
+    assert len(prog.generate([1, 2, 3], 3)) == 3
+
+
+@pytest.mark.parametrize("dtype, size", [("F8_E4M3", 1), ("I64", 8), ("BOOL", 1)])
+def test_unreadable_tensor_types_are_refused(tmp_path, dtype, size):
+    w = random_weights(CFG, 4)
+    spec = write_raw(tmp_path, w, {UP: (dtype, bytes(w[UP].size * size))})
+    with pytest.raises(ModelFileError) as e:
+        _ = ckeir.compile(spec, backend="reference").weights
+    assert "model.safetensors" in str(e.value) and f"'{UP}' is stored as {dtype}" in str(e.value)
