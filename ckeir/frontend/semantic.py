@@ -19,6 +19,7 @@ import math
 import os
 import stat
 from collections.abc import Callable, Mapping
+from numbers import Integral, Real
 from pathlib import Path
 
 import attrs
@@ -641,10 +642,17 @@ def _and(words: list[str]) -> str:
 
 
 def _same(stated: object, actual: object) -> bool:
-    """Files store reals as float32, so 1e-5 in the spec matches 9.99999975e-06 in the file."""
-    if isinstance(stated, float) or isinstance(actual, float):
+    """Files store reals as float32, so 1e-5 in the spec matches 9.99999975e-06 in the file.
+    A file's value of another type (a string, a list) is simply not the same."""
+    if _is_number(stated) and _is_number(actual):
+        if isinstance(stated, Integral) and isinstance(actual, Integral):
+            return stated == actual
         return math.isclose(float(stated), float(actual), rel_tol=1e-6)
-    return stated == actual
+    return type(stated) is type(actual) and stated == actual
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _show(value: object) -> str:

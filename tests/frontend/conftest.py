@@ -76,6 +76,6 @@ def run_bounded(fn, *args, seconds: float = 30.0) -> Outcome:
     return Outcome(kind, message, loc, text, took)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bounded():
     return run_bounded

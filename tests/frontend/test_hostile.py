@@ -322,3 +322,19 @@ def test_ckec_on_a_spec_importing_a_fifo_fails_at_once_with_the_import_located(t
         f"{tmp_path / 'pipe.cke'}: it is a FIFO, not a regular file"
     )
     assert lines[1].strip() == 'import "pipe.cke"' and lines[2].strip() == "^"
+
+
+def test_a_stated_parameter_the_file_gives_as_another_type_disagrees(bounded):
+    stated = FILE_MODEL.replace("family     llama", "family     llama\n  norm_eps 1e-5")
+    spec = parse_spec(stated, "t.cke")
+    params = dict(PARAMS, norm_eps="1e-5")
+    outcome = bounded(with_model_params, spec, "tiny", params, "m.gguf")
+    assert outcome.kind == "cke", outcome
+    assert outcome.message == "norm_eps 1e-05 disagrees with m.gguf, which has 1e-5"
+
+
+def test_a_spec_text_larger_than_the_limit_is_refused_naming_it():
+    text = TINY + "#" * limits.MAX_SPEC_BYTES
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, "big.cke")
+    assert err.value.message == "spec big.cke is larger than 1 MiB; split it with `import`"

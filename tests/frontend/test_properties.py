@@ -4,12 +4,18 @@
   blank lines, spacing, optional brackets), parses to exactly the AST it was generated from.
 * Any text obtained by mutating a valid spec either parses or raises a located CkeError:
   never a Lark exception, never a Python error.
+* So does a file made by mutating its tokens and lines hostilely (extreme numbers, names
+  swapped, lines deleted or repeated, imports of devices, FIFOs, loops), loaded with its
+  imports, in bounded time and memory.
 """
 
+import os
+import re
 from fractions import Fraction
 from pathlib import Path
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckeir import units
@@ -24,6 +30,7 @@ from ckeir.frontend import (
     Spec,
     StageDecl,
     WeightsDecl,
+    load_spec,
     parse_spec,
 )
 
@@ -237,3 +244,70 @@ def test_mutated_specs_parse_or_fail_with_a_located_error(text):
         assert err.loc.file == "mut.cke" and err.loc.line >= 1 and err.loc.col >= 1
         assert err.loc.source_line is not None
         assert err.format().startswith(f"mut.cke:{err.loc.line}:{err.loc.col}: error: ")
+
+
+# ---- hostile mutations -----------------------------------------------------------------
+
+EXTREMES = [
+    "0", "00", "1", "4097", "65536", "2147483648", "9223372036854775807",
+    "18446744073709551616", "9" * 5000, "1e400", "1e-400", "1e999999999", "0.0", "1e30",
+    "0.000000001", "3.5",
+]  # fmt: skip
+ODD_IMPORTS = [
+    "/dev/zero", "/dev/urandom", "fifo.cke", "dir", "loop.cke", "mut.cke", "a\x00b.cke",
+    "missing.cke", "",
+]  # fmt: skip
+TOKEN = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|[A-Za-z_][A-Za-z0-9_]*|\s+|.")
+ALL_SPECS = [p.read_text() for p in sorted(SPECS.glob("*.cke"))]
+
+
+@st.composite
+def hostile_mutants(draw):
+    tokens = TOKEN.findall(draw(st.sampled_from(ALL_SPECS)))
+    numbers = [i for i, t in enumerate(tokens) if t[0].isdigit()]
+    names = [i for i, t in enumerate(tokens) if t[0].isalpha() or t[0] == "_"]
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["number", "name", "lines"]))
+        if op == "number" and numbers:
+            tokens[draw(st.sampled_from(numbers))] = draw(st.sampled_from(EXTREMES))
+        elif op == "name" and names:
+            at, other = draw(st.sampled_from(names)), draw(st.sampled_from(names))
+            tokens[at] = tokens[other]
+    lines = "".join(tokens).split("\n")
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(lines) - 1))
+        op = draw(st.sampled_from(["delete", "repeat", "swap", "import"]))
+        if op == "delete":
+            del lines[at]
+        elif op == "repeat":
+            lines.insert(at, lines[at])
+        elif op == "swap":
+            other = draw(st.integers(0, len(lines) - 1))
+            lines[at], lines[other] = lines[other], lines[at]
+        else:
+            lines.insert(at, f'import "{draw(st.sampled_from(ODD_IMPORTS))}"')
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory):
+    """A directory where the odd imports exist: a FIFO, a directory, a symlink loop."""
+    root = tmp_path_factory.mktemp("odd")
+    os.mkfifo(root / "fifo.cke")
+    (root / "dir").mkdir()
+    os.symlink("loop2.cke", root / "loop.cke")
+    os.symlink("loop.cke", root / "loop2.cke")
+    return root
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=hostile_mutants())
+def test_hostile_mutants_load_or_fail_located_in_bounded_time(bounded, odd_files, text):
+    path = odd_files / "mut.cke"
+    path.write_text(text)
+    outcome = bounded(load_spec, path, seconds=30)
+    assert outcome.kind in ("ok", "cke"), (outcome, text)
+    if outcome.kind == "cke":
+        assert outcome.loc is not None and outcome.loc.line >= 1, outcome
