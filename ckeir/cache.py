@@ -75,14 +75,14 @@ def _damage(raw: bytes, key_digest: bytes) -> str | None:
     return None
 
 
-def _read_regular(path: Path) -> tuple[bytes, os.stat_result]:
-    """The bytes of a regular file.  O_NONBLOCK so that a FIFO put in an entry's place
-    cannot block the open; anything but a regular file is refused before it is read."""
+def _read_regular(path: Path) -> tuple[bytes | None, os.stat_result]:
+    """The file's bytes (None if it is not a regular file: refused before it is read) and
+    its status.  O_NONBLOCK so that a FIFO put in an entry's place cannot block the open."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+            return None, st
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read(), st
     finally:
@@ -96,11 +96,10 @@ def read(path: Path, key: str | None = None) -> bytes | None:
     try:
         raw, st = _read_regular(path)
     except OSError as e:
-        if e.errno in _ABSENT:
-            return None
-        discard(path, "not a regular file" if e.errno == errno.EISDIR else e.strerror or str(e))
+        if e.errno not in _ABSENT:
+            discard(path, e.strerror or str(e))
         return None
-    why = _damage(raw, _key_digest(path, key))
+    why = "not a regular file" if raw is None else _damage(raw, _key_digest(path, key))
     if why is not None:
         discard(path, why, st)
         return None
@@ -115,13 +114,12 @@ def discard(path: Path, reason: str, seen: os.stat_result | None = None) -> None
     sys.stderr.write(f"warning: discarded a damaged cache entry {path} ({reason}); rebuilding\n")
     sys.stderr.flush()
     try:
-        now = os.lstat(path)
-        if seen is not None and (now.st_ino, now.st_dev) != (seen.st_ino, seen.st_dev):
+        if seen is not None and not os.path.samestat(os.stat(path), seen):
             return
-        if stat.S_ISDIR(now.st_mode):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
             shutil.rmtree(path)
         else:
-            os.unlink(path)
+            os.unlink(path)  # a symbolic link goes, not what it points to
     except OSError:
         pass  # already gone, or the cache is read-only: the rebuilt entry is not kept then
 

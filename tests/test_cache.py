@@ -224,8 +224,6 @@ def test_a_damaged_cache_heals(how, gguf_spec, clean_gguf_cache, tmp_path):
     shutil.copytree(clean, root)
     damaged = damage_all(root, how)
     assert_healed(run(gguf_spec, root), ids, damaged)
-    again = run(gguf_spec, root)  # healed: silent
-    assert again.returncode == 0 and warnings(again.stderr) == []
 
 
 @pytest.mark.parametrize(
