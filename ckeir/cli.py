@@ -37,12 +37,13 @@ def _int_in(lo: int, hi: int):
     nonsense, a huge one would size work)."""
 
     def parse(text: str) -> int:
-        if not re.fullmatch(r"[+-]?[0-9]{1,19}", text.strip(), re.ASCII):
+        digits = text.strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", digits, re.ASCII):
             raise argparse.ArgumentTypeError(f"expected an integer, not {text!r:.40}")
-        value = int(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {value}")
-        return value
+        # a number of many digits is out of range without converting it
+        if len(digits.lstrip("+-").lstrip("0")) > len(str(hi)) or not lo <= int(digits) <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {text:.40}")
+        return int(digits)
 
     return parse
 

@@ -103,7 +103,8 @@ def test_prompt_that_is_not_utf8():
         (["-n", "2.5"], "argument -n/--max-new-tokens: expected an integer, not '2.5'"),
         (["--threads", "0"], "argument --threads: must be between 1 and"),
         (["--threads", "-4"], "argument --threads: must be between 1 and"),
-        (["--threads", "9" * 30], "argument --threads: expected an integer"),
+        (["--threads", "9" * 5000], "argument --threads: must be between 1 and"),
+        (["--threads", "two"], "argument --threads: expected an integer, not 'two'"),
     ],
 )
 def test_run_numbers_out_of_range(args, message):
