@@ -157,6 +157,17 @@ def _check_outputs(args, flags: dict[str, str]) -> None:
             outputs.check_output_dir(path, flag)
         elif path is not None:
             outputs.check_output(path, flag)
+            _not_the_spec(path, flag, args.spec)
+
+
+def _not_the_spec(path: str, flag: str, spec: str) -> None:
+    """`ckec spec.cke -o spec.cke` would replace the spec with its own IR."""
+    try:
+        same = path != outputs.STDOUT and os.path.samefile(path, spec)
+    except (OSError, ValueError):  # one of them does not exist (yet)
+        return
+    if same:
+        raise outputs.refusal(path, flag, "it is the input spec")
 
 
 def _print_after(names: list[str]) -> frozenset[str]:

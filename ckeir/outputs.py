@@ -107,7 +107,8 @@ def write_output(path, data: str | bytes, flag: str | None = None) -> None:
     """Write `data` (text is UTF-8) to `path` as the module docstring says: atomically for a
     regular or new file, through for a device, FIFO or `-`, following a symlink."""
     if str(path) == STDOUT:
-        _write_stdout(data)
+        with _stdout_errors():
+            _write_stdout(data)
         return
     raw = data.encode() if isinstance(data, str) else data
     target = _target(path)

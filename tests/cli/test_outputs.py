@@ -80,6 +80,16 @@ def test_refused_output_is_checked_before_the_spec(tmp_path):
     assert_refused(r, "--report", tmp_path)
 
 
+def test_output_onto_the_spec_is_refused(tmp_path):
+    spec = tmp_path / "tiny.cke"
+    spec.write_text(TINY.read_text())
+    (tmp_path / "alias.cke").symlink_to(spec)
+    r = ckec(spec, "-o", tmp_path / "alias.cke")
+    assert_refused(r, "-o", tmp_path / "alias.cke")
+    assert "it is the input spec" in r.stderr
+    assert spec.read_text() == TINY.read_text()
+
+
 def test_dev_null_stays_a_character_device():
     r = ckec(TINY, "-o", os.devnull)
     assert r.returncode == 0, r.stderr
