@@ -165,15 +165,17 @@ def _write_stdout(data: str | bytes) -> None:
 class GuardedStdout:
     """Standard output whose failed writes (a full device, an I/O error) are an `OutputError`
     naming it, instead of an OSError deep in whatever printed.  A closed pipe stays a
-    BrokenPipeError: the reader has gone, which is not an error to report."""
+    BrokenPipeError: the reader has gone, which is not an error to report.  Its binary
+    `buffer`, where it has one, is guarded the same way."""
 
     def __init__(self, stream):
         self._stream = stream
-        self.buffer = _Guarded(stream.buffer) if hasattr(stream, "buffer") else None
+        buffer = getattr(stream, "buffer", None)
+        self.buffer = GuardedStdout(buffer) if buffer is not None else None
 
-    def write(self, text: str) -> int:
+    def write(self, data):
         with _stdout_errors():
-            return self._stream.write(text)
+            return self._stream.write(data)
 
     def flush(self) -> None:
         with _stdout_errors():
@@ -181,22 +183,6 @@ class GuardedStdout:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
-
-
-class _Guarded:
-    def __init__(self, raw):
-        self._raw = raw
-
-    def write(self, data: bytes) -> int:
-        with _stdout_errors():
-            return self._raw.write(data)
-
-    def flush(self) -> None:
-        with _stdout_errors():
-            self._raw.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._raw, name)
 
 
 @contextlib.contextmanager
