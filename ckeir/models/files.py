@@ -409,6 +409,11 @@ def _tensor_ok(t, size: int) -> bool:
 
 
 _REQUIRED = object()
+_HEAD_DIM_KEYS = (
+    "llama.rope.dimension_count",
+    "llama.attention.key_length",
+    "llama.attention.value_length",
+)
 
 
 class GGUFFile(ModelFile):
@@ -486,7 +491,7 @@ class GGUFFile(ModelFile):
         )
 
     def integer(self, key: str, lo: int, hi: int, default=_REQUIRED) -> int:
-        expected = f"an integer from {lo} to {hi}"
+        expected = f"the integer {lo}" if lo == hi else f"an integer from {lo} to {hi}"
         entry = self._entry(key, expected, _INTEGERS, default)
         if entry is None:
             return default
@@ -573,6 +578,10 @@ class GGUFFile(ModelFile):
                     f"{self.path}: metadata '{whole_key}' ({whole}) is not a multiple of "
                     f"'{part_key}' ({part})"
                 )
+        # ckeir rotates and attends over whole heads: a partial RoPE or a head width other
+        # than hidden / heads would run, and compute something else
+        for key in _HEAD_DIM_KEYS:
+            self.integer(key, p["hidden"] // p["heads"], p["hidden"] // p["heads"], default=None)
         present = self.layer_count()
         if p["layers"] != present:
             raise ModelFileError(

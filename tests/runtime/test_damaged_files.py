@@ -266,6 +266,14 @@ BAD_PARAMS = {
         {"llama.vocab_size": (300, V.UINT32)},
         "tensor 'token_embd.weight' has shape [256, 64], the model needs [300, 64]",
     ),
+    "partial RoPE": (
+        {"llama.rope.dimension_count": (8, V.UINT32)},
+        "'llama.rope.dimension_count' is UINT32 8, expected the integer 16",
+    ),
+    "another head width": (
+        {"llama.attention.key_length": (32, V.UINT32)},
+        "'llama.attention.key_length' is UINT32 32, expected the integer 16",
+    ),
     "architecture a number": (
         {"general.architecture": (7, V.UINT32)},
         "'general.architecture' is UINT32 7, expected a STRING",
