@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ckeir import limits
+
 MAGIC = b"ckeir\0ce"
 VERSION = 1
 # magic, version, sha256 of the key, content length, sha256 of the content
@@ -83,6 +85,8 @@ def _read_regular(path: Path) -> tuple[bytes | None, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, st
+        if st.st_size > limits.MAX_CACHE_ENTRY_BYTES:  # e.g. a damaged file system's size
+            raise OSError(errno.EFBIG, f"{st.st_size} bytes, larger than any entry")
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read(), st
     finally:

@@ -80,3 +80,4 @@ def range_message(what: str, value: object, lo: float, hi: float) -> str:
 MIN_SECONDS = 1e-9  # a latency: one nanosecond, the smallest time unit of a spec
 MAX_WATCHDOG_S = 7 * 86400.0  # $CKEIR_WATCHDOG_SECONDS: a week (0 turns the watchdog off)
 MAX_IR_DEPTH = 100  # nested regions, attributes and types in one IR text (ckeir nests ~4)
+MAX_CACHE_ENTRY_BYTES = 1 << 31  # one disk cache entry (objects, indexes: megabytes in practice)

@@ -267,3 +267,13 @@ def test_unwritable_cache_only_costs_time(spec, request, tmp_path):
     assert r.stdout.split()[-1] == ids
     assert warnings(r.stderr) == [] and "Traceback" not in r.stderr
     assert blocker.read_text() == "not a directory"
+
+
+def test_an_entry_larger_than_any_is_not_read(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "k.bin"
+    with open(path, "wb") as f:  # sparse: no disk used
+        f.truncate(1 << 40)
+    monkeypatch.setattr(cache, "_digest", lambda _: pytest.fail("read a 1 TiB entry"))
+    assert cache.read(path) is None
+    (line,) = warnings(capsys.readouterr().err)
+    assert "1099511627776 bytes, larger than any entry" in line and not path.exists()
