@@ -1,4 +1,5 @@
-"""Small GGUF llama files for tests, written with gguf.GGUFWriter."""
+"""Small GGUF llama files for tests: whole ones (and ones with metadata of any type or value)
+written with gguf.GGUFWriter, and raw GGUF bytes for damage the writer refuses to make."""
 
 import struct
 
