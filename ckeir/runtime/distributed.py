@@ -236,9 +236,17 @@ def injected_fault(rank: int):
     if not spec:
         return None
     fields = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    if int(fields.get("rank", -1)) != rank:
-        return None
-    return int(fields.get("step", 1)), fields.get("kind", "raise")
+    try:
+        target, step = int(fields.get("rank", -1)), int(fields.get("step", 1))
+    except ValueError:
+        target = step = -1
+    kind = fields.get("kind", "raise")
+    if target < 0 or step < 1 or kind not in ("raise", *FAULT_SIGNALS):
+        raise TransportError(
+            f"CKEIR_FAULT={spec[:60]!r} is not rank=R,step=S[,kind=raise|kill|stop]"
+            " (R a rank, S >= 1 a decode step)"
+        )
+    return (step, kind) if target == rank else None
 
 
 def _root(plan) -> int:

@@ -190,6 +190,30 @@ def test_failing_local_rank_stops_every_rank(tmp_path, kind):
     assert "rank 1" in r.stderr, r.stderr
 
 
+def test_malformed_fault_injection_is_named(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = spec(
+        tmp_path,
+        "pp",
+        """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
+    )
+    env = dict(os.environ, CKEIR_FAULT="rank=one,kind=explode")
+    r = subprocess.run(
+        [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "CKEIR_FAULT='rank=one,kind=explode' is not rank=R,step=S" in r.stderr, r.stderr
+
+
 def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path):
     """A rank stopped mid-decode (SIGSTOP: it answers nothing, and only SIGKILL ends it),
     with the watchdog at 2 s: the run exits non-zero within seconds naming the rank, and
