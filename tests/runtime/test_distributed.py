@@ -253,6 +253,59 @@ def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path):
     assert not list(Path("/dev/shm").glob(f"ckeir-{proc.pid}-*"))
 
 
+def test_killing_ckec_run_ends_its_ranks(tmp_path):
+    """SIGKILL `ckec run` while one of its ranks is stopped and the other waits for it (the
+    watchdog off): both ranks are gone within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "transport"))
+    from reaping import adopting
+
+    path = spec(
+        tmp_path,
+        "pp",
+        """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
+    )
+    env = dict(os.environ, CKEIR_FAULT="rank=1,step=2,kind=stop", CKEIR_WATCHDOG_SECONDS="0")
+    cmd = [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"]
+    with adopting() as adoption:
+        proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(state == "T" for state in _child_states(proc.pid)):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            assert len(_child_states(proc.pid)) == 2
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert adoption.leftovers() == []
+
+
+def _child_states(pid: int) -> list[str]:
+    """The state letters of `pid`'s children."""
+    from pathlib import Path
+
+    states = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            states.append(fields[0])
+    return states
+
+
 def test_q8_0_transfers(tmp_path, single):
     """Activations crossing the pipeline as Q8_0 blocks: 34 bytes per 32 floats instead of
     128; the greedy tokens stay those of the float run."""

@@ -693,7 +693,9 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_launcher(launcher: int) -> None:
     """Have the kernel SIGKILL this rank when its launcher dies (killed, crashed): no rank
     outlives its run, not even a stopped one (SIGKILL is the one signal a stopped process
-    cannot ignore).  Only when the launcher is our parent (not under a forkserver)."""
+    cannot ignore).  Only when the launcher is our parent (not under a forkserver).  The
+    kernel sends it when the *thread* that started the rank ends: `launch_local`'s caller
+    waits in it until every rank has ended, so that is the launcher's death."""
     if os.getppid() != launcher:
         return
     with contextlib.suppress(OSError, AttributeError):  # not Linux: the launcher watches
