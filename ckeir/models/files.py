@@ -422,9 +422,7 @@ class GGUFFile(ModelFile):
     map the file."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: no such model file")
+        self.path = _regular_file(path)
         st = self.path.stat()
         self._size = st.st_size
         key = f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|index v{INDEX_VERSION}"
@@ -597,9 +595,7 @@ class SafetensorsFile(ModelFile):
     package's numpy loader cannot return bfloat16 or float8, and would copy the rest."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: no such model file")
+        self.path = _regular_file(path)
         try:
             from safetensors import safe_open
 
@@ -662,6 +658,15 @@ def _hf_to_gguf(name: str) -> str:
 
 def _st_format(dtype: str) -> str:
     return {"F32": "f32", "F16": "f16", "BF16": "bf16"}.get(dtype, dtype.lower())
+
+
+def _regular_file(path) -> Path:
+    """`path`, if it names a regular file (a device or a FIFO would read forever or block)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "no such model file"
+        raise ModelFileError(f"{path}: {what}")
+    return path
 
 
 def _why(e: Exception) -> str:

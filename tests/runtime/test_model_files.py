@@ -1,6 +1,7 @@
 """Model files: hyper-parameters from GGUF metadata, weights memory-mapped in their stored
 format, and clear errors that name the file and the tensor."""
 
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,15 @@ def test_cli_reports_bad_file_without_traceback(tmp_path):
 def test_reference_runs_a_gguf_model(model_path, tmp_path):
     out = ckeir.compile(spec_for(model_path, tmp_path), backend="reference").generate([1, 2, 3], 5)
     assert len(out) == 5 and all(0 <= t < CFG.vocab for t in out)
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "directory", "nul\0byte", "absent"])
+def test_only_regular_files_are_read(tmp_path, target):
+    """A device, a FIFO or a directory would read forever, block or fail oddly."""
+    (tmp_path / "directory").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    path = target if target.startswith("/") else str(tmp_path / target)
+    with pytest.raises(ModelFileError) as e:
+        GGUFFile(path)
+    what = "no such model file" if target in ("absent", "nul\0byte") else "not a regular file"
+    assert what in str(e.value) and target.split("\0")[0] in str(e.value)
