@@ -122,3 +122,20 @@ def test_not_under_mpiexec(monkeypatch):
     for key in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
     assert transport_from_env() is None
+
+
+def test_failure_text_reads_like_the_cli():
+    """What an aborting MPI rank prints: its error as the CLI prints a CkeError, naming the
+    rank once."""
+    from ckeir.errors import SourceLoc, SpecError, TransportError
+    from ckeir.runtime.transport.mpi import failure_text
+
+    named = TransportError("rank 1: recv from rank 0 (tag 3) abandoned: rank 0 failed")
+    assert failure_text(1, named) == named.format()
+    loc = SourceLoc("s.cke", 2, 3, "  layers 0..9")
+    assert failure_text(0, SpecError("layers 0..9 past the model's 4", loc)) == (
+        "rank 0: s.cke:2:3: error: layers 0..9 past the model's 4\n      layers 0..9\n      ^"
+    )
+    assert failure_text(1, ValueError("boom")) == (
+        "error: rank 1 failed: ValueError: boom\nnote: set CKEIR_DEBUG=1 for its traceback"
+    )
