@@ -9,9 +9,11 @@ count is a runtime value bounded by the func's `max_tokens`); a matmul weight is
 
 from __future__ import annotations
 
+import re
+
 from ckeir import limits as L
 from ckeir.ir.core import Operation
-from ckeir.ir.opdef import Float, Int, Ints, OpDef, Str, fail, register
+from ckeir.ir.opdef import Float, Int, Ints, OpDef, Str, fail, register, register_module_check
 from ckeir.ir.types import (
     FloatType,
     IntegerType,
@@ -73,10 +75,19 @@ LAYER = Int(0, L.MAX_LAYERS - 1)
 PLACED = {"layer": LAYER, "offset": Int(0, L.MAX_BYTES)}
 
 
+SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.$]{0,127}")
+
+
 # --- checks and inference ------------------------------------------------------------------
 
 
 def _check_func(op: Operation) -> None:
+    if not SYMBOL.fullmatch(op.attr("sym_name")):
+        fail(
+            op,
+            f"sym_name {op.attr('sym_name')[:80]!r} must match {SYMBOL.pattern} (it names "
+            "the native function)",
+        )
     if not op.regions[0].blocks:
         fail(op, "has an empty body")
     term = op.regions[0].entry.terminator
@@ -413,3 +424,18 @@ DEFS = [
 
 REG_INFER = {d.name: d.infer for d in DEFS if d.infer is not None}
 register(*DEFS)
+
+
+def check_unique_symbols(module: Operation) -> None:
+    """Two funcs of one name would be one native symbol."""
+    seen: set[str] = set()
+    for op in module.regions[0].entry.ops if module.regions and module.regions[0].blocks else ():
+        if op.name != "cke.func":
+            continue
+        name = op.attr("sym_name")
+        if name in seen:
+            fail(op, f"sym_name {name!r} is already the name of another func")
+        seen.add(name)
+
+
+register_module_check(check_unique_symbols)
