@@ -140,3 +140,33 @@ def test_parity_quantized_activations(tmp_path, fmt):
     spec = write_spec(tmp_path, fmt, fmt=fmt, **kw)
     assert 'act = "q8_0"' in ckeir.compile(spec, backend="reference").mlir()
     assert len(compare(spec, 16, threads=2, tol=2e-2)) >= 8
+
+
+def test_kernels_of_any_float_constant_link_together_and_match_numpy(tmp_path, monkeypatch):
+    """A kernel's symbol names its float constants exactly: `1e+30` is no LLVM symbol, and at
+    six digits 1e-5 and 1.0000001e-5 were one name for two kernels.  Every rmsnorm below is
+    in one module and computes with its own epsilon (float64 numpy, float32 rounding)."""
+    import ctypes
+
+    from ckeir.backends.llvm import kernels as K
+    from ckeir.backends.llvm.host import detect_host
+    from ckeir.backends.llvm.jit import compile_ir
+    from ckeir.backends.llvm.pool import Pool
+
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path / "cache"))
+    host = detect_host()
+    eps = [1e-5, 1.0000001e-5, 1e30, 1e-30, 0.5]
+    kernels = [K.rmsnorm(16, e, host) for e in eps]
+    assert len({k.name for k in kernels}) == len(eps)
+    entries = [K.kernel_entry_ir(k, f"entry{i}") for i, k in enumerate(kernels)]
+    module = compile_ir(K.module_ir([*kernels, *entries]), host)
+    x = np.linspace(-2, 2, 2 * 16, dtype=np.float32).reshape(2, 16)
+    w = np.linspace(0.5, 1.5, 16, dtype=np.float32)
+    with Pool(1) as pool:
+        for i, e in enumerate(eps):
+            out = np.zeros_like(x)
+            ctx = K.entry_ctx([a.ctypes.data for a in (x, w, out)], 2, 0)
+            pool.run(module.address(f"entry{i}"), ctypes.addressof(ctx))
+            x64 = x.astype(np.float64)
+            want = x64 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + np.float32(e)) * w
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-30)

@@ -50,6 +50,13 @@ def f64(x: float) -> str:
     return f"0x{struct.unpack('<Q', struct.pack('<d', float(x)))[0]:016X}"
 
 
+def float_tag(x: float) -> str:
+    """A float for a symbol name: its IEEE bits in hex (`x3EE4F8B588E368F1` for 1e-5).  Python's
+    repr is neither a valid symbol for every value (`1e+30`, `inf`) nor unique at a few digits
+    (`:g` made 1e-5 and 1.0000001e-5 one kernel)."""
+    return "x" + f64(x)[2:]
+
+
 NEG_INF = "0xFFF0000000000000"
 POS_INF = "0x7FF0000000000000"
 

@@ -20,6 +20,7 @@ from ckeir.backends.llvm.kernels.common import (
     f32,
     f64,
     finish_kernel,
+    float_tag,
     kernel_writer,
 )
 
@@ -59,9 +60,7 @@ def embed(vocab: int, dim: int, host: HostCPU) -> Kernel:
 
 def rmsnorm(dim: int, eps: float, host: HostCPU) -> Kernel:
     """out = x / sqrt(mean(x**2) + eps) * w per row; threads split the rows."""
-    f = kernel_writer(
-        f"rmsnorm_f32_d{dim}_e{eps:g}_v{host.vector_width}".replace("-", "m").replace(".", "p"), 3
-    )
+    f = kernel_writer(f"rmsnorm_f32_d{dim}_e{float_tag(eps)}_v{host.vector_width}", 3)
     v = Vec(f, host.vector_width)
     lo, hi = f.share("%n", 1)
     with f.loop(lo, hi, 1, "t") as t:
@@ -181,9 +180,7 @@ def rope(heads: int, head_dim: int, theta: float, style: str, host: HostCPU) -> 
         raise ValueError(f"rope needs an even head_dim, got {head_dim}")
     w = host.vector_width
     half = head_dim // 2
-    name = f"rope_f32_h{heads}_d{head_dim}_{style}_t{theta:g}_v{w}".replace(".", "p").replace(
-        "+", ""
-    )
+    name = f"rope_f32_h{heads}_d{head_dim}_{style}_t{float_tag(theta)}_v{w}"
     f = kernel_writer(name, 2)
     v = Vec(f, w)
     freqs = theta ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
