@@ -277,10 +277,14 @@ def cmd_run(argv: list[str]) -> int:
             transport.close()
 
 
+def _given(args, flags: dict[str, str]) -> list[str]:
+    """Which of `flags` (argparse destination → flag as typed) the user gave."""
+    return [flag for dest, flag in flags.items() if getattr(args, dest)]
+
+
 def _measurements(args) -> str | None:
     """The flags asking for measurements of the run, as the user typed them."""
-    asked = [f for f, v in (("--report", args.report), ("--trace", args.trace)) if v]
-    return " and ".join(asked) or None
+    return " and ".join(_given(args, {"report": "--report", "trace": "--trace"})) or None
 
 
 def _check_measured(args, prog=None) -> None:
@@ -297,9 +301,14 @@ def _check_measured(args, prog=None) -> None:
         raise CkeError(f"{flags}: one rank is measured on native code; run with --backend llvm")
 
 
-def _check_world(prog, transport) -> None:
+def _check_world(args, prog, transport) -> None:
     """Under MPI, as many processes as the schedule has ranks (else a collective would name
-    a rank that does not exist, deep in the run)."""
+    a rank that does not exist, deep in the run); flags about ranks need several."""
+    asked = _given(args, {"simulate_links": "--simulate-links", "check_parity": "--check-parity"})
+    if asked and prog.world_size == 1:
+        raise CkeError(
+            f"{' and '.join(asked)}: this schedule runs on one rank (no links, no twin to compare)"
+        )
     if transport is not None and transport.size != prog.world_size:
         n = prog.world_size
         raise CkeError(
@@ -365,7 +374,7 @@ def _run(args, ids, transport) -> int:
                 ids = tokenizer.encode(args.prompt)
             ids = prog.check_request(ids, args.max_new_tokens)  # before any rank starts
             _check_measured(args, prog)
-            _check_world(prog, transport)
+            _check_world(args, prog, transport)
             if prog.world_size > 1 and transport is None:
                 return _run_local_ranks(args, prog, ids, progress)
             _ = prog.engine  # loads weights and starts the threads under the progress display

@@ -69,6 +69,12 @@ def test_mpi_transport_with_too_few_processes():
     assert_user_error(r, "this schedule runs on 2 ranks but MPI started 1", "mpiexec -n 2")
 
 
+@pytest.mark.parametrize("flag", ["--simulate-links", "--check-parity"])
+def test_rank_flags_on_a_one_rank_schedule(flag):
+    """Both were ignored silently on one rank."""
+    assert_user_error(run(ODD, "--ids", "1", flag), f"{flag}: this schedule runs on one rank")
+
+
 def test_ids_separated_by_spaces_or_commas_are_the_same_prompt():
     """`--ids "1 2 3"` was read as the single id 123."""
     outs = {ids: run(ODD, "--ids", ids, "-n", "4") for ids in ("1,2,3", "1 2 3", " 1, 2 ,3 ")}
