@@ -39,7 +39,7 @@ def check_output(path, flag: str | None = None) -> None:
     directory, a path under a file, a symlink loop, a socket or block device."""
     if str(path) == STDOUT:
         return
-    target = _target(path)
+    target = _target(path, flag)
     mode = _mode(target, path, flag)
     if mode is None or stat.S_ISREG(mode):
         _check_directory(os.path.dirname(target), path, flag)
@@ -55,7 +55,7 @@ def check_output(path, flag: str | None = None) -> None:
 def check_output_dir(path, flag: str | None = None) -> Path:
     """Create the directory `path` (and its parents) if needed and check that files can be
     written in it; the directory, as a Path."""
-    target = _target(path)
+    target = _target(path, flag)
     mode = _mode(target, path, flag)
     if mode is not None and not stat.S_ISDIR(mode):
         raise refusal(path, flag, "it exists and is not a directory")
@@ -67,8 +67,10 @@ def check_output_dir(path, flag: str | None = None) -> Path:
     return Path(path)
 
 
-def _target(path) -> str:
+def _target(path, flag) -> str:
     """The file a write lands in: a symlink's target, so that the link itself stays."""
+    if not os.fspath(path):  # realpath would make it the working directory
+        raise refusal("''", flag, "the path is empty")
     return os.path.realpath(os.fspath(path))
 
 
@@ -111,7 +113,7 @@ def write_output(path, data: str | bytes, flag: str | None = None) -> None:
             _write_stdout(data)
         return
     raw = data.encode() if isinstance(data, str) else data
-    target = _target(path)
+    target = _target(path, flag)
     mode = _mode(target, path, flag)
     try:
         if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):

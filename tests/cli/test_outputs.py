@@ -74,6 +74,13 @@ def test_unwritable_dump_dir_is_refused_before_work(tmp_path, kind):
     assert a_file.read_text() == "x"
 
 
+@pytest.mark.parametrize("flag", FLAGS)
+def test_empty_output_path_is_refused(flag):
+    r = ckec(*command(flag, ""))
+    assert_refused(r, flag, "''")
+    assert "the path is empty" in r.stderr
+
+
 def test_refused_output_is_checked_before_the_spec(tmp_path):
     """The output check comes first: a run that would fail late never starts."""
     r = ckec("run", tmp_path / "missing.cke", "--ids", "1", "--report", tmp_path)
