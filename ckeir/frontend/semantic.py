@@ -213,7 +213,8 @@ def check_model(m: ModelDecl) -> ModelDecl:
                 hint="with random weights every size must be stated; a weights file could supply them",
             )
         defaults = {k: v for k, v in RANDOM_DEFAULTS.items() if getattr(m, k) is None}
-        m = attrs.evolve(m, kv_heads=m.kv_heads or m.heads, **defaults)
+        kv_heads = m.heads if m.kv_heads is None else m.kv_heads  # a stated 0 stays, refused
+        m = attrs.evolve(m, kv_heads=kv_heads, **defaults)
     elif not m.weights.path:
         raise SpecError("the weights file name is empty", loc=m.weights.loc)
 

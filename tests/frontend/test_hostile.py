@@ -75,6 +75,11 @@ HOSTILE = {
         "1e400Gbit/s",
     ),
     # nonsense that was accepted
+    "kv_heads 0": (
+        ("kv_heads   2", "kv_heads   0"),
+        "kv_heads of model tiny must be between 1 and 4096, not 0",
+        "kv_heads   0",
+    ),
     "norm_eps 1e30": (
         ("norm_eps   1e-5", "norm_eps   1e30"),
         "norm_eps of model tiny must be between 1e-30 and 1",
