@@ -40,11 +40,11 @@ def check_output(path, flag: str | None = None) -> None:
     if str(path) == STDOUT:
         return
     target = _target(path, flag)
-    mode = _mode(target, path, flag)
+    mode = _mode(path, flag)
     if mode is None or stat.S_ISREG(mode):
         _check_directory(os.path.dirname(target), path, flag)
-    elif stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-        if not os.access(target, os.W_OK):
+    elif _written_through(mode):
+        if not os.access(path, os.W_OK):
             raise refusal(path, flag, "permission denied")
     elif stat.S_ISDIR(mode):
         raise refusal(path, flag, "it is a directory")
@@ -56,7 +56,7 @@ def check_output_dir(path, flag: str | None = None) -> Path:
     """Create the directory `path` (and its parents) if needed and check that files can be
     written in it; the directory, as a Path."""
     target = _target(path, flag)
-    mode = _mode(target, path, flag)
+    mode = _mode(path, flag)
     if mode is not None and not stat.S_ISDIR(mode):
         raise refusal(path, flag, "it exists and is not a directory")
     try:
@@ -74,10 +74,10 @@ def _target(path, flag) -> str:
     return os.path.realpath(os.fspath(path))
 
 
-def _mode(target: str, path, flag) -> int | None:
-    """The st_mode of what is at `target`, None when nothing is."""
+def _mode(path, flag) -> int | None:
+    """The st_mode of what `path` is or links to, None when nothing is."""
     try:
-        return os.stat(target).st_mode
+        return os.stat(path).st_mode
     except FileNotFoundError:
         return None
     except OSError as e:  # a component that is a file, a symlink loop, no permission...
@@ -113,16 +113,21 @@ def write_output(path, data: str | bytes, flag: str | None = None) -> None:
             _write_stdout(data)
         return
     raw = data.encode() if isinstance(data, str) else data
-    target = _target(path, flag)
-    mode = _mode(target, path, flag)
+    mode = _mode(path, flag)
     try:
-        if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
-            with open(target, "wb") as f:  # never replaced: /dev/null stays a device
+        if _written_through(mode):
+            # never replaced: /dev/null stays a device.  Opened by the path as given:
+            # /dev/stdout resolves to a /proc name that cannot be opened when it is a pipe.
+            with open(path, "wb") as f:
                 f.write(raw)
         else:
-            _replace(target, raw, mode)
+            _replace(_target(path, flag), raw, mode)
     except OSError as e:
         raise refusal(path, flag, describe_os_error(e)) from None
+
+
+def _written_through(mode: int | None) -> bool:
+    return mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode))
 
 
 def _replace(target: str, raw: bytes, mode: int | None) -> None:

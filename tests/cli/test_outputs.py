@@ -131,6 +131,13 @@ def test_dash_is_standard_output(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no file named '-'
 
 
+def test_dev_stdout_into_a_pipe():
+    """/dev/stdout links to /proc/self/fd/1, whose target is no path when it is a pipe."""
+    r = ckec(TINY, "-o", "/dev/stdout")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('"builtin.module"')
+
+
 def test_symlink_is_followed_and_stays_a_link(tmp_path):
     target = tmp_path / "real" / "out.mlir"
     target.parent.mkdir()
