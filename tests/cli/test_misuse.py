@@ -232,3 +232,20 @@ def test_report_that_could_not_be_written_is_refused_before_the_run(tmp_path, ar
     r = ckec("run", ODD, "--ids", "1", "--report", report, *args)
     assert_user_error(r, message)
     assert "ready in" not in r.stderr and not report.exists()
+
+
+# ---- the Python API takes the same checks ---------------------------------------------------
+def test_api_refuses_ids_before_loading_weights():
+    import numpy as np
+
+    import ckeir
+
+    with ckeir.compile(ODD, backend="reference") as prog:
+        with pytest.raises(ckeir.CkeError, match="token id 1180591620717411303424 is not in"):
+            prog.generate([1, 2**70], 2)  # numpy raised OverflowError
+        with pytest.raises(ckeir.CkeError, match="max_new_tokens must be between 0 and"):
+            prog.generate([1], -1)
+        with pytest.raises(ckeir.CkeError, match="token ids are integers, not True"):
+            prog.generate([True], 1)
+        assert prog._weights is None  # nothing loaded for a refused request
+        assert prog.generate(np.array([1, 2], dtype=np.int64), 2) == prog.generate([1, 2], 2)
