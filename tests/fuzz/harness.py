@@ -9,6 +9,7 @@ process group), the case counts as a hang and a new worker takes its place.
 
 Verdicts:
     clean     ckec finished, or refused with a CkeError (exit 1) or a usage error
+    accepted  ckec finished on an input it must refuse (`Case.refuse` says why)
     internal  any other exception ("internal error … this is a bug in ckeir", exit 2)
     oom       MemoryError: the case hit its address-space limit
     hang      the case ran past its time limit
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import attrs
 
-VERDICTS = ("clean", "internal", "oom", "hang", "crash")
+VERDICTS = ("clean", "accepted", "internal", "oom", "hang", "crash")
 GiB, MiB = 1 << 30, 1 << 20
 
 DEFAULT_MEMORY = 4 * GiB  # address space a spec or IR case may add to its worker
@@ -52,6 +53,11 @@ class Case:
     files: dict[str, bytes] = attrs.field(factory=dict, eq=False)
     memory: int = DEFAULT_MEMORY
     timeout: float = DEFAULT_TIMEOUT
+    refuse: str = ""  # why ckec must refuse this case ("" when it may well succeed)
+    # when the case succeeds, this command line must print the same (or the case is nonsense
+    # accepted: `same_as_why` says what was expected)
+    same_as: tuple[str, ...] = ()
+    same_as_why: str = ""
 
 
 @attrs.frozen
@@ -74,6 +80,8 @@ class Outcome:
             etype = self.error.split(":", 1)[0]
             where = re.sub(r":\d+ in ", ":", self.frame)
             return f"{etype} at {where}" if where else etype
+        if self.verdict == "accepted":
+            return self.error
         if self.verdict == "crash":
             where = re.sub(r":\d+ in ", ":", self.frame)
             return f"{self.error} at {where}" if where else self.error
@@ -111,8 +119,8 @@ def prepare_case_dir(path: Path, case: Case, environment: Callable[[Path], None]
         target.write_bytes(data)
 
 
-def case_argv(case: Case, path: Path) -> list[str]:
-    return [a.replace(CASE_DIR, str(path)) for a in case.argv]
+def case_argv(case: Case, path: Path, argv=None) -> list[str]:
+    return [a.replace(CASE_DIR, str(path)) for a in (case.argv if argv is None else argv)]
 
 
 def _status(field: str) -> int:
@@ -176,8 +184,14 @@ _MEMORY_ERRORS = ("MemoryError", "_ArrayMemoryError")
 
 def classify(case: Case, rc, stderr: str, seconds: float, peak: int | None) -> Outcome:
     """The verdict for a case whose `main` returned `rc` after printing `stderr`."""
+    if stderr.startswith("accepted: "):
+        error = stderr.strip()
+        return Outcome(case, "accepted", rc, error, seconds=seconds, peak=peak)
     m = _INTERNAL.search(stderr)
     if m is None:
+        if rc == 0 and case.refuse:
+            error = f"accepted: {case.refuse}"
+            return Outcome(case, "accepted", rc, error, seconds=seconds, peak=peak)
         message = _first_error(stderr) if rc else ""
         return Outcome(case, "clean", rc, seconds=seconds, peak=peak, message=message)
     error = m["error"]
@@ -188,27 +202,37 @@ def classify(case: Case, rc, stderr: str, seconds: float, peak: int | None) -> O
 
 def run_in_worker(case: Case, path: Path, environment: Callable[[Path], None]) -> Outcome:
     """Run one case here, in a worker, through `ckeir.cli.main`."""
-    from ckeir import cli
-
     os.chdir(path.parent)
     prepare_case_dir(path, case, environment)
     os.chdir(path)
-    argv = case_argv(case, path)
-    out, err = io.StringIO(), io.StringIO()
     _reset_peak()
     start_rss = _status("VmRSS")
     t0 = time.perf_counter()
+    rc, out, err = _run_cli(case_argv(case, path), case.memory)
+    if rc == 0 and case.same_as:
+        rc2, out2, _ = _run_cli(case_argv(case, path, case.same_as), case.memory)
+        if rc2 == 0 and out2 != out:
+            rc = None
+            err = f"accepted: {case.same_as_why}\n"
+    seconds = time.perf_counter() - t0
+    peak = max(_status("VmHWM") - start_rss, 0)
+    os.chdir(path.parent)
+    return classify(case, rc, err, seconds, peak)
+
+
+def _run_cli(argv: list[str], memory: int) -> tuple[int | None, str, str]:
+    """(exit code, stdout, stderr) of `ckec argv`, under an address-space limit."""
+    from ckeir import cli
+
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with _address_space_limit(case.memory), contextlib.redirect_stdout(out):
+        with _address_space_limit(memory), contextlib.redirect_stdout(out):
             with contextlib.redirect_stderr(err):
                 rc = _main(cli, argv, err)
     except MemoryError:
         rc = None
         err.write("internal error: MemoryError: raised outside the CLI's handler\n")
-    seconds = time.perf_counter() - t0
-    peak = max(_status("VmHWM") - start_rss, 0)
-    os.chdir(path.parent)
-    return classify(case, rc, err.getvalue(), seconds, peak)
+    return rc, out.getvalue(), err.getvalue()
 
 
 def _main(cli, argv: list[str], err: io.StringIO):

@@ -219,12 +219,14 @@ SPEC_SETTINGS = (
 _BLOCK_OPEN = re.compile(r"\b(model|cluster|schedule|node|link)\b[^{}\n]*\{")
 
 
-def spec_seeds() -> list[tuple[str, str]]:
+@functools.cache
+def spec_seeds() -> tuple[tuple[str, str], ...]:
     """(name, text) of every spec in specs/ and every spec-like text in the tests."""
     seeds = [
         (str(p.relative_to(REPO)), p.read_text())
         for p in sorted((REPO / "specs").rglob("*.cke"))
         if "smollm2" not in p.name  # package weights: a 98 MB model per case
+        and "schedule" in p.read_text()  # a cluster alone (an import) compiles nothing
     ]
     seeds.append(
         ("tests/filecheck/Inputs/pair.cke", (REPO / "tests/filecheck/Inputs/pair.cke").read_text())
@@ -235,7 +237,7 @@ def spec_seeds() -> list[tuple[str, str]]:
         for i, text in enumerate(_spec_strings(path)):
             if _whole_spec(text):
                 seeds.append((f"{path.relative_to(REPO)}#{i}", text))
-    return seeds
+    return tuple(seeds)
 
 
 def _whole_spec(text: str) -> bool:
@@ -336,22 +338,58 @@ def _replace_name(rng, text):
 
 
 def _set_setting(rng: random.Random, text: str) -> tuple[str, str]:
-    """State a hostile setting in a block of its kind: in place of the same key where the
-    block has it (a key stated twice is refused before its value is looked at), else first."""
     block, setting = rng.choice(SPEC_SETTINGS)
+    return _state(rng, text, block, setting)
+
+
+def _state(rng: random.Random, text: str, block: str, setting: str) -> tuple[str, str]:
+    """State `setting` in a block of kind `block`: in place of the same key where the block
+    has it (a key stated twice is refused before its value is looked at), else first."""
     if block == "top":
         return _insert_top(rng, text, setting)
-    key = setting.split()[0] if block != "schedule" else " ".join(setting.split()[:2])
     opens = [m for m in _BLOCK_OPEN.finditer(text) if m[1] == block]
     if not opens:
         return _replace_number(rng, text)
     m = rng.choice(opens)
-    body_end = _block_end(text, m.end())
-    stated = _find_setting(text, key, m.end(), body_end)
+    stated = None
+    if block != "cluster":  # a cluster's items are nodes and links: more of them is fine
+        stated = _find_setting(text, _setting_key(setting), m.end(), _block_end(text, m.end()))
     if stated is not None:
         start, end = stated
         return text[:start] + setting + text[end:], f"{block}: {setting[:40]}"
     return text[: m.end()] + "\n" + setting + "\n" + text[m.end() :], f"{block}+ {setting[:40]}"
+
+
+def _setting_key(setting: str) -> str:
+    words = setting.split()
+    return " ".join(words[:2]) if words[0] in ("phase", "quantize") else words[0]
+
+
+def _many_nodes(rng: random.Random, text: str) -> tuple[str, str]:
+    """Many more nodes in a cluster (copies of its first, some with odd bandwidths), and now
+    and then a phase spread over all of them or left to the planner."""
+    cluster = re.search(r"\bcluster\b[^{}\n]*\{", text)
+    first = re.search(r"\bnode\s+(\w+)", text[cluster.end() :]) if cluster else None
+    if first is None:
+        return _set_setting(rng, text)
+    count = rng.choice((3, 8, 16, 64, 5000))
+    rates = ("20GB/s", "20GB/s", "5GB/s", "100GB/s", "1MB/s", "1000000GB/s", "1e30GB/s")
+    weights = (30, 30, 10, 10, 3, 3, 1)  # an extreme rate is refused: now and then only
+    nodes = [
+        f"node fz{i} {{ like {first[1]}; dram_bw {rng.choices(rates, weights)[0]} }}"
+        for i in range(count)
+    ]
+    text = text[: cluster.end()] + "\n" + "\n".join(nodes) + "\n" + text[cluster.end() :]
+    step = f"{count} nodes"
+    if rng.random() < 0.6:
+        layers = re.search(r"\blayers\s+(\d+)\s*[;\n}]", text)
+        last = int(layers[1]) - 1 if layers and int(layers[1]) < 10_000 else 3
+        names = ", ".join([first[1]] + [f"fz{i}" for i in range(count)])
+        phase = rng.choice(("decode", "prefill"))
+        body = rng.choice(("auto", f"stage [{names}] layers 0..{last}"))
+        text, _ = _state(rng, text, "schedule", f"phase {phase} {{ {body} }}")
+        step += f", phase {phase} {body[:5]}"
+    return text, step
 
 
 def _block_end(text: str, start: int) -> int:
@@ -409,6 +447,7 @@ SPEC_MUTATIONS = (
     (5, _replace_number),
     (3, _small_number),
     (2, _huge_range),
+    (2, _many_nodes),
     (2, _insert_import),
     (2, _replace_name),
     (1, _mutate_lines),
@@ -431,18 +470,70 @@ def mutate_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     return data[:i], f"truncate@{i}"
 
 
+# (weight, argv, why ckec must refuse it whatever the spec says)
 SPEC_ACTIONS = (
-    (60, ("{spec}", "--emit=mlir")),
-    (20, ("plan", "{spec}")),
-    (5, ("{spec}", "--emit=mlir", "--print-ir-after", "place")),
-    (8, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference")),
-    (2, ("{spec}", "--emit=llvm")),
-    (2, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/dir")),
-    (2, ("{spec}", "--emit=mlir", "--print-ir-after=nonesuch")),
-    (1, ("run", "{spec}", "--ids", "1 2 3", "-n", "-1", "--backend", "reference")),
-    (1, ("run", "{spec}", "--ids", str(2**70), "--backend", "reference")),
-    (1, ("run", "{spec}", "--prompt", "caf\udce9", "-n", "1", "--backend", "reference")),
+    (60, ("{spec}", "--emit=mlir"), ""),
+    (20, ("plan", "{spec}"), ""),
+    (5, ("{spec}", "--emit=mlir", "--print-ir-after", "place"), ""),
+    (8, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference"), ""),
+    (2, ("{spec}", "--emit=llvm"), ""),
+    (2, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/dir"), "-o onto a directory"),
+    (2, ("{spec}", "--emit=mlir", "--print-ir-after=nonesuch"), "an unknown pass"),
+    (1, ("run", "{spec}", "--ids", "1 2 3", "-n", "-1", "--backend", "reference"), "-n -1"),
+    (1, ("run", "{spec}", "--ids", str(2**70), "--backend", "reference"), "--ids 2**70"),
+    (1, ("run", "{spec}", "--prompt", "caf\udce9", "--backend", "reference"), "bad UTF-8"),
 )
+# Settings no spec may state (limits.py, design.md): a spec holding one must be refused.
+NONSENSE = (
+    "layers 2147483648",
+    "layers 1000000",
+    "layers 9223372036854775807",
+    "layers 0",
+    "norm_eps 1e30",
+    "norm_eps 1e400",
+    "norm_eps 0",
+    "norm_eps 1e-400",
+    "rope_theta 1e400",
+    "rope_theta 0",
+    "rope_theta 0.5",
+    "context 0",
+    "context 100000000",
+    "kv_heads 0",
+    "heads 1000000",
+    "hidden 131073",
+    "vocab 16777217",
+    "family nonesuch",
+    "dram 1e999999999GiB",
+    "dram 0B",
+    "dram_bw 1e-400GB/s",
+    "dram_bw 1e30GB/s",
+    "dram_bw 0B/s",
+    "cores 0",
+    "cores 1000000000",
+    "l2 0B",
+    "l3 1e400GiB",
+    "like nonexistent",
+    "bw 1e400Gbit/s",
+    "bw 0B/s",
+    "latency 1e30s",
+    "node nx { like nx }",
+    "link n0 <-> nonexistent { bw 1GB/s; latency 1us }",
+    "phase decode { stage n0 layers 4..9223372036854775807 }",
+    "phase decode { stage n0 layers 0..2147483647 }",
+    "phase decode { stage n0 layers 3..0 }",
+    "batch 1000000000000000000000000000000",
+    "batch 0",
+    "batch 5000",
+    "quantize weights q8_0 except [nonexistent]",
+    "run nonexistent on nonexistent",
+)
+
+
+def _nonsense_in(text: str) -> str:
+    for setting in NONSENSE:
+        if re.search(rf"(?<![\w.]){re.escape(setting)}(?![\w.])", text):
+            return setting
+    return ""
 
 
 def _weighted(rng: random.Random, table):
@@ -451,20 +542,23 @@ def _weighted(rng: random.Random, table):
 
 def spec_case(rng: random.Random, seeds) -> Case:
     name, text = rng.choice(seeds)
+    _, action, refuse = rng.choices(SPEC_ACTIONS, weights=[a[0] for a in SPEC_ACTIONS])[0]
+    mutations = SPEC_MUTATIONS
+    if action[0] == "run":  # one local rank process per node: no thousands of them
+        mutations = tuple(m for m in mutations if m[1] is not _many_nodes)
     steps = []
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
-        text, step = _weighted(rng, SPEC_MUTATIONS)(rng, text)
+        text, step = _weighted(rng, mutations)(rng, text)
         steps.append(step)
     data = text.encode("utf-8", "surrogateescape")
     if rng.random() < 0.1:
         data, step = mutate_bytes(rng, data)
         steps.append(step)
-    action = _weighted(rng, SPEC_ACTIONS)
+    refuse = refuse or _nonsense_in(data.decode("utf-8", "replace"))
     spec = CASE_DIR + "/case.cke"
     argv = tuple(a.replace("{spec}", spec) for a in action)
-    return Case(
-        "spec", f"{name}: {', '.join(steps)} | {' '.join(action[:2])}", argv, {"case.cke": data}
-    )
+    label = f"{name}: {', '.join(steps)} | ckec {' '.join(action[:2])}".replace("{spec}", "SPEC")
+    return Case("spec", label, argv, {"case.cke": data}, refuse=refuse)
 
 
 # ---- IR texts -----------------------------------------------------------------------------------
@@ -617,9 +711,7 @@ def _ir_lines(rng, text):
 def _ir_nest(rng, text):
     depth = rng.choice((50, 200, 1000, 5000, 20000))
     inner = '"cke.return"() : () -> ()'
-    nested = inner
-    for _ in range(depth):
-        nested = '"test.op"() ({\n' + nested + "\n}) : () -> ()"
+    nested = '"test.op"() ({\n' * depth + inner + "\n}) : () -> ()" * depth
     lines = text.splitlines(keepends=True)
     at = rng.randrange(1, max(2, len(lines)))
     lines.insert(at, nested + "\n")
@@ -627,7 +719,7 @@ def _ir_nest(rng, text):
 
 
 def _ir_bytes(rng, text):
-    data, step = mutate_bytes(rng, text.encode())
+    data, step = mutate_bytes(rng, text.encode("utf-8", "surrogateescape"))
     return (data.decode("utf-8", "surrogateescape"), True), step
 
 
@@ -649,43 +741,43 @@ IR_MUTATIONS = (
 )
 
 
-def _ir_pipeline(rng: random.Random, ran: int, small: bool) -> tuple[str, bool]:
+def _ir_pipeline(rng: random.Random, ran: int, small: bool) -> tuple[str, str]:
     """The passes to run over an IR that has been through `ran` passes: the rest of the
-    default pipeline, one pass, one pass twice, or lowering (for small programs)."""
+    default pipeline, one pass, one pass twice (its next pass, mostly), or lowering (for
+    small programs); and how: "lower", "twice" or ""."""
     rest = PIPELINE[ran:]
     choice = rng.random()
     if small and ran == len(PIPELINE) and choice < 0.25:
-        return "lower-llvm", True
+        return "lower-llvm", "lower"
     if rest and choice < 0.55:
-        return ",".join(rest), False
-    if choice < 0.75:
-        p = rng.choice(PIPELINE)
-        return f"{p},{p}", False
-    return rng.choice(PIPELINE), False
+        return ",".join(rest), ""
+    if choice < 0.8:
+        p = rest[0] if rest and rng.random() < 0.7 else rng.choice(PIPELINE)
+        return f"{p},{p}", "twice"
+    return rng.choice(PIPELINE), ""
 
 
 def ir_case(rng: random.Random, seeds) -> Case:
     name, text, ran, spec = rng.choice(seeds)
     steps = []
-    for _ in range(rng.choice((1, 1, 2, 3))):
+    for _ in range(rng.choice((0, 1, 1, 2, 3))):
         (text, _), step = rng.choice(IR_MUTATIONS)(rng, text)
         steps.append(step)
-    pipeline, lower = _ir_pipeline(rng, ran, small=len(text) < 40_000)
-    argv = [
-        "opt",
-        CASE_DIR + "/in.mlir",
-        "--pass-pipeline",
-        pipeline,
-        "--spec",
-        CASE_DIR + "/spec.cke",
-    ]
-    if lower:
-        argv.append("--emit=llvm")
+    pipeline, how = _ir_pipeline(rng, ran, small=len(text) < 40_000)
+    argv = ("opt", CASE_DIR + "/in.mlir", "--spec", CASE_DIR + "/spec.cke", "--pass-pipeline")
     files = {
         "in.mlir": text.encode("utf-8", "surrogateescape"),
         "spec.cke": (REPO / spec).read_bytes(),
     }
-    return Case("ir", f"{name}: {', '.join(steps)} | {pipeline}", tuple(argv), files)
+    label = f"{name}: {', '.join(steps) or 'as printed'} | {pipeline}"
+    if how == "lower":
+        return Case("ir", label, (*argv, pipeline, "--emit=llvm"), files)
+    if how == "twice":
+        # a pass run twice must do what it does once, or say that it must not run twice
+        once = pipeline.split(",")[0]
+        why = f"{once} twice differs from {once} once"
+        return Case("ir", label, (*argv, pipeline), files, same_as=(*argv, once), same_as_why=why)
+    return Case("ir", label, (*argv, pipeline), files)
 
 
 # ---- damaged model files ------------------------------------------------------------------------
@@ -825,37 +917,39 @@ def _base_kvs(**override) -> dict[str, tuple[int, object]]:
     return kv
 
 
+# (key, (type, value), when ckec must refuse the file: always, with --prompt, or "" when it
+# may well accept it)
 WRONG_METADATA = (
-    ("llama.embedding_length", (GGUF_STRING, "64")),
-    ("llama.attention.head_count", (GGUF_ARRAY, (4, [4, 4]))),
-    ("llama.block_count", (4, 10**6)),
-    ("llama.block_count", (10, 1 << 40)),
-    ("llama.block_count", (5, -1)),
-    ("llama.block_count", (4, 0)),
-    ("llama.embedding_length", (4, 0)),
-    ("llama.embedding_length", (4, 1 << 31)),
-    ("llama.context_length", (10, 1 << 62)),
-    ("llama.vocab_size", (4, 0xFFFFFFFF)),
-    ("llama.attention.head_count", (4, 0)),
-    ("llama.attention.head_count_kv", (4, 3)),
-    ("llama.attention.layer_norm_rms_epsilon", (6, float("nan"))),
-    ("llama.attention.layer_norm_rms_epsilon", (6, float("inf"))),
-    ("llama.attention.layer_norm_rms_epsilon", (6, -1.0)),
-    ("llama.rope.freq_base", (6, 0.0)),
-    ("llama.rope.freq_base", (6, float("nan"))),
-    ("llama.rope.freq_base", (12, 1e300)),
-    ("general.architecture", (GGUF_STRING, "gemma3")),
-    ("general.architecture", (GGUF_STRING, b"\xff\xfe")),
-    ("general.architecture", (4, 7)),
-    ("tokenizer.ggml.tokens", (GGUF_ARRAY, (4, [1, 2, 3]))),
-    ("tokenizer.ggml.tokens", (GGUF_STRING, "abc")),
-    ("tokenizer.ggml.tokens", (GGUF_ARRAY, (GGUF_STRING, []))),
-    ("tokenizer.ggml.merges", (GGUF_ARRAY, (4, [1]))),
-    ("tokenizer.ggml.model", (GGUF_STRING, "nonesuch")),
-    ("tokenizer.ggml.model", (4, 1)),
-    ("tokenizer.ggml.bos_token_id", (4, 1 << 31)),
-    ("tokenizer.ggml.eos_token_id", (5, -5)),
-    ("tokenizer.chat_template", (GGUF_STRING, "{% for %}")),
+    ("llama.embedding_length", (GGUF_STRING, "64"), "always"),
+    ("llama.attention.head_count", (GGUF_ARRAY, (4, [4, 4])), "always"),
+    ("llama.block_count", (4, 10**6), "always"),
+    ("llama.block_count", (10, 1 << 40), "always"),
+    ("llama.block_count", (5, -1), "always"),
+    ("llama.block_count", (4, 0), "always"),
+    ("llama.embedding_length", (4, 0), "always"),
+    ("llama.embedding_length", (4, 1 << 31), "always"),
+    ("llama.context_length", (10, 1 << 62), "always"),
+    ("llama.vocab_size", (4, 0xFFFFFFFF), "always"),
+    ("llama.attention.head_count", (4, 0), "always"),
+    ("llama.attention.head_count_kv", (4, 3), "always"),
+    ("llama.attention.layer_norm_rms_epsilon", (6, float("nan")), "always"),
+    ("llama.attention.layer_norm_rms_epsilon", (6, float("inf")), "always"),
+    ("llama.attention.layer_norm_rms_epsilon", (6, -1.0), "always"),
+    ("llama.rope.freq_base", (6, 0.0), "always"),
+    ("llama.rope.freq_base", (6, float("nan")), "always"),
+    ("llama.rope.freq_base", (12, 1e300), "always"),
+    ("general.architecture", (GGUF_STRING, "gemma3"), ""),
+    ("general.architecture", (GGUF_STRING, b"\xff\xfe"), "always"),
+    ("general.architecture", (4, 7), "always"),
+    ("tokenizer.ggml.tokens", (GGUF_ARRAY, (4, [1, 2, 3])), "prompt"),
+    ("tokenizer.ggml.tokens", (GGUF_STRING, "abc"), "prompt"),
+    ("tokenizer.ggml.tokens", (GGUF_ARRAY, (GGUF_STRING, [])), "prompt"),
+    ("tokenizer.ggml.merges", (GGUF_ARRAY, (4, [1])), "prompt"),
+    ("tokenizer.ggml.model", (GGUF_STRING, "nonesuch"), "prompt"),
+    ("tokenizer.ggml.model", (4, 1), "prompt"),
+    ("tokenizer.ggml.bos_token_id", (4, 1 << 31), "prompt"),
+    ("tokenizer.ggml.eos_token_id", (5, -5), "prompt"),
+    ("tokenizer.chat_template", (GGUF_STRING, "{% for %}"), "prompt"),
 )
 
 
@@ -869,30 +963,39 @@ def _as_path(data: bytes):
 
 
 def _gguf_wrong_metadata(rng: random.Random, data: bytes) -> tuple[bytes, str]:
-    key, (vtype, value) = rng.choice(WRONG_METADATA)
+    key, (vtype, value), _ = rng.choice(WRONG_METADATA)
     path = _as_path(data)
     try:
-        return _retag_file(path, data, key, vtype, value), f"{key}={_short(value)}"
+        return _retag_file(path, data, key, vtype, value), _metadata_label(key, value)
     finally:
         os.unlink(path)
 
 
 def _retag_file(path: str, data: bytes, key: str, vtype: int, value) -> bytes:
+    """`data` with metadata `key` set to a value of any type (added after the last key if
+    absent), the tensor data moved so that it stays aligned: the damage is the value alone."""
     from gguf import GGUFReader
 
     reader = GGUFReader(path, "r")
-    fields = list(reader.fields.values())
     field = reader.fields.get(key)
-    entry = gguf_kv(key, vtype, value)
     if field is not None:
-        start = int(field.offset)
-        end = start + sum(int(p.nbytes) for p in field.parts)
-        return data[:start] + entry + data[end:]
-    last = fields[-1]
-    end = int(last.offset) + sum(int(p.nbytes) for p in last.parts)
-    n_kv = struct.unpack_from("<Q", data, 16)[0]
-    data = data[:16] + struct.pack("<Q", n_kv + 1) + data[24:]
-    return data[:end] + entry + data[end:]
+        start, end = int(field.offset), _field_end(field)
+    else:
+        start = end = max(_field_end(f) for f in reader.fields.values())
+        n_kv = struct.unpack_from("<Q", data, 16)[0] + 1
+        data = data[:16] + struct.pack("<Q", n_kv) + data[24:]
+    header_end = max([_field_end(t.field) for t in reader.tensors] + [end])
+    header = data[:start] + gguf_kv(key, vtype, value) + data[end:header_end]
+    pad = b"\x00" * (-len(header) % reader.alignment)
+    return header + pad + data[reader.data_offset :]
+
+
+def _field_end(field) -> int:
+    return int(field.offset) + sum(int(p.nbytes) for p in field.parts)
+
+
+def _metadata_label(key: str, value) -> str:
+    return f"{key}={_short(value)}"
 
 
 def _short(value) -> str:
@@ -1009,6 +1112,8 @@ def _safetensors_damage(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 
 
 def file_case(rng: random.Random) -> Case:
+    refuse = ""
+    action = _weighted(rng, FILE_ACTIONS)
     if rng.random() < 0.2:
         data, step = _safetensors_damage(rng, safetensors_seed())
         spec = FILE_SPEC.format(fmt="safetensors", file="m.safetensors", extra=SAFETENSORS_SIZES)
@@ -1016,18 +1121,32 @@ def file_case(rng: random.Random) -> Case:
     else:
         seed_name, data = rng.choice(gguf_seeds())
         data, step = rng.choice(GGUF_DAMAGE)(rng, data)
+        refuse = _must_refuse_metadata(step, action)
         if rng.random() < 0.15:
             data, extra = _gguf_flip(rng, data)
             step += f", {extra}"
+            refuse = ""  # the flip may have undone the damage
         spec = FILE_SPEC.format(fmt="gguf", file="m.gguf", extra="")
         name, files = f"gguf {seed_name}: {step}", {"m.gguf": data}
-    action = _weighted(rng, FILE_ACTIONS)
     argv = tuple(a.replace("{spec}", CASE_DIR + "/m.cke") for a in action)
     files["m.cke"] = spec.encode()
     size = max(len(d) for d in files.values())
     return Case(
-        "file", f"{name} | {' '.join(action[:2])}", argv, files, memory=2 * size + FILE_MEMORY
+        "file",
+        f"{name} | ckec {' '.join(action[:2])}".replace("{spec}", "SPEC"),
+        argv,
+        files,
+        memory=2 * size + FILE_MEMORY,
+        refuse=refuse,
     )
+
+
+def _must_refuse_metadata(step: str, action) -> str:
+    for key, (_, value), when in WRONG_METADATA:
+        label = _metadata_label(key, value)
+        if step == label and (when == "always" or (when == "prompt" and "--prompt" in action)):
+            return f"metadata {label}"
+    return ""
 
 
 # ---- all together -------------------------------------------------------------------------------

@@ -43,35 +43,52 @@ from pathlib import Path
 
 from .harness import VERDICTS, Case, Outcome, Pool
 from .mutators import KINDS, Environment, cases
+from .shrink import MAIN_FILE, shrink
 
 KIND_FLAGS = {"spec": "specs", "ir": "ir", "file": "files"}
 
 
 def run(
+    pool: Pool,
     counts: dict[str, int],
     *,
     seed: int,
-    workers: int,
     out: Path,
     timeout: float | None = None,
     progress=None,
 ) -> list[Outcome]:
     """Every case of every kind, in order; failing cases saved under `out`."""
     outcomes: list[Outcome] = []
-    with Pool(out / "workers", Environment(), workers) as pool:
-        for kind in KINDS:
-            todo = cases(kind, counts.get(kind, 0), seed)
-            if timeout is not None:
-                todo = [_with_timeout(c, timeout) for c in todo]
-            done: dict[int, Outcome] = {}
-            for index, outcome in pool.run(todo):
-                done[index] = outcome
-                if outcome.verdict != "clean":
-                    save_case(out, index, outcome)
-                if progress:
-                    progress(kind, len(done), len(todo), outcome)
-            outcomes.extend(done[i] for i in sorted(done))
+    for kind in KINDS:
+        todo = cases(kind, counts.get(kind, 0), seed)
+        if timeout is not None:
+            todo = [_with_timeout(c, timeout) for c in todo]
+        done: dict[int, Outcome] = {}
+        for index, outcome in pool.run(todo):
+            done[index] = outcome
+            if outcome.verdict != "clean":
+                save_case(out, index, outcome)
+            if progress:
+                progress(kind, len(done), len(todo), outcome)
+        outcomes.extend(done[i] for i in sorted(done))
     return outcomes
+
+
+def shrink_examples(pool: Pool, outcomes: list[Outcome], budget: int) -> dict[str, Outcome]:
+    """For each distinct failure, its smallest example shrunk further (hangs are not shrunk:
+    each try would cost the whole timeout)."""
+    examples = {}
+    for key, group in signatures(outcomes).items():
+        smallest = min(group, key=_input_size)
+        if smallest.verdict == "hang" or budget <= 0:
+            examples[key] = smallest
+        else:
+            examples[key] = shrink(pool, smallest, budget)
+    return examples
+
+
+def _input_size(o: Outcome) -> int:
+    return sum(len(d) for d in o.case.files.values())
 
 
 def _with_timeout(case: Case, timeout: float) -> Case:
@@ -95,6 +112,9 @@ def save_case(out: Path, index: int, outcome: Outcome) -> Path:
         "files": sorted(case.files),
         "memory": case.memory,
         "timeout": case.timeout,
+        "refuse": case.refuse,
+        "same_as": list(case.same_as),
+        "same_as_why": case.same_as_why,
         "verdict": outcome.verdict,
         "signature": outcome.signature,
         "error": outcome.error,
@@ -120,6 +140,9 @@ def load_case(path: Path) -> Case:
         files,
         memory=record["memory"],
         timeout=record["timeout"],
+        refuse=record.get("refuse", ""),
+        same_as=tuple(record.get("same_as", ())),
+        same_as_why=record.get("same_as_why", ""),
     )
 
 
@@ -141,17 +164,15 @@ def counts_table(outcomes: list[Outcome]) -> dict[str, Counter]:
 
 
 def signatures(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
-    """Each distinct failure (internal error, crash) and the cases that showed it, the most
-    frequent first."""
+    """Each distinct failure and the cases that showed it, the most frequent first: internal
+    errors and crashes by type and innermost frame, accepted nonsense by what was accepted,
+    hangs and ooms by kind."""
     groups: dict[str, list[Outcome]] = defaultdict(list)
     for o in outcomes:
-        if o.verdict in ("internal", "crash", "hang", "oom"):
-            key = (
-                o.signature
-                if o.verdict in ("internal", "crash")
-                else f"{o.verdict} [{o.case.kind}]"
-            )
-            groups[key].append(o)
+        if o.verdict in ("internal", "crash", "accepted"):
+            groups[o.signature].append(o)
+        elif o.verdict in ("hang", "oom"):
+            groups[f"{o.verdict} [{o.case.kind}]"].append(o)
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
@@ -178,7 +199,10 @@ def print_report(outcomes: list[Outcome], seconds: float, out: Path, console=Non
     t.add_column("kind")
     t.add_column("tried", justify="right")
     for v in VERDICTS:
-        t.add_column({"internal": "internal error"}.get(v, v), justify="right")
+        t.add_column(
+            {"internal": "internal error", "accepted": "accepted nonsense"}.get(v, v),
+            justify="right",
+        )
     for kind, c in counts_table(outcomes).items():
         t.add_row(kind, str(sum(c.values())), *(str(c[v]) for v in VERDICTS))
     console.print(t)
@@ -204,6 +228,84 @@ def print_report(outcomes: list[Outcome], seconds: float, out: Path, console=Non
     console.print(f"failing cases saved under {out} (summary.txt)")
 
 
+def findings_markdown(outcomes, examples: dict[str, Outcome], seconds, args, out) -> str:
+    """The run as Markdown for the team: counts per kind, then each distinct failure with its
+    count and its smallest example (shrunk), the command line and where the case is saved."""
+    lines = [
+        f"# ckec fuzzing findings — {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        "",
+        f"Commit {_commit()}; seed {args.seed}; {len(outcomes)} cases in {seconds:.0f} s; "
+        f"cases saved under `{out}`; replay one with "
+        "`python -m tests.fuzz.run_fuzz --replay DIR/case.json`.",
+        "",
+        "| kind | tried | " + " | ".join(VERDICTS) + " |",
+        "|---|---:|" + "---:|" * len(VERDICTS),
+    ]
+    for kind, c in counts_table(outcomes).items():
+        lines.append(
+            f"| {kind} | {sum(c.values())} | " + " | ".join(str(c[v]) for v in VERDICTS) + " |"
+        )
+    groups = signatures(outcomes)
+    lines += ["", f"## {len(groups)} distinct failures", ""]
+    for n, (key, group) in enumerate(groups.items(), 1):
+        ex = examples.get(key, group[0])
+        kinds = ", ".join(sorted({o.case.kind for o in group}))
+        lines += [
+            f"### {n}. `{key}` — {len(group)} cases ({kinds})",
+            "",
+            f"- example: {ex.case.name}",
+            f"- command: `ckec {' '.join(_shown_argv(ex.case))}`",
+        ]
+        if ex.error:
+            lines.append(f"- error: `{ex.error[:300]}`")
+        if ex.frame:
+            lines.append(f"- raised at: `{ex.frame}`")
+        main = MAIN_FILE.get(ex.case.kind)
+        if main in ex.case.files:
+            text = ex.case.files[main].decode("utf-8", "backslashreplace")
+            shown = text if len(text) <= 3000 else text[:3000] + "\n… (cut)"
+            lines += [
+                f"- input `{main}` ({len(text.splitlines())} lines):",
+                "",
+                "```",
+                shown.rstrip(),
+                "```",
+            ]
+        lines.append("")
+    rows = file_memory(outcomes)
+    if rows:
+        size, peak, o = rows[0]
+        lines += [
+            "## Peak memory of damaged model files",
+            "",
+            f"{len(rows)} files; worst peak over 2x size: {peak:,} bytes for a {size:,}-byte file "
+            f"({o.case.name}).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _shown_argv(case: Case) -> list[str]:
+    return [a.replace("{dir}/", "") if a.isprintable() else repr(a) for a in case.argv]
+
+
+def _commit() -> str:
+    import subprocess
+
+    from .mutators import REPO
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} (+ the working tree)"
+
+
 def _progress(kind: str, done: int, total: int, outcome: Outcome) -> None:
     if outcome.verdict != "clean":
         print(f"  {kind} {done}/{total}: {outcome.summary()[:200]}", file=sys.stderr, flush=True)
@@ -225,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, help="where failing cases go (default: a new temporary dir)")
     p.add_argument("--replay", type=Path, metavar="CASE_JSON", help="run one saved case again")
+    p.add_argument(
+        "--shrink",
+        type=int,
+        default=100,
+        metavar="RUNS",
+        help="shrink one example of each distinct failure in at most RUNS runs (0: do not)",
+    )
+    p.add_argument("--findings", type=Path, help="also write the findings as Markdown here")
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="ckeir-fuzz-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -236,15 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if o.verdict == "clean" else 1
     counts = {"spec": args.specs, "ir": args.ir, "file": args.files}
     t0 = time.monotonic()
-    outcomes = run(
-        counts,
-        seed=args.seed,
-        workers=args.workers,
-        out=out,
-        timeout=args.timeout,
-        progress=_progress,
-    )
-    print_report(outcomes, time.monotonic() - t0, out)
+    with Pool(out / "workers", Environment(), args.workers) as pool:
+        outcomes = run(
+            pool, counts, seed=args.seed, out=out, timeout=args.timeout, progress=_progress
+        )
+        seconds = time.monotonic() - t0
+        examples = shrink_examples(pool, outcomes, args.shrink)
+    print_report(outcomes, seconds, out)
+    if args.findings:
+        args.findings.write_text(findings_markdown(outcomes, examples, seconds, args, out))
+        print(f"findings written to {args.findings}")
     return 0 if all(o.verdict in ("clean", "oom") for o in outcomes) else 1
 
 

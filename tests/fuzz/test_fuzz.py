@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from .harness import Case, Pool
 from .mutators import REPO, Environment, cases, file_case, ir_case, ir_seeds, spec_case, spec_seeds
 from .run_fuzz import load_case, save_case, signatures
+from .shrink import shrink
 
 pytestmark = pytest.mark.slow
 
-SHORT_RUN = {"spec": 150, "ir": 150, "file": 60}
+SHORT_RUN = {"spec": 120, "ir": 100, "file": 60}
 CASE_TIMEOUT = 20.0  # seconds: a hang, not a speed limit (a clean case takes well under 1 s)
 
 
@@ -40,7 +41,7 @@ def run_cases(pool, todo):
 def failures(outcomes):
     """The cases that did not end cleanly (out-of-memory aside: the limit is the test's, not
     a bound ckec promises), one line each, grouped by signature."""
-    bad = [o for o in outcomes if o.verdict in ("internal", "hang", "crash")]
+    bad = [o for o in outcomes if o.verdict in ("internal", "hang", "crash", "accepted")]
     lines = []
     for key, group in signatures(bad).items():
         lines.append(f"{len(group)} x {key}: e.g. {group[0].summary()[:300]}")
@@ -64,7 +65,7 @@ def _bounded(case: Case) -> Case:
 # ---- hypothesis drives the same mutators: a failure shrinks to the fewest, plainest choices ----
 
 FEW = settings(
-    max_examples=15,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -168,3 +169,24 @@ def test_a_result_and_a_located_refusal_are_clean_and_a_saved_case_replays(pool,
     again = run_cases(pool, [load_case(saved / "case.json")])[0]
     assert (again.verdict, again.rc) == ("clean", 1)
     assert again.message.split("case.cke", 1)[1] == refused.message.split("case.cke", 1)[1]
+
+
+def test_a_failing_case_shrinks_to_the_line_that_fails(monkeypatch, tmp_path):
+    def fails_on_boom(argv):
+        text = open(argv[0]).read()
+        if "BOOM" in text:
+            raise KeyError("boom")
+        return 0
+
+    from ckeir import cli
+
+    monkeypatch.setattr(cli, "cmd_compile", fails_on_boom)
+    text = "".join(f"line {i}\n" for i in range(40)).replace("line 17", "BOOM 17")
+    case = Case("spec", "boom", ("{dir}/case.cke",), {"case.cke": text.encode()})
+    with Pool(tmp_path, Environment(), workers=1) as p:
+        [failed] = run_cases(p, [case])
+        small = shrink(p, failed, budget=100)
+    assert (
+        failed.signature == small.signature == "KeyError at tests/fuzz/test_fuzz.py:fails_on_boom"
+    )
+    assert small.case.files["case.cke"] == b"BOOM 17\n"
