@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -176,6 +177,22 @@ def signatures(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
+_NAMES_A_PLACE = re.compile(
+    r"^\S+:\d+:\d+: |[\w./-]+\.(cke|mlir|gguf|safetensors|json)\b|/case\d+/|(^|\s)-{1,2}[a-z]|argument "
+)
+
+
+def unlocated(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
+    """Refusals whose message names neither a location, nor a file, nor the option at fault
+    (every user-reachable failure should), grouped by their wording with numbers and quoted
+    names blanked."""
+    groups: dict[str, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        if o.verdict == "clean" and o.rc and o.message and not _NAMES_A_PLACE.search(o.message):
+            groups[re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", o.message)[:160]].append(o)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
 def file_memory(outcomes: list[Outcome]) -> list[tuple[int, int, Outcome]]:
     """(file size, peak bytes, outcome) for each damaged model file, worst excess first."""
     rows = []
@@ -271,6 +288,17 @@ def findings_markdown(outcomes, examples: dict[str, Outcome], seconds, args, out
                 shown.rstrip(),
                 "```",
             ]
+        lines.append("")
+    vague = unlocated(outcomes)
+    if vague:
+        lines += [
+            f"## {len(vague)} refusals that name no location, file or option",
+            "",
+            "Clean (a CkeError), but a user is not told where the problem is:",
+            "",
+        ]
+        for key, group in vague.items():
+            lines.append(f"- {len(group)} x `{key}` — e.g. {group[0].case.name[:150]}")
         lines.append("")
     rows = file_memory(outcomes)
     if rows:
