@@ -121,6 +121,10 @@ def _check_signature(func: Operation) -> None:
             "entry block must take (ids: tensor<Nxi32>, pos: i64, kcache, vcache: "
             f"memref<LxCxDxf32>), got ({', '.join(map(str, args))})",
         )
+    context = args[2].shape[1]
+    rows = func.attr("max_tokens", 1)
+    if context is not None and rows > context:
+        fail(func, f"max_tokens {rows} is more rows than its KV cache's context of {context}")
 
 
 def _check_arena_offsets(func: Operation) -> None:

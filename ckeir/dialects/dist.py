@@ -118,7 +118,8 @@ def check_matching(programs: dict[int, Operation], phase: str) -> None:
                     if other.attr("bytes") != op.attr("bytes"):
                         raise VerifyError(
                             f"{phase}: rank {r} sends {op.attr('bytes')} bytes to rank {peer}, "
-                            f"which receives {other.attr('bytes')}"
+                            f"which receives {other.attr('bytes')}",
+                            loc=op.loc,
                         )
                     pos[r] += 1
                     pos[peer] += 1
@@ -130,7 +131,9 @@ def check_matching(programs: dict[int, Operation], phase: str) -> None:
                     o is not None and o.name == op.name and o.attr("group") == group for o in ops
                 ):
                     if len({o.attr("bytes") for o in ops if op.name == "dist.allreduce"}) > 1:
-                        raise VerifyError(f"{phase}: allreduce over {group} with unequal sizes")
+                        raise VerifyError(
+                            f"{phase}: allreduce over {group} with unequal sizes", loc=op.loc
+                        )
                     for g in group:
                         pos[g] += 1
                     moved = True
@@ -142,7 +145,10 @@ def check_matching(programs: dict[int, Operation], phase: str) -> None:
                 for r in seqs
                 if at(r) is not None
             )
-            raise VerifyError(f"{phase}: the ranks' communication would deadlock: {stuck}")
+            first = next(at(r) for r in seqs if at(r) is not None)
+            raise VerifyError(
+                f"{phase}: the ranks' communication would deadlock: {stuck}", loc=first.loc
+            )
 
 
 def check_module(module: Operation) -> None:

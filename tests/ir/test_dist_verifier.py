@@ -44,8 +44,9 @@ def test_matching_pair_verifies():
 
 def test_both_ranks_receiving_first_deadlock():
     m = ckeir.parse_ir(module(SEND.format(n=0, b=32, peer=1), SEND.format(n=1, b=32, peer=0)))
-    with pytest.raises(VerifyError, match="deadlock: rank 0 at dist.recv"):
+    with pytest.raises(VerifyError, match="deadlock: rank 0 at dist.recv") as info:
         ckeir.verify(m)
+    assert (info.value.loc.line, info.value.loc.col) == (4, 11)  # rank 0's recv, located
 
 
 def test_send_without_receive():
@@ -68,8 +69,9 @@ def test_byte_counts_must_agree():
             '    %y = "dist.recv"() {bytes = 64 : i64, peer = 0 : i64} : () -> tensor<1x8xf32>',
         )
     )
-    with pytest.raises(VerifyError, match="sends 32 bytes to rank 1, which receives 64"):
+    with pytest.raises(VerifyError, match="sends 32 bytes to rank 1, which receives 64") as info:
         ckeir.verify(m)
+    assert info.value.loc.line == 5  # the send
 
 
 def test_compiled_distributed_module_verifies():

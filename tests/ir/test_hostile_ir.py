@@ -189,6 +189,14 @@ def test_hostile_attributes_and_ops_are_located_errors(tmp_path, typed, pattern,
     assert_located(r, line, phrase)
 
 
+def test_a_program_of_more_rows_than_its_cache_is_refused(tmp_path, typed):
+    # tiny.cke's caches hold 256 rows; a prefill of 257 would write past them.
+    text, _ = replace_first(typed, r"max_tokens = 256", "max_tokens = 257")
+    r = opt(tmp_path, text, "--pass-pipeline=shape-infer")
+    func_line = typed.split("\n").index('  "cke.func"() ({') + 1
+    assert_located(r, func_line, "max_tokens 257 is more rows than its KV cache's context of 256")
+
+
 def test_a_func_attribute_is_located_at_its_func(tmp_path, typed):
     # A region op's attributes follow its body: the error points at the op's name.
     text, _ = replace_first(typed, r"max_tokens = 256", f"max_tokens = {2**40}")
