@@ -17,6 +17,9 @@ def verify(root: Operation, allow_unregistered: bool = False) -> None:
 
 
 def _verify_op(op: Operation, allow_unregistered: bool, visible: set) -> None:
+    """Check `op` and, recursively, its regions.  `visible` holds the values defined above
+    (enclosing block arguments, earlier results); it grows and shrinks as the walk enters
+    and leaves regions, so that the walk is linear in the IR, not in blocks × values."""
     d = lookup(op.name)
     if d is None:
         if op.name != "builtin.module" and not allow_unregistered:
@@ -24,21 +27,23 @@ def _verify_op(op: Operation, allow_unregistered: bool, visible: set) -> None:
     else:
         d.verify(op)
     for region in op.regions:
-        scope = set(visible)
+        args = [a for block in region.blocks for a in block.args]
+        visible.update(args)
         for block in region.blocks:
-            scope.update(block.args)
-        for block in region.blocks:
-            defined = set(scope)
+            results = []
             for inner in block.ops:
                 for i, v in enumerate(inner.operands):
-                    if v not in defined and not _defined_in_other_block(v, block):
+                    if v not in visible and not _defined_in_other_block(v, block):
                         raise VerifyError(
                             f"'{inner.name}' op operand #{i} is used before it is defined "
                             "(or defined in a region that does not enclose it)",
                             loc=inner.loc,
                         )
-                _verify_op(inner, allow_unregistered, defined)
-                defined.update(inner.results)
+                _verify_op(inner, allow_unregistered, visible)
+                visible.update(inner.results)
+                results.extend(inner.results)
+            visible.difference_update(results)
+        visible.difference_update(args)
 
 
 def _defined_in_other_block(v, block) -> bool:
