@@ -269,12 +269,26 @@ def cmd_run(argv: list[str]) -> int:
         _check_utf8(args.prompt, "--prompt")
     _check_outputs(args, {"report": "--report", "trace": "--trace", "dump_dir": "--dump-dir"})
     _check_measured(args)
+    _check_threads(args.threads)
     transport = _transport(args)
     try:
         return _run(args, ids, transport)
     finally:
         if transport is not None:
             transport.close()
+
+
+def _check_threads(threads: int | None) -> None:
+    """At most one thread per CPU this process may run on: the threads of a rank meet at a
+    barrier after every op, so a thread without a CPU stalls all of them (thousands of
+    them never finish a token)."""
+    cpus = len(os.sched_getaffinity(0))
+    if threads is not None and threads > cpus:
+        raise CkeError(
+            f"--threads {threads}: ckec may run on {cpus} CPUs here, and threads beyond that "
+            "wait for each other at every op",
+            hint="leave --threads out to use the node's cores, as many as this machine gives",
+        )
 
 
 def _given(args, flags: dict[str, str]) -> list[str]:

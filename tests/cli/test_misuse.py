@@ -118,6 +118,15 @@ def test_run_numbers_out_of_range(args, message):
     assert_user_error(r, message, "usage: ckec run")
 
 
+def test_more_threads_than_cpus_is_refused():
+    """--threads 16384 ran for ever: every op waits for every thread at a barrier."""
+    cpus = len(os.sched_getaffinity(0))
+    r = run(ODD, "--ids", "1", "-n", "2", "--threads", str(cpus + 1))
+    assert_user_error(r, f"--threads {cpus + 1}: ckec may run on {cpus} CPUs here")
+    assert "reading the spec" not in r.stderr
+    assert run(ODD, "--ids", "1", "-n", "2", "--threads", str(cpus)).returncode == 0
+
+
 def test_zero_new_tokens_is_allowed():
     r = run(ODD, "--ids", "1", "-n", "0")
     assert r.returncode == 0, r.stderr
