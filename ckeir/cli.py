@@ -667,8 +667,12 @@ def _read_regular_file(path: str) -> bytes:
         os.close(fd)
         if stat.S_ISREG(st.st_mode):
             raise _too_large(path)
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise CkeError(f"cannot read {path}: it is {what}")
+        if stat.S_ISDIR(st.st_mode):
+            raise CkeError(f"cannot read {path}: it is a directory")
+        raise CkeError(
+            f"cannot read {path}: it is not a regular file",
+            hint=f"to read a stream, give it on standard input: ckec opt - < {path}",
+        )
     with os.fdopen(fd, "rb") as f:
         try:
             return f.read(limits.MAX_IR_BYTES + 1)
