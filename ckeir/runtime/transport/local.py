@@ -649,13 +649,15 @@ def _rank_main(
         # stay there only if pinned: a pinned rank cannot leave a CPU another job is using
         allowed = os.sched_getaffinity(0)
         os.sched_setaffinity(0, cpus)
-        if not pin:
-            os.sched_setaffinity(0, allowed)
     world = World.attach(path)
     world.started(rank, os.getpid())
     if all(world.state(r) != STARTING for r in range(world.size)):
         world.unlink()  # the last rank to map it: nothing can leak, even if the launcher dies
+    # the heartbeat's thread inherits the rank's CPUs: it cannot wake up on (and disturb)
+    # another rank's CPU, nor push this rank's main thread onto one
     heart = _Heartbeat(world, rank, beat_s) if beat_s else None
+    if cpus and not pin:
+        os.sched_setaffinity(0, allowed)  # this thread only
     t = LocalTransport(world, rank, **options)
     code = 0
     try:
