@@ -27,6 +27,7 @@ mapped it, as the local transport does with its own.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import time
@@ -224,13 +225,9 @@ def unlink_mpich_segments() -> list[str]:
     paths unlinked."""
     gone = []
     for path in _mapped(MPICH_SEGMENTS):
-        try:
+        with contextlib.suppress(OSError):  # another rank of the node was first
             os.unlink(path)
             gone.append(path)
-        except FileNotFoundError:  # another rank of the node was first
-            pass
-        except OSError:  # not ours to remove: leave it to MPICH
-            pass
     return gone
 
 
