@@ -264,7 +264,10 @@ def _worker_main(conn, home: str, environment) -> None:
     os.dup2(log, 2)
     faulthandler.enable(file=2, all_threads=False)
     for n in itertools.count():
-        case = conn.recv()
+        try:
+            case = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
         if case is None:
             return
         os.ftruncate(2, 0)
@@ -284,9 +287,9 @@ class _Worker:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_worker_main, args=(child, str(home), environment), daemon=True
-        )
+        # not a daemon: a case may start local ranks, and daemons may not have children (a
+        # worker whose parent died leaves at its next recv)
+        self.proc = ctx.Process(target=_worker_main, args=(child, str(home), environment))
         self.proc.start()
         child.close()
         self.job: tuple[int, Case] | None = None

@@ -19,7 +19,7 @@ import re
 import struct
 from pathlib import Path
 
-from .harness import CASE_DIR, Case, GiB, MiB
+from .harness import CASE_DIR, DEFAULT_TIMEOUT, Case, GiB, MiB
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -328,6 +328,25 @@ def _small_number(rng, text):
     return _replace_kind(rng, text, "number", ("1", "2", "3", "4", "6", "8", "16", "64", "96"))
 
 
+def _odd_shapes(rng: random.Random, text: str) -> tuple[str, str]:
+    """A model of small, odd but plausible sizes (its layer count kept, so that the stages
+    still cover it): shapes the kernels and the planner have not been tuned on."""
+    hidden = rng.choice((4, 8, 12, 16, 24, 32, 40, 48, 72, 96))
+    heads = rng.choice([h for h in (1, 2, 3, 4, 6, 8) if hidden % (2 * h) == 0])  # RoPE pairs
+    kv_heads = rng.choice([k for k in (1, 2, 3, 4) if heads % k == 0])
+    settings = {
+        "hidden": hidden,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "ffn": rng.choice((1, 2, 3, 5, 8, 17, 32, 100)),
+        "vocab": rng.choice((2, 3, 5, 31, 33, 64, 257)),
+        "context": rng.choice((1, 2, 3, 8, 33)),
+    }
+    for key in rng.sample(sorted(settings), rng.randrange(2, len(settings) + 1)):
+        text, _ = _state(rng, text, "model", f"{key} {settings[key]}")
+    return text, f"shapes h{hidden}/{heads}/{kv_heads}"
+
+
 def _replace_name(rng, text):
     """Another name of the same text (a node for a node, a model for a cluster), or now and
     then a keyword."""
@@ -446,6 +465,7 @@ SPEC_MUTATIONS = (
     (6, _set_setting),
     (5, _replace_number),
     (3, _small_number),
+    (3, _odd_shapes),
     (2, _huge_range),
     (2, _many_nodes),
     (2, _insert_import),
@@ -475,7 +495,7 @@ SPEC_ACTIONS = (
     (60, ("{spec}", "--emit=mlir"), ""),
     (20, ("plan", "{spec}"), ""),
     (5, ("{spec}", "--emit=mlir", "--print-ir-after", "place"), ""),
-    (8, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference"), ""),
+    (20, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference"), ""),
     (2, ("{spec}", "--emit=llvm"), ""),
     (2, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/dir"), "-o onto a directory"),
     (2, ("{spec}", "--emit=mlir", "--print-ir-after=nonesuch"), "an unknown pass"),
@@ -536,6 +556,23 @@ def _nonsense_in(text: str) -> str:
     return ""
 
 
+def run_arguments(rng: random.Random, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """`--ids 1,2 -n 2` of a run replaced by token ids and counts at the edges: 0, the last
+    and the first missing id of a small vocabulary, more tokens than the context holds."""
+    if "--ids" not in argv or argv[argv.index("--ids") + 1] != "1,2":
+        return argv
+    ids = ",".join(
+        rng.choice(("0", "1", "2", "30", "63", "64", "255", "256", "511", "512"))
+        for _ in range(rng.choice((1, 1, 2, 3, 40)))
+    )
+    n = rng.choice(("0", "1", "2", "2", "17", "70", "300"))
+    out = list(argv)
+    out[out.index("--ids") + 1] = ids
+    if "-n" in out:
+        out[out.index("-n") + 1] = n
+    return tuple(out)
+
+
 def _weighted(rng: random.Random, table):
     return rng.choices([v for _, v in table], weights=[w for w, _ in table])[0]
 
@@ -556,7 +593,7 @@ def spec_case(rng: random.Random, seeds) -> Case:
         steps.append(step)
     refuse = refuse or _nonsense_in(data.decode("utf-8", "replace"))
     spec = CASE_DIR + "/case.cke"
-    argv = tuple(a.replace("{spec}", spec) for a in action)
+    argv = run_arguments(rng, tuple(a.replace("{spec}", spec) for a in action))
     label = f"{name}: {', '.join(steps)} | ckec {' '.join(action[:2])}".replace("{spec}", "SPEC")
     return Case("spec", label, argv, {"case.cke": data}, refuse=refuse)
 
@@ -627,6 +664,27 @@ def _sub_one(rng: random.Random, pattern: re.Pattern, text: str, make) -> tuple[
 
 def _ir_int(rng, text):
     return _sub_one(rng, _IR_INT, text, lambda m: rng.choice(EXTREME_INTS)), "int"
+
+
+def _ir_nearby_int(rng, text):
+    """An integer attribute or array entry a little off (±1, doubled, halved, 0, 1): text that
+    still parses and may well verify, and then has to be handled by the passes."""
+
+    def near(value: str) -> str:
+        v = int(value)
+        return str(rng.choice((v + 1, v - 1, 2 * v, v // 2, 0, 1, 3 * v + 1)))
+
+    if rng.random() < 0.5:
+        return _sub_one(rng, _IR_INT, text, lambda m: near(m.group())), "int~"
+
+    def array(m):
+        items = [s for s in m[1].split(", ") if s]
+        if items:
+            i = rng.randrange(len(items))
+            items[i] = near(items[i])
+        return f"array<i64: {', '.join(items)}>"
+
+    return _sub_one(rng, _IR_ARRAY, text, array), "array~"
 
 
 def _ir_array(rng, text):
@@ -724,6 +782,9 @@ def _ir_bytes(rng, text):
 
 
 IR_MUTATIONS = (
+    _ir_nearby_int,
+    _ir_nearby_int,
+    _ir_nearby_int,
     _ir_int,
     _ir_int,
     _ir_array,
@@ -791,8 +852,10 @@ FILE_ACTIONS = (
     (15, ("run", "{spec}", "--prompt", "hi", "-n", "2", "--backend", "reference")),
     (25, ("{spec}", "--emit=mlir")),
     (10, ("plan", "{spec}")),
+    (3, ("run", "{spec}", "--ids", "1,2", "-n", "2")),  # native code: compiles when shapes change
 )
 FILE_MEMORY = 1 * GiB  # address space above the worker's, on top of 2x the file size
+NATIVE_TIMEOUT = 90.0  # a cold compile of a model's kernels on a busy machine
 
 
 @functools.cache
@@ -950,6 +1013,21 @@ WRONG_METADATA = (
     ("tokenizer.ggml.bos_token_id", (4, 1 << 31), "prompt"),
     ("tokenizer.ggml.eos_token_id", (5, -5), "prompt"),
     ("tokenizer.chat_template", (GGUF_STRING, "{% for %}"), "prompt"),
+    # in range, but not what the tensors say (or just small)
+    ("llama.context_length", (4, 1), ""),
+    ("llama.attention.head_count", (4, 1), ""),
+    ("llama.attention.head_count_kv", (4, 1), ""),
+    ("llama.block_count", (4, 1), ""),
+    ("llama.block_count", (4, 3), ""),
+    ("llama.embedding_length", (4, 32), ""),
+    ("llama.feed_forward_length", (4, 64), ""),
+    ("llama.vocab_size", (4, 255), ""),
+    ("tokenizer.ggml.bos_token_id", (4, 255), ""),
+    ("tokenizer.ggml.eos_token_id", (4, 0), ""),
+    ("general.alignment", (4, 64), ""),
+    ("general.alignment", (4, 0), "always"),
+    ("general.alignment", (4, 3), "always"),
+    ("general.alignment", (10, 32), ""),
 )
 
 
@@ -1128,7 +1206,7 @@ def file_case(rng: random.Random) -> Case:
             refuse = ""  # the flip may have undone the damage
         spec = FILE_SPEC.format(fmt="gguf", file="m.gguf", extra="")
         name, files = f"gguf {seed_name}: {step}", {"m.gguf": data}
-    argv = tuple(a.replace("{spec}", CASE_DIR + "/m.cke") for a in action)
+    argv = run_arguments(rng, tuple(a.replace("{spec}", CASE_DIR + "/m.cke") for a in action))
     files["m.cke"] = spec.encode()
     size = max(len(d) for d in files.values())
     return Case(
@@ -1137,6 +1215,7 @@ def file_case(rng: random.Random) -> Case:
         argv,
         files,
         memory=2 * size + FILE_MEMORY,
+        timeout=NATIVE_TIMEOUT if "--backend" not in argv else DEFAULT_TIMEOUT,
         refuse=refuse,
     )
 

@@ -43,6 +43,7 @@ def shrink(pool: Pool, outcome: Outcome, budget: int = 150) -> Outcome:
 
 def _run(pool: Pool, case: Case, name: str, data: bytes) -> Outcome:
     files = dict(case.files, **{name: data})
-    trial = attrs.evolve(case, files=files, name=case.name + " (shrunk)")
+    name = case.name if case.name.endswith("(shrunk)") else case.name + " (shrunk)"
+    trial = attrs.evolve(case, files=files, name=name)
     [(_, outcome)] = list(pool.run([trial]))
     return outcome
