@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckeir import units
-from ckeir.errors import CkeError
+from ckeir.errors import CkeError, SourceLoc, SpecError
 from ckeir.frontend import (
     ClusterDecl,
     LinkDecl,
@@ -30,6 +30,7 @@ from ckeir.frontend import (
     Spec,
     StageDecl,
     WeightsDecl,
+    check_layer_coverage,
     load_spec,
     parse_spec,
 )
@@ -311,3 +312,60 @@ def test_hostile_mutants_load_or_fail_located_in_bounded_time(bounded, odd_files
     assert outcome.kind in ("ok", "cke"), (outcome, text)
     if outcome.kind == "cke":
         assert outcome.loc is not None and outcome.loc.line >= 1, outcome
+
+
+# ---- layer coverage as interval arithmetic -----------------------------------------------
+
+
+@st.composite
+def stagings(draw):
+    """A layer count and stages with arbitrary (possibly overlapping, gapped, too long) ranges."""
+    n_layers = draw(st.integers(1, 12))
+    ranges = draw(
+        st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15)), min_size=1, max_size=5)
+    )
+    stages = tuple(
+        StageDecl((f"n{i}",), min(r), max(r), loc=SourceLoc("t.cke", i + 1, 1, f"stage n{i}"))
+        for i, r in enumerate(ranges)
+    )
+    return n_layers, ScheduleDecl("s", "m", "c", phases={"decode": PhaseDecl("decode", stages)})
+
+
+def _runs(text: str) -> set[int]:
+    """'layers 0..2, 5 belong ...' -> {0, 1, 2, 5}."""
+    spans = re.match(r"layers? ([0-9., ]+) (?:do|does|belong|belongs)", text).group(1)
+    out = set()
+    for part in spans.split(", "):
+        first, _, last = part.partition("..")
+        out |= set(range(int(first), int(last or first) + 1))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(stagings())
+def test_layer_coverage_agrees_with_counting_every_layer(case):
+    """The interval checks say what a check of each layer one by one would say."""
+    n_layers, sched = case
+    stages = sched.phases["decode"].stages
+    owners = {i: [s for s in stages if s.first <= i <= s.last] for i in range(16)}
+    try:
+        check_layer_coverage(sched, n_layers)
+    except SpecError as err:
+        line = err.loc.line if err.loc else None
+        blamed = stages[line - 1] if line else None
+        if "do not exist" in err.message or "does not exist" in err.message:
+            first_long = next(s for s in stages if s.last >= n_layers)
+            assert blamed is first_long
+            assert _runs(err.message) == set(range(max(n_layers, blamed.first), blamed.last + 1))
+        elif "another stage" in err.message:
+            assert all(s.last < n_layers for s in stages)
+            shared = _runs(err.message)
+            assert shared and all(blamed in owners[i] and len(owners[i]) > 1 for i in shared)
+        else:
+            assert "no stage" in err.message
+            assert all(s.last < n_layers for s in stages)
+            assert all(len(owners[i]) <= 1 for i in range(n_layers))
+            assert _runs(err.message) == {i for i in range(n_layers) if not owners[i]}
+        return
+    assert all(len(owners[i]) == 1 for i in range(n_layers))
+    assert all(s.last < n_layers for s in stages)
