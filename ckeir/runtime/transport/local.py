@@ -755,10 +755,21 @@ def watchdog_seconds(value: float | None = None) -> float | None:
     return float(value)
 
 
-def _stalled(world: World, r: int, seconds: float) -> str:
-    """The watchdog's verdict on rank r, with what /proc says of its process."""
-    pid = world.pid(r)
-    state = _proc_state(pid) if pid > 0 else b""
+def _runnable(pid: int) -> bool:
+    """Some thread of process `pid` is running or waiting for a CPU (state R): a heartbeat
+    that stands still then means a starved rank on a busy machine, or one holding the GIL
+    in a long call — slow, not stopped."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            text = stat.read_bytes()
+            if text[text.rindex(b")") + 2 : text.rindex(b")") + 3] == b"R":
+                return True
+    return False
+
+
+def _stalled(world: World, r: int, pid: int, seconds: float) -> str:
+    """The watchdog's verdict on rank r (process `pid`), with what /proc says of it."""
+    state = _proc_state(pid)
     why = "it is stopped: SIGSTOP or a debugger" if state in (b"T", b"t") else "is it stopped?"
     return (
         f"rank {r} made no progress for {seconds:g} s ({why}) while {world.doing(r)};"
@@ -943,15 +954,20 @@ class _Supervisor:
 
     def _watch(self, running: set[int], now: float) -> None:
         """Kill (SIGKILL: a stopped process ignores everything else) the first rank whose
-        heartbeat has not moved for the watchdog period, and fail the world naming it."""
+        heartbeat has not moved for the watchdog period while none of its threads could
+        run, and fail the world naming it."""
         if self.watchdog is None:
             return
         for r in sorted(running):
             count, since = self.beats[r]
             if (now_count := self.world.beats(r)) != count:
                 self.beats[r] = (now_count, now)
-            elif now - since > self.watchdog and self.world.state(r) in (STARTING, RUNNING):
-                self.stalled[r] = text = _stalled(self.world, r, self.watchdog)
+            elif (
+                now - since > self.watchdog
+                and self.world.state(r) in (STARTING, RUNNING)
+                and not _runnable(pid := self.procs[r].pid)
+            ):
+                self.stalled[r] = text = _stalled(self.world, r, pid, self.watchdog)
                 self.procs[r].kill()
                 self.world.fail(r, text)
                 return

@@ -240,6 +240,12 @@ def test_slow_is_not_stopped():
     assert launch_local(2, tp.prog_slow, (2.0,), timeout=30, watchdog=1.0) == [True, True]
 
 
+def test_busy_holding_the_gil_is_not_stopped():
+    """A rank whose main thread keeps the GIL (its heartbeat cannot beat) for twice the
+    watchdog period is running, not stopped: the watchdog leaves it alone."""
+    assert launch_local(2, tp.prog_hold_gil, (2.5,), timeout=30, watchdog=1.0) == [True, True]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_no_rank_outlives_a_killed_launcher(tmp_path, sig):
     """Kill the launcher of a running job (one rank stopped, one blocked in a receive): both

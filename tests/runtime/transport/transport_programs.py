@@ -193,6 +193,19 @@ def prog_slow(t, seconds: float) -> bool:
     return bool(t.rank != 0 or (x == 1).all())
 
 
+def prog_hold_gil(t, seconds: float) -> bool:
+    """Rank 1 keeps the GIL for `seconds` (a busy Python loop that never offers it): its
+    heartbeat thread cannot beat, but the rank runs — busy is not stopped."""
+    if t.rank == 1:
+        sys.setswitchinterval(1000)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        sys.setswitchinterval(0.005)
+    t.barrier()
+    return True
+
+
 def prog_pid_then_wait(t, folder: str) -> None:
     """Each rank writes its pid to FOLDER/<rank>.pid, then rank 1 stops itself and the
     others wait for it forever (for killing the launcher underneath them)."""
