@@ -103,6 +103,8 @@ def resolve(spec_path, schedule: str | None = None) -> Job:
             model = spec.model_of(sched)
     cluster = spec.cluster_of(sched)
     config = config_from_decl(model, model_file)
+    if model_file is not None:  # before any IR is built: the tensors bound the sizes stated
+        model_file.check_config(config)
     return Job(path, spec, sched, model, cluster, config, target_of(cluster.nodes[0]), model_file)
 
 

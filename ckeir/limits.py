@@ -73,7 +73,12 @@ def range_message(what: str, value: object, lo: float, hi: float) -> str:
         shown = repr(value)
     if len(shown) > 40:
         shown = shown[:20] + "…" + shown[-8:]
-    return f"{what} must be between {lo:g} and {hi:g}, not {shown}"
+    return f"{what} must be between {_bound(lo)} and {_bound(hi)}, not {shown}"
+
+
+def _bound(x: float) -> str:
+    """Integers as written (1048576), reals compactly (1e-05, 1e+15)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 # ---- added later (append only) ----------------------------------------------------------------

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from cli_runner import ckec
 
 import ckeir
 from ckeir.errors import CkeError, ModelFileError
@@ -68,9 +69,8 @@ def test_same_tokens_as_the_same_numbers_in_memory(tmp_path):
 def test_missing_tensor_is_named(tmp_path):
     w = random_weights(CFG, seed=4)
     del w["blk.1.ffn_up.weight"]
-    prog = ckeir.compile(write(tmp_path, w), backend="reference")
     with pytest.raises(ModelFileError, match="blk.1.ffn_up.weight.*missing"):
-        _ = prog.weights
+        ckeir.compile(write(tmp_path, w), backend="reference")  # before any IR is built
 
 
 def test_sizes_must_be_stated(tmp_path):
@@ -155,3 +155,13 @@ def test_unreadable_tensor_types_are_refused(tmp_path, dtype, size):
     with pytest.raises(ModelFileError) as e:
         _ = ckeir.compile(spec, backend="reference").weights
     assert "model.safetensors" in str(e.value) and f"'{UP}' is stored as {dtype}" in str(e.value)
+
+
+def test_stated_layers_are_checked_before_any_ir_is_built(tmp_path):
+    """A layer count the file contradicts is refused by compiling alone (`--emit=mlir` reads
+    no weights): a spec's sizes never size the IR, passes and code generation first."""
+    spec = write(tmp_path, random_weights(CFG, 4), sizes=SIZES.replace("layers 2", "layers 3"))
+    res = ckec(spec, "--emit=mlir")
+    assert res.returncode == 1, res.stdout[:200]
+    assert "model.safetensors" in res.stderr and "holds tensors for 2" in res.stderr, res.stderr
+    assert not res.stdout
