@@ -995,7 +995,7 @@ GGUF_STRING, GGUF_ARRAY = 8, 9
 def gguf_value(vtype: int, value) -> bytes:
     """A GGUF metadata value of type `vtype` (no type tag)."""
     if vtype == GGUF_STRING:
-        data = value if isinstance(value, bytes) else str(value).encode()
+        data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
         return struct.pack("<Q", len(data)) + data
     if vtype == GGUF_ARRAY:
         etype, items = value
@@ -1013,7 +1013,7 @@ def gguf_header(kvs: list[bytes], n_tensors: int = 0, n_kv: int | None = None) -
     return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + b"".join(kvs)
 
 
-def _base_kvs(**override) -> dict[str, tuple[int, object]]:
+def base_kvs(**override) -> dict[str, tuple[int, object]]:
     kv = {
         "general.architecture": (GGUF_STRING, "llama"),
         "llama.block_count": (4, 2),
@@ -1160,7 +1160,7 @@ def _gguf_count(rng, data):
 
 def _gguf_huge_array(rng, data):
     """A header whose last key is an ARRAY<UINT8> claiming 2**40 entries, then nothing."""
-    kvs = [gguf_kv(k, t, v) for k, (t, v) in _base_kvs().items()]
+    kvs = [gguf_kv(k, t, v) for k, (t, v) in base_kvs().items()]
     claim = rng.choice((1 << 40, 1 << 32, (1 << 63) - 1))
     last = gguf_value(GGUF_STRING, "tokenizer.ggml.token_type") + struct.pack(
         "<IIQ", GGUF_ARRAY, 0, claim
@@ -1171,7 +1171,7 @@ def _gguf_huge_array(rng, data):
 
 
 def _gguf_huge_string(rng, data):
-    kvs = [gguf_kv(k, t, v) for k, (t, v) in _base_kvs().items()]
+    kvs = [gguf_kv(k, t, v) for k, (t, v) in base_kvs().items()]
     claim = rng.choice((1 << 40, (1 << 64) - 1, 1 << 31))
     last = gguf_value(GGUF_STRING, "general.name") + struct.pack("<IQ", GGUF_STRING, claim) + b"abc"
     return gguf_header([*kvs, last]), f"string-len{claim}"
@@ -1179,7 +1179,7 @@ def _gguf_huge_string(rng, data):
 
 def _gguf_tensor_info(rng, data):
     """Metadata only, then one tensor whose dims, type or offset are hostile."""
-    kvs = [gguf_kv(k, t, v) for k, (t, v) in _base_kvs().items()]
+    kvs = [gguf_kv(k, t, v) for k, (t, v) in base_kvs().items()]
     n_dims = rng.choice((1, 2, 4, 5, 1 << 20))
     dims = [rng.choice((1, 64, 1 << 40, 0, (1 << 63) - 1)) for _ in range(min(n_dims, 4))]
     ttype = rng.choice((0, 8, 30, 1000))

@@ -18,9 +18,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .harness import Case, Pool
-from .mutators import REPO, Environment, cases, file_case, ir_case, ir_seeds, spec_case, spec_seeds
+from .mutators import (
+    FILE_ACTIONS,
+    FILE_SPEC,
+    REPO,
+    Environment,
+    cases,
+    file_case,
+    ir_case,
+    ir_seeds,
+    spec_case,
+    spec_seeds,
+)
 from .run_fuzz import load_case, save_case, signatures
 from .shrink import shrink
+from .strategies import gguf_files
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +99,15 @@ def test_hypothesis_ir(pool, rng):
 @given(rng=st.randoms(use_true_random=False))
 def test_hypothesis_model_files(pool, rng):
     assert failures(run_cases(pool, [_bounded(file_case(rng))])) == []
+
+
+@FEW
+@given(data=gguf_files(), action=st.sampled_from(FILE_ACTIONS))
+def test_hypothesis_gguf_headers(pool, data, action):
+    argv = tuple(a.replace("{spec}", "{dir}/m.cke") for a in action[1])
+    spec = FILE_SPEC.format(fmt="gguf", file="m.gguf", extra="").encode()
+    case = Case("file", "hypothesis header", argv, {"m.gguf": data, "m.cke": spec})
+    assert failures(run_cases(pool, [_bounded(case)])) == []
 
 
 # ---- the harness sees each verdict ------------------------------------------------------------
