@@ -239,6 +239,39 @@ class Rewriter:
         op.parent = None
         self.changes += 1
 
+    def erase_all(self, ops: Iterable[Operation]) -> None:
+        """Erase several ops at once; a result may be used only by ops erased with it.  Each
+        block is rebuilt once: erasing one by one searches the block every time, which is
+        quadratic in a large program."""
+        doomed = set(ops)
+        for op in doomed:
+            for r in op.results:
+                if any(user not in doomed for user, _ in r.uses):
+                    raise ValueError(f"cannot erase {op.name}: its result is still used")
+        for v in {v for op in doomed for v in op.operands}:
+            v.uses = [(user, i) for user, i in v.uses if user not in doomed]
+        for block in {op.parent for op in doomed}:
+            block.ops = [op for op in block.ops if op not in doomed]
+        for op in doomed:
+            op.parent = None
+        self.changes += len(doomed)
+
+    def insert_after_each(self, after: dict[Operation, Operation]) -> None:
+        """Insert `after[anchor]` right after each anchor, rebuilding each block once (one
+        search per insertion would be quadratic in a large program)."""
+        for block in {anchor.parent for anchor in after}:
+            ops = []
+            for op in block.ops:
+                ops.append(op)
+                if op in after:
+                    new = after[op]
+                    if new.parent is not None:
+                        raise ValueError(f"{new.name} is already in a block")
+                    new.parent = block
+                    ops.append(new)
+            block.ops = ops
+        self.changes += len(after)
+
     def replace(self, op: Operation, new_values: list[Value]) -> None:
         for old, new in zip(op.results, new_values, strict=True):
             old.replace_all_uses_with(new)

@@ -29,7 +29,8 @@ def _bytes(t, func) -> int:
 
 def insert(func: Operation, rw: Rewriter) -> None:
     group = func.attr("group", (func.attr("rank", 0),))
-    for op in list(func.regions[0].entry.ops):
+    added: dict[Operation, Operation] = {}
+    for op in func.regions[0].entry.ops:
         kind = op.attr("tp") if op.name == "cke.matmul" else None
         if kind is None or len(group) < 2:
             continue
@@ -53,9 +54,10 @@ def insert(func: Operation, rw: Rewriter) -> None:
                 [out],
                 {"group": tuple(group), "bytes": _bytes(r.type, func), "axis": 1, "sizes": sizes},
             )
-        rw.insert_after(op, new)
+        added[op] = new
         for user, i in users:
             user.set_operand(i, new.results[0])
+    rw.insert_after_each(added)
 
 
 @register_pass

@@ -256,15 +256,22 @@ def rank_program(
     if stage.index != last_stage:
         rw.erase(term)
         term = block.append(Operation("cke.return"))
-    for op in reversed(list(block.ops)):
-        if op is term or op.name.startswith("dist."):
-            continue
-        if owner.get(op) is None and op.name == "cke.weight":
-            if not op.results[0].uses:
-                rw.erase(op)
-            continue
-        if owner[op] != stage.index:
-            rw.erase(op)
+    others = {
+        op
+        for op in block.ops
+        if op is not term
+        and not op.name.startswith("dist.")
+        and owner.get(op) is not None
+        and owner[op] != stage.index
+    }
+    unused = {  # weights only other stages use
+        op
+        for op in block.ops
+        if op.name == "cke.weight"
+        and owner.get(op) is None
+        and all(user in others for user, _ in op.results[0].uses)
+    }
+    rw.erase_all(others | unused)
     _shard(new, stage, stage.ranks.index(rank), shape, rw)
     new.attributes.update(
         {

@@ -10,6 +10,8 @@ the func, and puts a `mem.arena` op (bytes, alignment, buffer count) at the top 
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import attrs
 
 from ckeir.ir.core import Operation, Rewriter
@@ -48,19 +50,28 @@ def live_buffers(func: Operation) -> list[Buffer]:
 
 
 def assign_offsets(buffers: list[Buffer]) -> tuple[dict[Operation, int], int]:
-    """Greedy-by-size interval packing; returns offsets and the arena size."""
-    placed: list[tuple[int, Buffer]] = []
+    """Greedy-by-size interval packing; returns offsets and the arena size.  Placed buffers
+    are indexed by the op positions where they are live, so that a buffer meets only the
+    buffers live beside it (comparing with every placed one was quadratic in the program)."""
+    live_at: dict[int, list[tuple[int, Buffer]]] = defaultdict(list)
     offsets: dict[Operation, int] = {}
+    top = 0
     for b in sorted(buffers, key=lambda b: (-b.size, b.start)):
-        busy = sorted((o, o + p.size) for o, p in placed if p.start <= b.end and b.start <= p.end)
+        overlapping = {id(p): (o, o + p.size) for t in _span(b) for o, p in live_at[t]}
         offset = 0
-        for lo, hi in busy:
+        for lo, hi in sorted(overlapping.values()):
             if offset + b.size <= lo:
                 break
             offset = max(offset, hi)
-        placed.append((offset, b))
+        for t in _span(b):
+            live_at[t].append((offset, b))
         offsets[b.op] = offset
-    return offsets, max((o + b.size for o, b in placed), default=0)
+        top = max(top, offset + b.size)
+    return offsets, top
+
+
+def _span(b: Buffer) -> range:
+    return range(b.start, b.end + 1)
 
 
 @register_pass
