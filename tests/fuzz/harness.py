@@ -9,7 +9,8 @@ process group), the case counts as a hang and a new worker takes its place.
 
 Verdicts:
     clean     ckec finished, or refused with a CkeError (exit 1) or a usage error
-    accepted  ckec finished on an input it must refuse (`Case.refuse` says why)
+    accepted  ckec finished on an input it must refuse (`Case.refuse` says why), or a pass
+              run twice printed other IR than once (`Case.same_as`)
     internal  any other exception ("internal error … this is a bug in ckeir", exit 2)
     oom       MemoryError: the case hit its address-space limit
     hang      the case ran past its time limit
@@ -67,7 +68,9 @@ class Outcome:
     rc: int | None = None
     error: str = ""  # "TypeError: message" for an internal error or oom
     frame: str = ""  # the innermost traceback frame, "ckeir/ir/parser.py:212 in parse_attr"
-    detail: str = ""  # the tail of what the worker wrote to stderr (for crashes)
+    detail: str = (
+        ""  # the traceback (internal error) or faulthandler's dump and LLVM's words (crash)
+    )
     seconds: float = 0.0
     peak: int | None = None  # peak resident bytes the case added to its worker
     message: str = ""  # the first line ckec printed to stderr (what a refused case said)
@@ -76,15 +79,12 @@ class Outcome:
     def signature(self) -> str:
         """What distinguishes one bug from another: the exception type and where it was
         raised (file and function, not the line, which moves as the code changes)."""
-        if self.verdict == "internal":
-            etype = self.error.split(":", 1)[0]
+        if self.verdict in ("internal", "crash"):  # exception type, or signal (+ LLVM ERROR)
+            what = self.error.split(":", 1)[0] if self.verdict == "internal" else self.error
             where = re.sub(r":\d+ in ", ":", self.frame)
-            return f"{etype} at {where}" if where else etype
+            return f"{what} at {where}" if where else what
         if self.verdict == "accepted":
             return self.error
-        if self.verdict == "crash":
-            where = re.sub(r":\d+ in ", ":", self.frame)
-            return f"{self.error} at {where}" if where else self.error
         return self.verdict
 
     def summary(self) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from .harness import CASE_DIR, DEFAULT_TIMEOUT, Case, GiB, MiB
 
 REPO = Path(__file__).resolve().parents[2]
+NATIVE_TIMEOUT = 90.0  # a run with native kernels: a cold compile on a busy machine
 
 # ---- values that break things -----------------------------------------------------------------
 
@@ -497,6 +498,7 @@ SPEC_ACTIONS = (
     (5, ("{spec}", "--emit=mlir", "--print-ir-after", "place"), ""),
     (20, ("run", "{spec}", "--ids", "1,2", "-n", "2", "--backend", "reference"), ""),
     (2, ("{spec}", "--emit=llvm"), ""),
+    (2, ("run", "{spec}", "--ids", "1,2", "-n", "2"), ""),  # native kernels for odd shapes
     (2, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/dir"), "-o onto a directory"),
     (2, ("{spec}", "--emit=mlir", "--print-ir-after=nonesuch"), "an unknown pass"),
     (1, ("run", "{spec}", "--ids", "1 2 3", "-n", "-1", "--backend", "reference"), "-n -1"),
@@ -597,7 +599,8 @@ def spec_case(rng: random.Random, seeds) -> Case:
     if action[0] != "plan" and rng.random() < 0.15:
         argv += _extra_flags(rng, COMPILE_FLAGS)
     label = f"{name}: {', '.join(steps)} | ckec {' '.join(action[:2])}".replace("{spec}", "SPEC")
-    return Case("spec", label, argv, {"case.cke": data}, refuse=refuse)
+    timeout = DEFAULT_TIMEOUT if "--backend" in argv or action[0] != "run" else NATIVE_TIMEOUT
+    return Case("spec", label, argv, {"case.cke": data}, timeout=timeout, refuse=refuse)
 
 
 # ---- IR texts -----------------------------------------------------------------------------------
@@ -905,7 +908,6 @@ FILE_ACTIONS = (
     (3, ("run", "{spec}", "--ids", "1,2", "-n", "2")),  # native code: compiles when shapes change
 )
 FILE_MEMORY = 1 * GiB  # address space above the worker's, on top of 2x the file size
-NATIVE_TIMEOUT = 90.0  # a cold compile of a model's kernels on a busy machine
 
 
 @functools.cache
