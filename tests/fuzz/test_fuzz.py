@@ -211,3 +211,28 @@ def test_a_failing_case_shrinks_to_the_line_that_fails(monkeypatch, tmp_path):
         failed.signature == small.signature == "KeyError at tests/fuzz/test_fuzz.py:fails_on_boom"
     )
     assert small.case.files["case.cke"] == b"BOOM 17\n"
+
+
+def test_nonsense_accepted_is_its_own_verdict(monkeypatch, tmp_path):
+    """A case that must be refused but succeeds, and a pass run twice whose output differs
+    from running it once, are `accepted` (nonsense accepted), not clean."""
+
+    def echo_pipeline(argv):
+        print(argv[-1])  # "p,p" prints something else than "p"
+        return 0
+
+    from ckeir import cli
+
+    monkeypatch.setattr(cli, "cmd_opt", echo_pipeline)
+    refuse = Case("spec", "must refuse", ("opt", "x", "p"), refuse="kv_heads 0")
+    twice = Case(
+        "ir", "twice", ("opt", "x", "p,p"), same_as=("opt", "x", "p"), same_as_why="p twice"
+    )
+    same = Case("ir", "same", ("opt", "x", "p"), same_as=("opt", "x", "p"), same_as_why="p")
+    with Pool(tmp_path, Environment(), workers=1) as p:
+        outcomes = run_cases(p, [refuse, twice, same])
+    assert [(o.verdict, o.signature) for o in outcomes] == [
+        ("accepted", "accepted: kv_heads 0"),
+        ("accepted", "accepted: p twice"),
+        ("clean", "clean"),
+    ]
