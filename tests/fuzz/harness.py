@@ -11,6 +11,8 @@ Verdicts:
     clean     ckec finished, or refused with a CkeError (exit 1) or a usage error
     accepted  ckec finished on an input it must refuse (`Case.refuse` says why), or a pass
               run twice printed other IR than once (`Case.same_as`)
+    rejected  ckec refused an input it must take (`Case.succeed`: a spec or model file of the
+              repository, untouched)
     internal  any other exception ("internal error … this is a bug in ckeir", exit 2)
     oom       MemoryError: the case hit its address-space limit
     hang      the case ran past its time limit
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import attrs
 
-VERDICTS = ("clean", "accepted", "internal", "oom", "hang", "crash")
+VERDICTS = ("clean", "accepted", "rejected", "internal", "oom", "hang", "crash")
 GiB, MiB = 1 << 30, 1 << 20
 
 DEFAULT_MEMORY = 4 * GiB  # address space a spec or IR case may add to its worker
@@ -59,6 +61,7 @@ class Case:
     # accepted: `same_as_why` says what was expected)
     same_as: tuple[str, ...] = ()
     same_as_why: str = ""
+    succeed: bool = False  # ckec must take this case (a refusal is a bug too)
 
 
 @attrs.frozen
@@ -83,7 +86,7 @@ class Outcome:
             what = self.error.split(":", 1)[0] if self.verdict == "internal" else self.error
             where = re.sub(r":\d+ in ", ":", self.frame)
             return f"{what} at {where}" if where else what
-        if self.verdict == "accepted":
+        if self.verdict in ("accepted", "rejected"):
             return self.error
         return self.verdict
 
@@ -193,6 +196,9 @@ def classify(case: Case, rc, stderr: str, seconds: float, peak: int | None) -> O
             error = f"accepted: {case.refuse}"
             return Outcome(case, "accepted", rc, error, seconds=seconds, peak=peak)
         message = _first_error(stderr) if rc else ""
+        if rc and case.succeed:
+            error = f"rejected: {re.sub(r'/[^ :]*/case[0-9]+/', '', message)}"
+            return Outcome(case, "rejected", rc, error, seconds=seconds, peak=peak)
         return Outcome(case, "clean", rc, seconds=seconds, peak=peak, message=message)
     error = m["error"]
     verdict = "oom" if error.split(":", 1)[0] in _MEMORY_ERRORS else "internal"

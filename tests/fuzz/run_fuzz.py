@@ -112,6 +112,7 @@ def save_case(out: Path, index: int, outcome: Outcome) -> Path:
         "memory": case.memory,
         "timeout": case.timeout,
         "refuse": case.refuse,
+        "succeed": case.succeed,
         "same_as": list(case.same_as),
         "same_as_why": case.same_as_why,
         "verdict": outcome.verdict,
@@ -140,6 +141,7 @@ def load_case(path: Path) -> Case:
         memory=record["memory"],
         timeout=record["timeout"],
         refuse=record.get("refuse", ""),
+        succeed=record.get("succeed", False),
         same_as=tuple(record.get("same_as", ())),
         same_as_why=record.get("same_as_why", ""),
     )
@@ -168,7 +170,7 @@ def signatures(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
     hangs and ooms by kind."""
     groups: dict[str, list[Outcome]] = defaultdict(list)
     for o in outcomes:
-        if o.verdict in ("internal", "crash", "accepted"):
+        if o.verdict in ("internal", "crash", "accepted", "rejected"):
             groups[o.signature].append(o)
         elif o.verdict in ("hang", "oom"):
             groups[f"{o.verdict} [{o.case.kind}]"].append(o)
@@ -223,7 +225,11 @@ def print_report(outcomes: list[Outcome], seconds: float, out: Path, console=Non
     t.add_column("tried", justify="right")
     for v in VERDICTS:
         t.add_column(
-            {"internal": "internal error", "accepted": "accepted nonsense"}.get(v, v),
+            {
+                "internal": "internal error",
+                "accepted": "accepted nonsense",
+                "rejected": "rejected valid",
+            }.get(v, v),
             justify="right",
         )
     for kind, c in counts_table(outcomes).items():

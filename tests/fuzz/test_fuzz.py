@@ -53,7 +53,7 @@ def run_cases(pool, todo):
 def failures(outcomes):
     """The cases that did not end cleanly (out-of-memory aside: the limit is the test's, not
     a bound ckec promises), one line each, grouped by signature."""
-    bad = [o for o in outcomes if o.verdict in ("internal", "hang", "crash", "accepted")]
+    bad = [o for o in outcomes if o.verdict not in ("clean", "oom")]
     lines = []
     for key, group in signatures(bad).items():
         lines.append(f"{len(group)} x {key}: e.g. {group[0].summary()[:300]}")
