@@ -135,22 +135,21 @@ def check_layer_coverage(schedule: ScheduleDecl, n_layers: int) -> None:
 
 def _check_no_overlap(phase: PhaseDecl, spans: list[tuple[int, int, StageDecl]]) -> None:
     """Sorted by first layer, a stage overlaps another iff it starts at or before the
-    furthest last layer seen so far; the stage written later is the one in error."""
-    order = {id(stage): i for i, (_, _, stage) in enumerate(spans)}
-    reach: tuple[int, int, StageDecl] | None = None  # the span reaching furthest so far
-    for span in sorted(spans, key=lambda t: (t[0], order[id(t[2])])):
-        if reach is not None and span[0] <= reach[1]:
-            later, earlier = sorted((span, reach), key=lambda t: order[id(t[2])], reverse=True)
-            both = (max(span[0], reach[0]), min(span[1], reach[1]))
-            other = earlier[2].loc
+    furthest last layer seen so far; of the two, the stage written later is in error."""
+    reach: int | None = None  # the index of the span reaching furthest so far
+    for i in sorted(range(len(spans)), key=lambda i: spans[i][0]):
+        first, last, _ = spans[i]
+        if reach is not None and first <= spans[reach][1]:
+            both = (first, min(last, spans[reach][1]))  # spans[reach] starts at or before first
+            other = spans[min(i, reach)][2].loc
             raise SpecError(
                 f"{_layers([both], 'belongs', 'belong')} to another stage of phase "
                 f"{phase.name} too",
-                loc=later[2].loc,
+                loc=spans[max(i, reach)][2].loc,
                 hint=f"the other stage is at line {other.line}" if other else None,
             )
-        if reach is None or span[1] > reach[1]:
-            reach = span
+        if reach is None or last > spans[reach][1]:
+            reach = i
 
 
 def _gaps(spans: list[tuple[int, int, StageDecl]], n_layers: int) -> list[tuple[int, int]]:
@@ -294,23 +293,23 @@ def _like(
 
     The chain of copies is walked without recursion (a cluster may chain thousands of
     nodes), and ``copied`` remembers finished nodes so that each chain is walked once."""
-    chain = [node]
+    chain, on_chain = [node], {node.name}
     while chain[-1].like is not None and chain[-1].name not in copied:
         here = chain[-1]
-        loc = here.key_locs["like"]
         if here.like not in by_name:
             known = ", ".join(by_name)
             raise SpecError(
                 f"node '{here.like}' is not in cluster {cluster}",
-                loc=loc,
+                loc=here.key_locs["like"],
                 hint=f"its nodes: {known}",
             )
-        names = [n.name for n in chain]
-        if here.like in names:  # reported where the circle starts
+        if here.like in on_chain:  # reported where the circle starts
+            names = [n.name for n in chain]
             circle = names[names.index(here.like) :]
             start = by_name[here.like].key_locs["like"]
             raise SpecError(f"nodes copy each other in a circle: {' -> '.join(circle)}", loc=start)
         chain.append(by_name[here.like])
+        on_chain.add(here.like)
     source = copied.get(chain[-1].name, chain[-1])
     for here in reversed(chain[:-1]):
         inherited = {k: getattr(source, k) for k in NodeDecl.RESOURCES if getattr(here, k) is None}
@@ -419,7 +418,7 @@ def _resolve_schedule(spec: Spec, s: ScheduleDecl) -> ScheduleDecl:
         for stage in phase.stages:
             _check_tensor_parallel(stage, model, cluster)
         if phase.auto:  # the planner may split the phase over every node
-            _check_rate_skew(cluster.nodes, cluster.loc, "the nodes of cluster " + cluster.name)
+            _check_rate_skew(cluster.nodes, phase.loc, "the nodes of cluster " + cluster.name)
     return s
 
 

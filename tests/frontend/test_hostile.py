@@ -145,6 +145,26 @@ def test_hostile_spec_is_refused_at_its_location_in_bounded_time(bounded, case):
     refused(outcome, message, at)
 
 
+def test_an_auto_phase_checks_the_bandwidth_skew_of_the_whole_cluster():
+    text = tiny("node n1 { like n0 }", "node n1 { like n0; dram_bw 10KB/s }")
+    text = text.replace("phase prefill { stage [n0, n1] layers 0..3 }", "phase prefill { auto }")
+    text = re.sub(r"phase decode  \{[^}]*\}", "", text)
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, "t.cke")
+    assert err.value.message.startswith("the nodes of cluster pair differ too much in dram_bw")
+    assert err.value.loc.source_line.strip().startswith("phase prefill { auto }")
+
+
+def test_a_reversed_chain_of_like_copies_resolves(bounded):
+    """Each node copies the one declared after it: the chain is walked once, not per node."""
+    chain = "\n".join(f"  node m{i} {{ like m{i + 1} }}" for i in range(4000))
+    text = tiny(
+        "  node n1 { like n0 }", f"  node n1 {{ like n0 }}\n{chain}\n  node m4000 {{ like n0 }}"
+    )
+    outcome = bounded(lambda: parse_spec(text).clusters["pair"].node("m0").cores == 2 or 1 / 0)
+    assert outcome.kind == "ok", outcome
+
+
 def test_except_output_is_refused_when_the_output_is_tied_to_the_embedding():
     text = tiny("except [token_embd]", "except [output]")
     assert parse_spec(text).schedule().weight_except == ("output",)
