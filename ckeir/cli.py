@@ -298,7 +298,8 @@ def _given(args, flags: dict[str, str]) -> list[str]:
 
 def _measurements(args) -> str | None:
     """The flags asking for measurements of the run, as the user typed them."""
-    return " and ".join(_given(args, {"report": "--report", "trace": "--trace"})) or None
+    flags = {"report": "--report", "trace": "--trace", "measure_bandwidth": "--measure-bandwidth"}
+    return " and ".join(_given(args, flags)) or None
 
 
 def _check_measured(args, prog=None) -> None:

@@ -243,6 +243,11 @@ def test_report_that_could_not_be_written_is_refused_before_the_run(tmp_path, ar
     assert "ready in" not in r.stderr and not report.exists()
 
 
+def test_bandwidth_measurement_that_would_be_skipped_is_refused():
+    r = ckec("run", ODD, "--ids", "1", "-n", "1", "--measure-bandwidth")
+    assert_user_error(r, "--measure-bandwidth: decode is measured between generated tokens")
+
+
 # ---- the Python API takes the same checks ---------------------------------------------------
 def test_api_refuses_ids_before_loading_weights():
     import numpy as np
