@@ -613,7 +613,6 @@ def _plain(action) -> tuple[str, ...]:
 # ---- IR texts -----------------------------------------------------------------------------------
 
 PIPELINE = ("shape-infer", "quantize", "place", "insert-collectives", "tile", "plan-memory")
-PASSES = (*PIPELINE, "lower-llvm")
 IR_SPECS = ("specs/tiny.cke", "specs/odd.cke", "specs/hybrid.cke", "specs/mha.cke")
 
 
@@ -666,12 +665,13 @@ _IR_STRING = re.compile(r'(?<== )"[^"]*"')
 _IR_ATTR = re.compile(r"\b\w+ = [^,}]+(, )?")
 
 
-def _sub_one(rng: random.Random, pattern: re.Pattern, text: str, make) -> tuple[str, bool]:
+def _sub_one(rng: random.Random, pattern: re.Pattern, text: str, make) -> str:
+    """`text` with one match of `pattern` (chosen at random) replaced by `make(match)`."""
     found = list(pattern.finditer(text))
     if not found:
-        return text, False
+        return text
     m = rng.choice(found)
-    return text[: m.start()] + make(m) + text[m.end() :], True
+    return text[: m.start()] + make(m) + text[m.end() :]
 
 
 def _ir_int(rng, text):
@@ -766,7 +766,7 @@ def _ir_lines(rng, text):
     lines = text.splitlines(keepends=True)
     body = [i for i, ln in enumerate(lines) if ln.lstrip().startswith(("%", '"'))]
     if not body:
-        return (text, False), "lines"
+        return text, "lines"
     i, j = rng.choice(body), rng.choice(body)
     op = rng.choice(("delete", "duplicate", "swap"))
     if op == "delete":
@@ -775,7 +775,7 @@ def _ir_lines(rng, text):
         lines.insert(j, lines[i])
     else:
         lines[i], lines[j] = lines[j], lines[i]
-    return ("".join(lines), True), f"{op}-op"
+    return "".join(lines), f"{op}-op"
 
 
 def _ir_nest(rng, text):
@@ -785,12 +785,12 @@ def _ir_nest(rng, text):
     lines = text.splitlines(keepends=True)
     at = rng.randrange(1, max(2, len(lines)))
     lines.insert(at, nested + "\n")
-    return ("".join(lines), True), f"nest{depth}"
+    return "".join(lines), f"nest{depth}"
 
 
 def _ir_bytes(rng, text):
     data, step = mutate_bytes(rng, text.encode("utf-8", "surrogateescape"))
-    return (data.decode("utf-8", "surrogateescape"), True), step
+    return data.decode("utf-8", "surrogateescape"), step
 
 
 IR_MUTATIONS = (
@@ -879,7 +879,7 @@ def ir_case(rng: random.Random, seeds) -> Case:
     name, text, ran, spec = rng.choice(seeds)
     steps = []
     for _ in range(rng.choice((0, 1, 1, 2, 3))):
-        (text, _), step = rng.choice(IR_MUTATIONS)(rng, text)
+        text, step = rng.choice(IR_MUTATIONS)(rng, text)
         steps.append(step)
     pipeline, how = _ir_pipeline(rng, ran, small=len(text) < 100_000)
     argv = ("opt", CASE_DIR + "/in.mlir", "--spec", CASE_DIR + "/spec.cke")
@@ -967,25 +967,14 @@ SAFETENSORS_SIZES = "; vocab 256; hidden 64; layers 2; heads 4; kv_heads 2; ffn 
 
 
 def _hf_name(name: str) -> str:
-    fixed = {
-        "token_embd.weight": "model.embed_tokens.weight",
-        "output_norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight",
-    }
+    """The Hugging Face name of a GGUF tensor name: ckeir's own table, read backwards."""
+    from ckeir.models.files import _HF, _HF_LAYER
+
+    fixed = {gguf: hf for hf, gguf in _HF.items()}
     if name in fixed:
         return fixed[name]
-    layer = {
-        "attn_norm": "input_layernorm",
-        "attn_q": "self_attn.q_proj",
-        "attn_k": "self_attn.k_proj",
-        "attn_v": "self_attn.v_proj",
-        "attn_output": "self_attn.o_proj",
-        "ffn_norm": "post_attention_layernorm",
-        "ffn_gate": "mlp.gate_proj",
-        "ffn_up": "mlp.up_proj",
-        "ffn_down": "mlp.down_proj",
-    }
     _, i, kind, _ = name.split(".")
+    layer = {gguf: hf for hf, gguf in _HF_LAYER.items()}
     return f"model.layers.{i}.{layer[kind]}.weight"
 
 
