@@ -219,22 +219,19 @@ def print_report(outcomes: list[Outcome], seconds: float, out: Path, console=Non
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 120)  # a log: wide
     t = Table(title=f"ckec fuzzing: {len(outcomes)} cases in {seconds:.0f} s")
     t.add_column("kind")
     t.add_column("tried", justify="right")
     for v in VERDICTS:
-        t.add_column(
-            {
-                "internal": "internal error",
-                "accepted": "accepted nonsense",
-                "rejected": "rejected valid",
-            }.get(v, v),
-            justify="right",
-        )
+        t.add_column(v, justify="right")
     for kind, c in counts_table(outcomes).items():
         t.add_row(kind, str(sum(c.values())), *(str(c[v]) for v in VERDICTS))
     console.print(t)
+    console.print(
+        "accepted: nonsense accepted; rejected: valid input refused; internal: internal error; "
+        "crash: the worker died by a signal"
+    )
     groups = signatures(outcomes)
     if groups:
         s = Table(title="distinct failures (type + innermost frame)", show_lines=True)
