@@ -117,12 +117,11 @@ def check_digits(number: str, loc: SourceLoc | None = None) -> None:
 
 
 def _scaled(
-    number: str | int | float, unit: str, kind: str, loc: SourceLoc | None, number_loc
+    number: str | int | float, unit: str, kind: str, unit_loc: SourceLoc | None, loc
 ) -> Fraction:
     units = KINDS[kind][0]
     if unit not in units:
-        raise SpecError(_unit_message(unit, kind), loc=loc, hint=_unit_hint(unit, kind))
-    loc = number_loc
+        raise SpecError(_unit_message(unit, kind), loc=unit_loc, hint=_unit_hint(unit, kind))
     mantissa, exponent = _decimal(str(number), loc)
     # Bound the exponent before 10**exponent is built: `1e999999999GiB` as an exact fraction
     # would take minutes and gigabytes, yet is plainly out of range.

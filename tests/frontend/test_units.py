@@ -97,3 +97,41 @@ def test_formatting_for_reports():
     assert units.format_rate(2e10) == "20.0 GB/s"
     assert units.format_seconds(5e-5) == "50.0 us"
     assert units.format_seconds(2e-9) == "2.0 ns"
+
+
+@pytest.mark.parametrize(
+    "number, unit, message",
+    [
+        ("0", "GiB", "a size must be between 1 B and 1073741824 GiB, not 0GiB"),
+        ("1e999999999", "GiB", "a size must be between 1 B and 1073741824 GiB, not 1e999999999GiB"),
+        ("1e-999999999", "GiB", "a size must be between 1 B and 1073741824 GiB, not 1e-99999"),
+        ("2", "GB/s", None),
+        ("1e400", "Gbit/s", "a rate must be between 1 B/s and 1000000 GB/s, not 1e400Gbit/s"),
+        ("0.5", "B/s", "a rate must be between 1 B/s and 1000000 GB/s, not 0.5B/s"),
+        ("0", "us", "a time must be between 1 ns and 3600 s, not 0us"),
+        ("3601", "s", "a time must be between 1 ns and 3600 s, not 3601s"),
+        ("1", "ns", None),
+        ("9" * 65, "B", "a number of 65 digits is too long (at most 64)"),
+    ],
+)
+def test_quantities_are_bounded_before_they_are_built(number, unit, message):
+    """Each kind has its range (ckeir/limits); a huge exponent is refused without computing
+    10**exponent (`1e999999999GiB` used to hang)."""
+    loc = SourceLoc("x.cke", 1, 5, "dram " + number + unit)
+    convert = {"size": units.to_bytes, "rate": units.to_bytes_per_second, "time": units.to_seconds}
+    if message is None:
+        assert convert[units.unit_kind(unit)](number, unit, loc) > 0
+        return
+    with pytest.raises(SpecError) as err:
+        convert[units.unit_kind(unit)](number, unit, loc)
+    assert err.value.message.startswith(message) and err.value.loc == loc
+
+
+def test_a_number_error_points_at_the_number_and_a_unit_error_at_the_unit():
+    number_at, unit_at = SourceLoc("x.cke", 1, 6, "dram 0 GiB"), SourceLoc("x.cke", 1, 8, "")
+    with pytest.raises(SpecError) as err:
+        units.to_bytes("0", "GiB", unit_at, number_loc=number_at)
+    assert err.value.loc == number_at
+    with pytest.raises(SpecError) as err:
+        units.to_bytes("1", "GIB", unit_at, number_loc=number_at)
+    assert err.value.loc == unit_at
