@@ -35,6 +35,21 @@ def weight_plan(ctx: PassContext) -> tuple[str, frozenset[str]]:
     return fmt, frozenset(names)
 
 
+def check_excepted_names(module: Operation, ctx: PassContext) -> None:
+    """Every name in `weight_except` is a weight of the module: a misspelt name would
+    silently quantize what the user meant to keep."""
+    weights = {op.attr("name") for op in module.walk() if op.name == "cke.weight"}
+    sched = ctx.options.get("schedule")
+    named = ctx.options.get("weight_except") or getattr(sched, "weight_except", ()) or ()
+    missing = [n for n in named if not {n, n + ".weight"} & weights]
+    if missing and weights:
+        raise PassError(
+            f"quantize: no weight is named {missing[0]!r} (weight_except)",
+            hint="weights outside the layers: "
+            + ", ".join(sorted(w for w in weights if not w.startswith("blk."))),
+        )
+
+
 def target_format(name: str, t: ShapedType, fmt: str, excepted: frozenset[str]) -> str:
     if fmt == "keep" or t.rank != 2 or name in excepted:
         return element_format(t.element).name
@@ -54,6 +69,7 @@ class Quantize(Pass):
         act = ctx.options.get("activation_format") or getattr(sched, "activation_format", None)
         act = act or "q8_0"
         chosen = ctx.stats.setdefault("quantize", {})
+        check_excepted_names(module, ctx)
         for op in module.walk():
             if op.name != "cke.weight":
                 continue
