@@ -450,11 +450,15 @@ def _check_tensor_parallel(stage: StageDecl, model: ModelDecl, cluster: ClusterD
     if k == 1:
         return
     kv_heads = model.kv_heads or model.heads
-    for count, what in ((kv_heads, "key/value heads"), (model.vocab, "vocabulary entries")):
+    for count, one, many in (
+        (kv_heads, "key/value head", "key/value heads"),
+        (model.vocab, "vocabulary entry", "vocabulary entries"),
+    ):
         if count is not None and count < k:
             raise SpecError(
                 f"stage [{', '.join(stage.nodes)}] has {k} nodes but model {model.name} has "
-                f"{count} {what}: tensor parallelism gives each node at least one",
+                f"only {count} {one if count == 1 else many}: tensor parallelism gives each "
+                "node at least one",
                 loc=stage.loc,
                 hint="use fewer nodes in this stage, or split the layers into pipeline stages",
             )

@@ -127,7 +127,12 @@ HOSTILE = {
     ),
     "more tensor-parallel nodes than key/value heads": (
         ("kv_heads   2", "kv_heads   1"),
-        "stage [n0, n1] has 2 nodes but model tiny has 1 key/value heads",
+        "stage [n0, n1] has 2 nodes but model tiny has only 1 key/value head: tensor",
+        "stage [n0, n1]",
+    ),
+    "more tensor-parallel nodes than vocabulary entries": (
+        ("vocab      512", "vocab      1"),
+        "stage [n0, n1] has 2 nodes but model tiny has only 1 vocabulary entry",
         "stage [n0, n1]",
     ),
     "a NUL in a weights path": (
