@@ -28,7 +28,7 @@ class Outcome:
     ("other"), ran out of time ("hang") or died ("crash")."""
 
     kind: str
-    message: str = ""
+    message: str = ""  # the error's message, or the repr of what the call returned
     loc: SourceLoc | None = None
     text: str = ""  # the error as the CLI prints it
     seconds: float = 0.0
@@ -48,8 +48,7 @@ def run_bounded(fn, *args, seconds: float = 30.0) -> Outcome:
         try:
             resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
             try:
-                fn(*args)
-                out = ("ok", "", None, "")
+                out = ("ok", repr(fn(*args))[:2000], None, "")
             except CkeError as err:
                 out = ("cke", err.message, err.loc, err.format())
             except BaseException as err:  # noqa: BLE001  (what the test must see)
