@@ -428,11 +428,10 @@ class GGUFFile(ModelFile):
         key = f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|index v{INDEX_VERSION}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         self._index_path = cache.cache_dir() / "gguf" / f"{digest}.json"
-        self._index_key = key  # the entry is checked against the whole key, not its digest
         index = self._cached_index()
         if index is None:
             index = read_gguf_index(self._bytes(), self.path)
-            cache.write_atomic(self._index_path, json.dumps(index).encode(), self._index_key)
+            cache.write_atomic(self._index_path, json.dumps(index).encode())
         self._meta = index["metadata"]
         self._offsets = {t["name"]: (t["offset"], t["bytes"]) for t in index["tensors"]}
         self.tensors = {
@@ -448,7 +447,7 @@ class GGUFFile(ModelFile):
     def _cached_index(self) -> dict | None:
         """The cached index, or None on a miss.  An entry whose checksum passed but whose
         content is unusable (another ckeir wrote it, or a bug did) is discarded and rebuilt."""
-        raw = cache.read(self._index_path, self._index_key)
+        raw = cache.read(self._index_path)
         if raw is None:
             return None
         try:
