@@ -11,6 +11,7 @@ Python traceback (set CKEIR_DEBUG=1 to see one), and the exit code is non-zero.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import stat
@@ -44,6 +45,21 @@ def _int_in(lo: int, hi: int):
         if len(digits.lstrip("+-").lstrip("0")) > len(str(hi)) or not lo <= int(digits) <= hi:
             raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {text:.40}")
         return int(digits)
+
+    return parse
+
+
+def _seconds_in(lo: float, hi: float):
+    """An argparse type: a finite number of seconds in [lo, hi]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text) if len(text) <= 40 else math.nan
+        except ValueError:
+            value = math.nan
+        if not limits.in_real_range(value, lo, hi):
+            raise argparse.ArgumentTypeError(f"expected seconds in [{lo:g}, {hi:g}], not {text:.40}")
+        return value
 
     return parse
 
@@ -115,6 +131,13 @@ def _run_parser() -> argparse.ArgumentParser:
         "--transport",
         choices=["local", "mpi"],
         help="how ranks talk when the schedule spans nodes (default: local)",
+    )
+    p.add_argument(
+        "--watchdog",
+        type=_seconds_in(0, limits.MAX_WATCHDOG_S),
+        metavar="SECONDS",
+        help="local ranks: end the run when a rank shows no sign of life for this long "
+        "(default: $CKEIR_WATCHDOG_SECONDS, else 30; 0 turns it off)",
     )
     return p
 
@@ -441,7 +464,12 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
     progress.done()
     links = spec_links(prog) if args.simulate_links else None
     result = run_local(
-        prog, ids, args.max_new_tokens, links=links, collect_logits=args.check_parity
+        prog,
+        ids,
+        args.max_new_tokens,
+        links=links,
+        collect_logits=args.check_parity,
+        watchdog=args.watchdog,
     )
     tokens = result["tokens"]
     if args.prompt is not None:

@@ -111,6 +111,9 @@ def test_prompt_that_is_not_utf8():
         (["--threads", "-4"], "argument --threads: must be between 1 and"),
         (["--threads", "9" * 5000], "argument --threads: must be between 1 and"),
         (["--threads", "two"], "argument --threads: expected an integer, not 'two'"),
+        (["--watchdog", "-1"], "argument --watchdog: expected seconds in [0, 604800], not -1"),
+        (["--watchdog", "nan"], "argument --watchdog: expected seconds in [0, 604800], not nan"),
+        (["--watchdog", "1e400"], "argument --watchdog: expected seconds in"),
     ],
 )
 def test_run_numbers_out_of_range(args, message):

@@ -214,10 +214,12 @@ def test_malformed_fault_injection_is_named(tmp_path):
     assert "CKEIR_FAULT='rank=one,kind=explode' is not rank=R,step=S" in r.stderr, r.stderr
 
 
-def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path):
+@pytest.mark.parametrize("setting", ["environment", "flag"])
+def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path, setting):
     """A rank stopped mid-decode (SIGSTOP: it answers nothing, and only SIGKILL ends it),
-    with the watchdog at 2 s: the run exits non-zero within seconds naming the rank, and
-    leaves no process and no shared-memory segment behind."""
+    with the watchdog at 2 s ($CKEIR_WATCHDOG_SECONDS, or `--watchdog` over a longer
+    environment setting): the run exits non-zero within seconds naming the rank, and leaves
+    no process and no shared-memory segment behind."""
     import os
     import subprocess
     import sys
@@ -234,8 +236,10 @@ def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path):
   phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
   phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
     )
-    env = dict(os.environ, CKEIR_FAULT="rank=1,step=4,kind=stop", CKEIR_WATCHDOG_SECONDS="2")
+    period = {"environment": "2", "flag": "600"}[setting]
+    env = dict(os.environ, CKEIR_FAULT="rank=1,step=4,kind=stop", CKEIR_WATCHDOG_SECONDS=period)
     cmd = [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"]
+    cmd += ["--watchdog", "2"] if setting == "flag" else []
     t0 = time.perf_counter()
     with adopting() as adoption:
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
