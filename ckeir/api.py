@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import os
 import time
 
@@ -15,9 +14,8 @@ from ckeir.backends.llvm.lower import lower_module_cached
 from ckeir.backends.reference import ReferenceEngine
 from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
-from ckeir.limits import MAX_NEW_TOKENS, in_int_range
 from ckeir.outputs import check_output_dir, write_output
-from ckeir.runtime.generate import GenerationStats, generate_stream
+from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
 
@@ -192,33 +190,8 @@ class Program:
     # -- running -----------------------------------------------------------------------------
     def check_request(self, ids, max_new_tokens: int) -> list[int]:
         """The prompt `ids` as a list of this model's token ids, refused before any work (no
-        weights loaded, no rank started) if one is not an integer in the vocabulary, the
-        token count is negative or absurd, or both do not fit the context."""
-        if not in_int_range(max_new_tokens, 0, MAX_NEW_TOKENS):
-            raise CkeError(
-                f"max_new_tokens must be between 0 and {MAX_NEW_TOKENS}, "
-                f"not {_shown(max_new_tokens)}"
-            )
-        vocab = self.config.vocab
-        prompt = []
-        for i in ids:
-            if isinstance(i, bool) or not hasattr(i, "__index__"):
-                raise CkeError(f"token ids are integers, not {_shown(i)}")
-            i = operator.index(i)  # numpy integers too
-            if not 0 <= i < vocab:
-                raise CkeError(
-                    f"token id {_shown(i)} is not in the model's vocabulary of {vocab} tokens "
-                    f"(ids 0..{vocab - 1})"
-                )
-            prompt.append(i)
-        if not prompt:
-            raise CkeError("the prompt is empty: give at least one token id")
-        if len(prompt) + max_new_tokens > self.config.context:
-            raise CkeError(
-                f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the "
-                f"model's context of {self.config.context}"
-            )
-        return prompt
+        weights loaded, no rank started): see `generate.check_request`."""
+        return check_request(ids, max_new_tokens, self.config.vocab, self.config.context)
 
     def stream(
         self, ids, max_new_tokens: int = 16, stats: GenerationStats | None = None, on_logits=None
@@ -250,14 +223,6 @@ class Program:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _shown(value) -> str:
-    """A value for a message: huge integers by their size (their digits could not even be
-    printed past 4,300), anything else cut short."""
-    if isinstance(value, int) and value.bit_length() > 128:
-        return f"(a {value.bit_length()}-bit integer)"
-    return f"{value!r:.40}"
 
 
 def compile(spec_path, **options) -> Program:  # noqa: A001

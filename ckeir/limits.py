@@ -67,13 +67,16 @@ def in_real_range(value: object, lo: float, hi: float) -> bool:
 
 def range_message(what: str, value: object, lo: float, hi: float) -> str:
     """`layers must be between 1 and 4096, not 9223372036854775807`, with long values cut."""
+    return f"{what} must be between {_bound(lo)} and {_bound(hi)}, not {shown(value)}"
+
+
+def shown(value: object) -> str:
+    """A value from outside, for a message: a huge integer by its size (past 4,300 digits
+    Python cannot even print it), anything else cut to a readable length."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        shown = f"a {value.bit_length()}-bit integer"
-    else:
-        shown = repr(value)
-    if len(shown) > 40:
-        shown = shown[:20] + "…" + shown[-8:]
-    return f"{what} must be between {_bound(lo)} and {_bound(hi)}, not {shown}"
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:20] + "…" + text[-8:]
 
 
 def _bound(x: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -10,6 +11,7 @@ import attrs
 import numpy as np
 
 from ckeir.errors import CkeError
+from ckeir.limits import MAX_NEW_TOKENS, in_int_range, shown
 
 
 class Engine(Protocol):
@@ -43,14 +45,33 @@ class GenerationStats:
         return n / self.decode_seconds if self.decode_seconds else 0.0
 
 
-def check_ids(ids, vocab: int) -> np.ndarray:
-    arr = np.asarray(list(ids), dtype=np.int64)
-    if arr.size == 0:
+def check_request(ids, max_new_tokens: int, vocab: int, context: int) -> list[int]:
+    """The prompt `ids` as a list of token ids, refused before any work if one is not an
+    integer in the vocabulary, the token count is negative or absurd, or both do not fit the
+    context.  The one check every way in (API, CLI, ranks) goes through."""
+    if not in_int_range(max_new_tokens, 0, MAX_NEW_TOKENS):
+        raise CkeError(
+            f"max_new_tokens must be between 0 and {MAX_NEW_TOKENS}, not {shown(max_new_tokens)}"
+        )
+    prompt = []
+    for i in ids:
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
+            raise CkeError(f"token ids are integers, not {shown(i)}")
+        i = operator.index(i)  # numpy integers too
+        if not 0 <= i < vocab:
+            raise CkeError(
+                f"token id {shown(i)} is not in the model's vocabulary of {vocab} tokens "
+                f"(ids 0..{vocab - 1})"
+            )
+        prompt.append(i)
+    if not prompt:
         raise CkeError("the prompt is empty: give at least one token id")
-    bad = arr[(arr < 0) | (arr >= vocab)]
-    if bad.size:
-        raise CkeError(f"token id {int(bad[0])} is outside the vocabulary (0..{vocab - 1})")
-    return arr.astype(np.int32)
+    if len(prompt) + max_new_tokens > context:
+        raise CkeError(
+            f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the model's "
+            f"context of {context}"
+        )
+    return prompt
 
 
 def generate_stream(
@@ -62,12 +83,7 @@ def generate_stream(
     on_logits: Callable[[int, np.ndarray], None] | None = None,
 ) -> Iterator[int]:
     """Yield greedy tokens one by one; the KV cache starts empty."""
-    prompt = check_ids(ids, vocab)
-    if len(prompt) + max_new_tokens > engine.context:
-        raise CkeError(
-            f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the model's "
-            f"context of {engine.context}"
-        )
+    prompt = np.asarray(check_request(ids, max_new_tokens, vocab, engine.context), np.int32)
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(prompt)
     engine.reset()
