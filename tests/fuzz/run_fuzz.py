@@ -178,7 +178,8 @@ def signatures(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
 
 
 _NAMES_A_PLACE = re.compile(
-    r"^\S+:\d+:\d+: |[\w./-]+\.(cke|mlir|gguf|safetensors|json)\b|/case\d+/|(^|\s)-{1,2}[a-z]|argument "
+    r"^\S+:\d+:\d+: |[\w./-]+\.(cke|mlir|gguf|safetensors|json)\b|(^|\s)/\w|(^|\s)-{1,2}[a-z]"
+    r"|argument "
 )
 
 
@@ -203,12 +204,30 @@ def file_memory(outcomes: list[Outcome]) -> list[tuple[int, int, Outcome]]:
     return sorted(rows, key=lambda r: -(r[1] - 2 * r[0]))
 
 
-def _worst_per_kind(rows, n: int):
+def _memory_rows(rows) -> list:
+    """Per kind, the 3 files most over 2x their size, then the largest file if not among them."""
+    worst = _worst_per_kind(rows, 3)
+    return worst + [r for r in _largest_per_kind(rows) if r not in worst]
+
+
+def _worst_per_kind(rows, n: int) -> list:
+    """The `n` rows of each kind most over 2x their file's size."""
     seen: Counter = Counter()
+    out = []
     for size, peak, o in rows:
         seen[o.case.kind] += 1
         if seen[o.case.kind] <= n:
-            yield size, peak, o
+            out.append((size, peak, o))
+    return out
+
+
+def _largest_per_kind(rows) -> list:
+    """The row of the largest file of each kind with the highest peak."""
+    best = {}
+    for size, peak, o in rows:
+        if o.case.kind not in best or (size, peak) > best[o.case.kind][:2]:
+            best[o.case.kind] = (size, peak, o)
+    return list(best.values())
 
 
 def _example(o: Outcome) -> str:
@@ -243,13 +262,16 @@ def print_report(outcomes: list[Outcome], seconds: float, out: Path, console=Non
         console.print(s)
     rows = file_memory(outcomes)
     if rows:
-        m = Table(title=f"peak memory of a damaged model file: most over 2x its size ({len(rows)})")
+        m = Table(
+            title=f"peak memory of a damaged model file: most over 2x its size, then the largest "
+            f"file ({len(rows)} files)"
+        )
         m.add_column("kind")
         m.add_column("file bytes", justify="right")
         m.add_column("peak bytes", justify="right")
         m.add_column("peak - 2 x size", justify="right")
         m.add_column("case")
-        for size, peak, o in _worst_per_kind(rows, 3):
+        for size, peak, o in _memory_rows(rows):
             m.add_row(
                 o.case.kind, f"{size:,}", f"{peak:,}", f"{peak - 2 * size:,}", o.case.name[:70]
             )
@@ -319,7 +341,7 @@ def findings_markdown(outcomes, examples: dict[str, Outcome], seconds, args, out
             "| kind | file bytes | peak bytes | peak - 2 x size | case |",
             "|---|---:|---:|---:|---|",
         ]
-        for size, peak, o in _worst_per_kind(rows, 3):
+        for size, peak, o in _memory_rows(rows):
             lines.append(
                 f"| {o.case.kind} | {size:,} | {peak:,} | {peak - 2 * size:,} | {o.case.name[:90]} |"
             )
