@@ -279,16 +279,21 @@ def _solid(tokens) -> list[int]:
     return [i for i, (kind, _) in enumerate(tokens) if kind not in ("space", "nl")]
 
 
-def _mutate_lines(rng: random.Random, text: str) -> tuple[str, str]:
-    lines = text.splitlines(keepends=True) or [""]
-    i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+def _edit_items(rng: random.Random, items: list, i: int, j: int) -> str:
+    """Delete item i, copy it to j, or swap it with item j (in place); says which."""
     op = rng.choice(("delete", "duplicate", "swap"))
     if op == "delete":
-        del lines[i]
+        del items[i]
     elif op == "duplicate":
-        lines.insert(j, lines[i])
+        items.insert(j, items[i])
     else:
-        lines[i], lines[j] = lines[j], lines[i]
+        items[i], items[j] = items[j], items[i]
+    return op
+
+
+def _mutate_lines(rng: random.Random, text: str) -> tuple[str, str]:
+    lines = text.splitlines(keepends=True) or [""]
+    op = _edit_items(rng, lines, rng.randrange(len(lines)), rng.randrange(len(lines)))
     return "".join(lines), f"{op}-line"
 
 
@@ -767,14 +772,7 @@ def _ir_lines(rng, text):
     body = [i for i, ln in enumerate(lines) if ln.lstrip().startswith(("%", '"'))]
     if not body:
         return text, "lines"
-    i, j = rng.choice(body), rng.choice(body)
-    op = rng.choice(("delete", "duplicate", "swap"))
-    if op == "delete":
-        del lines[i]
-    elif op == "duplicate":
-        lines.insert(j, lines[i])
-    else:
-        lines[i], lines[j] = lines[j], lines[i]
+    op = _edit_items(rng, lines, rng.choice(body), rng.choice(body))
     return "".join(lines), f"{op}-op"
 
 
