@@ -22,10 +22,10 @@ import shutil
 import stat
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 from ckeir import limits
+from ckeir.outputs import replace_file
 
 MAGIC = b"ckeir\0ce"
 VERSION = 1
@@ -132,16 +132,8 @@ def write_atomic(path: Path, data: bytes, key: str | None = None) -> None:
     """Store `data` for `key` (default: the file name) at `path`, whole or not at all."""
     path = Path(path)
     entry = _entry(data, _key_digest(path, key))
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(entry)
-        os.replace(tmp, path)
+        replace_file(str(path), entry)  # removes its temporary on failure (a full disk)
     except OSError:
-        if tmp is not None:  # a full disk must not leave partial temporaries behind
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        pass  # a cache that cannot be written only costs time

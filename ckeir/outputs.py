@@ -121,7 +121,7 @@ def write_output(path, data: str | bytes, flag: str | None = None) -> None:
             with open(path, "wb") as f:
                 f.write(raw)
         else:
-            _replace(_target(path, flag), raw, mode)
+            replace_file(_target(path, flag), raw, mode)
     except OSError as e:
         raise refusal(path, flag, describe_os_error(e)) from None
 
@@ -130,8 +130,9 @@ def _written_through(mode: int | None) -> bool:
     return mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode))
 
 
-def _replace(target: str, raw: bytes, mode: int | None) -> None:
-    """A whole file at `target` or none: temp file beside it, fsync, rename."""
+def replace_file(target: str, raw: bytes, mode: int | None = None) -> None:
+    """A whole file at `target` or none: temp file beside it, fsync, rename (also how the
+    disk cache stores its entries)."""
     directory, name = os.path.split(target)
     fd, tmp = _create_temp(directory, name)
     try:
