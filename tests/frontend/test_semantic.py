@@ -88,7 +88,7 @@ def test_unknown_family():
         ("heads 2", "heads 1; kv_heads 2", "kv_heads 2 does not divide heads 1 in model m"),
         ("heads 2", "heads 32", "the head size hidden/heads = 1 must be even for RoPE"),
         ("layers 4", "layers 0", "layers of model m must be between 1 and 4096, not 0"),
-        ("context 16", "context 0", "context of model m must be between 1 and "),
+        ("context 16", "context 0", "context of model m must be between 1 and 16777216, not 0"),
     ],
 )
 def test_model_consistency_is_checked_at_the_offending_key(old, new, message):
