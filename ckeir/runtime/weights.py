@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ckeir.errors import ModelFileError
+from ckeir.errors import CkeError, ModelFileError
 from ckeir.formats import FORMATS
 from ckeir.models.llama import LlamaConfig
 
@@ -13,6 +13,7 @@ from ckeir.models.llama import LlamaConfig
 def random_weights(cfg: LlamaConfig, seed: int) -> dict[str, np.ndarray]:
     """Deterministic f32 weights for a synthetic model: matrices ~ N(0, 1/K) (so activations
     keep their scale through each projection), norm gains near 1, embeddings ~ N(0, 1)."""
+    check_fits_in_memory(random_weights_bytes(cfg), "random weights for this model")
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in cfg.weight_shapes().items():
@@ -24,6 +25,38 @@ def random_weights(cfg: LlamaConfig, seed: int) -> dict[str, np.ndarray]:
             w = rng.standard_normal(shape) / np.sqrt(shape[1])
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     return out
+
+
+def random_weights_bytes(cfg: LlamaConfig) -> int:
+    """Peak bytes `random_weights` holds: every tensor in f32, plus the largest one drawn in
+    f64 before it is narrowed."""
+    sizes = [int(np.prod(shape, dtype=object)) for shape in cfg.weight_shapes().values()]
+    return 4 * sum(sizes) + 8 * max(sizes)
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse an allocation this machine cannot hold before making it: a spec within every
+    limit can still describe a model of petabytes, and numpy would fail (or the kernel kill
+    the process) only after minutes of work."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise CkeError(
+            f"{what} need {nbytes / 2**30:,.1f} GiB, but this machine has "
+            f"{available / 2**30:,.1f} GiB of memory available",
+            hint="use a smaller model, or more ranks on more machines",
+        )
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def pack(weights: dict[str, np.ndarray], formats: dict[str, str]) -> dict[str, np.ndarray]:
