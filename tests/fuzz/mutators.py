@@ -505,6 +505,14 @@ SPEC_ACTIONS = (
     (2, ("{spec}", "--emit=llvm"), ""),
     (2, ("run", "{spec}", "--ids", "1,2", "-n", "2"), ""),  # native kernels for odd shapes
     (2, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/dir"), "-o onto a directory"),
+    (1, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/nodir/x.mlir"), "-o in no directory"),
+    (1, ("{spec}", "--emit=mlir", "-o", CASE_DIR + "/odd/here/out.mlir"), ""),
+    (1, ("plan", "{spec}", "--json", CASE_DIR + "/odd/dir"), "--json onto a directory"),
+    (
+        1,
+        ("run", "{spec}", "--ids", "1,2", "--backend", "reference", "--report", CASE_DIR),
+        "--report onto a directory",
+    ),
     (2, ("{spec}", "--emit=mlir", "--print-ir-after=nonesuch"), "an unknown pass"),
     (1, ("run", "{spec}", "--ids", "1 2 3", "-n", "-1", "--backend", "reference"), "-n -1"),
     (1, ("run", "{spec}", "--ids", str(2**70), "--backend", "reference"), "--ids 2**70"),
