@@ -47,14 +47,30 @@ class CkeError(Exception):
         )
         out = [head]
         if self.loc is not None and self.loc.source_line is not None:
-            out.append("    " + self.loc.source_line.rstrip("\n"))
-            out.append("    " + " " * max(self.loc.col - 1, 0) + "^")
+            line, caret = _window(self.loc.source_line.rstrip("\n"), max(self.loc.col - 1, 0))
+            out.append("    " + line)
+            out.append("    " + " " * caret + "^")
         if self.hint:
             out.append(f"note: {self.hint}")
         return "\n".join(out)
 
     def __str__(self) -> str:
         return self.format()
+
+
+SHOWN_LINE = 100  # characters of a source line shown above the caret
+
+
+def _window(line: str, col: int) -> tuple[str, int]:
+    """At most SHOWN_LINE characters of `line` around 0-based `col`, cut ends marked with
+    "…", and the caret's column in what is shown (a 1 MiB one-line spec stays readable)."""
+    if len(line) <= SHOWN_LINE:
+        return line, col
+    start = min(max(col - SHOWN_LINE // 2, 0), len(line) - SHOWN_LINE)
+    shown = line[start : start + SHOWN_LINE]
+    head = "…" if start > 0 else ""
+    tail = "…" if start + SHOWN_LINE < len(line) else ""
+    return head + shown + tail, col - start + len(head)
 
 
 class SpecError(CkeError):

@@ -377,3 +377,17 @@ def test_checked_specs_are_frozen():
     s = spec()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         s.models["m"].vocab = 3
+
+
+def test_a_long_line_is_shown_as_a_window_around_the_caret():
+    """An error on a one-line spec of thousands of characters shows the part around the
+    column, with the caret under the culprit, not the whole line."""
+    from ckeir.errors import SourceLoc, SpecError
+
+    line = "a" * 5000 + "X" + "b" * 5000
+    err = SpecError("bad", SourceLoc("f.cke", 1, 5001, line))
+    _, shown, caret = err.format().splitlines()
+    assert len(shown) <= 110 and shown.startswith("    …") and shown.endswith("…")
+    assert shown[caret.index("^")] == "X"
+    short = SpecError("bad", SourceLoc("f.cke", 1, 3, "abXd")).format().splitlines()
+    assert short[1:] == ["    abXd", "      ^"]
