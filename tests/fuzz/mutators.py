@@ -881,7 +881,25 @@ def _ir_pipeline(rng: random.Random, ran: int, small: bool) -> tuple[str, str]:
     return rng.choice(PIPELINE), ""
 
 
+# IR inputs that are not IR files: a directory, bytes that are not UTF-8, no file, a symlink
+# loop, endless devices
+ODD_IR_INPUTS = (
+    "odd/dir",
+    "odd/latin1.cke",
+    "odd/missing.cke",
+    "odd/loop_a",
+    "/dev/zero",
+    "/dev/urandom",
+    "-",
+)
+
+
 def ir_case(rng: random.Random, seeds) -> Case:
+    if rng.random() < 0.03:
+        path = rng.choice(ODD_IR_INPUTS)
+        where = path if path.startswith("/") else f"{CASE_DIR}/{path}"
+        argv = ("opt", where, "--pass-pipeline", rng.choice(PIPELINE))
+        return Case("ir", f"input {path}", argv, refuse=f"opt {path}")
     name, text, ran, spec = rng.choice(seeds)
     steps = []
     for _ in range(rng.choice((0, 1, 1, 2, 3))):
