@@ -40,7 +40,7 @@ def parse(text: str, filename: str = "<string>") -> Spec:
     """Parse one file's text into its declarations, as written."""
     if len(text) > limits.MAX_SPEC_BYTES:
         raise SpecError(
-            f"spec {filename} is larger than {limits.MAX_SPEC_BYTES >> 20} MiB; "
+            f"spec {filename} is larger than {units.format_bytes(limits.MAX_SPEC_BYTES)}; "
             "split it with `import`"
         )
     try:

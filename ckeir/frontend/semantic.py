@@ -24,7 +24,7 @@ from pathlib import Path
 
 import attrs
 
-from ckeir import limits
+from ckeir import limits, units
 from ckeir.errors import SourceLoc, SpecError
 from ckeir.frontend.ast import (
     ClusterDecl,
@@ -596,7 +596,7 @@ def _unreadable(path: Path, err: Exception, importer: SourceLoc | None) -> SpecE
 
 def _too_large(path: Path, importer: SourceLoc | None) -> SpecError:
     return SpecError(
-        f"spec file {path} is larger than {limits.MAX_SPEC_BYTES >> 20} MiB",
+        f"spec file {path} is larger than {units.format_bytes(limits.MAX_SPEC_BYTES)}",
         loc=importer,
         hint="a spec is a few hundred lines; is this the right file?",
     )

@@ -281,7 +281,7 @@ def import_outcome(bounded, tmp_path: Path, target: str):
         ("fifo.cke", "it is a FIFO, not a regular file"),
         ("somedir", "it is a directory, not a regular file"),
         ("loop.cke", "Too many levels of symbolic links"),
-        ("huge.cke", "is larger than 1 MiB"),
+        ("huge.cke", "is larger than 256.0 KiB"),
     ],
 )
 def test_an_import_reads_only_a_regular_file_of_bounded_size(bounded, tmp_path, target, reason):
@@ -371,4 +371,4 @@ def test_a_spec_text_larger_than_the_limit_is_refused_naming_it():
     text = TINY + "#" * limits.MAX_SPEC_BYTES
     with pytest.raises(SpecError) as err:
         parse_spec(text, "big.cke")
-    assert err.value.message == "spec big.cke is larger than 1 MiB; split it with `import`"
+    assert err.value.message == "spec big.cke is larger than 256.0 KiB; split it with `import`"
