@@ -890,7 +890,6 @@ ODD_IR_INPUTS = (
     "odd/loop_a",
     "/dev/zero",
     "/dev/urandom",
-    "-",
 )
 
 
