@@ -163,6 +163,14 @@ def test_an_offset_just_past_the_arena_is_refused(tmp_path, planned):
     assert_located(r, line, f"of 512 bytes ends past its func's arena of {arena} bytes")
 
 
+def test_an_offset_of_the_wrong_kind_is_reported_by_its_op(tmp_path, planned):
+    # The func's arena rule runs before the ops of its body are verified: it must not trust
+    # their attributes (a string offset was a TypeError there).
+    text, line = replace_first(planned, r"offset = \d+ : i64", 'offset = "partial"')
+    r = opt(tmp_path, text, "--pass-pipeline=tile")
+    assert_located(r, line, "attribute 'offset' must be an integer in [0, ")
+
+
 def test_an_unknown_tp_is_a_located_verifier_error(tmp_path, placed):
     # insert-collectives took any other value for "vocab" (TypeError unpacking its slice).
     text, line = replace_first(placed, r'tp = "partial"', 'tp = "rows"')
@@ -291,20 +299,31 @@ WORDS = [
 ]
 
 
+# an attribute entry `name = ` (not `%5 = `, which defines a value)
+ATTRIBUTE = r"(?<=[{ ])[a-z_]+ "
+# a number in an attribute value (`= 4 : i64`, `array<i64: 4, 8>`), not in a name or a type
+ATTRIBUTE_NUMBER = r"(?<=[=:,] )-?\d+(\.\d+)?(e[-+]?\d+)?(?=[ ,>}\]])"
+
+
 @st.composite
 def mutated_ir(draw) -> str:
     text = draw(st.sampled_from(SEEDS + [_tiny_program()]))
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["number", "value", "line", "drop-attr", "cut"]))
+        # mostly changes that still parse, so that the verifier and the passes see them
+        kind = draw(
+            st.sampled_from(["number"] * 3 + ["value"] * 3 + ["drop-attr"] * 2 + ["line", "cut"])
+        )
         if kind == "number":
-            spots = list(re.finditer(r"-?\d+(\.\d+)?(e[-+]?\d+)?", text))
-            m = spots[draw(st.integers(0, len(spots) - 1))]
-            text = text[: m.start()] + draw(st.sampled_from(NUMBERS)) + text[m.end() :]
+            spots = list(re.finditer(ATTRIBUTE_NUMBER, text))
+            if spots:
+                m = spots[draw(st.integers(0, len(spots) - 1))]
+                text = text[: m.start()] + draw(st.sampled_from(NUMBERS)) + text[m.end() :]
         elif kind == "value":
-            spots = list(re.finditer(r"= ([^,}]+)", text))
-            m = spots[draw(st.integers(0, len(spots) - 1))]
-            new = draw(st.sampled_from(WORDS + NUMBERS))
-            text = text[: m.start(1)] + new + text[m.end(1) :]
+            spots = list(re.finditer(ATTRIBUTE + r"= ([^,}]+)", text))
+            if spots:
+                m = spots[draw(st.integers(0, len(spots) - 1))]
+                new = draw(st.sampled_from(WORDS + NUMBERS))
+                text = text[: m.start(1)] + new + text[m.end(1) :]
         elif kind == "line":
             lines = text.split("\n")
             i = draw(st.integers(0, len(lines) - 1))
@@ -315,11 +334,11 @@ def mutated_ir(draw) -> str:
                 lines.insert(j, lines[i])
             text = "\n".join(lines)
         elif kind == "drop-attr":
-            spots = list(re.finditer(r"[a-z_]+ = [^,}]+(, )?", text))
+            spots = list(re.finditer(ATTRIBUTE + r"= [^,}]+(, )?", text))
             if spots:
                 m = spots[draw(st.integers(0, len(spots) - 1))]
                 text = text[: m.start()] + text[m.end() :]
-        else:
+        elif text:
             i = draw(st.integers(0, len(text) - 1))
             text = text[:i] + text[i + draw(st.integers(1, 8)) :]
     return text
