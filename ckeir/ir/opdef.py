@@ -166,7 +166,16 @@ def register(*defs: OpDef) -> None:
 
 
 def fail(op: Operation, message: str):
-    raise VerifyError(f"'{op.name}' op {message}", loc=op.loc)
+    where = "" if op.loc is not None else _enclosing_func(op)
+    raise VerifyError(f"'{op.name}' op {message}{where}", loc=op.loc)
+
+
+def _enclosing_func(op: Operation) -> str:
+    """` (in func decode_r1)` for an op a pass built (it has no place in a text to point at)."""
+    parent = op.parent_op
+    while parent is not None and parent.name != "cke.func":
+        parent = parent.parent_op
+    return "" if parent is None else f" (in func {parent.attr('sym_name')})"
 
 
 MODULE_CHECKS: list[Callable[[Operation], None]] = []

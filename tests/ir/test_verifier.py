@@ -590,6 +590,15 @@ def test_unknown_op_nested_in_a_registered_one_is_rejected():
     assert "ckt.mystery" in err.message and err.loc.line == 3
 
 
+def test_errors_of_ops_built_by_a_pass_name_their_func():
+    module = parse_ir(VALID["cke.func"][1])
+    func = module.regions[0].entry.ops[0]
+    func.regions[0].entry.insert(0, Operation("cke.add", result_types=[]))  # no location
+    err = verify_error(module)
+    assert err.loc is None
+    assert err.message.endswith("got 0 (in func prefill)")
+
+
 def test_errors_of_built_ops_have_no_location():
     with pytest.raises(VerifyError) as info:
         verify(module_op([Operation("cke.add", result_types=[])]))
