@@ -430,16 +430,21 @@ REG_INFER = {d.name: d.infer for d in DEFS if d.infer is not None}
 register(*DEFS)
 
 
-def check_unique_symbols(module: Operation) -> None:
-    """Two funcs of one name would be one native symbol."""
-    seen: set[str] = set()
+def check_unique_funcs(module: Operation) -> None:
+    """One func per name (two would be one native symbol) and per phase and rank (the runtime
+    runs the program of its phase and rank)."""
+    names: set[str] = set()
+    programs: set[tuple[str, int]] = set()
     for op in module.regions[0].entry.ops if module.regions and module.regions[0].blocks else ():
         if op.name != "cke.func":
             continue
-        name = op.attr("sym_name")
-        if name in seen:
+        name, key = op.attr("sym_name"), (op.attr("phase"), op.attr("rank", 0))
+        if name in names:
             fail(op, f"sym_name {name!r} is already the name of another func")
-        seen.add(name)
+        if key in programs:
+            fail(op, f"is a second {key[0]} program for rank {key[1]}")
+        names.add(name)
+        programs.add(key)
 
 
-register_module_check(check_unique_symbols)
+register_module_check(check_unique_funcs)

@@ -205,6 +205,26 @@ def test_a_program_of_more_rows_than_its_cache_is_refused(tmp_path, typed):
     assert_located(r, func_line, "max_tokens 257 is more rows than its KV cache's context of 256")
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "phrase"),
+    [
+        ('sym_name = "prefill_r1"', 'sym_name = "prefill_r0"', "is already the name of another"),
+        ('sym_name = "prefill_r1"', 'sym_name = "bad name"', "sym_name 'bad name' must match"),
+        ("rank = 1 : i64, stage = 0", "rank = 0 : i64, stage = 0", "second prefill program"),
+    ],
+    ids=["same-name", "not-a-symbol", "same-phase-and-rank"],
+)
+def test_funcs_are_distinct_programs_with_symbol_names(tmp_path, planned, old, new, phrase):
+    # A func's sym_name becomes its native symbol; the runtime picks a program by phase
+    # and rank.
+    assert old in planned
+    text = planned.replace(old, new, 1)
+    r = opt(tmp_path, text, "--pass-pipeline=tile")
+    lines = text.split("\n")
+    funcs = [i + 1 for i, ln in enumerate(lines) if ln == '  "cke.func"() ({']
+    assert_located(r, funcs[1], phrase)  # the second func (prefill_r1) is the culprit
+
+
 def test_a_func_attribute_is_located_at_its_func(tmp_path, typed):
     # A region op's attributes follow its body: the error points at the op's name.
     text, _ = replace_first(typed, r"max_tokens = 256", f"max_tokens = {2**40}")
