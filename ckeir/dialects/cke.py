@@ -37,6 +37,8 @@ def _ranked(op: Operation, i: int, rank: int | None = None) -> ShapedType | None
         fail(op, f"operand #{i} must be a tensor, got {t}")
     if rank is not None and t.rank != rank:
         fail(op, f"operand #{i} must have rank {rank}, got {t}")
+    if 0 in t.shape:  # nothing to compute, and sizes of zero divide tile and share sizes
+        fail(op, f"operand #{i} {t} is empty")
     return t
 
 
@@ -114,11 +116,12 @@ def _check_signature(func: Operation) -> None:
         and isinstance(args[1], IntegerType)
         and all(isinstance(t, MemRefType) and t.rank == 3 and t.element == f32 for t in args[2:])
         and args[2] == args[3]
+        and 0 not in args[0].shape
     )
     if not ok:
         fail(
             func,
-            "entry block must take (ids: tensor<Nxi32>, pos: i64, kcache, vcache: "
+            "entry block must take (ids: tensor<Nxi32> with N > 0, pos: i64, kcache, vcache: "
             f"memref<LxCxDxf32>), got ({', '.join(map(str, args))})",
         )
     context = args[2].shape[1]

@@ -225,6 +225,49 @@ def test_funcs_are_distinct_programs_with_symbol_names(tmp_path, planned, old, n
     assert_located(r, funcs[1], phrase)  # the second func (prefill_r1) is the culprit
 
 
+ARGS = "%ids: tensor<{n}xi32>, %pos: i64, %k: memref<1x8x16xf32>, %v: memref<1x8x16xf32>"
+EMPTY_ROWS = """\
+"builtin.module"() ({{
+  "cke.func"() ({{
+  ^bb0(%s):
+{body}
+  }}) {{phase = "decode", rank = 0 : i64, sym_name = "decode_r0"}} : () -> ()
+  "cke.func"() ({{
+  ^bb0(%s):
+    %w = "cke.weight"() {{name = "w", shape = array<i64: 1, 16>}} : () -> tensor<1x16xf32>
+    "dist.send"(%w) {{bytes = 0 : i64, peer = 0 : i64}} : (tensor<1x16xf32>) -> ()
+    "cke.return"() : () -> ()
+  }}) {{phase = "decode", rank = 1 : i64, sym_name = "decode_r1"}} : () -> ()
+}}) : () -> ()
+""".replace("%s", ARGS)
+RECEIVED = """\
+    %x = "dist.recv"() {bytes = 0 : i64, peer = 1 : i64} : () -> tensor<0x16xf32>
+    %y = "cke.matmul"(%x, %x) : (tensor<0x16xf32>, tensor<0x16xf32>) -> tensor<0x0xf32>
+    %z = "cke.matmul"(%y, %y) : (tensor<0x0xf32>, tensor<0x0xf32>) -> tensor<0x0xf32>
+    "cke.return"(%z) : (tensor<0x0xf32>) -> ()"""
+EMBEDDED = """\
+    %t = "cke.weight"() {name = "t", shape = array<i64: 64, 16>} : () -> tensor<64x16xf32>
+    %x = "cke.embed"(%ids, %t) : (tensor<0xi32>, tensor<64x16xf32>) -> tensor<0x16xf32>
+    %y = "cke.matmul"(%x, %x) : (tensor<0x16xf32>, tensor<0x16xf32>) -> tensor<0x0xf32>
+    %z = "cke.matmul"(%y, %y) : (tensor<0x0xf32>, tensor<0x0xf32>) -> tensor<0x0xf32>
+    "cke.return"(%z) : (tensor<0x0xf32>) -> ()"""
+
+
+@pytest.mark.parametrize(
+    ("ids", "body", "line", "phrase"),
+    [
+        (1, RECEIVED, 5, "'cke.matmul' op operand #0 tensor<0x16xf32> is empty"),
+        (0, EMBEDDED, 2, "'cke.func' op entry block must take (ids: tensor<Nxi32> with N > 0"),
+    ],
+    ids=["received", "no-ids"],
+)
+def test_empty_tensors_are_refused(tmp_path, ids, body, line, phrase):
+    # A matmul of empty rows divided by zero choosing its tile.
+    text = EMPTY_ROWS.format(n=ids, body=body)
+    r = opt(tmp_path, text, "--pass-pipeline=tile")
+    assert_located(r, line, phrase)
+
+
 def test_a_func_attribute_is_located_at_its_func(tmp_path, typed):
     # A region op's attributes follow its body: the error points at the op's name.
     text, _ = replace_first(typed, r"max_tokens = 256", f"max_tokens = {2**40}")
