@@ -19,6 +19,7 @@ from ckeir.errors import PassError
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import TensorType, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
+from ckeir.passes.shape_infer import require_ranked
 
 COLLECTIVES = ("dist.allreduce", "dist.allgather")
 
@@ -66,6 +67,7 @@ class InsertCollectives(Pass):
     summary = "add allreduce/allgather after sharded matmuls; check sends meet receives"
 
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
+        require_ranked(module, self.name)
         if any(op.name in COLLECTIVES for op in module.walk()):
             raise PassError(
                 "insert-collectives: the module already has dist.* collectives; run it once"

@@ -30,13 +30,12 @@ from ckeir.ir.types import (
     MemRefType,
     ShapedType,
     TensorType,
-    UnrankedTensorType,
     element_format,
     nbytes,
     quant_type,
 )
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
-from ckeir.passes.shape_infer import retype
+from ckeir.passes.shape_infer import require_ranked, retype
 
 FFN_UNIT = 32  # FFN shards are whole quantization blocks
 
@@ -107,8 +106,7 @@ def model_shape(func: Operation) -> Shape:
     )
     first("cke.matmul", lambda op: op.name == "cke.matmul")
     head = [op for op in ops if op.name == "cke.matmul"][-1]
-    if any(isinstance(r.type, UnrankedTensorType) for op in ops for r in op.results):
-        raise PassError(f"place: func {name} has unranked values (run shape-infer first)")
+    require_ranked(func, "place")
     layers = sorted({op.attr("layer") for op in ops if op.attr("layer") is not None})
     if layers != list(range(len(layers))):
         raise PassError(f"place: func {name}'s layers are not numbered 0..{len(layers) - 1}")

@@ -17,6 +17,7 @@ import attrs
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import ShapedType, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
+from ckeir.passes.shape_infer import require_ranked
 
 ALIGN = 64
 NOT_IN_ARENA = ("cke.weight", "mem.arena")
@@ -80,6 +81,7 @@ class PlanMemory(Pass):
     summary = "liveness-based arena layout: an offset for every intermediate"
 
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
+        require_ranked(module, self.name)  # an unranked value would get no buffer
         for func in funcs(module):
             block = func.regions[0].entry
             for old in [op for op in block.ops if op.name == "mem.arena"]:

@@ -30,6 +30,16 @@ def retype(root: Operation, rewriter: Rewriter | None = None) -> None:
             rewriter.set_result_type(op, r.index, t)
 
 
+def require_ranked(root: Operation, pass_name: str) -> None:
+    """The precondition of the passes after shape-infer: every value of `root` is typed."""
+    for op in root.walk():
+        if any(isinstance(r.type, UnrankedTensorType) for r in op.results):
+            raise PassError(
+                f"{pass_name}: the result of {op.name} is unranked (run shape-infer first)",
+                loc=op.loc,
+            )
+
+
 @register_pass
 class ShapeInfer(Pass):
     name = "shape-infer"
