@@ -1,7 +1,8 @@
 """place: give every op a rank, per phase, and cut each phase's program into one per rank.
 
 Requires: shape-infer (types), the llama builder's `layer` tags, and the schedule + cluster
-in `ctx.options` ("schedule", "cluster").  Ranks are the cluster's nodes that any phase uses,
+in `ctx.options` ("schedule", "cluster"); runs once (a module whose funcs carry `rank` is
+refused), and every stage gets at least one layer, head group and FFN block.  Ranks are the cluster's nodes that any phase uses,
 in declaration order.  A phase is a list of stages (layer ranges); a stage of k nodes is
 tensor parallel: attention splits by key/value-head groups (with their query heads), the FFN
 column-then-row by 32-wide blocks, the LM head by vocabulary; shares follow the nodes'

@@ -1,7 +1,8 @@
 """quantize: rewrite weight types to the schedule's format.
 
 Requires: shape-infer.  Options (from the schedule, or `ctx.options`): `weight_format` in
-`keep f32 q8_0 q4_0 q4_1` and `weight_except` (names, with or without the `.weight` suffix).
+`keep f32 q8_0 q4_0 q4_1` and `weight_except` (names of the module's weights, with or without
+the `.weight` suffix; another name is an error).  Idempotent.
 Matrices whose rows are whole 32-element blocks take the format; 1-D weights (norm gains) stay
 f32, as GGML keeps them; `keep` leaves every weight in the format it was loaded in.  A matmul
 on block-quantized weights gets `act = "q8_0"` (unless the schedule says `quantize activations
