@@ -97,8 +97,7 @@ class PassManager:
     timings: list[PassTiming] = attrs.field(factory=list)
 
     def run(self, module: Operation, ctx: PassContext) -> Operation:
-        if self.verify_each:
-            verify(module)
+        verify(module)  # always, as mlir-opt does: no pass sees input that breaks its contract
         self._dump(0, "input", module)
         for i, p in enumerate(self.passes, start=1):
             rewriter = Rewriter()

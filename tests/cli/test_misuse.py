@@ -266,3 +266,24 @@ def test_api_refuses_ids_before_loading_weights():
             prog.generate([True], 1)
         assert prog._weights is None  # nothing loaded for a refused request
         assert prog.generate(np.array([1, 2], dtype=np.int64), 2) == prog.generate([1, 2], 2)
+
+
+def test_opt_verifies_its_input_even_without_verify_each(tmp_path):
+    """`--no-verify-each` skips the verifier between passes, not on the input (as mlir-opt):
+    a matmul of zero rows once reached the tile pass and divided by zero."""
+    ir = tmp_path / "empty.mlir"
+    ir.write_text(
+        '''"builtin.module"() ({
+  "cke.func"() ({
+  ^bb0(%ids: tensor<1xi32>, %pos: i64, %kc: memref<1x16x8xf32>, %vc: memref<1x16x8xf32>):
+    %x = "cke.weight"() {name = "x", shape = array<i64: 0, 576>} : () -> tensor<0x576xf32>
+    %w = "cke.weight"() {name = "w", shape = array<i64: 1536, 576>} : () -> tensor<1536x576xf32>
+    %y = "cke.matmul"(%x, %w) : (tensor<0x576xf32>, tensor<1536x576xf32>) -> tensor<0x1536xf32>
+    "cke.return"(%y) : (tensor<0x1536xf32>) -> ()
+  }) {phase = "decode", sym_name = "decode"} : () -> ()
+}) : () -> ()
+'''
+    )
+    r = ckec("opt", ir, "--pass-pipeline=tile", "--no-verify-each")
+    assert r.returncode == 1, r.stderr
+    assert f"{ir}:4:10: verifier error: 'cke.weight' op attribute 'shape'" in r.stderr

@@ -418,8 +418,8 @@ def lower_module_cached(module: Operation, host: HostCPU, rank: int | None = Non
     if raw is not None:
         try:
             return pickle.loads(raw), True
-        except Exception:  # noqa: BLE001 - a damaged entry is rebuilt
-            pass
+        except Exception as e:  # noqa: BLE001 - checks out, yet unusable: rebuilt, with a word
+            cache.discard(path, f"not a lowered program: {type(e).__name__}")
     lowered = lower_module(module, host, rank)
     cache.write_atomic(path, pickle.dumps(lowered))
     return lowered, False

@@ -66,3 +66,26 @@ def test_another_modules_object_is_not_loaded(tmp_path, monkeypatch, capsys):
     again = compile_ir(IR)
     assert not again.cache_hit and call_mul7(again) == 42
     assert "(written for another key)" in capsys.readouterr().err
+
+
+def test_a_lowered_program_that_does_not_unpickle_is_discarded(tmp_path, monkeypatch, capsys):
+    """A lowered-program entry whose checksum holds but whose content is no pickle (written
+    by another ckeir, or a bug) is removed with one warning and rebuilt, not silently kept."""
+    from ckeir.backends.llvm.host import detect_host
+    from ckeir.backends.llvm.lower import lower_module_cached
+    from ckeir.driver import build_ir, resolve, run_passes
+
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    job = resolve("specs/tiny.cke")
+    module, _, _ = run_passes(build_ir(job), job, single_rank=True)
+    host = detect_host()
+    _, hit = lower_module_cached(module, host, rank=0)
+    (path,) = (tmp_path / "lowered").iterdir()
+    cache.write_atomic(path, b"not a pickle")
+    capsys.readouterr()
+    _, hit = lower_module_cached(module, host, rank=0)
+    assert not hit
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: discarded a damaged cache entry {path} (not a lowered")
+    _, hit = lower_module_cached(module, host, rank=0)
+    assert hit and capsys.readouterr().err == ""  # rewritten whole
