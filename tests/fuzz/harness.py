@@ -329,6 +329,22 @@ class _Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def import_ckeir() -> None:
+    """Every module of ckeir, imported once before the workers fork: they all run one
+    snapshot of the code, even while a shared working tree changes under a long run (MPI
+    stays out: importing mpi4py starts MPI)."""
+    import importlib
+    import pkgutil
+
+    import ckeir
+    import ckeir.cli  # noqa: F401  (the entry point must import; the rest may be optional)
+
+    for module in pkgutil.walk_packages(ckeir.__path__, "ckeir."):
+        if "mpi" not in module.name:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module.name)
+
+
 class Pool:
     """Forked workers running cases; `run` yields (index, Outcome) as cases finish."""
 
@@ -341,8 +357,7 @@ class Pool:
         self._workers: list[_Worker] = []
 
     def __enter__(self) -> Pool:
-        import ckeir.cli  # noqa: F401  (imported once, before the fork)
-
+        import_ckeir()
         # the workers' disk cache is the pool's own: thousands of hostile cases stay out of
         # the user's cache, and the user's cache cannot change what a case does
         self._saved_cache = os.environ.get("CKEIR_CACHE_DIR")
