@@ -34,5 +34,8 @@ Q8_0 = Format("q8_0", 32, 34, "Q8_0")
 Q4_0 = Format("q4_0", 32, 18, "Q4_0")
 Q4_1 = Format("q4_1", 32, 20, "Q4_1")
 
+# A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
+FFN_SHARD_UNIT = 32
+
 FORMATS = {f.name: f for f in (F32, F16, Q8_0, Q4_0, Q4_1)}
 QUANT_FORMATS = ("q8_0", "q4_0", "q4_1")

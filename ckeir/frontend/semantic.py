@@ -26,6 +26,7 @@ import attrs
 
 from ckeir import limits, units
 from ckeir.errors import SourceLoc, SpecError
+from ckeir.formats import FFN_SHARD_UNIT
 from ckeir.frontend.ast import (
     ClusterDecl,
     ModelDecl,
@@ -462,6 +463,15 @@ def _check_tensor_parallel(stage: StageDecl, model: ModelDecl, cluster: ClusterD
                 loc=stage.loc,
                 hint="use fewer nodes in this stage, or split the layers into pipeline stages",
             )
+    unit = FFN_SHARD_UNIT
+    if model.ffn is not None and (model.ffn % unit or model.ffn // unit < k):
+        raise SpecError(
+            f"stage [{', '.join(stage.nodes)}] has {k} nodes but the FFN width {model.ffn} of "
+            f"model {model.name} is not {k} or more whole blocks of {unit}: tensor parallelism "
+            "gives each node whole blocks of FFN rows",
+            loc=stage.loc,
+            hint="use fewer nodes in this stage, or split the layers into pipeline stages",
+        )
     nodes = [cluster.node(n) for n in stage.nodes]
     _check_rate_skew(nodes, stage.loc, "the nodes of this stage")
 

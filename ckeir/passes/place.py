@@ -24,7 +24,7 @@ import attrs
 
 from ckeir import cost
 from ckeir.errors import PassError
-from ckeir.formats import FORMATS
+from ckeir.formats import FFN_SHARD_UNIT, FORMATS
 from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Operation, Rewriter, clone
 from ckeir.ir.types import (
@@ -38,7 +38,7 @@ from ckeir.ir.types import (
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import require_ranked, retype
 
-FFN_UNIT = 32  # FFN shards are whole quantization blocks
+FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks
 
 
 @attrs.frozen

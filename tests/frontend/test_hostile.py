@@ -372,3 +372,13 @@ def test_a_spec_text_larger_than_the_limit_is_refused_naming_it():
     with pytest.raises(SpecError) as err:
         parse_spec(text, "big.cke")
     assert err.value.message == "spec big.cke is larger than 256.0 KiB; split it with `import`"
+
+
+@pytest.mark.parametrize("ffn", ["ffn 48", "ffn 32"])
+def test_a_tensor_parallel_stage_needs_whole_ffn_blocks_for_each_node(ffn):
+    """The place pass gives each node of a stage whole 32-row blocks of the FFN; a width that
+    cannot be split so is refused at the stage, not by the pass without a location."""
+    with pytest.raises(SpecError) as err:
+        parse_spec(tiny("ffn        256", f"{ffn}"), "t.cke")
+    assert "is not 2 or more whole blocks of 32" in err.value.message
+    assert err.value.loc is not None and "stage [n0, n1]" in err.value.loc.source_line
