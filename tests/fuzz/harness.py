@@ -282,7 +282,8 @@ def _worker_main(conn, home: str, environment) -> None:
         path = Path(home) / f"case{n}"
         with contextlib.suppress(OSError):
             shutil.rmtree(Path(home) / f"case{n - 1}")
-        conn.send(run_in_worker(case, path, environment))
+        outcome = run_in_worker(case, path, environment)
+        conn.send(attrs.evolve(outcome, case=attrs.evolve(case, files={})))  # the parent has them
 
 
 # ---- the parent side --------------------------------------------------------------------------
@@ -407,7 +408,7 @@ class Pool:
         index, case = w.job
         if w.conn in ready:
             try:
-                outcome = w.conn.recv()
+                outcome = attrs.evolve(w.conn.recv(), case=case)
             except (EOFError, OSError):
                 outcome = self._crashed(w, case)
                 self._replace(w)
