@@ -79,7 +79,8 @@ def models(draw, lay: Layout):
     head_dim = 2 * draw(st.integers(1, 8))
     sizes = dict(
         vocab=draw(st.integers(1, 999)), hidden=heads * head_dim, layers=draw(st.integers(1, 6)),
-        heads=heads, ffn=draw(st.integers(1, 300)), context=draw(st.integers(1, 300)),
+        heads=heads, ffn=draw(st.integers(1, 300) | st.integers(1, 9).map(lambda b: 32 * b)),
+        context=draw(st.integers(1, 300)),
     )  # fmt: skip
     written = [f"family{lay.sp()}llama"] + [f"{k}{lay.sp()}{v}" for k, v in sizes.items()]
     values = dict(sizes, kv_heads=kv_heads, norm_eps=1e-5, rope_theta=10000.0)
@@ -141,7 +142,10 @@ def clusters(draw, lay: Layout):
 def phases(draw, lay: Layout, name: str, model: ModelDecl, node_names: tuple):
     kind = draw(st.sampled_from(["omitted", "auto", "stages"]))
     n_layers = model.layers
-    most_parallel = min(model.kv_heads, model.vocab)  # nodes a tensor-parallel stage can use
+    # nodes a tensor-parallel stage can use: one key/value head, vocabulary entry and whole
+    # 32-block of FFN rows each (a single node needs none)
+    ffn_blocks = model.ffn // 32 if model.ffn % 32 == 0 else 1
+    most_parallel = max(1, min(model.kv_heads, model.vocab, ffn_blocks))
     if kind == "omitted":
         return None, PhaseDecl(
             name, (StageDecl((node_names[0],), 0, n_layers - 1),), defaulted=True
