@@ -13,7 +13,8 @@ Verdicts:
               run twice printed other IR than once (`Case.same_as`)
     rejected  ckec refused an input it must take (`Case.succeed`: a spec or model file of the
               repository, untouched)
-    internal  any other exception ("internal error … this is a bug in ckeir", exit 2)
+    internal  any other exception ("internal error … this is a bug in ckeir", exit 2), or a
+              local rank that failed mid-run (inputs are checked before ranks start)
     oom       MemoryError: the case hit its address-space limit
     hang      the case ran past its time limit
     crash     the worker died by a signal (SIGSEGV, SIGABRT from `LLVM ERROR`, …)
@@ -182,6 +183,9 @@ def _short_path(file: str) -> str:
 
 
 _INTERNAL = re.compile(r"^internal error: (?P<error>.*)$", re.M)
+# A local rank that fails mid-run: ckec checks its inputs before ranks start, so (without
+# injected faults) this is a bug in ckeir too, reported as a rank's failure
+_RANK_FAILED = re.compile(r"^error: (?P<error>rank \d+ failed: .*)$", re.M)
 _MEMORY_ERRORS = ("MemoryError", "_ArrayMemoryError")
 
 
@@ -190,7 +194,7 @@ def classify(case: Case, rc, stderr: str, seconds: float, peak: int | None) -> O
     if stderr.startswith("accepted: "):
         error = stderr.strip()
         return Outcome(case, "accepted", rc, error, seconds=seconds, peak=peak)
-    m = _INTERNAL.search(stderr)
+    m = _INTERNAL.search(stderr) or _RANK_FAILED.search(stderr)
     if m is None:
         if rc == 0 and case.refuse:
             error = f"accepted: {case.refuse}"
@@ -201,7 +205,10 @@ def classify(case: Case, rc, stderr: str, seconds: float, peak: int | None) -> O
             return Outcome(case, "rejected", rc, error, seconds=seconds, peak=peak)
         return Outcome(case, "clean", rc, seconds=seconds, peak=peak, message=message)
     error = m["error"]
-    verdict = "oom" if error.split(":", 1)[0] in _MEMORY_ERRORS else "internal"
+    if m.re is _RANK_FAILED:  # "rank failed: …": the signature groups every rank's failure
+        error = re.sub(r"^rank \d+ failed", "rank failed", error)
+    memory = any(e in error for e in _MEMORY_ERRORS)
+    verdict = "oom" if memory else "internal"
     frame = last_frame(stderr)
     return Outcome(case, verdict, rc, error, frame, stderr[-3000:], seconds, peak)
 

@@ -239,3 +239,17 @@ def test_nonsense_accepted_is_its_own_verdict(monkeypatch, tmp_path):
         ("accepted", "accepted: p twice"),
         ("clean", "clean"),
     ]
+
+
+def test_a_local_rank_failing_mid_run_is_an_internal_error(monkeypatch, tmp_path):
+    """ckec checks inputs before ranks start: a rank that fails later is a bug, even though
+    the launcher reports it as a CkeError (exit 1)."""
+    import sys
+
+    def rank_fails(argv):
+        print("error: rank 1 failed: rank 1 is not a member of group (2,)", file=sys.stderr)
+        return 1
+
+    outcome = _with_patched_cli(monkeypatch, tmp_path, rank_fails, _case("plan", "x"))
+    assert outcome.verdict == "internal"
+    assert outcome.signature == "rank failed"
