@@ -407,12 +407,17 @@ class Place(Pass):
         )
         rank_of = {n: i for i, n in enumerate(used)}
         placement = ctx.artifacts.setdefault("placement", {})
+        plans = {}
         for func in originals:
             phase = func.attr("phase")
-            shape = model_shape(func)
             decl = None if single else sched.phases.get(phase)
-            plan = choose(decl, phase, shape, rank_of, nodes, func, ctx)
-            placement[phase] = plan
+            plans[func] = choose(decl, phase, model_shape(func), rank_of, nodes, func, ctx)
+        # An auto phase may leave nodes idle: only nodes some phase uses become ranks.
+        chosen = {n for plan in plans.values() for st in plan.stages for n in st.nodes}
+        rank_of = {n: i for i, n in enumerate(n for n in used if n in chosen)}
+        for func, plan in plans.items():
+            phase, shape = func.attr("phase"), model_shape(func)
+            plan = placement[phase] = _renumbered(plan, rank_of)
             at = body.ops.index(func)
             transfer = getattr(sched, "transfer_format", None) or "f32"
             for rank in plan.ranks:
@@ -475,6 +480,14 @@ def check_coverage(phase: str, stages, layers: int) -> None:
         f"place: phase {phase}'s stages take layers {ranges}, but its program has layers "
         f"0..{layers - 1}: each must be taken once, in order"
     )
+
+
+def _renumbered(plan: PhasePlan, rank_of: dict[str, int]) -> PhasePlan:
+    """`plan` with its stages' ranks taken from `rank_of` (shards follow nodes, not ranks)."""
+    stages = tuple(
+        attrs.evolve(st, ranks=tuple(rank_of[n] for n in st.nodes)) for st in plan.stages
+    )
+    return attrs.evolve(plan, stages=stages)
 
 
 def _used_nodes(sched, cluster, phases) -> list[str]:

@@ -385,3 +385,15 @@ def test_cli_records_parity_hops_and_waiting(tmp_path):
     assert sum(r["active_bytes_per_token"] for r in ranks) == rep["active_bytes_per_token"]
     assert abs(sum(r["cku_bytes_per_second"] for r in ranks) - rep["cku_bytes_per_second"]) < 1
     assert "CKU" in r.stderr and "rank 0:" in r.stderr
+
+
+def test_auto_phases_start_only_the_nodes_they_use(tmp_path, single):
+    """Both phases `auto`: the planner may leave nodes idle (here it keeps the small model on
+    one node); only nodes some phase uses become ranks, and the run gives the one-node tokens
+    (idle ranks once failed every run: 'rank 0 is not a member of group (2,)')."""
+    path = spec(tmp_path, "auto", "phase prefill { auto }\n  phase decode { auto }")
+    prog = ckeir.compile(path, backend="reference")
+    used = {n for plan in prog.placement.values() for st in plan.stages for n in st.nodes}
+    assert prog.world_size == len(used) and sorted(prog.rank_nodes.values()) == sorted(used)
+    tokens, _ = single()
+    assert prog.generate(PROMPT, N) == tokens
