@@ -572,9 +572,7 @@ def _reports(args, prog, stats) -> None:
 
 
 def _summary(stats) -> str:
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = _peak_rss()
     libs = _library_rss()
     code = f" (shared-library code {libs / 2**20:.0f} MiB)" if libs is not None else ""
     return (
@@ -582,6 +580,21 @@ def _summary(stats) -> str:
         f"prefill {stats.prefill_tps:.1f} tok/s | decode {stats.decode_tps:.1f} tok/s | "
         f"peak RSS {rss / 2**20:.0f} MiB{code}"
     )
+
+
+def _peak_rss() -> int:
+    """This process's peak resident bytes: VmHWM, which exec resets.  (getrusage's ru_maxrss
+    keeps the parent's peak across fork + exec: ckec started by a 600 MiB process reported
+    a 600 MiB run.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _library_rss() -> int | None:

@@ -1,6 +1,8 @@
 """ckec through a subprocess, as a user runs it: outputs, dumps, and errors that are located,
 non-zero and free of tracebacks."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,20 @@ def test_select_one_program_by_phase_and_rank():
     assert r.returncode == 0 and "cke_decode_r0" in r.stdout
     r = ckec(SPECS / "tiny.cke", "--rank", "7")
     assert r.returncode == 1 and "no program for phase any and rank 7" in r.stderr
+
+
+def test_peak_rss_is_the_runs_own():
+    """The summary's peak RSS is the run's, not the peak of the process that started it
+    (getrusage's ru_maxrss survives exec): started by a process holding 600 MiB, a run of
+    the small tiny.cke model still reports well under that."""
+    code = (
+        "import numpy as np, subprocess, sys\n"
+        "held = np.ones(600 * 2**20 // 8)\n"
+        "r = subprocess.run([sys.executable, '-m', 'ckeir.cli', 'run', sys.argv[1], '--ids',"
+        " '1,2', '-n', '2', '--threads', '1'], capture_output=True, text=True)\n"
+        "print(r.stderr)\n"
+    )
+    tiny = Path(__file__).parents[2] / "specs" / "odd.cke"
+    r = subprocess.run([sys.executable, "-c", code, str(tiny)], capture_output=True, text=True)
+    summary = next(ln for ln in r.stdout.splitlines() if ln.startswith("prompt "))
+    assert float(summary.split("peak RSS")[1].split("MiB")[0]) < 400, summary
