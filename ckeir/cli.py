@@ -58,7 +58,9 @@ def _seconds_in(lo: float, hi: float):
         except ValueError:
             value = math.nan
         if not limits.in_real_range(value, lo, hi):
-            raise argparse.ArgumentTypeError(f"expected seconds in [{lo:g}, {hi:g}], not {text:.40}")
+            raise argparse.ArgumentTypeError(
+                f"expected seconds in [{lo:g}, {hi:g}], not {text:.40}"
+            )
         return value
 
     return parse
@@ -410,7 +412,7 @@ def _run(args, ids, transport) -> int:
                         "has none (give --ids)"
                     )
                 ids = tokenizer.encode(args.prompt)
-            ids = prog.check_request(ids, args.max_new_tokens)  # before any rank starts
+            ids = _checked_request(args, prog, ids)  # before any rank starts
             _check_measured(args, prog)
             _check_world(args, prog, transport)
             if prog.world_size > 1 and transport is None:
@@ -569,6 +571,17 @@ def _reports(args, prog, stats) -> None:
         from ckeir.reports.trace import write_trace
 
         write_trace(args.trace, {prog.rank or 0: prog.engine.events}, prog.rank_nodes, "--trace")
+
+
+def _checked_request(args, prog, ids) -> list[int]:
+    """The request as the API checks it, the refusal naming the flag it came from."""
+    try:
+        return prog.check_request(ids, args.max_new_tokens)
+    except CkeError as e:
+        source = "--ids" if args.ids is not None else "--prompt"
+        if "context" in e.message:
+            source += f" with -n {args.max_new_tokens}"
+        raise CkeError(f"{source}: {e.message}", hint=e.hint) from None
 
 
 def _summary(stats) -> str:

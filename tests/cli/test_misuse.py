@@ -50,13 +50,15 @@ def test_ids_that_are_not_token_ids(ids, message):
 def test_ids_outside_the_vocabulary_name_the_id_and_the_vocabulary():
     """Refused before the two local ranks of tiny.cke start (today a rank failed)."""
     r = run(TINY, "--ids", "1,99999", "-n", "1")
-    assert_user_error(r, "token id 99999 is not in the model's vocabulary of 512 tokens")
+    assert_user_error(r, "error: --ids: token id 99999 is not in the model's vocabulary of 512")
     assert "rank" not in r.stderr and "ready in" not in r.stderr
 
 
 def test_prompt_longer_than_the_context_is_refused_before_ranks_start():
     r = run(TINY, "--ids", "1,2", "-n", "255")
-    assert_user_error(r, "prompt (2 tokens) + 255 new tokens exceed the model's context of 256")
+    assert_user_error(
+        r, "error: --ids with -n 255: prompt (2 tokens) + 255 new tokens exceed the model's context"
+    )
     assert "rank" not in r.stderr and "ready in" not in r.stderr
     assert run(TINY, "--ids", "1,2", "-n", "254").returncode == 0
 
@@ -273,7 +275,7 @@ def test_opt_verifies_its_input_even_without_verify_each(tmp_path):
     a matmul of zero rows once reached the tile pass and divided by zero."""
     ir = tmp_path / "empty.mlir"
     ir.write_text(
-        '''"builtin.module"() ({
+        """"builtin.module"() ({
   "cke.func"() ({
   ^bb0(%ids: tensor<1xi32>, %pos: i64, %kc: memref<1x16x8xf32>, %vc: memref<1x16x8xf32>):
     %x = "cke.weight"() {name = "x", shape = array<i64: 0, 576>} : () -> tensor<0x576xf32>
@@ -282,7 +284,7 @@ def test_opt_verifies_its_input_even_without_verify_each(tmp_path):
     "cke.return"(%y) : (tensor<0x1536xf32>) -> ()
   }) {phase = "decode", sym_name = "decode"} : () -> ()
 }) : () -> ()
-'''
+"""
     )
     r = ckec("opt", ir, "--pass-pipeline=tile", "--no-verify-each")
     assert r.returncode == 1, r.stderr
