@@ -699,10 +699,7 @@ def _read_ir(path: str) -> str:
     except UnicodeDecodeError as e:
         from ckeir.errors import IRParseError
 
-        start = raw.rfind(b"\n", 0, e.start) + 1
-        end = raw.find(b"\n", e.start)
-        text = raw[start : end if end >= 0 else len(raw)].decode(errors="replace")
-        loc = SourceLoc(path, raw.count(b"\n", 0, e.start) + 1, e.start - start + 1, text)
+        loc = SourceLoc.at_byte(path, raw, e.start)
         raise IRParseError(f"not UTF-8 text (byte {raw[e.start]:#04x})", loc=loc) from None
 
 

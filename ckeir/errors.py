@@ -22,6 +22,16 @@ class SourceLoc:
         return f"{self.file}:{self.line}:{self.col}"
 
     @classmethod
+    def at_byte(cls, file: str, data: bytes, offset: int) -> SourceLoc:
+        """Where byte `offset` of undecoded `data` is (e.g. the first byte that is not
+        UTF-8): its line, its column in characters, and the line as far as it decodes."""
+        start = data.rfind(b"\n", 0, offset) + 1
+        end = data.find(b"\n", offset)
+        line = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+        col = len(data[start:offset].decode("utf-8", "replace")) + 1
+        return cls(file, data.count(b"\n", 0, offset) + 1, col, line)
+
+    @classmethod
     def in_text(cls, file: str, text: str, line: int, col: int) -> SourceLoc:
         lines = text.splitlines()
         src = lines[line - 1] if 0 < line <= len(lines) else None

@@ -586,16 +586,9 @@ def _decode(path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line_start = data.rfind(b"\n", 0, err.start) + 1
-        line_end = data.find(b"\n", err.start)
-        line = data[line_start : line_end if line_end >= 0 else len(data)]
-        col = len(data[line_start : err.start].decode("utf-8", "replace")) + 1
-        loc = SourceLoc(
-            str(path), data.count(b"\n", 0, err.start) + 1, col, line.decode("utf-8", "replace")
-        )
-        byte = data[err.start]
+        loc = SourceLoc.at_byte(str(path), data, err.start)
         raise SpecError(
-            f"spec file {path} is not UTF-8 text (byte 0x{byte:02x})", loc=loc
+            f"spec file {path} is not UTF-8 text (byte 0x{data[err.start]:02x})", loc=loc
         ) from None
 
 
