@@ -4,11 +4,17 @@ re-associates sums (logits within 1e-4 of their scale), and every placement give
 greedy tokens — including prefill tensor parallel with decode pipelined, which moves the KV
 cache between the two placements after prefill."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import ckeir
 from ckeir.runtime.launch import run_local
+
+sys.path.insert(0, str(Path(__file__).parent / "transport"))
+from reaping import adopting  # noqa: E402
 
 MODEL = """
 model m {{
@@ -220,25 +226,12 @@ def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path, setting):
     with the watchdog at 2 s ($CKEIR_WATCHDOG_SECONDS, or `--watchdog` over a longer
     environment setting): the run exits non-zero within seconds naming the rank, and leaves
     no process and no shared-memory segment behind."""
-    import os
     import subprocess
-    import sys
     import time
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent / "transport"))
-    from reaping import adopting
-
-    path = spec(
-        tmp_path,
-        "pp",
-        """
-  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
-  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
-    )
     period = {"environment": "2", "flag": "600"}[setting]
-    env = dict(os.environ, CKEIR_FAULT="rank=1,step=4,kind=stop", CKEIR_WATCHDOG_SECONDS=period)
-    cmd = [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"]
+    cmd, env = _stopped_rank_run(tmp_path, step=4, watchdog_env=period)
     cmd += ["--watchdog", "2"] if setting == "flag" else []
     t0 = time.perf_counter()
     with adopting() as adoption:
@@ -260,25 +253,11 @@ def test_stopped_local_rank_is_named_by_the_watchdog(tmp_path, setting):
 def test_killing_ckec_run_ends_its_ranks(tmp_path):
     """SIGKILL `ckec run` while one of its ranks is stopped and the other waits for it (the
     watchdog off): both ranks are gone within seconds."""
-    import os
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent / "transport"))
-    from reaping import adopting
-
-    path = spec(
-        tmp_path,
-        "pp",
-        """
-  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
-  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
-    )
-    env = dict(os.environ, CKEIR_FAULT="rank=1,step=2,kind=stop", CKEIR_WATCHDOG_SECONDS="0")
-    cmd = [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"]
+    cmd, env = _stopped_rank_run(tmp_path, step=2, watchdog_env="0")
     with adopting() as adoption:
         proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
         try:
@@ -293,6 +272,24 @@ def test_killing_ckec_run_ends_its_ranks(tmp_path):
             proc.kill()
             proc.wait()
         assert adoption.leftovers() == []
+
+
+def _stopped_rank_run(tmp_path, step: int, watchdog_env: str) -> tuple[list[str], dict]:
+    """`ckec run` of a 2-stage pipeline whose rank 1 SIGSTOPs itself at `step`, and its
+    environment ($CKEIR_WATCHDOG_SECONDS = `watchdog_env`)."""
+    import os
+    import sys
+
+    path = spec(
+        tmp_path,
+        "pp",
+        """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }""",
+    )
+    fault = f"rank=1,step={step},kind=stop"
+    env = dict(os.environ, CKEIR_FAULT=fault, CKEIR_WATCHDOG_SECONDS=watchdog_env)
+    return [sys.executable, "-m", "ckeir.cli", "run", str(path), "--ids", "1,2,3", "-n", "40"], env
 
 
 def _child_states(pid: int) -> list[str]:
