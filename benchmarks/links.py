@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import common_args, host_line, print_table, write_json  # noqa: E402
 
 import ckeir  # noqa: E402
-from ckeir import cost  # noqa: E402
+from ckeir.planner import cost  # noqa: E402
 from ckeir.reports.plan import plan_report  # noqa: E402
 from ckeir.runtime.launch import measured_hops, run_local, spec_links  # noqa: E402
 

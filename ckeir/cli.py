@@ -481,7 +481,7 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
     stats = GenerationStats(**result["stats"])
     print(_summary(stats) + f" | {prog.world_size} local ranks", file=sys.stderr)
     report = {"ranks": {}, "hops": []}
-    from ckeir import cost
+    from ckeir.planner import cost
     from ckeir.reports.run import decode_active_bytes
 
     per_token = stats.decode_seconds / max(stats.generated_tokens - 1, 1)
@@ -507,7 +507,7 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         }
     for (a, b), h in sorted(measured_hops(result).items()):
         link = prog.job.cluster.link(prog.rank_nodes[a], prog.rank_nodes[b])
-        from ckeir import cost
+        from ckeir.planner import cost
 
         pred = cost.LinkModel(link.bw, link.latency).time(h["bytes"]) if link else None
         report["hops"].append(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import attrs
 
-from ckeir import cost
 from ckeir.errors import PassError
 from ckeir.formats import FFN_SHARD_UNIT, FORMATS
 from ckeir.ir.attributes import to_attr
@@ -37,6 +36,8 @@ from ckeir.ir.types import (
 )
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import require_ranked, retype
+from ckeir.planner import cost
+from ckeir.planner.predict import fits, predict
 
 FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks
 
@@ -514,6 +515,39 @@ def choose(decl, phase, shape, rank_of, nodes, func, ctx) -> PhasePlan:
         ]
         check_coverage(phase, stages, shape.layers)
         return plan_from_stages(phase, stages, rank_of, nodes, shape)
-    from ckeir.passes.predict import auto_plan
-
     return auto_plan(phase, shape, rank_of, nodes, func, ctx)
+
+
+def auto_plan(phase, shape, rank_of, nodes, func, ctx):
+    """Compare single-node, pipeline and tensor-parallel placements on the predicted
+    latency; keep the fastest that fits in memory."""
+    cluster = ctx.options["cluster"]
+    names = list(rank_of)
+    ranks = {r: n for n, r in rank_of.items()}
+    last = shape.layers - 1
+    candidates = [(f"{n} alone", [((n,), 0, last)]) for n in names]
+    if 1 < len(names) <= shape.layers:  # a pipeline stage needs a layer
+        candidates.append(
+            ("pipeline over " + ", ".join(names), split_layers(shape.layers, names, nodes, phase))
+        )
+        if len(names) <= shape.kv_heads:
+            candidates.append(
+                ("tensor parallel over " + ", ".join(names), [(tuple(names), 0, last)])
+            )
+    tokens = 1 if phase == "decode" else func.attr("max_tokens", 1)
+    results = []
+    for desc, stages in candidates:
+        try:
+            plan = plan_from_stages(phase, stages, rank_of, nodes, shape)
+        except PassError:
+            continue
+        programs = {r: rank_program(func, plan, r, shape) for r in plan.ranks}
+        pred = predict(plan, programs, nodes, ranks, cluster, tokens, context=tokens)
+        results.append((desc, plan, pred, fits(pred, nodes, ranks)))
+    fitting = [r for r in results if r[3]]
+    if not fitting:
+        raise PassError(f"phase {phase}: no placement fits the nodes' memory")
+    desc, plan, pred, _ = min(fitting, key=lambda r: r[2].latency)
+    table = tuple((d, p.latency, f) for d, _, p, f in results)
+    why = f"{desc}: lowest predicted latency ({pred.latency * 1e3:.3f} ms) that fits memory"
+    return attrs.evolve(plan, auto=True, why=why, candidates=table)

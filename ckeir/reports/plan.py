@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ckeir import cost
 from ckeir.ir.types import nbytes, quant_type
 from ckeir.passes.manager import funcs
 from ckeir.passes.place import rank_memory
-from ckeir.passes.predict import predict
+from ckeir.planner import cost
+from ckeir.planner.predict import predict
 from ckeir.units import format_bytes, format_seconds
 
 PREFILL_TOKENS = 128  # the prompt length predictions assume

@@ -6,8 +6,8 @@ outside kernels is a decode step's wall time minus the time spent in native code
 
 from __future__ import annotations
 
-from ckeir import cost
 from ckeir.passes.manager import funcs
+from ckeir.planner import cost
 
 
 def decode_active_bytes(prog, context: int, rank: int | None = None) -> int:

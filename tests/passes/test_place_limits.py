@@ -12,12 +12,12 @@ from cli_runner import ckec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ckeir import cost
 from ckeir.driver import build_ir, resolve
 from ckeir.errors import PassError
 from ckeir.ir import print_ir
 from ckeir.passes import PassContext, PassManager, parse_pipeline
 from ckeir.passes.place import Shape, make_stage, split_layers
+from ckeir.planner import cost
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "specs" / "tiny.cke"

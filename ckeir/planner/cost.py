@@ -14,7 +14,7 @@ import math
 import attrs
 
 from ckeir.ir.core import Operation
-from ckeir.ir.types import ShapedType, nbytes
+from ckeir.ir.types import ShapedType, nbytes, quant_type
 
 CLOCK_HZ = 3.0e9  # assumed core clock
 FLOPS_PER_CYCLE = 32  # one 16-lane FMA pipe: 16 multiplies + 16 adds per cycle
@@ -105,6 +105,16 @@ def op_time(op: Operation, node: NodeModel, tokens: int, context: int) -> float:
         seconds(op_bytes(op, tokens, context), node.dram_bw),
         seconds(op_flops(op, tokens, context), node.peak_flops),
     )
+
+
+def message_bytes(t: ShapedType, fmt: str = "f32", tokens: int = 1) -> int:
+    """Bytes one message carrying value type `t` puts on the wire: `tokens` rows when the row
+    count is dynamic, each row in transfer format `fmt` (f32, or Q8_0 blocks)."""
+    rows = rows_of(t, tokens) if t.rank >= 1 else 1
+    one = t.with_shape((1, *t.shape[1:])) if t.rank >= 1 else t
+    if fmt != "f32":
+        one = one.with_element(quant_type(fmt))
+    return rows * nbytes(one)
 
 
 def allreduce_time(nbytes: int, ranks: int, link: LinkModel) -> float:

@@ -1,15 +1,14 @@
-"""Predictions for placements (not a pass): per-rank time, per-stage time, hops, bubbles,
-memory, and the `auto` choice.  The formulas are `ckeir.cost`'s; this module applies them to
-the per-rank programs that `place` cuts."""
+"""Predictions for placements: per-rank time, per-stage time, hops, bubbles and memory.  The
+formulas are `ckeir.planner.cost`'s; this module applies them to the per-rank programs that
+`place` cuts (the place pass compares its `auto` candidates with it)."""
 
 from __future__ import annotations
 
 import attrs
 
-from ckeir import cost
-from ckeir.errors import PassError
 from ckeir.ir.core import Operation
 from ckeir.ir.types import ShapedType, nbytes
+from ckeir.planner import cost
 
 
 @attrs.frozen
@@ -94,40 +93,3 @@ def _row_bytes(t: ShapedType, tokens: int) -> int:
 
 def fits(pred: Prediction, nodes, ranks) -> bool:
     return all(pred.memory[r] <= nodes[ranks[r]].dram for r in pred.memory)
-
-
-def auto_plan(phase, shape, rank_of, nodes, func, ctx):
-    """Compare single-node, pipeline and tensor-parallel placements on the predicted
-    latency; keep the fastest that fits in memory."""
-    from ckeir.passes.place import plan_from_stages, rank_program, split_layers
-
-    cluster = ctx.options["cluster"]
-    names = list(rank_of)
-    ranks = {r: n for n, r in rank_of.items()}
-    last = shape.layers - 1
-    candidates = [(f"{n} alone", [((n,), 0, last)]) for n in names]
-    if 1 < len(names) <= shape.layers:  # a pipeline stage needs a layer
-        candidates.append(
-            ("pipeline over " + ", ".join(names), split_layers(shape.layers, names, nodes, phase))
-        )
-        if len(names) <= shape.kv_heads:
-            candidates.append(
-                ("tensor parallel over " + ", ".join(names), [(tuple(names), 0, last)])
-            )
-    tokens = 1 if phase == "decode" else func.attr("max_tokens", 1)
-    results = []
-    for desc, stages in candidates:
-        try:
-            plan = plan_from_stages(phase, stages, rank_of, nodes, shape)
-        except PassError:
-            continue
-        programs = {r: rank_program(func, plan, r, shape) for r in plan.ranks}
-        pred = predict(plan, programs, nodes, ranks, cluster, tokens, context=tokens)
-        results.append((desc, plan, pred, fits(pred, nodes, ranks)))
-    fitting = [r for r in results if r[3]]
-    if not fitting:
-        raise PassError(f"phase {phase}: no placement fits the nodes' memory")
-    desc, plan, pred, _ = min(fitting, key=lambda r: r[2].latency)
-    table = tuple((d, p.latency, f) for d, _, p, f in results)
-    why = f"{desc}: lowest predicted latency ({pred.latency * 1e3:.3f} ms) that fits memory"
-    return attrs.evolve(plan, auto=True, why=why, candidates=table)
