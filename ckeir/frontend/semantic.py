@@ -346,6 +346,7 @@ def check_schedule(s: ScheduleDecl) -> ScheduleDecl:
     if s.batch is not None and not limits.in_int_range(s.batch, 1, limits.MAX_BATCH):
         message = limits.range_message("batch", s.batch, 1, limits.MAX_BATCH)
         raise SpecError(message, loc=s.key_locs["batch"])
+    _check_batch_is_one(s)
     for phase in s.phases.values():
         _check_phase(phase)
     return attrs.evolve(
@@ -355,6 +356,17 @@ def check_schedule(s: ScheduleDecl) -> ScheduleDecl:
         activation_format=s.activation_format or "q8_0",
         batch=s.batch or 1,
     )
+
+
+def _check_batch_is_one(s: ScheduleDecl) -> None:
+    # Every program decodes one sequence: a larger batch would be reported but not run,
+    # so it is refused until batched decoding exists.
+    if s.batch is not None and s.batch > 1:
+        raise SpecError(
+            f"batch {s.batch}: programs decode one sequence each for now",
+            loc=s.key_locs["batch"],
+            hint="write `batch 1` or leave the statement out",
+        )
 
 
 def _check_phase(phase: PhaseDecl) -> None:

@@ -148,7 +148,7 @@ def test_a_file_model_keeps_unstated_parameters_unknown():
 
 def test_schedule_statements():
     spec = spec_with(
-        "quantize weights q4_1 except [token_embd, output]\nquantize transfers q8_0\nbatch 4\n"
+        "quantize weights q4_1 except [token_embd, output]\nquantize transfers q8_0\nbatch 1\n"
         "phase prefill { auto }\nphase decode { stage n0 layers 0..1 }"
     )
     s = spec.schedule()
@@ -156,7 +156,7 @@ def test_schedule_statements():
         "q4_1",
         ("token_embd", "output"),
         "q8_0",
-        4,
+        1,
     )
     assert s.phases["prefill"] == PhaseDecl("prefill", auto=True)
 

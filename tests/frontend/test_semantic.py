@@ -256,12 +256,22 @@ def test_run_names_must_exist(run, message, col):
         ("phase decode { auto }\nphase decode { auto }",
          "'phase decode' is given twice in schedule s", "phase decode"),
         ("batch 0", "batch must be between 1 and 4096, not 0", "batch 0"),
+        ("batch 2", "batch 2: programs decode one sequence each for now", "batch 2"),
     ],
 )  # fmt: skip
 def test_phase_errors(body, message, at):
     err = error(f"{MODEL}{CLUSTER}schedule s {{\n  run m on c\n  {body}\n}}")
     assert err.message == message
     assert where(err).startswith(at)
+
+
+def test_batch_larger_than_one_is_refused_not_reported_and_ignored():
+    """Programs decode one sequence each: `batch 1` (or none) is the only honest batch."""
+    assert spec("  batch 1").schedule().batch == 1
+    err = error(f"{MODEL}{CLUSTER}schedule s {{\n  run m on c\n  batch 8\n}}")
+    assert (err.loc.line, err.loc.col) == (11, 3)
+    assert err.hint == "write `batch 1` or leave the statement out"
+    assert err.format().splitlines()[1:3] == ["      batch 8", "      ^"]
 
 
 def test_layer_coverage_waits_for_the_layer_count_of_a_file_model():

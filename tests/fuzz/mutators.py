@@ -207,6 +207,7 @@ SPEC_SETTINGS = (
     ("schedule", "batch 1000000000000000000000000000000"),
     ("schedule", "batch 0"),
     ("schedule", "batch 5000"),
+    ("schedule", "batch 2"),  # programs decode one sequence each for now
     ("schedule", "quantize weights q8_0 except [nonexistent]"),
     ("schedule", "quantize weights q4_1 except [token_embd, token_embd]"),
     ("schedule", "quantize transfers q8_0"),
@@ -559,6 +560,7 @@ NONSENSE = (
     "batch 1000000000000000000000000000000",
     "batch 0",
     "batch 5000",
+    "batch 2",
     "quantize weights q8_0 except [nonexistent]",
     "run nonexistent on nonexistent",
 )
