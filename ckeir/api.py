@@ -15,6 +15,7 @@ from ckeir.backends.reference import ReferenceEngine
 from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
 from ckeir.outputs import check_output_dir, write_output
+from ckeir.ranks import run_local
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
@@ -207,8 +208,6 @@ class Program:
         over several nodes runs here as local ranks (one process each), unless this
         Program is already one rank of a running world."""
         if self.world_size > 1 and self.transport is None:
-            from ckeir.runtime.launch import run_local
-
             ids = self.check_request(ids, max_new_tokens)
             return run_local(self, ids, max_new_tokens)["tokens"]
         return list(self.stream(ids, max_new_tokens))

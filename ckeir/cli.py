@@ -459,8 +459,8 @@ def _transport(args):
 
 
 def _run_local_ranks(args, prog, ids, progress) -> int:
+    from ckeir.ranks import measured_hops, run_local, spec_links
     from ckeir.runtime.generate import GenerationStats
-    from ckeir.runtime.launch import measured_hops, run_local, spec_links
 
     progress.stage(f"starting {prog.world_size} local ranks")
     progress.done()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ckeir
-from ckeir.runtime.launch import run_local
+from ckeir.ranks import run_local
 
 sys.path.insert(0, str(Path(__file__).parent / "transport"))
 from reaping import adopting  # noqa: E402

@@ -1,7 +1,10 @@
 """Starting the ranks of a distributed schedule: local processes (one per rank, shared-memory
 transport) or MPI (each process started by mpiexec takes its rank from the communicator).
 Every rank compiles the same spec (the passes are deterministic), keeps its own programs and
-loads only its own weights and shards from its copy of the model file."""
+loads only its own weights and shards from its copy of the model file.
+
+This module sits beside `ckeir.api`, below it: a rank builds its program through the factory
+it is handed (`Program` itself), so neither module imports the other's caller."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from ckeir.runtime.generate import GenerationStats
 
 def rank_main(
     transport,
+    make_program,
     spec_path,
     options: dict,
     ids,
@@ -17,11 +21,10 @@ def rank_main(
     prompt=None,
     collect_logits: bool = False,
 ):
-    """The body of one rank: compile, generate, and return tokens, stats and evidence (and,
-    on the rank that computes them, each step's logits)."""
-    from ckeir.api import Program
-
-    with Program(spec_path, transport=transport, **options) as prog:
+    """The body of one rank: compile (`make_program(spec_path, transport=..., **options)`),
+    generate, and return tokens, stats and evidence (and, on the rank that computes them,
+    each step's logits)."""
+    with make_program(spec_path, transport=transport, **options) as prog:
         if prompt is not None:
             ids = prog.tokenizer.encode(prompt)
         stats = GenerationStats()
@@ -112,6 +115,7 @@ def run_local(
         program.world_size,
         rank_main,
         args=(
+            type(program),
             program.spec_path,
             _rank_options(program),
             ids,
