@@ -127,11 +127,20 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
-def _cores() -> int:
+def usable_cpu_ids() -> tuple[int, ...]:
+    """The CPUs this process may run on (its affinity), in order.  Where the affinity cannot
+    be read (not Linux), every CPU the machine has."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = os.sched_getaffinity(0)
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = range(os.cpu_count() or 1)
+    return tuple(sorted(cpus)) or (0,)
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on: the one CPU count of ckeir (thread pools,
+    ranks per machine, whether waiters outnumber CPUs)."""
+    return len(usable_cpu_ids())
 
 
 @functools.cache
@@ -149,7 +158,7 @@ def native_host() -> HostCPU:
         l1d=caches["l1d"],
         l2=caches["l2"],
         l3=caches["l3"],
-        cores=_cores(),
+        cores=usable_cpus(),
     )
 
 

@@ -5,14 +5,16 @@ persist across calls.  Dispatch and waiting are JIT-compiled (`_native_ir`), so 
 is a single ctypes call that releases the GIL and returns when every thread is done:
 
 - the caller publishes fn/ctx, bumps a generation word (seq_cst) and runs its own share;
-- each worker, parked inside one long ctypes call, spins on the generation for
-  `SPIN_ITERS` pause instructions (≈ 0.1–1 ms), then sleeps on it with a futex; the
-  caller makes the futex wake system call only when some worker is asleep;
-- the caller spins (then futex-sleeps) until every worker has counted itself done.
+- each worker, parked inside one long ctypes call, waits for the generation to change as
+  every ckeir wait does (`wait.POOL_JOB`: spin ≈ 0.4 ms, offering the CPU after 50 µs, then
+  sleep on a futex); the caller makes the futex wake system call only when some worker is
+  asleep;
+- the caller waits the same way (`wait.POOL_DONE`) until every worker has counted itself
+  done.
 
 Failures never hang the caller: an exception raised by a Python callable run on the pool
 is caught in its thread and re-raised by `run` as a `BackendError`; a worker thread that
-dies sets a `failed` word that the caller's wait checks (it sleeps with a 10 ms timeout),
+dies sets a `failed` word that the caller's wait checks (it sleeps in naps of 10 ms),
 and `run` raises.
 
 Per-call overhead of an empty native fn (`measure_overhead`; Zen 4 VM, 2 cores, Python
@@ -25,25 +27,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import platform
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 
+from ckeir.backends.llvm import wait
 from ckeir.backends.llvm.host import HostCPU, detect_host
 from ckeir.backends.llvm.jit import CompiledModule, compile_ir
 from ckeir.backends.llvm.kernels.common import FunctionWriter
-from ckeir.backends.llvm.kernels.sync import spin_hint
 from ckeir.errors import BackendError
 
 ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
-SPIN_ITERS = 20000
-SPIN_ITERS_OVERSUBSCRIBED = 50  # more threads than cores: spinning steals the CPU a peer needs
 
 # Control block offsets: the words threads contend on each get a cache line.
-GEN, DONE, SLEEPERS, CALLER_SLEEPS, FN, CTX, NTH, SHUTDOWN, FAILED, SPINS = (
+GEN, DONE, SLEEPERS, CALLER_SLEEPS, FN, CTX, NTH, SHUTDOWN, FAILED, SPIN_NS, YIELD_NS = (
     0,
     64,
     128,
@@ -53,15 +51,10 @@ GEN, DONE, SLEEPERS, CALLER_SLEEPS, FN, CTX, NTH, SHUTDOWN, FAILED, SPINS = (
     272,
     276,
     280,
-    284,
+    288,
+    296,
 )
 CTL_BYTES = 320
-
-_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(
-    platform.machine().lower()
-)
-_HAVE_FUTEX = sys.platform.startswith("linux") and _SYS_FUTEX is not None
-FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 
 
 # ---- native side ------------------------------------------------------------------------------
@@ -85,26 +78,19 @@ class _Ctl:
     def add(self, offset: int, delta: int) -> None:
         self.f(f"atomicrmw add ptr {self.ptr(offset)}, i32 {delta} seq_cst, align 4")
 
+    def wait(self, ready: Callable[[], str], word: int, sleepers: int, budget: wait.Budget) -> None:
+        """Wait until `ready()` as every ckeir wait does: spin and yield as the pool's
+        budget stored in the control block says (crowded or not), then sleep on `word`
+        in naps of `budget.nap_s`, announcing the sleep on `sleepers`."""
+        f = self.f
+        spin_ns = f.load("i64", self.ptr(SPIN_NS), 8)
+        yield_ns = f.load("i64", self.ptr(YIELD_NS), 8)
+        nap = str(wait.ns(budget.nap_s))
+        sleep = wait.Sleep(self.ptr(word), self.ptr(sleepers), shared=False, nap_ns=nap)
+        wait.wait_until(f, ready, spin_ns, yield_ns, sleep)
 
-def _futex_wait(f: FunctionWriter, word: str, expected: str, timeout_ns: int) -> None:
-    if not _HAVE_FUTEX:  # portable fallback: give the CPU away and poll again
-        f.declare("declare i32 @sched_yield()")
-        f.call("i32", "sched_yield", [])
-        return
-    ts = f.var("{ i64, i64 }", f"{{ i64 {timeout_ns // 10**9}, i64 {timeout_ns % 10**9} }}", "ts")
-    val = f(f"zext i32 {expected} to i64")
-    f.declare("declare i64 @syscall(i64, ...)")
-    f(
-        f"call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr {word}, i64 {FUTEX_WAIT_PRIVATE}, i64 {val}, ptr {ts.ptr}, ptr null, i64 0)"
-    )
-
-
-def _futex_wake(f: FunctionWriter, word: str, count: int) -> None:
-    if _HAVE_FUTEX:
-        f.declare("declare i64 @syscall(i64, ...)")
-        f(
-            f"call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr {word}, i64 {FUTEX_WAKE_PRIVATE}, i64 {count}, ptr null, ptr null, i64 0)"
-        )
+    def wake(self, word: int, sleepers: int, count: int) -> None:
+        wait.wake_sleepers(self.f, self.ptr(word), self.ptr(sleepers), False, count)
 
 
 def _worker_ir() -> FunctionWriter:
@@ -114,43 +100,18 @@ def _worker_ir() -> FunctionWriter:
         "cke_pool_worker", [("ptr", "%ctl"), ("i32", "%tid")], linkage="", attributes="nounwind"
     )
     c = _Ctl(f)
-    seen, spins = f.var("i32", "0", "seen"), f.var("i32", "0", "spins")
-    head, idle, pause, sleep, nap, woke, job, run, wake, out = (
-        f.label(x)
-        for x in ("head", "idle", "pause", "sleep", "nap", "woke", "job", "run", "wake", "out")
-    )
+    seen = f.var("i32", "0", "seen")
+    head, run, out = f.label("head"), f.label("run"), f.label("out")
     f.br(head)
     f.start(head)
-    now = c.load(GEN)
-    f.cbr(f(f"icmp ne i32 {now}, {f.get(seen)}"), job, idle)
-    f.start(idle)
-    n = f(f"add i32 {f.get(spins)}, 1")
-    f.set(spins, n)
-    f.cbr(f(f"icmp ult i32 {n}, {c.load(SPINS, 'monotonic')}"), pause, sleep)
-    f.start(pause)
-    spin_hint(f)
-    f.br(head)
-    f.start(sleep)  # announce, re-check, sleep: the dispatcher bumps GEN then reads SLEEPERS
-    c.add(SLEEPERS, 1)
-    again = c.load(GEN, "seq_cst")
-    f.cbr(f(f"icmp eq i32 {again}, {f.get(seen)}"), nap, woke)
-    f.start(nap)
-    _futex_wait(f, c.ptr(GEN), again, 1_000_000_000)
-    f.br(woke)
-    f.start(woke)
-    c.add(SLEEPERS, -1)
-    f.br(head)
-    f.start(job)
-    f.set(seen, now)
-    f.set(spins, "0")
+    c.wait(lambda: f(f"icmp ne i32 {c.load(GEN)}, {f.get(seen)}"), GEN, SLEEPERS, wait.POOL_JOB)
+    f.set(seen, c.load(GEN))
     f.cbr(f(f"icmp ne i32 {c.load(SHUTDOWN)}, 0"), out, run)
     f.start(run)
     fn, ctx = f.load("ptr", c.ptr(FN), 8), f.load("ptr", c.ptr(CTX), 8)
     f.op(f"call void {fn}(ptr {ctx}, i32 %tid, i32 {f.load('i32', c.ptr(NTH))})")
     c.add(DONE, 1)
-    f.cbr(f(f"icmp ne i32 {c.load(CALLER_SLEEPS, 'seq_cst')}, 0"), wake, head)
-    f.start(wake)
-    _futex_wake(f, c.ptr(DONE), 1)
+    c.wake(DONE, CALLER_SLEEPS, 1)
     f.br(head)
     f.start(out)
     return f
@@ -167,46 +128,21 @@ def _run_ir() -> FunctionWriter:
         attributes="nounwind",
     )
     c = _Ctl(f)
-    go, wake_all, head, spin, pause, sleep, nap, woke, out = (
-        f.label(x)
-        for x in ("go", "wakeall", "head", "spin", "pause", "sleep", "nap", "woke", "out")
-    )
     f.store("ptr", "%fn", c.ptr(FN), 8)
     f.store("ptr", "%ctx", c.ptr(CTX), 8)
     c.store(DONE, "0", "monotonic")
     c.add(GEN, 1)  # seq_cst: publishes fn/ctx/done, and orders against SLEEPERS below
-    f.cbr(f(f"icmp ne i32 {c.load(SLEEPERS, 'seq_cst')}, 0"), wake_all, go)
-    f.start(wake_all)
-    _futex_wake(f, c.ptr(GEN), 2**31 - 1)
-    f.br(go)
-    f.start(go)
+    c.wake(GEN, SLEEPERS, wait.WAKE_ALL)
     nth = f.load("i32", c.ptr(NTH))
     f.op(f"call void %fn(ptr %ctx, i32 0, i32 {nth})")
     want = f(f"sub i32 {nth}, 1")
-    spins = f.var("i32", "0", "spins")
-    f.br(head)
-    f.start(head)
-    got, failed = c.load(DONE), c.load(FAILED)
-    f.cbr(f(f"or i1 {f(f'icmp eq i32 {got}, {want}')}, {f(f'icmp ne i32 {failed}, 0')}"), out, spin)
-    f.start(spin)
-    n = f(f"add i32 {f.get(spins)}, 1")
-    f.set(spins, n)
-    f.cbr(f(f"icmp ult i32 {n}, {c.load(SPINS, 'monotonic')}"), pause, sleep)
-    f.start(pause)
-    spin_hint(f)
-    f.br(head)
-    f.start(sleep)
-    c.store(CALLER_SLEEPS, "1")
-    again = c.load(DONE, "seq_cst")
-    f.cbr(f(f"icmp ne i32 {again}, {want}"), nap, woke)
-    f.start(nap)
-    _futex_wait(f, c.ptr(DONE), again, 10_000_000)  # wakes by itself to re-check FAILED
-    f.br(woke)
-    f.start(woke)
-    c.store(CALLER_SLEEPS, "0")
-    f.br(head)
-    f.start(out)
-    f.op(f"ret i32 {failed}")
+
+    def finished() -> str:  # every worker done, or one of them failed
+        done = f(f"icmp eq i32 {c.load(DONE)}, {want}")
+        return f(f"or i1 {done}, {f(f'icmp ne i32 {c.load(FAILED)}, 0')}")
+
+    c.wait(finished, DONE, CALLER_SLEEPS, wait.POOL_DONE)
+    f.op(f"ret i32 {c.load(FAILED)}")
     return f
 
 
@@ -216,7 +152,7 @@ def _stop_ir() -> FunctionWriter:
     c = _Ctl(f)
     c.store(SHUTDOWN, "1")
     c.add(GEN, 1)
-    _futex_wake(f, c.ptr(GEN), 2**31 - 1)
+    wait.futex_wake(f, c.ptr(GEN), wait.WAKE_ALL, shared=False)
     return f
 
 
@@ -247,8 +183,10 @@ class _Shared:
         self.buf = ctypes.create_string_buffer(CTL_BYTES + 64)
         self.ctl = (ctypes.addressof(self.buf) + 63) // 64 * 64
         ctypes.c_int32.from_address(self.ctl + NTH).value = nth
-        spins = SPIN_ITERS if nth <= host.cores else SPIN_ITERS_OVERSUBSCRIBED
-        ctypes.c_int32.from_address(self.ctl + SPINS).value = spins
+        # one spin for both waits (POOL_DONE differs from POOL_JOB only in its naps)
+        budget = wait.POOL_JOB.for_waiters(nth, host.cores)
+        ctypes.c_int64.from_address(self.ctl + SPIN_NS).value = wait.ns(budget.spin_s)
+        ctypes.c_int64.from_address(self.ctl + YIELD_NS).value = wait.ns(budget.yield_after_s)
         self.module, self.worker, self.run, self.stop = _native(host)
         self.errors: list[tuple[int, BaseException]] = []
         self.lock = threading.Lock()
