@@ -116,7 +116,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulate-links",
         action="store_true",
-        help="local ranks: delay each message as the spec's link would (latency + bytes/bw)",
+        help="delay each message between ranks as the spec's link would (latency + bytes/bw)",
     )
     p.add_argument(
         "--check-parity",
@@ -404,47 +404,73 @@ def _run(args, ids, transport) -> int:
         )
         with prog:
             # only a text prompt needs the model's tokenizer: --ids runs a model without one
-            tokenizer = prog.tokenizer if args.prompt is not None else None
             if args.prompt is not None:
-                if tokenizer is None:
+                if prog.tokenizer is None:
                     raise CkeError(
                         "--prompt needs a tokenizer from the model file; this model "
                         "has none (give --ids)"
                     )
-                ids = tokenizer.encode(args.prompt)
+                ids = prog.tokenizer.encode(args.prompt)
             ids = _checked_request(args, prog, ids)  # before any rank starts
             _check_measured(args, prog)
             _check_world(args, prog, transport)
             if prog.world_size > 1 and transport is None:
                 return _run_local_ranks(args, prog, ids, progress)
-            _ = prog.engine  # loads weights and starts the threads under the progress display
-            progress.done()
-            from ckeir.runtime.generate import GenerationStats
+            return _run_here(args, prog, ids, transport, progress)
 
-            stats = GenerationStats()
-            stream = prog.stream(ids, args.max_new_tokens, stats)
-            quiet = transport is not None and transport.rank != 0  # one rank prints
-            if args.prompt is not None:
-                from ckeir.runtime.tokenizer import StreamDecoder
 
-                dec = StreamDecoder(tokenizer)
-                out = sys.stdout if not quiet else open(os.devnull, "w")  # noqa: SIM115
-                out.write(args.prompt)
-                out.flush()
-                for tok in stream:  # each piece as soon as its token exists
-                    out.write(dec.push(tok))
-                    out.flush()
-                out.write("\n")
-            else:
-                tokens = list(stream)
-                if not quiet:
-                    print(",".join(map(str, tokens)))
-            if not quiet:
-                print(_summary(stats), file=sys.stderr)
-                _reports(args, prog, stats)
-                if args.timing:
-                    _timing(prog)
+def _run_here(args, prog, ids, transport, progress) -> int:
+    """This process is the only rank, or one rank of an MPI world: generate, printing
+    tokens as they come (rank 0 only); rank 0 gathers every rank's figures for the
+    evidence."""
+    from ckeir.ranks import run_rank, spec_links
+
+    links = spec_links(prog) if args.simulate_links and transport is not None else None
+    if links is not None:
+        transport.link_model = links  # messages between MPI ranks delayed as the spec's links
+    _ = prog.engine  # loads weights and starts the threads under the progress display
+    progress.done()
+    out = _TokenPrinter(args, prog, quiet=transport is not None and transport.rank != 0)
+    figures = run_rank(prog, ids, args.max_new_tokens, transport, args.check_parity, out.push)
+    out.finish()
+    gathered = transport.gather_object(figures) if transport is not None else [figures]
+    if gathered is not None:  # rank 0
+        where = f" | {transport.size} MPI ranks" if transport is not None else ""
+        _evidence(args, prog, ids, gathered, links, where)
+        if args.timing:
+            _timing(prog)
     return 0
+
+
+class _TokenPrinter:
+    """Prints the generated tokens: the prompt then each piece of text as soon as its token
+    exists (--prompt), or the ids separated by commas (--ids).  `quiet`: print nothing (a
+    rank other than 0)."""
+
+    def __init__(self, args, prog, quiet: bool):
+        self.quiet = quiet
+        self.tokens: list[int] = []
+        self.decoder = None
+        if args.prompt is not None and not quiet:
+            from ckeir.runtime.tokenizer import StreamDecoder
+
+            self.decoder = StreamDecoder(prog.tokenizer)
+            sys.stdout.write(args.prompt)
+            sys.stdout.flush()
+
+    def push(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.decoder is not None:
+            sys.stdout.write(self.decoder.push(token))
+            sys.stdout.flush()
+
+    def finish(self) -> None:
+        if self.quiet:
+            return
+        if self.decoder is not None:
+            sys.stdout.write("\n")
+        else:
+            print(",".join(map(str, self.tokens)))
 
 
 def _transport(args):
@@ -459,8 +485,7 @@ def _transport(args):
 
 
 def _run_local_ranks(args, prog, ids, progress) -> int:
-    from ckeir.ranks import measured_hops, run_local, spec_links
-    from ckeir.runtime.generate import GenerationStats
+    from ckeir.ranks import run_local, spec_links
 
     progress.stage(f"starting {prog.world_size} local ranks")
     progress.done()
@@ -478,99 +503,60 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         print(args.prompt + prog.tokenizer.decode(tokens))
     else:
         print(",".join(map(str, tokens)))
-    stats = GenerationStats(**result["stats"])
-    print(_summary(stats) + f" | {prog.world_size} local ranks", file=sys.stderr)
-    report = {"ranks": {}, "hops": []}
-    from ckeir.planner import cost
-    from ckeir.reports.run import decode_active_bytes
-
-    per_token = stats.decode_seconds / max(stats.generated_tokens - 1, 1)
-    context = int(stats.prompt_tokens + stats.generated_tokens / 2)
-    total_active = decode_active_bytes(prog, context)
-    report["decode_seconds_per_token"] = per_token
-    report["active_bytes_per_token"] = total_active
-    report["cku_bytes_per_second"] = cost.cku(total_active, per_token)
-    for r in result["ranks"]:
-        steps = r["steps"]
-        report["ranks"][r["rank"]] = {
-            "node": prog.rank_nodes[r["rank"]],
-            "tokens": r["tokens"],
-            "stats": r["stats"],
-            "seconds_by_step": steps,
-            "transport": r["transport"],
-            "active_bytes_per_token": decode_active_bytes(prog, context, r["rank"]),
-            "cku_bytes_per_second": cost.cku(
-                decode_active_bytes(prog, context, r["rank"]), per_token
-            ),
-            "busy_seconds": steps.get("native", 0.0),
-            "waiting_seconds": sum(v for k, v in steps.items() if k != "native"),
-        }
-    for (a, b), h in sorted(measured_hops(result).items()):
-        link = prog.job.cluster.link(prog.rank_nodes[a], prog.rank_nodes[b])
-        from ckeir.planner import cost
-
-        pred = cost.LinkModel(link.bw, link.latency).time(h["bytes"]) if link else None
-        report["hops"].append(
-            {
-                "from": a,
-                "to": b,
-                "messages": h["count"],
-                "mean_bytes": h["bytes"],
-                "measured_seconds": h["seconds"],
-                "predicted_seconds": pred,
-                "links_simulated": bool(links),
-            }
-        )
-    print(
-        f"CKU {report['cku_bytes_per_second'] / 1e9:.2f} GB/s in total ("
-        + ", ".join(
-            f"rank {r}: {v['cku_bytes_per_second'] / 1e9:.2f}" for r, v in report["ranks"].items()
-        )
-        + f") | active {total_active / 1e6:.1f} MB/token",
-        file=sys.stderr,
-    )
-    if args.check_parity:
-        from ckeir.api import Program
-        from ckeir.reports.parity import compare, describe
-
-        logits = {}
-        for r in result["ranks"]:
-            logits.update(r["logits"])
-        ref_logits = []
-        with Program(args.spec, schedule=args.schedule, isa=args.isa, single_rank=True) as one:
-            ref = list(
-                one.stream(
-                    ids, args.max_new_tokens, on_logits=lambda i, x: ref_logits.append(x.copy())
-                )
-            )
-        report["parity"] = compare(tokens, logits, ref, ref_logits)
-        print(describe(report["parity"]), file=sys.stderr)
-    if args.report:
-        _write_json(args.report, report, "--report")
-    if args.trace:
-        from ckeir.reports.trace import write_trace
-
-        events = {r["rank"]: r["events"] for r in result["ranks"]}
-        write_trace(args.trace, events, prog.rank_nodes, "--trace")
+    _evidence(args, prog, ids, result["ranks"], links, f" | {prog.world_size} local ranks")
     return 0
 
 
-def _reports(args, prog, stats) -> None:
+def _evidence(args, prog, ids, figures: list[dict], links, where: str) -> None:
+    """On rank 0, from every rank's figures (in rank order): the summary, the parity check,
+    the run report and the trace — one path for one rank, local ranks and MPI ranks."""
     from ckeir.reports.run import run_report, summary_line
-
-    if args.backend != "llvm" or stats.generated_tokens < 2:
-        return
     from ckeir.runtime.bandwidth import read_bandwidth
+    from ckeir.runtime.generate import GenerationStats
 
-    bw = read_bandwidth(prog.threads, measure=args.measure_bandwidth, host=prog.host)
-    report = run_report(prog, stats, bandwidth=bw)
+    stats = GenerationStats(**figures[0]["stats"])
+    print(_summary(stats) + where, file=sys.stderr)
+    parity = _parity(args, ids, figures) if args.check_parity else None
+    if (prog.world_size == 1 and args.backend != "llvm") or stats.generated_tokens < 2:
+        return  # nothing native to measure (refused earlier when a report was asked for)
+    threads = figures[0]["threads"]
+    bw = read_bandwidth(threads, measure=args.measure_bandwidth, host=prog.host)
+    report = run_report(prog, figures, bandwidth=bw, links=links, parity=parity)
     print(summary_line(report), file=sys.stderr)
     if args.report:
         _write_json(args.report, report, "--report")
     if args.trace:
         from ckeir.reports.trace import write_trace
 
-        write_trace(args.trace, {prog.rank or 0: prog.engine.events}, prog.rank_nodes, "--trace")
+        write_trace(
+            args.trace,
+            {f["rank"]: f["events"] for f in figures},
+            prog.rank_nodes,
+            "--trace",
+            clocks={
+                f["rank"]: (f["clock_offset_seconds"], f["clock_round_trip_seconds"])
+                for f in figures
+            },
+        )
+
+
+def _parity(args, ids, figures: list[dict]) -> dict:
+    """Tokens and logits of the distributed run (from whichever rank computed each step's)
+    against the spec's single-rank twin, run here."""
+    from ckeir.api import Program
+    from ckeir.reports.parity import compare, describe
+
+    logits = {}
+    for f in figures:
+        logits.update(f["logits"])
+    ref_logits = []
+    with Program(args.spec, schedule=args.schedule, isa=args.isa, single_rank=True) as one:
+        ref = list(
+            one.stream(ids, args.max_new_tokens, on_logits=lambda i, x: ref_logits.append(x.copy()))
+        )
+    parity = compare(figures[0]["tokens"], logits, ref, ref_logits)
+    print(describe(parity), file=sys.stderr)
+    return parity
 
 
 def _checked_request(args, prog, ids) -> list[int]:

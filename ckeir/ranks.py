@@ -8,7 +8,12 @@ it is handed (`Program` itself), so neither module imports the other's caller.""
 
 from __future__ import annotations
 
+from ckeir.reports.run import hop_figures
 from ckeir.runtime.generate import GenerationStats
+
+# A rank ships at most this many of its latest step records to rank 0 (for the trace): a
+# long run on a deep model records hundreds of steps per token.
+TRACE_EVENTS = 20_000
 
 
 def rank_main(
@@ -21,35 +26,96 @@ def rank_main(
     prompt=None,
     collect_logits: bool = False,
 ):
-    """The body of one rank: compile (`make_program(spec_path, transport=..., **options)`),
-    generate, and return tokens, stats and evidence (and, on the rank that computes them,
-    each step's logits)."""
+    """The body of one local rank: compile (`make_program(spec_path, transport=...,
+    **options)`), generate, and gather every rank's figures (`run_rank`) on rank 0, which
+    returns them in rank order (the other ranks return None)."""
     with make_program(spec_path, transport=transport, **options) as prog:
         if prompt is not None:
             ids = prog.tokenizer.encode(prompt)
-        stats = GenerationStats()
-        logits = {}
+        figures = run_rank(prog, ids, max_new_tokens, transport, collect_logits)
+        return transport.gather_object(figures)
 
-        def keep(step, x):
-            if collect_logits and x is not None:
-                logits[step] = x.copy()
 
-        tokens = list(prog.stream(ids, max_new_tokens, stats, on_logits=keep))
-        engine = prog.engine
-        return {
-            "rank": transport.rank,
-            "tokens": tokens,
-            "stats": {
-                "prompt_tokens": stats.prompt_tokens,
-                "generated_tokens": stats.generated_tokens,
-                "prefill_seconds": stats.prefill_seconds,
-                "decode_seconds": stats.decode_seconds,
-            },
-            "steps": dict(engine.stats),
-            "events": engine.events[-2000:],
-            "transport": transport.stats.as_dict() if hasattr(transport, "stats") else {},
-            "logits": logits,
-        }
+def run_rank(
+    prog, ids, max_new_tokens: int, transport=None, collect_logits=False, on_token=None
+) -> dict:
+    """Generate on this rank (every rank of a world calls it: local ranks and MPI ranks
+    alike) and return what it observed, the figures `ckeir.reports.run.run_report` reads.
+    With a `transport`, the clock offset to rank 0 is measured first (a collective), so
+    that rank 0 can put every rank's records on its own clock.  `on_token(id)` sees each
+    token as it comes."""
+    from ckeir.runtime.transport.base import ClockOffset
+
+    clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
+    stats = GenerationStats()
+    logits = {}
+
+    def keep(step, x):
+        if collect_logits and x is not None:
+            logits[step] = x.copy()
+
+    tokens = []
+    for token in prog.stream(ids, max_new_tokens, stats, on_logits=keep):
+        tokens.append(token)
+        if on_token is not None:
+            on_token(token)
+    return rank_figures(prog, stats, tokens, transport, clock, logits)
+
+
+def rank_figures(prog, stats, tokens, transport, clock, logits) -> dict:
+    """One rank's figures after a generation: its tokens and timings, the seconds it spent
+    in native code (busy) and inside transport calls (waiting), the bytes its transport
+    counted, its sends per peer, its step records and its measured clock offset."""
+    engine = prog.engine
+    native = dict(getattr(engine, "native_seconds", {}))
+    events = list(getattr(engine, "events", ()))
+    counters = transport.stats if transport is not None else None
+    peers = counters.peers.values() if counters is not None else ()
+    ops = counters.ops.values() if counters is not None else ()
+    return {
+        "rank": prog.rank or 0,
+        "node": prog.rank_nodes[prog.rank or 0],
+        "threads": prog.threads,
+        "tokens": tokens,
+        "stats": {
+            "prompt_tokens": stats.prompt_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "prefill_seconds": stats.prefill_seconds,
+            "decode_seconds": stats.decode_seconds,
+        },
+        "native_seconds": native,
+        "busy_seconds": sum(native.values()),
+        "waiting_seconds": sum(op.seconds for op in ops),
+        "bytes_sent": sum(p.bytes_sent for p in peers),
+        "bytes_received": sum(p.bytes_received for p in peers),
+        "transport": counters.as_dict() if counters is not None else {},
+        "transport_kind": _kind(transport),
+        "seconds_by_step": dict(getattr(engine, "stats", {})),
+        "sends": _sends(events),
+        "events": events[-TRACE_EVENTS:],
+        "clock_offset_seconds": clock.seconds,
+        "clock_round_trip_seconds": clock.round_trip_seconds,
+        "logits": logits,
+    }
+
+
+def _kind(transport) -> str | None:
+    """'local', 'mpi', ... from the transport's class (None: no transport, one rank)."""
+    if transport is None:
+        return None
+    return type(transport).__name__.removesuffix("Transport").lower()
+
+
+def _sends(events) -> dict:
+    """peer -> [messages, seconds, bytes] of this rank's point-to-point sends."""
+    sends: dict = {}
+    for kind, peer, nbytes, _t0, dt in events:
+        if kind == "send":
+            s = sends.setdefault(peer, [0, 0.0, 0])
+            s[0] += 1
+            s[1] += dt
+            s[2] += nbytes
+    return sends
 
 
 def spec_links(program):
@@ -72,16 +138,8 @@ def spec_links(program):
 
 def measured_hops(result: dict) -> dict:
     """Mean seconds and bytes of each (sender, receiver) pair's sends, from every rank's
-    events."""
-    hops: dict = {}
-    for r in result["ranks"]:
-        for kind, peer, nbytes, _t0, dt in r["events"]:
-            if kind == "send":
-                h = hops.setdefault((r["rank"], peer), [0, 0.0, 0])
-                h[0] += 1
-                h[1] += dt
-                h[2] += nbytes
-    return {k: {"count": c, "seconds": t / c, "bytes": b / c} for k, (c, t, b) in hops.items()}
+    figures in a `run_local` result."""
+    return hop_figures(result["ranks"])
 
 
 def _rank_options(program) -> dict:
@@ -106,8 +164,8 @@ def run_local(
     collect_logits: bool = False,
     watchdog: float | None = None,
 ) -> dict:
-    """Run `program`'s spec on local ranks; returns rank 0's result with every rank's in
-    `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is taken for
+    """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
+    every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is taken for
     stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never)."""
     from ckeir.runtime.transport.local import launch_local
 
@@ -126,6 +184,7 @@ def run_local(
         link_model=links,
         watchdog=watchdog,
     )
-    out = dict(results[0])
-    out["ranks"] = results
+    figures = results[0]  # rank 0 gathered every rank's
+    out = dict(figures[0])
+    out["ranks"] = figures
     return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from ckeir.passes.manager import funcs
 from ckeir.planner import cost
+from ckeir.runtime.generate import GenerationStats
+from ckeir.runtime.machine import run_prediction
 
 
 def decode_active_bytes(prog, context: int, rank: int | None = None) -> int:
@@ -25,24 +27,35 @@ def decode_active_bytes(prog, context: int, rank: int | None = None) -> int:
     return total
 
 
-def run_report(prog, stats, bandwidth: float | None = None, parity=None) -> dict:
-    engine = prog.engine
+def run_report(
+    prog, figures: list[dict], bandwidth: float | None = None, links=None, parity=None
+) -> dict:
+    """The run report, the same keys on one rank, local ranks and MPI ranks: built from every
+    rank's figures (`ckeir.ranks.run_rank`, gathered on rank 0, in rank order) and the
+    planner's prediction for the run as it ran (`links`: the simulated LinkModel, or None).
+    Rank 0's clock measures the token times: every rank sees the same tokens."""
+    first = figures[0]
+    stats = GenerationStats(**first["stats"])
     decode_tokens = max(stats.generated_tokens - 1, 0)
     mean_context = stats.prompt_tokens + decode_tokens / 2
-    active = decode_active_bytes(prog, int(mean_context))
+    context = int(mean_context)
+    active = decode_active_bytes(prog, context)
     per_token = stats.decode_seconds / decode_tokens if decode_tokens else 0.0
-    native = getattr(engine, "native_seconds", {})
+    native = first["native_seconds"]
     outside = (
         (stats.decode_seconds - native.get("decode", 0.0)) / decode_tokens if decode_tokens else 0.0
     )
-    node = prog.job.cluster.node(prog.rank_nodes[prog.rank or 0])
+    prediction = run_prediction(prog, context, links)
+    node = prog.job.cluster.node(first["node"])
     bw = bandwidth or node.dram_bw
     cku = cost.cku(active, per_token)
-    report = {
+    return {
         "model": prog.job.model.name,
         "spec": str(prog.job.spec_path),
-        "host": {"cpu": prog.host.name, "isa": prog.host.isa, "threads": prog.threads},
-        "batch": prog.job.schedule.batch,
+        "host": {"cpu": prog.host.name, "isa": prog.host.isa, "threads": first["threads"]},
+        "launch": _launch(figures),
+        # every program decodes one sequence per step, whatever the schedule declares
+        "batch": 1,
         "prompt_tokens": stats.prompt_tokens,
         "generated_tokens": stats.generated_tokens,
         "context_mean": mean_context,
@@ -55,20 +68,80 @@ def run_report(prog, stats, bandwidth: float | None = None, parity=None) -> dict
             "seconds": stats.decode_seconds,
             "tokens_per_second": stats.decode_tps,
             "seconds_per_token": per_token,
+            "predicted_seconds_per_token": prediction.decode_seconds_per_token,
             "native_seconds": native.get("decode", 0.0),
             "outside_kernels_per_token": outside,
             "outside_kernels_fraction": outside / per_token if per_token else 0.0,
         },
+        "prediction_basis": dict(prediction.basis),
         "active_bytes_per_token": active,
         "cku_bytes_per_second": cku,
         "bandwidth_bytes_per_second": bw,
         "bandwidth_source": "measured" if bandwidth else f"declared (node {node.name})",
         "cku_fraction_of_bandwidth": cku / bw if bw else 0.0,
+        "links_simulated": links is not None,
+        "ranks": {f["rank"]: _rank_entry(prog, f, context, per_token) for f in figures},
+        "hops": _hops(figures, prediction, links is not None),
         "timings": dict(prog.timings),
+        "parity": parity,
     }
-    if parity is not None:
-        report["parity"] = parity
-    return report
+
+
+def _launch(figures: list[dict]) -> str:
+    """How the ranks ran: 'one rank', or how many over which transport."""
+    if len(figures) == 1:
+        return "one rank"
+    return f"{len(figures)} ranks over {figures[0]['transport_kind']}"
+
+
+def _rank_entry(prog, f: dict, context: int, per_token: float) -> dict:
+    """One rank's line of the report: where it ran and what it did over the whole run."""
+    active = decode_active_bytes(prog, context, f["rank"])
+    return {
+        "node": f["node"],
+        "threads": f["threads"],
+        "busy_seconds": f["busy_seconds"],
+        "waiting_seconds": f["waiting_seconds"],
+        "bytes_sent": f["bytes_sent"],
+        "bytes_received": f["bytes_received"],
+        "active_bytes_per_token": active,
+        "cku_bytes_per_second": cost.cku(active, per_token),
+        "clock_offset_seconds": f["clock_offset_seconds"],
+        "clock_round_trip_seconds": f["clock_round_trip_seconds"],
+        "tokens": f["tokens"],
+        "stats": f["stats"],
+        "seconds_by_step": f["seconds_by_step"],
+        "transport": f["transport"],
+    }
+
+
+def hop_figures(figures: list[dict]) -> dict:
+    """(sender, receiver) -> messages (`count`), mean `seconds` and mean `bytes` of the
+    point-to-point sends every rank recorded."""
+    hops = {}
+    for f in figures:
+        for peer, (count, seconds, nbytes) in f["sends"].items():
+            hops[(f["rank"], peer)] = {
+                "count": count,
+                "seconds": seconds / count,
+                "bytes": nbytes / count,
+            }
+    return hops
+
+
+def _hops(figures: list[dict], prediction, simulated: bool) -> list[dict]:
+    return [
+        {
+            "from": a,
+            "to": b,
+            "messages": h["count"],
+            "mean_bytes": h["bytes"],
+            "measured_seconds": h["seconds"],
+            "predicted_seconds": prediction.hop_seconds(a, b, h["bytes"]),
+            "links_simulated": simulated,
+        }
+        for (a, b), h in sorted(hop_figures(figures).items())
+    ]
 
 
 def summary_line(report: dict) -> str:
@@ -79,5 +152,15 @@ def summary_line(report: dict) -> str:
         f"{report['bandwidth_bytes_per_second'] / 1e9:.1f} GB/s "
         f"({report['bandwidth_source']}) | active {report['active_bytes_per_token'] / 1e6:.1f}"
         f" MB/token | outside kernels {d['outside_kernels_per_token'] * 1e6:.0f} us/token "
-        f"({100 * d['outside_kernels_fraction']:.1f}%)"
+        f"({100 * d['outside_kernels_fraction']:.1f}%) | predicted "
+        f"{d['predicted_seconds_per_token'] * 1e3:.3f} ms/token, measured "
+        f"{d['seconds_per_token'] * 1e3:.3f}" + _ranks_line(report["ranks"])
+    )
+
+
+def _ranks_line(ranks: dict) -> str:
+    if len(ranks) < 2:
+        return ""
+    return "\nCKU per rank: " + ", ".join(
+        f"rank {r}: {v['cku_bytes_per_second'] / 1e9:.2f} GB/s" for r, v in ranks.items()
     )

@@ -1,6 +1,7 @@
 """Chrome Trace Event JSON (opens in Perfetto and chrome://tracing): one process track per
 rank, complete events ("ph": "X") with microsecond `ts`/`dur`, metadata events naming the
-tracks."""
+tracks.  Every rank's records are put on rank 0's clock by the offset measured at the start
+of the run (`Transport.clock_offset`), which the trace keeps in its `otherData`."""
 
 from __future__ import annotations
 
@@ -9,23 +10,19 @@ import json
 COMM = ("send", "recv", "allreduce", "allgather", "broadcast", "wait")
 
 
-def trace_events(per_rank: dict[int, list[tuple]], names: dict[int, str]) -> list[dict]:
-    """`per_rank[r]` holds (kind, peer or group, bytes, t0 seconds, duration seconds)."""
-    t_min = min((e[3] for evs in per_rank.values() for e in evs), default=0.0)
+def trace_events(
+    per_rank: dict[int, list[tuple]], names: dict[int, str], offsets: dict[int, float] | None = None
+) -> list[dict]:
+    """`per_rank[r]` holds (kind, peer or group, bytes, t0 seconds, duration seconds) on rank
+    r's clock; `offsets[r]` (default 0) is added to put it on rank 0's."""
+    offsets = offsets or {}
+    t_min = min(
+        (e[3] + offsets.get(r, 0.0) for r, evs in per_rank.items() for e in evs), default=0.0
+    )
     out = []
     for rank, events in sorted(per_rank.items()):
-        out.append(
-            {
-                "ph": "M",
-                "name": "process_name",
-                "pid": rank,
-                "tid": 0,
-                "args": {"name": f"rank {rank} ({names.get(rank, '?')})"},
-            }
-        )
-        out.append(
-            {"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "program"}}
-        )
+        out += _track_names(rank, names.get(rank, "?"))
+        shift = offsets.get(rank, 0.0) - t_min
         for kind, peer, nbytes, t0, dt in events:
             out.append(
                 {
@@ -34,7 +31,7 @@ def trace_events(per_rank: dict[int, list[tuple]], names: dict[int, str]) -> lis
                     "cat": "comm" if kind in COMM else "kernel",
                     "pid": rank,
                     "tid": 0,
-                    "ts": (t0 - t_min) * 1e6,
+                    "ts": (t0 + shift) * 1e6,
                     "dur": dt * 1e6,
                     "args": {
                         "peer": peer if isinstance(peer, int) else list(peer),
@@ -45,11 +42,33 @@ def trace_events(per_rank: dict[int, list[tuple]], names: dict[int, str]) -> lis
     return out
 
 
-def write_trace(path, per_rank, names, flag: str | None = None) -> None:
+def _track_names(rank: int, node: str) -> list[dict]:
+    """The metadata events naming rank `rank`'s process track and its one thread."""
+    return [
+        {
+            "ph": "M",
+            "name": "process_name",
+            "pid": rank,
+            "tid": 0,
+            "args": {"name": f"rank {rank} ({node})"},
+        },
+        {"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "program"}},
+    ]
+
+
+def write_trace(path, per_rank, names, flag: str | None = None, clocks=None) -> None:
+    """`clocks[r]`: rank r's measured (offset seconds, round trip seconds) to rank 0."""
     from ckeir.outputs import write_output
 
-    write_output(
-        path,
-        json.dumps({"traceEvents": trace_events(per_rank, names), "displayTimeUnit": "ms"}),
-        flag,
-    )
+    clocks = clocks or {}
+    offsets = {r: c[0] for r, c in clocks.items()}
+    trace = {
+        "traceEvents": trace_events(per_rank, names, offsets),
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "clock": "rank 0's time.perf_counter(); other ranks shifted by a measured offset",
+            "clock_offset_seconds": {str(r): c[0] for r, c in sorted(clocks.items())},
+            "clock_round_trip_seconds": {str(r): c[1] for r, c in sorted(clocks.items())},
+        },
+    }
+    write_output(path, json.dumps(trace), flag)

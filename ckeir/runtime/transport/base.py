@@ -57,6 +57,11 @@ TAG_ALLREDUCE, TAG_REDUCE_SCATTER, TAG_ALLGATHER, TAG_BROADCAST, TAG_BARRIER = (
     TAG_UB + 4,
     TAG_UB + 5,
 )
+TAG_GATHER, TAG_CLOCK = TAG_UB + 6, TAG_UB + 7
+
+# Ping-pongs per rank when measuring clock offsets: the one with the shortest round trip
+# bounds the error best (a rank taken off its CPU mid-exchange only lengthens that round).
+CLOCK_ROUNDS = 8
 
 # Up to this many bytes, allreduce sends whole buffers (one hop) instead of
 # reduce-scatter + allgather (two hops, fewer bytes per rank).
@@ -167,6 +172,15 @@ class TransportStats:
         }
 
 
+@attrs.frozen
+class ClockOffset:
+    """What `Transport.clock_offset` measured: `seconds` to add to this rank's clock to read
+    the root's, and the round trip of the exchange it came from (the error bound is half)."""
+
+    seconds: float
+    round_trip_seconds: float
+
+
 # ---- messages -----------------------------------------------------------------------------------
 
 
@@ -198,6 +212,8 @@ def _tag_name(tag: int) -> str:
         TAG_ALLGATHER: "allgather",
         TAG_BROADCAST: "broadcast",
         TAG_BARRIER: "barrier",
+        TAG_GATHER: "gather",
+        TAG_CLOCK: "clock offset",
     }
     return names.get(tag, f"tag {tag}")
 
@@ -342,6 +358,76 @@ class Transport(abc.ABC):
         empty = np.empty(0, np.uint8)
         self._all_to_all(g, lambda _p: empty, lambda _p: empty, TAG_BARRIER, "barrier", t0)
         self._record_collective("barrier", 0, t0)
+
+    def gather_object(self, obj: object, root: int = 0) -> list | None:
+        """Every rank's picklable `obj`, in rank order, on `root` (None elsewhere).  Built on
+        byte messages, the length first, so every transport has it: how rank 0 collects the
+        figures of a run."""
+        import pickle
+
+        g = self._group(None)
+        if root not in g:
+            raise TransportError(f"rank {self.rank}: gather root {root} is not a rank")
+        t0 = time.perf_counter()
+        if self.rank != root:
+            payload = np.frombuffer(pickle.dumps(obj), np.uint8)
+            self._exchange_one("send", root, np.array([payload.nbytes], np.int64), TAG_GATHER)
+            self._exchange_one("send", root, payload, TAG_GATHER)
+            self._record_collective("gather", payload.nbytes, t0)
+            return None
+        out = [obj if p == root else None for p in g]
+        total = 0
+        for p in g:
+            if p == root:
+                continue
+            size = np.zeros(1, np.int64)
+            self._exchange_one("recv", p, size, TAG_GATHER)
+            payload = np.empty(int(size[0]), np.uint8)
+            self._exchange_one("recv", p, payload, TAG_GATHER)
+            out[p] = pickle.loads(payload.tobytes())
+            total += payload.nbytes
+        self._record_collective("gather", total, t0)
+        return out
+
+    def clock_offset(self, root: int = 0, rounds: int = CLOCK_ROUNDS) -> ClockOffset:
+        """How far `root`'s clock is ahead of this rank's, measured (every rank calls it):
+        NTP-style ping-pongs with `root`, offset = ((t1 - t0) + (t2 - t3)) / 2 from the
+        exchange with the shortest round trip.  The true offset lies within half that round
+        trip of the estimate.  On `root`: zero.  Add `seconds` to this rank's
+        `time.perf_counter()` readings to put them on `root`'s clock."""
+        g = self._group(None)
+        if self.rank == root:
+            for p in g:
+                if p != root:
+                    self._serve_clock(p, rounds)
+            return ClockOffset(0.0, 0.0)
+        best = None
+        stamps = np.zeros(2, np.float64)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            self._exchange_one("send", root, np.zeros(0, np.uint8), TAG_CLOCK)
+            self._exchange_one("recv", root, stamps, TAG_CLOCK)
+            t3 = time.perf_counter()
+            t1, t2 = float(stamps[0]), float(stamps[1])
+            trip = (t3 - t0) - (t2 - t1)
+            if best is None or trip < best.round_trip_seconds:
+                best = ClockOffset(((t1 - t0) + (t2 - t3)) / 2, trip)
+        return best
+
+    def _serve_clock(self, peer: int, rounds: int) -> None:
+        """`root`'s half of `clock_offset` with one rank: stamp each ping's arrival and the
+        reply's departure."""
+        stamps = np.zeros(2, np.float64)
+        for _ in range(rounds):
+            self._exchange_one("recv", peer, np.zeros(0, np.uint8), TAG_CLOCK)
+            stamps[0] = time.perf_counter()
+            stamps[1] = time.perf_counter()
+            self._exchange_one("send", peer, stamps, TAG_CLOCK)
+
+    def _exchange_one(self, kind: str, peer: int, buf: np.ndarray, tag: int) -> None:
+        """One message of a collective built here (not counted as a user send or receive)."""
+        msg = self._message(kind, peer, buf, tag, time.perf_counter())
+        self._exchange([msg], msg.describe())
 
     # -- collective algorithms
 
