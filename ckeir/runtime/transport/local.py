@@ -7,8 +7,10 @@ as every rank has mapped it), starts `n` processes, gives each a `LocalTransport
 The segment holds a header (the world's `failed` word), one block per rank (doorbell,
 state, pid, heartbeat, what it is blocked in, why it failed) and one channel per ordered
 pair of ranks (see `shm_native`).  A send copies into the channel's next slot and
-publishes it with one native call; a receive spins briefly on the channel, then sleeps on
-its doorbell in intervals of `POLL_S`, checking between naps that its peers are alive.
+publishes it with one native call; a blocked rank waits as every ckeir wait does
+(`backends.llvm.wait`, budget `MESSAGE`, or `SHAPED_LINK` for a receive over a shaped link):
+it spins briefly on the channel, then sleeps on its doorbell in naps of the budget's
+`nap_s`, checking between naps that its peers are alive.
 
 Faults end the run on every rank (most within milliseconds), never hang it:
 
@@ -49,8 +51,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
+from ckeir.backends.llvm import wait
+from ckeir.backends.llvm.host import usable_cpu_ids, usable_cpus
 from ckeir.errors import CkeError, TransportError
 from ckeir.limits import MAX_WATCHDOG_S, in_real_range
 from ckeir.runtime.transport import shm_native
@@ -58,14 +63,7 @@ from ckeir.runtime.transport.base import EventHook, LinkModel, Message, Transpor
 from ckeir.runtime.transport.shm_native import DONE, MISMATCH, NOT_READY
 
 DEFAULT_SLOT_BYTES = 256 * 1024
-POLL_S = 0.01  # longest nap between liveness checks of a blocked rank
-SPIN_S = 100e-6  # spin this long before sleeping (ranks <= cores)
-SPIN_OVERSUBSCRIBED_S = 20e-6  # more ranks than cores: short (the spin yields the CPU)
-YIELD_S = 5e-6  # a spinning rank offers its CPU (sched_yield) after this long
-YIELD_SHAPED_S = 1e-3  # ... over shaped links, when every rank has a CPU of its own
-LINK_SPIN_S = 10e-3  # receives over a shaped link spin this long before sleeping
 SHAPED_CHUNK = 32 * 1024  # chunk bytes over a shaped link
-PUBLISH_SPIN_S = 300e-6  # a shaped send sleeps until this close to its due time, then spins
 GRACE_S = 2.0  # after a failure, ranks still running this long are killed
 WATCHDOG_S = 30.0  # a rank whose heartbeat stands still this long is taken for stopped
 WATCHDOG_ENV = "CKEIR_WATCHDOG_SECONDS"  # overrides WATCHDOG_S; 0 turns the watchdog off
@@ -275,13 +273,6 @@ def _proc_state(pid: int) -> bytes:
     return stat[at : at + 1]
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # ---- one rank's transport -----------------------------------------------------------------------
 
 
@@ -317,7 +308,7 @@ class _Send:
         moved = False
         while self.idx < self.nchunks:
             if self.staged:
-                if self.due - time.perf_counter() > PUBLISH_SPIN_S:
+                if self.due - time.perf_counter() > wait.DEADLINE_SPIN_S:
                     return moved
                 nat.publish_at(self.ch, self.bell, int(self.due * 1e9))
                 self.staged, self.idx, moved = False, self.idx + 1, True
@@ -418,18 +409,19 @@ class LocalTransport(Transport):
             self._slot if link is None else min(self._slot, SHAPED_CHUNK) for link in self._links
         ]
         self._addresses: dict[int, tuple[weakref.ref, int, int]] = {}
-        shared_cpus = world.size > _cores()
-        if spin_us is None:
-            spin_s = SPIN_OVERSUBSCRIBED_S if shared_cpus else SPIN_S
-        else:
-            spin_s = spin_us * 1e-6
-        self._spin_ns = int(spin_s * 1e9)
-        # A spinning rank yields its CPU soon: its peer may be waiting for that CPU (more ranks
-        # than CPUs, or other jobs holding the rest).  Over shaped links, with a CPU per
-        # rank, only late: a yield to another job can add tens of µs to a simulated hop.
+        # how this rank waits: shorter spins when ranks outnumber CPUs; over shaped links,
+        # with a CPU per rank, it offers its CPU only late (a yield to another job can add
+        # tens of µs to a simulated hop)
+        crowded = world.size > usable_cpus()
+        self._wait = wait.MESSAGE.crowded() if crowded else wait.MESSAGE
+        if spin_us is not None:
+            self._wait = attrs.evolve(self._wait, spin_s=spin_us * 1e-6)
+        self._link_wait = wait.SHAPED_LINK.crowded() if crowded else wait.SHAPED_LINK
+        self._spin_ns = wait.ns(self._wait.spin_s)
+        self._link_spin_ns = wait.ns(self._link_wait.spin_s)
         shaped = any(link is not None for link in self._links)
-        yield_s = YIELD_SHAPED_S if shaped and not shared_cpus else YIELD_S
-        self._nat.set_yield_after(int(yield_s * 1e9))
+        yield_s = (self._link_wait if shaped else self._wait).yield_after_s
+        self._nat.set_yield_after(wait.ns(yield_s))
 
     def close(self) -> None:
         self._closed = True
@@ -438,7 +430,7 @@ class LocalTransport(Transport):
         """How long (ns) to spin for `msgs` before sleeping: longer for receives over a
         shaped link, where a futex wake-up (~20-50 µs) would add to the simulated time."""
         shaped = any(self._links[m.peer] is not None and m.kind == "recv" for m in msgs)
-        return int(LINK_SPIN_S * 1e9) if shaped else self._spin_ns
+        return self._link_spin_ns if shaped else self._spin_ns
 
     def address(self, buf: np.ndarray) -> int:
         """The address of `buf`'s data (`buf.ctypes.data` costs ~1 µs: remember it for the
@@ -473,7 +465,7 @@ class LocalTransport(Transport):
             raise TransportError(f"rank {self.rank}: recv on a closed transport")
         n = buf.nbytes
         if n <= self._chunks[peer]:
-            spin = self._spin_ns if self._links[peer] is None else int(LINK_SPIN_S * 1e9)
+            spin = self._spin_ns if self._links[peer] is None else self._link_spin_ns
             rc = self._nat.recv(
                 self._in[peer], self.address(buf), n, n, tag, spin, self._bells[peer]
             )
@@ -515,8 +507,8 @@ class LocalTransport(Transport):
     def _progress(self, pending: list[_Send | _Recv], what: str, spin_ns: int) -> None:
         """Advance every transfer until all are done.  When none can move, wait for this
         rank's doorbell: spin until `spin_ns` have passed since the first wait, then sleep
-        in naps of POLL_S, checking the world after each."""
-        nat, bell = self._nat, self._bell
+        in naps of the wait budget's `nap_s`, checking the world after each."""
+        nat, bell, nap = self._nat, self._bell, self._wait.nap_s
         spin_end = 0.0
         t_block = last_check = 0.0  # t_block: when nothing could move the first time
         waited_on, asleep = -1, False
@@ -538,7 +530,7 @@ class LocalTransport(Transport):
                     peers = {s.msg.peer for s in pending if not s.done}
                     waited_on = peers.pop() if len(peers) == 1 else -1
                 due = min((s.due for s in pending if s.staged), default=math.inf)
-                if due - now < POLL_S:
+                if due - now < nap:
                     _sleep_until(nat, bell, seen, due)
                 elif now < spin_end:
                     nat.wait(bell, seen, int((spin_end - now) * 1e9), 0)
@@ -546,9 +538,9 @@ class LocalTransport(Transport):
                     if not asleep:  # what a peer reports if this rank dies now
                         asleep = True
                         self._world.set_waiting(self.rank, what)
-                    nat.wait(bell, seen, 0, int(POLL_S * 1e9))
+                    nat.wait(bell, seen, 0, wait.ns(nap))
                 now = time.perf_counter()
-                if now - last_check >= POLL_S:
+                if now - last_check >= nap:
                     last_check = now
                     self._check_world(pending, what, now - t_block)
         finally:
@@ -616,9 +608,9 @@ def _advance_all(pending: list[_Send | _Recv]) -> bool:
 
 
 def _sleep_until(nat: shm_native.Native, bell: int, seen: int, due: float) -> None:
-    """Sleep until PUBLISH_SPIN_S before `due` (perf_counter seconds) or a ring; the
-    native publish spins the rest (a sleep overshoots by up to ~100 µs)."""
-    left = due - time.perf_counter() - PUBLISH_SPIN_S
+    """Sleep until `wait.DEADLINE_SPIN_S` before `due` (perf_counter seconds) or a ring;
+    the native publish spins the rest (a sleep overshoots by up to ~100 µs)."""
+    left = due - time.perf_counter() - wait.DEADLINE_SPIN_S
     if left > 0:
         nat.wait(bell, seen, 0, int(left * 1e9))
 
@@ -647,7 +639,7 @@ def _rank_main(
         # start on this rank's own CPUs (forked ranks all begin on the launcher's CPU, and
         # two spinning ranks sharing one until the scheduler separates them is slow), and
         # stay there only if pinned: a pinned rank cannot leave a CPU another job is using
-        allowed = os.sched_getaffinity(0)
+        allowed = usable_cpu_ids()
         os.sched_setaffinity(0, cpus)
     world = World.attach(path)
     world.started(rank, os.getpid())
@@ -807,10 +799,7 @@ def _death(world: World, r: int, exitcode: int | None) -> str:
 def _cpu_shares(n: int) -> list[tuple[int, ...]]:
     """Disjoint CPU sets for n ranks (rank r: the r-th n-th of this process's CPUs), or
     no binding at all when there are more ranks than CPUs."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return [()] * n
+    cpus = usable_cpu_ids()
     if n > len(cpus):
         return [()] * n
     return [tuple(cpus[r * len(cpus) // n : (r + 1) * len(cpus) // n]) for r in range(n)]

@@ -1,8 +1,11 @@
 """Ranks as MPI processes (mpi4py): `mpiexec -n N python -m mpi4py -m ckeir.cli run …`.
 
-Point-to-point messages are `Send`/`Recv` of the buffers' bytes; the collectives are the
-deterministic ones of `base.Transport`, built on `Isend`/`Irecv` (so they sum in group order
-and a shaped link delays every hop).
+Point-to-point messages are `Isend`/matched `Recv` of the buffers' bytes; the collectives
+are the deterministic ones of `base.Transport`, built on `Isend`/`Irecv` (so they sum in
+group order and a shaped link delays every hop).  A rank waits for its requests as every
+ckeir wait does (`backends.llvm.wait`, budget `MPI_REQUEST`): it tests them in a short spin,
+then between naps, instead of MPI's own busy polling — which keeps a CPU busy for as long as
+a peer computes, and takes it from that peer when ranks share CPUs.
 
 Failures: under `mpiexec`, a rank that raises and exits leaves the others blocked in MPI
 forever.  An `MPITransport` therefore aborts the whole job (`COMM_WORLD.Abort`, which makes
@@ -37,6 +40,8 @@ from typing import NoReturn
 
 import numpy as np
 
+from ckeir.backends.llvm import wait
+from ckeir.backends.llvm.host import usable_cpus
 from ckeir.errors import CkeError, TransportError
 from ckeir.runtime.transport.base import EventHook, LinkModel, Message, Transport
 
@@ -74,6 +79,7 @@ class MPITransport(Transport):
         self._closed = False
         self._prev_hook = None
         self._abort_on_error = abort_on_error and self.size > 1
+        self._wait = wait.MPI_REQUEST.for_waiters(_ranks_here(self.size), usable_cpus())
         if self._abort_on_error:
             self._prev_hook = sys.excepthook
             sys.excepthook = self._excepthook
@@ -136,9 +142,10 @@ class MPITransport(Transport):
             raise TransportError(f"rank {self.rank}: send on a closed transport")
         link = self._link(peer)
         if link is not None:
-            sleep_until(t0 + link.delay(buf.nbytes))
+            wait.sleep_until(t0 + link.delay(buf.nbytes))
         try:
-            self.comm.Send([buf, self._mpi.BYTE], peer, tag)
+            request = self.comm.Isend([buf, self._mpi.BYTE], peer, tag)
+            wait.poll(request.Test, self._wait)
         except self._mpi.Exception as e:
             msg = Message("send", peer, buf, tag)
             raise TransportError(f"rank {self.rank}: {msg.describe()}: {e}") from e
@@ -148,7 +155,9 @@ class MPITransport(Transport):
             raise TransportError(f"rank {self.rank}: recv on a closed transport")
         status = self._status
         try:  # a matched probe first: a size mismatch is reported with both byte counts
-            matched = self.comm.Mprobe(peer, tag, status)
+            found = []
+            wait.poll(lambda: _append(found, self.comm.Improbe(peer, tag, status)), self._wait)
+            matched = found[0]
             if status.Get_count(self._mpi.BYTE) != buf.nbytes:
                 self._check_count(Message("recv", peer, buf, tag), status)
             matched.Recv([buf, self._mpi.BYTE])
@@ -165,17 +174,23 @@ class MPITransport(Transport):
         reqs = [self.comm.Irecv([m.buf, mpi.BYTE], m.peer, m.tag) for m in order]
         for m in sends:
             if m.link is not None:
-                sleep_until(_due(m))
+                wait.sleep_until(_due(m))
             reqs.append(self.comm.Isend([m.buf, mpi.BYTE], m.peer, m.tag))
             order.append(m)
         status = mpi.Status()
-        try:
-            for _ in range(len(reqs)):
-                i = mpi.Request.Waitany(reqs, status)
+
+        def one_done() -> bool:
+            i, flag = mpi.Request.Testany(reqs, status)
+            if flag and i != mpi.UNDEFINED:
                 m = order[i]
                 m.t_done = time.perf_counter()
                 if m.kind == "recv":
                     self._check_count(m, status)
+            return flag
+
+        try:
+            for _ in range(len(reqs)):
+                wait.poll(one_done, self._wait)
         except mpi.Exception as e:
             raise TransportError(f"rank {self.rank}: {what}: {e}") from e
 
@@ -254,14 +269,20 @@ def _due(m: Message) -> float:
     return m.t_start + m.link.delay(m.nbytes) if m.link is not None else m.t_start
 
 
-def sleep_until(t: float) -> None:
-    """Return at time.perf_counter() == t, to about a microsecond: sleep while far (the OS
-    overshoots a sleep by up to ~100 µs), then spin."""
-    left = t - time.perf_counter()
-    if left > 300e-6:
-        time.sleep(left - 200e-6)
-    while time.perf_counter() < t:
-        pass
+def _append(found: list, item) -> bool:
+    """Keep `item` (a matched probe) if there is one; whether there was."""
+    if item is not None:
+        found.append(item)
+    return item is not None
+
+
+def _ranks_here(size: int) -> int:
+    """Ranks of this job on this machine, as the launcher says (Hydra, Open MPI); else
+    all of them."""
+    for key in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        with contextlib.suppress(KeyError, ValueError):
+            return int(os.environ[key])
+    return size
 
 
 def under_mpiexec() -> bool:

@@ -14,11 +14,12 @@ stores `ack + 1`.  Counters are i32 and compared modulo 2**32.
 Every rank has a *doorbell* (an i32 counter plus a sleepers count on one cache line).
 Whoever may have unblocked a rank rings its bell: the sender when the channel was empty
 before its publish, the receiver when it was full before its consume.  A rank with nothing to
-do reads its bell, re-checks its work, and then waits for the bell to change: first
-spinning with a pause hint for `spin_ns`, then asleep on a (process-shared) futex for at
-most `timeout_ns`, so that the Python side regains control to check that its peers are
-alive.  The bell protocol is the classic one: ringer = add bell (seq_cst), read sleepers;
-sleeper = add sleepers, re-read bell (seq_cst), futex-wait on the value it saw.
+do reads its bell, re-checks its work, and then waits for the bell to change as every ckeir
+wait does (`backends.llvm.wait`): spinning for `spin_ns`, offering the CPU after the yield
+setting of the process, then asleep on a (process-shared) futex for at most `timeout_ns`, so
+that the Python side regains control to check that its peers are alive.  The bell protocol
+is the policy's: ringer = add bell (seq_cst), read sleepers; sleeper = add sleepers, re-read
+bell (seq_cst), futex-wait on the value it saw.
 
 Python calls one native function per chunk: round trips stay in the microseconds.
 """
@@ -27,15 +28,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import platform
-import sys
 from collections.abc import Callable
 
 import attrs
 
+from ckeir.backends.llvm import wait
 from ckeir.backends.llvm.jit import CompiledModule, compile_ir
 from ckeir.backends.llvm.kernels.common import FunctionWriter
-from ckeir.backends.llvm.kernels.sync import spin_hint
 
 SLOTS = 2  # slots per channel: the sender fills one while the receiver drains the other
 
@@ -52,22 +51,10 @@ BELL_BYTES = 64
 # Return codes of send/recv.
 DONE, NOT_READY, MISMATCH = 0, 1, 2
 
-# Checking the clock every this many pause hints keeps the spin loop tight.
-_CLOCK_EVERY = 64
-# Spinning this long, then sched_yield at every clock check (a process-wide setting, see
-# `Native.set_yield_after`): short when ranks share CPUs, so that a descheduled peer runs at
-# once; long otherwise, as every yield to another job delays noticing the data.
+# While spinning, offer the CPU (sched_yield) after this long: a process-wide setting (see
+# `Native.set_yield_after`), from the wait budget the transport chose.
 YIELD_AFTER = "cke_shm_yield_after_ns"
-YIELD_AFTER_DEFAULT_NS = 5_000
-_CLOCK_MONOTONIC = 1  # same clock as time.perf_counter_ns / time.monotonic_ns on Linux
-
-# Process-shared futexes (FUTEX_WAIT / FUTEX_WAKE without the PRIVATE flag): the words
-# live in memory mapped by several processes.
-_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(
-    platform.machine().lower()
-)
-_HAVE_FUTEX = sys.platform.startswith("linux") and _SYS_FUTEX is not None
-_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+YIELD_AFTER_DEFAULT_NS = wait.ns(wait.MESSAGE.yield_after_s)
 
 assert CH_HDR + SLOTS * HDR_BYTES <= CH_DATA
 
@@ -84,15 +71,6 @@ def _extern(name: str, params: list[tuple[str, str]], ret: str = "void") -> Func
     return FunctionWriter(name, params, ret=ret, linkage="", attributes="nounwind")
 
 
-def _now_ns(f: FunctionWriter) -> str:
-    f.declare("declare i32 @clock_gettime(i32, ptr)")
-    ts = f.var("{ i64, i64 }", None, "ts")
-    f.call("i32", "clock_gettime", [("i32", str(_CLOCK_MONOTONIC)), ("ptr", ts.ptr)])
-    sec = f.load("i64", ts.ptr, 8)
-    nsec = f.load("i64", f.gep(ts.ptr, 8, "i8"), 8)
-    return f(f"add i64 {f(f'mul i64 {sec}, 1000000000')}, {nsec}", "now")
-
-
 def _reached(f: FunctionWriter, word: str, target: str, order: str = "acquire") -> str:
     """i1: the i32 counter at `word` has reached `target` (modulo 2**32)."""
     v = f(f"load atomic i32, ptr {word} {order}, align 4", "cnt")
@@ -100,50 +78,8 @@ def _reached(f: FunctionWriter, word: str, target: str, order: str = "acquire") 
 
 
 def _spin_until_reached(f: FunctionWriter, word: str, target: str, spin_ns: str) -> str:
-    """Spin (pause hints) for at most `spin_ns` until the counter reaches `target`; return
-    the i1 outcome.  The first check costs no clock read."""
-    ok = f.var("i1", "false", "ok")
-    first, spin, tick, clock, more, courtesy, out = (
-        f.label(x) for x in ("first", "spin", "tick", "clock", "more", "courtesy", "out")
-    )
-    f.br(first)
-    f.start(first)
-    now0 = _reached(f, word, target)
-    f.set(ok, now0)
-    f.cbr(f(f"or i1 {now0}, {f(f'icmp sle i64 {spin_ns}, 0')}"), out, spin)
-    f.start(spin)
-    deadline = f(f"add i64 {_now_ns(f)}, {spin_ns}", "deadline")
-    n = f.var("i32", "0", "n")
-    f.br(tick)
-    f.start(tick)
-    spin_hint(f)
-    got = _reached(f, word, target)
-    f.set(ok, got)
-    k = f(f"add i32 {f.get(n)}, 1")
-    f.set(n, k)
-    at_clock = f(f"icmp eq i32 {f(f'and i32 {k}, {_CLOCK_EVERY - 1}')}, 0")
-    f.cbr(got, out, clock)
-    f.start(clock)
-    f.cbr(at_clock, more, tick)
-    f.start(more)
-    now = _now_ns(f)
-    f.cbr(f(f"icmp sge i64 {now}, {deadline}"), out, courtesy)
-    f.start(courtesy)
-    # Past the first microseconds, offer the core at every clock check: a peer descheduled
-    # on this core (more runnable threads than cores) then runs at once instead of after
-    # the whole spin.  Without such a peer sched_yield returns at once.
-    with f.if_(
-        f(
-            f"icmp sge i64 {f(f'sub i64 {deadline}, {now}')}, {f(f'sub i64 {spin_ns}, {_yield_after(f)}')}"
-        )
-    ):
-        f.br(tick)
-        f.start(f.label("yield"))
-    f.declare("declare i32 @sched_yield()")
-    f.call("i32", "sched_yield", [])
-    f.br(tick)
-    f.start(out)
-    return f.get(ok)
+    """Spin for at most `spin_ns` until the counter reaches `target`; the i1 outcome."""
+    return wait.wait_until(f, lambda: _reached(f, word, target), spin_ns, _yield_after(f))
 
 
 def _yield_after(f: FunctionWriter) -> str:
@@ -160,16 +96,7 @@ def _set_yield_ir() -> FunctionWriter:
 def _ring(f: FunctionWriter, bell: str) -> None:
     """Bump the doorbell and wake its sleepers, if any (one system call only then)."""
     f(f"atomicrmw add ptr {bell}, i32 1 seq_cst, align 4")
-    sleepers = f(
-        f"load atomic i32, ptr {f.gep(bell, BELL_SLEEPERS, 'i8')} seq_cst, align 4", "sleepers"
-    )
-    if _HAVE_FUTEX:
-        with f.if_(f(f"icmp ne i32 {sleepers}, 0")):
-            f.declare("declare i64 @syscall(i64, ...)")
-            f(
-                f"call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr {bell}, i64 {_FUTEX_WAKE},"
-                f" i64 {2**31 - 1}, ptr null, ptr null, i64 0)"
-            )
+    wait.wake_sleepers(f, bell, f.gep(bell, BELL_SLEEPERS, "i8"), True, wait.WAKE_ALL)
 
 
 def _slot(f: FunctionWriter, ch: str, counter: str, slot_bytes: int) -> tuple[str, str]:
@@ -242,9 +169,9 @@ def _publish_at_ir() -> FunctionWriter:
     head, pause, go = f.label("head"), f.label("pause"), f.label("go")
     f.br(head)
     f.start(head)
-    f.cbr(f(f"icmp sge i64 {_now_ns(f)}, %due_ns"), go, pause)
+    f.cbr(f(f"icmp sge i64 {wait.now_ns(f)}, %due_ns"), go, pause)
     f.start(pause)
-    spin_hint(f)
+    wait.spin_hint(f)
     f.br(head)
     f.start(go)
     _publish(f, "%ch", "%bell")
@@ -305,25 +232,14 @@ def _wait_ir() -> FunctionWriter:
         [("ptr", "%bell"), ("i32", "%seen"), ("i64", "%spin_ns"), ("i64", "%timeout_ns")],
         "i32",
     )
-    changed = _spin_until_reached(f, "%bell", f("add i32 %seen, 1"), "%spin_ns")
-    with f.if_(f(f"and i1 {f(f'xor i1 {changed}, true')}, {f('icmp sgt i64 %timeout_ns, 0')}")):
-        sleepers = f.gep("%bell", BELL_SLEEPERS, "i8")
-        f(f"atomicrmw add ptr {sleepers}, i32 1 seq_cst, align 4")
-        again = f("load atomic i32, ptr %bell seq_cst, align 4", "again")
-        with f.if_(f(f"icmp eq i32 {again}, %seen")):
-            if _HAVE_FUTEX:
-                ts = f.var("{ i64, i64 }", None, "ts")
-                f.store("i64", f("sdiv i64 %timeout_ns, 1000000000"), ts.ptr, 8)
-                f.store("i64", f("srem i64 %timeout_ns, 1000000000"), f.gep(ts.ptr, 8, "i8"), 8)
-                f.declare("declare i64 @syscall(i64, ...)")
-                f(
-                    f"call i64 (i64, ...) @syscall(i64 {_SYS_FUTEX}, ptr %bell, i64 {_FUTEX_WAIT},"
-                    f" i64 {f('zext i32 %seen to i64')}, ptr {ts.ptr}, ptr null, i64 0)"
-                )
-            else:  # no futex: give the CPU away; the caller polls again
-                f.declare("declare i32 @sched_yield()")
-                f.call("i32", "sched_yield", [])
-        f(f"atomicrmw sub ptr {sleepers}, i32 1 seq_cst, align 4")
+    sleep = wait.Sleep(
+        "%bell", f.gep("%bell", BELL_SLEEPERS, "i8"), shared=True, nap_ns="%timeout_ns", once=True
+    )
+
+    def rung() -> str:
+        return _reached(f, "%bell", f("add i32 %seen, 1"))
+
+    wait.wait_until(f, rung, "%spin_ns", _yield_after(f), sleep)
     f.op(f"ret i32 {f('load atomic i32, ptr %bell acquire, align 4')}")
     return f
 
