@@ -1,6 +1,7 @@
-"""The same spec under mpiexec gives the same tokens as local ranks; a failing rank ends the
-whole job quickly with a message naming it."""
+"""The same spec under mpiexec gives the same tokens and the same evidence (report, trace,
+parity) as local ranks; a failing rank ends the whole job quickly with a message naming it."""
 
+import json
 import shutil
 import sys
 import time
@@ -8,6 +9,12 @@ from pathlib import Path
 
 import pytest
 from cli_runner import ckec
+from run_evidence import (
+    check_pipeline_report,
+    check_trace_tracks,
+    pipeline_spec,
+    report_keys,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -42,6 +49,59 @@ def test_mpi_matches_local_ranks(spec, n):
     assert a.stdout.strip() == b.stdout.strip()
     assert len(a.stdout.strip().split(",")) == 12
     assert a.leftovers == [] and a.leaked == []
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory):
+    """One two-stage pipeline run under mpiexec (report, trace, parity) and the same run on
+    local ranks (report)."""
+    tmp = tmp_path_factory.mktemp("evidence")
+    spec = pipeline_spec(tmp)
+    args = ("run", spec, "--ids", "1,2,3", "-n", "8")
+    mpi = mpirun(
+        2,
+        *args,
+        "--transport",
+        "mpi",
+        "--report",
+        tmp / "mpi.json",
+        "--trace",
+        tmp / "trace.json",
+        "--check-parity",
+    )
+    assert mpi.returncode == 0, mpi.output
+    loc = local(*args, "--report", tmp / "local.json")
+    assert loc.returncode == 0, loc.stderr
+    return {
+        "spec": spec,
+        "mpi": mpi,
+        "report": json.loads((tmp / "mpi.json").read_text()),
+        "trace": json.loads((tmp / "trace.json").read_text()),
+        "local": json.loads((tmp / "local.json").read_text()),
+    }
+
+
+def test_mpi_report_has_every_rank_and_hop(pipeline_runs):
+    rep = pipeline_runs["report"]
+    check_pipeline_report(rep, pipeline_runs["spec"], prompt=3, generated=8)
+    assert rep["launch"] == "2 ranks over mpi"
+    assert [r["tokens"] for r in rep["ranks"].values()] == [rep["ranks"]["0"]["tokens"]] * 2
+
+
+def test_mpi_trace_has_a_track_per_rank(pipeline_runs):
+    check_trace_tracks(pipeline_runs["trace"], ranks=2)
+
+
+def test_mpi_check_parity(pipeline_runs):
+    assert "parity vs single rank: tokens identical (8)" in pipeline_runs["mpi"].output
+    parity = pipeline_runs["report"]["parity"]
+    assert parity["tokens_identical"] and parity["logit_steps_compared"] == 8
+
+
+def test_local_and_mpi_reports_give_the_same_figures(pipeline_runs):
+    assert report_keys(pipeline_runs["local"]) == report_keys(pipeline_runs["report"])
+    tokens = [r["tokens"] for r in pipeline_runs["local"]["ranks"].values()]
+    assert tokens == [r["tokens"] for r in pipeline_runs["report"]["ranks"].values()]
 
 
 def test_rank_failure_ends_the_job(tmp_path):
