@@ -67,6 +67,14 @@ def _matmul(x, w, act):
     return _f32(x.astype(np.float64) @ w.astype(np.float64).T)
 
 
+def _requant(x, fmt):
+    """x through GGML blocks and back, with gguf's numerics (what crosses ranks)."""
+    from gguf import GGMLQuantizationType, quants
+
+    t = GGMLQuantizationType[fmt.upper()]
+    return _f32(quants.dequantize(quants.quantize(_f32(x), t), t))
+
+
 def _rmsnorm(x, w, eps):
     x64 = x.astype(np.float64)
     return _f32(x64 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + eps) * w)
@@ -90,6 +98,7 @@ SEMANTICS: dict[str, Callable] = {
     "cke.add": lambda o, a, env: _f32(o[0].astype(np.float64) + o[1]),
     "cke.last_token": lambda o, a, env: o[0][-1:],
     "cke.argmax": lambda o, a, env: np.array([int(np.argmax(o[0][-1]))], dtype=np.int32),
+    "cke.requant": lambda o, a, env: _requant(o[0], a["format"]),
     "mem.arena": None,
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from ckeir import limits as L
+from ckeir.formats import FORMATS
 from ckeir.ir.core import Operation
 from ckeir.ir.opdef import Float, Int, Ints, OpDef, Str, fail, register, register_module_check
 from ckeir.ir.types import (
@@ -285,6 +286,13 @@ def _check_float_rows(op: Operation) -> None:
         fail(op, f"operand must be a float tensor, got {x}")
 
 
+def _check_whole_blocks(op: Operation) -> None:
+    x = _ranked(op, 0, 2)
+    fmt = FORMATS[op.attr("format")]
+    if x is not None and x.shape[1] is not None and x.shape[1] % fmt.block:
+        fail(op, f"rows of {x.shape[1]} are not whole {fmt.name} blocks of {fmt.block}")
+
+
 def _both(*checks):
     def check(op: Operation) -> None:
         for c in checks:
@@ -417,6 +425,19 @@ DEFS = [
         optional=PLACED,
         check=_both(_check_float_rows),
         infer=_infer_last,
+    ),
+    OpDef(
+        "cke.requant",
+        "x rounded through a transfer format and back, row by row: dequantize(quantize(x)) "
+        "with GGML's Q8_0 rule (gguf.quants).  The single-rank twin of a schedule with "
+        "`quantize transfers q8_0` applies it where the distributed plan sends x to another "
+        "rank, so that both compute the same values.",
+        operands=("x",),
+        results=("out",),
+        attributes={"format": Str("q8_0")},  # the transfer formats with a kernel
+        optional=PLACED,
+        check=_both(_check_float_rows, _check_whole_blocks),
+        infer=_same_as(0),
     ),
     OpDef(
         "cke.argmax",

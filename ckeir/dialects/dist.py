@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from ckeir import limits as L
 from ckeir.errors import VerifyError
+from ckeir.formats import FORMATS
 from ckeir.ir.core import Operation
 from ckeir.ir.opdef import Int, Ints, OpDef, Str, fail, register, register_module_check
 from ckeir.ir.types import ShapedType
@@ -46,10 +47,15 @@ def _check_allgather(op: Operation) -> None:
         fail(op, f"sizes {sizes} do not fit gathering {x} into {out}")
 
 
-def _check_peer(op: Operation) -> None:
+def _check_message(op: Operation) -> None:
     rank = _own_rank(op)
     if rank is not None and op.attr("peer") == rank:
         fail(op, f"peer {rank} is the func's own rank")
+    t = (op.operands or op.results)[0].type
+    fmt = FORMATS[op.attr("format", "f32")]
+    if isinstance(t, ShapedType) and t.rank and t.shape[-1] is not None:
+        if t.shape[-1] % fmt.block:
+            fail(op, f"rows of {t.shape[-1]} cannot travel as {fmt.name} blocks of {fmt.block}")
 
 
 register(
@@ -59,7 +65,7 @@ register(
         operands=("value",),
         attributes={"peer": RANK, "bytes": BYTES},
         optional=TRANSFER,
-        check=_check_peer,
+        check=_check_message,
     ),
     OpDef(
         "dist.recv",
@@ -67,7 +73,7 @@ register(
         results=("value",),
         attributes={"peer": RANK, "bytes": BYTES},
         optional={**TRANSFER, **OFFSET},
-        check=_check_peer,
+        check=_check_message,
     ),
     OpDef(
         "dist.allreduce",

@@ -32,7 +32,6 @@ from ckeir.ir.types import (
     TensorType,
     element_format,
     nbytes,
-    quant_type,
 )
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import require_ranked, retype
@@ -205,6 +204,63 @@ def _owner_stage(op: Operation, plan: PhasePlan, pre_end: int, post_start: int, 
     return 0 if i < pre_end else len(plan.stages) - 1
 
 
+def owners(block, plan: PhasePlan) -> dict[Operation, int | None]:
+    """The stage that runs each op of a phase program (None for weights: a weight belongs to
+    the stages that use it)."""
+    ops = list(block.ops)
+    tagged = [
+        i for i, op in enumerate(ops) if op.attr("layer") is not None and op.name != "cke.weight"
+    ]
+    pre_end, post_start = tagged[0], tagged[-1] + 1
+    return {
+        op: None if op.name == "cke.weight" else _owner_stage(op, plan, pre_end, post_start, i)
+        for i, op in enumerate(ops)
+    }
+
+
+def crossings(block, plan: PhasePlan) -> list[tuple[Operation, list[tuple[Operation, int]]]]:
+    """Where the plan cuts the program: each op whose result a later stage uses, with those
+    uses (user, operand index).  Each one is a dist.send / dist.recv pair per later rank."""
+    owner = owners(block, plan)
+    term = block.terminator
+    out = []
+    for op in block.ops:
+        if owner[op] is None or op is term:
+            continue
+        for r in op.results:
+            later = [
+                (u, i)
+                for u, i in r.uses
+                if u is not term and owner.get(u) is not None and owner[u] > owner[op]
+            ]
+            if later:
+                out.append((op, later))
+    return out
+
+
+def transfer_format(t: ShapedType, transfer: str) -> str:
+    """How a value of type `t` crosses ranks under `quantize transfers <transfer>`: Q8_0
+    blocks when its rows are whole blocks, else f32."""
+    if transfer != "f32" and t.shape[-1] % FORMATS[transfer].block == 0:
+        return transfer
+    return "f32"
+
+
+def round_transfers(func: Operation, plan: PhasePlan, transfer: str, rw: Rewriter) -> None:
+    """The single-rank twin's side of `quantize transfers`: every value the distributed plan
+    sends to a later stage in `transfer` format is rounded there (`cke.requant`), for the
+    later stages' uses only — exactly the values the receiving ranks compute with."""
+    for op, later in crossings(func.regions[0].entry, plan):
+        r = op.results[0]
+        fmt = transfer_format(r.type, transfer)
+        if fmt == "f32":
+            continue
+        requant = Operation("cke.requant", [r], [r.type], {"format": fmt})
+        rw.insert_after(op, requant)
+        for user, i in later:
+            user.set_operand(i, requant.results[0])  # (the rewriter has no operand edit)
+
+
 def rank_program(
     func: Operation, plan: PhasePlan, rank: int, shape: Shape, transfer: str = "f32"
 ) -> Operation:
@@ -212,50 +268,37 @@ def rank_program(
     (activations cross as `transfer`: f32, or Q8_0 blocks when rows are whole blocks)."""
     new = clone(func)
     block = new.regions[0].entry
-    ops = list(block.ops)
-    tagged = [
-        i for i, op in enumerate(ops) if op.attr("layer") is not None and op.name != "cke.weight"
-    ]
-    pre_end, post_start = tagged[0], tagged[-1] + 1
     stage = plan.stage_of(rank)
-    owner = {op: _owner_stage(op, plan, pre_end, post_start, i) for i, op in enumerate(ops)}
-    for op in ops:  # a weight belongs to where it is used
-        if op.name == "cke.weight":
-            owner[op] = None
+    owner = owners(block, plan)
     rw = Rewriter()
     lead = {s.index: s.ranks[0] for s in plan.stages}
     term = block.terminator
 
-    # values produced in an earlier stage and used here arrive by dist.recv
-    for op in ops:
-        if owner[op] is None or op is term:
-            continue
-        for r in op.results:
-            users = [u for u, _ in r.uses if u is not term and owner.get(u) is not None]
-            if owner[op] != stage.index and any(owner[u] == stage.index for u in users):
-                recv = Operation(
-                    "dist.recv",
-                    result_types=[r.type],
-                    attributes={"peer": lead[owner[op]], **_msg(r.type, func, transfer)},
-                )
-                rw.insert_before(op, recv)
-                r.replace_all_uses_with(recv.results[0])
-            elif owner[op] == stage.index and rank == stage.ranks[0]:
-                later = sorted({owner[u] for u in users if owner[u] > stage.index})
-                at = op
-                for s in later:
-                    for peer in plan.stages[s].ranks:
-                        send = Operation(
-                            "dist.send",
-                            [r],
-                            attributes={"peer": peer, **_msg(r.type, func, transfer)},
-                        )
-                        at = rw.insert_after(at, send)
+    # at each cut, values from an earlier stage arrive by dist.recv; the stage's lead sends
+    # what it produces to every rank of each later stage that uses it
+    for op, later in crossings(block, plan):
+        r = op.results[0]
+        if owner[op] != stage.index and any(owner[u] == stage.index for u, _ in later):
+            recv = Operation(
+                "dist.recv",
+                result_types=[r.type],
+                attributes={"peer": lead[owner[op]], **_msg(r.type, func, transfer)},
+            )
+            rw.insert_before(op, recv)
+            rw.replace(op, [recv.results[0]])
+        elif owner[op] == stage.index and rank == stage.ranks[0]:
+            at = op
+            for s in sorted({owner[u] for u, _ in later}):
+                for peer in plan.stages[s].ranks:
+                    send = Operation(
+                        "dist.send", [r], attributes={"peer": peer, **_msg(r.type, func, transfer)}
+                    )
+                    at = rw.insert_after(at, send)
     # drop what other stages run (users first)
     last_stage = len(plan.stages) - 1
     if stage.index != last_stage:
         rw.erase(term)
-        term = block.append(Operation("cke.return"))
+        term = rw.insert_after(block.ops[-1], Operation("cke.return"))
     others = {
         op
         for op in block.ops
@@ -273,30 +316,27 @@ def rank_program(
     }
     rw.erase_all(others | unused)
     _shard(new, stage, stage.ranks.index(rank), shape, rw)
-    new.attributes.update(
-        {
-            "sym_name": to_attr(
-                f"{func.attr('sym_name')}_r{rank}" if len(plan.ranks) > 1 else func.attr("sym_name")
-            ),
-            "rank": to_attr(rank),
-            "stage": to_attr(stage.index),
-            "layers": to_attr((stage.first, stage.last)),
-            "group": to_attr(tuple(stage.ranks)),
-        }
-    )
+    placed = {
+        "sym_name": f"{func.attr('sym_name')}_r{rank}"
+        if len(plan.ranks) > 1
+        else func.attr("sym_name"),
+        "rank": rank,
+        "stage": stage.index,
+        "layers": (stage.first, stage.last),
+        "group": tuple(stage.ranks),
+    }
+    for name, value in placed.items():
+        rw.set_attr(new, name, value)
     retype(new)
     return new
 
 
 def _msg(t: ShapedType, func: Operation, transfer: str) -> dict:
-    """A message's attributes: its bytes (rows at the func's bound) and, when activations
-    travel as Q8_0 blocks, its `format`."""
-    if transfer == "q8_0" and t.shape[-1] % FORMATS["q8_0"].block == 0:
-        return {
-            "bytes": nbytes(t.with_element(quant_type("q8_0")), dyn=func.attr("max_tokens", 1)),
-            "format": "q8_0",
-        }
-    return {"bytes": nbytes(t, dyn=func.attr("max_tokens", 1))}
+    """A message's attributes: its wire bytes (rows at the func's bound) and, when the value
+    travels as Q8_0 blocks, its `format`."""
+    fmt = transfer_format(t, transfer)
+    wire = {"bytes": cost.message_bytes(t, fmt, func.attr("max_tokens", 1))}
+    return wire if fmt == "f32" else {**wire, "format": fmt}
 
 
 def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter) -> None:
@@ -326,7 +366,7 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
         if op.name == "cke.matmul" and op is head:
             w = op.operands[1].op
             sliced = _weight_slice(w, (v0, v1), None, rw)
-            op.set_operand(1, sliced.results[0])
+            op.set_operand(1, sliced.results[0])  # (the rewriter has no operand edit)
             if not w.results[0].uses:
                 rw.erase(w)
             rw.set_attr(op, "tp", "vocab")
@@ -369,15 +409,20 @@ def _weight_slice(op: Operation, rows, cols, rw: Rewriter, in_place: bool = Fals
             f"place: weight {op.attr('name')} columns {c0}..{c1} do not fall on "
             f"{fmt.name} block boundaries"
         )
-    attributes = dict(op.attributes)
-    attributes.update(shard=to_attr((r0, r1, c0, c1)), shape=to_attr((r1 - r0, c1 - c0)))
-    target = op
-    if not in_place:
-        target = Operation("cke.weight", result_types=[TensorType((r1 - r0, c1 - c0), elt)])
-        rw.insert_after(op, target)
-    target.attributes = attributes
-    rw.set_result_type(target, 0, TensorType((r1 - r0, c1 - c0), elt))
-    return target
+    sliced = TensorType((r1 - r0, c1 - c0), elt)
+    if in_place:
+        rw.set_attr(op, "shard", (r0, r1, c0, c1))
+        rw.set_attr(op, "shape", sliced.shape)
+        rw.set_result_type(op, 0, sliced)
+        return op
+    attributes = {
+        **op.attributes,
+        "shard": to_attr((r0, r1, c0, c1)),
+        "shape": to_attr(sliced.shape),
+    }
+    return rw.insert_after(
+        op, Operation("cke.weight", result_types=[sliced], attributes=attributes)
+    )
 
 
 @register_pass
@@ -393,7 +438,6 @@ class Place(Pass):
                 "`ckec opt --spec FILE`)"
             )
         nodes = {n.name: cost.NodeModel.of(n) for n in cluster.nodes}
-        body = module.regions[0].entry
         originals = [f for f in funcs(module) if f.attr("rank") is None]
         if len(originals) < len(funcs(module)):
             raise PassError(
@@ -408,26 +452,36 @@ class Place(Pass):
         )
         rank_of = {n: i for i, n in enumerate(used)}
         placement = ctx.artifacts.setdefault("placement", {})
+        transfer = getattr(sched, "transfer_format", None) or "f32"
         plans = {}
         for func in originals:
             phase = func.attr("phase")
             decl = None if single else sched.phases.get(phase)
             plans[func] = choose(decl, phase, model_shape(func), rank_of, nodes, func, ctx)
+            if single and transfer != "f32":
+                self._twin_rounding(func, sched, cluster, nodes, ctx, transfer, rewriter)
         # An auto phase may leave nodes idle: only nodes some phase uses become ranks.
         chosen = {n for plan in plans.values() for st in plan.stages for n in st.nodes}
         rank_of = {n: i for i, n in enumerate(n for n in used if n in chosen)}
         for func, plan in plans.items():
             phase, shape = func.attr("phase"), model_shape(func)
             plan = placement[phase] = _renumbered(plan, rank_of)
-            at = body.ops.index(func)
-            transfer = getattr(sched, "transfer_format", None) or "f32"
             for rank in plan.ranks:
-                body.insert(at, rank_program(func, plan, rank, shape, transfer))
-                at += 1
-            body.ops.remove(func)
-            func.parent = None
+                rewriter.insert_before(func, rank_program(func, plan, rank, shape, transfer))
+            rewriter.erase(func)
         ctx.artifacts["ranks"] = {r: n for n, r in rank_of.items()}
         check_memory(module, ctx.artifacts["ranks"], nodes)
+
+    @staticmethod
+    def _twin_rounding(func, sched, cluster, nodes, ctx, transfer, rewriter) -> None:
+        """Round, in the single-rank twin, what the distributed plan of the func's phase
+        would send between stages (see `round_transfers`)."""
+        phase = func.attr("phase")
+        used = _used_nodes(sched, cluster, [phase])
+        rank_of = {n: i for i, n in enumerate(used)}
+        shape = model_shape(func)
+        plan = choose(sched.phases.get(phase), phase, shape, rank_of, nodes, func, ctx)
+        round_transfers(func, plan, transfer, rewriter)
 
 
 def rank_memory(module: Operation) -> dict[int, dict[str, int]]:

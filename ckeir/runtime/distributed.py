@@ -17,9 +17,8 @@ import numpy as np
 
 from ckeir.backends.llvm.engine import _Program
 from ckeir.backends.llvm.pool import Pool
+from ckeir.driver import PREFILL_CHUNK
 from ckeir.errors import TransportError
-from ckeir.formats import FORMATS
-from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
 HANDOFF_TAG = 7
 
@@ -84,7 +83,7 @@ class RankEngine:
             self.programs[abi.phase] = (_Program(abi, 0, weights, kc, vc), addresses)
         self.max_prefill = min(
             (p.abi.max_tokens for p, _ in self.programs.values() if p.abi.phase == "prefill"),
-            default=min(256, config.context),
+            default=min(PREFILL_CHUNK, config.context),
         )
         self.handoff = (
             None
@@ -113,8 +112,7 @@ class RankEngine:
             prog.ctx[prog.abi.slot("pos")] = pos
             for st in prog.abi.steps:
                 t0 = time.perf_counter()
-                self._step(prog, st, addresses, n)
-                self._record(st, n, t0)
+                self._record(st, self._step(prog, st, addresses, n), t0)
             if prog.abi.outputs:
                 token = int(prog.output(0, np.int32)[0])
                 logits = prog.output(1, np.float32)
@@ -125,34 +123,30 @@ class RankEngine:
             self._handoff(pos, len(ids))
         return int(buf[0]), logits
 
-    def _step(self, prog, st, addresses, n: int) -> None:
+    def _step(self, prog, st, addresses, n: int) -> int:
+        """Run one step; returns the bytes it put on (or took off) the wire."""
         arena = prog.arena
         size = st.nbytes(n)
         if st.kind == "native":
             self.pool.run(addresses[st.symbol], prog.ctx.ctypes.data)
-        elif st.kind == "send" and st.format == "q8_0":
-            rows = (
-                arena[st.src : st.src + size]
-                .view(np.float32)
-                .reshape(n if st.rows is None else st.rows, -1)
-            )
-            self.transport.send(quantize_rows(rows, "q8_0").reshape(-1), st.peer)
-        elif st.kind == "recv" and st.format == "q8_0":
-            out = arena[st.dst : st.dst + size].view(np.float32)
-            rows = n if st.rows is None else st.rows
-            width = out.size // rows
-            blocks = np.empty(rows * FORMATS["q8_0"].row_bytes(width), np.uint8)
-            self.transport.recv(blocks, st.peer)
-            out[:] = dequantize_rows(blocks.reshape(rows, -1), "q8_0").reshape(-1)
-        elif st.kind == "send":
-            self.transport.send(arena[st.src : st.src + size], st.peer)
-        elif st.kind == "recv":
-            self.transport.recv(arena[st.dst : st.dst + size], st.peer)
-        elif st.kind == "allreduce":
+            return 0
+        if st.kind in ("send", "recv"):  # the value, or its Q8_0 blocks in a staging buffer
+            at = st.src if st.kind == "send" else st.dst
+            wire = arena[at : at + st.wire_bytes(n)]
+            peer = self.transport.stats.peer(st.peer)
+            before = peer.bytes_sent if st.kind == "send" else peer.bytes_received
+            if st.kind == "send":
+                self.transport.send(wire, st.peer)
+            else:
+                self.transport.recv(wire, st.peer)
+            after = peer.bytes_sent if st.kind == "send" else peer.bytes_received
+            return self._checked(st, n, after - before)
+        if st.kind == "allreduce":
             out = arena[st.dst : st.dst + size]
             out[:] = arena[st.src : st.src + size]
             self.transport.allreduce(out.view(np.float32), st.group)
-        elif st.kind == "allgather":
+            return self._checked(st, n, out.nbytes)
+        if st.kind == "allgather":
             # uneven slices (shards follow the nodes) travel padded to the widest one
             src = arena[st.src : st.src + size].view(np.float32)
             widest = max(st.sizes)
@@ -165,15 +159,26 @@ class RankEngine:
             for i, w in enumerate(st.sizes):
                 out[at : at + w] = gathered[i * widest : i * widest + w]
                 at += w
-        else:
-            raise TransportError(f"unknown program step {st.kind}")
+            return padded.nbytes
+        raise TransportError(f"unknown program step {st.kind}")
 
-    def _record(self, st, n, t0) -> None:
+    def _checked(self, st, n: int, moved: int) -> int:
+        """`moved`, once it is what the IR states for n rows: the evidence (plan, report)
+        comes from the IR's byte counts, so a transfer of any other size is an error."""
+        if not st.ir_agrees(n, moved):
+            raise TransportError(
+                f"rank {self.rank}: {st.op} (peer/group {st.peer if st.peer >= 0 else st.group})"
+                f" moved {moved} bytes for {st.row_count(n)} rows, but the IR states "
+                f"{st.ir_bytes} bytes for {st.ir_rows} rows"
+            )
+        return moved
+
+    def _record(self, st, wire: int, t0) -> None:
         dt = time.perf_counter() - t0
         self.stats[st.kind] += dt
         if st.kind == "native":
             self.native_seconds[self._phase] += dt
-        self.events.append((st.kind, st.peer if st.peer >= 0 else st.group, st.nbytes(n), t0, dt))
+        self.events.append((st.kind, st.peer if st.peer >= 0 else st.group, wire, t0, dt))
 
     def _handoff(self, pos: int, n: int) -> None:
         """Move the KV rows just written from their prefill owners to their decode owners."""

@@ -307,9 +307,10 @@ def _child_states(pid: int) -> list[str]:
     return states
 
 
-def test_q8_0_transfers(tmp_path, single):
+def test_q8_0_transfers_in_the_plan(tmp_path):
     """Activations crossing the pipeline as Q8_0 blocks: 34 bytes per 32 floats instead of
-    128; the greedy tokens stay those of the float run."""
+    128, in the IR and the plan (what crosses in a run, and the logits' exact agreement with
+    the single-rank twin: test_q8_0_transfers.py)."""
     phases = """
   phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
   phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }"""
@@ -321,12 +322,6 @@ def test_q8_0_transfers(tmp_path, single):
 
     dec = plan_report(prog)["phases"]["decode"]
     assert dec["transfer_bytes"] == 136 and dec["transfer_bytes_saved"] == 512 - 136
-    tokens, logits = single()
-    out = run(path)
-    got = root_logits(out)
-    for a, b in zip(got, logits, strict=True):  # 8-bit rounding of the residual stream
-        assert np.abs(a - b).max() <= 2e-2 * np.abs(b).max()
-    assert out["tokens"] == tokens
 
 
 def test_cli_records_parity_hops_and_waiting(tmp_path):

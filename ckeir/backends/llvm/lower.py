@@ -22,10 +22,13 @@ from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
 from ckeir.backends.llvm.kernels.quant_embed import qembed
 from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
+from ckeir.backends.llvm.kernels.transfer import q8_0_dequantize, q8_0_quantize, q8_0_requant
 from ckeir.errors import BackendError
+from ckeir.formats import Q8_0
 from ckeir.ir.core import Operation, OpResult
 from ckeir.ir.types import ShapedType, element_format, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
+from ckeir.planner.cost import message_bytes
 
 FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache")
 
@@ -33,21 +36,51 @@ FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache")
 @attrs.frozen
 class Step:
     """One step of a program: a native segment, or a communication between segments.
-    Byte counts are per token row when `rows` is None (the row count is known at run time)."""
+    Byte counts are per token row; `rows` is None when the row count is known at run time.
+
+    A send/recv moves `wire_row_bytes` per row from `src` / into `dst`: the value itself
+    (f32), or its Q8_0 staging buffer, which the native segment before a send fills
+    (quantize) and the one after a recv reads (dequantize).  `ir_bytes` is what the IR
+    states the message carries at `ir_rows` rows (its func's bound): the runtime holds
+    every transfer to it."""
 
     kind: str  # native | send | recv | allreduce | allgather
     symbol: str = ""
     src: int = -1  # arena offsets
     dst: int = -1
-    row_bytes: int = 0
+    row_bytes: int = 0  # of the value in the arena
     rows: int | None = None
     peer: int = -1
     group: tuple[int, ...] = ()
     format: str = "f32"  # how a send/recv's rows travel (q8_0: GGML blocks)
     sizes: tuple[int, ...] = ()  # allgather: each rank's width, in group order
+    wire_row_bytes: int = 0  # on the wire
+    op: str = ""  # the dist.* op it runs
+    ir_bytes: int = 0
+    ir_rows: int = 1
+
+    def row_count(self, n: int) -> int:
+        return n if self.rows is None else self.rows
 
     def nbytes(self, n: int) -> int:
-        return self.row_bytes * (n if self.rows is None else self.rows)
+        return self.row_bytes * self.row_count(n)
+
+    def wire_bytes(self, n: int) -> int:
+        return self.wire_row_bytes * self.row_count(n)
+
+    def ir_agrees(self, n: int, moved: int) -> bool:
+        """Whether `moved` bytes for n rows are the IR's bytes for that many rows."""
+        return moved * self.ir_rows == self.ir_bytes * self.row_count(n)
+
+
+@attrs.frozen
+class _Staged:
+    """A kernel call a Q8_0 send or recv adds to a native segment: `quantize` a value into its
+    staging buffer at `offset` (before the send), or `dequantize` a received one out of it."""
+
+    kind: str  # quantize | dequantize
+    value: object  # the sent value, or the recv's result
+    offset: int
 
 
 @attrs.frozen
@@ -59,7 +92,7 @@ class ProgramABI:
     phase: str
     rank: int
     slots: tuple[str, ...]  # FIXED_SLOTS, then "weight:<name>" per weight
-    arena_bytes: int
+    arena_bytes: int  # the func's arena, then the Q8_0 staging buffers of its messages
     max_tokens: int
     outputs: tuple[tuple[int, int], ...]  # (arena offset, bytes) of each returned value
     steps: tuple[Step, ...] = ()
@@ -116,20 +149,45 @@ class _Lowering:
                 raise BackendError(
                     f"lower-llvm: {op.name} has no arena offset (run plan-memory first)"
                 )
-        segment: list[Operation] = []
+        self.staging_top = _aligned(self.func.attr("arena_bytes", 0))
+        self.staged: dict = {}  # sent value -> its Q8_0 staging offset (one for any peers)
+        segment: list[Operation | _Staged] = []
         for op in self.block.ops:
             if op.name in ("cke.weight", "mem.arena"):
                 continue
-            if op.name.startswith("dist.") or op.name == "cke.return":
-                if segment:
-                    self.native(segment)
-                    segment = []
-                if op.name != "cke.return":
-                    self.steps.append(_comm_step(op))
+            if not (op.name.startswith("dist.") or op.name == "cke.return"):
+                segment.append(op)
                 continue
-            segment.append(op)
+            step = None if op.name == "cke.return" else self.comm(op, segment)
+            if segment:
+                self.native(segment)
+                segment = []
+            if step is not None:
+                self.steps.append(step)
+                if step.kind == "recv" and step.format != "f32":
+                    segment.append(_Staged("dequantize", op.results[0], step.dst))
         if segment:
             self.native(segment)
+
+    def comm(self, op: Operation, segment: list) -> Step:
+        """The step of a dist.* op; a Q8_0 message travels through a staging buffer, which
+        a send has the segment before it fill (once per value, whatever its peers)."""
+        step = _comm_step(op, self.func.attr("max_tokens", 1))
+        if step.format == "f32":
+            return step
+        if step.kind == "recv":
+            return attrs.evolve(step, dst=self.staging(step))
+        value = op.operands[0]
+        if value not in self.staged:
+            self.staged[value] = self.staging(step)
+            segment.append(_Staged("quantize", value, self.staged[value]))
+        return attrs.evolve(step, src=self.staged[value])
+
+    def staging(self, step: Step) -> int:
+        """Arena space past the func's buffers for one message's Q8_0 blocks at its bound."""
+        at = self.staging_top
+        self.staging_top = _aligned(at + step.wire_row_bytes * step.ir_rows)
+        return at
 
     def native(self, ops: list[Operation]) -> None:
         """One entry `void @cke_<func>_s<k>(ptr ctx, i32 tid, i32 nth)` running `ops`."""
@@ -163,12 +221,26 @@ class _Lowering:
                     f"getelementptr inbounds i8, ptr {arena}, i64 {op.attr('offset')}", "buf"
                 )
         for i, op in enumerate(ops):
-            LOWER[op.name](self, op)
+            if isinstance(op, _Staged):
+                self.lower_staged(op, arena)
+            else:
+                LOWER[op.name](self, op)
             if i + 1 < len(ops):  # the caller waits for every thread at the end anyway
                 self.sync()
         self.entries.append(f.finish())
         self.declares |= f.declares
         self.steps.append(Step("native", symbol=symbol))
+
+    def lower_staged(self, item: _Staged, arena: str) -> None:
+        width = _dims(item.value)[-1]
+        if width % Q8_0.block:
+            raise BackendError(f"lower-llvm: rows of {width} cannot travel as q8_0 blocks")
+        staging = self.f(f"getelementptr inbounds i8, ptr {arena}, i64 {item.offset}", "stage")
+        value = self.value_ptr(item.value)
+        if item.kind == "quantize":
+            self.call(q8_0_quantize(width, self.host), [value, staging], self.rows(item.value))
+        else:
+            self.call(q8_0_dequantize(width, self.host), [staging, value], self.rows(item.value))
 
     def rows(self, v) -> str:
         t = v.type
@@ -262,6 +334,11 @@ def _lower_last_token(low: _Lowering, op: Operation) -> None:
         f.memcpy(low.value_ptr(op.results[0]), src, row_bytes)
 
 
+def _lower_requant(low: _Lowering, op: Operation) -> None:
+    width = _dims(op.operands[0])[1]
+    low.call(q8_0_requant(width, low.host), _io(low, op), low.rows(op.operands[0]))
+
+
 def _lower_argmax(low: _Lowering, op: Operation) -> None:
     v = _dims(op.operands[0])[1]
     low.call(K.argmax(v, low.host), _io(low, op), low.rows(op.operands[0]))
@@ -277,6 +354,7 @@ LOWER = {
     "cke.add": _lower_elementwise(K.add),
     "cke.last_token": _lower_last_token,
     "cke.argmax": _lower_argmax,
+    "cke.requant": _lower_requant,
 }
 
 
@@ -285,36 +363,41 @@ def _slot_name(w: Operation) -> str:
     return f"weight:{w.attr('name')}" + ("@" + ",".join(map(str, shard)) if shard else "")
 
 
-def _row_bytes(t) -> tuple[int, int | None]:
-    rows = t.shape[0]
-    per_row = nbytes(t.with_shape((1, *t.shape[1:])))
-    return per_row, rows
+def _aligned(offset: int) -> int:
+    return -(-offset // 64) * 64
 
 
-def _comm_step(op: Operation) -> Step:
+def _row_bytes(t, fmt: str = "f32") -> int:
+    """Bytes of one row of a value of type `t` sent in format `fmt` (`cost.message_bytes`,
+    the one definition of a message's size, for one row of a `?`-row type)."""
+    return message_bytes(t.with_shape((None, *t.shape[1:])), fmt, tokens=1)
+
+
+def _comm_step(op: Operation, max_tokens: int) -> Step:
+    """The step that runs one dist.* op (a send's source and a recv's destination are the
+    value's arena buffer; the caller moves Q8_0 messages to staging buffers)."""
+    t = (op.operands or op.results)[0].type
+    fmt = op.attr("format", "f32")
+    common = dict(
+        row_bytes=_row_bytes(t),
+        wire_row_bytes=_row_bytes(t, fmt),
+        rows=t.shape[0],
+        format=fmt,
+        op=op.name,
+        ir_bytes=op.attr("bytes", 0),
+        ir_rows=max_tokens if t.shape[0] is None else t.shape[0],
+    )
     if op.name == "dist.send":
-        per_row, rows = _row_bytes(op.operands[0].type)
-        return Step(
-            "send",
-            src=op.operands[0].op.attr("offset"),
-            row_bytes=per_row,
-            rows=rows,
-            peer=op.attr("peer"),
-        )
+        return Step("send", src=op.operands[0].op.attr("offset"), peer=op.attr("peer"), **common)
     if op.name == "dist.recv":
-        per_row, rows = _row_bytes(op.results[0].type)
-        return Step(
-            "recv", dst=op.attr("offset"), row_bytes=per_row, rows=rows, peer=op.attr("peer")
-        )
-    per_row, rows = _row_bytes(op.operands[0].type)
+        return Step("recv", dst=op.attr("offset"), peer=op.attr("peer"), **common)
     return Step(
         op.name.split(".")[1],
         src=op.operands[0].op.attr("offset"),
         dst=op.attr("offset"),
-        row_bytes=per_row,
-        rows=rows,
         group=tuple(op.attr("group")),
         sizes=tuple(op.attr("sizes") or ()),
+        **common,
     )
 
 
@@ -335,7 +418,7 @@ def _abi(low: _Lowering) -> ProgramABI:
         func.attr("phase"),
         func.attr("rank", 0),
         low.slots,
-        func.attr("arena_bytes", 0),
+        low.staging_top,
         func.attr("max_tokens", 1),
         tuple(outputs),
         tuple(low.steps),
