@@ -469,19 +469,37 @@ class LowerLLVM(Pass):
         ctx.artifacts["llvm"] = lower_module(module, host)
 
 
+# The sources that shape a lowering (its LLVM IR and the pickled ABI), relative to the
+# package: this backend, the IR and op declarations it reads, the block layouts, the
+# activation-quantization rule and the message sizes (planner.cost).  A cached lowering
+# dies with any change to them.
+LOWERING_SOURCES = (
+    "backends/llvm",
+    "ir",
+    "dialects",
+    "formats.py",
+    "quant.py",
+    "planner",
+    "limits.py",
+)
+CKEIR_ROOT = Path(__file__).resolve().parents[2]
+
+
 @functools.cache
-def _backend_fingerprint() -> str:
-    """A hash of this backend's own source: cached lowerings die with any change to it."""
+def lowering_fingerprint() -> str:
+    """A hash of every file in LOWERING_SOURCES (names and contents)."""
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.read_bytes())
+    for rel in LOWERING_SOURCES:
+        path = CKEIR_ROOT / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(CKEIR_ROOT).as_posix().encode() + b"\0")
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 
 def lower_module_cached(module: Operation, host: HostCPU, rank: int | None = None):
     """`lower_module`, remembered on disk by the module's text, the rank, the host and the
-    backend's source, so a warm start skips generating kernel IR (about a second for
+    source of what shapes a lowering (`LOWERING_SOURCES`), so a warm start skips generating kernel IR (about a second for
     SmolLM2).  Returns (lowered, cache_hit)."""
     from ckeir.ir.printer import print_ir
 
@@ -492,7 +510,7 @@ def lower_module_cached(module: Operation, host: HostCPU, rank: int | None = Non
                 str(rank),
                 host.name,
                 host.llvm_features_string(),
-                _backend_fingerprint(),
+                lowering_fingerprint(),
             ]
         ).encode()
     ).hexdigest()[:40]
