@@ -5,7 +5,8 @@ Requires: place, and runs once: on a module that already has `dist.allreduce` or
 (`tp = "partial"`: row-parallel attention output and FFN down projections) it inserts
 `dist.allreduce {group, bytes}`; after an LM head split by vocabulary (`tp = "vocab"`) a
 `dist.allgather {axis = 1}` that rebuilds the full logits.  Every dist op carries its byte
-count (for `?` rows: at the func's `max_tokens`).  Then it checks, per phase, that every
+count (for `?` rows: at the func's `max_tokens`): what each member puts on the wire (an
+allgather's uneven slices travel padded to the widest).  Then it checks, per phase, that every
 send has a receive on its peer with the same bytes, in the same order, and that the ranks'
 sequences of communication complete (a rendezvous simulation: no deadlock).
 """
@@ -49,11 +50,13 @@ def insert(func: Operation, rw: Rewriter) -> None:
             bounds = op.attr("vocab_bounds")
             sizes = tuple(b - a for a, b in zip(bounds, bounds[1:], strict=False))
             out = TensorType((r.type.shape[0], full), r.type.element)
+            # uneven slices travel padded to the widest: what each member puts on the wire
+            wire = _bytes(r.type.with_shape((r.type.shape[0], max(sizes))), func)
             new = Operation(
                 "dist.allgather",
                 [r],
                 [out],
-                {"group": tuple(group), "bytes": _bytes(r.type, func), "axis": 1, "sizes": sizes},
+                {"group": tuple(group), "bytes": wire, "axis": 1, "sizes": sizes},
             )
         added[op] = new
         for user, i in users:

@@ -112,7 +112,9 @@ class RankEngine:
             prog.ctx[prog.abi.slot("pos")] = pos
             for st in prog.abi.steps:
                 t0 = time.perf_counter()
-                self._record(st, self._step(prog, st, addresses, n), t0)
+                before = self._counted(st)
+                self._step(prog, st, addresses, n)
+                self._record(st, self._checked(st, n, self._counted(st) - before), t0)
             if prog.abi.outputs:
                 token = int(prog.output(0, np.int32)[0])
                 logits = prog.output(1, np.float32)
@@ -123,30 +125,20 @@ class RankEngine:
             self._handoff(pos, len(ids))
         return int(buf[0]), logits
 
-    def _step(self, prog, st, addresses, n: int) -> int:
-        """Run one step; returns the bytes it put on (or took off) the wire."""
+    def _step(self, prog, st, addresses, n: int) -> None:
         arena = prog.arena
         size = st.nbytes(n)
         if st.kind == "native":
             self.pool.run(addresses[st.symbol], prog.ctx.ctypes.data)
-            return 0
-        if st.kind in ("send", "recv"):  # the value, or its Q8_0 blocks in a staging buffer
-            at = st.src if st.kind == "send" else st.dst
-            wire = arena[at : at + st.wire_bytes(n)]
-            peer = self.transport.stats.peer(st.peer)
-            before = peer.bytes_sent if st.kind == "send" else peer.bytes_received
-            if st.kind == "send":
-                self.transport.send(wire, st.peer)
-            else:
-                self.transport.recv(wire, st.peer)
-            after = peer.bytes_sent if st.kind == "send" else peer.bytes_received
-            return self._checked(st, n, after - before)
-        if st.kind == "allreduce":
+        elif st.kind == "send":  # the value, or its Q8_0 blocks in a staging buffer
+            self.transport.send(arena[st.src : st.src + st.wire_bytes(n)], st.peer)
+        elif st.kind == "recv":
+            self.transport.recv(arena[st.dst : st.dst + st.wire_bytes(n)], st.peer)
+        elif st.kind == "allreduce":
             out = arena[st.dst : st.dst + size]
             out[:] = arena[st.src : st.src + size]
             self.transport.allreduce(out.view(np.float32), st.group)
-            return self._checked(st, n, out.nbytes)
-        if st.kind == "allgather":
+        elif st.kind == "allgather":
             # uneven slices (shards follow the nodes) travel padded to the widest one
             src = arena[st.src : st.src + size].view(np.float32)
             widest = max(st.sizes)
@@ -159,12 +151,26 @@ class RankEngine:
             for i, w in enumerate(st.sizes):
                 out[at : at + w] = gathered[i * widest : i * widest + w]
                 at += w
-            return padded.nbytes
-        raise TransportError(f"unknown program step {st.kind}")
+        else:
+            raise TransportError(f"unknown program step {st.kind}")
+
+    def _counted(self, st) -> int:
+        """The transport's count of the bytes a step moves, so far: a send's or recv's with
+        its peer; a collective's payload (an allgather counts what it gathered: every
+        member's share)."""
+        stats = self.transport.stats
+        if st.kind == "native":
+            return 0
+        if st.kind in ("send", "recv"):
+            peer = stats.peer(st.peer)
+            return peer.bytes_sent if st.kind == "send" else peer.bytes_received
+        return stats.op(st.kind).bytes // (len(st.group) if st.kind == "allgather" else 1)
 
     def _checked(self, st, n: int, moved: int) -> int:
         """`moved`, once it is what the IR states for n rows: the evidence (plan, report)
         comes from the IR's byte counts, so a transfer of any other size is an error."""
+        if st.kind == "native":
+            return 0
         if not st.ir_agrees(n, moved):
             raise TransportError(
                 f"rank {self.rank}: {st.op} (peer/group {st.peer if st.peer >= 0 else st.group})"

@@ -24,26 +24,32 @@ PROMPT = [3, 14, 15, 92, 65]
 N = 6
 
 
-def spec(tmp_path, transfers: str = "q8_0", hidden: int = 96):
-    """Two stages, n0 then n1, in both phases; rows of `hidden` floats cross the hop."""
-    path = tmp_path / f"pp_{transfers}_{hidden}.cke"
+PIPELINE = """
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }"""
+
+
+def spec(tmp_path, transfers: str = "q8_0", phases: str = PIPELINE):
+    """A model whose 96-wide rows cross between stages (two stages, n0 then n1, unless
+    `phases` says otherwise)."""
+    path = tmp_path / f"{transfers}_{abs(hash(phases))}.cke"
     path.write_text(
         f"""
 model m {{
-  family llama; vocab 384; hidden {hidden}; layers 4; heads {hidden // 32}; kv_heads 1
+  family llama; vocab 384; hidden 96; layers 4; heads 6; kv_heads 2
   ffn 256; context 64; weights random(seed = 11)
 }}
 cluster c {{
   node n0 {{ cores 1; dram 8GiB; dram_bw 20GB/s; l2 1MiB; l3 32MiB }}
   node n1 {{ like n0 }}
+  node n2 {{ like n0 }}
   link n0 <-> n1 {{ bw 10Gbit/s; latency 20us }}
 }}
 schedule s {{
   run m on c
   quantize weights f32
   quantize transfers {transfers}
-  phase prefill {{ stage n0 layers 0..1; stage n1 layers 2..3 }}
-  phase decode  {{ stage n0 layers 0..1; stage n1 layers 2..3 }}
+  {phases}
 }}
 """
     )
@@ -52,7 +58,6 @@ schedule s {{
 
 def run(path):
     prog = ckeir.compile(path, backend="reference")
-    assert prog.world_size == 2
     return run_local(prog, PROMPT, N, collect_logits=True)
 
 
@@ -87,6 +92,23 @@ def test_q8_0_pipeline_equals_its_single_rank_twin_bitwise(tmp_path):
     assert len(steps) == N
     for i, want in enumerate(logits):
         assert np.array_equal(steps[i].view(np.uint32), want.view(np.uint32)), f"step {i}"
+
+
+def test_hybrid_stages_move_blocks_to_every_rank_of_the_next(tmp_path):
+    """Prefill n0 | [n1, n2]: the first stage sends its Q8_0 blocks to both ranks of the
+    tensor-parallel one; decode [n0, n1] | n2: the tensor-parallel stage's lead sends.  The
+    tokens are the twin's (tensor parallelism re-associates sums: not bitwise)."""
+    phases = """
+  phase prefill { stage n0 layers 0..1; stage [n1, n2] layers 2..3 }
+  phase decode  { stage [n0, n1] layers 0..1; stage n2 layers 2..3 }"""
+    path = spec(tmp_path, phases=phases)
+    out = run(path)
+    assert hop_events(out, 0, "send") == [len(PROMPT) * 102] * 2 + [102] * (N - 1)
+    assert hop_events(out, 1, "send") == []
+    assert hop_events(out, 1, "recv") == [len(PROMPT) * 102]
+    assert hop_events(out, 2, "recv") == [len(PROMPT) * 102] + [102] * (N - 1)
+    with Program(path, single_rank=True, threads=1) as twin:
+        assert out["tokens"] == twin.generate(PROMPT, N)
 
 
 def test_the_twin_rounds_like_gguf(tmp_path):
