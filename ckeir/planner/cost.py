@@ -3,8 +3,17 @@
 Decode on CPUs is bound by memory bandwidth (every weight byte is read once per token),
 prefill by arithmetic; links cost latency + bytes / bandwidth.  An op's time on a node is the
 larger of its memory time and its compute time (a roofline), with the node's cores working
-together.  The constants below are the assumptions behind the compute side; memory and
-links come from the cluster spec.
+together, plus the fixed cost of starting a kernel.
+
+The figures come from one of two places, and nothing here measures: for the *declared*
+cluster (`ckec plan`) memory and links come from the spec and compute from the assumed
+clock below; for the *machine a run used* `ckeir.runtime.machine` measures them (read
+bandwidth per thread count, the real matmul kernels' rates, dispatch and transport costs)
+and hands them in as the same `NodeModel` and `Overheads`.
+
+Collectives cost what the transport's algorithm sends (`ckeir.runtime.transport.base`):
+`collective_steps` lists each step's messages, and a step over per-pair links takes as long
+as its slowest message (every pair of ranks has a link of its own).
 """
 
 from __future__ import annotations
@@ -14,31 +23,49 @@ import math
 import attrs
 
 from ckeir.ir.core import Operation
-from ckeir.ir.types import ShapedType, nbytes, quant_type
+from ckeir.ir.types import ShapedType, element_format, nbytes, quant_type
+from ckeir.runtime.transport.base import ALLREDUCE_DIRECT_BYTES
 
-CLOCK_HZ = 3.0e9  # assumed core clock
+CLOCK_HZ = 3.0e9  # the declared cluster's assumed core clock (a spec states no clock)
 FLOPS_PER_CYCLE = 32  # one 16-lane FMA pipe: 16 multiplies + 16 adds per cycle
 F32 = 4
+TOKEN_BYTES = 4  # the next token, broadcast from the last stage to every rank each step
 
 
 @attrs.frozen
 class NodeModel:
-    """What the model knows of one node (from the cluster spec)."""
+    """What the model knows of one node: from the cluster spec (`of`), or measured on the
+    machine a rank runs on (`ckeir.runtime.machine`)."""
 
     name: str
     cores: int
     dram: int  # bytes
-    dram_bw: float  # bytes/s
+    dram_bw: float  # bytes/s read by this node's threads
     l2: int
     l3: int
+    flops: float = 0.0  # arithmetic rate; 0: cores x CLOCK_HZ x FLOPS_PER_CYCLE
+    # matmul_kind -> weight bytes/s the matmul kernels of that family stream (decode)
+    matmul_bw: dict = attrs.field(factory=dict, eq=False)
+    op_overhead: float = 0.0  # s to start one kernel inside a native segment
 
     @property
     def peak_flops(self) -> float:
-        return self.cores * CLOCK_HZ * FLOPS_PER_CYCLE
+        return self.flops or self.cores * CLOCK_HZ * FLOPS_PER_CYCLE
 
     @classmethod
     def of(cls, node) -> NodeModel:
         return cls(node.name, node.cores, node.dram, node.dram_bw, node.l2, node.l3)
+
+
+@attrs.frozen
+class Overheads:
+    """Fixed costs a step pays besides kernels and link time (zero for the declared
+    cluster): per native segment (pool dispatch + the Python between segments), per
+    point-to-point message and per collective step on the transport."""
+
+    segment: float = 0.0
+    message: float = 0.0
+    collective: float = 0.0
 
 
 @attrs.frozen
@@ -47,7 +74,11 @@ class LinkModel:
     latency: float  # s
 
     def time(self, nbytes: int) -> float:
+        """The one definition of a link's time: latency + bytes / bandwidth."""
         return self.latency + seconds(nbytes, self.bw)
+
+
+NO_LINK = LinkModel(bw=math.inf, latency=0.0)  # ranks that share memory: no link delay
 
 
 def seconds(amount: float, rate: float) -> float:
@@ -99,10 +130,21 @@ def op_flops(op: Operation, tokens: int, context: int) -> float:
     return 0.0
 
 
+def matmul_kind(op: Operation) -> str:
+    """Which kernel family runs a matmul: weight format and activation format ("q4_1/q8_0":
+    int8 dot products on Q8_0-quantized activations; "q4_1/f32": float activations)."""
+    weight = element_format(op.operands[1].type.element).name
+    return f"{weight}/{op.attr('act') or 'f32'}"
+
+
 def op_time(op: Operation, node: NodeModel, tokens: int, context: int) -> float:
-    """Roofline time of one op on one node."""
-    return max(
-        seconds(op_bytes(op, tokens, context), node.dram_bw),
+    """Roofline time of one op on one node, plus the cost of starting its kernel.  A matmul
+    streams its weights at the rate measured for its kernel family when there is one."""
+    bw = node.dram_bw
+    if op.name == "cke.matmul":
+        bw = node.matmul_bw.get(matmul_kind(op), bw)
+    return node.op_overhead + max(
+        seconds(op_bytes(op, tokens, context), bw),
         seconds(op_flops(op, tokens, context), node.peak_flops),
     )
 
@@ -117,11 +159,54 @@ def message_bytes(t: ShapedType, fmt: str = "f32", tokens: int = 1) -> int:
     return rows * nbytes(one)
 
 
-def allreduce_time(nbytes: int, ranks: int, link: LinkModel) -> float:
-    """A gather-to-root + broadcast all-reduce: two hops carrying (ranks - 1) messages."""
-    if ranks <= 1:
-        return 0.0
-    return 2 * link.latency + seconds(2 * (ranks - 1) * nbytes, link.bw)
+def collective_steps(
+    kind: str, nbytes: int, group: int, member: int = 0, root: int = 0, itemsize: int = F32
+) -> tuple[tuple[int, ...], ...]:
+    """The messages member `member` (an index into the group) sends in each step of the
+    transport's `kind` collective over `group` ranks of an `nbytes` buffer: one tuple of
+    message sizes per step, in the order the transport runs them.
+
+    - allreduce, 2 ranks or at most ALLREDUCE_DIRECT_BYTES: one step, the whole buffer to
+      every other member (each sums locally);
+    - allreduce, larger over 3+ ranks: reduce-scatter (each peer's slice to that peer), then
+      allgather (one's own summed slice to every peer): two steps;
+    - allgather: one step, one's own part to every other member;
+    - broadcast: the root sends the buffer to every other member, the others send nothing.
+    """
+    if group <= 1:
+        return ()
+    peers = group - 1
+    if kind == "allreduce" and (group == 2 or nbytes <= ALLREDUCE_DIRECT_BYTES):
+        return ((nbytes,) * peers,)
+    if kind == "allreduce":
+        sizes = [itemsize * (hi - lo) for lo, hi in _slices(nbytes // itemsize, group)]
+        others = [b for i, b in enumerate(sizes) if i != member]
+        return (tuple(others), (sizes[member],) * peers)
+    if kind == "allgather":
+        return ((nbytes,) * peers,)
+    if kind == "broadcast":
+        return ((nbytes,) * peers,) if member == root else ((),)
+    raise ValueError(f"no cost for collective {kind!r}")
+
+
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    """The transport's split of n elements into `parts` contiguous ranges (ceil steps)."""
+    step = math.ceil(n / parts)
+    return [(min(i * step, n), min((i + 1) * step, n)) for i in range(parts)]
+
+
+def collective_time(
+    kind: str, nbytes: int, group: int, link: LinkModel, over: Overheads = Overheads()
+) -> float:
+    """Seconds of a collective once every member has arrived.  Each step's messages cross
+    separate per-pair links at once and every member waits for the others, so a step lasts
+    as long as its largest message, plus the transport's fixed cost per step."""
+    per_member = [collective_steps(kind, nbytes, group, m) for m in range(group)]
+    total = 0.0
+    for step in zip(*per_member, strict=True):
+        largest = max((b for msgs in step for b in msgs), default=0)
+        total += link.time(largest) + over.collective
+    return total
 
 
 def kv_cache_bytes(layers: int, context: int, kv_dim: int) -> int:

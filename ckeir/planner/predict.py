@@ -1,14 +1,26 @@
 """Predictions for placements: per-rank time, per-stage time, hops, bubbles and memory.  The
 formulas are `ckeir.planner.cost`'s; this module applies them to the per-rank programs that
-`place` cuts (the place pass compares its `auto` candidates with it)."""
+`place` cuts (the place pass compares its `auto` candidates with it).
+
+A step is replayed on every rank's program at once, as the runtime runs it: each rank walks
+its ops in order on a clock of its own — native segments (the kernels between two messages),
+sends (the sender is held for the link's time, as a shaped link holds it), receives (they
+wait for the message to arrive), collectives (they wait for the last member) — and every
+step ends with the next token broadcast from the last stage to all ranks.  The latency is
+the time between two tokens on the last stage once the ranks have settled into their
+rhythm, so a pipeline's stages add up and a tensor-parallel stage pays, at every
+collective, for its slowest member.
+"""
 
 from __future__ import annotations
 
 import attrs
 
 from ckeir.ir.core import Operation
-from ckeir.ir.types import ShapedType, nbytes
+from ckeir.ir.types import nbytes
 from ckeir.planner import cost
+
+SETTLE_STEPS = 3  # steps replayed; the last one's duration is the prediction
 
 
 @attrs.frozen
@@ -16,7 +28,7 @@ class Prediction:
     latency: float  # seconds per step (one token for decode, the prompt for prefill)
     stage_time: tuple[float, ...]
     rank_time: dict  # rank -> compute seconds
-    comm_time: dict  # rank -> seconds in collectives and sends
+    comm_time: dict  # rank -> seconds in collectives and sends (link time, no waiting)
     hops: tuple[tuple[int, int, int, float], ...]  # (from, to, bytes, seconds)
     memory: dict  # rank -> bytes (weights + KV cache)
     weight_bytes: dict  # rank -> bytes
@@ -26,10 +38,152 @@ class Prediction:
 
 
 def link_between(cluster, a: str, b: str) -> cost.LinkModel:
+    """The declared link between two nodes (none declared: they share memory)."""
     link = cluster.link(a, b)
     if link is None:
-        return cost.LinkModel(bw=float("inf"), latency=0.0)
+        return cost.NO_LINK
     return cost.LinkModel(link.bw, link.latency)
+
+
+# ---- what each rank does in one step -------------------------------------------------------
+
+
+@attrs.frozen
+class _Step:
+    kind: str  # compute | send | recv | allreduce | allgather | broadcast
+    seconds: float = 0.0  # compute
+    peer: int = -1  # send / recv; the root of a broadcast
+    group: tuple[int, ...] = ()
+    nbytes: int = 0
+
+
+def rank_steps(func: Operation, node: cost.NodeModel, tokens: int, context: int, over) -> list:
+    """One rank's step as the runtime runs it: native segments between messages, each
+    message with its wire bytes (`cost.message_bytes`).  Collectives are the program's
+    `dist.*` ops; a program cut by place but not yet through insert-collectives gets them
+    where that pass will put them: after each matmul whose result is a partial sum or a
+    vocabulary slice."""
+    steps: list[_Step] = []
+    ops = func.regions[0].entry.ops
+    group = tuple(func.attr("group", (func.attr("rank", 0),)))
+    placed = not any(op.name in ("dist.allreduce", "dist.allgather") for op in ops)
+    segment = 0.0
+    open_segment = False
+
+    def close() -> None:
+        nonlocal segment, open_segment
+        if open_segment:
+            steps.append(_Step("compute", seconds=segment + over.segment))
+        segment, open_segment = 0.0, False
+
+    for op in ops:
+        if op.name in ("cke.weight", "cke.return"):
+            continue
+        if op.name.startswith("cke."):
+            segment += cost.op_time(op, node, tokens, context)
+            open_segment = True
+            kind = op.attr("tp") if op.name == "cke.matmul" and len(group) > 1 else None
+            if placed and kind is not None:
+                close()
+                sizes = _widths(op.attr("vocab_bounds") or ())
+                steps.append(_collective(op.results[0].type, kind, group, tokens, sizes, "f32"))
+        elif op.name.startswith("dist."):
+            close()
+            t = (op.operands or op.results)[0].type
+            fmt = op.attr("format", "f32")
+            if op.name in ("dist.send", "dist.recv"):
+                b = cost.message_bytes(t, fmt, tokens)
+                steps.append(_Step(op.name[5:], peer=op.attr("peer"), nbytes=b))
+            else:
+                kind = "partial" if op.name == "dist.allreduce" else "vocab"
+                group = tuple(op.attr("group"))
+                steps.append(_collective(t, kind, group, tokens, op.attr("sizes") or (), fmt))
+    close()
+    return steps
+
+
+def _widths(bounds) -> tuple[int, ...]:
+    return tuple(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def _collective(t, kind: str, group: tuple[int, ...], tokens: int, sizes, fmt: str) -> _Step:
+    if kind == "partial":
+        return _Step("allreduce", group=group, nbytes=cost.message_bytes(t, fmt, tokens))
+    # vocabulary slices of unequal widths travel padded to the widest one
+    widest = t.with_shape((t.shape[0], max(sizes)))
+    return _Step("allgather", group=group, nbytes=cost.message_bytes(widest, fmt, tokens))
+
+
+# ---- replaying a step on every rank --------------------------------------------------------
+
+
+class _Replay:
+    """Every rank's clock through SETTLE_STEPS steps of their programs."""
+
+    def __init__(self, steps: dict, link, over: cost.Overheads):
+        self.steps, self.link, self.over = steps, link, over
+        self.clock = dict.fromkeys(steps, 0.0)
+        self.pc = dict.fromkeys(steps, 0)
+        self.arrivals: dict = {}  # (src, dst) -> arrival times of messages not yet received
+        self.meetings: dict = {}  # (group, ordinal) -> {rank: time it arrived}
+        self.ordinal: dict = {}  # (rank, group) -> collectives this rank entered so far
+
+    def run(self, root: int) -> float:
+        ends = []
+        for _ in range(SETTLE_STEPS):
+            self.pc = dict.fromkeys(self.steps, 0)
+            while any(self.pc[r] < len(s) for r, s in self.steps.items()):
+                if not any(self._advance(r) for r in self.steps):
+                    raise ValueError("the rank programs wait for each other: no step can finish")
+            ends.append(self.clock[root])
+        return ends[-1] - (ends[-2] if len(ends) > 1 else 0.0)
+
+    def _advance(self, r: int) -> bool:
+        moved = False
+        while self.pc[r] < len(self.steps[r]) and self._try(r, self.steps[r][self.pc[r]]):
+            self.pc[r] += 1
+            moved = True
+        return moved
+
+    def _try(self, r: int, st: _Step) -> bool:
+        over = self.over
+        if st.kind == "compute":
+            self.clock[r] += st.seconds
+        elif st.kind == "send":
+            t = self.link(r, st.peer).time(st.nbytes)
+            self.arrivals.setdefault((r, st.peer), []).append(self.clock[r] + t)
+            self.clock[r] += t + over.message
+        elif st.kind == "recv":
+            queue = self.arrivals.get((st.peer, r))
+            if not queue:
+                return False
+            self.clock[r] = max(self.clock[r], queue.pop(0)) + over.message
+        else:
+            return self._meet(r, st)
+        return True
+
+    def _meet(self, r: int, st: _Step) -> bool:
+        """A collective: each member's arrival is noted once; all leave when the last came."""
+        key = (r, st.group)
+        n = self.ordinal.get(key, 0)
+        met = self.meetings.setdefault((st.group, st.kind, n), {})
+        met.setdefault(r, self.clock[r])
+        if len(met) < len(st.group):
+            return False
+        self.ordinal[key] = n + 1
+        if st.kind == "broadcast":
+            sent = met[st.peer] + max(self.link(st.peer, p).time(st.nbytes) for p in st.group)
+            arrived = met[st.peer] + self.link(st.peer, r).time(st.nbytes)
+            self.clock[r] = (sent if r == st.peer else max(met[r], arrived)) + self.over.message
+        else:
+            links = [self.link(a, b) for a in st.group for b in st.group if a < b]
+            slowest = max(links, key=lambda link: link.time(st.nbytes))
+            took = cost.collective_time(st.kind, st.nbytes, len(st.group), slowest, self.over)
+            self.clock[r] = max(met.values()) + took
+        return True
+
+
+# ---- the prediction -------------------------------------------------------------------------
 
 
 def predict(
@@ -40,55 +194,66 @@ def predict(
     cluster,
     tokens: int,
     context: int,
+    links: dict | None = None,
+    overheads: cost.Overheads | None = None,
 ) -> Prediction:
-    rank_time, comm, weights, memory = {}, {}, {}, {}
-    hops = []
+    """The step latency of `programs` (rank -> its func) placed as `plan`.  `nodes`: node
+    name -> NodeModel; `links`: (rank, rank) with the lower rank first -> LinkModel (None:
+    the cluster's declared links); `overheads`: the transport's and dispatch's fixed costs
+    (None: none, as for the declared cluster)."""
+    over = overheads or cost.Overheads()
+
+    def link(a: int, b: int) -> cost.LinkModel:
+        if links is not None:
+            return links.get((min(a, b), max(a, b))) or cost.NO_LINK
+        return link_between(cluster, ranks[a], ranks[b])
+
+    steps = {r: rank_steps(f, nodes[ranks[r]], tokens, context, over) for r, f in programs.items()}
+    world = tuple(sorted(programs))
+    root = plan.stages[-1].ranks[0]
+    if len(world) > 1:  # the next token goes from the last stage to every rank
+        for s in steps.values():
+            s.append(_Step("broadcast", peer=root, group=world, nbytes=cost.TOKEN_BYTES))
+    latency = _Replay(steps, link, over).run(root)
+    rank_time = {r: sum(s.seconds for s in st) for r, st in steps.items()}
+    comm = {r: _comm_seconds(r, st, link, over) for r, st in steps.items()}
+    hops = [
+        (r, s.peer, s.nbytes, link(r, s.peer).time(s.nbytes))
+        for r, st in steps.items()
+        for s in st
+        if s.kind == "send"
+    ]
+    first = plan.stages[0].ranks[0]
+    if first != root:
+        hops.append((root, first, cost.TOKEN_BYTES, link(root, first).time(cost.TOKEN_BYTES)))
+    stage_time = tuple(max(rank_time[r] + comm[r] for r in s.ranks) for s in plan.stages)
+    weights, memory = _memory(programs)
+    return Prediction(latency, stage_time, rank_time, comm, tuple(hops), memory, weights)
+
+
+def _comm_seconds(r: int, steps: list, link, over: cost.Overheads) -> float:
+    """Seconds rank `r` spends in its collectives and sends, waiting for nobody."""
+    total = 0.0
+    for s in steps:
+        if s.kind == "send":
+            total += link(r, s.peer).time(s.nbytes) + over.message
+        elif s.kind in ("allreduce", "allgather"):
+            slowest = max((link(r, p) for p in s.group if p != r), key=lambda x: x.time(s.nbytes))
+            total += cost.collective_time(s.kind, s.nbytes, len(s.group), slowest, over)
+    return total
+
+
+def _memory(programs: dict[int, Operation]) -> tuple[dict, dict]:
+    """Weight bytes and weights + KV cache bytes per rank."""
+    weights, memory = {}, {}
     for rank, func in programs.items():
-        node = nodes[ranks[rank]]
         ops = func.regions[0].entry.ops
-        rank_time[rank] = sum(
-            cost.op_time(op, node, tokens, context)
-            for op in ops
-            if op.name.startswith("cke.") and op.name != "cke.weight"
-        )
         weights[rank] = sum(nbytes(op.results[0].type) for op in ops if op.name == "cke.weight")
         cache = func.regions[0].entry.args[2].type
         layers = func.attr("layers", (0, cache.shape[0] - 1))
         kv = cost.kv_cache_bytes(layers[1] - layers[0] + 1, cache.shape[1], cache.shape[2])
         memory[rank] = weights[rank] + kv
-        group = func.attr("group", (rank,))
-        c = 0.0
-        for op in ops:
-            if op.name == "cke.matmul" and op.attr("tp") in ("partial", "vocab"):
-                b = _row_bytes(op.results[0].type, tokens)
-                peer = ranks[group[1] if group[0] == rank else group[0]]
-                c += cost.allreduce_time(b, len(group), link_between(cluster, ranks[rank], peer))
-            if op.name == "dist.send":
-                b = _row_bytes(op.operands[0].type, tokens)
-                t = link_between(cluster, ranks[rank], ranks[op.attr("peer")]).time(b)
-                hops.append((rank, op.attr("peer"), b, t))
-        comm[rank] = c
-    stage_time = tuple(max(rank_time[r] + comm[r] for r in s.ranks) for s in plan.stages)
-    seen, hop_time = set(), 0.0
-    for src, dst, _b, t in hops:  # one hop per stage boundary on the critical path
-        key = (plan.stage_of(src).index, plan.stage_of(dst).index)
-        if key not in seen:
-            seen.add(key)
-            hop_time += t
-    # the next token goes back from the last stage to the first (a 4-byte broadcast)
-    first, last = plan.stages[0].ranks[0], plan.stages[-1].ranks[0]
-    if first != last:
-        t = link_between(cluster, ranks[last], ranks[first]).time(4)
-        hops.append((last, first, 4, t))
-        hop_time += t
-    return Prediction(
-        sum(stage_time) + hop_time, stage_time, rank_time, comm, tuple(hops), memory, weights
-    )
-
-
-def _row_bytes(t: ShapedType, tokens: int) -> int:
-    rows = tokens if t.shape[0] is None else t.shape[0]
-    return rows * t.shape[1] * 4 if len(t.shape) == 2 else nbytes(t)
+    return weights, memory
 
 
 def fits(pred: Prediction, nodes, ranks) -> bool:

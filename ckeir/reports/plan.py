@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ckeir.ir.types import nbytes, quant_type
+from ckeir.driver import PREFILL_CHUNK
+from ckeir.ir.types import nbytes
 from ckeir.passes.manager import funcs
 from ckeir.passes.place import rank_memory
 from ckeir.planner import cost
 from ckeir.planner.predict import predict
 from ckeir.units import format_bytes, format_seconds
 
-PREFILL_TOKENS = 128  # the prompt length predictions assume
 
-
-def plan_report(prog) -> dict:
+def plan_report(prog, machine=None) -> dict:
+    """The plan of `prog`, predicted for the declared cluster, or with `machine` (a
+    `ckeir.runtime.machine.MachineView`: this machine's measured figures, e.g. from
+    `machine.this_machine(prog)`) for the machine the ranks would run on here."""
     module, job = prog.module, prog.job
     ranks = prog.rank_nodes
     nodes = {n.name: cost.NodeModel.of(n) for n in job.cluster.nodes}
@@ -30,14 +32,18 @@ def plan_report(prog) -> dict:
         "ranks": {r: n for r, n in ranks.items()},
         "phases": {},
         "memory": {},
+        "predicted_for": "declared cluster" if machine is None else machine.basis,
     }
     # weights and KV cache per rank as the place pass checked them before launch
     memory = {r: dict(m, arena=0) for r, m in rank_memory(module).items()}
     arenas: dict = {}
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
-        tokens = 1 if phase == "decode" else min(PREFILL_TOKENS, job.config.context)
-        pred = predict(plan, progs, nodes, ranks, job.cluster, tokens, context=tokens)
+        tokens = 1 if phase == "decode" else min(PREFILL_CHUNK, job.config.context)
+        if machine is None:
+            pred = predict(plan, progs, nodes, ranks, job.cluster, tokens, context=tokens)
+        else:
+            pred = machine.predict(plan, progs, tokens, context=tokens)
         stages = []
         for s in plan.stages:
             stages.append(
@@ -58,10 +64,7 @@ def plan_report(prog) -> dict:
             for op in f.regions[0].entry.ops:
                 if op.name.startswith("dist."):
                     t = (op.operands or op.results)[0].type
-                    rows = tokens if t.shape[0] is None else t.shape[0]
-                    one = t.with_shape((1, *t.shape[1:]))
                     fmt = op.attr("format", "f32")
-                    sent = one if fmt == "f32" else one.with_element(quant_type(fmt))
                     transfers.append(
                         {
                             "rank": r,
@@ -69,8 +72,8 @@ def plan_report(prog) -> dict:
                             "peer": op.attr("peer"),
                             "group": list(op.attr("group") or ()),
                             "format": fmt,
-                            "bytes": nbytes(sent) * rows,
-                            "f32_bytes": nbytes(one) * rows,
+                            "bytes": cost.message_bytes(t, fmt, tokens),
+                            "f32_bytes": cost.message_bytes(t, "f32", tokens),
                         }
                     )
             memory[r]["arena"] += f.attr("arena_bytes", 0)
@@ -134,6 +137,16 @@ def print_plan(report: dict, console=None) -> None:
         f"[bold]{report['spec']}[/]: model {report['model']} on cluster "
         f"{report['cluster']}, ranks " + ", ".join(f"{r}={n}" for r, n in report["ranks"].items())
     )
+    basis = report.get("predicted_for", "declared cluster")
+    basis = (
+        "the declared cluster"
+        if basis == "declared cluster"
+        else (
+            f"this machine ({basis['cpu']}, {basis['threads_per_rank']} threads per rank, "
+            f"links: {basis['links']})"
+        )
+    )
+    console.print(f"predictions for {basis}")
     for phase, p in report["phases"].items():
         t = Table(title=escape(f"{phase}: {p['placement']}" + (" (auto)" if p["auto"] else "")))
         for col in (

@@ -1,15 +1,24 @@
 """The machine's DRAM read bandwidth, measured the way decode uses memory: every thread
 streams its share of an array far larger than L3 with vector loads and writes nothing.
-Results are remembered per host and thread count in the disk cache, so reports can state CKU
-against a measured figure without re-measuring each run."""
+
+Measured figures are remembered in the disk cache per *machine* (host name, machine id, CPU
+and caches: two VMs of one CPU model differ) and per what was measured (here: the thread
+count).  A figure measured while other processes held the CPU or the memory bus is too low,
+and reports that compare a run against it overstate the run (a CKU of 109% of "the
+bandwidth"), so a record keeps the last KEEP measurements and states the best of those no
+older than MAX_AGE_S; a figure is measured again when none is that fresh, and whenever a
+run does better than it (`read_bandwidth(..., observed=)`)."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import json
 import os
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,41 +87,101 @@ def measure_read_bandwidth(
     return count * 4 / best
 
 
+KEEP = 5  # measurements a record keeps; it states the best of the fresh ones
+MAX_AGE_S = 7 * 24 * 3600.0  # older measurements are not believed: measured again
+
+
+def machine_id(host: HostCPU) -> str:
+    """Names this machine: host name, /etc/machine-id (else the boot id), CPU and cache
+    sizes, hashed.  Two VMs with the same CPU model get different names."""
+    ident = ""
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            ident = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if ident:
+            break
+    what = f"{socket.gethostname()}|{ident}|{host.name}|{host.isa}|{host.l2}|{host.l3}"
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
+
+
+def record_path(name: str, host: HostCPU) -> Path:
+    return cache.cache_dir() / "machine" / f"{machine_id(host)}-{name}.json"
+
+
 def _record_path(host: HostCPU, threads: int) -> Path:
-    return cache.cache_dir() / "bandwidth" / f"{host.name}-{host.isa}-{threads}.json"
+    return record_path(f"read-bandwidth-{threads}", host)
 
 
-def _remembered(path: Path) -> float | None:
-    """The figure in the record at `path`, or None.  A record whose checksum holds but whose
-    content is unusable (not JSON, wrong types, NaN, out of range) is discarded like a
-    damaged one: a report must not state CKU against a nonsense bandwidth."""
+def _measurements(path: Path, lo: float, hi: float) -> list[dict] | None:
+    """The measurements in the record at `path` (None: no record).  A record whose checksum
+    holds but whose content is unusable (not JSON, wrong types, NaN, out of range) is
+    discarded like a damaged one: a report must not compare against a nonsense figure."""
     raw = cache.read(path)
     if raw is None:
         return None
     try:
-        bw = json.loads(raw)["bytes_per_second"]
-    except (ValueError, TypeError, KeyError):
-        cache.discard(path, "not a bandwidth record")
+        found = [(m["value"], m["measured_at"]) for m in json.loads(raw)["measurements"]]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        cache.discard(path, "not a measurement record")
         return None
-    if not limits.in_real_range(bw, limits.MIN_RATE, limits.MAX_RATE):
-        why = limits.range_message("bytes_per_second", bw, limits.MIN_RATE, limits.MAX_RATE)
-        cache.discard(path, why)
-        return None
-    return float(bw)
+    for value, at in found:
+        if not limits.in_real_range(value, lo, hi) or not limits.in_real_range(at, 0, 1e12):
+            cache.discard(path, limits.range_message("a measured figure", value, lo, hi))
+            return None
+    return [{"value": float(v), "measured_at": float(t)} for v, t in found]
 
 
-def read_bandwidth(threads: int, measure: bool = False, host: HostCPU | None = None):
-    """The remembered figure for this host and thread count; measured now, and remembered,
-    if `measure` or if the record was there but damaged (it was measured once: a damaged
-    disk must not silently change what reports compare against).  None if unknown."""
+def remembered(
+    path: Path,
+    measure: Callable[[], float],
+    *,
+    best: Callable = max,
+    lo: float = limits.MIN_RATE,
+    hi: float = limits.MAX_RATE,
+    now: float | None = None,
+    refresh: bool = False,
+    if_absent: bool = True,
+) -> float | None:
+    """The best (`best`: max for rates, min for costs) of the record's fresh measurements.
+    `measure` runs, and its figure joins the record (the oldest beyond KEEP leave), when
+    `refresh`, when no measurement is fresh, or when the record was damaged; when there was
+    no record at all only if `if_absent` (else None)."""
+    now = time.time() if now is None else now
+    existed = os.path.lexists(path)
+    found = _measurements(path, lo, hi)
+    if found is None and existed:
+        found = []  # damaged: it was measured once, so it is measured again
+    fresh = [m["value"] for m in found or () if now - m["measured_at"] <= MAX_AGE_S]
+    if refresh or not fresh:
+        if found is None and not if_absent:
+            return None
+        value = measure()
+        found = [*(found or ()), {"value": value, "measured_at": now}][-KEEP:]
+        cache.write_atomic(path, json.dumps({"measurements": found}).encode())
+        fresh.append(value)
+    return float(best(fresh))
+
+
+def read_bandwidth(
+    threads: int,
+    measure: bool = False,
+    host: HostCPU | None = None,
+    observed: float | None = None,
+):
+    """This machine's read bandwidth on `threads` threads (bytes/s): the best fresh figure
+    remembered; measured now, and remembered, if `measure`, if the record is damaged or
+    stale, or if a run `observed` more than it (a CKU above 100% means the figure was
+    measured under load).  None if nothing was ever measured and `measure` is not set."""
     host = host or detect_host()
     path = _record_path(host, threads)
-    if not measure:
-        existed = os.path.lexists(path)
-        bw = _remembered(path)
-        if bw is not None or not existed:
-            return bw
-    bw = measure_read_bandwidth(threads, host=host)
-    record = {"bytes_per_second": bw, "threads": threads, "measured_at": time.time()}
-    cache.write_atomic(path, json.dumps(record).encode())
-    return bw
+    figure = remembered(
+        path,
+        lambda: measure_read_bandwidth(threads, host=host),
+        refresh=measure,
+        if_absent=measure,
+    )
+    if figure is not None and observed is not None and observed > figure:
+        figure = remembered(path, lambda: measure_read_bandwidth(threads, host=host), refresh=True)
+    return figure

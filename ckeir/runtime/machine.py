@@ -1,54 +1,366 @@
-"""What a run should have taken: the planner's prediction for the machine and the links a run
-actually used, next to which the run report puts what it measured.
+"""The machine a run uses, measured, and what a run should take on it.
 
-`run_prediction` is the one entry the reports use (one rank, local ranks and MPI alike)."""
+`run_prediction` is the one entry the reports use (one rank, local ranks and MPI alike): the
+planner's replay of a decode step (`ckeir.planner.predict`) with every figure measured here
+instead of read from the spec —
+
+- the read bandwidth of this machine per thread count (`bandwidth.read_bandwidth`), shared
+  between the ranks of a tensor-parallel stage, which stream their weights at once;
+- the weight bytes per second of the real matmul kernels a decode step runs, at the
+  program's own shapes and tiles, from weights far larger than L3, on the rank's threads;
+- the arithmetic rate of the largest of those kernels on a prompt-sized block (prefill);
+- the fixed costs: one dispatch of the thread pool (a native segment), one message and one
+  all-reduce of a decode row between two local ranks over shared memory;
+- the links as the run simulated them (`--simulate-links`), or none between local ranks.
+
+Every figure is remembered per machine in the disk cache (`bandwidth.remembered`: the best
+of the last few, measured again when stale), so the first prediction on a machine measures
+for a few seconds and later ones only read."""
 
 from __future__ import annotations
 
-import attrs
+import ctypes
+import time
 
+import attrs
+import numpy as np
+
+from ckeir.backends.llvm.host import HostCPU, detect_host, usable_cpus
 from ckeir.passes.manager import funcs
 from ckeir.planner import cost
 from ckeir.planner.predict import predict
+from ckeir.runtime import bandwidth
+
+ROW_BYTES = 576 * 4  # the decode row the transport costs are measured with
+MESSAGES = 400  # messages (and all-reduces) timed per transport measurement
+PROMPT_ROWS = 64  # rows of the prefill-like block the arithmetic rate is measured on
+SWEEPS = 5  # passes over a kernel's weight copies; the best counts
 
 
 @attrs.frozen
 class RunPrediction:
     decode_seconds_per_token: float
-    # (from rank, to rank) -> the link a message between them crossed (None: not modelled)
+    # (lower rank, higher rank) -> the simulated link between them (None: not shaped)
     links: dict = attrs.field(factory=dict)
     basis: dict = attrs.field(factory=dict)  # what the prediction assumed, for the report
+    message_seconds: float = 0.0  # the transport's own cost of one message
 
-    def hop_seconds(self, a: int, b: int, nbytes: float) -> float | None:
-        link = self.links.get((min(a, b), max(a, b)))
-        return None if link is None else link.time(nbytes)
+    def hop_seconds(self, a: int, b: int, nbytes: float) -> float:
+        """A message of `nbytes` from rank a to rank b: its link's time (none between ranks
+        that share memory unshaped) plus the transport's cost of a message."""
+        link = self.links.get((min(a, b), max(a, b))) or cost.NO_LINK
+        return link.time(nbytes) + self.message_seconds
 
 
-def run_prediction(prog, context: int, links=None) -> RunPrediction:
-    """Decode seconds per token at `context` cached tokens for `prog` as it ran; `links`: the
-    transport's simulated `LinkModel` (None: the spec's declared links)."""
-    job, ranks = prog.job, prog.rank_nodes
-    nodes = {n.name: cost.NodeModel.of(n) for n in job.cluster.nodes}
+# ---- measuring --------------------------------------------------------------------------------
+
+
+def _best_time(fn, repeat: int = SWEEPS) -> float:
+    fn()  # warm-up: pages, caches, the pool's threads
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+FAMILY_SHAPE = (2048, 1024)  # N x K each matmul family is measured at (rows of 1024)
+BARRIERS = 2000  # barriers timed per measurement
+
+
+def _matmul_kernel(fmt: str, act: str, n: int, k: int, host: HostCPU):
+    """The kernel the LLVM backend lowers a matmul of this family to (int8 dot products on
+    Q8_0 activations, or float activations), at the tile the tile pass gives decode."""
+    from ckeir.backends.llvm import kernels as K
+    from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
+
+    tile = (64, 256)
+    if act == "q8_0":
+        return qmatmul(fmt, n, k, tile, host)
+    return K.matmul(n, k, tile, host, fmt=fmt)
+
+
+class _KernelBench:
+    """One matmul kernel with copies of its weights filling 4 x L3 (or `copies`), cycled
+    through one `Pool.run` per call: every weight byte comes from DRAM."""
+
+    def __init__(self, family: str, host: HostCPU, rows: int, copies: int | None = None):
+        from ckeir.backends.llvm.jit import compile_ir
+        from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir
+        from ckeir.runtime.weights import quantize_rows
+
+        fmt, act = family.split("/")
+        n, k = FAMILY_SHAPE
+        rng = np.random.default_rng(0)
+        sample = rng.standard_normal((n, k)).astype(np.float32)
+        one = sample if fmt == "f32" else quantize_rows(sample, fmt)
+        self.nbytes = one.nbytes
+        self.copies = copies or max(1, -(-4 * host.l3 // self.nbytes))
+        self.w = np.ascontiguousarray(np.tile(one, (self.copies, 1)))
+        self.x = rng.standard_normal((rows, k)).astype(np.float32)
+        self.out = np.zeros((rows, n), np.float32)
+        kernel = _matmul_kernel(fmt, act, n, k, host)
+        self.module = compile_ir(module_ir([kernel, kernel_entry_ir(kernel)]), host)
+        self.fn = self.module.address("entry")
+        x, w, out = self.x.ctypes.data, self.w.ctypes.data, self.out.ctypes.data
+        self.ctxs = [entry_ctx([x, w + c * self.nbytes, out], rows, 0) for c in range(self.copies)]
+
+    def seconds_per_call(self, pool) -> float:
+        addrs = [ctypes.addressof(c) for c in self.ctxs]
+
+        def sweep() -> None:
+            for a in addrs:
+                pool.run(self.fn, a)
+
+        return _best_time(sweep) / len(addrs)
+
+
+def matmul_rates(families, threads: int, host: HostCPU) -> dict[str, float]:
+    """`cost.matmul_kind` -> weight bytes/s its kernels stream from DRAM on `threads`
+    threads (measured once per machine, remembered)."""
+    from ckeir.backends.llvm.pool import Pool
+
+    rates = {}
+    for family in sorted(set(families)):
+
+        def measure(family=family) -> float:
+            bench = _KernelBench(family, host, rows=1)
+            with Pool(threads, host) as pool:
+                return bench.nbytes / bench.seconds_per_call(pool)
+
+        name = f"matmul-{family.replace('/', '-')}-{threads}thr"
+        rates[family] = bandwidth.remembered(bandwidth.record_path(name, host), measure)
+    return rates
+
+
+def arithmetic_rate(family: str, threads: int, host: HostCPU) -> float:
+    """Flop/s of the family's kernel on a PROMPT_ROWS-row block with its weights in cache."""
+    from ckeir.backends.llvm.pool import Pool
+
+    def measure() -> float:
+        bench = _KernelBench(family, host, rows=PROMPT_ROWS, copies=1)
+        n, k = FAMILY_SHAPE
+        with Pool(threads, host) as pool:
+            return 2.0 * PROMPT_ROWS * n * k / bench.seconds_per_call(pool)
+
+    name = f"gemm{PROMPT_ROWS}-{family.replace('/', '-')}-{threads}thr"
+    return bandwidth.remembered(bandwidth.record_path(name, host), measure, hi=1e18)
+
+
+def barrier_seconds(threads: int, host: HostCPU) -> float:
+    """One barrier between two ops of a native segment, as the lowered code crosses it."""
+    from ckeir.backends.llvm.jit import compile_ir
+    from ckeir.backends.llvm.kernels import module_ir
+    from ckeir.backends.llvm.kernels.sync import BARRIER_STATE_BYTES, barrier
+    from ckeir.backends.llvm.pool import Pool
+
+    def measure() -> float:
+        k = barrier()
+        loop = f"""define void @barriers(ptr %ctx, i32 %tid, i32 %nth) {{
+entry:
+  br label %loop
+loop:
+  %i = phi i32 [ 0, %entry ], [ %next, %loop ]
+  call void @{k.name}(ptr %ctx, i32 %nth)
+  %next = add i32 %i, 1
+  %more = icmp ult i32 %next, {BARRIERS}
+  br i1 %more, label %loop, label %out
+out:
+  ret void
+}}"""
+        cm = compile_ir(module_ir([k, loop]), host)
+        raw = np.zeros(BARRIER_STATE_BYTES + 64, np.uint8)
+        state = raw[(-raw.ctypes.data) % 64 :]
+        with Pool(threads, host) as pool:
+            return _best_time(lambda: pool.run(cm.address("barriers"), state.ctypes.data)) / (
+                BARRIERS
+            )
+
+    path = bandwidth.record_path(f"barrier-{threads}thr", host)
+    return bandwidth.remembered(path, measure, best=min, lo=0.0, hi=1.0)
+
+
+def dispatch_seconds(threads: int, host: HostCPU) -> float:
+    """One `Pool.run` of an empty native function: what each native segment costs."""
+    from ckeir.backends.llvm.pool import measure_overhead
+
+    path = bandwidth.record_path(f"pool-dispatch-{threads}thr", host)
+    return bandwidth.remembered(
+        path, lambda: measure_overhead(threads, host=host), best=min, lo=0.0, hi=1.0
+    )
+
+
+def _transport_probe(t, nbytes: int, messages: int) -> dict:
+    """Run on two local ranks: seconds per one-way message and per all-reduce of `nbytes`."""
+    buf = np.zeros(nbytes // 4, np.float32)
+    peer = 1 - t.rank
+    out = {}
+    for _ in range(2):  # the first pass warms caches and the peer's wait loop
+        t.barrier()
+        t0 = time.perf_counter()
+        for _ in range(messages):
+            if t.rank == 0:
+                t.send(buf, peer)
+                t.recv(buf, peer)
+            else:
+                t.recv(buf, peer)
+                t.send(buf, peer)
+        out["message"] = (time.perf_counter() - t0) / (2 * messages)
+        t.barrier()
+        t0 = time.perf_counter()
+        for _ in range(messages):
+            t.allreduce(buf)
+        out["collective"] = (time.perf_counter() - t0) / messages
+    return out
+
+
+def transport_seconds(host: HostCPU) -> dict[str, float]:
+    """Seconds per message and per all-reduce step of a decode row between two local ranks
+    over shared memory (no link delay): the transport's own cost."""
+    from ckeir.runtime.transport.local import launch_local
+
+    figures: dict = {}
+
+    def probe() -> dict:
+        if not figures:
+            figures.update(launch_local(2, _transport_probe, args=(ROW_BYTES, MESSAGES))[0])
+        return figures
+
+    return {
+        what: bandwidth.remembered(
+            bandwidth.record_path(f"local-{what}-{ROW_BYTES}B", host),
+            lambda what=what: probe()[what],
+            best=min,
+            lo=0.0,
+            hi=1.0,
+        )
+        for what in ("message", "collective")
+    }
+
+
+def read_bandwidths(threads: int, concurrent: int, host: HostCPU) -> dict[int, float]:
+    """Read bandwidth on `threads` and on the threads of `concurrent` ranks together."""
+    counts = {threads, min(threads * concurrent, max(host.cores, threads))}
+    return {
+        n: bandwidth.read_bandwidth(n, host=host) or bandwidth.read_bandwidth(n, True, host)
+        for n in sorted(counts)
+    }
+
+
+# ---- the prediction --------------------------------------------------------------------------
+
+
+def ranks_threads(prog) -> int:
+    """Threads per rank: the program's own on one rank; local ranks share this machine's
+    CPUs (as `ckeir.ranks` starts them)."""
+    if prog.world_size == 1:
+        return prog.threads
+    return max(1, usable_cpus() // prog.world_size)
+
+
+def measured_nodes(prog, programs: dict, plan, threads: int, host: HostCPU) -> tuple[dict, dict]:
+    """node name -> NodeModel measured for the rank on it: its matmul families' rates on its
+    threads, scaled down by the bandwidth its stage's ranks share when they stream at once,
+    and the barrier each op ends with."""
+    ops = [op for f in programs.values() for op in f.regions[0].entry.ops]
+    families = [cost.matmul_kind(op) for op in ops if op.name == "cke.matmul"]
+    rates = matmul_rates(families, threads, host)
+    biggest = max(families, key=families.count, default=None)
+    flops = arithmetic_rate(biggest, threads, host) if biggest is not None else 0.0
+    barrier = barrier_seconds(threads, host)
+    basis = {"matmul_bytes_per_second": rates, "flops": flops, "barrier_seconds": barrier}
+    nodes = {}
+    for rank in programs:
+        together = len(plan.stage_of(rank).ranks)
+        bws = read_bandwidths(threads, together, host)
+        alone, shared = bws[threads], bws[max(bws)]
+        share = min(1.0, shared / (together * alone))
+        decl = prog.job.cluster.node(prog.rank_nodes[rank])
+        nodes[decl.name] = cost.NodeModel(
+            decl.name,
+            threads,
+            decl.dram,
+            alone * share,
+            host.l2,
+            host.l3,
+            flops=flops,
+            matmul_bw={family: rate * share for family, rate in rates.items()},
+            op_overhead=barrier,
+        )
+        basis[f"rank {rank}"] = {"threads": threads, "read_bandwidth": alone, "shared": share}
+    return nodes, basis
+
+
+def simulated_links(prog, links) -> dict:
+    """(rank, rank) -> the cost model's link for each pair the transport shaped."""
+    pairs = {}
+    for a in prog.rank_nodes:
+        for b in prog.rank_nodes:
+            if a < b:
+                sim = links.link(a, b) if links is not None else None
+                pairs[(a, b)] = None if sim is None else cost.LinkModel(sim.bandwidth, sim.latency)
+    return pairs
+
+
+@attrs.frozen
+class MachineView:
+    """The planner's inputs measured on this machine for the ranks of `prog` started here:
+    `predict` replaces `ckeir.planner.predict.predict`'s declared nodes, links and costs."""
+
+    prog: object
+    host: HostCPU
+    threads: int  # per rank
+    links: dict  # (rank, rank) -> cost.LinkModel | None (None: not shaped)
+    overheads: cost.Overheads
+    basis: dict
+
+    def predict(self, plan, programs: dict, tokens: int, context: int):
+        nodes, figures = measured_nodes(self.prog, programs, plan, self.threads, self.host)
+        self.basis.update(figures)
+        model_links = {k: v or cost.NO_LINK for k, v in self.links.items()}
+        prog = self.prog
+        return predict(
+            plan,
+            programs,
+            nodes,
+            prog.rank_nodes,
+            prog.job.cluster,
+            tokens,
+            context,
+            model_links,
+            self.overheads,
+        )
+
+
+def this_machine(prog, links=None, threads: int | None = None) -> MachineView:
+    """This machine as `prog`'s ranks would use it: `links` is the transport's simulated
+    `LinkModel` (None: no link delay, local ranks over shared memory); `threads` per rank
+    (default: as the ranks are started)."""
+    host = prog.host if getattr(prog, "host", None) is not None else detect_host()
+    threads = threads or ranks_threads(prog)
+    over = cost.Overheads(segment=dispatch_seconds(threads, host))
+    if prog.world_size > 1:
+        t = transport_seconds(host)
+        over = attrs.evolve(over, message=t["message"], collective=t["collective"])
+    basis = {
+        "machine": bandwidth.machine_id(host),
+        "cpu": host.name,
+        "threads_per_rank": threads,
+        "links": "simulated" if links is not None else "none (shared memory)",
+        "overheads": attrs.asdict(over),
+    }
+    return MachineView(prog, host, threads, simulated_links(prog, links), over, basis)
+
+
+def run_prediction(prog, context: int, links=None, threads: int | None = None) -> RunPrediction:
+    """Decode seconds per token at `context` cached tokens for `prog` as it ran on this
+    machine (`links`, `threads`: as for `this_machine`)."""
+    view = this_machine(prog, links, threads)
     programs = {f.attr("rank", 0): f for f in funcs(prog.module) if f.attr("phase") == "decode"}
     plan = prog.placement.get("decode")
-    pairs = {}
-    for a in ranks:
-        for b in ranks:
-            if a < b:
-                if links is not None:
-                    sim = links.link(a, b)
-                    pairs[(a, b)] = (
-                        None if sim is None else cost.LinkModel(sim.bandwidth, sim.latency)
-                    )
-                else:
-                    decl = job.cluster.link(ranks[a], ranks[b])
-                    pairs[(a, b)] = None if decl is None else cost.LinkModel(decl.bw, decl.latency)
+    message = view.overheads.message
     if plan is None or not programs:
-        seconds = 0.0
-    else:
-        seconds = predict(plan, programs, nodes, ranks, job.cluster, 1, context=context).latency
-    return RunPrediction(
-        seconds,
-        pairs,
-        {"machine": "declared cluster", "links": "simulated" if links is not None else "declared"},
-    )
+        return RunPrediction(0.0, view.links, view.basis, message)
+    pred = view.predict(plan, programs, 1, context)
+    return RunPrediction(pred.latency, view.links, view.basis, message)

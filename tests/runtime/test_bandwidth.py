@@ -1,5 +1,7 @@
-"""The bandwidth probe: it reads what it is given, and its figure is remembered per host; a
-damaged or nonsense record is discarded with a warning and measured again."""
+"""The bandwidth probe: it reads what it is given, and its figure is remembered per machine
+and thread count; the record states the best of its fresh measurements, is measured again
+when stale or beaten by a run, and a damaged or nonsense record is discarded with a warning
+and measured again."""
 
 import json
 
@@ -8,6 +10,8 @@ import pytest
 from ckeir import cache
 from ckeir.backends.llvm.host import detect_host
 from ckeir.runtime import bandwidth
+
+DAY = 24 * 3600.0
 
 
 def test_probe_and_memory(tmp_path, monkeypatch):
@@ -21,17 +25,88 @@ def test_probe_and_memory(tmp_path, monkeypatch):
     assert bandwidth.read_bandwidth(2) is None  # per thread count
 
 
+class Probe:
+    """A stand-in measurement returning the given figures in turn, counting its calls."""
+
+    def __init__(self, *figures):
+        self.figures, self.calls = list(figures), 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.figures.pop(0)
+
+
+def test_the_best_fresh_measurement_counts(tmp_path, monkeypatch):
+    """A figure measured under load (lower) does not replace a better one."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "figure.json"
+    probe = Probe(30e9, 9e9, 31e9)
+    assert bandwidth.remembered(path, probe, now=0.0) == 30e9
+    assert bandwidth.remembered(path, probe, now=1.0, refresh=True) == 30e9  # 9e9: loaded
+    assert bandwidth.remembered(path, probe, now=2.0) == 30e9 and probe.calls == 2
+    assert bandwidth.remembered(path, probe, now=3.0, refresh=True) == 31e9
+    costs = Probe(5e-6, 9e-6)
+    assert bandwidth.remembered(tmp_path / "cost.json", costs, best=min, lo=0, hi=1) == 5e-6
+    assert bandwidth.remembered(tmp_path / "cost.json", costs, best=min, lo=0, hi=1, refresh=True)
+
+
+def test_the_record_keeps_the_last_few(tmp_path, monkeypatch):
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "figure.json"
+    probe = Probe(*(1e9 * (i + 1) for i in range(bandwidth.KEEP + 3)))
+    for i in range(bandwidth.KEEP + 3):
+        bandwidth.remembered(path, probe, now=float(i), refresh=True)
+    kept = json.loads(cache.read(path))["measurements"]
+    assert len(kept) == bandwidth.KEEP
+    assert [m["value"] for m in kept][-1] == 1e9 * (bandwidth.KEEP + 3)
+
+
+def test_a_stale_figure_is_measured_again(tmp_path, monkeypatch):
+    """Older than MAX_AGE_S, a figure is not believed even if it is the best."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "figure.json"
+    probe = Probe(40e9, 20e9)
+    assert bandwidth.remembered(path, probe, now=0.0) == 40e9
+    assert bandwidth.remembered(path, probe, now=bandwidth.MAX_AGE_S - 1) == 40e9
+    assert probe.calls == 1
+    assert bandwidth.remembered(path, probe, now=bandwidth.MAX_AGE_S + DAY) == 20e9
+    assert probe.calls == 2
+
+
+def test_a_run_faster_than_the_figure_measures_again(tmp_path, monkeypatch):
+    """A figure measured under load made a run's CKU exceed 100% of 'the bandwidth': a run
+    observed above the figure has it measured again, and the better figure is kept."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    probe = Probe(10e9, 30e9)
+    monkeypatch.setattr(bandwidth, "measure_read_bandwidth", lambda *a, **k: probe())
+    assert bandwidth.read_bandwidth(1, measure=True) == 10e9
+    assert bandwidth.read_bandwidth(1, observed=9e9) == 10e9 and probe.calls == 1
+    assert bandwidth.read_bandwidth(1, observed=11e9) == 30e9 and probe.calls == 2
+    assert bandwidth.read_bandwidth(1) == 30e9
+
+
+def test_records_are_per_machine(tmp_path, monkeypatch):
+    """Two machines of one CPU model (another machine id) keep separate records."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    host = detect_host()
+    here = bandwidth.record_path("x", host)
+    monkeypatch.setattr(bandwidth.socket, "gethostname", lambda: "another-host")
+    assert bandwidth.record_path("x", host) != here
+
+
 RECORDS = {
-    "not-json": b"{bytes_per_second: 1e10",
+    "not-json": b"{measurements: [",
     "not-an-object": b"[12.5e9]",
     "missing-figure": b'{"threads": 1}',
-    "string": b'{"bytes_per_second": "fast"}',
-    "bool": b'{"bytes_per_second": true}',
-    "nan": b'{"bytes_per_second": NaN}',
-    "infinite": b'{"bytes_per_second": Infinity}',
-    "negative": b'{"bytes_per_second": -3e10}',
-    "zero": b'{"bytes_per_second": 0}',
-    "absurd": b'{"bytes_per_second": 1e300}',
+    "old-format": b'{"bytes_per_second": 12.5e9, "measured_at": 1}',
+    "string": b'{"measurements": [{"value": "fast", "measured_at": 1}]}',
+    "bool": b'{"measurements": [{"value": true, "measured_at": 1}]}',
+    "nan": b'{"measurements": [{"value": NaN, "measured_at": 1}]}',
+    "infinite": b'{"measurements": [{"value": Infinity, "measured_at": 1}]}',
+    "negative": b'{"measurements": [{"value": -3e10, "measured_at": 1}]}',
+    "zero": b'{"measurements": [{"value": 0, "measured_at": 1}]}',
+    "absurd": b'{"measurements": [{"value": 1e300, "measured_at": 1}]}',
+    "bad-time": b'{"measurements": [{"value": 1e10, "measured_at": "now"}]}',
 }
 
 
@@ -46,7 +121,7 @@ def test_an_unusable_record_is_measured_again(content, tmp_path, monkeypatch, ca
     assert bandwidth.read_bandwidth(1) == 12.5e9
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"warning: discarded a damaged cache entry {path} (")
-    assert json.loads(cache.read(path))["bytes_per_second"] == 12.5e9
+    assert json.loads(cache.read(path))["measurements"][-1]["value"] == 12.5e9
     monkeypatch.setattr(bandwidth, "measure_read_bandwidth", lambda *a, **k: 1 / 0)
     assert bandwidth.read_bandwidth(1) == 12.5e9  # remembered again, not measured
     assert capsys.readouterr().err == ""
@@ -58,7 +133,7 @@ def test_a_damaged_record_is_measured_again(tmp_path, monkeypatch, capsys):
     assert bandwidth.read_bandwidth(1, measure=True) == 12.5e9
     path = bandwidth._record_path(detect_host(), 1)
     raw = bytearray(path.read_bytes())
-    raw[-3] ^= 1  # a digit of measured_at
+    raw[-5] ^= 1  # a digit of measured_at
     path.write_bytes(raw)
     monkeypatch.setattr(bandwidth, "measure_read_bandwidth", lambda *a, **k: 13e9)
     assert bandwidth.read_bandwidth(1) == 13e9
