@@ -25,7 +25,7 @@ import attrs
 from ckeir.errors import PassError
 from ckeir.formats import FFN_SHARD_UNIT, FORMATS
 from ckeir.ir.attributes import to_attr
-from ckeir.ir.core import Operation, Rewriter, clone
+from ckeir.ir.core import Operation, OpResult, Rewriter, clone
 from ckeir.ir.types import (
     MemRefType,
     ShapedType,
@@ -218,9 +218,9 @@ def owners(block, plan: PhasePlan) -> dict[Operation, int | None]:
     }
 
 
-def crossings(block, plan: PhasePlan) -> list[tuple[Operation, list[tuple[Operation, int]]]]:
-    """Where the plan cuts the program: each op whose result a later stage uses, with those
-    uses (user, operand index).  Each one is a dist.send / dist.recv pair per later rank."""
+def crossings(block, plan: PhasePlan) -> list[tuple[OpResult, list[tuple[Operation, int]]]]:
+    """Where the plan cuts the program: each value a later stage uses, with those uses
+    (user, operand index).  Each one is a dist.send / dist.recv pair per later rank."""
     owner = owners(block, plan)
     term = block.terminator
     out = []
@@ -234,7 +234,7 @@ def crossings(block, plan: PhasePlan) -> list[tuple[Operation, list[tuple[Operat
                 if u is not term and owner.get(u) is not None and owner[u] > owner[op]
             ]
             if later:
-                out.append((op, later))
+                out.append((r, later))
     return out
 
 
@@ -250,13 +250,12 @@ def round_transfers(func: Operation, plan: PhasePlan, transfer: str, rw: Rewrite
     """The single-rank twin's side of `quantize transfers`: every value the distributed plan
     sends to a later stage in `transfer` format is rounded there (`cke.requant`), for the
     later stages' uses only — exactly the values the receiving ranks compute with."""
-    for op, later in crossings(func.regions[0].entry, plan):
-        r = op.results[0]
+    for r, later in crossings(func.regions[0].entry, plan):
         fmt = transfer_format(r.type, transfer)
         if fmt == "f32":
             continue
         requant = Operation("cke.requant", [r], [r.type], {"format": fmt})
-        rw.insert_after(op, requant)
+        rw.insert_after(r.op, requant)
         for user, i in later:
             user.set_operand(i, requant.results[0])  # (the rewriter has no operand edit)
 
@@ -276,8 +275,8 @@ def rank_program(
 
     # at each cut, values from an earlier stage arrive by dist.recv; the stage's lead sends
     # what it produces to every rank of each later stage that uses it
-    for op, later in crossings(block, plan):
-        r = op.results[0]
+    for r, later in crossings(block, plan):
+        op = r.op
         if owner[op] != stage.index and any(owner[u] == stage.index for u, _ in later):
             recv = Operation(
                 "dist.recv",
