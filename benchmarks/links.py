@@ -1,6 +1,8 @@
 """Links that behave like links: local ranks whose messages are delayed as the spec's link
 (latency + bytes / bandwidth) — this machine cannot shape loopback traffic (no tc netem) — and
-the planner's predictions next to what the run measured: each hop, and a decode token.
+the predictions for the run as it ran (`ckeir.runtime.machine.run_prediction`: this machine's
+measured figures, the links as simulated) next to what it measured: each hop, and a decode
+token.
 
     python benchmarks/links.py [--spec specs/tiny.cke] [--tokens 48] [--json out.json]
 
@@ -19,9 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import common_args, host_line, print_table, write_json  # noqa: E402
 
 import ckeir  # noqa: E402
-from ckeir.planner import cost  # noqa: E402
-from ckeir.reports.plan import plan_report  # noqa: E402
-from ckeir.runtime.launch import measured_hops, run_local, spec_links  # noqa: E402
+from ckeir.ranks import measured_hops, run_local, spec_links  # noqa: E402
+from ckeir.runtime.machine import run_prediction  # noqa: E402
 
 LINKS = [("10Gbit/s", "50us"), ("1Gbit/s", "500us"), ("100Mbit/s", "2ms")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +51,15 @@ def main(argv=None) -> None:
             if f.name != spec.name:
                 (d / f.name).write_text(f.read_text())
         prog = ckeir.compile(path, backend="reference")
-        plan = plan_report(prog)["phases"]["decode"]
-        out = run_local(prog, [1, 2, 3, 4], args.tokens, links=spec_links(prog))
+        links = spec_links(prog)
+        out = run_local(prog, [1, 2, 3, 4], args.tokens, links=links)
         st = out["stats"]
-        measured = st["decode_seconds"] / max(st["generated_tokens"] - 1, 1)
+        decoded = max(st["generated_tokens"] - 1, 1)
+        measured = st["decode_seconds"] / decoded
+        pred = run_prediction(prog, st["prompt_tokens"] + decoded // 2, links)
+        token = pred.decode_seconds_per_token
         for (a, b), h in sorted(measured_hops(out).items()):
-            link = prog.job.cluster.link(prog.rank_nodes[a], prog.rank_nodes[b])
-            pred_hop = cost.LinkModel(link.bw, link.latency).time(h["bytes"])
+            pred_hop = pred.hop_seconds(a, b, h["bytes"])
             rows.append(
                 [
                     f"{bw}, {lat}",
@@ -65,16 +68,16 @@ def main(argv=None) -> None:
                     f"{pred_hop * 1e6:.0f}",
                     f"{h['seconds'] * 1e6:.0f}",
                     f"{h['seconds'] / pred_hop:.2f}",
-                    f"{plan['predicted_seconds'] * 1e6:.0f}",
+                    f"{token * 1e6:.0f}",
                     f"{measured * 1e6:.0f}",
-                    f"{measured / plan['predicted_seconds']:.2f}",
+                    f"{measured / token:.2f}",
                 ]
             )
         results.append(
             {
                 "link": [bw, lat],
                 "hops": {f"{a}->{b}": h for (a, b), h in measured_hops(out).items()},
-                "predicted_token_s": plan["predicted_seconds"],
+                "predicted_token_s": token,
                 "measured_token_s": measured,
             }
         )

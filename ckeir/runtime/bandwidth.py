@@ -89,6 +89,10 @@ def measure_read_bandwidth(
 
 KEEP = 5  # measurements a record keeps; it states the best of the fresh ones
 MAX_AGE_S = 7 * 24 * 3600.0  # older measurements are not believed: measured again
+# Until a record holds SAMPLES fresh measurements, a use RESAMPLE_S after the latest one
+# measures again: one taken while the machine was busy does not stand alone for a week.
+SAMPLES = 3
+RESAMPLE_S = 3600.0
 
 
 def machine_id(host: HostCPU) -> str:
@@ -146,15 +150,17 @@ def remembered(
 ) -> float | None:
     """The best (`best`: max for rates, min for costs) of the record's fresh measurements.
     `measure` runs, and its figure joins the record (the oldest beyond KEEP leave), when
-    `refresh`, when no measurement is fresh, or when the record was damaged; when there was
-    no record at all only if `if_absent` (else None)."""
+    `refresh`, when no measurement is fresh, when fewer than SAMPLES are and the latest is
+    RESAMPLE_S old, or when the record was damaged; when there was no record at all only if
+    `if_absent` (else None)."""
     now = time.time() if now is None else now
     existed = os.path.lexists(path)
     found = _measurements(path, lo, hi)
     if found is None and existed:
         found = []  # damaged: it was measured once, so it is measured again
     fresh = [m["value"] for m in found or () if now - m["measured_at"] <= MAX_AGE_S]
-    if refresh or not fresh:
+    latest = max((m["measured_at"] for m in found or ()), default=now)
+    if refresh or not fresh or len(fresh) < SAMPLES and now - latest >= RESAMPLE_S:
         if found is None and not if_absent:
             return None
         value = measure()

@@ -65,12 +65,28 @@ def test_a_stale_figure_is_measured_again(tmp_path, monkeypatch):
     """Older than MAX_AGE_S, a figure is not believed even if it is the best."""
     monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
     path = tmp_path / "figure.json"
-    probe = Probe(40e9, 20e9)
-    assert bandwidth.remembered(path, probe, now=0.0) == 40e9
+    probe = Probe(40e9, 40e9, 40e9, 20e9)
+    for i in range(bandwidth.SAMPLES):
+        assert bandwidth.remembered(path, probe, now=float(i), refresh=True) == 40e9
     assert bandwidth.remembered(path, probe, now=bandwidth.MAX_AGE_S - 1) == 40e9
-    assert probe.calls == 1
+    assert probe.calls == bandwidth.SAMPLES
     assert bandwidth.remembered(path, probe, now=bandwidth.MAX_AGE_S + DAY) == 20e9
-    assert probe.calls == 2
+    assert probe.calls == bandwidth.SAMPLES + 1
+
+
+def test_a_young_record_gathers_a_few_samples(tmp_path, monkeypatch):
+    """One figure taken while the machine was busy does not stand for a week: until SAMPLES
+    are kept, a use an hour after the latest measures again; then the record only reads."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "figure.json"
+    probe = Probe(5e9, 30e9, 29e9)
+    assert bandwidth.remembered(path, probe, now=0.0) == 5e9  # measured under load
+    assert bandwidth.remembered(path, probe, now=60.0) == 5e9  # too soon to measure again
+    hour = bandwidth.RESAMPLE_S
+    assert bandwidth.remembered(path, probe, now=hour) == 30e9
+    assert bandwidth.remembered(path, probe, now=2 * hour) == 30e9
+    assert probe.calls == bandwidth.SAMPLES == 3
+    assert bandwidth.remembered(path, probe, now=3 * hour) == 30e9 and probe.calls == 3
 
 
 def test_a_run_faster_than_the_figure_measures_again(tmp_path, monkeypatch):
