@@ -122,13 +122,16 @@ def test_peak_rss_is_the_runs_own():
     (getrusage's ru_maxrss survives exec): started by a process holding 600 MiB, a run of
     the small tiny.cke model still reports well under that."""
     code = (
-        "import numpy as np, subprocess, sys\n"
+        "import sys, numpy as np\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from cli_runner import ckec\n"
         "held = np.ones(600 * 2**20 // 8)\n"
-        "r = subprocess.run([sys.executable, '-m', 'ckeir.cli', 'run', sys.argv[1], '--ids',"
-        " '1,2', '-n', '2', '--threads', '1'], capture_output=True, text=True)\n"
-        "print(r.stderr)\n"
+        "print(ckec('run', sys.argv[1], '--ids', '1,2', '-n', '2', '--threads', '1').stderr)\n"
     )
     tiny = Path(__file__).parents[2] / "specs" / "odd.cke"
-    r = subprocess.run([sys.executable, "-c", code, str(tiny)], capture_output=True, text=True)
+    tests = Path(__file__).parents[1]  # where cli_runner is
+    r = subprocess.run(
+        [sys.executable, "-c", code, tiny, tests], capture_output=True, text=True, timeout=600
+    )
     summary = next(ln for ln in r.stdout.splitlines() if ln.startswith("prompt "))
     assert float(summary.split("peak RSS")[1].split("MiB")[0]) < 400, summary

@@ -2,11 +2,11 @@
 dumped stage of every spec in specs/ and prints it back unchanged."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import llvmlite.binding as llvm
 import pytest
+from cli_runner import ckec
 from needs import MLIR_OPT, needs_mlir_opt
 
 import ckeir
@@ -64,11 +64,6 @@ def test_mlir_opt_reads_every_stage(spec, tmp_path):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_emit_llvm_parses_in_llvmlite(spec):
-    out = subprocess.run(
-        [sys.executable, "-m", "ckeir.cli", str(spec), "--emit=llvm"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = ckec(spec, "--emit=llvm", timeout=300)
     assert out.returncode == 0, out.stderr
     llvm.parse_assembly(out.stdout).verify()

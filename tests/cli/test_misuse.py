@@ -2,7 +2,6 @@
 what, no traceback, and nothing started that the error makes pointless."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -209,13 +208,7 @@ def test_opt_refuses_a_fifo_without_blocking(tmp_path):
 
 def test_opt_bounds_standard_input():
     with open("/dev/zero", "rb") as zero:  # endless: read up to the bound, then refused
-        r = subprocess.run(
-            [sys.executable, "-m", "ckeir.cli", "opt", "-", "--pass-pipeline=shape-infer"],
-            stdin=zero,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = ckec("opt", "-", "--pass-pipeline=shape-infer", stdin=zero, timeout=120)
     assert_user_error(r, "cannot read standard input: larger than")
 
 

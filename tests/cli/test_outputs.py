@@ -5,12 +5,11 @@ before any work starts, naming the path and the flag."""
 import os
 import stat
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
-from cli_runner import ckec
+from cli_runner import ckec, start_ckec
 
 from ckeir.outputs import OutputError, write_output
 
@@ -202,13 +201,7 @@ def test_a_write_that_fails_removes_its_temporary(tmp_path, monkeypatch):
 
 
 def run_with_stdout(stdout, *args):
-    p = subprocess.Popen(
-        [sys.executable, "-m", "ckeir.cli", *map(str, args)],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return p
+    return start_ckec(*args, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 def test_standard_output_on_a_full_device():

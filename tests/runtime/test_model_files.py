@@ -2,11 +2,10 @@
 format, and clear errors that name the file and the tensor."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_runner import ckec
 from ggufgen import CFG, spec_for, write_gguf
 
 import ckeir
@@ -82,22 +81,7 @@ def test_unsupported_architecture(tmp_path):
 def test_cli_reports_bad_file_without_traceback(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ckeir.cli",
-            "run",
-            str(spec_for(bad, tmp_path)),
-            "--ids",
-            "1",
-            "-n",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = ckec("run", spec_for(bad, tmp_path), "--ids", "1", "-n", "1", timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr and str(bad) in r.stderr
 
 
