@@ -32,7 +32,7 @@ from ggufgen import (
 import ckeir
 from ckeir import cache
 from ckeir.errors import ModelFileError
-from ckeir.models.files import GGUFFile
+from ckeir.models.files import INDEX_VERSION, GGUFFile
 from ckeir.runtime.tokenizer import Tokenizer
 
 
@@ -389,11 +389,16 @@ def test_ids_run_through_the_api_without_a_tokenizer(tmp_path):
 # ---- the cached index -------------------------------------------------------------------------
 
 
-WRONG_VALUE = b'{"version": 2, "tensors": [], "metadata": {"k": {"type": "UINT32", "value": "2"}}}'
+def index_json(metadata) -> bytes:
+    """An index of this version holding `metadata` and no tensors."""
+    return json.dumps({"version": INDEX_VERSION, "metadata": metadata, "tensors": []}).encode()
+
+
+WRONG_VALUE = index_json({"k": {"type": "UINT32", "value": "2"}})
 DAMAGED_INDEX = {
     "not JSON": b"{not json",
     "a list": b"[]",
-    "metadata not a mapping": b'{"version": 2, "metadata": 1, "tensors": []}',
+    "metadata not a mapping": index_json(1),
     "a value of the wrong type": WRONG_VALUE,
     "nested too deep for the decoder": b"[" * 100000,
 }
@@ -411,6 +416,6 @@ def test_a_damaged_index_is_rebuilt_with_one_warning(case, tmp_path, capsys):
     assert GGUFFile(path).params() == params
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("warning:") and str(entry) in err[0], err
-    assert json.loads(cache.read(entry))["version"] == 2  # rewritten whole
+    assert json.loads(cache.read(entry))["version"] == INDEX_VERSION  # rewritten whole
     GGUFFile(path)
     assert capsys.readouterr().err == ""  # healed: silent

@@ -1,6 +1,7 @@
 """Model files: hyper-parameters from GGUF metadata, weights memory-mapped in their stored
 format, and clear errors that name the file and the tensor."""
 
+import json
 import os
 
 import numpy as np
@@ -9,8 +10,10 @@ from cli_runner import ckec
 from ggufgen import CFG, spec_for, write_gguf
 
 import ckeir
+from ckeir import cache
 from ckeir.errors import CkeError, ModelFileError
-from ckeir.models.files import GGUFFile
+from ckeir.models import files
+from ckeir.models.files import INDEX_VERSION, GGUFFile
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +103,45 @@ def test_only_regular_files_are_read(tmp_path, target):
         GGUFFile(path)
     what = "no such model file" if target in ("absent", "nul\0byte") else "not a regular file"
     assert what in str(e.value) and target.split("\0")[0] in str(e.value)
+
+
+# ---- the cached index is versioned ----------------------------------------------------------
+
+
+def index_entries(root) -> list:
+    return sorted((root / "gguf").iterdir())
+
+
+def test_an_index_of_another_version_is_discarded_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """An entry whose content says another INDEX_VERSION (written by another ckeir) is not
+    read: it is discarded with one warning and rebuilt in this version's form."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "m.gguf")
+    params = GGUFFile(path).params()
+    (entry,) = index_entries(tmp_path / "cache")
+    index = json.loads(cache.read(entry))
+    assert index["version"] == INDEX_VERSION
+    index["version"] = INDEX_VERSION + 1
+    index["metadata"]["llama.block_count"]["value"] = 99  # what an old reader would return
+    cache.write_atomic(entry, json.dumps(index).encode())
+    capsys.readouterr()
+    assert GGUFFile(path).params() == params
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("warning:") and "another index version" in warning, warning
+    assert json.loads(cache.read(entry))["version"] == INDEX_VERSION
+
+
+def test_a_new_index_version_does_not_read_the_old_entries(tmp_path, monkeypatch, capsys):
+    """Bumping INDEX_VERSION changes every entry's key: the old entry is not consulted at
+    all (no warning), a new one is written beside it."""
+    monkeypatch.setenv("CKEIR_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "m.gguf")
+    params = GGUFFile(path).params()
+    (old,) = index_entries(tmp_path / "cache")
+    monkeypatch.setattr(files, "INDEX_VERSION", INDEX_VERSION + 1)
+    capsys.readouterr()
+    assert GGUFFile(path).params() == params
+    assert capsys.readouterr().err == ""
+    new = next(p for p in index_entries(tmp_path / "cache") if p != old)
+    assert json.loads(cache.read(new))["version"] == INDEX_VERSION + 1
+    assert json.loads(cache.read(old))["version"] == INDEX_VERSION  # left as it was
