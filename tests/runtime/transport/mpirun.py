@@ -40,6 +40,11 @@ class MPIRun:
     leaked: list[str]  # MPICH segments the job left in /dev/shm
     stdout: str = ""
 
+    @property
+    def timed_out(self) -> bool:
+        """mpiexec ended the job at MPIEXEC_TIMEOUT (the backstop), not the job itself."""
+        return "APPLICATION TIMED OUT" in self.output
+
 
 def mpiexec(argv: list[str], env: dict, timeout: float = 90) -> MPIRun:
     """`mpiexec ARGV` as this process's child, with MPIEXEC_TIMEOUT as a backstop (a hang

@@ -2,8 +2,10 @@
 
 Every collective is checked bitwise against numpy's ordered sum and across ranks, with 2
 and 3 ranks (not only powers of two); every fault — a rank raising, SIGKILLed mid-receive,
-returning early, computing forever, deadlocking — ends the run within seconds with a
-TransportError that names the rank and the operation."""
+returning early, computing forever, deadlocking — ends the run with a TransportError that
+names the rank and the operation, through the mechanism meant for it: never the launcher's
+time-out that backs every test up.  No test bounds a duration from above (a busy machine
+makes anything slower); a simulated link's delay is bounded from below."""
 
 from __future__ import annotations
 
@@ -26,11 +28,17 @@ from ckeir.runtime.transport import LinkModel, launch_local
 RANKS = [2, 3]
 
 
-def failure(n: int, program, *, timeout: float = 30, **kw) -> tuple[TransportError, float]:
-    t0 = time.monotonic()
+BACKSTOP_S = 120.0  # the launcher's time-out in fault tests: what ends a run that hangs
+
+
+def failure(n: int, program, *, timeout: float = BACKSTOP_S, **kw) -> TransportError:
+    """The error that ended a run of `program`; not the backstop's time-out unless the test
+    set its own `timeout` (a hang fails the test, never the suite)."""
     with pytest.raises(TransportError) as info:
         launch_local(n, program, timeout=timeout, **kw)
-    return info.value, time.monotonic() - t0
+    if timeout == BACKSTOP_S:
+        assert "launch_local timed out" not in info.value.message, info.value.message
+    return info.value
 
 
 # ---- messages and collectives ------------------------------------------------------------------
@@ -103,35 +111,23 @@ def test_segment_is_gone_after_the_run():
     [(1.25e9, 50e-6, 2304), (1.25e9, 100e-6, 2304), (1e9, 100e-6, 64 * 1024)],
 )
 def test_shaped_link_hop_time(bandwidth, latency, nbytes):
-    """A hop (send start -> recv end, as a trace shows it) takes latency + bytes/bandwidth:
-    never less, and within a few percent in the undisturbed hops.  Short delays only: the
-    sender then spins through the whole delay (a sleeping rank may wake late on a busy
-    machine).  A run can be disturbed throughout by other processes: up to three tries,
-    and a skip if unshaped hops were slow too (the machine, not the transport)."""
+    """A hop (send start -> recv end, as a trace shows it) takes at least latency +
+    bytes/bandwidth — never less; longer when the machine is busy, so how close it comes is
+    for `benchmarks/links.py`, not a test."""
     model = LinkModel.uniform(bandwidth, latency)
     want = latency + nbytes / bandwidth
-    errors = []
-    for _ in range(3):
-        results = launch_local(2, tp.prog_link, (nbytes, 60), timeout=30, link_model=model)
-        error = tp.hop_error(tp.hop_times(results), want)
-        if error is None:
-            return
-        assert "< " not in error, error  # early is never noise
-        errors.append(error)
-    control = tp.hop_times(launch_local(2, tp.prog_link, (nbytes, 60), timeout=30))
-    if np.percentile(control, 10) > tp.BUSY_HOP_S:
-        pytest.skip(f"machine too busy to time hops ({errors[-1]})")
-    pytest.fail("; ".join(errors))
+    hops = tp.hop_times(launch_local(2, tp.prog_link, (nbytes, 60), timeout=60, link_model=model))
+    assert len(hops) == 60
+    assert hops.min() >= want, f"a hop took {hops.min() * 1e6:.1f} µs < {want * 1e6:.1f} µs"
 
 
-# ---- faults: everything stops within seconds, and the message says who and where ---------------
+# ---- faults: everything stops, by the mechanism meant for it; the message says who and where --
 
 
 @pytest.mark.parametrize("n", RANKS)
 def test_raising_rank(n, monkeypatch):
     monkeypatch.setenv("CKEIR_DEBUG", "1")  # the rank's traceback, for developers
-    err, seconds = failure(n, tp.prog_raise)
-    assert seconds < 10
+    err = failure(n, tp.prog_raise)
     text = err.message
     assert text.startswith("rank 1 failed: ValueError: boom from rank 1")
     assert "traceback of rank 1" in text and "prog_raise" in text
@@ -142,8 +138,7 @@ def test_raising_rank(n, monkeypatch):
 
 @pytest.mark.parametrize("n", RANKS)
 def test_rank_killed_mid_recv(n):
-    err, seconds = failure(n, tp.prog_kill)
-    assert seconds < 10
+    err = failure(n, tp.prog_kill)
     assert err.message.startswith("rank 1 was killed by SIGKILL during recv from rank 0 (tag 3)")
     assert "rank 0: recv from rank 1 (tag 4) abandoned" in err.message
     if n == 3:
@@ -151,7 +146,7 @@ def test_rank_killed_mid_recv(n):
 
 
 def test_size_mismatch_names_both_ranks_and_sizes():
-    err, _ = failure(2, tp.prog_mismatch)
+    err = failure(2, tp.prog_mismatch)
     assert (
         "rank 1: recv from rank 0 (tag 2): size mismatch: rank 0 sent 400 bytes,"
         " rank 1 expects 200 bytes" in err.message
@@ -159,39 +154,35 @@ def test_size_mismatch_names_both_ranks_and_sizes():
 
 
 def test_tag_mismatch():
-    err, _ = failure(2, tp.prog_tag_mismatch)
+    err = failure(2, tp.prog_tag_mismatch)
     assert "rank 1: recv from rank 0 (tag 2): the next message from rank 0 has tag 1" in err.message
 
 
 def test_peer_returned_without_sending():
-    err, seconds = failure(3, tp.prog_finish_early)
-    assert seconds < 10
+    err = failure(3, tp.prog_finish_early)
     assert "rank 1 finished its program without a matching send" in err.message
 
 
 def test_ranks_still_computing_are_killed_after_the_grace_period():
-    err, seconds = failure(3, tp.prog_compute_forever, grace=0.5)
-    assert seconds < 5
+    err = failure(3, tp.prog_compute_forever, grace=0.5)
     assert err.message.startswith("rank 0 failed: RuntimeError: rank 0 gives up")
     assert "rank 2 was still running 0.5 s after the failure and was killed" in err.message
 
 
 def test_exit_is_a_failure():
-    err, _ = failure(2, tp.prog_exit_without_close)
+    err = failure(2, tp.prog_exit_without_close)
     assert err.message.startswith("rank 1 failed: SystemExit: 3")
 
 
 @pytest.mark.parametrize("n", RANKS)
 def test_deadlock_hits_the_launcher_timeout(n):
-    err, seconds = failure(n, tp.prog_deadlock, timeout=1.0)
-    assert seconds < 5
+    err = failure(n, tp.prog_deadlock, timeout=1.0)
     assert err.message.startswith("launch_local timed out after 1 s")
     assert "rank 0 is blocked in recv from rank 1 (tag 7)" in err.message
 
 
 def test_deadlock_hits_the_wait_timeout():
-    err, seconds = failure(2, tp.prog_deadlock, wait_timeout=0.5)
-    assert seconds < 5
+    err = failure(2, tp.prog_deadlock, wait_timeout=0.5)
     assert "no progress for" in err.message
     assert "is blocked in recv from rank" in err.message
 
@@ -208,8 +199,7 @@ def no_segment_of(launcher: int) -> bool:
 def test_stopped_rank_is_named_by_the_watchdog(n):
     """A SIGSTOPped rank answers nothing and dies of nothing but SIGKILL: its heartbeat
     stands still, the watchdog names and kills it, and every other rank stops."""
-    err, seconds = failure(n, tp.prog_stop, watchdog=1.0)
-    assert seconds < 10
+    err = failure(n, tp.prog_stop, watchdog=1.0)
     assert err.message.startswith(
         "rank 1 made no progress for 1 s (it is stopped: SIGSTOP or a debugger)"
     ), err.message
@@ -221,8 +211,7 @@ def test_stopped_rank_is_named_by_the_watchdog(n):
 
 def test_watchdog_period_from_the_environment(monkeypatch):
     monkeypatch.setenv("CKEIR_WATCHDOG_SECONDS", "1.5")
-    err, seconds = failure(2, tp.prog_stop)
-    assert seconds < 10
+    err = failure(2, tp.prog_stop)
     assert err.message.startswith("rank 1 made no progress for 1.5 s"), err.message
 
 

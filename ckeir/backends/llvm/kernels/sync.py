@@ -16,13 +16,14 @@ from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
 
 BARRIER_STATE_BYTES = 128
 BARRIER = "cke_barrier"
-_GEN, _SLEEPERS = 64, 68  # byte offsets in the state (the count is at 0)
+GENERATION_AT, SLEEPERS_AT = 64, 68  # byte offsets in the state (the count is at 0)
 
 
 def barrier() -> Kernel:
     f = FunctionWriter(BARRIER, [("ptr", "%state"), ("i32", "%nth")])
     with f.if_(f("icmp sgt i32 %nth, 1")):
-        gen_p, sleepers = f.gep("%state", _GEN, "i8"), f.gep("%state", _SLEEPERS, "i8")
+        gen_p = f.gep("%state", GENERATION_AT, "i8")
+        sleepers = f.gep("%state", SLEEPERS_AT, "i8")
         gen = f(f"load atomic i32, ptr {gen_p} acquire, align 4", "gen")
         arrived = f("atomicrmw add ptr %state, i32 1 seq_cst, align 4", "arrived")
         last, others, done = f.label("last"), f.label("others"), f.label("out")
