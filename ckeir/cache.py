@@ -15,9 +15,11 @@ one key both leave a valid entry; a cache that cannot be written only costs time
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
 import stat
 import struct
@@ -77,18 +79,18 @@ def _damage(raw: bytes, key_digest: bytes) -> str | None:
     return None
 
 
-def _read_regular(path: Path) -> tuple[bytes | None, os.stat_result]:
-    """The file's bytes (None if it is not a regular file: refused before it is read) and
-    its status.  O_NONBLOCK so that a FIFO put in an entry's place cannot block the open."""
+def _read_regular(path: Path) -> bytes | None:
+    """The file's bytes (None if it is not a regular file: refused before it is read).
+    O_NONBLOCK so that a FIFO put in an entry's place cannot block the open."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return None, st
+            return None
         if st.st_size > limits.MAX_CACHE_ENTRY_BYTES:  # e.g. a damaged file system's size
             raise OSError(errno.EFBIG, f"{st.st_size} bytes, larger than any entry")
         with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(), st
+            return f.read()
     finally:
         os.close(fd)
 
@@ -98,34 +100,61 @@ def read(path: Path, key: str | None = None) -> bytes | None:
     None on a miss.  A damaged entry is discarded with a warning and also reads as None."""
     path = Path(path)
     try:
-        raw, st = _read_regular(path)
+        raw = _read_regular(path)
     except OSError as e:
         if e.errno not in _ABSENT:
-            discard(path, e.strerror or str(e))
+            discard(path, e.strerror or str(e), keep_valid=True, key=key)
         return None
     why = "not a regular file" if raw is None else _damage(raw, _key_digest(path, key))
     if why is not None:
-        discard(path, why, st)
+        discard(path, why, keep_valid=True, key=key)
         return None
     return raw[HEADER.size :]
 
 
-def discard(path: Path, reason: str, seen: os.stat_result | None = None) -> None:
+def discard(path: Path, reason: str, *, keep_valid: bool = False, key: str | None = None) -> None:
     """Delete a bad entry and say so in one line.  For callers too that find an entry's
-    content unusable after its checksum passed (e.g. JSON of the wrong shape).  `seen`: the
-    file as it was read; if another process has replaced it since, its new entry stays."""
+    content unusable after its checksum passed (e.g. JSON of the wrong shape).
+
+    Several processes (local ranks) may read one damaged entry at once; one of them
+    discards it and warns.  The entry is first set aside (renamed), which only one can do:
+    a process that finds it gone (another discarded it) says nothing.  With `keep_valid`
+    (`read` does), an entry set aside that is valid for `key` is one another process
+    rebuilt meanwhile: it is put back, and nothing is said."""
+    path = Path(path)
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}.discarded")
+    try:
+        os.rename(path, aside)  # a symbolic link goes, not what it points to
+    except FileNotFoundError:
+        return  # another process discarded it first, and warned
+    except OSError:  # a read-only cache: it stays, and every run rebuilds it
+        _warn(path, reason)
+        return
+    if keep_valid and _valid(aside, path, key):
+        with contextlib.suppress(OSError):
+            os.rename(aside, path)
+        return
+    _warn(path, reason)
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(os.lstat(aside).st_mode):
+            shutil.rmtree(aside)
+        else:
+            os.unlink(aside)
+
+
+def _valid(aside: Path, path: Path, key: str | None) -> bool:
+    """The file at `aside` is a valid entry for `path` and `key`."""
+    try:
+        raw = _read_regular(aside)
+    except OSError:
+        return False
+    return raw is not None and _damage(raw, _key_digest(path, key)) is None
+
+
+def _warn(path: Path, reason: str) -> None:
     # One write of the whole line: two threads or ranks warning at once must not interleave.
     sys.stderr.write(f"warning: discarded a damaged cache entry {path} ({reason}); rebuilding\n")
     sys.stderr.flush()
-    try:
-        if seen is not None and not os.path.samestat(os.stat(path), seen):
-            return
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)  # a symbolic link goes, not what it points to
-    except OSError:
-        pass  # already gone, or the cache is read-only: the rebuilt entry is not kept then
 
 
 def write_atomic(path: Path, data: bytes, key: str | None = None) -> None:
