@@ -79,7 +79,10 @@ class MPITransport(Transport):
         self._closed = False
         self._prev_hook = None
         self._abort_on_error = abort_on_error and self.size > 1
-        self._wait = wait.MPI_REQUEST.for_waiters(_ranks_here(self.size), usable_cpus())
+        ranks_here = _ranks_here(self.size)
+        self._wait = wait.MPI_REQUEST.for_waiters(ranks_here, usable_cpus())
+        # over a shaped link, as on local ranks: a late look would add to the simulated hop
+        self._link_wait = wait.SHAPED_LINK.for_waiters(ranks_here, usable_cpus())
         if self._abort_on_error:
             self._prev_hook = sys.excepthook
             sys.excepthook = self._excepthook
@@ -145,7 +148,7 @@ class MPITransport(Transport):
             wait.sleep_until(t0 + link.delay(buf.nbytes))
         try:
             request = self.comm.Isend([buf, self._mpi.BYTE], peer, tag)
-            wait.poll(request.Test, self._wait)
+            wait.poll(request.Test, self._budget([peer]))
         except self._mpi.Exception as e:
             msg = Message("send", peer, buf, tag)
             raise TransportError(f"rank {self.rank}: {msg.describe()}: {e}") from e
@@ -155,9 +158,14 @@ class MPITransport(Transport):
             raise TransportError(f"rank {self.rank}: recv on a closed transport")
         status = self._status
         try:  # a matched probe first: a size mismatch is reported with both byte counts
-            found = []
-            wait.poll(lambda: _append(found, self.comm.Improbe(peer, tag, status)), self._wait)
-            matched = found[0]
+            probes = []
+
+            def matched_one() -> bool:
+                probes.append(self.comm.Improbe(peer, tag, status))
+                return probes[-1] is not None
+
+            wait.poll(matched_one, self._budget([peer]))
+            matched = probes[-1]
             if status.Get_count(self._mpi.BYTE) != buf.nbytes:
                 self._check_count(Message("recv", peer, buf, tag), status)
             matched.Recv([buf, self._mpi.BYTE])
@@ -189,10 +197,16 @@ class MPITransport(Transport):
             return flag
 
         try:
+            budget = self._budget([m.peer for m in msgs])
             for _ in range(len(reqs)):
-                wait.poll(one_done, self._wait)
+                wait.poll(one_done, budget)
         except mpi.Exception as e:
             raise TransportError(f"rank {self.rank}: {what}: {e}") from e
+
+    def _budget(self, peers: Sequence[int]) -> wait.Budget:
+        """How to wait for requests with `peers`: as over a shaped link if any is."""
+        shaped = any(self._link(p) is not None for p in peers)
+        return self._link_wait if shaped else self._wait
 
     def _check_count(self, msg: Message, status) -> None:
         got = status.Get_count(self._mpi.BYTE)
@@ -267,13 +281,6 @@ def _mapped(prefix: str) -> set[str]:
 
 def _due(m: Message) -> float:
     return m.t_start + m.link.delay(m.nbytes) if m.link is not None else m.t_start
-
-
-def _append(found: list, item) -> bool:
-    """Keep `item` (a matched probe) if there is one; whether there was."""
-    if item is not None:
-        found.append(item)
-    return item is not None
 
 
 def _ranks_here(size: int) -> int:
