@@ -139,11 +139,11 @@ def test_a_hang_is_killed_at_the_timeout_and_the_pool_goes_on(monkeypatch, tmp_p
 
     monkeypatch.setattr(cli, "cmd_plan", lambda argv: time.sleep(600))
     with Pool(tmp_path, Environment(), workers=1) as p:
-        t0 = time.monotonic()
         outcomes = run_cases(p, [_case("plan", "x", timeout=2.0), _case("--help-me")])
-        elapsed = time.monotonic() - t0
+    # "hang" is only ever the pool's verdict on a worker it killed (the sleep, left alone,
+    # would return and be judged by its exit); no wall-clock bound, so load cannot fail it
     assert [o.verdict for o in outcomes] == ["hang", "clean"]
-    assert elapsed < 60
+    assert outcomes[0].seconds == 2.0
 
 
 def test_a_worker_killed_by_a_signal_is_a_crash(monkeypatch, tmp_path):
