@@ -61,10 +61,11 @@ def children() -> dict[int, tuple[str, str]]:
 class Adoption:
     before: set[int]  # children this process had already (e.g. multiprocessing's helpers)
 
-    def leftovers(self, wait: float = 5.0) -> list[str]:
+    def leftovers(self, wait: float = 30.0) -> list[str]:
         """Reap every new child that has ended; give the live ones up to `wait` seconds to
-        end (a kill takes a moment), then kill them.  Returns 'pid (name)' of each that was
-        still alive after `wait` seconds."""
+        end (a kill takes a moment, longer on a busy machine: a backstop, not a bound on
+        how fast they go), then kill them.  Returns 'pid (name)' of each that was still
+        alive after `wait` seconds."""
         deadline = time.monotonic() + wait
         while True:
             new = {p: c for p, c in children().items() if p not in self.before}
