@@ -81,6 +81,14 @@ class LinkModel:
 NO_LINK = LinkModel(bw=math.inf, latency=0.0)  # ranks that share memory: no link delay
 
 
+def message_time(link: LinkModel, nbytes: int, over: Overheads) -> float:
+    """A point-to-point message from the start of its send to its arrival (the sender is
+    held as long): over a link, the link's time (a link holds the message for its time and
+    the transport's copy happens meanwhile); between ranks that share memory, the
+    transport's own cost of a message."""
+    return over.message if link == NO_LINK else link.time(nbytes)
+
+
 def seconds(amount: float, rate: float) -> float:
     """Time to move or compute `amount` at `rate` per second; a rate of zero never finishes
     (the planner then prefers anything else) instead of dividing by zero."""

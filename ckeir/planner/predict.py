@@ -150,14 +150,14 @@ class _Replay:
         if st.kind == "compute":
             self.clock[r] += st.seconds
         elif st.kind == "send":
-            t = self.link(r, st.peer).time(st.nbytes)
+            t = cost.message_time(self.link(r, st.peer), st.nbytes, over)
             self.arrivals.setdefault((r, st.peer), []).append(self.clock[r] + t)
-            self.clock[r] += t + over.message
+            self.clock[r] += t
         elif st.kind == "recv":
             queue = self.arrivals.get((st.peer, r))
             if not queue:
                 return False
-            self.clock[r] = max(self.clock[r], queue.pop(0)) + over.message
+            self.clock[r] = max(self.clock[r], queue.pop(0))
         else:
             return self._meet(r, st)
         return True
@@ -172,9 +172,10 @@ class _Replay:
             return False
         self.ordinal[key] = n + 1
         if st.kind == "broadcast":
-            sent = met[st.peer] + max(self.link(st.peer, p).time(st.nbytes) for p in st.group)
-            arrived = met[st.peer] + self.link(st.peer, r).time(st.nbytes)
-            self.clock[r] = (sent if r == st.peer else max(met[r], arrived)) + self.over.message
+            root = st.peer
+            took = [cost.message_time(self.link(root, p), st.nbytes, self.over) for p in st.group]
+            arrived = met[root] + cost.message_time(self.link(root, r), st.nbytes, self.over)
+            self.clock[r] = met[root] + max(took) if r == root else max(met[r], arrived)
         else:
             links = [self.link(a, b) for a in st.group for b in st.group if a < b]
             slowest = max(links, key=lambda link: link.time(st.nbytes))
@@ -218,14 +219,15 @@ def predict(
     rank_time = {r: sum(s.seconds for s in st) for r, st in steps.items()}
     comm = {r: _comm_seconds(r, st, link, over) for r, st in steps.items()}
     hops = [
-        (r, s.peer, s.nbytes, link(r, s.peer).time(s.nbytes))
+        (r, s.peer, s.nbytes, cost.message_time(link(r, s.peer), s.nbytes, over))
         for r, st in steps.items()
         for s in st
         if s.kind == "send"
     ]
     first = plan.stages[0].ranks[0]
     if first != root:
-        hops.append((root, first, cost.TOKEN_BYTES, link(root, first).time(cost.TOKEN_BYTES)))
+        back = cost.message_time(link(root, first), cost.TOKEN_BYTES, over)
+        hops.append((root, first, cost.TOKEN_BYTES, back))
     stage_time = tuple(max(rank_time[r] + comm[r] for r in s.ranks) for s in plan.stages)
     weights, memory = _memory(programs)
     return Prediction(latency, stage_time, rank_time, comm, tuple(hops), memory, weights)
@@ -236,7 +238,7 @@ def _comm_seconds(r: int, steps: list, link, over: cost.Overheads) -> float:
     total = 0.0
     for s in steps:
         if s.kind == "send":
-            total += link(r, s.peer).time(s.nbytes) + over.message
+            total += cost.message_time(link(r, s.peer), s.nbytes, over)
         elif s.kind in ("allreduce", "allgather"):
             slowest = max((link(r, p) for p in s.group if p != r), key=lambda x: x.time(s.nbytes))
             total += cost.collective_time(s.kind, s.nbytes, len(s.group), slowest, over)

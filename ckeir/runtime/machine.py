@@ -43,13 +43,13 @@ class RunPrediction:
     # (lower rank, higher rank) -> the simulated link between them (None: not shaped)
     links: dict = attrs.field(factory=dict)
     basis: dict = attrs.field(factory=dict)  # what the prediction assumed, for the report
-    message_seconds: float = 0.0  # the transport's own cost of one message
+    overheads: cost.Overheads = cost.Overheads()  # the transport's and dispatch's own costs
 
     def hop_seconds(self, a: int, b: int, nbytes: float) -> float:
-        """A message of `nbytes` from rank a to rank b: its link's time (none between ranks
-        that share memory unshaped) plus the transport's cost of a message."""
+        """A message of `nbytes` from rank a to rank b (`cost.message_time`): its link's
+        time, or the transport's own cost where there is no link or that is longer."""
         link = self.links.get((min(a, b), max(a, b))) or cost.NO_LINK
-        return link.time(nbytes) + self.message_seconds
+        return cost.message_time(link, nbytes, self.overheads)
 
 
 # ---- measuring --------------------------------------------------------------------------------
@@ -359,8 +359,7 @@ def run_prediction(prog, context: int, links=None, threads: int | None = None) -
     view = this_machine(prog, links, threads)
     programs = {f.attr("rank", 0): f for f in funcs(prog.module) if f.attr("phase") == "decode"}
     plan = prog.placement.get("decode")
-    message = view.overheads.message
     if plan is None or not programs:
-        return RunPrediction(0.0, view.links, view.basis, message)
+        return RunPrediction(0.0, view.links, view.basis, view.overheads)
     pred = view.predict(plan, programs, 1, context)
-    return RunPrediction(pred.latency, view.links, view.basis, message)
+    return RunPrediction(pred.latency, view.links, view.basis, view.overheads)
