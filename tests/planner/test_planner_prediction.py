@@ -41,3 +41,20 @@ def test_prediction_holds_on_a_slow_simulated_link():
     predicted_hop = pred.hop_seconds(0, sends[0][1], sends[0][2])
     assert hop / predicted_hop == pytest.approx(1.0, abs=0.15), (hop, predicted_hop)
     assert pred.basis["links"] == "simulated"
+
+
+def test_plan_for_this_machine_is_the_run_prediction():
+    """`ckec plan` predicts for the declared cluster, and with this machine's figures the
+    same decode step a run report predicts (one definition of the prediction)."""
+    from ckeir.reports.plan import plan_report
+    from ckeir.runtime.machine import this_machine
+
+    prog = ckeir.compile(ROOT / "specs" / "tiny.cke", backend="reference")
+    declared = plan_report(prog)
+    assert declared["predicted_for"] == "declared cluster"
+    here = plan_report(prog, this_machine(prog, SLOW))
+    assert here["predicted_for"]["links"] == "simulated"
+    decode = here["phases"]["decode"]["predicted_seconds"]
+    assert decode == pytest.approx(run_prediction(prog, 1, SLOW).decode_seconds_per_token)
+    # the slow link's two delays a token (the hop and the token coming back) dominate
+    assert decode > 2 * 8e-3 > declared["phases"]["decode"]["predicted_seconds"]
