@@ -101,7 +101,10 @@ def main(argv=None) -> None:
         f"SmolLM2-135M decode on local ranks, best of {repeat} rounds, {args.tokens} tokens",
         ["placement", "link", "measured ms/token", "predicted ms/token", "measured ÷ predicted"],
         rows,
-        notes=["predicted for this machine: " + _basis_note(results[0]["basis"])],
+        notes=[
+            f"predicted for this machine, {r['placement']}: " + _basis_note(r["basis"])
+            for r in results[::2]
+        ],
     )
     if args.json:
         write_json(args.json, "predictions", results, host=host, repeat=repeat)
@@ -112,9 +115,13 @@ def _basis_note(basis: dict) -> str:
         f"{k} {v / 1e9:.1f} GB/s" for k, v in basis.get("matmul_bytes_per_second", {}).items()
     )
     over = basis.get("overheads", {})
+    shared = basis.get("rank 0", {}).get("shared", 1.0)
     return (
-        f"matmul kernels {rates}; segment dispatch {over.get('segment', 0) * 1e6:.1f} us, "
-        f"message {over.get('message', 0) * 1e6:.1f} us, all-reduce step "
+        f"{basis['threads_per_rank']} thread(s) a rank; matmul kernels {rates}"
+        + (f" (x {shared:.2f}: ranks streaming at once)" if shared < 1 else "")
+        + f"; segment dispatch {over.get('segment', 0) * 1e6:.1f} us, barrier "
+        f"{basis.get('barrier_seconds', 0) * 1e6:.2f} us, message "
+        f"{over.get('message', 0) * 1e6:.1f} us, all-reduce step "
         f"{over.get('collective', 0) * 1e6:.1f} us (local shared memory)"
     )
 
