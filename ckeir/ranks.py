@@ -46,6 +46,9 @@ def run_rank(
     token as it comes."""
     from ckeir.runtime.transport.base import ClockOffset
 
+    # the engine (weights, threads, native helpers) first: the ranks meet in clock_offset,
+    # and one that meets the others there starts the generation at once
+    _ = prog.engine
     clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
     stats = GenerationStats()
     logits = {}
