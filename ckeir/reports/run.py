@@ -45,7 +45,7 @@ def run_report(
     outside = (
         (stats.decode_seconds - native.get("decode", 0.0)) / decode_tokens if decode_tokens else 0.0
     )
-    prediction = run_prediction(prog, context, links)
+    prediction = run_prediction(prog, context, links, threads=first["threads"])
     node = prog.job.cluster.node(first["node"])
     bw = bandwidth or node.dram_bw
     cku = cost.cku(active, per_token)
