@@ -104,6 +104,20 @@ def test_local_and_mpi_reports_give_the_same_figures(pipeline_runs):
     assert tokens == [r["tokens"] for r in pipeline_runs["report"]["ranks"].values()]
 
 
+def test_mpi_ranks_simulate_the_spec_links(tmp_path):
+    """--simulate-links under mpiexec: every message waits out the spec's link (10 Gbit/s,
+    50 us), a floor under each hop's measured time, and the prediction knows it."""
+    report = tmp_path / "r.json"
+    spec = pipeline_spec(tmp_path)
+    args = ("run", spec, "--ids", "1,2,3", "-n", "4", "--simulate-links", "--report", report)
+    r = mpirun(2, *args, "--transport", "mpi")
+    assert r.returncode == 0, r.output
+    rep = json.loads(report.read_text())
+    (hop,) = rep["hops"]
+    assert hop["links_simulated"] and rep["links_simulated"]
+    assert hop["measured_seconds"] >= 50e-6 + hop["mean_bytes"] / 1.25e9
+
+
 def test_rank_failure_ends_the_job(tmp_path):
     """A rank that raises mid-run: every rank exits non-zero within seconds, and the output
     names the failing rank and its error the way a CkeError reads (not as an internal
