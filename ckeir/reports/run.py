@@ -2,7 +2,13 @@
 
 CKU = active bytes touched per token (weights + KV cache + activations + communication)
 ÷ seconds per token; next to it, the fraction of the node's DRAM bandwidth that is.  Time
-outside kernels is a decode step's wall time minus the time spent in native code."""
+outside kernels is a decode step's wall time minus the time spent in native code.
+
+The same report comes from one rank, local ranks and MPI ranks: `ranks` (per rank: node,
+busy seconds in native code, waiting seconds inside transport calls, bytes its transport
+counted, CKU — over the whole run) and `hops` (each sender → receiver pair's messages, mean
+bytes, measured and predicted seconds), next to the decode time per token measured and
+predicted for the machine and links the run used."""
 
 from __future__ import annotations
 
