@@ -176,9 +176,18 @@ def test_exit_is_a_failure():
 
 @pytest.mark.parametrize("n", RANKS)
 def test_deadlock_hits_the_launcher_timeout(n):
-    err = failure(n, tp.prog_deadlock, timeout=1.0)
-    assert err.message.startswith("launch_local timed out after 1 s")
-    assert "rank 0 is blocked in recv from rank 1 (tag 7)" in err.message
+    """The time-out names what every rank is doing.  A rank that has not yet reached its
+    receive when the time-out comes (a busy machine starts processes slowly) is named as
+    running: then the same run with twice the time-out."""
+    blocked = [f"rank {r} is blocked in recv from rank {(r + 1) % n} (tag 7)" for r in range(n)]
+    for timeout in (1, 2, 4, 8, 16):
+        err = failure(n, tp.prog_deadlock, timeout=timeout)
+        assert err.message.startswith(f"launch_local timed out after {timeout} s")
+        if all(b in err.message for b in blocked):
+            return
+        late = [f"rank {r} is running" for r in range(n) if blocked[r] not in err.message]
+        assert all(x in err.message for x in late), err.message
+    pytest.fail(f"ranks still not in their receive after {timeout} s: {err.message}")
 
 
 def test_deadlock_hits_the_wait_timeout():
