@@ -12,6 +12,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
+from cli_runner import ckec
 from needs import needs_mpi
 
 import ckeir
@@ -76,6 +77,22 @@ def test_a_row_crosses_in_its_transfer_format(tmp_path, transfers, row_bytes):
     assert hop_events(out, 1, "recv") == expected
     (sender,) = [r for r in out["ranks"] if r["rank"] == 0]
     assert sender["sends"][1][2] == sum(expected)
+
+
+@pytest.mark.parametrize("transfers,row_bytes", [("q8_0", 102), ("f32", 384)])
+def test_the_run_report_shows_the_wire_bytes_and_exact_parity(tmp_path, transfers, row_bytes):
+    """`ckec run --report --check-parity`: the hop's mean bytes are those that crossed, and
+    the run agrees bitwise with its single-rank twin in either format."""
+    report = tmp_path / "r.json"
+    ids = ",".join(map(str, PROMPT))
+    r = ckec("run", spec(tmp_path, transfers), "--ids", ids, "-n", N, "--check-parity",
+             "--report", report, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    (hop,) = rep["hops"]
+    assert (hop["from"], hop["to"], hop["messages"]) == (0, 1, N)
+    assert hop["mean_bytes"] == (len(PROMPT) + N - 1) * row_bytes / N
+    assert rep["parity"]["tokens_identical"] and rep["parity"]["logits_bitwise_identical"]
 
 
 def test_q8_0_pipeline_equals_its_single_rank_twin_bitwise(tmp_path):
