@@ -67,6 +67,10 @@ VALID = {
         ["tensor<?x64xf32>"],
         '%r = "cke.last_token"(%a0) : (tensor<?x64xf32>) -> tensor<1x64xf32>',
     ),
+    "cke.requant": (
+        ["tensor<2x64xf32>"],
+        '%r = "cke.requant"(%a0) {format = "q8_0"} : (tensor<2x64xf32>) -> tensor<2x64xf32>',
+    ),
     "cke.argmax": (
         ["tensor<1x100xf32>"],
         '%r = "cke.argmax"(%a0) : (tensor<1x100xf32>) -> tensor<1xi32>',
@@ -379,6 +383,12 @@ SHAPE_ERRORS = [
         [],
         '%r = "cke.weight"() {name = "w", shape = array<i64: 4>} : () -> tensor<4xf64>',
         "element type f64 is not a weight format",
+    ),
+    (
+        "requant of rows that are not whole Q8_0 blocks",
+        ["tensor<2x40xf32>"],
+        '%r = "cke.requant"(%a0) {format = "q8_0"} : (tensor<2x40xf32>) -> tensor<2x40xf32>',
+        "rows of 40 are not whole q8_0 blocks of 32",
     ),
     (
         "embed ids not i32",
