@@ -149,6 +149,21 @@ def test_usage_errors_exit_1_not_2():
     assert_user_error(ckec(TINY, "--emit=pdf"), "argument --emit: invalid choice")
 
 
+def test_a_batch_that_would_not_be_decoded_is_refused_at_its_line(tmp_path):
+    """Programs decode one sequence each: `batch 2` would be reported and ignored."""
+    spec = tmp_path / "batch.cke"
+    spec.write_text(TINY.read_text().replace("  batch 1", "  batch 2"))
+    r = run(spec, "--ids", "1", "-n", "1")
+    line = TINY.read_text().splitlines().index("  batch 1") + 1
+    assert_user_error(
+        r,
+        f"{spec}:{line}:3: error: batch 2: programs decode one sequence each for now",
+        "    batch 2\n      ^",
+        "write `batch 1` or leave the statement out",
+    )
+    assert ckec(spec, "--emit=mlir").returncode == 1  # refused for compiling too
+
+
 # ---- passes ---------------------------------------------------------------------------------
 def test_print_ir_after_an_unknown_pass():
     r = ckec(TINY, "--print-ir-after=nonesuch")
