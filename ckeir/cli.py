@@ -521,7 +521,9 @@ def _evidence(args, prog, ids, figures: list[dict], links, where: str) -> None:
         return  # nothing native to measure (refused earlier when a report was asked for)
     threads = figures[0]["threads"]
     bw = read_bandwidth(threads, measure=args.measure_bandwidth, host=prog.host)
-    report = run_report(prog, figures, bandwidth=bw, links=links, parity=parity)
+    # the prediction may first measure this machine (seconds): only for a written report
+    predict = args.report is not None
+    report = run_report(prog, figures, bw, links, parity, predict=predict)
     print(summary_line(report), file=sys.stderr)
     if args.report:
         _write_json(args.report, report, "--report")

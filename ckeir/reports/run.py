@@ -34,12 +34,19 @@ def decode_active_bytes(prog, context: int, rank: int | None = None) -> int:
 
 
 def run_report(
-    prog, figures: list[dict], bandwidth: float | None = None, links=None, parity=None
+    prog,
+    figures: list[dict],
+    bandwidth: float | None = None,
+    links=None,
+    parity=None,
+    predict: bool = True,
 ) -> dict:
     """The run report, the same keys on one rank, local ranks and MPI ranks: built from every
     rank's figures (`ckeir.ranks.run_rank`, gathered on rank 0, in rank order) and the
     planner's prediction for the run as it ran (`links`: the simulated LinkModel, or None).
-    Rank 0's clock measures the token times: every rank sees the same tokens."""
+    Rank 0's clock measures the token times: every rank sees the same tokens.  `predict`:
+    False leaves the predictions None (a machine not measured yet is measured first, which
+    takes seconds: only worth it when a report is written)."""
     first = figures[0]
     stats = GenerationStats(**first["stats"])
     decode_tokens = max(stats.generated_tokens - 1, 0)
@@ -51,7 +58,7 @@ def run_report(
     outside = (
         (stats.decode_seconds - native.get("decode", 0.0)) / decode_tokens if decode_tokens else 0.0
     )
-    prediction = run_prediction(prog, context, links, threads=first["threads"])
+    prediction = run_prediction(prog, context, links, threads=first["threads"]) if predict else None
     node = prog.job.cluster.node(first["node"])
     bw = bandwidth or node.dram_bw
     cku = cost.cku(active, per_token)
@@ -74,12 +81,14 @@ def run_report(
             "seconds": stats.decode_seconds,
             "tokens_per_second": stats.decode_tps,
             "seconds_per_token": per_token,
-            "predicted_seconds_per_token": prediction.decode_seconds_per_token,
+            "predicted_seconds_per_token": (
+                None if prediction is None else prediction.decode_seconds_per_token
+            ),
             "native_seconds": native.get("decode", 0.0),
             "outside_kernels_per_token": outside,
             "outside_kernels_fraction": outside / per_token if per_token else 0.0,
         },
-        "prediction_basis": dict(prediction.basis),
+        "prediction_basis": None if prediction is None else dict(prediction.basis),
         "active_bytes_per_token": active,
         "cku_bytes_per_second": cku,
         "bandwidth_bytes_per_second": bw,
@@ -143,7 +152,9 @@ def _hops(figures: list[dict], prediction, simulated: bool) -> list[dict]:
             "messages": h["count"],
             "mean_bytes": h["bytes"],
             "measured_seconds": h["seconds"],
-            "predicted_seconds": prediction.hop_seconds(a, b, h["bytes"]),
+            "predicted_seconds": (
+                None if prediction is None else prediction.hop_seconds(a, b, h["bytes"])
+            ),
             "links_simulated": simulated,
         }
         for (a, b), h in sorted(hop_figures(figures).items())
@@ -158,9 +169,19 @@ def summary_line(report: dict) -> str:
         f"{report['bandwidth_bytes_per_second'] / 1e9:.1f} GB/s "
         f"({report['bandwidth_source']}) | active {report['active_bytes_per_token'] / 1e6:.1f}"
         f" MB/token | outside kernels {d['outside_kernels_per_token'] * 1e6:.0f} us/token "
-        f"({100 * d['outside_kernels_fraction']:.1f}%) | predicted "
-        f"{d['predicted_seconds_per_token'] * 1e3:.3f} ms/token, measured "
-        f"{d['seconds_per_token'] * 1e3:.3f}" + _ranks_line(report["ranks"])
+        f"({100 * d['outside_kernels_fraction']:.1f}%)"
+        + _prediction_line(d)
+        + _ranks_line(report["ranks"])
+    )
+
+
+def _prediction_line(decode: dict) -> str:
+    predicted = decode["predicted_seconds_per_token"]
+    if predicted is None:
+        return ""
+    return (
+        f" | predicted {predicted * 1e3:.3f} ms/token, measured "
+        f"{decode['seconds_per_token'] * 1e3:.3f}"
     )
 
 
