@@ -220,6 +220,11 @@ class Rewriter:
             arg.type = t
             self.changes += 1
 
+    def set_operand(self, op: Operation, i: int, value: Value) -> None:
+        if op.operands[i] is not value:
+            op.set_operand(i, value)
+            self.changes += 1
+
     def insert_before(self, anchor: Operation, op: Operation) -> Operation:
         self.changes += 1
         return Builder.before_op(anchor).insert(op)

@@ -60,7 +60,7 @@ def insert(func: Operation, rw: Rewriter) -> None:
             )
         added[op] = new
         for user, i in users:
-            user.set_operand(i, new.results[0])
+            rw.set_operand(user, i, new.results[0])
     rw.insert_after_each(added)
 
 

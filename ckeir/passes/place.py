@@ -257,7 +257,7 @@ def round_transfers(func: Operation, plan: PhasePlan, transfer: str, rw: Rewrite
         requant = Operation("cke.requant", [r], [r.type], {"format": fmt})
         rw.insert_after(r.op, requant)
         for user, i in later:
-            user.set_operand(i, requant.results[0])  # (the rewriter has no operand edit)
+            rw.set_operand(user, i, requant.results[0])
 
 
 def rank_program(
@@ -365,7 +365,7 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
         if op.name == "cke.matmul" and op is head:
             w = op.operands[1].op
             sliced = _weight_slice(w, (v0, v1), None, rw)
-            op.set_operand(1, sliced.results[0])  # (the rewriter has no operand edit)
+            rw.set_operand(op, 1, sliced.results[0])
             if not w.results[0].uses:
                 rw.erase(w)
             rw.set_attr(op, "tp", "vocab")
