@@ -80,9 +80,11 @@ MESSAGE = Budget("message", spin_s=100e-6, yield_after_s=5e-6, nap_s=10e-3, crow
 SHAPED_LINK = Budget(
     "shaped-link", spin_s=10e-3, yield_after_s=1e-3, nap_s=10e-3, crowded_spin_s=10e-3
 )
-# An MPI request: nothing rings a bell when it completes, so a sleeping poller notices it
-# only at its next nap: it spins through the usual wait for a pipeline stage (offering the
-# CPU early, as MPI's own busy wait does not), and naps briefly after that.
+# An MPI request, over any link: nothing rings a bell when it completes, so a sleeping
+# poller notices it only at its next nap: it spins through the usual wait for a pipeline
+# stage, offering the CPU early (as MPICH's own wait does every so many polls: a later
+# offer, as SHAPED_LINK makes, delayed shaped MPI hops by ~1 ms on a busy machine), and
+# naps briefly after that.
 MPI_REQUEST = Budget(
     "mpi-request", spin_s=10e-3, yield_after_s=5e-6, nap_s=50e-6, crowded_spin_s=20e-6
 )

@@ -79,10 +79,7 @@ class MPITransport(Transport):
         self._closed = False
         self._prev_hook = None
         self._abort_on_error = abort_on_error and self.size > 1
-        ranks_here = _ranks_here(self.size)
-        self._wait = wait.MPI_REQUEST.for_waiters(ranks_here, usable_cpus())
-        # over a shaped link, as on local ranks: a late look would add to the simulated hop
-        self._link_wait = wait.SHAPED_LINK.for_waiters(ranks_here, usable_cpus())
+        self._wait = wait.MPI_REQUEST.for_waiters(_ranks_here(self.size), usable_cpus())
         if self._abort_on_error:
             self._prev_hook = sys.excepthook
             sys.excepthook = self._excepthook
@@ -148,7 +145,7 @@ class MPITransport(Transport):
             wait.sleep_until(t0 + link.delay(buf.nbytes))
         try:
             request = self.comm.Isend([buf, self._mpi.BYTE], peer, tag)
-            wait.poll(request.Test, self._budget([peer]))
+            wait.poll(request.Test, self._wait)
         except self._mpi.Exception as e:
             msg = Message("send", peer, buf, tag)
             raise TransportError(f"rank {self.rank}: {msg.describe()}: {e}") from e
@@ -164,7 +161,7 @@ class MPITransport(Transport):
                 probes.append(self.comm.Improbe(peer, tag, status))
                 return probes[-1] is not None
 
-            wait.poll(matched_one, self._budget([peer]))
+            wait.poll(matched_one, self._wait)
             matched = probes[-1]
             if status.Get_count(self._mpi.BYTE) != buf.nbytes:
                 self._check_count(Message("recv", peer, buf, tag), status)
@@ -197,16 +194,10 @@ class MPITransport(Transport):
             return flag
 
         try:
-            budget = self._budget([m.peer for m in msgs])
             for _ in range(len(reqs)):
-                wait.poll(one_done, budget)
+                wait.poll(one_done, self._wait)
         except mpi.Exception as e:
             raise TransportError(f"rank {self.rank}: {what}: {e}") from e
-
-    def _budget(self, peers: Sequence[int]) -> wait.Budget:
-        """How to wait for requests with `peers`: as over a shaped link if any is."""
-        shaped = any(self._link(p) is not None for p in peers)
-        return self._link_wait if shaped else self._wait
 
     def _check_count(self, msg: Message, status) -> None:
         got = status.Get_count(self._mpi.BYTE)
