@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from ckeir import driver
-from ckeir.backends.llvm.host import detect_host
+from ckeir.backends.llvm.host import detect_host, usable_cpus
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.lower import lower_module_cached
 from ckeir.backends.reference import ReferenceEngine
@@ -83,7 +82,7 @@ class Program:
         node = self.job.cluster.node(self.rank_nodes[self.rank or 0])
         # the node's cores, but never more threads than this process may run on (local
         # ranks each get their share of the machine)
-        self.threads = threads or max(1, min(node.cores, len(os.sched_getaffinity(0))))
+        self.threads = threads or max(1, min(node.cores, usable_cpus()))
         self.host = detect_host(isa)
         self._options = dict(
             backend=backend,

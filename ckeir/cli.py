@@ -307,7 +307,9 @@ def _check_threads(threads: int | None) -> None:
     """At most one thread per CPU this process may run on: the threads of a rank meet at a
     barrier after every op, so a thread without a CPU stalls all of them (thousands of
     them never finish a token)."""
-    cpus = len(os.sched_getaffinity(0))
+    from ckeir.backends.llvm.host import usable_cpus
+
+    cpus = usable_cpus()
     if threads is not None and threads > cpus:
         raise CkeError(
             f"--threads {threads}: ckec may run on {cpus} CPUs here, and threads beyond that "

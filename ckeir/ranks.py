@@ -149,12 +149,11 @@ def _rank_options(program) -> dict:
     """Each local rank compiles natively; unless told otherwise, the ranks share this
     machine's CPUs instead of each taking its node's cores (threads spinning at barriers on
     an oversubscribed CPU cost more than they give)."""
-    import os
+    from ckeir.runtime.machine import ranks_threads
 
     options = dict(program._options, backend="llvm")
     if options.get("threads") is None:
-        cpus = len(os.sched_getaffinity(0))
-        options["threads"] = max(1, cpus // program.world_size)
+        options["threads"] = ranks_threads(program)
     return options
 
 
