@@ -38,7 +38,6 @@ NOT_SCANNED = ("cli_runner.py", "test_lint.py")  # the one way, and the pattern'
 # goes through cli_runner when its owner converts it (then it leaves this set).
 AWAITING_OWNERS = {
     "filecheck/lit.cfg.py",
-    "runtime/test_distributed.py",
     "runtime/test_mpi_run.py",
     "test_cache.py",
 }
