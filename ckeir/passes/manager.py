@@ -15,7 +15,7 @@ from ckeir.errors import PassError
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.printer import print_ir
 from ckeir.ir.verifier import verify
-from ckeir.outputs import write_output as write_atomic  # one way to write an output file
+from ckeir.outputs import write_output
 
 
 @attrs.define
@@ -114,7 +114,7 @@ class PassManager:
     def _dump(self, index: int, name: str, module: Operation) -> None:
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.dump_dir / f"{index:02d}-{name}.mlir", print_ir(module))
+            write_output(self.dump_dir / f"{index:02d}-{name}.mlir", print_ir(module))
 
     def timing_report(self) -> str:
         total = sum(t.seconds for t in self.timings) or 1e-12

@@ -10,6 +10,7 @@ from cli_runner import ckec
 from needs import needs_mpi
 
 from ckeir import limits
+from ckeir.backends.llvm.host import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "specs/tiny.cke"  # vocab 512, two local ranks
@@ -125,7 +126,7 @@ def test_run_numbers_out_of_range(args, message):
 
 def test_more_threads_than_cpus_is_refused():
     """--threads 16384 ran for ever: every op waits for every thread at a barrier."""
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     r = run(ODD, "--ids", "1", "-n", "2", "--threads", str(cpus + 1))
     assert_user_error(r, f"--threads {cpus + 1}: ckec may run on {cpus} CPUs here")
     assert "reading the spec" not in r.stderr
