@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_runner import ckec
+from cli_runner import ckec, command
 from runtime.ggufgen import spec_for, write_gguf
 
 from ckeir import cache
@@ -294,7 +294,7 @@ def test_local_ranks_heal_a_damaged_cache(how, clean_tiny_cache, tmp_path):
 def test_concurrent_cold_runs(clean_tiny_cache, tmp_path):
     _, ids = clean_tiny_cache
     root = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "ckeir.cli", "run", str(TINY), "--ids", IDS, "-n", "4"]
+    cmd = command("run", TINY, "--ids", IDS, "-n", "4")
     env = dict(os.environ, CKEIR_CACHE_DIR=str(root))
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -34,11 +34,6 @@ TESTS = ROOT / "tests"
 # A test that starts ckec itself: `-m ckeir.cli`, or "ckeir.cli" / "ckec" as an argv element.
 SPAWNS_CKEC = re.compile(r"""(['"])ckeir\.cli\1|-m\s+ckeir\.cli\b|(['"])ckec\2\s*[,\]]""")
 NOT_SCANNED = ("cli_runner.py", "test_lint.py")  # the one way, and the pattern's examples
-# Files that still start ckec themselves; each is owned by another part of the work and
-# goes through cli_runner when its owner converts it (then it leaves this set).
-AWAITING_OWNERS = {
-    "test_cache.py",
-}
 
 
 def test_the_pattern_sees_a_spawned_ckec():
@@ -57,5 +52,4 @@ def test_every_cli_call_goes_through_cli_runner():
         for p in TESTS.rglob("*.py")
         if p.name not in NOT_SCANNED and SPAWNS_CKEC.search(p.read_text())
     }
-    assert spawning - AWAITING_OWNERS == set(), "run ckec through cli_runner (ckec, start_ckec)"
-    assert AWAITING_OWNERS - spawning == set(), "converted: take it out of AWAITING_OWNERS"
+    assert spawning == set(), "run ckec through cli_runner (ckec, start_ckec)"
