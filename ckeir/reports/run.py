@@ -58,7 +58,13 @@ def run_report(
     outside = (
         (stats.decode_seconds - native.get("decode", 0.0)) / decode_tokens if decode_tokens else 0.0
     )
-    prediction = run_prediction(prog, context, links, threads=first["threads"]) if predict else None
+    prediction = (
+        run_prediction(
+            prog, context, links, threads=first["threads"], message_seconds=_message(figures)
+        )
+        if predict
+        else None
+    )
     node = prog.job.cluster.node(first["node"])
     bw = bandwidth or node.dram_bw
     cku = cost.cku(active, per_token)
@@ -100,6 +106,15 @@ def run_report(
         "timings": dict(prog.timings),
         "parity": parity,
     }
+
+
+def _message(figures: list[dict]) -> float | None:
+    """MPI ranks: one small message's one-way time as the run's own transport measured it
+    (the clock exchange's shortest round trip / 2); None elsewhere (local ranks' shared
+    memory is measured once per machine)."""
+    if figures[0]["transport_kind"] != "mpi" or len(figures) < 2:
+        return None
+    return min(f["clock_round_trip_seconds"] for f in figures[1:]) / 2
 
 
 def _launch(figures: list[dict]) -> str:

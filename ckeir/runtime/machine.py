@@ -333,14 +333,21 @@ class MachineView:
         )
 
 
-def this_machine(prog, links=None, threads: int | None = None) -> MachineView:
+def this_machine(
+    prog, links=None, threads: int | None = None, message_seconds: float | None = None
+) -> MachineView:
     """This machine as `prog`'s ranks would use it: `links` is the transport's simulated
     `LinkModel` (None: no link delay, local ranks over shared memory); `threads` per rank
-    (default: as the ranks are started)."""
+    (default: as the ranks are started); `message_seconds`: the one-way time of a small
+    message as the run's own transport measured it (MPI ranks: the clock exchange's
+    shortest round trip / 2) instead of local ranks' shared memory, measured here."""
     host = prog.host if getattr(prog, "host", None) is not None else detect_host()
     threads = threads or ranks_threads(prog)
     over = cost.Overheads(segment=dispatch_seconds(threads, host))
-    if prog.world_size > 1:
+    if prog.world_size > 1 and message_seconds is not None:
+        # a two-rank all-reduce is one exchange: one message's time each way at once
+        over = attrs.evolve(over, message=message_seconds, collective=message_seconds)
+    elif prog.world_size > 1:
         t = transport_seconds(host)
         over = attrs.evolve(over, message=t["message"], collective=t["collective"])
     basis = {
@@ -353,10 +360,16 @@ def this_machine(prog, links=None, threads: int | None = None) -> MachineView:
     return MachineView(prog, host, threads, simulated_links(prog, links), over, basis)
 
 
-def run_prediction(prog, context: int, links=None, threads: int | None = None) -> RunPrediction:
+def run_prediction(
+    prog,
+    context: int,
+    links=None,
+    threads: int | None = None,
+    message_seconds: float | None = None,
+) -> RunPrediction:
     """Decode seconds per token at `context` cached tokens for `prog` as it ran on this
-    machine (`links`, `threads`: as for `this_machine`)."""
-    view = this_machine(prog, links, threads)
+    machine (`links`, `threads`, `message_seconds`: as for `this_machine`)."""
+    view = this_machine(prog, links, threads, message_seconds)
     programs = {f.attr("rank", 0): f for f in funcs(prog.module) if f.attr("phase") == "decode"}
     plan = prog.placement.get("decode")
     if plan is None or not programs:

@@ -85,6 +85,16 @@ def test_mpi_report_has_every_rank_and_hop(pipeline_runs):
     assert [r["tokens"] for r in rep["ranks"].values()] == [rep["ranks"]["0"]["tokens"]] * 2
 
 
+def test_mpi_prediction_takes_the_runs_own_message_time(pipeline_runs):
+    """MPI ranks are predicted with the message time their own transport measured (half the
+    clock exchange's shortest round trip), not local ranks' shared memory."""
+    rep = pipeline_runs["report"]
+    trip = min(r["clock_round_trip_seconds"] for rank, r in rep["ranks"].items() if rank != "0")
+    overheads = rep["prediction_basis"]["overheads"]
+    assert overheads["message"] == pytest.approx(trip / 2)
+    assert rep["decode"]["predicted_seconds_per_token"] > 0
+
+
 def test_mpi_trace_has_a_track_per_rank(pipeline_runs):
     check_trace_tracks(pipeline_runs["trace"], ranks=2)
 
