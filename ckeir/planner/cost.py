@@ -24,7 +24,6 @@ import attrs
 
 from ckeir.ir.core import Operation
 from ckeir.ir.types import ShapedType, element_format, nbytes, quant_type
-from ckeir.runtime.transport.base import ALLREDUCE_DIRECT_BYTES
 
 CLOCK_HZ = 3.0e9  # the declared cluster's assumed core clock (a spec states no clock)
 FLOPS_PER_CYCLE = 32  # one 16-lane FMA pipe: 16 multiplies + 16 adds per cycle
@@ -167,6 +166,17 @@ def message_bytes(t: ShapedType, fmt: str = "f32", tokens: int = 1) -> int:
     return rows * nbytes(one)
 
 
+# Up to this many bytes (or between two ranks), the transports' allreduce sends whole buffers
+# (one step) instead of reduce-scatter + allgather (two steps, fewer bytes per rank).
+ALLREDUCE_DIRECT_BYTES = 64 * 1024
+
+
+def allreduce_is_direct(group: int, nbytes: int) -> bool:
+    """Whether an allreduce of `nbytes` over `group` ranks runs as one direct exchange (the
+    transports and `collective_steps` both ask here)."""
+    return group == 2 or nbytes <= ALLREDUCE_DIRECT_BYTES
+
+
 def collective_steps(
     kind: str, nbytes: int, group: int, member: int = 0, root: int = 0, itemsize: int = F32
 ) -> tuple[tuple[int, ...], ...]:
@@ -184,10 +194,10 @@ def collective_steps(
     if group <= 1:
         return ()
     peers = group - 1
-    if kind == "allreduce" and (group == 2 or nbytes <= ALLREDUCE_DIRECT_BYTES):
+    if kind == "allreduce" and allreduce_is_direct(group, nbytes):
         return ((nbytes,) * peers,)
     if kind == "allreduce":
-        sizes = [itemsize * (hi - lo) for lo, hi in _slices(nbytes // itemsize, group)]
+        sizes = [itemsize * (hi - lo) for lo, hi in slices(nbytes // itemsize, group)]
         others = [b for i, b in enumerate(sizes) if i != member]
         return (tuple(others), (sizes[member],) * peers)
     if kind == "allgather":
@@ -197,8 +207,9 @@ def collective_steps(
     raise ValueError(f"no cost for collective {kind!r}")
 
 
-def _slices(n: int, parts: int) -> list[tuple[int, int]]:
-    """The transport's split of n elements into `parts` contiguous ranges (ceil steps)."""
+def slices(n: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous [lo, hi) ranges covering 0..n, as equal as possible (ceil steps):
+    how the transports split a sliced allreduce."""
     step = math.ceil(n / parts)
     return [(min(i * step, n), min((i + 1) * step, n)) for i in range(parts)]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ckeir.planner import cost
+from ckeir.planner.cost import ALLREDUCE_DIRECT_BYTES
 from ckeir.runtime.transport import launch_local
-from ckeir.runtime.transport.base import ALLREDUCE_DIRECT_BYTES
 
 SMALL = 576  # floats: a decode row
 LARGE = ALLREDUCE_DIRECT_BYTES // 4 * 3 + 7  # floats: sliced over 3+ ranks, unevenly

@@ -37,7 +37,6 @@ machine, so the ranks' records line up in one trace.
 from __future__ import annotations
 
 import abc
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
@@ -46,6 +45,7 @@ import attrs
 import numpy as np
 
 from ckeir.errors import TransportError
+from ckeir.planner import cost
 
 TAG_UB = (1 << 14) - 1  # user tags: 0..TAG_UB (MPI guarantees tags up to 32767)
 
@@ -62,10 +62,6 @@ TAG_GATHER, TAG_CLOCK = TAG_UB + 6, TAG_UB + 7
 # Ping-pongs per rank when measuring clock offsets: the one with the shortest round trip
 # bounds the error best (a rank taken off its CPU mid-exchange only lengthens that round).
 CLOCK_ROUNDS = 8
-
-# Up to this many bytes, allreduce sends whole buffers (one hop) instead of
-# reduce-scatter + allgather (two hops, fewer bytes per rank).
-ALLREDUCE_DIRECT_BYTES = 64 * 1024
 
 EventHook = Callable[[str, int, int, float, float], None]
 
@@ -89,7 +85,7 @@ class Link:
 
     def delay(self, nbytes: int) -> float:
         """Seconds from the start of a send of `nbytes` until they are visible."""
-        return self.latency + nbytes / self.bandwidth
+        return cost.LinkModel(self.bandwidth, self.latency).time(nbytes)
 
 
 def _pair_links(links: Mapping[tuple[int, int], Link]) -> dict[tuple[int, int], Link]:
@@ -294,7 +290,7 @@ class Transport(abc.ABC):
         x = x if x.ndim == 1 else x.reshape(-1)
         t0 = time.perf_counter()
         if len(g) > 1:
-            if len(g) == 2 or x.nbytes <= ALLREDUCE_DIRECT_BYTES:
+            if cost.allreduce_is_direct(len(g), x.nbytes):
                 self._allreduce_direct(x, g, t0)
             else:
                 self._allreduce_sliced(x, g, t0)
@@ -449,7 +445,7 @@ class Transport(abc.ABC):
         return buf
 
     def _allreduce_sliced(self, x: np.ndarray, g: tuple[int, ...], t0: float) -> None:
-        bounds = _slices(x.size, len(g))
+        bounds = cost.slices(x.size, len(g))
         me = g.index(self.rank)
         lo, hi = bounds[me]
         mine = {p: np.empty(hi - lo, x.dtype) for p in g if p != self.rank}
@@ -569,12 +565,6 @@ def _contiguous(buf: np.ndarray, op: str, writable: bool = False) -> np.ndarray:
     if writable and not buf.flags.writeable:
         raise TransportError(f"{op} writes into its buffer, but the array is read-only")
     return buf
-
-
-def _slices(n: int, parts: int) -> list[tuple[int, int]]:
-    """`parts` contiguous [lo, hi) ranges covering 0..n, as equal as possible."""
-    step = math.ceil(n / parts)
-    return [(min(i * step, n), min((i + 1) * step, n)) for i in range(parts)]
 
 
 def _ordered_sum(parts: Sequence[np.ndarray], out: np.ndarray) -> None:

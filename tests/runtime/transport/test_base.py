@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ckeir.errors import TransportError
+from ckeir.planner.cost import slices
 from ckeir.runtime.transport import Link, LinkModel
-from ckeir.runtime.transport.base import _ordered_sum, _slices
+from ckeir.runtime.transport.base import _ordered_sum
 
 # wide exponents: the bits of a sum depend on the order of its additions
 elements = st.floats(-(2.0**100), 2.0**100, width=32)
@@ -57,7 +58,7 @@ def test_ordered_sum_is_left_to_right_wherever_out_is(data, n):
 
 @given(st.integers(0, 1000), st.integers(1, 9))
 def test_slices_cover_in_order(n, parts):
-    cuts = _slices(n, parts)
+    cuts = slices(n, parts)
     assert len(cuts) == parts
     assert cuts[0][0] == 0 and cuts[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:], strict=False))
