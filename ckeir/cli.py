@@ -623,13 +623,34 @@ def cmd_plan(argv: list[str]) -> int:
     p.add_argument("spec")
     p.add_argument("--schedule")
     p.add_argument("--json", help="also write the plan as JSON to this file")
+    p.add_argument(
+        "--for-this-machine",
+        action="store_true",
+        help="predict for this machine as `ckec run` would use it (its measured bandwidth, "
+        "kernel rates and transport costs; measured once and remembered) instead of the "
+        "declared cluster",
+    )
+    p.add_argument(
+        "--simulate-links",
+        action="store_true",
+        help="with --for-this-machine: the ranks' messages take the spec's links, as "
+        "`ckec run --simulate-links` makes them",
+    )
     args = p.parse_args(argv)
     _check_outputs(args, {"json": "--json"})
+    if args.simulate_links and not args.for_this_machine:
+        raise CkeError("--simulate-links: only with --for-this-machine")
     from ckeir.api import Program
     from ckeir.reports.plan import plan_report, print_plan
 
     prog = Program(args.spec, backend="reference", schedule=args.schedule)
-    report = plan_report(prog)
+    machine = None
+    if args.for_this_machine:
+        from ckeir.ranks import spec_links
+        from ckeir.runtime.machine import this_machine
+
+        machine = this_machine(prog, spec_links(prog) if args.simulate_links else None)
+    report = plan_report(prog, machine)
     print_plan(report)
     if args.json:
         _write_json(args.json, report, "--json")

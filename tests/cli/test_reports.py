@@ -98,3 +98,28 @@ def test_placement_that_does_not_fit_is_refused(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "node n0 (rank 0) needs" in r.stderr and "but has 100.0 KiB" in r.stderr
     assert not (tmp_path / "out.mlir").exists()
+
+
+def test_plan_for_this_machine(tmp_path):
+    """`ckec plan` predicts for the declared cluster; `--for-this-machine` for this machine
+    as a run would use it (its measured figures stated in the plan), and with
+    `--simulate-links` the hops take the spec's links."""
+    spec = ROOT / "specs" / "tiny.cke"
+    plans = {}
+    for name, flags in {
+        "declared": (),
+        "here": ("--for-this-machine",),
+        "linked": ("--for-this-machine", "--simulate-links"),
+    }.items():
+        out = tmp_path / f"{name}.json"
+        r = ckec("plan", spec, "--json", out, *flags)
+        assert r.returncode == 0, r.stderr
+        plans[name] = json.loads(out.read_text())
+    assert plans["declared"]["predicted_for"] == "declared cluster"
+    here, linked = plans["here"]["predicted_for"], plans["linked"]["predicted_for"]
+    assert here["links"].startswith("none") and linked["links"] == "simulated"
+    assert here["threads_per_rank"] >= 1 and here["cpu"]
+    decode = {k: p["phases"]["decode"]["predicted_seconds"] for k, p in plans.items()}
+    assert decode["linked"] > decode["here"] > 0  # the spec's link delays every hop
+    r = ckec("plan", spec, "--simulate-links")
+    assert r.returncode == 1 and "--simulate-links: only with --for-this-machine" in r.stderr
