@@ -43,7 +43,7 @@ class NodeModel:
     l2: int
     l3: int
     flops: float = 0.0  # arithmetic rate; 0: cores x CLOCK_HZ x FLOPS_PER_CYCLE
-    # matmul_kind -> weight bytes/s the matmul kernels of that family stream (decode)
+    # matmul_shape_kind (or matmul_kind) -> weight bytes/s those kernels stream (decode)
     matmul_bw: dict = attrs.field(factory=dict, eq=False)
     op_overhead: float = 0.0  # s to start one kernel inside a native segment
 
@@ -144,12 +144,20 @@ def matmul_kind(op: Operation) -> str:
     return f"{weight}/{op.attr('act') or 'f32'}"
 
 
+def matmul_shape_kind(op: Operation) -> str:
+    """The kernel a matmul runs: its family at its weight's shape ("q4_1/q8_0@576x1536":
+    N x K).  Small matrices stream their weights slower than large ones (the threads'
+    start-up and imbalance weigh more), so decode is costed at the shapes it runs."""
+    n, k = op.operands[1].type.shape
+    return f"{matmul_kind(op)}@{n}x{k}"
+
+
 def op_time(op: Operation, node: NodeModel, tokens: int, context: int) -> float:
     """Roofline time of one op on one node, plus the cost of starting its kernel.  A matmul
     streams its weights at the rate measured for its kernel family when there is one."""
     bw = node.dram_bw
     if op.name == "cke.matmul":
-        bw = node.matmul_bw.get(matmul_kind(op), bw)
+        bw = node.matmul_bw.get(matmul_shape_kind(op), node.matmul_bw.get(matmul_kind(op), bw))
     return node.op_overhead + max(
         seconds(op_bytes(op, tokens, context), bw),
         seconds(op_flops(op, tokens, context), node.peak_flops),

@@ -65,7 +65,7 @@ def _best_time(fn, repeat: int = SWEEPS) -> float:
     return best
 
 
-FAMILY_SHAPE = (2048, 1024)  # N x K each matmul family is measured at (rows of 1024)
+FAMILY_SHAPE = (2048, 1024)  # N x K a family's arithmetic rate is measured at
 BARRIERS = 2000  # barriers timed per measurement
 
 
@@ -85,13 +85,20 @@ class _KernelBench:
     """One matmul kernel with copies of its weights filling 4 x L3 (or `copies`), cycled
     through one `Pool.run` per call: every weight byte comes from DRAM."""
 
-    def __init__(self, family: str, host: HostCPU, rows: int, copies: int | None = None):
+    def __init__(
+        self,
+        family: str,
+        host: HostCPU,
+        rows: int,
+        copies: int | None = None,
+        shape: tuple[int, int] = FAMILY_SHAPE,
+    ):
         from ckeir.backends.llvm.jit import compile_ir
         from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir
         from ckeir.runtime.weights import quantize_rows
 
         fmt, act = family.split("/")
-        n, k = FAMILY_SHAPE
+        n, k = shape
         rng = np.random.default_rng(0)
         sample = rng.standard_normal((n, k)).astype(np.float32)
         one = sample if fmt == "f32" else quantize_rows(sample, fmt)
@@ -116,21 +123,23 @@ class _KernelBench:
         return _best_time(sweep) / len(addrs)
 
 
-def matmul_rates(families, threads: int, host: HostCPU) -> dict[str, float]:
-    """`cost.matmul_kind` -> weight bytes/s its kernels stream from DRAM on `threads`
-    threads (measured once per machine, remembered)."""
+def matmul_rates(kinds, threads: int, host: HostCPU) -> dict[str, float]:
+    """`cost.matmul_shape_kind` -> weight bytes/s that kernel, at that shape, streams from
+    DRAM on `threads` threads (measured once per machine, remembered)."""
     from ckeir.backends.llvm.pool import Pool
 
     rates = {}
-    for family in sorted(set(families)):
+    for kind in sorted(set(kinds)):
+        family, shape = kind.split("@")
+        n, k = (int(d) for d in shape.split("x"))
 
-        def measure(family=family) -> float:
-            bench = _KernelBench(family, host, rows=1)
+        def measure(family=family, n=n, k=k) -> float:
+            bench = _KernelBench(family, host, rows=1, shape=(n, k))
             with Pool(threads, host) as pool:
                 return bench.nbytes / bench.seconds_per_call(pool)
 
-        name = f"matmul-{family.replace('/', '-')}-{threads}thr"
-        rates[family] = bandwidth.remembered(bandwidth.record_path(name, host), measure)
+        name = f"matmul-{family.replace('/', '-')}-{n}x{k}-{threads}thr"
+        rates[kind] = bandwidth.remembered(bandwidth.record_path(name, host), measure)
     return rates
 
 
@@ -264,8 +273,9 @@ def measured_nodes(prog, programs: dict, plan, threads: int, host: HostCPU) -> t
     threads, scaled down by the bandwidth its stage's ranks share when they stream at once,
     and the barrier each op ends with."""
     ops = [op for f in programs.values() for op in f.regions[0].entry.ops]
-    families = [cost.matmul_kind(op) for op in ops if op.name == "cke.matmul"]
-    rates = matmul_rates(families, threads, host)
+    matmuls = [op for op in ops if op.name == "cke.matmul"]
+    families = [cost.matmul_kind(op) for op in matmuls]
+    rates = matmul_rates([cost.matmul_shape_kind(op) for op in matmuls], threads, host)
     biggest = max(families, key=families.count, default=None)
     flops = arithmetic_rate(biggest, threads, host) if biggest is not None else 0.0
     barrier = barrier_seconds(threads, host)
@@ -285,7 +295,7 @@ def measured_nodes(prog, programs: dict, plan, threads: int, host: HostCPU) -> t
             host.l2,
             host.l3,
             flops=flops,
-            matmul_bw={family: rate * share for family, rate in rates.items()},
+            matmul_bw={kind: rate * share for kind, rate in rates.items()},
             op_overhead=barrier,
         )
         basis[f"rank {rank}"] = {"threads": threads, "read_bandwidth": alone, "shared": share}
