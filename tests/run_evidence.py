@@ -63,7 +63,8 @@ def check_trace_tracks(trace: dict, ranks: int) -> None:
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert sorted(names) == list(range(ranks))
     assert {e["pid"] for e in events if e["ph"] == "X"} == set(range(ranks))
-    assert all(e["ts"] >= 0 and e["dur"] >= 0 for e in events if e["ph"] == "X")
+    bad = [e for e in events if e["ph"] == "X" and not (e["ts"] >= 0 and e["dur"] >= 0)]
+    assert bad == [], (bad[:5], trace.get("otherData"))
     offsets = trace["otherData"]["clock_offset_seconds"]
     trips = trace["otherData"]["clock_round_trip_seconds"]
     assert sorted(offsets) == [str(r) for r in range(ranks)] and offsets["0"] == 0.0

@@ -22,7 +22,7 @@ def trace_events(
     out = []
     for rank, events in sorted(per_rank.items()):
         out += _track_names(rank, names.get(rank, "?"))
-        shift = offsets.get(rank, 0.0) - t_min
+        offset = offsets.get(rank, 0.0)
         for kind, peer, nbytes, t0, dt in events:
             out.append(
                 {
@@ -31,7 +31,9 @@ def trace_events(
                     "cat": "comm" if kind in COMM else "kernel",
                     "pid": rank,
                     "tid": 0,
-                    "ts": (t0 + shift) * 1e6,
+                    # the same sum as t_min's, then the difference: never below 0 (shifting
+                    # by (offset - t_min) rounds differently and made the first event -1e-10)
+                    "ts": ((t0 + offset) - t_min) * 1e6,
                     "dur": dt * 1e6,
                     "args": {
                         "peer": peer if isinstance(peer, int) else list(peer),
