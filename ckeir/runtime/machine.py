@@ -69,18 +69,6 @@ FAMILY_SHAPE = (2048, 1024)  # N x K a family's arithmetic rate is measured at
 BARRIERS = 2000  # barriers timed per measurement
 
 
-def _matmul_kernel(fmt: str, act: str, n: int, k: int, host: HostCPU):
-    """The kernel the LLVM backend lowers a matmul of this family to (int8 dot products on
-    Q8_0 activations, or float activations), at the tile the tile pass gives decode."""
-    from ckeir.backends.llvm import kernels as K
-    from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
-
-    tile = (64, 256)
-    if act == "q8_0":
-        return qmatmul(fmt, n, k, tile, host)
-    return K.matmul(n, k, tile, host, fmt=fmt)
-
-
 class _KernelBench:
     """One matmul kernel with copies of its weights filling 4 x L3 (or `copies`), cycled
     through one `Pool.run` per call: every weight byte comes from DRAM."""
@@ -92,9 +80,10 @@ class _KernelBench:
         rows: int,
         copies: int | None = None,
         shape: tuple[int, int] = FAMILY_SHAPE,
+        tile: tuple[int, int] = (64, 256),
     ):
         from ckeir.backends.llvm.jit import compile_ir
-        from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir
+        from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir, weight_matmul
         from ckeir.runtime.weights import quantize_rows
 
         fmt, act = family.split("/")
@@ -107,7 +96,7 @@ class _KernelBench:
         self.w = np.ascontiguousarray(np.tile(one, (self.copies, 1)))
         self.x = rng.standard_normal((rows, k)).astype(np.float32)
         self.out = np.zeros((rows, n), np.float32)
-        kernel = _matmul_kernel(fmt, act, n, k, host)
+        kernel = weight_matmul(fmt, act, n, k, tile, host)
         self.module = compile_ir(module_ir([kernel, kernel_entry_ir(kernel)]), host)
         self.fn = self.module.address("entry")
         x, w, out = self.x.ctypes.data, self.w.ctypes.data, self.out.ctypes.data
@@ -123,22 +112,29 @@ class _KernelBench:
         return _best_time(sweep) / len(addrs)
 
 
-def matmul_rates(kinds, threads: int, host: HostCPU) -> dict[str, float]:
-    """`cost.matmul_shape_kind` -> weight bytes/s that kernel, at that shape, streams from
-    DRAM on `threads` threads (measured once per machine, remembered)."""
+def _tile(op) -> tuple[int, int]:
+    """The tile lower-llvm gives a matmul (the tile pass's, else 16 rows of all of K)."""
+    n, k = op.operands[1].type.shape
+    return tuple(op.attr("tile") or (16, k))
+
+
+def matmul_rates(kinds: dict, threads: int, host: HostCPU) -> dict[str, float]:
+    """`cost.matmul_shape_kind` -> weight bytes/s that kernel, at that shape and the tile
+    the program gives it (`kinds[kind]`), streams from DRAM on `threads` threads (measured
+    once per machine, remembered)."""
     from ckeir.backends.llvm.pool import Pool
 
     rates = {}
-    for kind in sorted(set(kinds)):
+    for kind, tile in sorted(kinds.items()):
         family, shape = kind.split("@")
         n, k = (int(d) for d in shape.split("x"))
 
-        def measure(family=family, n=n, k=k) -> float:
-            bench = _KernelBench(family, host, rows=1, shape=(n, k))
+        def measure(family=family, n=n, k=k, tile=tile) -> float:
+            bench = _KernelBench(family, host, rows=1, shape=(n, k), tile=tile)
             with Pool(threads, host) as pool:
                 return bench.nbytes / bench.seconds_per_call(pool)
 
-        name = f"matmul-{family.replace('/', '-')}-{n}x{k}-{threads}thr"
+        name = f"matmul-{family.replace('/', '-')}-{n}x{k}-t{tile[0]}x{tile[1]}-{threads}thr"
         rates[kind] = bandwidth.remembered(bandwidth.record_path(name, host), measure)
     return rates
 
@@ -275,7 +271,8 @@ def measured_nodes(prog, programs: dict, plan, threads: int, host: HostCPU) -> t
     ops = [op for f in programs.values() for op in f.regions[0].entry.ops]
     matmuls = [op for op in ops if op.name == "cke.matmul"]
     families = [cost.matmul_kind(op) for op in matmuls]
-    rates = matmul_rates([cost.matmul_shape_kind(op) for op in matmuls], threads, host)
+    kinds = {cost.matmul_shape_kind(op): _tile(op) for op in matmuls}
+    rates = matmul_rates(kinds, threads, host)
     biggest = max(families, key=families.count, default=None)
     flops = arithmetic_rate(biggest, threads, host) if biggest is not None else 0.0
     barrier = barrier_seconds(threads, host)

@@ -21,7 +21,6 @@ from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
 from ckeir.backends.llvm.kernels.quant_embed import qembed
-from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.backends.llvm.kernels.transfer import q8_0_dequantize, q8_0_quantize, q8_0_requant
 from ckeir.errors import BackendError
 from ckeir.formats import Q8_0
@@ -289,10 +288,7 @@ def _lower_matmul(low: _Lowering, op: Operation) -> None:
     n, k = _dims(op.operands[1])
     tile = tuple(op.attr("tile") or (16, k))
     fmt = element_format(op.operands[1].type.element).name
-    if op.attr("act") == "q8_0":
-        kern = qmatmul(fmt, n, k, tile, low.host)
-    else:
-        kern = K.matmul(n, k, tile, low.host, fmt=fmt)
+    kern = K.weight_matmul(fmt, op.attr("act"), n, k, tile, low.host)
     low.call(kern, _io(low, op), low.rows(op.operands[0]))
 
 

@@ -32,6 +32,7 @@ from ckeir.backends.llvm.kernels.elementwise import (
     silu_mul,
 )
 from ckeir.backends.llvm.kernels.matmul import matmul, matmul_tile
+from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.backends.llvm.kernels.sync import BARRIER, BARRIER_STATE_BYTES, barrier
 from ckeir.errors import BackendError
 
@@ -53,6 +54,7 @@ __all__ = [
     "rmsnorm",
     "rope",
     "silu_mul",
+    "weight_matmul",
 ]
 
 
@@ -93,3 +95,12 @@ def entry_ctx(pointers: Sequence[int], n: int, pos: int) -> ctypes.Array:
     """The context array `kernel_entry_ir` reads: buffer addresses, then n and pos."""
     words = (ctypes.c_uint64 * (len(pointers) + 2))(*pointers, n, pos)
     return words
+
+
+def weight_matmul(fmt: str, act: str | None, n: int, k: int, tile, host) -> Kernel:
+    """The kernel a `cke.matmul` with `fmt` weights (N x K) runs: int8 dot products on Q8_0
+    activations when `act` is q8_0, else float activations.  The lowering and the machine
+    model's kernel measurements both take it from here."""
+    if act == "q8_0":
+        return qmatmul(fmt, n, k, tuple(tile), host)
+    return matmul(n, k, tuple(tile), host, fmt=fmt)
