@@ -66,7 +66,6 @@ def run_report(
         else None
     )
     node = prog.job.cluster.node(first["node"])
-    bw = bandwidth or node.dram_bw
     cku = cost.cku(active, per_token)
     return {
         "model": prog.job.model.name,
@@ -97,15 +96,30 @@ def run_report(
         "prediction_basis": None if prediction is None else dict(prediction.basis),
         "active_bytes_per_token": active,
         "cku_bytes_per_second": cku,
-        "bandwidth_bytes_per_second": bw,
-        "bandwidth_source": "measured" if bandwidth else f"declared (node {node.name})",
-        "cku_fraction_of_bandwidth": cku / bw if bw else 0.0,
+        **against_bandwidth(cku, bandwidth, node),
         "links_simulated": links is not None,
         "ranks": {f["rank"]: _rank_entry(prog, f, context, per_token) for f in figures},
         "hops": _hops(figures, prediction, links is not None),
         "timings": dict(prog.timings),
         "parity": parity,
     }
+
+
+def against_bandwidth(cku: float, measured: float | None, node) -> dict:
+    """The report's bandwidth fields: CKU as a fraction of this machine's `measured` read
+    bandwidth, else of the bandwidth the spec declares for the rank's `node`."""
+    bw = measured or node.dram_bw
+    return {
+        "bandwidth_bytes_per_second": bw,
+        "bandwidth_source": "measured" if measured else f"declared (node {node.name})",
+        "cku_fraction_of_bandwidth": cku / bw if bw else 0.0,
+    }
+
+
+def fastest_rank_cku(report: dict) -> float:
+    """The highest CKU any one rank reached: more than the bandwidth a rank's threads were
+    measured to read means that figure was measured under load."""
+    return max(r["cku_bytes_per_second"] for r in report["ranks"].values())
 
 
 def _message(figures: list[dict]) -> float | None:

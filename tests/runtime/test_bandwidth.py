@@ -155,3 +155,33 @@ def test_a_damaged_record_is_measured_again(tmp_path, monkeypatch, capsys):
     assert bandwidth.read_bandwidth(1) == 13e9
     assert "(checksum mismatch)" in capsys.readouterr().err
     assert bandwidth.read_bandwidth(1) == 13e9
+
+
+def test_a_run_beating_the_remembered_figure_has_it_measured_again(tmp_path):
+    """A run whose CKU exceeds the remembered figure (here planted at 1 MB/s, as if measured
+    on a machine the bus was taken from) measures the bandwidth again: the record gains a
+    measurement and the report compares against the new figure."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cli_runner import ckec
+
+    env = {"CKEIR_CACHE_DIR": str(tmp_path)}
+    host = detect_host()
+    paths = {}
+    for threads in (1, 2):  # whichever the run uses
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CKEIR_CACHE_DIR", str(tmp_path))
+            paths[threads] = bandwidth._record_path(host, threads)
+            bandwidth.remembered(paths[threads], lambda: 1e6)
+    spec = Path(__file__).resolve().parents[2] / "specs" / "mha.cke"
+    report = tmp_path / "r.json"
+    r = ckec("run", spec, "--ids", "1,2,3", "-n", "8", "--report", report, env=env)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    threads = rep["ranks"]["0"]["threads"]
+    assert rep["bandwidth_source"] == "measured" and rep["bandwidth_bytes_per_second"] > 1e6
+    record = json.loads(cache.read(paths[threads]))["measurements"]
+    assert [m["value"] for m in record][0] == 1e6 and len(record) == 2
+    assert rep["bandwidth_bytes_per_second"] == max(m["value"] for m in record)
