@@ -495,11 +495,7 @@ def rank_memory(module: Operation) -> dict[int, dict[str, int]]:
             if op.name == "cke.weight" and key not in seen.setdefault(r, set()):
                 seen[r].add(key)
                 m["weights"] += nbytes(op.results[0].type)
-        cache = f.regions[0].entry.args[2].type
-        first, last = f.attr("layers", (0, cache.shape[0] - 1))
-        m["kv_cache"] = max(
-            m["kv_cache"], cost.kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
-        )
+        m["kv_cache"] = max(m["kv_cache"], cost.func_kv_cache_bytes(f))
     return out
 
 

@@ -240,6 +240,14 @@ def kv_cache_bytes(layers: int, context: int, kv_dim: int) -> int:
     return 2 * layers * context * kv_dim * F32
 
 
+def func_kv_cache_bytes(func: Operation) -> int:
+    """The KV cache one rank's program holds: its own layers (`layers`, else every layer of
+    its cache argument) at the full context."""
+    cache = func.regions[0].entry.args[2].type
+    first, last = func.attr("layers", (0, cache.shape[0] - 1))
+    return kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
+
+
 def share(total: int, weights: list[float], unit: int = 1) -> list[int]:
     """Split `total` (a multiple of `unit`) into len(weights) parts proportional to `weights`,
     in whole units, every part at least one unit (largest remainder).  Any skew is safe:

@@ -251,10 +251,7 @@ def _memory(programs: dict[int, Operation]) -> tuple[dict, dict]:
     for rank, func in programs.items():
         ops = func.regions[0].entry.ops
         weights[rank] = sum(nbytes(op.results[0].type) for op in ops if op.name == "cke.weight")
-        cache = func.regions[0].entry.args[2].type
-        layers = func.attr("layers", (0, cache.shape[0] - 1))
-        kv = cost.kv_cache_bytes(layers[1] - layers[0] + 1, cache.shape[1], cache.shape[2])
-        memory[rank] = weights[rank] + kv
+        memory[rank] = weights[rank] + cost.func_kv_cache_bytes(func)
     return weights, memory
 
 
