@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import common_args, host_line, print_table, write_json  # noqa: E402
 
 import ckeir  # noqa: E402
-from ckeir.ranks import measured_hops, run_local, spec_links  # noqa: E402
+from ckeir.ranks import run_local, spec_links  # noqa: E402
+from ckeir.reports.run import hop_figures  # noqa: E402
 from ckeir.runtime.machine import run_prediction  # noqa: E402
 
 LINKS = [("10Gbit/s", "50us"), ("1Gbit/s", "500us"), ("100Mbit/s", "2ms")]
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
         measured = st["decode_seconds"] / decoded
         pred = run_prediction(prog, st["prompt_tokens"] + decoded // 2, links)
         token = pred.decode_seconds_per_token
-        for (a, b), h in sorted(measured_hops(out).items()):
+        for (a, b), h in sorted(hop_figures(out["ranks"]).items()):
             pred_hop = pred.hop_seconds(a, b, h["bytes"])
             rows.append(
                 [
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
         results.append(
             {
                 "link": [bw, lat],
-                "hops": {f"{a}->{b}": h for (a, b), h in measured_hops(out).items()},
+                "hops": {f"{a}->{b}": h for (a, b), h in hop_figures(out["ranks"]).items()},
                 "predicted_token_s": token,
                 "measured_token_s": measured,
             }

@@ -8,7 +8,6 @@ it is handed (`Program` itself), so neither module imports the other's caller.""
 
 from __future__ import annotations
 
-from ckeir.reports.run import hop_figures
 from ckeir.runtime.generate import GenerationStats
 
 # A rank ships at most this many of its latest step records to rank 0 (for the trace): a
@@ -139,12 +138,6 @@ def spec_links(program):
     return LinkModel(links)
 
 
-def measured_hops(result: dict) -> dict:
-    """Mean seconds and bytes of each (sender, receiver) pair's sends, from every rank's
-    figures in a `run_local` result."""
-    return hop_figures(result["ranks"])
-
-
 def _rank_options(program) -> dict:
     """Each local rank compiles natively; unless told otherwise, the ranks share this
     machine's CPUs instead of each taking its node's cores (threads spinning at barriers on
@@ -167,8 +160,8 @@ def run_local(
     watchdog: float | None = None,
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
-    every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is taken for
-    stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never)."""
+    every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is
+    taken for stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never)."""
     from ckeir.runtime.transport.local import launch_local
 
     results = launch_local(

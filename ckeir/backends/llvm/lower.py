@@ -495,8 +495,8 @@ def lowering_fingerprint() -> str:
 
 def lower_module_cached(module: Operation, host: HostCPU, rank: int | None = None):
     """`lower_module`, remembered on disk by the module's text, the rank, the host and the
-    source of what shapes a lowering (`LOWERING_SOURCES`), so a warm start skips generating kernel IR (about a second for
-    SmolLM2).  Returns (lowered, cache_hit)."""
+    source of what shapes a lowering (`LOWERING_SOURCES`), so a warm start skips generating
+    kernel IR (about a second for SmolLM2).  Returns (lowered, cache_hit)."""
     from ckeir.ir.printer import print_ir
 
     key = hashlib.sha256(
