@@ -22,6 +22,8 @@ from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
 from ckeir.backends.llvm.kernels.quant_embed import qembed
 from ckeir.backends.llvm.kernels.transfer import q8_0_dequantize, q8_0_quantize, q8_0_requant
+from ckeir.backends.llvm.lower_attention import lower_attention
+from ckeir.backends.llvm.schedule import Scheduler
 from ckeir.errors import BackendError
 from ckeir.formats import Q8_0
 from ckeir.ir.core import Operation, OpResult
@@ -150,6 +152,7 @@ class _Lowering:
                 )
         self.staging_top = _aligned(self.func.attr("arena_bytes", 0))
         self.staged: dict = {}  # sent value -> its Q8_0 staging offset (one for any peers)
+        self.scratch_at: dict[str, tuple[int, int]] = {}  # key -> (offset, bytes)
         segment: list[Operation | _Staged] = []
         for op in self.block.ops:
             if op.name in ("cke.weight", "mem.arena"):
@@ -182,6 +185,16 @@ class _Lowering:
             segment.append(_Staged("quantize", value, self.staged[value]))
         return attrs.evolve(step, src=self.staged[value])
 
+    def scratch(self, key: str, nbytes: int) -> str:
+        """A pointer to `nbytes` of arena space past the func's buffers, for a kernel's own
+        temporary data; one block per `key` (ops run one after another, so ops of one kind
+        share it)."""
+        if key not in self.scratch_at or self.scratch_at[key][1] < nbytes:
+            self.scratch_at[key] = (self.staging_top, nbytes)
+            self.staging_top = _aligned(self.staging_top + nbytes)
+        at = self.scratch_at[key][0]
+        return self.f(f"getelementptr inbounds i8, ptr {self.arena}, i64 {at}", "scratch")
+
     def staging(self, step: Step) -> int:
         """Arena space past the func's buffers for one message's Q8_0 blocks at its bound."""
         at = self.staging_top
@@ -203,9 +216,9 @@ class _Lowering:
             attributes="nounwind",
         )
         f = self.f
-        arena = self.slot_ptr("arena")
+        self.arena = arena = self.slot_ptr("arena")
         self.n, self.pos = self.slot_i64("n"), self.slot_i64("pos")
-        self.barrier = self.slot_ptr("barrier")
+        self.schedule = Scheduler(f, self.slot_ptr("barrier"), self.kernels)
         args = self.block.args
         self.ptrs = {
             args[0]: self.slot_ptr("ids"),
@@ -246,15 +259,11 @@ class _Lowering:
         return str(t.shape[0]) if isinstance(t, ShapedType) and t.shape[0] is not None else self.n
 
     def call(self, kernel: Kernel, buffers: list[str], rows: str) -> None:
-        self.kernels.setdefault(kernel.name, kernel)
         args = [("ptr", b) for b in buffers]
-        args += [("i64", rows), ("i64", self.pos), ("i32", "%tid"), ("i32", "%nth")]
-        self.f.call("void", kernel.name, args)
+        self.schedule.call(kernel, [*args, ("i64", rows), ("i64", self.pos)])
 
     def sync(self) -> None:
-        k = K.barrier()
-        self.kernels.setdefault(k.name, k)
-        self.f.call("void", k.name, [("ptr", self.barrier), ("i32", "%nth")])
+        self.schedule.sync()
 
     def cache_layer(self, cache: str, op: Operation, operand: int) -> str:
         c = op.operands[operand].type
@@ -300,19 +309,6 @@ def _lower_rope(low: _Lowering, op: Operation) -> None:
     low.call(kern, io, low.rows(op.operands[0]))
 
 
-def _lower_attention(low: _Lowering, op: Operation) -> None:
-    q, k, v, kc, vc = (low.value_ptr(x) for x in op.operands[:5])
-    kc, vc = low.cache_layer(kc, op, 3), low.cache_layer(vc, op, 4)
-    context, kvd = _dims(op.operands[3])[1:]
-    rows = low.rows(op.operands[0])
-    low.call(K.kv_store(kvd, context, low.host), [k, v, kc, vc], rows)
-    low.sync()
-    kern = K.attention(
-        op.attr("heads"), op.attr("kv_heads"), op.attr("head_dim"), context, low.host
-    )
-    low.call(kern, [q, kc, vc, low.value_ptr(op.results[0])], rows)
-
-
 def _lower_elementwise(gen):
     def lower(low: _Lowering, op: Operation) -> None:
         d = _dims(op.operands[0])[1]
@@ -324,7 +320,7 @@ def _lower_elementwise(gen):
 def _lower_last_token(low: _Lowering, op: Operation) -> None:
     f = low.f
     row_bytes = nbytes(op.results[0].type)
-    with f.if_(f("icmp eq i32 %tid, 0", "first")):
+    with low.schedule.once():
         last = f(f"mul i64 {f(f'sub i64 {low.rows(op.operands[0])}, 1')}, {row_bytes}", "off")
         src = f(f"getelementptr inbounds i8, ptr {low.value_ptr(op.operands[0])}, i64 {last}")
         f.memcpy(low.value_ptr(op.results[0]), src, row_bytes)
@@ -345,7 +341,7 @@ LOWER = {
     "cke.rmsnorm": _lower_rmsnorm,
     "cke.matmul": _lower_matmul,
     "cke.rope": _lower_rope,
-    "cke.attention": _lower_attention,
+    "cke.attention": lower_attention,
     "cke.silu_mul": _lower_elementwise(K.silu_mul),
     "cke.add": _lower_elementwise(K.add),
     "cke.last_token": _lower_last_token,

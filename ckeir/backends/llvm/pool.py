@@ -190,6 +190,7 @@ class _Shared:
         self.module, self.worker, self.run, self.stop = _native(host)
         self.errors: list[tuple[int, BaseException]] = []
         self.lock = threading.Lock()
+        self.native_ids: dict[int, int] = {}  # worker tid -> the kernel's thread id
 
     def fail(self, tid: int, exc: BaseException) -> None:
         with self.lock:
@@ -197,6 +198,7 @@ class _Shared:
         ctypes.c_int32.from_address(self.ctl + FAILED).value = 1
 
     def enter(self, tid: int) -> None:
+        self.native_ids[tid] = threading.get_native_id()
         try:
             self.worker(self.ctl, tid)
         except BaseException as e:  # noqa: BLE001 - reported to the caller by run()
@@ -248,6 +250,16 @@ class Pool:
         del keep
         if failed or self._shared.errors:
             self._raise(bool(failed))
+
+    def thread_ids(self) -> dict[int, int]:
+        """tid -> the Linux thread id of every thread that runs this pool's jobs (tid 0 is
+        the thread that calls `run`: the one asking, here)."""
+        for t in self._threads:  # each worker records its id as it starts
+            while t.is_alive() and t.name and int(t.name.rsplit("-", 1)[1]) not in (
+                self._shared.native_ids
+            ):
+                time.sleep(1e-4)
+        return {0: threading.get_native_id(), **self._shared.native_ids}
 
     def _trampoline(
         self, fn: Callable[[int, int, int], None]
