@@ -1,13 +1,17 @@
-"""Decode GEMV throughput of the int8 quantized matmul kernels (`qmatmul`) against this
-machine's read bandwidth, for the SmolLM2-135M shapes.
+"""Decode GEMV throughput of the quantized-weight matmul kernels against this machine's read
+bandwidth, for the SmolLM2-135M shapes: each shape with both activation types a schedule can
+choose (`kernels.weight_matmul`, as the lowering picks them) — `int8` (`quantize activations
+q8_0`, the default: activations rounded to Q8_0 blocks, integer dot products) and `f32`
+(`quantize activations f32`: float activations against the weight blocks).
 
 Each shape's weights are tiled into enough copies to be 4 × L3 and cycled through, one
 `Pool.run` per GEMV as a decode step calls it (so the per-call overhead is included), so
-every byte comes from DRAM.  The baseline is `benchmarks.stream`'s native read kernel (sum of
-an array of max(4 × L3, 512 MiB)) on the same pools, and numpy's one-thread `np.sum`;
-every cell is timed in turns with the others (`time_interleaved`), best of N rounds.
+every byte comes from DRAM; both kernels of a shape read the same copies.  The baseline is
+`benchmarks.stream`'s native read kernel (sum of an array of max(4 × L3, 512 MiB)) on the
+same pools, and numpy's one-thread `np.sum`; every cell is timed in turns with the others
+(`time_interleaved`), best of N rounds.
 
-    python -m benchmarks.gemv [--threads 1,2] [--isa avx512|avx2|generic] [--repeat 10]
+    python -m benchmarks.gemv [--threads 1,2] [--isa avx512|avx2|generic] [--repeat 10] [--quick]
 """
 
 from __future__ import annotations
@@ -34,21 +38,23 @@ from benchmarks.common import (
 from benchmarks.stream import Arrays, _native_runner, _numpy_runner, default_bytes
 from ckeir.backends.llvm.host import HostCPU, detect_host
 from ckeir.backends.llvm.jit import compile_ir
-from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir
-from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
+from ckeir.backends.llvm.kernels import entry_ctx, kernel_entry_ir, module_ir, weight_matmul
 from ckeir.backends.llvm.pool import Pool
 from ckeir.runtime.weights import quantize_rows
 
-SHAPES = [  # fmt, N, K: SmolLM2-135M's Q4_1 layers and its Q8_0 LM head
+SHAPES = [  # fmt, N, K: SmolLM2-135M's Q4_1 layers, one layer shape in Q8_0, its Q8_0 LM head
+    ("q4_1", 576, 576),
+    ("q4_1", 192, 576),
     ("q4_1", 1536, 576),
     ("q4_1", 576, 1536),
-    ("q4_1", 576, 576),
+    ("q8_0", 576, 1536),
     ("q8_0", 49152, 576),
 ]
+ACTIVATIONS = {"int8": "q8_0", "f32": None}  # table name -> the matmul's `act` attribute
 
 
-class Gemv:
-    """One shape's kernel and copies of its weights filling 4 × L3, cycled through."""
+class Weights:
+    """One shape's weights: copies filling 4 × L3, so that cycling through them reads DRAM."""
 
     def __init__(self, fmt_name: str, n_out: int, k: int, host: HostCPU):
         rng = np.random.default_rng(0)
@@ -58,16 +64,20 @@ class Gemv:
         self.w = np.ascontiguousarray(np.tile(w1, (self.copies, 1)))
         self.x = rng.standard_normal((1, k)).astype(np.float32)
         self.out = np.zeros((1, n_out), np.float32)
-        kernel = qmatmul(fmt_name, n_out, k, (64, 256), host)
+
+
+class Gemv:
+    """One shape's kernel for one activation type, over that shape's weight copies."""
+
+    def __init__(self, shape: tuple[str, int, int], act: str | None, w: Weights, host: HostCPU):
+        fmt_name, n_out, k = shape
+        kernel = weight_matmul(fmt_name, act, n_out, k, (64, 256), host)
+        self.name = kernel.name
         self.module = compile_ir(module_ir([kernel, kernel_entry_ir(kernel)]), host)
         self.fn = self.module.address("entry")
+        x, out = w.x.ctypes.data, w.out.ctypes.data
         self.ctxs = [
-            entry_ctx(
-                [self.x.ctypes.data, self.w.ctypes.data + c * self.nbytes, self.out.ctypes.data],
-                1,
-                0,
-            )
-            for c in range(self.copies)
+            entry_ctx([x, w.w.ctypes.data + c * w.nbytes, out], 1, 0) for c in range(w.copies)
         ]
         self.addrs = [ctypes.addressof(c) for c in self.ctxs]
 
@@ -79,28 +89,38 @@ class Gemv:
         return sweep
 
 
+def shape_name(shape: tuple[str, int, int]) -> str:
+    return "{} {}x{}".format(*shape)
+
+
 def run(repeat: int, threads: list[int], host: HostCPU) -> list[dict]:
     arrays = Arrays(default_bytes(host), host)
-    gemvs = {shape: Gemv(*shape, host) for shape in SHAPES}
-    runners: dict[tuple, object] = {("np.sum", 1): _numpy_runner(arrays, "read")}
+    weights = {shape: Weights(*shape, host) for shape in SHAPES}
+    gemvs = {
+        (shape, name): Gemv(shape, act, weights[shape], host)
+        for shape in SHAPES
+        for name, act in ACTIVATIONS.items()
+    }
+    runners: dict[tuple, object] = {("np.sum", None, 1): _numpy_runner(arrays, "read")}
     with contextlib.ExitStack() as stack:
         for nth in threads:
             pool = stack.enter_context(Pool(nth, host))
-            runners["read", nth] = _native_runner(arrays, pool, "read", host)
-            for shape, g in gemvs.items():
-                runners[shape, nth] = g.runner(pool)
+            runners["read", None, nth] = _native_runner(arrays, pool, "read", host)
+            for (shape, name), g in gemvs.items():
+                runners[shape, name, nth] = g.runner(pool)
         timings = time_interleaved(runners, rounds=repeat, min_seconds=0.0)
-    read = {nth: arrays.nbytes / timings["read", nth].best for nth in threads}
+    read = {nth: arrays.nbytes / timings["read", None, nth].best for nth in threads}
     results = []
-    for (what, nth), t in timings.items():
-        nbytes = (
-            arrays.nbytes if what in ("read", "np.sum") else gemvs[what].copies * gemvs[what].nbytes
-        )
+    for (what, act, nth), t in timings.items():
+        w = None if isinstance(what, str) else weights[what]
+        nbytes = arrays.nbytes if w is None else w.copies * w.nbytes
         results.append(
             {
-                "what": what if isinstance(what, str) else "{} {}x{}".format(*what),
+                "what": what if w is None else shape_name(what),
+                "activations": act,
+                "kernel": None if w is None else gemvs[what, act].name,
                 "threads": nth,
-                "weight_bytes": None if isinstance(what, str) else gemvs[what].nbytes,
+                "weight_bytes": None if w is None else w.nbytes,
                 "gb_per_s": nbytes / t.best / 1e9,
                 "fraction_of_read": nbytes / t.best / read[nth],
                 "timing": t,
@@ -109,34 +129,54 @@ def run(repeat: int, threads: list[int], host: HostCPU) -> list[dict]:
     return results
 
 
+def table_rows(results: list[dict], threads: list[int]) -> list[list[str]]:
+    """One row per shape: per thread count, each activation type's GB/s and share of read,
+    and f32's share over int8's."""
+    cell = {(r["what"], r["activations"], r["threads"]): r for r in results}
+    rows = [["read (stream kernel)", "—"]]
+    for t in threads:
+        r = cell["read", None, t]
+        rows[0] += [fmt(r["gb_per_s"]), "1.00", "", "", ""]
+    for shape in SHAPES:
+        what = shape_name(shape)
+        row = [what, fmt(cell[what, "int8", threads[0]]["weight_bytes"] / 1e6, 2)]
+        for t in threads:
+            i8, f = cell[what, "int8", t], cell[what, "f32", t]
+            row += [
+                fmt(i8["gb_per_s"]),
+                f"{i8['fraction_of_read']:.2f}",
+                fmt(f["gb_per_s"]),
+                f"{f['fraction_of_read']:.2f}",
+                f"{f['gb_per_s'] / i8['gb_per_s']:.2f}",
+            ]
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> None:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--isa", help="narrow the host to generic, avx2 or avx512")
+    p.add_argument("--quick", action="store_true", help="smoke run: best of 3 rounds")
     args = p.parse_args(argv)
     host = detect_host(args.isa)
     threads = [int(x) for x in args.threads.split(",")]
-    repeat = args.repeat or 10
+    repeat = args.repeat or (3 if args.quick else 10)
     log(f"gemv: {len(SHAPES)} shapes, threads {threads}, best of {repeat} interleaved rounds")
     results = run(repeat, threads, host)
-    cell = {(r["what"], r["threads"]): r for r in results}
-    columns = ["weights", "MB"] + [c for t in threads for c in (f"{t} thr GB/s", "of read")]
-    rows = []
-    for what in ["read", *("{} {}x{}".format(*s) for s in SHAPES)]:
-        r0 = next(r for r in results if r["what"] == what)
-        mb = "—" if r0["weight_bytes"] is None else fmt(r0["weight_bytes"] / 1e6, 2)
-        row = [what if what != "read" else "read (stream kernel)", mb]
-        for t in threads:
-            r = cell[what, t]
-            row += [fmt(r["gb_per_s"]), f"{r['fraction_of_read']:.2f}"]
-        rows.append(row)
+    columns = ["weights", "MB"]
+    for t in threads:
+        columns += [f"{t} thr int8 GB/s", "of read", "f32 GB/s", "of read", "f32÷int8"]
+    np_read = next(r for r in results if r["what"] == "np.sum")
     print_table(
         f"Decode GEMV (n = 1) from DRAM, GB/s of weight bytes (best of {repeat} rounds)",
         columns,
-        rows,
+        table_rows(results, threads),
         notes=[
             f"host: {host_line()}; kernels for {host.isa}{' + VNNI' if host.has_vnni else ''}",
-            f"np.sum (1 thread) read {fmt(cell['np.sum', 1]['gb_per_s'])} GB/s; "
+            "int8: activations quantized to Q8_0 blocks (`quantize activations q8_0`); "
+            "f32: float activations (`quantize activations f32`).",
+            f"np.sum (1 thread) read {fmt(np_read['gb_per_s'])} GB/s; "
             "'of read' = fraction of the stream read kernel's bandwidth at the same thread count.",
         ],
     )
