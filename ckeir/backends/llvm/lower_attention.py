@@ -1,8 +1,20 @@
-"""Lowering of `cke.attention`: store this step's keys and values in the KV cache, then attend."""
+"""Lowering of `cke.attention`: store this step's keys and values in the KV cache, then attend.
+
+Attention is split by keys (`kernels.attention`): `attention_parts` leaves each chunk's
+softmax partials in arena scratch, and after a sync `attention_combine` merges them.  The
+scratch holds the partials of a call of the func's row bound (at most `SPLIT_ROWS` rows:
+longer calls have one chunk per row and need none); every attention op of the func uses
+the same block, one op after another.
+"""
 
 from __future__ import annotations
 
 from ckeir.backends.llvm import kernels as K
+from ckeir.backends.llvm.kernels.attention import (
+    attention_combine,
+    attention_parts,
+    scratch_bytes,
+)
 from ckeir.ir.core import Operation
 
 
@@ -14,7 +26,16 @@ def lower_attention(low, op: Operation) -> None:
     rows = low.rows(op.operands[0])
     low.call(K.kv_store(kvd, context, low.host), [k, v, kc, vc], rows)
     low.sync()
-    kern = K.attention(
-        op.attr("heads"), op.attr("kv_heads"), op.attr("head_dim"), context, low.host
-    )
-    low.call(kern, [q, kc, vc, low.value_ptr(op.results[0])], rows)
+    heads, hd = op.attr("heads"), op.attr("head_dim")
+    out = low.value_ptr(op.results[0])
+    partials = low.scratch("attention", scratch_bytes(heads, hd, _row_bound(low, op)))
+    parts = attention_parts(heads, op.attr("kv_heads"), hd, context, low.host)
+    low.call(parts, [q, kc, vc, partials, out], rows)
+    low.sync()
+    low.call(attention_combine(heads, hd, low.host), [partials, out], rows)
+
+
+def _row_bound(low, op: Operation) -> int:
+    """The most rows a call of the op has: its static row count, or the func's bound."""
+    rows = op.operands[0].type.shape[0]
+    return rows if rows is not None else low.func.attr("max_tokens", 1)

@@ -1,12 +1,25 @@
 """Causal grouped-query attention over the KV cache.
 
 Row t sits at position pos+t and attends to cache rows 0..pos+t; query head h reads kv head
-h // (H/KVH).  The work item is (row t, kv head g, a group of `gq` of g's query heads):
-the group's heads walk the keys together, so each K/V row comes from L2/L3 once per
-group rather than once per head — attention over an f32 cache is bound by that traffic.
-`gq` is the largest divisor of H/KVH whose accumulators fit the vector registers.  Items are
-dealt to threads round-robin (item = tid, tid+nth, ...), which also balances the causal
-triangle in prefill.
+h // (H/KVH).  Two ways to share it between parts:
+
+- `attention` (one pass): the work item is (row t, kv head g, a group of `gq` of g's query
+  heads), dealt round-robin; enough items in prefill, but a decode row has only H/gq of
+  them (3 for SmolLM2), so 2 parts get 2 and 1.
+- `attention_parts` + `attention_combine` (split by keys, "flash-decoding"): for up to
+  `SPLIT_ROWS` rows, each row's keys are cut into chunks (`split`, chosen from the context
+  in use, pos + rows, never from the part count); the item is (row, kv head, chunk), and
+  it leaves for each of g's query heads the softmax partials of its keys — running max m,
+  Σ e**(s-m), Σ e**(s-m) v — in scratch.  After a sync, `attention_combine` merges each
+  (row, head)'s chunks in chunk order, so the result is the same bits whichever part ran
+  which chunk.  With one chunk (long prefill calls, short contexts) the item writes the
+  output itself and the combine has nothing to do.
+
+In every item the query heads of a kv head walk its keys together, in groups of `gq`:
+each K/V row comes from L2/L3 once per group rather than once per head — attention over
+an f32 cache is bound by that traffic.  `gq` is the largest divisor of H/KVH whose
+accumulators fit the vector registers; further groups of the same item find the chunk's
+keys in L1/L2.
 
 Per head, an online softmax over steps of `KEYS_PER_STEP` keys in sub-blocks of W:
 
@@ -16,8 +29,8 @@ Per head, an online softmax over steps of `KEYS_PER_STEP` keys in sub-blocks of 
   exp, spread over more keys); exp is the vector polynomial; V rows are accumulated with
   vector FMAs.
 
-A row's last step is ragged: its key indices are clamped to the last valid key (no read
-past the cache) and the extra scores set to -inf (weight 0).  No scratch memory.
+A range's last step is ragged: its key indices are clamped to the last key of the range
+(no read past it) and the extra scores set to -inf (weight 0).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from ckeir.backends.llvm.kernels.common import (
     Kernel,
     Var,
     Vec,
+    ceil_to,
     finish_kernel,
     kernel_writer,
     rsqrt_const,
@@ -38,6 +52,32 @@ from ckeir.backends.llvm.kernels.common import (
 
 KEYS_PER_STEP = 16  # keys per online-softmax update (16 measured best for hd=64 on Zen 4)
 MAX_ACCUMULATORS = 12  # vector accumulators a group may keep (of 16 or 32 registers)
+SPLIT_ROWS = 4  # calls of up to this many rows split keys into chunks (decode-sized)
+MIN_CHUNK_KEYS = 64  # fewest keys in a chunk: below, a part's partials cost more than its keys
+MAX_CHUNKS = 32  # most chunks of a row: bounds the scratch and the combine's work
+
+
+def split(keys: int, rows: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) for a call of `rows` rows over a context of `keys` =
+    pos + rows: chunks of at least MIN_CHUNK_KEYS keys, a multiple of KEYS_PER_STEP, at
+    most MAX_CHUNKS of them; one chunk when rows > SPLIT_ROWS.  `_split` emits the same
+    rule; row t uses the chunks that hold its keys 0..pos+t (its last may be short or
+    empty)."""
+    if rows > SPLIT_ROWS:
+        return keys, 1
+    span = max(MIN_CHUNK_KEYS, ceil_to(-(-keys // MAX_CHUNKS), KEYS_PER_STEP))
+    return span, -(-keys // span)
+
+
+def scratch_bytes(heads: int, head_dim: int, rows: int) -> int:
+    """The partials of a call of up to `rows` rows (only calls of ≤ SPLIT_ROWS rows use it)."""
+    return min(rows, SPLIT_ROWS) * heads * MAX_CHUNKS * _block(head_dim) * 4
+
+
+def _block(head_dim: int) -> int:
+    """Floats per partial: Σ e**(s-m) v over hd, then m and Σ e**(s-m), padded to a cache
+    line so that two parts never write one line."""
+    return ceil_to(head_dim + 2, 16)
 
 
 @attrs.frozen
@@ -58,7 +98,37 @@ class _Keys:
     kbase: str  # this kv head's column in the K cache (row stride kvd)
     vbase: str
     kvd: int
-    last: str  # index of the last key the row may read
+    last: str  # index of the last key the item may read
+
+
+@attrs.frozen
+class _Shape:
+    """What both attention kernels derive from the op's attributes and the vector width."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    w: int
+
+    @property
+    def rep(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def gq(self) -> int:
+        return group_size(self.rep, self.head_dim, self.w)
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        return [(c, min(self.w, self.head_dim - c)) for c in range(0, self.head_dim, self.w)]
+
+    @property
+    def subs(self) -> int:
+        return max(1, KEYS_PER_STEP // self.w)
+
+    @property
+    def acc_sets(self) -> int:
+        return 2 if self.gq == 1 and self.subs > 1 else 1
 
 
 def group_size(rep: int, head_dim: int, width: int) -> int:
@@ -69,52 +139,181 @@ def group_size(rep: int, head_dim: int, width: int) -> int:
     )
 
 
-def attention(heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU) -> Kernel:
+def _shape(heads: int, kv_heads: int, head_dim: int, host: HostCPU) -> _Shape:
     if heads % kv_heads:
         raise ValueError(f"attention: heads {heads} is not a multiple of kv_heads {kv_heads}")
-    w = host.vector_width
-    f = kernel_writer(f"attention_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{w}", 4)
-    v = Vec(f, w)
-    rep = heads // kv_heads
-    gq = group_size(rep, head_dim, w)
-    per_row = heads // gq  # items per token row
-    chunks = [(c, min(w, head_dim - c)) for c in range(0, head_dim, w)]
-    subs = max(1, KEYS_PER_STEP // w)
-    acc_sets = 2 if gq == 1 and subs > 1 else 1
+    return _Shape(heads, kv_heads, head_dim, host.vector_width)
+
+
+def attention(heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU) -> Kernel:
+    """One pass: items (row, group of query heads), each over all of its row's keys."""
+    s = _shape(heads, kv_heads, head_dim, host)
+    f = kernel_writer(f"attention_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{s.w}", 4)
+    v = Vec(f, s.w)
+    per_row = heads // s.gq  # items per token row
     with f.loop(f.i64("%tid"), f.mul("%n", per_row), f.i64("%nth"), "item") as item:
         t = f(f"sdiv i64 {item}, {per_row}", "t")
-        h0 = f.mul(f(f"srem i64 {item}, {per_row}", "hg"), gq)  # first head of the group
-        col = f.mul(f(f"sdiv i64 {h0}, {rep}", "g"), head_dim)
+        h0 = f.mul(f(f"srem i64 {item}, {per_row}", "hg"), s.gq)  # first head of the group
         keys = f.add(f.add("%pos", t), 1)
-        kv = _Keys(
-            chunks, f.gep("%a1", col), f.gep("%a2", col), kv_heads * head_dim, f.sub(keys, 1)
-        )
-        group = [
-            _head(f, v, chunks, f.add(f.mul(t, heads), f.add(h0, i)), head_dim, acc_sets)
-            for i in range(gq)
-        ]
-        with f.loop(0, keys, subs * w, "j") as j0:
-            _step(f, v, kv, group, j0, f.sub(keys, j0), subs)
+        group = _group(f, v, s, t, h0)
+        _attend(f, v, s, _keys(f, s, f(f"sdiv i64 {h0}, {s.rep}", "g"), keys), group, 0, keys)
         for i, head in enumerate(group):
-            out = f.gep("%a3", f.mul(f.add(f.mul(t, heads), f.add(h0, i)), head_dim))
-            inv = v.splat(f(f"fdiv float 1.0, {f.get(head.l)}", "inv"))
-            for k, (c, n) in enumerate(chunks):
-                acc = f.get(head.acc[0][k])
-                for more in head.acc[1:]:
-                    acc = v.add(acc, f.get(more[k]))
-                v.store(v.mul(acc, inv), out, c, n)
+            _store_output(f, v, s, head, f.add(f.mul(t, heads), f.add(h0, i)), "%a3")
     return finish_kernel(f, ("q", "kcache", "vcache", "out"))
 
 
-def _head(f: FunctionWriter, v: Vec, chunks, qrow: str, head_dim: int, acc_sets: int) -> _Head:
-    q = f.gep("%a0", f.mul(qrow, head_dim))
-    scale = v.const(rsqrt_const(head_dim))
+def attention_parts(
+    heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU
+) -> Kernel:
+    """Split by keys: items (row, kv head, chunk of `split`); each leaves the partials of
+    every query head of its kv head in `partials`, or, when the row has one chunk, the
+    output."""
+    s = _shape(heads, kv_heads, head_dim, host)
+    name = f"attention_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{s.w}"
+    f = kernel_writer(name, 5)
+    v = Vec(f, s.w)
+    span, count = _split(f)
+    items = f.mul(f.mul("%n", kv_heads), count)
+    with f.loop(f.i64("%tid"), items, f.i64("%nth"), "item") as item:
+        c = f(f"srem i64 {item}, {count}", "c")
+        rest = f(f"sdiv i64 {item}, {count}", "tg")
+        t, g = f(f"sdiv i64 {rest}, {kv_heads}", "t"), f(f"srem i64 {rest}, {kv_heads}", "g")
+        keys = f.add(f.add("%pos", t), 1)
+        lo = f.min(f.mul(c, span), keys)
+        hi = f.min(f.add(lo, span), keys)
+        kv = _keys(f, s, g, hi)
+        with f.loop(0, s.rep // s.gq, 1, "grp") as grp:
+            h0 = f.add(f.mul(g, s.rep), f.mul(grp, s.gq))
+            group = _group(f, v, s, t, h0)
+            _attend(f, v, s, kv, group, lo, hi)
+            for i, head in enumerate(group):
+                row_head = f.add(f.mul(t, heads), f.add(h0, i))
+                with f.if_(f(f"icmp eq i64 {count}, 1", "whole")):
+                    _store_output(f, v, s, head, row_head, "%a4")
+                with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
+                    _store_partial(f, v, s, head, _partial(f, s, "%a3", row_head, count, c))
+    return finish_kernel(f, ("q", "kcache", "vcache", "partials", "out"))
+
+
+def attention_combine(heads: int, head_dim: int, host: HostCPU) -> Kernel:
+    """The outputs of a split call: items (row, head), each merging its chunks' partials in
+    chunk order (nothing to do when rows have one chunk: `attention_parts` wrote them)."""
+    w = host.vector_width
+    f = kernel_writer(f"attention_combine_f32_h{heads}_d{head_dim}_v{w}", 2)
+    v = Vec(f, w)
+    s = _Shape(heads, heads, head_dim, w)
+    _, count = _split(f)
+    with (
+        f.if_(f(f"icmp sgt i64 {count}, 1", "split")),
+        f.loop(f.i64("%tid"), f.mul("%n", heads), f.i64("%nth"), "item") as row_head,
+    ):
+        top = f.var("float", NEG_INF, "top")  # the largest running max of the chunks
+        with f.loop(0, count, 1, "c") as c:
+            m = f.load("float", f.gep(_partial(f, s, "%a0", row_head, count, c), head_dim))
+            f.set(top, _fmax(f, f.get(top), m))
+        top_v = v.splat(f.get(top))
+        total = f.var("float", "0.0", "l")
+        acc = [f.var(v.t, v.zero, "acc") for _ in s.chunks]
+        with f.loop(0, count, 1, "c") as c:
+            p = _partial(f, s, "%a0", row_head, count, c)
+            m, l_c = (f.load("float", f.gep(p, head_dim + i)) for i in (0, 1))
+            scale = v.exp(v.sub(v.splat(m), top_v))  # e**(m_c - top); 0 for an empty chunk
+            f.set(total, f(f"fadd float {f.get(total)}, {_fmul(f, l_c, v.lane(scale, 0))}", "l"))
+            for a, (off, n) in zip(acc, s.chunks, strict=True):
+                f.set(a, v.fma(scale, v.load(p, off, n), f.get(a)))
+        inv = v.splat(f(f"fdiv float 1.0, {f.get(total)}", "inv"))
+        out = f.gep("%a1", f.mul(row_head, head_dim))
+        for a, (off, n) in zip(acc, s.chunks, strict=True):
+            v.store(v.mul(f.get(a), inv), out, off, n)
+    return finish_kernel(f, ("partials", "out"))
+
+
+def _split(f: FunctionWriter) -> tuple[str, str]:
+    """`split(pos + n, n)` in IR: (keys per chunk, chunks) of this call."""
+    keys = f.add("%pos", "%n")
+    per = f(f"sdiv i64 {f.add(keys, MAX_CHUNKS - 1)}, {MAX_CHUNKS}", "per")
+    per = f.mul(f(f"sdiv i64 {f.add(per, KEYS_PER_STEP - 1)}, {KEYS_PER_STEP}"), KEYS_PER_STEP)
+    wide = f(f"icmp sgt i64 {per}, {MIN_CHUNK_KEYS}")
+    span = f(f"select i1 {wide}, i64 {per}, i64 {MIN_CHUNK_KEYS}", "span")
+    count = f(f"sdiv i64 {f.add(keys, f.sub(span, 1))}, {span}", "count")
+    few = f(f"icmp sle i64 %n, {SPLIT_ROWS}", "few")
+    return (
+        f(f"select i1 {few}, i64 {span}, i64 {keys}", "span"),
+        f(f"select i1 {few}, i64 {count}, i64 1", "count"),
+    )
+
+
+def _partial(f: FunctionWriter, s: _Shape, base: str, row_head: str, count: str, c) -> str:
+    """Chunk c's partials of (row, head) number `row_head`: a row-head's chunks are
+    consecutive blocks."""
+    return f.gep(base, f.mul(f.add(f.mul(row_head, count), c), _block(s.head_dim)))
+
+
+def _fmax(f: FunctionWriter, a: str, b: str) -> str:
+    return f.intrinsic("float", "llvm.maxnum.f32", [("float", a), ("float", b)])
+
+
+def _fmul(f: FunctionWriter, a: str, b: str) -> str:
+    return f(f"fmul float {a}, {b}", "fm")
+
+
+def _keys(f: FunctionWriter, s: _Shape, g: str, end: str) -> _Keys:
+    """kv head g's keys and values, of which the item reads keys below `end`."""
+    col = f.mul(g, s.head_dim)
+    return _Keys(
+        s.chunks, f.gep("%a1", col), f.gep("%a2", col), s.kv_heads * s.head_dim, f.sub(end, 1)
+    )
+
+
+def _group(f: FunctionWriter, v: Vec, s: _Shape, t: str, h0: str) -> list[_Head]:
+    """Fresh softmax states of query heads h0 .. h0+gq-1 of row t."""
+    return [_head(f, v, s, f.add(f.mul(t, s.heads), f.add(h0, i))) for i in range(s.gq)]
+
+
+def _head(f: FunctionWriter, v: Vec, s: _Shape, qrow: str) -> _Head:
+    q = f.gep("%a0", f.mul(qrow, s.head_dim))
+    scale = v.const(rsqrt_const(s.head_dim))
     return _Head(
-        q=[v.mul(v.load(q, c, n), scale) for c, n in chunks],
+        q=[v.mul(v.load(q, c, n), scale) for c, n in s.chunks],
         m=f.var("float", NEG_INF, "m"),
         l=f.var("float", "0.0", "l"),
-        acc=[[f.var(v.t, v.zero, "acc") for _ in chunks] for _ in range(acc_sets)],
+        acc=[[f.var(v.t, v.zero, "acc") for _ in s.chunks] for _ in range(s.acc_sets)],
     )
+
+
+def _attend(
+    f: FunctionWriter, v: Vec, s: _Shape, kv: _Keys, group: list[_Head], lo, hi: str
+) -> None:
+    """Fold keys lo .. hi-1 into every head of the group."""
+    with f.loop(lo, hi, s.subs * v.w, "j") as j0:
+        _step(f, v, kv, group, j0, f.sub(hi, j0), s.subs)
+
+
+def _summed(f: FunctionWriter, v: Vec, head: _Head) -> list[str]:
+    """The head's Σ p_j v_j over hd (its interleaved partial sums added)."""
+    sums = []
+    for k in range(len(head.acc[0])):
+        acc = f.get(head.acc[0][k])
+        for more in head.acc[1:]:
+            acc = v.add(acc, f.get(more[k]))
+        sums.append(acc)
+    return sums
+
+
+def _store_output(f: FunctionWriter, v: Vec, s: _Shape, head: _Head, row_head: str, out: str):
+    """The head's attention output: Σ p_j v_j / Σ p_j."""
+    dst = f.gep(out, f.mul(row_head, s.head_dim))
+    inv = v.splat(f(f"fdiv float 1.0, {f.get(head.l)}", "inv"))
+    for acc, (c, n) in zip(_summed(f, v, head), s.chunks, strict=True):
+        v.store(v.mul(acc, inv), dst, c, n)
+
+
+def _store_partial(f: FunctionWriter, v: Vec, s: _Shape, head: _Head, dst: str) -> None:
+    """The head's softmax partials over the item's keys (see `_block`)."""
+    for acc, (c, n) in zip(_summed(f, v, head), s.chunks, strict=True):
+        v.store(acc, dst, c, n)
+    f.store("float", f.get(head.m), f.gep(dst, s.head_dim))
+    f.store("float", f.get(head.l), f.gep(dst, s.head_dim + 1))
 
 
 def _step(
