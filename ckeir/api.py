@@ -16,6 +16,7 @@ from ckeir.ir.printer import print_ir
 from ckeir.outputs import check_output_dir, write_output
 from ckeir.ranks import run_local
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
+from ckeir.runtime.memory import Region
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
 
@@ -210,6 +211,15 @@ class Program:
             ids = self.check_request(ids, max_new_tokens)
             return run_local(self, ids, max_new_tokens)["tokens"]
         return list(self.stream(ids, max_new_tokens))
+
+    def memory_regions(self) -> list[Region]:
+        """The memory this process's engine computes in, as (name, address, length) regions
+        named `weights`, `arena` and `kv_cache`: `ckeir.runtime.memory.huge_pages_report`
+        tells how much of each is on huge pages.  Builds the engine if needed."""
+        programs = getattr(self.engine, "programs", {}).values()
+        # a rank's engine keeps (program, symbol addresses) pairs
+        programs = [p[0] if isinstance(p, tuple) else p for p in programs]
+        return [r for p in programs for r in p.regions()]
 
     def close(self) -> None:
         if self._engine is not None:

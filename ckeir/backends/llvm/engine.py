@@ -6,7 +6,6 @@ Python only writes the inputs, starts the pool once per program call, and reads 
 
 from __future__ import annotations
 
-import mmap
 import time
 
 import numpy as np
@@ -16,18 +15,17 @@ from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES
 from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
 from ckeir.backends.llvm.pool import Pool
 from ckeir.errors import BackendError
+from ckeir.runtime.memory import Region, huge_pages_wanted, huge_zeros, regions_of
 
 
 def lazy_zeros(shape, dtype=np.float32) -> np.ndarray:
-    """Zeroed memory that becomes resident page by page as it is written.  For KV caches:
-    numpy asks for transparent huge pages on large arrays, which would make 2 MiB resident
-    for every layer a decode step touches."""
+    """Zeroed memory that becomes resident page by page as it is written (4 KiB pages, even
+    where THP is `always`).  For KV caches: laid out layer by layer, each layer's rows fill
+    from position 0, so a huge page would make 2 MiB resident for every layer a short
+    context touches."""
     count = int(np.prod(shape))
-    nbytes = max(count * np.dtype(dtype).itemsize, 1)
-    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        m.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(m, dtype=dtype, count=count).reshape(shape)
+    raw = huge_zeros(count * np.dtype(dtype).itemsize, huge=False)
+    return raw.view(dtype)[:count].reshape(shape)
 
 
 def aligned_zeros(nbytes: int, align: int = 64) -> np.ndarray:
@@ -64,9 +62,12 @@ class _Program:
         weights: dict[str, np.ndarray],
         kcache: np.ndarray,
         vcache: np.ndarray,
+        huge_pages: bool | None = None,
     ):
         self.abi, self.address = abi, address
-        self.arena = aligned_zeros(max(abi.arena_bytes, 64))
+        # every op reads and writes the arena: on huge pages its TLB misses go too
+        self.arena = huge_zeros(max(abi.arena_bytes, 64), huge=huge_pages_wanted(huge_pages))
+        self.kcache, self.vcache = kcache, vcache
         self.barrier = aligned_zeros(BARRIER_STATE_BYTES)
         self.ids = np.zeros(max(abi.max_tokens, 1), dtype=np.int32)
         self.ctx = np.zeros(len(abi.slots), dtype=np.uint64)
@@ -85,6 +86,16 @@ class _Program:
             self._keep.append(w)
             self.ctx[abi.slot(f"weight:{slot}")] = w.ctypes.data
 
+    def regions(self) -> list[Region]:
+        """The memory this program computes in: the weights it points at, its arena, the
+        KV cache it shares."""
+        return [
+            *regions_of("weights", self._keep),
+            Region.of("arena", self.arena),
+            Region.of("kv_cache", self.kcache),
+            Region.of("kv_cache", self.vcache),
+        ]
+
     def output(self, i: int, dtype) -> np.ndarray:
         off, size = self.abi.outputs[i]
         return self.arena[off : off + size].view(dtype).copy()
@@ -101,6 +112,7 @@ class NativeEngine:
         cache_shape: tuple[int, int, int],
         threads: int,
         host=None,
+        huge_pages: bool | None = None,
     ):
         self.compiled = compiled  # keeps the machine code alive
         self.kcache = lazy_zeros(cache_shape)
@@ -108,7 +120,9 @@ class NativeEngine:
         self.context = cache_shape[1]
         self.pool = Pool(threads, host)
         self.programs = {
-            name: _Program(abi, compiled.address(abi.symbol), weights, self.kcache, self.vcache)
+            name: _Program(
+                abi, compiled.address(abi.symbol), weights, self.kcache, self.vcache, huge_pages
+            )
             for name, abi in lowered.programs.items()
         }
         self.max_prefill = self.programs["prefill"].abi.max_tokens
@@ -135,6 +149,10 @@ class NativeEngine:
 
     def decode(self, token: int, pos: int):
         return self._run("decode", np.array([token], dtype=np.int32), pos)
+
+    def memory_regions(self) -> list[Region]:
+        """Weights, arenas and KV cache this engine holds (see `ckeir.runtime.memory`)."""
+        return [r for p in self.programs.values() for r in p.regions()]
 
     def reset(self) -> None:
         """Start a new sequence.  The KV cache is not cleared: attention reads rows 0..pos+t
