@@ -1,7 +1,7 @@
 """`ckec` — the command-line front door.
 
     ckec SPEC [--emit=mlir|llvm|asm] [--pass-pipeline=P] [--print-ir-after-all] ...
-    ckec run SPEC --ids 1,2,3 [-n N] [--threads T] [--backend llvm|reference]
+    ckec run SPEC --ids 1,2,3 [-n N] [--threads T] [--backend llvm|reference] [--[no-]pin]
     ckec opt FILE.mlir --pass-pipeline=P      (IR in, IR out: for pass tests)
 
 Errors are printed as `file:line:col: error: ...` with the line and a caret, never as a
@@ -128,6 +128,12 @@ def _run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure this machine's DRAM read bandwidth for the CKU fraction (remembered; "
         "otherwise the last measurement is used, or the spec's dram_bw)",
+    )
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        help="run each pool thread on one CPU of its own, ranks on different CPUs (default: "
+        "the schedule's `threads pinned|unpinned`, else ckeir's measured default)",
     )
     p.add_argument(
         "--transport",
@@ -433,7 +439,9 @@ def _run_here(args, prog, ids, transport, progress) -> int:
     _ = prog.engine  # loads weights and starts the threads under the progress display
     progress.done()
     out = _TokenPrinter(args, prog, quiet=transport is not None and transport.rank != 0)
-    figures = run_rank(prog, ids, args.max_new_tokens, transport, args.check_parity, out.push)
+    figures = run_rank(
+        prog, ids, args.max_new_tokens, transport, args.check_parity, out.push, pin=args.pin
+    )
     out.finish()
     gathered = transport.gather_object(figures) if transport is not None else [figures]
     if gathered is not None:  # rank 0
@@ -499,6 +507,7 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         links=links,
         collect_logits=args.check_parity,
         watchdog=args.watchdog,
+        pin=args.pin,
     )
     tokens = result["tokens"]
     if args.prompt is not None:

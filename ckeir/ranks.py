@@ -8,6 +8,8 @@ it is handed (`Program` itself), so neither module imports the other's caller.""
 
 from __future__ import annotations
 
+import contextlib
+
 from ckeir.runtime.generate import GenerationStats
 
 # A rank ships at most this many of its latest step records to rank 0 (for the trace): a
@@ -24,6 +26,7 @@ def rank_main(
     max_new_tokens: int,
     prompt=None,
     collect_logits: bool = False,
+    pin: bool | None = None,
 ):
     """The body of one local rank: compile (`make_program(spec_path, transport=...,
     **options)`), generate, and gather every rank's figures (`run_rank`) on rank 0, which
@@ -31,37 +34,68 @@ def rank_main(
     with make_program(spec_path, transport=transport, **options) as prog:
         if prompt is not None:
             ids = prog.tokenizer.encode(prompt)
-        figures = run_rank(prog, ids, max_new_tokens, transport, collect_logits)
+        figures = run_rank(prog, ids, max_new_tokens, transport, collect_logits, pin=pin)
         return transport.gather_object(figures)
 
 
 def run_rank(
-    prog, ids, max_new_tokens: int, transport=None, collect_logits=False, on_token=None
+    prog,
+    ids,
+    max_new_tokens: int,
+    transport=None,
+    collect_logits=False,
+    on_token=None,
+    pin: bool | None = None,
 ) -> dict:
     """Generate on this rank (every rank of a world calls it: local ranks and MPI ranks
     alike) and return what it observed, the figures `ckeir.reports.run.run_report` reads.
     With a `transport`, the clock offset to rank 0 is measured first (a collective), so
     that rank 0 can put every rank's records on its own clock.  `on_token(id)` sees each
-    token as it comes."""
+    token as it comes.  `pin`: pool threads on CPUs of their own (None: as the schedule
+    says, else `linux.PIN_DEFAULT`); the Linux side is sampled around each phase."""
+    from ckeir.runtime import linux
     from ckeir.runtime.transport.base import ClockOffset
 
     # the engine (weights, threads, native helpers) first: the ranks meet in clock_offset,
     # and one that meets the others there starts the generation at once
-    _ = prog.engine
-    clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
-    stats = GenerationStats()
-    logits = {}
+    pool = getattr(prog.engine, "pool", None)  # the reference engine has no threads
+    threads = pool.thread_ids() if pool is not None else {}
+    cpus = None
+    if threads and linux.wants_pinning(pin, getattr(prog.job.schedule, "pin", None)):
+        cpus = linux.pin_plan(len(threads), prog.rank or 0)
+    with linux.pinned(threads, cpus), contextlib.closing(linux.RunWatch(threads, cpus)) as watch:
+        clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
+        stats = GenerationStats()
+        logits = {}
 
-    def keep(step, x):
-        if collect_logits and x is not None:
-            logits[step] = x.copy()
+        def keep(step, x):
+            if collect_logits and x is not None:
+                logits[step] = x.copy()
 
-    tokens = []
-    for token in prog.stream(ids, max_new_tokens, stats, on_logits=keep):
-        tokens.append(token)
-        if on_token is not None:
-            on_token(token)
-    return rank_figures(prog, stats, tokens, transport, clock, logits)
+        tokens = []
+        watch.mark("start")
+        for token in prog.stream(ids, max_new_tokens, stats, on_logits=keep):
+            if not tokens:
+                watch.mark("prefill")  # the first token comes out of prefill
+            tokens.append(token)
+            if on_token is not None:
+                on_token(token)
+        watch.mark("decode")
+    figures = rank_figures(prog, stats, tokens, transport, clock, logits)
+    figures["linux"] = linux_figures(prog, watch)
+    return figures
+
+
+def linux_figures(prog, watch) -> dict:
+    """The rank's Linux side (`ckeir.runtime.linux`): its threads' figures from the watch,
+    its memory (huge pages, NUMA nodes) as it stands after the run."""
+    from ckeir.runtime import linux
+
+    out = watch.figures()
+    if watch.thread_ids:
+        cpus = {tid: t["cpu"] for tid, t in out["threads"].items()}
+        out.update(linux.memory_figures(prog.engine, cpus))
+    return out
 
 
 def rank_figures(prog, stats, tokens, transport, clock, logits) -> dict:
@@ -158,6 +192,7 @@ def run_local(
     links=None,
     collect_logits: bool = False,
     watchdog: float | None = None,
+    pin: bool | None = None,
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
     every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is
@@ -175,6 +210,7 @@ def run_local(
             max_new_tokens,
             prompt,
             collect_logits,
+            pin,
         ),
         link_model=links,
         watchdog=watchdog,

@@ -230,6 +230,7 @@ class ScheduleDecl:
     activation_format: str | None = None  # q8_0 (default) or f32
     phases: Mapping[str, PhaseDecl] = attrs.field(factory=dict)
     batch: int | None = None
+    pin: bool | None = None  # `threads pinned|unpinned`; None: the runtime's measured default
     loc: SourceLoc | None = _loc()
     key_locs: Mapping[str, SourceLoc] = _key_locs()  # also `except NAME` for each excepted name
 

@@ -127,6 +127,9 @@ class _ToAst(Transformer):
     def _word(self, meta, word):
         return str(word)
 
+    def thread_placement(self, meta, word):
+        return word == "pinned"
+
     rope_pairing = weights_format = weight_format = transfer_format = phase_name = _word
 
     def names(self, meta, *names):
@@ -212,6 +215,7 @@ class _ToAst(Transformer):
             activation_format=block.pop("quantize activations", None),
             phases={p.name: p for k, p in block.items() if k.startswith("phase ")},
             batch=block.pop("batch", None),
+            pin=block.pop("threads", None),
             loc=self.at(name),
             key_locs=key_locs,
         )

@@ -8,7 +8,8 @@ The same report comes from one rank, local ranks and MPI ranks: `ranks` (per ran
 busy seconds in native code, waiting seconds inside transport calls, bytes its transport
 counted, CKU — over the whole run) and `hops` (each sender → receiver pair's messages, mean
 bytes, measured and predicted seconds), next to the decode time per token measured and
-predicted for the machine and links the run used."""
+predicted for the machine and links the run used, and `linux`: what the kernel and the
+hardware saw of every rank (`ckeir.runtime.linux`)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def run_report(
         "hops": _hops(figures, prediction, links is not None),
         "timings": dict(prog.timings),
         "parity": parity,
+        "linux": linux_section(figures, stats.prompt_tokens, decode_tokens),
     }
 
 
@@ -190,6 +192,74 @@ def _hops(figures: list[dict], prediction, simulated: bool) -> list[dict]:
     ]
 
 
+def linux_section(figures: list[dict], prompt_tokens: int, decode_tokens: int) -> dict:
+    """The report's `linux`: each key holds every rank's figures, keyed by rank."""
+    ranks = {f["rank"]: f["linux"] for f in figures if f.get("linux")}
+    nodes = sorted({n for lx in ranks.values() for n in lx.get("numa", {}).get("nodes", ())})
+    return {
+        "pinned": {r: lx["pinned"] for r, lx in ranks.items()},
+        "affinity": {r: lx["threads"] for r, lx in ranks.items()},
+        "page_faults": {r: lx["page_faults"] for r, lx in ranks.items()},
+        "context_switches": {r: lx["context_switches"] for r, lx in ranks.items()},
+        "huge_pages": {r: lx.get("huge_pages") for r, lx in ranks.items()},
+        "numa": {
+            "nodes": nodes,
+            "note": (
+                f"one NUMA node (node {nodes[0]}): every thread and every page is on it"
+                if len(nodes) == 1
+                else f"{len(nodes)} NUMA nodes"
+            ),
+            "ranks": {r: _numa_rank(lx.get("numa", {})) for r, lx in ranks.items()},
+        },
+        "perf": {r: _perf(lx["perf"], prompt_tokens, decode_tokens) for r, lx in ranks.items()},
+    }
+
+
+def _numa_rank(numa: dict) -> dict:
+    return {"threads": numa.get("threads", {}), "weights": numa.get("weights", {})}
+
+
+def _perf(perf: dict, prompt_tokens: int, decode_tokens: int) -> dict:
+    """A rank's counters per token: decode's per decoded token, prefill's per prompt token;
+    without hardware counters, why not (software counters are there either way)."""
+
+    def per(phase: str, n: int) -> dict:
+        return {k: v / n for k, v in perf.get(phase, {}).items()} if n else {}
+
+    return {
+        "hardware": perf["hardware"],
+        "reason": perf["reason"],
+        "decode_per_token": per("decode", decode_tokens),
+        "prefill_per_token": per("prefill", prompt_tokens),
+    }
+
+
+# Weights smaller than this cannot fill huge pages worth mentioning (2 MiB each).
+HUGE_WORTH_BYTES = 8 << 20
+
+
+def linux_warnings(linux: dict) -> list[str]:
+    """What the Linux side shows abnormal: threads preempted during decode, major faults
+    (pages read from disk) while generating, weights on small pages."""
+    out = []
+    for r, cs in linux["context_switches"].items():
+        n = cs.get("decode", {}).get("involuntary", 0)
+        if n:
+            out.append(f"rank {r}: {n} involuntary context switches during decode")
+    for r, pf in linux["page_faults"].items():
+        n = sum(pf.get(phase, {}).get("major", 0) for phase in ("prefill", "decode"))
+        if n:
+            out.append(f"rank {r}: {n} major page faults while generating")
+    for r, hp in linux["huge_pages"].items():
+        w = (hp or {}).get("weights")
+        if w and w["bytes"] >= HUGE_WORTH_BYTES and w["huge_page_bytes"] < w["bytes"] / 2:
+            out.append(
+                f"rank {r}: weights not on huge pages "
+                f"({w['huge_page_bytes'] / 2**20:.0f} of {w['bytes'] / 2**20:.0f} MiB)"
+            )
+    return out
+
+
 def summary_line(report: dict) -> str:
     d = report["decode"]
     return (
@@ -201,7 +271,13 @@ def summary_line(report: dict) -> str:
         f"({100 * d['outside_kernels_fraction']:.1f}%)"
         + _prediction_line(d)
         + _ranks_line(report["ranks"])
+        + _linux_line(report.get("linux"))
     )
+
+
+def _linux_line(linux: dict | None) -> str:
+    warnings = linux_warnings(linux) if linux else []
+    return "\nlinux: " + "; ".join(warnings) if warnings else ""
 
 
 def _prediction_line(decode: dict) -> str:

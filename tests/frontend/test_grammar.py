@@ -223,7 +223,8 @@ def test_unit_of_the_wrong_kind_is_located_at_the_unit():
 def test_missing_closing_brace_at_end_of_file():
     err = syntax_error("schedule s {\n  run m on c\n  batch 1\n\n")
     assert (
-        err.message == "unexpected end of file; expected 'run', 'quantize', 'phase', 'batch' or '}'"
+        err.message
+        == "unexpected end of file; expected 'run', 'quantize', 'phase', 'batch', 'threads' or '}'"
     )
     assert (err.loc.line, err.loc.col) == (3, 10)
 
@@ -277,3 +278,23 @@ def test_lark_exceptions_never_escape(text):
     with pytest.raises(CkeError) as err:
         parse_spec(text, "t.cke")
     assert err.value.loc is not None
+
+
+@pytest.mark.parametrize(
+    ("statement", "pin"), [("threads pinned", True), ("threads unpinned", False), ("", None)]
+)
+def test_threads_pinned_or_not(statement, pin):
+    """`threads pinned|unpinned` is the schedule's choice; unstated, the runtime's default."""
+    assert spec_with(statement).schedule("s").pin is pin
+
+
+def test_threads_takes_a_placement_not_a_count():
+    err = syntax_error(f"{MODEL}\nschedule s {{ run m on c; threads 2 }}")
+    assert "expected 'pinned' or 'unpinned'" in err.message
+
+
+def test_threads_given_twice_is_located_at_the_second():
+    with pytest.raises(SpecError) as err:
+        spec_with("threads pinned\n threads unpinned")
+    assert err.value.message == "'threads' is given twice in schedule s"
+    assert err.value.loc.source_line == " threads unpinned"
