@@ -16,11 +16,16 @@ from collections import defaultdict
 import numpy as np
 
 from ckeir.backends.llvm.engine import _Program
+from ckeir.backends.llvm.kernels import collective as C
+from ckeir.backends.llvm.lower import Step
 from ckeir.backends.llvm.pool import Pool
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.errors import TransportError
 
 HANDOFF_TAG = 7
+# Set (to anything but "" or "0") to run every collective from Python between native
+# segments, as before native collectives: the A/B switch of benchmarks/tp_overhead.py.
+PYTHON_COLLECTIVES_ENV = "CKEIR_PYTHON_COLLECTIVES"
 
 
 def head_owner(plan, layer: int, head: int) -> tuple[int, int]:
@@ -80,7 +85,9 @@ class RankEngine:
             addresses = {
                 st.symbol: compiled.address(st.symbol) for st in abi.steps if st.kind == "native"
             }
-            self.programs[abi.phase] = (_Program(abi, 0, weights, kc, vc), addresses)
+            prog = _Program(abi, 0, weights, kc, vc)
+            self.programs[abi.phase] = (prog, addresses)
+            self._attach_comm(prog, compiled)
         self.max_prefill = min(
             (p.abi.max_tokens for p, _ in self.programs.values() if p.abi.phase == "prefill"),
             default=min(PREFILL_CHUNK, config.context),
@@ -99,6 +106,66 @@ class RankEngine:
         self._fault = injected_fault(rank)
         self._steps = 0
 
+    # -- native collectives ------------------------------------------------------------------
+    def _attach_comm(self, prog, compiled) -> None:
+        """Give a program whose collectives can run in native code (`ProgramABI.fused`) its
+        comm block, when the transport offers one (local ranks) and the old path is not asked
+        for; `prog.fused` is then the entry's address."""
+        prog.fused = None
+        switch = os.environ.get(PYTHON_COLLECTIVES_ENV, "")
+        if (
+            not prog.abi.fused
+            or not hasattr(self.transport, "comm_block")
+            or switch not in ("", "0")
+        ):
+            return
+        prog.records = np.zeros((len(prog.abi.comm_steps), C.RECORD_WORDS), np.int64)
+        prog.comm = self.transport.comm_block(prog.records)
+        prog.ctx[prog.abi.slot("comm")] = prog.comm.ctypes.data
+        prog.fused = compiled.address(prog.abi.fused)
+        prog.fits = {}  # row count -> whether every collective fits the native path
+
+    def _fused(self, prog, n: int) -> bool:
+        """Whether this call of `prog` (n rows) runs as one native call: every collective's
+        messages fit the transport's native path."""
+        if prog.fused is None:
+            return False
+        fits = prog.fits.get(n)
+        if fits is None:
+            fits = prog.fits[n] = all(
+                self.transport.runs_natively(st.kind, st.group, _message_bytes(st, n))
+                for st in prog.abi.comm_steps
+            )
+        return fits
+
+    def _run_fused(self, prog, n: int) -> None:
+        """The whole program in one native call; then its collectives' records are checked
+        against the IR and counted as the transport would count its own."""
+        prog.comm[C.C_STATUS] = C.OK
+        t0 = time.perf_counter()
+        self.pool.run(prog.fused, prog.ctx.ctypes.data)
+        dt = time.perf_counter() - t0
+        if prog.comm[C.C_STATUS] != C.OK:
+            raise self._native_failure(prog, n)
+        waited = 0.0
+        for st, (r0, r1, sent, _received) in zip(prog.abi.comm_steps, prog.records, strict=True):
+            c0, c1 = r0 * 1e-9, r1 * 1e-9  # CLOCK_MONOTONIC: time.perf_counter's clock
+            moved = self._checked(st, n, int(sent))
+            payload = st.nbytes(n) if st.kind == "allreduce" else moved * len(st.group)
+            self.transport.count_collective(st.kind, st.group, payload, moved, c0, c1)
+            self._record(st, moved, c0, c1 - c0)
+            waited += c1 - c0
+        self._record(_NATIVE, 0, t0, dt - waited)
+
+    def _native_failure(self, prog, n: int) -> TransportError:
+        comm = prog.comm
+        st = prog.abi.comm_steps[int(comm[C.C_STEP])]
+        tag = int(comm[C.C_TAG_ALLREDUCE if st.kind == "allreduce" else C.C_TAG_ALLGATHER])
+        what = f"{st.kind} over ranks {st.group} (native)"
+        return self.transport.native_failure(
+            int(comm[C.C_STATUS]), what, int(comm[C.C_PEER]), _message_bytes(st, n), tag
+        )
+
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
         self._phase = phase
@@ -110,11 +177,14 @@ class RankEngine:
             prog.ids[:n] = ids
             prog.ctx[prog.abi.slot("n")] = n
             prog.ctx[prog.abi.slot("pos")] = pos
-            for st in prog.abi.steps:
-                t0 = time.perf_counter()
-                before = self._counted(st)
-                self._step(prog, st, addresses, n)
-                self._record(st, self._checked(st, n, self._counted(st) - before), t0)
+            if self._fused(prog, n):
+                self._run_fused(prog, n)
+            else:
+                for st in prog.abi.steps:
+                    t0 = time.perf_counter()
+                    before = self._counted(st)
+                    self._step(prog, st, addresses, n)
+                    self._record(st, self._checked(st, n, self._counted(st) - before), t0)
             if prog.abi.outputs:
                 token = int(prog.output(0, np.int32)[0])
                 logits = prog.output(1, np.float32)
@@ -179,8 +249,8 @@ class RankEngine:
             )
         return moved
 
-    def _record(self, st, wire: int, t0) -> None:
-        dt = time.perf_counter() - t0
+    def _record(self, st, wire: int, t0: float, dt: float | None = None) -> None:
+        dt = time.perf_counter() - t0 if dt is None else dt
         self.stats[st.kind] += dt
         if st.kind == "native":
             self.native_seconds[self._phase] += dt
@@ -258,6 +328,14 @@ def injected_fault(rank: int):
             " (R a rank, S >= 1 a decode step)"
         )
     return (step, kind) if target == rank else None
+
+
+_NATIVE = Step("native")  # a fused call's own time, without its collectives
+
+
+def _message_bytes(st, n: int) -> int:
+    """Bytes of each message a collective step sends at n rows: what the IR states."""
+    return st.ir_bytes * st.row_count(n) // st.ir_rows
 
 
 def _root(plan) -> int:

@@ -19,6 +19,7 @@ import attrs
 from ckeir import cache
 from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import HostCPU
+from ckeir.backends.llvm.kernels import collective as C
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
 from ckeir.backends.llvm.kernels.quant_embed import qembed
 from ckeir.backends.llvm.kernels.transfer import q8_0_dequantize, q8_0_quantize, q8_0_requant
@@ -31,7 +32,7 @@ from ckeir.ir.types import ShapedType, element_format, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.planner.cost import message_bytes
 
-FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache")
+FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache", "comm")
 
 
 @attrs.frozen
@@ -101,6 +102,15 @@ class ProgramABI:
     # full tensor, in elements (columns in whole blocks for quantized formats)
     shards: dict = attrs.field(factory=dict)
     cache_shape: tuple[int, ...] = ()
+    # The whole program in one entry whose collectives run in native code over the local
+    # transport's shared memory (`kernels.collective`; the `comm` slot says where), or ""
+    # when its communication cannot: `steps` without the native ones, in order, are the
+    # collectives it runs (a step's index there is its record in the comm block).
+    fused: str = ""
+
+    @property
+    def comm_steps(self) -> tuple[Step, ...]:
+        return tuple(st for st in self.steps if st.kind != "native")
 
     def slot(self, name: str) -> int:
         return self.slots.index(name)
@@ -129,6 +139,7 @@ class _Lowering:
         self.entries: list[str] = []
         self.declares: set[str] = set()
         self.steps: list[Step] = []
+        self.fused = ""
 
     # -- ctx slots --------------------------------------------------------------------------
     def slot_ptr(self, name: str) -> str:
@@ -170,6 +181,20 @@ class _Lowering:
                     segment.append(_Staged("dequantize", op.results[0], step.dst))
         if segment:
             self.native(segment)
+        if self.fusable():
+            self.fused = f"{self.sym}_fused"
+            self.entry([op for op in self.block.ops if op.name not in NOT_LOWERED], self.fused)
+
+    def fusable(self) -> bool:
+        """Whether the program can run as one entry with native collectives: it has some,
+        and no other communication (sends and receives stay steps); an allgather's value
+        has one row (its slices travel padded to the widest, one row each)."""
+        dist = [op for op in self.block.ops if op.name.startswith("dist.")]
+        return bool(dist) and all(
+            op.name in LOWER_COLLECTIVE
+            and (op.name != "dist.allgather" or op.results[0].type.shape[0] == 1)
+            for op in dist
+        )
 
     def comm(self, op: Operation, segment: list) -> Step:
         """The step of a dist.* op; a Q8_0 message travels through a staging buffer, which
@@ -209,6 +234,13 @@ class _Lowering:
             if k == 0 and not any(o.name.startswith("dist.") for o in self.block.ops)
             else f"{self.sym}_s{k}"
         )
+        self.entry(ops, symbol)
+        self.steps.append(Step("native", symbol=symbol))
+
+    def entry(self, ops: list, symbol: str) -> None:
+        """The entry `void @<symbol>(ptr ctx, i32 tid, i32 nth)` running `ops`: model ops,
+        Q8_0 staging calls and (in the fused entry) collectives, a sync between each two."""
+        self.collectives = 0  # collectives lowered so far: the next one's record index
         self.f = FunctionWriter(
             symbol,
             [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")],
@@ -235,13 +267,14 @@ class _Lowering:
         for i, op in enumerate(ops):
             if isinstance(op, _Staged):
                 self.lower_staged(op, arena)
+            elif op.name in LOWER_COLLECTIVE:
+                LOWER_COLLECTIVE[op.name](self, op)
             else:
                 LOWER[op.name](self, op)
             if i + 1 < len(ops):  # the caller waits for every thread at the end anyway
                 self.sync()
         self.entries.append(f.finish())
         self.declares |= f.declares
-        self.steps.append(Step("native", symbol=symbol))
 
     def lower_staged(self, item: _Staged, arena: str) -> None:
         width = _dims(item.value)[-1]
@@ -350,6 +383,98 @@ LOWER = {
 }
 
 
+def _helper(low: _Lowering, kernel, ret: str, args: list[tuple[str, str]]) -> str | None:
+    """Call one of `kernels.collective`'s single-threaded helpers with the comm block."""
+    low.kernels.setdefault(kernel.name, kernel)
+    return low.f.call(ret, kernel.name, [("ptr", low.slot_ptr("comm")), *args])
+
+
+def _exchange(low: _Lowering, op: Operation, src: str, nbytes: str, pad: str, tag: int) -> None:
+    """On one thread: send `nbytes` of `src` (and `pad` zero bytes) to every other member of
+    the op's group, then wait for each member's message of the same size; every thread goes
+    on once they are all in (the messages stay in their slots until `_release`)."""
+    step = str(low.collectives)
+    me = low.func.attr("rank", 0)
+    total = low.f.add(nbytes, pad)
+    with low.schedule.once():
+        _helper(
+            low, C.record_helper(), "void", [("i64", step), ("i64", str(C.R_T0)), ("i64", "-1")]
+        )
+        for p in op.attr("group"):
+            if p != me:
+                args = [("i64", str(p)), ("ptr", src), ("i64", nbytes), ("i64", pad)]
+                _helper(low, C.send_helper(), "void", [*args, ("i64", str(tag)), ("i64", step)])
+        for p in op.attr("group"):
+            if p != me:
+                args = [("i64", str(p)), ("i64", total), ("i64", str(tag)), ("i64", step)]
+                _helper(low, C.await_helper(), "void", args)
+    low.sync()
+
+
+def _release(low: _Lowering, op: Operation, sent: str) -> None:
+    """On one thread, once every thread is done with the messages: hand the slots back and
+    record the step's end and bytes (per message sent, and received in all)."""
+    step = str(low.collectives)
+    me = low.func.attr("rank", 0)
+    others = [p for p in op.attr("group") if p != me]
+    low.sync()
+    with low.schedule.once():
+        for p in others:
+            _helper(low, C.consume_helper(), "void", [("i64", str(p))])
+        received = low.f.mul(sent, len(others))
+        for field, value in ((C.R_SENT, sent), (C.R_RECEIVED, received), (C.R_T1, "-1")):
+            _helper(
+                low, C.record_helper(), "void", [("i64", step), ("i64", str(field)), ("i64", value)]
+            )
+    low.collectives += 1
+
+
+def _member_data(low: _Lowering, op: Operation, own: str) -> list[str]:
+    """Each member's part, in group order: this rank's `own` buffer, the others' slots."""
+    me = low.func.attr("rank", 0)
+    return [
+        own if p == me else _helper(low, C.data_helper(), "ptr", [("i64", str(p))])
+        for p in op.attr("group")
+    ]
+
+
+def _lower_allreduce(low: _Lowering, op: Operation) -> None:
+    """Every member sends its whole buffer to every other and sums the members' buffers in
+    group order, ((x0 + x1) + x2) ...: the bits of the transport's allreduce, on every member."""
+    width = _dims(op.operands[0])[-1]
+    rows = low.rows(op.operands[0])
+    src, dst = low.value_ptr(op.operands[0]), low.value_ptr(op.results[0])
+    nbytes = low.f.mul(rows, width * 4)
+    _exchange(low, op, src, nbytes, "0", C.C_TAG_ALLREDUCE)
+    parts = _member_data(low, op, src)
+    add = K.add(width, low.host)
+    low.call(add, [parts[0], parts[1], dst], rows)
+    for part in parts[2:]:  # in place, elementwise: each element's sums in order
+        low.sync()
+        low.call(add, [dst, part, dst], rows)
+    _release(low, op, nbytes)
+
+
+def _lower_allgather(low: _Lowering, op: Operation) -> None:
+    """Every member sends its one-row slice padded to the widest (what the IR states each
+    member puts on the wire) to every other; the slices are copied out in group order."""
+    sizes = op.attr("sizes")
+    me = op.attr("group").index(low.func.attr("rank", 0))
+    src, dst = low.value_ptr(op.operands[0]), low.value_ptr(op.results[0])
+    widest = max(sizes)
+    _exchange(low, op, src, str(4 * sizes[me]), str(4 * (widest - sizes[me])), C.C_TAG_ALLGATHER)
+    parts = _member_data(low, op, src)
+    with low.schedule.once():
+        at = 0
+        for part, width in zip(parts, sizes, strict=True):
+            low.f.memcpy(low.f.gep(dst, at), part, 4 * width)
+            at += width
+    _release(low, op, str(4 * widest))
+
+
+LOWER_COLLECTIVE = {"dist.allreduce": _lower_allreduce, "dist.allgather": _lower_allgather}
+
+
 def _slot_name(w: Operation) -> str:
     shard = w.attr("shard")
     return f"weight:{w.attr('name')}" + ("@" + ",".join(map(str, shard)) if shard else "")
@@ -416,6 +541,7 @@ def _abi(low: _Lowering) -> ProgramABI:
         tuple(low.steps),
         shards,
         tuple(low.block.args[2].type.shape),
+        low.fused,
     )
 
 

@@ -420,6 +420,19 @@ class Transport(abc.ABC):
             stamps[1] = time.perf_counter()
             self._exchange_one("send", peer, stamps, TAG_CLOCK)
 
+    def count_collective(
+        self, kind: str, group: Sequence[int], payload: int, message: int, t0: float, t1: float
+    ) -> None:
+        """Count a collective that a rank program's native code ran over this transport's
+        channels, as `allreduce` / `allgather` count their own: one message of `message`
+        bytes each way with every other member, `payload` bytes for the operation."""
+        g = self._group(group)
+        for p in g:
+            if p != self.rank:
+                self.stats.peer(p).count("send", message, t1 - t0)
+                self.stats.peer(p).count("recv", message, t1 - t0)
+        self._count(kind, payload, t0, t1)
+
     def _exchange_one(self, kind: str, peer: int, buf: np.ndarray, tag: int) -> None:
         """One message of a collective built here (not counted as a user send or receive)."""
         msg = self._message(kind, peer, buf, tag, time.perf_counter())

@@ -56,10 +56,19 @@ import numpy as np
 
 from ckeir.backends.llvm import wait
 from ckeir.backends.llvm.host import usable_cpu_ids, usable_cpus
+from ckeir.backends.llvm.kernels import collective as C
 from ckeir.errors import CkeError, TransportError
 from ckeir.limits import MAX_WATCHDOG_S, in_real_range
+from ckeir.planner import cost
 from ckeir.runtime.transport import shm_native
-from ckeir.runtime.transport.base import EventHook, LinkModel, Message, Transport
+from ckeir.runtime.transport.base import (
+    TAG_ALLGATHER,
+    TAG_ALLREDUCE,
+    EventHook,
+    LinkModel,
+    Message,
+    Transport,
+)
 from ckeir.runtime.transport.shm_native import DONE, MISMATCH, NOT_READY
 
 DEFAULT_SLOT_BYTES = 256 * 1024
@@ -501,6 +510,55 @@ class LocalTransport(Transport):
                 left.append(_Send(self, m) if m.kind == "send" else _Recv(self, m))
         if left:
             self._progress(left, what, self._spin_for(msgs))
+
+    # -- collectives run by a program's native code (`backends.llvm.kernels.collective`)
+
+    def comm_block(self, records: np.ndarray) -> np.ndarray:
+        """A program's comm block for this rank: where the world's failure word, this rank's
+        bell and every peer's channels, bell and state are, how to wait, the tags, and
+        `records` (int64, one row of `collective.RECORD_WORDS` per collective step)."""
+        w = self._world
+        block = np.zeros(C.comm_words(self.size), np.int64)
+        block[C.C_FAILED] = w.base + H_FAILED
+        block[C.C_BELL] = self._bell
+        block[C.C_SLOT_BYTES] = self._slot
+        block[C.C_SPIN_NS] = self._spin_ns
+        block[C.C_YIELD_NS] = wait.ns(self._wait.yield_after_s)
+        block[C.C_NAP_NS] = wait.ns(self._wait.nap_s)
+        block[C.C_TAG_ALLREDUCE] = TAG_ALLREDUCE
+        block[C.C_TAG_ALLGATHER] = TAG_ALLGATHER
+        block[C.C_RECORDS] = records.ctypes.data
+        for p in range(self.size):
+            if p != self.rank:
+                at = C.C_PEERS + C.PEER_WORDS * p
+                block[at + C.P_OUT] = self._out[p]
+                block[at + C.P_IN] = self._in[p]
+                block[at + C.P_BELL] = self._bells[p]
+                block[at + C.P_STATE] = w.rank_at(p) + R_STATE
+        return block
+
+    def runs_natively(self, kind: str, group: Sequence[int], nbytes: int) -> bool:
+        """Whether native code can run this collective with the messages this transport
+        would send: one chunk of `nbytes` to every other member over an unshaped channel,
+        in one direct step (every member decides alike: the same bytes and group)."""
+        others = [p for p in group if p != self.rank]
+        direct = kind == "allgather" or cost.allreduce_is_direct(len(group), nbytes)
+        return direct and all(self._links[p] is None and nbytes <= self._chunks[p] for p in others)
+
+    def native_failure(self, status: int, what: str, peer: int, nbytes: int, tag: int):
+        """The TransportError for a native collective that ended with `status`."""
+        w = self._world
+        if status == C.MISMATCH:
+            return self._mismatch(
+                Message("recv", peer, np.empty(nbytes, np.uint8), tag), self._in[peer]
+            )
+        if (f := w.failure()) is not None:
+            return TransportError(f"rank {self.rank}: {what} abandoned: {f[1]}")
+        if w.state(peer) == FAILED:
+            return TransportError(f"rank {self.rank}: {what} abandoned: {w.reason(peer)}")
+        return TransportError(
+            f"rank {self.rank}: {what}: rank {peer} finished its program without a matching send"
+        )
 
     # -- the progress loop
 

@@ -1,4 +1,6 @@
 """Native helpers of the shared-memory transport: chunk send/recv with atomics, doorbells.
+The channel protocol itself (layout, publish, consume, ring) is defined once in
+`backends.llvm.kernels.collective`, which a program's native entry also speaks.
 
 A *channel* carries messages from one rank to another through `SLOTS` slots of
 `slot_bytes` each.  Two counters, each on its own cache line, order everything:
@@ -34,19 +36,27 @@ import attrs
 
 from ckeir.backends.llvm import wait
 from ckeir.backends.llvm.jit import CompiledModule, compile_ir
+from ckeir.backends.llvm.kernels.collective import (
+    BELL_SLEEPERS,
+    CH_ACK,
+    CH_DATA,
+    CH_HDR,
+    CH_SEQ,
+    HDR_BYTES,
+    HDR_TAG,
+    HDR_TOTAL,
+    SLOTS,
+    consume,
+    header_is,
+    publish,
+    reached,
+    ring,
+    slot,
+    write_header,
+)
 from ckeir.backends.llvm.kernels.common import FunctionWriter
 
-SLOTS = 2  # slots per channel: the sender fills one while the receiver drains the other
-
-# Channel layout (bytes from the channel's start).
-CH_SEQ, CH_ACK, CH_HDR = 0, 64, 128
-HDR_BYTES = 64  # per slot: tag i32 @0, chunk bytes i64 @8, message bytes i64 @16
-HDR_TAG, HDR_NBYTES, HDR_TOTAL = 0, 8, 16
-CH_DATA = 4096  # slot data, page aligned (CH_HDR + SLOTS * HDR_BYTES fits before it)
-
-# Doorbell layout (bytes from the bell's start): the counter and how many sleep on it.
-BELL, BELL_SLEEPERS = 0, 4
-BELL_BYTES = 64
+__all__ = ["CH_ACK", "CH_HDR", "HDR_BYTES", "HDR_TAG", "HDR_TOTAL", "SLOTS", "native", "native_ir"]
 
 # Return codes of send/recv.
 DONE, NOT_READY, MISMATCH = 0, 1, 2
@@ -55,8 +65,6 @@ DONE, NOT_READY, MISMATCH = 0, 1, 2
 # `Native.set_yield_after`), from the wait budget the transport chose.
 YIELD_AFTER = "cke_shm_yield_after_ns"
 YIELD_AFTER_DEFAULT_NS = wait.ns(wait.MESSAGE.yield_after_s)
-
-assert CH_HDR + SLOTS * HDR_BYTES <= CH_DATA
 
 
 def channel_bytes(slot_bytes: int) -> int:
@@ -71,15 +79,9 @@ def _extern(name: str, params: list[tuple[str, str]], ret: str = "void") -> Func
     return FunctionWriter(name, params, ret=ret, linkage="", attributes="nounwind")
 
 
-def _reached(f: FunctionWriter, word: str, target: str, order: str = "acquire") -> str:
-    """i1: the i32 counter at `word` has reached `target` (modulo 2**32)."""
-    v = f(f"load atomic i32, ptr {word} {order}, align 4", "cnt")
-    return f(f"icmp sge i32 {f(f'sub i32 {v}, {target}')}, 0", "reached")
-
-
 def _spin_until_reached(f: FunctionWriter, word: str, target: str, spin_ns: str) -> str:
     """Spin for at most `spin_ns` until the counter reaches `target`; the i1 outcome."""
-    return wait.wait_until(f, lambda: _reached(f, word, target), spin_ns, _yield_after(f))
+    return wait.wait_until(f, lambda: reached(f, word, target), spin_ns, _yield_after(f))
 
 
 def _yield_after(f: FunctionWriter) -> str:
@@ -91,20 +93,6 @@ def _set_yield_ir() -> FunctionWriter:
     f = _extern("cke_shm_set_yield_after", [("i64", "%ns")])
     f.op(f"store i64 %ns, ptr @{YIELD_AFTER}, align 8")
     return f
-
-
-def _ring(f: FunctionWriter, bell: str) -> None:
-    """Bump the doorbell and wake its sleepers, if any (one system call only then)."""
-    f(f"atomicrmw add ptr {bell}, i32 1 seq_cst, align 4")
-    wait.wake_sleepers(f, bell, f.gep(bell, BELL_SLEEPERS, "i8"), True, wait.WAKE_ALL)
-
-
-def _slot(f: FunctionWriter, ch: str, counter: str, slot_bytes: int) -> tuple[str, str]:
-    """(header, data) pointers of the slot that chunk number `counter` uses."""
-    idx = f(f"zext i32 {f(f'and i32 {counter}, {SLOTS - 1}')} to i64", "slot")
-    hdr = f.gep(ch, f.add(CH_HDR, f.mul(idx, HDR_BYTES)), "i8")
-    data = f.gep(ch, f.add(CH_DATA, f.mul(idx, slot_bytes)), "i8")
-    return hdr, data
 
 
 def _send_ir(slot_bytes: int) -> FunctionWriter:
@@ -132,32 +120,20 @@ def _send_ir(slot_bytes: int) -> FunctionWriter:
     with f.if_(f(f"xor i1 {ok}, true")):
         f.op(f"ret i32 {NOT_READY}")
         f.start(f.label("dead"))
-    hdr, data = _slot(f, "%ch", seq, slot_bytes)
-    f.store("i32", "%tag", f.gep(hdr, HDR_TAG, "i8"))
-    f.store("i64", "%n", f.gep(hdr, HDR_NBYTES, "i8"), 8)
-    f.store("i64", "%total", f.gep(hdr, HDR_TOTAL, "i8"), 8)
+    hdr, data = slot(f, "%ch", seq, slot_bytes)
+    write_header(f, hdr, "%tag", "%n", "%total")
     f.memcpy(data, "%src", "%n")
     with f.if_(f("icmp ne i32 %publish, 0")):
-        _publish(f, "%ch", "%bell")
+        publish(f, "%ch", "%bell")
     f.op(f"ret i32 {DONE}")
     return f
-
-
-def _publish(f: FunctionWriter, ch: str, bell: str) -> None:
-    seq_p = f.gep(ch, CH_SEQ, "i8")
-    seq = f(f"load atomic i32, ptr {seq_p} monotonic, align 4", "seq")
-    f.op(f"store atomic i32 {f(f'add i32 {seq}, 1')}, ptr {seq_p} seq_cst, align 4")
-    # The receiver can only be waiting for this channel if it had drained it.
-    ack = f(f"load atomic i32, ptr {f.gep(ch, CH_ACK, 'i8')} seq_cst, align 4", "ack")
-    with f.if_(f(f"icmp eq i32 {ack}, {seq}")):
-        _ring(f, bell)
 
 
 def _publish_ir() -> FunctionWriter:
     """`void cke_shm_publish(ptr ch, ptr bell)`: make the chunk copied by a
     `cke_shm_send(..., publish=0)` visible."""
     f = _extern("cke_shm_publish", [("ptr", "%ch"), ("ptr", "%bell")])
-    _publish(f, "%ch", "%bell")
+    publish(f, "%ch", "%bell")
     return f
 
 
@@ -174,7 +150,7 @@ def _publish_at_ir() -> FunctionWriter:
     wait.spin_hint(f)
     f.br(head)
     f.start(go)
-    _publish(f, "%ch", "%bell")
+    publish(f, "%ch", "%bell")
     return f
 
 
@@ -196,29 +172,17 @@ def _recv_ir(slot_bytes: int) -> FunctionWriter:
         ],
         "i32",
     )
-    ack_p = f.gep("%ch", CH_ACK, "i8")
-    ack = f(f"load atomic i32, ptr {ack_p} monotonic, align 4", "ack")
+    ack = f(f"load atomic i32, ptr {f.gep('%ch', CH_ACK, 'i8')} monotonic, align 4", "ack")
     ok = _spin_until_reached(f, f.gep("%ch", CH_SEQ, "i8"), f(f"add i32 {ack}, 1"), "%spin_ns")
     with f.if_(f(f"xor i1 {ok}, true")):
         f.op(f"ret i32 {NOT_READY}")
         f.start(f.label("dead"))
-    hdr, data = _slot(f, "%ch", ack, slot_bytes)
-    tag = f.load("i32", f.gep(hdr, HDR_TAG, "i8"))
-    n = f.load("i64", f.gep(hdr, HDR_NBYTES, "i8"), 8)
-    total = f.load("i64", f.gep(hdr, HDR_TOTAL, "i8"), 8)
-    same_tag = f(f"icmp eq i32 {tag}, %tag")
-    same_n = f(f"icmp eq i64 {n}, %n")
-    same_total = f(f"icmp eq i64 {total}, %total")
-    same = f(f"and i1 {same_tag}, {f(f'and i1 {same_n}, {same_total}')}")
-    with f.if_(f(f"xor i1 {same}, true")):
+    hdr, data = slot(f, "%ch", ack, slot_bytes)
+    with f.if_(f(f"xor i1 {header_is(f, hdr, '%tag', '%n', '%total')}, true")):
         f.op(f"ret i32 {MISMATCH}")
         f.start(f.label("dead"))
     f.memcpy("%dst", data, "%n")
-    f.op(f"store atomic i32 {f(f'add i32 {ack}, 1')}, ptr {ack_p} seq_cst, align 4")
-    # The sender can only be blocked on this channel if every slot was full.
-    seq = f(f"load atomic i32, ptr {f.gep('%ch', CH_SEQ, 'i8')} seq_cst, align 4", "seq")
-    with f.if_(f(f"icmp eq i32 {f(f'sub i32 {seq}, {ack}')}, {SLOTS}")):
-        _ring(f, "%bell")
+    consume(f, "%ch", ack, "%bell")
     f.op(f"ret i32 {DONE}")
     return f
 
@@ -237,7 +201,7 @@ def _wait_ir() -> FunctionWriter:
     )
 
     def rung() -> str:
-        return _reached(f, "%bell", f("add i32 %seen, 1"))
+        return reached(f, "%bell", f("add i32 %seen, 1"))
 
     wait.wait_until(f, rung, "%spin_ns", _yield_after(f), sleep)
     f.op(f"ret i32 {f('load atomic i32, ptr %bell acquire, align 4')}")
@@ -247,7 +211,7 @@ def _wait_ir() -> FunctionWriter:
 def _ring_ir() -> FunctionWriter:
     """`void cke_shm_ring(ptr bell)`: wake a rank so that it re-checks the world state."""
     f = _extern("cke_shm_ring", [("ptr", "%bell")])
-    _ring(f, "%bell")
+    ring(f, "%bell")
     return f
 
 
