@@ -16,16 +16,17 @@ from ckeir.ir.printer import print_ir
 from ckeir.outputs import check_output_dir, write_output
 from ckeir.ranks import run_local
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
-from ckeir.runtime.memory import Region
+from ckeir.runtime.memory import Region, huge_pages_wanted
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
 
-def load_weights(job: driver.Job, formats: dict[str, str]) -> dict[str, np.ndarray]:
-    """The model's weights in the formats the quantize pass chose (GGML blocks as uint8)."""
+def load_weights(job: driver.Job, formats: dict[str, str], huge_pages: bool | None = None):
+    """The model's weights in the formats the quantize pass chose (GGML blocks as uint8); a
+    file's tensors on huge pages unless `huge_pages` is False (see `file_weights`)."""
     w = job.model.weights
     if w.kind == "random":
         return pack(random_weights(job.config, w.seed), formats)
-    return file_weights(job.config, job.model_file, formats)
+    return file_weights(job.config, job.model_file, formats, huge_pages)
 
 
 class Program:
@@ -50,6 +51,7 @@ class Program:
         transport=None,
         launcher: bool = False,
         single_rank: bool = False,
+        huge_pages: bool | None = None,
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
@@ -85,6 +87,8 @@ class Program:
         # ranks each get their share of the machine)
         self.threads = threads or max(1, min(node.cores, usable_cpus()))
         self.host = detect_host(isa)
+        # weights and arenas on huge pages; None: the environment decides (CKEIR_HUGE_PAGES)
+        self.huge_pages = huge_pages_wanted(huge_pages)
         self._options = dict(
             backend=backend,
             threads=threads,
@@ -92,6 +96,7 @@ class Program:
             pipeline=pipeline,
             verify_each=verify_each,
             schedule=schedule,
+            huge_pages=self.huge_pages,
         )
         self.spec_path = spec_path
         self._weights = None
@@ -133,9 +138,18 @@ class Program:
         if self._weights is None:
             self._stage("loading weights")
             t0 = time.perf_counter()
-            self._weights = load_weights(self.job, self.weight_formats)
+            # the numpy reference computes on its own f32 copies: nothing to place
+            huge = self.huge_pages and self.backend == "llvm"
+            self._weights = load_weights(self.job, self.weight_formats, huge)
             self.timings["weights"] = time.perf_counter() - t0
         return self._weights
+
+    @property
+    def weight_placement(self) -> dict | None:
+        """Where the model file's tensors live (`copy` onto huge pages or `map`), and why:
+        None for random weights.  Loads the weights if needed."""
+        placement = getattr(self.weights, "placement", None)
+        return None if placement is None else placement.as_dict()
 
     @property
     def tokenizer(self):
@@ -180,7 +194,13 @@ class Program:
                 from ckeir.backends.llvm.engine import NativeEngine
 
                 self._engine = NativeEngine(
-                    self.lowered, self.compiled, self.weights, cache, self.threads, self.host
+                    self.lowered,
+                    self.compiled,
+                    self.weights,
+                    cache,
+                    self.threads,
+                    self.host,
+                    self.huge_pages,
                 )
             else:
                 fmts = self.weight_formats

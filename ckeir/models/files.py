@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import re
 import struct
 from pathlib import Path
@@ -76,6 +77,26 @@ class ModelFile:
             except (OSError, ValueError) as e:
                 raise ModelFileError(f"{self.path}: cannot read the file ({_why(e)})") from None
         return self._buf
+
+    def advise_huge_pages(self, huge: bool) -> None:
+        """Ask the kernel to map the file with huge pages (read-only file THP), or never to:
+        a file whose page cache holds 2 MiB folios is otherwise mapped with huge pages or not
+        depending on who read it first."""
+        advice = "MADV_HUGEPAGE" if huge else "MADV_NOHUGEPAGE"
+        m = getattr(self._bytes(), "_mmap", None)
+        if m is not None and hasattr(mmap, advice):
+            m.madvise(getattr(mmap, advice))
+
+    def release(self, name: str) -> None:
+        """Unmap this process's pages of a tensor that was copied elsewhere.  The page cache
+        keeps the file (shared, reclaimable); the process's resident memory stops counting
+        the tensor twice.  A later read of `data(name)` maps the pages again."""
+        offset, nbytes = self._offsets[name]
+        page = mmap.PAGESIZE
+        lo, hi = -(-offset // page) * page, (offset + nbytes) // page * page
+        m = getattr(self._bytes(), "_mmap", None)
+        if m is not None and hi > lo:
+            m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def data(self, name: str) -> np.ndarray:
         """The stored tensor, a view into the file: f32/f16 as typed (rows, K) arrays, GGML

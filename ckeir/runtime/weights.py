@@ -3,11 +3,16 @@ stored (f32 arrays, or GGML blocks as raw bytes)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+
+import attrs
 import numpy as np
 
 from ckeir.errors import CkeError, ModelFileError
 from ckeir.formats import FORMATS
 from ckeir.models.llama import LlamaConfig
+from ckeir.runtime.memory import huge_pages_wanted, huge_zeros
 
 
 def random_weights(cfg: LlamaConfig, seed: int) -> dict[str, np.ndarray]:
@@ -86,12 +91,16 @@ def dequantize_rows(q: np.ndarray, fmt: str) -> np.ndarray:
     return quants.dequantize(q, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
 
 
-def file_weights(cfg: LlamaConfig, model_file, formats: dict[str, str]) -> dict[str, np.ndarray]:
+def file_weights(
+    cfg: LlamaConfig, model_file, formats: dict[str, str], huge_pages: bool | None = None
+) -> WeightStore:
     """The weights a model file holds, in `formats` (weight name -> format).  A tensor already
-    in its target format is the file's memory-mapped bytes (no copy); others are converted
-    through float32 once, at load."""
+    in its target format is the file's bytes: copied onto huge pages when it is used (see
+    `WeightStore`), or the file's memory-mapped bytes with `huge_pages=False` (default: the
+    environment, `CKEIR_HUGE_PAGES`) or when the copy would not fit in memory.  Others are
+    converted through float32 once, at load."""
     model_file.check_config(cfg)
-    out = {}
+    stored, converted = {}, {}
     for name in cfg.weight_shapes():
         info = model_file.tensors[name]
         target = formats.get(name, info.format)
@@ -103,11 +112,92 @@ def file_weights(cfg: LlamaConfig, model_file, formats: dict[str, str]) -> dict[
             )
         data = model_file.data(name)
         if target == info.format:
-            out[name] = data
+            stored[name] = data
             continue
         plain = _to_f32(data, info.format, model_file.path, name, info.shape)
-        out[name] = plain if target == "f32" else quantize_rows(plain, target)
-    return out
+        converted[name] = plain if target == "f32" else quantize_rows(plain, target)
+    placement = weight_placement(sum(a.nbytes for a in stored.values()), huge_pages)
+    model_file.advise_huge_pages(placement.huge_pages)
+    return WeightStore(stored, converted, placement, model_file.release)
+
+
+@attrs.frozen
+class WeightPlacement:
+    """Where the file's tensors live during a run, and why there: `copy` (anonymous memory on
+    huge pages) or `map` (the file's page cache, mapped)."""
+
+    where: str
+    huge_pages: bool  # whether the kernel is asked for huge pages (copy or file THP)
+    nbytes: int  # bytes of the file's tensors the run computes on as stored
+    reason: str
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+def weight_placement(nbytes: int, huge_pages: bool | None = None) -> WeightPlacement:
+    """Copy the stored tensors onto huge pages when wanted and when the copy takes at most
+    half the memory available: the file's page cache (the same size again) stays, and the
+    rest of the machine keeps room.  A refused copy keeps the mapping and warns."""
+    if not huge_pages_wanted(huge_pages):
+        return WeightPlacement("map", False, nbytes, "huge pages turned off")
+    available = available_memory()
+    if available is not None and 2 * nbytes > available:
+        reason = (
+            f"copying the weights onto huge pages needs {nbytes / 2**20:,.0f} MiB, more than "
+            f"half of the {available / 2**20:,.0f} MiB this machine has available; they stay "
+            "mapped from the file"
+        )
+        sys.stderr.write(f"warning: {reason}\n")  # one write: ranks must not interleave
+        return WeightPlacement("map", True, nbytes, reason)
+    return WeightPlacement("copy", True, nbytes, "copied onto huge pages")
+
+
+class WeightStore(Mapping):
+    """Weight name -> array, with the file's tensors placed as `placement` says.  A copy is
+    made tensor by tensor as a program first asks for it, into one region reserved for all of
+    them: a rank that computes on some layers copies (and holds) only those, and the tensors
+    of a program lie side by side in the order it uses them.  Untouched reserve is never
+    resident."""
+
+    def __init__(self, stored: dict, converted: dict, placement: WeightPlacement, release=None):
+        self.placement = placement
+        self._release = release  # called with a tensor's name once it is copied
+        self._stored, self._converted = stored, converted
+        self._copies: dict[str, np.ndarray] = {}
+        self._region = None
+        self._used = 0
+        if placement.where == "copy":
+            self._region = huge_zeros(sum(_padded(a.nbytes) for a in stored.values()))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._converted:
+            return self._converted[name]
+        if self._region is None:
+            return self._stored[name]
+        if name not in self._copies:
+            self._copies[name] = self._copy(self._stored[name])
+            if self._release is not None:
+                self._release(name)
+        return self._copies[name]
+
+    def _copy(self, src: np.ndarray) -> np.ndarray:
+        dst = self._region[self._used : self._used + src.nbytes]
+        dst = dst.view(src.dtype).reshape(src.shape)
+        np.copyto(dst, src)
+        self._used += _padded(src.nbytes)
+        return dst
+
+    def __iter__(self):
+        return iter({**self._stored, **self._converted})
+
+    def __len__(self) -> int:
+        return len(self._stored) + len(self._converted)
+
+
+def _padded(nbytes: int) -> int:
+    """Bytes a copied tensor takes in the region: every tensor starts on a cache line."""
+    return -(-nbytes // 64) * 64
 
 
 def _to_f32(data: np.ndarray, fmt: str, path, name: str, shape) -> np.ndarray:
