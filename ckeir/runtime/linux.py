@@ -20,14 +20,21 @@ from pathlib import Path
 import attrs
 
 from ckeir.backends.llvm.host import usable_cpu_ids
+from ckeir.runtime import memory
 
 # phase -> the boundaries it lies between (RunWatch.mark names the end of each)
 PHASES = {"prefill": ("start", "prefill"), "decode": ("prefill", "decode")}
 
-# Pin pool threads unless the schedule or `ckec run --pin/--no-pin` says otherwise.  Measured
-# with benchmarks/pinning.py (SmolLM2 decode, one rank x 2 threads and the 2-stage pipeline
-# on local ranks, quiet and beside one busy process): see the README's `linux` section.
-PIN_DEFAULT = False
+# Unless the schedule or `ckec run --pin/--no-pin` says otherwise, a rank pins its pool threads
+# when it has several: they meet at a barrier after every op and must all hold a CPU at once,
+# and unpinned the OS was seen stacking both on one CPU.  A rank of one thread is left free:
+# the stages of a pipeline take turns (one token in flight), and two 1-thread ranks sharing a
+# CPU hand over faster than ranks pinned apart.  Measured with benchmarks/pinning.py (SmolLM2
+# decode; pinned / unpinned tok/s, best of 5, this 2-core VM under other load): one rank x 2
+# threads 1.10x quiet and 2.59x beside one busy process; the 2-stage pipeline on local ranks
+# 0.73x and 0.58x.
+PIN_MIN_THREADS = 2
+
 
 # ---- one thread, as /proc sees it -------------------------------------------------------------
 
@@ -82,13 +89,14 @@ def allowed_cpus(thread_id: int) -> list[int]:
 # ---- pinning -----------------------------------------------------------------------------------
 
 
-def wants_pinning(asked: bool | None, declared: bool | None) -> bool:
-    """The run's choice: the command line's (`--pin/--no-pin`), else the schedule's
-    (`threads pinned|unpinned`), else the measured default."""
+def wants_pinning(asked: bool | None, declared: bool | None, threads: int) -> bool:
+    """The run's choice for a rank of `threads` pool threads: the command line's
+    (`--pin/--no-pin`), else the schedule's (`threads pinned|unpinned`), else the measured
+    default (`PIN_MIN_THREADS`)."""
     for choice in (asked, declared):
         if choice is not None:
             return choice
-    return PIN_DEFAULT
+    return threads >= PIN_MIN_THREADS
 
 
 def local_slot(rank: int) -> int:
@@ -346,44 +354,6 @@ def merged(regions) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def _mappings(smaps_text: str) -> list[tuple[int, int, dict[str, int]]]:
-    """/proc/self/smaps as (start, end, {field: bytes}) per mapping."""
-    maps: list = []
-    for line in smaps_text.splitlines():
-        head = line.split(" ", 1)[0]
-        if "-" in head and ":" not in head:
-            a, b = head.split("-")
-            maps.append((int(a, 16), int(b, 16), {}))
-        elif maps and line.endswith(" kB"):
-            key, value = line.split(":", 1)
-            maps[-1][2][key] = int(value.split()[0]) * 1024
-    return maps
-
-
-HUGE_FIELDS = ("AnonHugePages", "FilePmdMapped", "ShmemPmdMapped")
-
-
-def huge_page_bytes(regions) -> dict[str, int]:
-    """Bytes of `regions` ((address, length) pairs), resident bytes and bytes on huge pages,
-    from /proc/self/smaps.  smaps counts per mapping: a region covering part of a mapping is
-    given that part's share of the mapping's figures."""
-    try:
-        maps = _mappings(Path("/proc/self/smaps").read_text())
-    except OSError:
-        maps = []
-    spans = merged(regions)
-    total = sum(b - a for a, b in spans)
-    resident = huge = 0.0
-    for start, end, fields in maps:
-        for a, b in spans:
-            overlap = min(b, end) - max(a, start)
-            if overlap > 0:
-                share = overlap / (end - start)
-                resident += fields.get("Rss", 0) * share
-                huge += sum(fields.get(k, 0) for k in HUGE_FIELDS) * share
-    return {"bytes": total, "resident_bytes": int(resident), "huge_page_bytes": int(huge)}
-
-
 def numa_nodes() -> dict[int, list[int]]:
     """NUMA node -> its CPUs, from /sys (one node 0 with every CPU where it is absent)."""
     nodes = {}
@@ -442,36 +412,18 @@ def _maps_lines() -> list[str]:
     return Path("/proc/self/maps").read_text().splitlines()
 
 
-def engine_regions(engine) -> dict[str, list[tuple[int, int]]]:
-    """(address, length) of the memory a native engine's programs read: weights (as the
-    programs point at them: whole, or the shards copied out), arenas, KV caches."""
-    weights, arenas = [], []
-    for entry in engine.programs.values():
-        program = entry[0] if isinstance(entry, tuple) else entry  # RankEngine: (prog, addrs)
-        weights += [_region(w) for w in getattr(program, "_keep", ())]
-        arenas.append(_region(program.arena))
-    if hasattr(engine, "caches"):
-        caches = [c for pair in engine.caches.values() for c in pair]
-    else:
-        caches = [engine.kcache, engine.vcache]
-    return {"weights": weights, "arena": arenas, "kv_cache": [_region(c) for c in caches]}
-
-
-def _region(array) -> tuple[int, int]:
-    return array.ctypes.data, array.nbytes
-
-
-def memory_figures(engine, thread_cpus: dict[int, int | None]) -> dict:
-    """A rank's memory as Linux holds it: huge-page bytes of weights, arenas and KV cache,
-    and the NUMA nodes its threads and pages are on."""
-    regions = engine_regions(engine)
+def memory_figures(regions, thread_cpus: dict[int, int | None]) -> dict:
+    """A rank's memory as Linux holds it: huge-page bytes of its weights, arenas and KV
+    cache (`regions`: `runtime.memory.Region`s), and the NUMA nodes its threads and weight
+    pages are on."""
     nodes = numa_nodes()
     node_of = {cpu: n for n, cpus in nodes.items() for cpu in cpus}
+    weights = [(r.address, r.length) for r in regions if r.name == "weights"]
     return {
-        "huge_pages": {kind: huge_page_bytes(r) for kind, r in regions.items()},
+        "huge_pages": memory.huge_pages_report(regions),
         "numa": {
             "nodes": sorted(nodes),
             "threads": {tid: node_of.get(cpu) for tid, cpu in thread_cpus.items()},
-            "weights": pages_by_node(regions["weights"]),
+            "weights": pages_by_node(weights),
         },
     }
