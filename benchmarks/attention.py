@@ -75,10 +75,14 @@ def step_ir(kind: str, context: int, host: HostCPU) -> tuple[str, list]:
     """`void @step(ptr ctx, i32 tid, i32 nth)`: every layer's attention (`kind` one-pass or
     split), each over its own layer of the caches, with a sync after each op."""
     f = FunctionWriter("step", [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")], linkage="")
-    word = [f.load("i64" if i in (5, 6) else "ptr", f.gep("%ctx", i, "i64"), 8) for i in range(8)]
-    q, kc, vc, partials, out, n, pos, state = word
+
+    def word(i: int, ty: str = "ptr") -> str:
+        return f.load(ty, f.gep("%ctx", i, "i64"), 8)
+
     kernels: dict = {}
-    sched = Scheduler(f, state, kernels)
+    sched = Scheduler(f, word(7), kernels)  # first: it starts the run (see schedule.py)
+    q, kc, vc, partials, out = (word(i) for i in range(5))
+    n, pos = word(5, "i64"), word(6, "i64")
     layer_bytes = context * KV_HEADS * HEAD_DIM * 4
     with f.loop(0, LAYERS, 1, "layer") as layer:
         at = f.mul(layer, layer_bytes)
