@@ -7,13 +7,16 @@ table is what the default (`linux.wants_pinning`) was chosen from.
     python benchmarks/pinning.py [--quick] [--tokens 64] [--repeat 5] [--json out.json]
 
 Pinned and unpinned runs alternate, round after round, so a burst of load from elsewhere
-lands on both.  Columns: decode tok/s (best and median of N), pinned ÷ unpinned (best),
-involuntary context switches of the pool threads per decoded token (median), and for the
-pipeline each run's decode ms/token (its speed has been seen bimodal here) and the CPUs its
-ranks' main threads were last on."""
+lands on both; the pipeline also runs with both ranks on one CPU (this process's affinity
+narrowed to one CPU while it starts them).  Columns: decode tok/s (best and median of N),
+speed ÷ unpinned's (best), involuntary context switches of the pool threads per decoded
+token (median), each run's decode ms/token (the pipeline's has been seen bimodal here) and
+the CPU each rank's thread 0 was last on."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -57,11 +60,26 @@ class Competitor:
         self.proc.wait()
 
 
-def one_run(prog, tokens: int, pin: bool) -> dict:
+@contextlib.contextmanager
+def launcher_on(cpus):
+    """This process (and the local ranks it starts, which inherit its mask) on `cpus`."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def one_run(prog, tokens: int, mode: str) -> dict:
     """Decode seconds per token, involuntary switches per token and where each rank's
-    thread 0 ran, from one generation's figures."""
+    thread 0 ran, from one generation's figures.  `mode`: pinned, unpinned, or (local ranks)
+    every rank on one CPU."""
+    pin = mode == "pinned"
     if prog.world_size > 1:
-        figures = run_local(prog, PROMPT, tokens, pin=pin)["ranks"]
+        together = launcher_on({min(os.sched_getaffinity(0))}) if mode == MODES[2] else None
+        with together or contextlib.nullcontext():
+            figures = run_local(prog, PROMPT, tokens, pin=pin)["ranks"]
     else:
         figures = [run_rank(prog, PROMPT, tokens, pin=pin)]
     stats = figures[0]["stats"]
@@ -76,27 +94,30 @@ def one_run(prog, tokens: int, pin: bool) -> dict:
     }
 
 
-def measure(prog, tokens: int, repeat: int) -> dict[bool, list[dict]]:
-    runs: dict[bool, list[dict]] = {True: [], False: []}
-    one_run(prog, tokens, False)  # warm: caches, page cache, the JIT's objects
+MODES = ("pinned", "unpinned", "ranks on one CPU")
+
+
+def measure(prog, tokens: int, repeat: int) -> dict[str, list[dict]]:
+    modes = MODES if prog.world_size > 1 else MODES[:2]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    one_run(prog, tokens, "unpinned")  # warm: caches, page cache, the JIT's objects
     for _ in range(repeat):
-        for pin in (True, False):
-            runs[pin].append(one_run(prog, tokens, pin))
+        for mode in modes:
+            runs[mode].append(one_run(prog, tokens, mode))
     return runs
 
 
-def rows_of(name: str, load: str, runs: dict[bool, list[dict]]) -> list[list]:
-    best = {pin: min(r["seconds_per_token"] for r in rs) for pin, rs in runs.items()}
+def rows_of(name: str, load: str, runs: dict[str, list[dict]]) -> list[list]:
+    best = {mode: min(r["seconds_per_token"] for r in rs) for mode, rs in runs.items()}
     rows = []
-    for pin in (True, False):
-        rs = runs[pin]
+    for mode, rs in runs.items():
         tps = [1 / r["seconds_per_token"] for r in rs]
         rows.append(
             [
-                f"{name}, {load}, {'pinned' if pin else 'unpinned'}",
+                f"{name}, {load}, {mode}",
                 fmt(max(tps)),
                 fmt(statistics.median(tps)),
-                ratio(best[False], best[True]) if pin else "",
+                "" if mode == "unpinned" else ratio(best["unpinned"], best[mode]),
                 fmt(statistics.median(r["involuntary_per_token"] for r in rs), 2),
                 " ".join(f"{r['seconds_per_token'] * 1e3:.1f}" for r in rs),
                 " ".join("/".join(map(str, r["main_cpus"])) for r in rs),
@@ -126,14 +147,14 @@ def main(argv=None) -> None:
                     with Competitor():
                         runs = measure(prog, tokens, repeat)
                 rows += rows_of(name, load, runs)
-                results[f"{name}, {load}"] = {str(k): v for k, v in runs.items()}
+                results[f"{name}, {load}"] = runs
     print_table(
         f"Pinned vs unpinned pool threads, SmolLM2 decode ({tokens} tokens, {repeat} rounds)",
         [
             "run",
             "tok/s best",
             "median",
-            "pinned ÷ unpinned",
+            "÷ unpinned",
             "invol. switches/token",
             "ms/token each run",
             "thread 0 CPU per rank",

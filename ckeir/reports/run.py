@@ -238,14 +238,18 @@ def _perf(perf: dict, prompt_tokens: int, decode_tokens: int) -> dict:
 HUGE_WORTH_BYTES = 8 << 20
 
 
-def linux_warnings(linux: dict) -> list[str]:
-    """What the Linux side shows abnormal: threads preempted during decode, major faults
-    (pages read from disk) while generating, weights on small pages."""
+def linux_warnings(linux: dict, decode_tokens: int) -> list[str]:
+    """What the Linux side shows abnormal: threads preempted during decode (each costs the
+    other threads of the rank a wait at the next barrier), major faults (pages read from
+    disk) while generating, weights on small pages."""
     out = []
     for r, cs in linux["context_switches"].items():
         n = cs.get("decode", {}).get("involuntary", 0)
         if n:
-            out.append(f"rank {r}: {n} involuntary context switches during decode")
+            out.append(
+                f"rank {r}: {n} involuntary context switches during decode "
+                f"({n / max(decode_tokens, 1):.2f} per token)"
+            )
     for r, pf in linux["page_faults"].items():
         n = sum(pf.get(phase, {}).get("major", 0) for phase in ("prefill", "decode"))
         if n:
@@ -271,12 +275,12 @@ def summary_line(report: dict) -> str:
         f"({100 * d['outside_kernels_fraction']:.1f}%)"
         + _prediction_line(d)
         + _ranks_line(report["ranks"])
-        + _linux_line(report.get("linux"))
+        + _linux_line(report.get("linux"), max(report["generated_tokens"] - 1, 0))
     )
 
 
-def _linux_line(linux: dict | None) -> str:
-    warnings = linux_warnings(linux) if linux else []
+def _linux_line(linux: dict | None, decode_tokens: int) -> str:
+    warnings = linux_warnings(linux, decode_tokens) if linux else []
     return "\nlinux: " + "; ".join(warnings) if warnings else ""
 
 
