@@ -292,7 +292,8 @@ def main(argv=None) -> None:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1 load each, short timings")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--contexts", default="16,256,1024", help="KV table: prompt lengths")
+    p.add_argument("--contexts", default="16,256,1024,4096", help="KV table: prompt lengths")
+    p.add_argument("--only", choices=["weights", "kv"], help="print one table")
     args = p.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     span = 1.0 if args.quick else 4.0
@@ -305,15 +306,18 @@ def main(argv=None) -> None:
     import ckeir
 
     prog = ckeir.compile(SPEC, huge_pages=True)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("CKEIR_BENCH_TMP")) as tmp:
-        private = Path(tmp) / gguf.name
-        shutil.copyfile(gguf, private)
-        log("weights")
-        weights = weights_table(prog, gguf, private, args.threads, repeat, span)
-    print_weights(weights, args.threads, repeat)
-    log("KV cache")
-    kv = kv_table(prog, args.threads, contexts, span)
-    print_kv(kv, args.threads)
+    weights, kv = {}, {}
+    if args.only != "kv":
+        with tempfile.TemporaryDirectory(dir=os.environ.get("CKEIR_BENCH_TMP")) as tmp:
+            private = Path(tmp) / gguf.name
+            shutil.copyfile(gguf, private)
+            log("weights")
+            weights = weights_table(prog, gguf, private, args.threads, repeat, span)
+        print_weights(weights, args.threads, repeat)
+    if args.only != "weights":
+        log("KV cache")
+        kv = kv_table(prog, args.threads, contexts, span)
+        print_kv(kv, args.threads)
     if args.json:
         write_json(
             args.json,

@@ -21,8 +21,10 @@ from ckeir.runtime.memory import Region, huge_pages_wanted, huge_zeros, regions_
 def lazy_zeros(shape, dtype=np.float32) -> np.ndarray:
     """Zeroed memory that becomes resident page by page as it is written (4 KiB pages, even
     where THP is `always`).  For KV caches: laid out layer by layer, each layer's rows fill
-    from position 0, so a huge page would make 2 MiB resident for every layer a short
-    context touches."""
+    from position 0, so huge pages would make 2 MiB resident for every layer and K/V a short
+    context touches (SmolLM2: 120 MiB from the first token, against 6 MiB at 128 positions),
+    and buy little: attention over a long context runs far below the bandwidth where TLB
+    misses cost (benchmarks/hugepages.py: 0.94-1.25x at 2048-4096 positions, in the noise)."""
     count = int(np.prod(shape))
     raw = huge_zeros(count * np.dtype(dtype).itemsize, huge=False)
     return raw.view(dtype)[:count].reshape(shape)
