@@ -20,6 +20,7 @@ from ckeir.backends.llvm.kernels.attention import (
     split,
 )
 from ckeir.backends.reference import SEMANTICS
+from ckeir.passes.manager import funcs
 
 CAPACITY = 2048  # rows of the test's KV cache
 HEADS = [(9, 3), (4, 2), (8, 8)]  # query heads, kv heads
@@ -190,6 +191,10 @@ def test_model_with_split_attention_matches_reference(tmp_path):
     try:
         a, b = native.engine, ref.engine
         assert "attention_parts" in native.llvm_ir() and "attention_combine" in native.llvm_ir()
+        for func in funcs(native.module):  # the partials live past the func's own buffers
+            abi = native.lowered.programs[func.attr("sym_name")]
+            rows = func.attr("max_tokens", 1)
+            assert abi.arena_bytes >= func.attr("arena_bytes") + scratch_bytes(4, 64, rows)
         a.prefill(prompt[:197], 0), b.prefill(prompt[:197], 0)
         steps = [(a.prefill(prompt[197:], 197), b.prefill(prompt[197:], 197))]
         token = steps[0][1][0]
