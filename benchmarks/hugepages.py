@@ -53,6 +53,7 @@ from benchmarks.common import (
 )
 from ckeir.backends.llvm import engine as engine_module
 from ckeir.backends.llvm.engine import NativeEngine
+from ckeir.backends.llvm.pool import Pool
 from ckeir.models.files import open_model_file
 from ckeir.runtime.memory import (
     huge_page_bytes,
@@ -133,17 +134,26 @@ def page_cache_bytes(path: Path) -> int:
 # ---- one engine per way ----------------------------------------------------------------------
 
 
+def share_pool(engine: NativeEngine, pool) -> NativeEngine:
+    """Run `engine` on `pool`: subjects timed in turns share one set of threads, so that no
+    idle pool's workers (spinning, then asleep) stand in the way of the one timed."""
+    engine.pool.close()
+    engine.pool = pool
+    return engine
+
+
 class Subject:
     """One placement of the weights with its engine (the program's compiled code, shared)."""
 
-    def __init__(self, label, place, path, prog, threads):
+    def __init__(self, label, place, path, prog, pool):
         self.label, self.path = label, path
         cfg = prog.config
         t0 = time.perf_counter()
         self.mf = open_model_file("gguf", path)
         self.weights = place(self.mf, cfg, prog.weight_formats)
         cache = (cfg.layers, cfg.context, cfg.kv_dim)
-        self.engine = NativeEngine(prog.lowered, prog.compiled, self.weights, cache, threads)
+        engine = NativeEngine(prog.lowered, prog.compiled, self.weights, cache, pool.nth)
+        self.engine = share_pool(engine, pool)
         self.token, _ = self.engine.prefill(np.arange(1, PROMPT + 1, dtype=np.int32), 0)
         self.engine.decode(self.token, PROMPT)
         self.load_seconds = time.perf_counter() - t0
@@ -162,21 +172,16 @@ class Subject:
             "page_cache_bytes": page_cache_bytes(self.path),
         }
 
-    def close(self):
-        self.engine.close()
 
-
-def weights_table(prog, gguf: Path, private: Path, threads: int, repeat: int, span: float):
+def weights_table(prog, gguf: Path, private: Path, pool, repeat: int, span: float):
     subjects, results = {}, {}
     for label, place, own_file in WAYS:
         path = private if own_file else gguf
         loads = []
         for i in range(repeat):
             log(f"  {label}: load {i + 1}/{repeat}")
-            s = Subject(label, place, path, prog, threads)
+            s = Subject(label, place, path, prog, pool)
             loads.append(s.load_seconds)
-            if i + 1 < repeat:
-                s.close()
         subjects[label] = s
         results[label] = {"load_seconds": min(loads), "load_times": loads, **s.memory()}
     log("  decode, in turns")
@@ -184,7 +189,6 @@ def weights_table(prog, gguf: Path, private: Path, threads: int, repeat: int, sp
     for label, t in timings.items():
         results[label]["decode_tps"] = 1 / t.best
         results[label]["decode"] = t.as_dict()
-        subjects[label].close()
     return results
 
 
@@ -230,13 +234,14 @@ def _huge_kv(shape, dtype=np.float32):
     return huge_zeros(count * np.dtype(dtype).itemsize).view(dtype)[:count].reshape(shape)
 
 
-def kv_engine(prog, threads: int, huge: bool) -> NativeEngine:
+def kv_engine(prog, pool, huge: bool) -> NativeEngine:
     cfg = prog.config
     cache = (cfg.layers, cfg.context, cfg.kv_dim)
     saved = engine_module.lazy_zeros
     engine_module.lazy_zeros = _huge_kv if huge else saved
     try:
-        return NativeEngine(prog.lowered, prog.compiled, prog.weights, cache, threads)
+        engine = NativeEngine(prog.lowered, prog.compiled, prog.weights, cache, pool.nth)
+        return share_pool(engine, pool)
     finally:
         engine_module.lazy_zeros = saved
 
@@ -250,11 +255,11 @@ def fill(engine: NativeEngine, n: int) -> int:
     return token
 
 
-def kv_table(prog, threads: int, contexts: list[int], span: float) -> dict:
+def kv_table(prog, pool, contexts: list[int], span: float) -> dict:
     results = {}
     for ctx in contexts:
         log(f"  KV cache at context {ctx}")
-        engines = {huge: kv_engine(prog, threads, huge) for huge in (False, True)}
+        engines = {huge: kv_engine(prog, pool, huge) for huge in (False, True)}
         tokens = {huge: fill(e, ctx) for huge, e in engines.items()}
         fns = {
             huge: (lambda e=e, t=tokens[huge], c=ctx: e.decode(t, c)) for huge, e in engines.items()
@@ -263,7 +268,6 @@ def kv_table(prog, threads: int, contexts: list[int], span: float) -> dict:
         for huge, e in engines.items():
             kv = huge_pages_report(e.memory_regions())["kv_cache"]
             results[(ctx, huge)] = {"decode_tps": 1 / timings[huge].best, **kv}
-            e.close()
     return results
 
 
@@ -306,18 +310,20 @@ def main(argv=None) -> None:
     import ckeir
 
     prog = ckeir.compile(SPEC, huge_pages=True)
+    pool = Pool(args.threads, prog.host)
     weights, kv = {}, {}
     if args.only != "kv":
         with tempfile.TemporaryDirectory(dir=os.environ.get("CKEIR_BENCH_TMP")) as tmp:
             private = Path(tmp) / gguf.name
             shutil.copyfile(gguf, private)
             log("weights")
-            weights = weights_table(prog, gguf, private, args.threads, repeat, span)
+            weights = weights_table(prog, gguf, private, pool, repeat, span)
         print_weights(weights, args.threads, repeat)
     if args.only != "weights":
         log("KV cache")
-        kv = kv_table(prog, args.threads, contexts, span)
+        kv = kv_table(prog, pool, contexts, span)
         print_kv(kv, args.threads)
+    pool.close()
     if args.json:
         write_json(
             args.json,

@@ -169,44 +169,50 @@ class Program:
     @property
     def engine(self):
         if self._engine is None:
-            c = self.config
-            cache = (c.layers, c.context, c.kv_dim)
-            if self.world_size > 1:
-                if self.transport is None:
-                    raise CkeError(
-                        f"this schedule runs on {self.world_size} ranks: generate() launches "
-                        "them (local ranks), or give each rank its transport"
-                    )
-                from ckeir.runtime.distributed import RankEngine
-
-                self._engine = RankEngine(
-                    self.rank,
-                    self.lowered,
-                    self.compiled,
-                    self.weights,
-                    self.placement,
-                    c,
-                    self.threads,
-                    self.host,
-                    self.transport,
+            if self.world_size > 1 and self.transport is None:
+                raise CkeError(
+                    f"this schedule runs on {self.world_size} ranks: generate() launches "
+                    "them (local ranks), or give each rank its transport"
                 )
-            elif self.backend == "llvm":
-                from ckeir.backends.llvm.engine import NativeEngine
-
-                self._engine = NativeEngine(
-                    self.lowered,
-                    self.compiled,
-                    self.weights,
-                    cache,
-                    self.threads,
-                    self.host,
-                    self.huge_pages,
-                )
-            else:
-                fmts = self.weight_formats
-                plain = {k: dequantize_rows(v, fmts.get(k, "f32")) for k, v in self.weights.items()}
-                self._engine = ReferenceEngine(self.module, plain, cache)
+            weights = self.weights  # loaded (and timed) on its own
+            t0 = time.perf_counter()
+            self._engine = self._make_engine(weights)
+            # buffers, and the copy of the weights onto huge pages as the programs take them
+            self.timings["engine"] = time.perf_counter() - t0
         return self._engine
+
+    def _make_engine(self, weights):
+        c = self.config
+        cache = (c.layers, c.context, c.kv_dim)
+        if self.world_size > 1:
+            from ckeir.runtime.distributed import RankEngine
+
+            return RankEngine(
+                self.rank,
+                self.lowered,
+                self.compiled,
+                weights,
+                self.placement,
+                c,
+                self.threads,
+                self.host,
+                self.transport,
+            )
+        if self.backend == "llvm":
+            from ckeir.backends.llvm.engine import NativeEngine
+
+            return NativeEngine(
+                self.lowered,
+                self.compiled,
+                weights,
+                cache,
+                self.threads,
+                self.host,
+                self.huge_pages,
+            )
+        fmts = self.weight_formats
+        plain = {k: dequantize_rows(v, fmts.get(k, "f32")) for k, v in weights.items()}
+        return ReferenceEngine(self.module, plain, cache)
 
     # -- running -----------------------------------------------------------------------------
     def check_request(self, ids, max_new_tokens: int) -> list[int]:
