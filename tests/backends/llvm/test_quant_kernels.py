@@ -7,22 +7,32 @@
   magnitude — the integer sums are exact, only the f32 accumulation differs — and against the
   float64 product with the dequantized weights within the activation-quantization bound
   (about 5e-3 relative on Gaussian data);
-- `qembed` bitwise equal to `gguf.quants.dequantize`.
+- `qembed` bitwise equal to `gguf.quants.dequantize`;
+- `matmul` with float activations on blocks (`quantize activations f32`), the decode GEMV:
+  against the float64 product with the dequantized weights within f32 accumulation error,
+  at SmolLM2's decode shapes and odd ones, bitwise equal whatever the thread count and
+  bitwise equal to a numpy transcription of the order its docstring states; and SmolLM2
+  with float activations keeps its greedy ids.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import sys
+from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ckeir
 from ckeir.backends.llvm.host import detect_host
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.kernels.common import FunctionWriter
+from ckeir.backends.llvm.kernels.matmul import matmul
 from ckeir.backends.llvm.kernels.quant_embed import qembed
 from ckeir.backends.llvm.kernels.quant_matmul import halves_to_floats, plan, qmatmul
 from ckeir.quant import qmatmul_reference, quantize_activations, unpack_blocks
@@ -235,3 +245,137 @@ def test_qembed_is_bitwise_gguf(host, run_kernel, fmt, vocab, dim):
             out = np.full((n, dim), np.nan, np.float32)
             run_kernel(kernel, host, [ids, table, out], n, nth=nth)
             np.testing.assert_array_equal(out.view(np.uint32), want_all[ids].view(np.uint32))
+
+
+# ---- matmul with float activations: the decode GEMV on blocks ---------------------------------
+
+SMOLLM2_LAYERS = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # N, K of its matrices
+ODD = [(7, 32), (33, 96), (19, 160), (45, 608)]  # K one block, or not a whole step of blocks
+
+
+@attrs.frozen
+class GemvRuns:
+    """The decode GEMV on awkward data, run at each thread count."""
+
+    fmt: str
+    x: np.ndarray
+    w: np.ndarray
+    outs: list
+
+    @property
+    def exact(self) -> np.ndarray:
+        return self.x.astype(np.float64) @ self.dequantized.T
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        """Σ|w·x| of each output, plus a floor for all-zero rows."""
+        return np.abs(self.x.astype(np.float64)) @ np.abs(self.dequantized).T + 1e-30
+
+    @property
+    def dequantized(self) -> np.ndarray:
+        return dequantize_rows(self.w, self.fmt).astype(np.float64)
+
+
+def float_gemv_runs(run_kernel, host, fmt: str, n_out: int, k: int, threads=(1, 2, 3)):
+    w = quantize_rows(awkward(n_out, k), fmt)
+    x = awkward(1, k)
+    kernel = matmul(n_out, k, (64, 256), host, fmt=fmt)
+    outs = []
+    for nth in threads:
+        out = np.full((1, n_out), np.nan, np.float32)
+        run_kernel(kernel, host, [x, w, out], 1, pos=3, nth=nth)
+        outs.append(out)
+    return GemvRuns(fmt, x, w, outs)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_out,k", SMOLLM2_LAYERS + ODD)
+def test_float_activation_gemv(host, run_kernel, assert_close, fmt, n_out, k):
+    """Within f32 accumulation error of Σ|w·x| (each output adds fewer than K/64 + 16
+    rounded terms per lane: 1e-5 is a tenfold margin), and the same bits on 1, 2 or 3
+    threads (rows land in other threads' shares, and in other places of a step)."""
+    runs = float_gemv_runs(run_kernel, host, fmt, n_out, k)
+    assert_close(runs.outs[0], runs.exact, runs.magnitude, rtol=1e-5)
+    for out in runs.outs[1:]:
+        np.testing.assert_array_equal(out.view(np.uint32), runs.outs[0].view(np.uint32))
+
+
+def test_float_activation_gemv_lm_head(run_kernel, assert_close):
+    """SmolLM2's tied Q8_0 LM head, 49152 x 576, on the native host."""
+    host = detect_host()
+    runs = float_gemv_runs(run_kernel, host, "q8_0", 49152, 576, (1, 2))
+    assert_close(runs.outs[0], runs.exact, runs.magnitude, rtol=1e-5)
+    np.testing.assert_array_equal(runs.outs[1].view(np.uint32), runs.outs[0].view(np.uint32))
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """a·b + c rounded once to float32.  The product of two floats is exact in float64; the
+    float64 sum is exact up to its error `lo` (TwoSum), which decides only a tie between
+    two floats."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    hi = p + c.astype(np.float64)
+    back = hi - p
+    lo = (p - (hi - back)) + (c.astype(np.float64) - back)
+    r = hi.astype(np.float32)
+    r64 = r.astype(np.float64)
+    other = np.nextafter(r, np.where(hi > r64, np.float32(np.inf), np.float32(-np.inf)))
+    tie = (hi != r64) & (hi == (r64 + other.astype(np.float64)) / 2) & (lo != 0)
+    return np.where(tie & ((lo > 0) == (hi > r64)), other, r)
+
+
+def lane_sum(v: np.ndarray) -> np.ndarray:
+    """The last axis summed in a halving tree, in float32."""
+    while v.shape[-1] > 1:
+        half = v.shape[-1] // 2
+        v = v[..., :half] + v[..., half:]
+    return v[..., 0]
+
+
+def float_gemv_documented_order(x: np.ndarray, w: np.ndarray, fmt: str, fused: bool):
+    """`matmul`'s decode GEMV on blocks, op by op as its docstring states, in float32."""
+    d, m, q = unpack_blocks(w, fmt)
+    q, xb = q.astype(np.float32), x.reshape(-1, 32)
+    fma = fma32 if fused else (lambda a, b, c: a * b + c)
+    acc = np.zeros((4, len(q), 16), np.float32)
+    for b in range(xb.shape[0]):
+        p = fma(q[:, b, 16:], xb[b, 16:], q[:, b, :16] * xb[b, :16])
+        acc[b % 4] = fma(p, d[:, b, None], acc[b % 4])
+    total = lane_sum((acc[0] + acc[1]) + (acc[2] + acc[3]))
+    if m is None:
+        return total
+    sums = lane_sum(xb[:, :16] + xb[:, 16:])
+    mins = np.zeros((len(q), 8), np.float32)
+    for g in range(0, xb.shape[0], 4):
+        terms = np.zeros_like(mins)
+        for j in range(min(4, xb.shape[0] - g)):
+            terms[:, 2 * j] = d[:, g + j] * np.float32(0)
+            terms[:, 2 * j + 1] = m[:, g + j] * sums[g + j]
+        mins = mins + terms
+    return total + lane_sum(mins)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_out,k", [(576, 576), *ODD])
+def test_float_activation_gemv_adds_in_the_documented_order(host, run_kernel, fmt, n_out, k):
+    """Bit for bit the order `_BlockGemv` documents (FMAs fused where the ISA has them)."""
+    runs = float_gemv_runs(run_kernel, host, fmt, n_out, k, (2,))
+    want = float_gemv_documented_order(runs.x, runs.w, fmt, host.has_fma)
+    np.testing.assert_array_equal(runs.outs[0][0].view(np.uint32), want.view(np.uint32))
+
+
+# ---- SmolLM2 with float activations -----------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "runtime"))  # smollm2: where its GGUF is
+from smollm2 import float_activation_spec, needs_smollm2  # noqa: E402
+
+SMOLLM2_PROMPT = [6403, 1980, 253, 655]  # "Once upon a time"
+SMOLLM2_GREEDY = [28, 260, 2240, 282, 23324, 27108, 436, 253, 15114, 39228]  # its ids as shipped
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_smollm2_float_activations_keep_the_greedy_ids(tmp_path):
+    """One rank, every matmul on float activations (the block GEMV in decode): the greedy
+    continuation that transformers, numpy and the int8 path give."""
+    with ckeir.compile(float_activation_spec(tmp_path)) as prog:
+        assert prog.generate(SMOLLM2_PROMPT, max_new_tokens=10) == SMOLLM2_GREEDY

@@ -9,7 +9,9 @@ registers exactly as `gguf.quants.dequantize` does (q8_0: d*q, q4_0: d*(q-8), q4
 in f32), so results match the f32 reference to rounding; f32 rows whose length W does not
 divide end with a masked tail.
 
-- n == 1 (decode GEMV): `GEMV_ROWS` weight rows per step, streamed once.
+- n == 1 (decode GEMV): f32 weights `GEMV_ROWS` rows per step, streamed once; GGML blocks
+  by `_BlockGemv`, which sums each block's integer weights times x before scaling it once
+  (dequantizing every element first cost 3x the int8 path's time per token).
 - n > 1 (prefill GEMM): the thread's rows in tiles of tile_n rows × tile_k columns; each tile
   is swept by every token, `GEMM_ROWS` rows × `gemm_tokens` tokens at a time, so it is read
   from DRAM once and reused from cache.  Partial sums over the k-tiles accumulate in `out`.
@@ -27,6 +29,7 @@ from ckeir.backends.llvm.kernels.common import (
     half_to_float,
     kernel_writer,
 )
+from ckeir.backends.llvm.kernels.quant_matmul import block_scales, opaque
 from ckeir.formats import FORMATS, Format
 
 GEMV_ROWS = 8  # independent FMA chains per step in decode
@@ -87,29 +90,50 @@ class _Rows:
 
     def load(self, row: str, kk: str, lanes: int | None) -> list[str]:
         """The weights row[kk : kk+step] as f32 vectors (`lanes` only for an f32 tail)."""
-        f, v, name = self.f, self.v, self.fmt.name
-        if name == "f32":
-            return [v.load(row, kk, lanes)]
-        block = f.gep(
-            row, f.mul(f(f"sdiv i64 {kk}, {self.fmt.block}", "blk"), self.fmt.block_bytes), "i8"
-        )
-        d = v.splat(half_to_float(f, block, self.f16c))
+        if self.fmt.name == "f32":
+            return [self.v.load(row, kk, lanes)]
+        block = self.block(row, self.f(f"sdiv i64 {kk}, {self.fmt.block}", "blk"))
+        d, m = self.scales(block)
+        v, d = self.v, self.v.splat(d)
+        if m is None:
+            return [v.mul(q, d) for q in self.quants(block)]
+        return [v.add(v.mul(q, d), v.splat(m)) for q in self.quants(block)]
+
+    def block(self, row: str, b: str | int) -> str:
+        """The address of block b of a row."""
+        return self.f.gep(row, self.f.mul(b, self.fmt.block_bytes), "i8")
+
+    def scales(self, block: str) -> tuple[str, str | None]:
+        """A block's scale d and, for q4_1, its min m, as f32 scalars."""
+        f, name = self.f, self.fmt.name
+        d = half_to_float(f, block, self.f16c)
+        return d, half_to_float(f, f.gep(block, 2, "i8"), self.f16c) if name == "q4_1" else None
+
+    def quants(self, block: str) -> list[str]:
+        """A block's 32 integer weights as f32 vectors (exact): q8_0's q, q4_0's q - 8,
+        q4_1's q; the block's value is d·quant (+ m)."""
+        f, name = self.f, self.fmt.name
         if name == "q8_0":
-            q = self._lanes(f.load("<32 x i8>", f.gep(block, 2, "i8"), 1), 32, "sitofp")
-            return [v.mul(x, d) for x in q]
-        if name == "q4_0":
-            q = self._nibbles(f.gep(block, 2, "i8"))
-            return [v.mul(v.sub(x, v.const(8.0)), d) for x in q]
-        m = v.splat(half_to_float(f, f.gep(block, 2, "i8"), self.f16c))
-        return [v.add(v.mul(x, d), m) for x in self._nibbles(f.gep(block, 4, "i8"))]
+            return self._lanes(f.load("<32 x i8>", f.gep(block, 2, "i8"), 1), 32, "sitofp")
+        return self._nibbles(f.gep(block, 4 if name == "q4_1" else 2, "i8"))
 
     def _nibbles(self, qs: str) -> list[str]:
-        """32 4-bit values from 16 bytes: element j is byte j's low nibble, j+16 its high one."""
-        f = self.f
+        """32 4-bit values from 16 bytes: element j is byte j's low nibble, j+16 its high one
+        (q4_0's less 8).  Each byte is widened to i32 once and both nibbles taken there."""
+        f, w = self.f, self.v.w
         b = f.load("<16 x i8>", qs, 1)
-        lo = f(f"and <16 x i8> {b}, splat (i8 15)", "lo")
-        hi = f(f"lshr <16 x i8> {b}, splat (i8 4)", "hi")
-        return self._lanes(lo, 16, "uitofp") + self._lanes(hi, 16, "uitofp")
+        it = f"<{w} x i32>"
+        parts: list[list[str]] = [[], []]
+        for i in range(0, 16, w):
+            idx = ", ".join(f"i32 {j}" for j in range(i, i + w))
+            z = f(f"shufflevector <16 x i8> {b}, <16 x i8> poison, <{w} x i32> <{idx}>", "q")
+            z = f(f"zext <{w} x i8> {z} to {it}", "qz")
+            for half, op in zip(parts, ("and", "lshr"), strict=True):
+                q = f(f"{op} {it} {z}, splat (i32 {15 if op == 'and' else 4})", "nib")
+                if self.fmt.name == "q4_0":
+                    q = f(f"sub {it} {q}, splat (i32 8)", "q8")
+                half.append(f(f"sitofp {it} {q} to {self.v.t}", "qf"))
+        return parts[0] + parts[1]
 
     def _lanes(self, ints: str, count: int, conv: str) -> list[str]:
         """`count` i8 lanes as count/W float vectors."""
@@ -153,6 +177,10 @@ def _dots(
 
 
 def _gemv(f: FunctionWriter, rows: _Rows, lo: str, hi: str) -> None:
+    if rows.fmt.block > 1:
+        _BlockGemv(f, rows.fmt, rows.k, rows.f16c).run(lo, hi)
+        return
+
     def block(r: str, count: int) -> None:
         sums = _dots(f, rows, [rows.row(f.add(r, i)) for i in range(count)], ["%a0"], 0, rows.k)
         for i in range(count):
@@ -163,6 +191,119 @@ def _gemv(f: FunctionWriter, rows: _Rows, lo: str, hi: str) -> None:
         block(r, GEMV_ROWS)
     with f.loop(end, hi, 1, "r") as r:
         block(r, 1)
+
+
+GROUP = 4  # blocks per decode step: one load of their scales, one accumulator per position
+
+
+class _BlockGemv:
+    """Decode GEMV on GGML blocks: per block, the integer weights (converted to f32, exact)
+    times x summed over the block first, then scaled once by d; q4_1's m·Σx per block is a
+    dot product of the scales with the blocks' sums of x, computed once per call.
+
+    Each row is streamed alone (one sequential stream for the prefetchers), in steps of
+    GROUP blocks.  The order of the float operations is fixed, so a row's sum is the same
+    whichever thread or part computes it (and tests/backends/llvm/test_quant_kernels.py
+    transcribes it): per block, 16 lanes p = q[0:16]·x[0:16], then p += q[16:32]·x[16:32]
+    and acc[b mod GROUP] += p·d_b (both fused where the ISA has FMA), in block order; q4_1
+    adds m_b·Σx_b (Σx_b: x[0:16] + x[16:32], its lanes in a halving tree) into lane
+    2·(b mod GROUP) + 1 of an 8-lane accumulator, whose even lanes add d_b·0.  The result is
+    the halving-tree lane sum of (acc0 + acc1) + (acc2 + acc3), plus that of the 8 lanes."""
+
+    def __init__(self, f: FunctionWriter, fmt: Format, k: int, f16c: bool):
+        self.f, self.v = f, Vec(f, 16)  # 16 lanes on every host: LLVM splits them as needed
+        self.rows = _Rows(fmt, k, self.v, f16c)
+        self.fmt, self.f16c, self.blocks = fmt, f16c, k // fmt.block
+        self.mins = fmt.name == "q4_1"
+        if self.mins:  # per block [0, Σx_b]: the lanes the scales (d_b, m_b) multiply
+            self.sums = f.var(f"[{2 * self.blocks} x float]", hint="xsums", align=64).ptr
+
+    def run(self, lo: str, hi: str) -> None:
+        f = self.f
+        self.slot = f.var(f"<{2 * GROUP} x float>", hint="scales", align=32).ptr
+        if self.mins:
+            with f.loop(0, self.blocks, 1, "xs") as b:
+                s = _lane_sum(self.v, self.v.add(*self.x(b)))
+                pair = f(f"insertelement <2 x float> <float 0.0, float poison>, float {s}, i64 1")
+                f.store("<2 x float>", pair, f.gep(self.sums, f.mul(b, 2)))
+        with f.loop(lo, hi, 1, "r") as r:
+            f.store("float", self.row(self.rows.row(r)), f.gep("%a2", r))
+
+    def x(self, b: str | int) -> list[str]:
+        """Block b of the activation row as two 16-lane vectors."""
+        base = self.f.mul(b, 32)
+        return [self.v.load("%a0", self.f.add(base, i)) for i in (0, 16)]
+
+    def row(self, row: str) -> str:
+        f, v = self.f, self.v
+        accs = [f.var(v.t, v.zero, "acc") for _ in range(GROUP)]
+        mins = f.var(f"<{2 * GROUP} x float>", "zeroinitializer", "accm") if self.mins else None
+        whole, rest = divmod(self.blocks, GROUP)
+        if whole:  # an opaque trip count: LLVM would unroll short rows fully and interleave them
+            with f.loop(0, opaque(f, whole * GROUP, "i64"), GROUP, "kb") as b0:
+                self.step(row, b0, GROUP, accs, mins)
+        if rest:
+            self.step(row, whole * GROUP, rest, accs, mins)
+        total = _lane_sum(v, _tree(v.add, [f.get(a) for a in accs]))
+        if mins is not None:
+            total = f(f"fadd float {total}, {_lane_sum(Vec(f, 2 * GROUP), f.get(mins))}", "tot")
+        return total
+
+    def step(self, row: str, b0: str | int, nb: int, accs: list, mins) -> None:
+        f, v, rows = self.f, self.v, self.rows
+        lpb = 2 if self.mins else 1
+        scales = block_scales(f, self.fmt, row, b0, nb, self.f16c)
+        st = f"<{nb * lpb} x float>"
+        # the scales go through memory, each read back as the broadcast operand of its FMA
+        # (an EVEX embedded broadcast); an opaque address keeps LLVM from forwarding the
+        # store into lane shuffles, which cost more
+        f.store(st, scales, self.slot)
+        slot = opaque(f, self.slot)
+        for j in range(nb):
+            b = f.add(b0, j)
+            q, x = rows.quants(rows.block(row, b)), self.x(b)
+            p = v.fma(q[1], x[1], v.mul(q[0], x[0]))
+            d = v.splat(f.load("float", f.gep(slot, j * lpb)))
+            f.set(accs[j], v.fma(p, d, f.get(accs[j])))
+        if mins is None:
+            return
+        sums = f.load(st, f.gep(self.sums, f.mul(b0, 2)))
+        terms = f(f"fmul {st} {scales}, {sums}", "mterm")
+        if nb < GROUP:  # widen with zero lanes
+            idx = ", ".join(f"i32 {i if i < 2 * nb else 2 * nb}" for i in range(2 * GROUP))
+            terms = f(
+                f"shufflevector {st} {terms}, {st} zeroinitializer, <{2 * GROUP} x i32> <{idx}>",
+                "mterm",
+            )
+        f.set(mins, f(f"fadd <{2 * GROUP} x float> {f.get(mins)}, {terms}", "accm"))
+
+
+def _tree(add, vs: list[str]) -> str:
+    """vs summed pairwise: ((v0 + v1) + (v2 + v3)) ..., a fixed order."""
+    while len(vs) > 1:
+        vs = [add(a, b) for a, b in zip(vs[::2], vs[1::2], strict=False)] + (
+            [vs[-1]] if len(vs) % 2 else []
+        )
+    return vs[0]
+
+
+def _lane_sum(v: Vec, x: str) -> str:
+    """The lanes of x summed in a halving tree (lane i + lane i + W/2, ...), a fixed order."""
+    f, lanes = v.f, v.w
+    while lanes > 1:
+        half = lanes // 2
+        t = f"<{lanes} x float>"
+        lo, hi = (
+            f(
+                f"shufflevector {t} {x}, {t} poison, <{half} x i32> <"
+                + ", ".join(f"i32 {i}" for i in range(k, k + half))
+                + ">",
+                "h",
+            )
+            for k in (0, half)
+        )
+        x, lanes = f(f"fadd <{half} x float> {lo}, {hi}", "hs"), half
+    return f(f"extractelement <1 x float> {x}, i64 0", "sum")
 
 
 def _gemm(f: FunctionWriter, rows: _Rows, lo: str, hi: str, n_out: int, tn: int, tk: int) -> None:

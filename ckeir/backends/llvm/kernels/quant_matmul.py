@@ -171,9 +171,23 @@ def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
     return _shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
 
 
-def _opaque(f: FunctionWriter, value: str | int, ty: str = "ptr") -> str:
+def opaque(f: FunctionWriter, value: str | int, ty: str = "ptr") -> str:
     """`value`, through an empty asm statement LLVM cannot see through or move."""
     return f(f'call {ty} asm sideeffect "", "=r,0"({ty} {value})', "opq")
+
+
+def block_scales(
+    f: FunctionWriter, fmt: Format, row: str, b0: str | int, nb: int, f16c: bool
+) -> str:
+    """The f16 scale(s) of blocks b0..b0+nb-1 of a row as one f32 vector (d0[, m0], d1...)."""
+    lpb = 2 if fmt.name == "q4_1" else 1
+    ity = "i32" if lpb == 2 else "i16"
+    vec = "poison"
+    for j in range(nb):
+        h = f.load(ity, f.gep(row, f.mul(f.add(b0, j), fmt.block_bytes), "i8"), 2)
+        vec = f(f"insertelement {_vec(nb, ity)} {vec}, {ity} {h}, i64 {j}", "hs")
+    halves = f(f"bitcast {_vec(nb, ity)} {vec} to {_vec(nb * lpb, 'i16')}", "hs")
+    return halves_to_floats(f, halves, nb * lpb, f16c)
 
 
 # ---- the kernel's structure ---------------------------------------------------------------
@@ -219,7 +233,7 @@ class _Writer:
         wrows = [f.gep("%a1", f.mul(f.add(r, i), row_bytes), "i8") for i in range(nrow)]
         # opaque to LLVM: otherwise, once it unrolls a short K loop, it hoists every
         # activation load out of the row loop and spills them (slower than reloading)
-        toks = [_opaque(f, self.token(f.add(t, j))) for j in range(ntok)]
+        toks = [opaque(f, self.token(f.add(t, j))) for j in range(ntok)]
         sums = self.path.dots(wrows, toks)  # lane i*ntok + j: output row r+i of token t+j
         ft = _vec(nrow * ntok, "float")
         for j in range(ntok):
@@ -269,7 +283,7 @@ class _Path:
         whole, rest = divmod(self.p.blocks, per_step)
         parts = [[(i, w)] for i, w in enumerate(wrows)] if decode else [list(enumerate(wrows))]
         for part in parts:
-            with f.loop(0, _opaque(f, whole, "i64") if decode else whole, 1, "ks") as i:
+            with f.loop(0, opaque(f, whole, "i64") if decode else whole, 1, "ks") as i:
                 step(part, f.mul(i, per_step), per_step)
             if rest:
                 step(part, whole * per_step, rest)
@@ -601,15 +615,7 @@ class _Generic(_Path):
         return f(f"add nsw <8 x i32> {lo}, {hi}", "ps")
 
     def scales(self, row: str, b0: str | int, nb: int) -> str:
-        """The f16 scale(s) of blocks b0..b0+nb-1 of a row as one f32 vector (d0[, m0], d1...)."""
-        f, lpb = self.f, self.p.scale_lanes
-        ity = "i32" if lpb == 2 else "i16"
-        vec = "poison"
-        for j in range(nb):
-            h = f.load(ity, f.gep(row, f.mul(f.add(b0, j), self.bb), "i8"), 2)
-            vec = f(f"insertelement {_vec(nb, ity)} {vec}, {ity} {h}, i64 {j}", "hs")
-        halves = f(f"bitcast {_vec(nb, ity)} {vec} to {_vec(nb * lpb, 'i16')}", "hs")
-        return halves_to_floats(f, halves, nb * lpb, self.p.f16c)
+        return block_scales(self.f, self.p.fmt, row, b0, nb, self.p.f16c)
 
     def block(self, row: str, b: str) -> str:
         """A block's 32 integer weights as <32 x i8> holding q_w (signed, exact)."""
