@@ -555,6 +555,7 @@ def _evidence(args, prog, ids, figures: list[dict], links, where: str) -> None:
                 f["rank"]: (f["clock_offset_seconds"], f["clock_round_trip_seconds"])
                 for f in figures
             },
+            linux={f["rank"]: f.get("linux") for f in figures},
         )
 
 

@@ -39,7 +39,11 @@ def test_run_report_and_trace(tmp_path):
     events = json.loads(trace.read_text())["traceEvents"]
     meta = [e for e in events if e["ph"] == "M"]
     spans = [e for e in events if e["ph"] == "X"]
-    assert {e["name"] for e in meta} == {"process_name", "thread_name"}
+    assert {e["name"] for e in meta} == {"process_name", "thread_name", "process_labels"}
+    # the track says where the rank's thread ran, as the report's linux figures do
+    (label,) = [e["args"]["labels"] for e in meta if e["name"] == "process_labels"]
+    cpu = rep["linux"]["affinity"]["0"]["0"]["cpu"]
+    assert label == f"unpinned: thread 0 on CPU {cpu}"
     assert len(spans) == 1 + 7  # one prefill, seven decode steps
     for e in spans:
         assert {"name", "ph", "ts", "dur", "pid", "tid"} <= set(e)
