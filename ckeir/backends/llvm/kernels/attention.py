@@ -15,11 +15,14 @@ h // (H/KVH).  Two ways to share it between parts:
   which chunk.  With one chunk (long prefill calls, short contexts) the item writes the
   output itself and the combine has nothing to do.
 
-In every item the query heads of a kv head walk its keys together, in groups of `gq`:
-each K/V row comes from L2/L3 once per group rather than once per head — attention over
-an f32 cache is bound by that traffic.  `gq` is the largest divisor of H/KVH whose
-accumulators fit the vector registers; further groups of the same item find the chunk's
-keys in L1/L2.
+The query heads of a kv head share its keys, in groups of `gq` heads that walk them
+together.  Over a whole row of keys (the one-pass kernel, and the split kernel's rows of
+one chunk) the group is the largest whose accumulators fit MAX_ACCUMULATORS
+(`group_size`): each K/V row then comes from L2/L3 once per group, which is what a long
+row is bound by.  Over a chunk the group is the largest whose queries, accumulators and a
+step's products fit the registers (`register_group`): the next group finds the chunk's
+keys in L1/L2, and a group that spills (SmolLM2's 3 heads of 4 vectors each) made decode
+1.5x slower from 1024 keys up.
 
 Per head, an online softmax over steps of `KEYS_PER_STEP` keys in sub-blocks of W:
 
@@ -109,14 +112,11 @@ class _Shape:
     kv_heads: int
     head_dim: int
     w: int
+    gq: int  # query heads that walk the keys together
 
     @property
     def rep(self) -> int:
         return self.heads // self.kv_heads
-
-    @property
-    def gq(self) -> int:
-        return group_size(self.rep, self.head_dim, self.w)
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -132,22 +132,38 @@ class _Shape:
 
 
 def group_size(rep: int, head_dim: int, width: int) -> int:
-    """Query heads processed together: the largest divisor of rep that fits the registers."""
+    """The group over a whole row of keys: the largest divisor of rep whose accumulators fit
+    MAX_ACCUMULATORS (the row's keys come from L2/L3 once per group)."""
     chunks = -(-head_dim // width)
     return max(
         d for d in range(1, rep + 1) if rep % d == 0 and (d == 1 or d * chunks <= MAX_ACCUMULATORS)
     )
 
 
-def _shape(heads: int, kv_heads: int, head_dim: int, host: HostCPU) -> _Shape:
+def register_group(rep: int, head_dim: int, width: int) -> int:
+    """The group over a chunk of keys: the largest divisor of rep whose queries and
+    accumulators leave W registers for a step's W products (32 vector registers with
+    AVX-512, else 16).  The chunk's keys come from L1/L2 for the next group, so a bigger
+    group saves little traffic, and one that does not fit spills at every step."""
+    chunks = -(-head_dim // width)
+    registers = 32 if width >= 16 else 16
+    return max(
+        d
+        for d in range(1, rep + 1)
+        if rep % d == 0 and (d == 1 or 2 * d * chunks + width <= registers)
+    )
+
+
+def _shape(heads: int, kv_heads: int, head_dim: int, host: HostCPU, grouping) -> _Shape:
     if heads % kv_heads:
         raise ValueError(f"attention: heads {heads} is not a multiple of kv_heads {kv_heads}")
-    return _Shape(heads, kv_heads, head_dim, host.vector_width)
+    w = host.vector_width
+    return _Shape(heads, kv_heads, head_dim, w, grouping(heads // kv_heads, head_dim, w))
 
 
 def attention(heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU) -> Kernel:
     """One pass: items (row, group of query heads), each over all of its row's keys."""
-    s = _shape(heads, kv_heads, head_dim, host)
+    s = _shape(heads, kv_heads, head_dim, host, group_size)
     f = kernel_writer(f"attention_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{s.w}", 4)
     v = Vec(f, s.w)
     per_row = heads // s.gq  # items per token row
@@ -168,10 +184,11 @@ def attention_parts(
     """Split by keys: items (row, kv head, chunk of `split`); each leaves the partials of
     every query head of its kv head in `partials`, or, when the row has one chunk, the
     output."""
-    s = _shape(heads, kv_heads, head_dim, host)
-    name = f"attention_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{s.w}"
+    whole = _shape(heads, kv_heads, head_dim, host, group_size)
+    chunk = _shape(heads, kv_heads, head_dim, host, register_group)
+    name = f"attention_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{whole.w}"
     f = kernel_writer(name, 5)
-    v = Vec(f, s.w)
+    v = Vec(f, whole.w)
     span, count = _split(f)
     items = f.mul(f.mul("%n", kv_heads), count)
     with f.loop(f.i64("%tid"), items, f.i64("%nth"), "item") as item:
@@ -179,20 +196,32 @@ def attention_parts(
         rest = f(f"sdiv i64 {item}, {count}", "tg")
         t, g = f(f"sdiv i64 {rest}, {kv_heads}", "t"), f(f"srem i64 {rest}, {kv_heads}", "g")
         keys = f.add(f.add("%pos", t), 1)
-        lo = f.min(f.mul(c, span), keys)
-        hi = f.min(f.add(lo, span), keys)
-        kv = _keys(f, s, g, hi)
-        with f.loop(0, s.rep // s.gq, 1, "grp") as grp:
-            h0 = f.add(f.mul(g, s.rep), f.mul(grp, s.gq))
-            group = _group(f, v, s, t, h0)
-            _attend(f, v, s, kv, group, lo, hi)
-            for i, head in enumerate(group):
-                row_head = f.add(f.mul(t, heads), f.add(h0, i))
-                with f.if_(f(f"icmp eq i64 {count}, 1", "whole")):
-                    _store_output(f, v, s, head, row_head, "%a4")
-                with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
-                    _store_partial(f, v, s, head, _partial(f, s, "%a3", row_head, count, c))
+        with f.if_(f(f"icmp eq i64 {count}, 1", "whole")):
+
+            def output(head: _Head, row_head: str) -> None:
+                _store_output(f, v, whole, head, row_head, "%a4")
+
+            _attend_kv_head(f, v, whole, t, g, 0, keys, output)
+        with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
+            lo = f.min(f.mul(c, span), keys)
+
+            def partial(head: _Head, row_head: str) -> None:
+                _store_partial(f, v, chunk, head, _partial(f, chunk, "%a3", row_head, count, c))
+
+            _attend_kv_head(f, v, chunk, t, g, lo, f.min(f.add(lo, span), keys), partial)
     return finish_kernel(f, ("q", "kcache", "vcache", "partials", "out"))
+
+
+def _attend_kv_head(f: FunctionWriter, v: Vec, s: _Shape, t: str, g: str, lo, hi, store) -> None:
+    """Every query head of row t that reads kv head g over keys lo .. hi-1, group after
+    group; `store(head, row_head)` keeps each head's result."""
+    kv = _keys(f, s, g, hi)
+    with f.loop(0, s.rep // s.gq, 1, "grp") as grp:
+        h0 = f.add(f.mul(g, s.rep), f.mul(grp, s.gq))
+        group = _group(f, v, s, t, h0)
+        _attend(f, v, s, kv, group, lo, hi)
+        for i, head in enumerate(group):
+            store(head, f.add(f.mul(t, s.heads), f.add(h0, i)))
 
 
 def attention_combine(heads: int, head_dim: int, host: HostCPU) -> Kernel:
@@ -201,7 +230,7 @@ def attention_combine(heads: int, head_dim: int, host: HostCPU) -> Kernel:
     w = host.vector_width
     f = kernel_writer(f"attention_combine_f32_h{heads}_d{head_dim}_v{w}", 2)
     v = Vec(f, w)
-    s = _Shape(heads, heads, head_dim, w)
+    s = _Shape(heads, heads, head_dim, w, 1)
     _, count = _split(f)
     with (
         f.if_(f(f"icmp sgt i64 {count}, 1", "split")),
