@@ -66,7 +66,7 @@ def _best_time(fn, repeat: int = SWEEPS) -> float:
 
 
 FAMILY_SHAPE = (2048, 1024)  # N x K a family's arithmetic rate is measured at
-BARRIERS = 2000  # barriers timed per measurement
+BARRIERS = 1000  # op syncs timed per measurement
 
 
 class _KernelBench:
@@ -154,35 +154,37 @@ def arithmetic_rate(family: str, threads: int, host: HostCPU) -> float:
 
 
 def barrier_seconds(threads: int, host: HostCPU) -> float:
-    """One barrier between two ops of a native segment, as the lowered code crosses it."""
+    """What one op of a native segment costs beyond its kernel, as the lowered code runs it
+    (`schedule.Scheduler`): claiming its parts (as many as a large op has), counting them
+    done and waiting for the last."""
     from ckeir.backends.llvm.jit import compile_ir
-    from ckeir.backends.llvm.kernels import module_ir
-    from ckeir.backends.llvm.kernels.sync import BARRIER_STATE_BYTES, barrier
+    from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES, module_ir
+    from ckeir.backends.llvm.kernels.common import FunctionWriter, finish_kernel, kernel_writer
     from ckeir.backends.llvm.pool import Pool
+    from ckeir.backends.llvm.schedule import PARTS_PER_THREAD, Scheduler
 
     def measure() -> float:
-        k = barrier()
-        loop = f"""define void @barriers(ptr %ctx, i32 %tid, i32 %nth) {{
-entry:
-  br label %loop
-loop:
-  %i = phi i32 [ 0, %entry ], [ %next, %loop ]
-  call void @{k.name}(ptr %ctx, i32 %nth)
-  %next = add i32 %i, 1
-  %more = icmp ult i32 %next, {BARRIERS}
-  br i1 %more, label %loop, label %out
-out:
-  ret void
-}}"""
-        cm = compile_ir(module_ir([k, loop]), host)
+        empty = finish_kernel(kernel_writer("empty_op", 0), ())
+        f = FunctionWriter(
+            "barriers", [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")], linkage=""
+        )
+        kernels: dict = {}
+        schedule = Scheduler(f, "%ctx", kernels)
+        for _ in range(BARRIERS):
+            schedule.call(
+                empty, [("i64", "0"), ("i64", "0")], parts=str(threads * PARTS_PER_THREAD)
+            )
+        cm = compile_ir(module_ir([*kernels.values(), f.finish()]), host)
         raw = np.zeros(BARRIER_STATE_BYTES + 64, np.uint8)
         state = raw[(-raw.ctypes.data) % 64 :]
         with Pool(threads, host) as pool:
-            return _best_time(lambda: pool.run(cm.address("barriers"), state.ctypes.data)) / (
-                BARRIERS
+            entry = cm.address("barriers")
+            return (
+                _best_time(lambda: pool.run(entry, state.ctypes.data, self_completing=True))
+                / BARRIERS
             )
 
-    path = bandwidth.record_path(f"barrier-{threads}thr", host)
+    path = bandwidth.record_path(f"op-sync-{threads}thr", host)
     return bandwidth.remembered(path, measure, best=min, lo=0.0, hi=1.0)
 
 

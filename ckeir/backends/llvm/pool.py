@@ -41,20 +41,10 @@ from ckeir.errors import BackendError
 ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
 
 # Control block offsets: the words threads contend on each get a cache line.
-GEN, DONE, SLEEPERS, CALLER_SLEEPS, FN, CTX, NTH, SHUTDOWN, FAILED, SPIN_NS, YIELD_NS = (
-    0,
-    64,
-    128,
-    192,
-    256,
-    264,
-    272,
-    276,
-    280,
-    288,
-    296,
-)
-CTL_BYTES = 320
+GEN, DONE, SLEEPERS, CALLER_SLEEPS, HOLD, HOLD_SLEEPERS = 0, 64, 128, 192, 256, 260
+FN, CTX, MODE, NTH, SHUTDOWN, FAILED, SPIN_NS, YIELD_NS = 320, 328, 336, 340, 344, 348, 352, 360
+CTL_BYTES = 384
+WAIT_ALL, SELF_COMPLETING = 0, 1  # MODE: does the caller wait for every worker?
 
 
 # ---- native side ------------------------------------------------------------------------------
@@ -69,11 +59,13 @@ class _Ctl:
     def ptr(self, offset: int) -> str:
         return self.f.gep("%ctl", offset, "i8")
 
-    def load(self, offset: int, order: str = "acquire") -> str:
-        return self.f(f"load atomic i32, ptr {self.ptr(offset)} {order}, align 4", "w")
+    def load(self, offset: int, order: str = "acquire", ty: str = "i32") -> str:
+        align = 8 if ty != "i32" else 4
+        return self.f(f"load atomic {ty}, ptr {self.ptr(offset)} {order}, align {align}", "w")
 
-    def store(self, offset: int, value: str, order: str = "seq_cst") -> None:
-        self.f.op(f"store atomic i32 {value}, ptr {self.ptr(offset)} {order}, align 4")
+    def store(self, offset: int, value: str, order: str = "seq_cst", ty: str = "i32") -> None:
+        align = 8 if ty != "i32" else 4
+        self.f.op(f"store atomic {ty} {value}, ptr {self.ptr(offset)} {order}, align {align}")
 
     def add(self, offset: int, delta: int) -> None:
         self.f(f"atomicrmw add ptr {self.ptr(offset)}, i32 {delta} seq_cst, align 4")
@@ -94,54 +86,116 @@ class _Ctl:
 
 
 def _worker_ir() -> FunctionWriter:
-    """`void cke_pool_worker(ptr ctl, i32 tid)`: wait for a generation, run its job, repeat
-    until shutdown."""
+    """`void cke_pool_worker(ptr ctl, i32 tid)`: wait for a job, run it, repeat until
+    shutdown.
+
+    GEN is a sequence lock over the job (FN, CTX, MODE): odd while the caller writes it,
+    the job's even number once published.  A worker reads the job between two reads of GEN
+    and takes it only if both are the same even number, so one that wakes up jobs late
+    takes the latest job whole, never one job's fn with another's ctx.  It counts itself
+    in DONE (tagged with the job's number) only for a job whose caller waits for it."""
     f = FunctionWriter(
         "cke_pool_worker", [("ptr", "%ctl"), ("i32", "%tid")], linkage="", attributes="nounwind"
     )
     c = _Ctl(f)
     seen = f.var("i32", "0", "seen")
-    head, run, out = f.label("head"), f.label("run"), f.label("out")
+    head, read, check, held, run, count, out = (
+        f.label(x) for x in ("head", "read", "check", "held", "run", "count", "out")
+    )
     f.br(head)
     f.start(head)
-    c.wait(lambda: f(f"icmp ne i32 {c.load(GEN)}, {f.get(seen)}"), GEN, SLEEPERS, wait.POOL_JOB)
-    f.set(seen, c.load(GEN))
+
+    def published() -> str:
+        g = c.load(GEN)
+        fresh = f(f"icmp ne i32 {g}, {f.get(seen)}")
+        even = f(f"icmp eq i32 {f(f'and i32 {g}, 1')}, 0")
+        return f(f"and i1 {fresh}, {even}")
+
+    c.wait(published, GEN, SLEEPERS, wait.POOL_JOB)
+    job = c.load(GEN)
+    f.cbr(f(f"icmp ne i32 {c.load(SHUTDOWN)}, 0"), out, read)
+    f.start(read)
+    fn = f(f"inttoptr i64 {c.load(FN, 'monotonic', 'i64')} to ptr", "fn")
+    ctx = f(f"inttoptr i64 {c.load(CTX, 'monotonic', 'i64')} to ptr", "ctx")
+    mode = c.load(MODE, "monotonic")
+    f.op("fence acquire")
+    odd = f(f"icmp ne i32 {f(f'and i32 {job}, 1')}, 0")
+    moved = f(f"icmp ne i32 {c.load(GEN, 'monotonic')}, {job}")
+    torn = f(f"or i1 {odd}, {moved}")
+    f.cbr(torn, head, check)  # the caller was writing a newer job: read it again
+    f.start(check)
+    f.set(seen, job)
+    f.cbr(f(f"icmp eq i32 {c.load(HOLD)}, %tid"), held, run)
+    f.start(held)  # a test holds this worker back before it enters its job
+    c.wait(lambda: f(f"icmp ne i32 {c.load(HOLD)}, %tid"), HOLD, HOLD_SLEEPERS, wait.POOL_DONE)
     f.cbr(f(f"icmp ne i32 {c.load(SHUTDOWN)}, 0"), out, run)
     f.start(run)
-    fn, ctx = f.load("ptr", c.ptr(FN), 8), f.load("ptr", c.ptr(CTX), 8)
     f.op(f"call void {fn}(ptr {ctx}, i32 %tid, i32 {f.load('i32', c.ptr(NTH))})")
-    c.add(DONE, 1)
-    c.wake(DONE, CALLER_SLEEPS, 1)
+    f.cbr(f(f"icmp eq i32 {mode}, {WAIT_ALL}"), count, head)
+    f.start(count)
+    _count_done(f, c, job)
     f.br(head)
     f.start(out)
     return f
 
 
+def _count_done(f: FunctionWriter, c: _Ctl, job: str) -> None:
+    """DONE += 1 if DONE is still job `job`'s count (it always is: its caller waits), then
+    wake the caller if it sleeps."""
+    done = c.ptr(DONE)
+    word = f.var("i64", f(f"load atomic i64, ptr {done} acquire, align 8"), "done")
+    head, bump, out = f.label("tally"), f.label("bump"), f.label("tallied")
+    f.br(head)
+    f.start(head)
+    w = f.get(word)
+    ours = f(f"icmp eq i64 {f(f'lshr i64 {w}, 32')}, {f(f'zext i32 {job} to i64')}")
+    f.cbr(ours, bump, out)
+    f.start(bump)
+    pair = f(f"cmpxchg ptr {done}, i64 {w}, i64 {f(f'add i64 {w}, 1')} seq_cst seq_cst, align 8")
+    f.set(word, f(f"extractvalue {{ i64, i1 }} {pair}, 0"))
+    f.cbr(f(f"extractvalue {{ i64, i1 }} {pair}, 1"), out, head)
+    f.start(out)
+    c.wake(DONE, CALLER_SLEEPS, 1)
+
+
 def _run_ir() -> FunctionWriter:
-    """`i32 cke_pool_run(ptr ctl, ptr fn, ptr ctx)`: dispatch, run tid 0, wait for the
-    workers; returns the FAILED word (0 = every thread finished)."""
+    """`i32 cke_pool_run(ptr ctl, ptr fn, ptr ctx, i32 mode)`: publish the job, run tid 0,
+    wait for the workers unless the job is SELF_COMPLETING; returns the FAILED word (0 =
+    every thread that had to finish did)."""
     f = FunctionWriter(
         "cke_pool_run",
-        [("ptr", "%ctl"), ("ptr", "%fn"), ("ptr", "%ctx")],
+        [("ptr", "%ctl"), ("ptr", "%fn"), ("ptr", "%ctx"), ("i32", "%mode")],
         ret="i32",
         linkage="",
         attributes="nounwind",
     )
     c = _Ctl(f)
-    f.store("ptr", "%fn", c.ptr(FN), 8)
-    f.store("ptr", "%ctx", c.ptr(CTX), 8)
-    c.store(DONE, "0", "monotonic")
-    c.add(GEN, 1)  # seq_cst: publishes fn/ctx/done, and orders against SLEEPERS below
+    g = c.load(GEN, "monotonic")  # only the caller writes GEN
+    c.store(GEN, f(f"add i32 {g}, 1"), "monotonic")  # odd: the job is being written
+    f.op("fence release")
+    c.store(FN, f("ptrtoint ptr %fn to i64"), "monotonic", "i64")
+    c.store(CTX, f("ptrtoint ptr %ctx to i64"), "monotonic", "i64")
+    c.store(MODE, "%mode", "monotonic")
+    job = f(f"add i32 {g}, 2", "job")
+    c.store(DONE, f(f"shl i64 {f(f'zext i32 {job} to i64')}, 32"), "monotonic", "i64")
+    c.store(GEN, job)  # seq_cst: publishes the job, and orders against SLEEPERS below
     c.wake(GEN, SLEEPERS, wait.WAKE_ALL)
     nth = f.load("i32", c.ptr(NTH))
     f.op(f"call void %fn(ptr %ctx, i32 0, i32 {nth})")
-    want = f(f"sub i32 {nth}, 1")
+    waits, out = f.label("waits"), f.label("out")
+    f.cbr(f(f"icmp eq i32 %mode, {WAIT_ALL}"), waits, out)
+    f.start(waits)
+    workers = f(f"zext i32 {f(f'sub i32 {nth}, 1')} to i64")
+    tag = f(f"shl i64 {f(f'zext i32 {job} to i64')}, 32")
+    want = f(f"or i64 {tag}, {workers}")
 
     def finished() -> str:  # every worker done, or one of them failed
-        done = f(f"icmp eq i32 {c.load(DONE)}, {want}")
+        done = f(f"icmp eq i64 {c.load(DONE, ty='i64')}, {want}")
         return f(f"or i1 {done}, {f(f'icmp ne i32 {c.load(FAILED)}, 0')}")
 
     c.wait(finished, DONE, CALLER_SLEEPS, wait.POOL_DONE)
+    f.br(out)
+    f.start(out)
     f.op(f"ret i32 {c.load(FAILED)}")
     return f
 
@@ -151,8 +205,10 @@ def _stop_ir() -> FunctionWriter:
     f = FunctionWriter("cke_pool_stop", [("ptr", "%ctl")], linkage="", attributes="nounwind")
     c = _Ctl(f)
     c.store(SHUTDOWN, "1")
-    c.add(GEN, 1)
+    c.store(HOLD, "0")
+    c.add(GEN, 2)  # stays even: a published (empty) job
     wait.futex_wake(f, c.ptr(GEN), wait.WAKE_ALL, shared=False)
+    wait.futex_wake(f, c.ptr(HOLD), wait.WAKE_ALL, shared=False)
     return f
 
 
@@ -166,9 +222,9 @@ def _native_ir() -> str:
 def _native(host: HostCPU) -> tuple[CompiledModule, Callable, Callable, Callable]:
     cm = compile_ir(_native_ir(), host)
     worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)(cm.address("cke_pool_worker"))
-    run = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
-        cm.address("cke_pool_run")
-    )
+    run = ctypes.CFUNCTYPE(
+        ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32
+    )(cm.address("cke_pool_run"))
     stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(cm.address("cke_pool_stop"))
     return cm, worker, run, stop
 
@@ -233,30 +289,52 @@ class Pool:
         self._closer = weakref.finalize(self, _shutdown, self._shared, self._threads)
         self._broken: str | None = None
 
-    def run(self, fn: int | Callable[[int, int, int], None], ctx: int = 0) -> None:
+    def run(
+        self,
+        fn: int | Callable[[int, int, int], None],
+        ctx: int = 0,
+        *,
+        self_completing: bool = False,
+    ) -> None:
         """Run `fn(ctx, tid, nth)` on every thread; return when all are done.
 
         `fn` is the address of a native entry, or a Python callable (run through a ctypes
-        trampoline; its exceptions are re-raised here)."""
+        trampoline; its exceptions are re-raised here).  `self_completing`: fn is an entry
+        whose ops are shared out in parts (`schedule.Scheduler`), so the job is done when
+        thread 0 returns from it, and `run` returns then, without waiting for a worker
+        that has not even started (it will find nothing left to do)."""
         if not self._closer.alive:
             raise BackendError("this thread pool is closed")
         if self._broken:
             raise BackendError(f"this thread pool is unusable: {self._broken}")
         keep = None
         if callable(fn):
+            if self_completing:  # a late worker would call a trampoline already freed
+                raise BackendError("a Python callable cannot be run self-completing")
             keep = ENTRY(self._trampoline(fn))
             fn = ctypes.cast(keep, ctypes.c_void_p).value
-        failed = self._shared.run(self._shared.ctl, fn, ctx)
+        mode = SELF_COMPLETING if self_completing else WAIT_ALL
+        failed = self._shared.run(self._shared.ctl, fn, ctx, mode)
         del keep
         if failed or self._shared.errors:
             self._raise(bool(failed))
+
+    def hold(self, tid: int) -> None:
+        """For tests: keep worker `tid` from entering the next job it takes until `release`
+        (a worker the OS is slow to run)."""
+        ctypes.c_int32.from_address(self._shared.ctl + HOLD).value = tid
+
+    def release(self) -> None:
+        ctypes.c_int32.from_address(self._shared.ctl + HOLD).value = 0
 
     def thread_ids(self) -> dict[int, int]:
         """tid -> the Linux thread id of every thread that runs this pool's jobs (tid 0 is
         the thread that calls `run`: the one asking, here)."""
         for t in self._threads:  # each worker records its id as it starts
-            while t.is_alive() and t.name and int(t.name.rsplit("-", 1)[1]) not in (
-                self._shared.native_ids
+            while (
+                t.is_alive()
+                and t.name
+                and int(t.name.rsplit("-", 1)[1]) not in (self._shared.native_ids)
             ):
                 time.sleep(1e-4)
         return {0: threading.get_native_id(), **self._shared.native_ids}

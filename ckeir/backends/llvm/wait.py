@@ -73,6 +73,9 @@ POOL_DONE = attrs.evolve(POOL_JOB, name="pool-done", nap_s=10e-3)
 # Threads meeting between two ops: a balanced op brings them within microseconds; a longer
 # wait means a peer lost its CPU, which it gets back sooner if the waiters sleep.
 BARRIER = Budget("barrier", spin_s=250e-6, yield_after_s=50e-6, nap_s=1.0, crowded_spin_s=20e-6)
+# A thread joining the run of an entry thread 0 is starting (nanoseconds after it published
+# the job): spin only, since a thread whose job is stale waits for a run nobody starts.
+RUN_START = Budget("run-start", spin_s=50e-6, yield_after_s=5e-6, nap_s=0.0, crowded_spin_s=20e-6)
 # A rank waiting for a message over shared memory; it re-checks its peers between naps.
 MESSAGE = Budget("message", spin_s=100e-6, yield_after_s=5e-6, nap_s=10e-3, crowded_spin_s=20e-6)
 # ... over a shaped link: a wake-up (~20-50 µs) would add to the simulated hop time, and a
@@ -89,7 +92,7 @@ MPI_REQUEST = Budget(
     "mpi-request", spin_s=10e-3, yield_after_s=5e-6, nap_s=50e-6, crowded_spin_s=20e-6
 )
 
-BUDGETS = (POOL_JOB, POOL_DONE, BARRIER, MESSAGE, SHAPED_LINK, MPI_REQUEST)
+BUDGETS = (POOL_JOB, POOL_DONE, BARRIER, RUN_START, MESSAGE, SHAPED_LINK, MPI_REQUEST)
 
 
 def ns(seconds: float) -> int:

@@ -1,5 +1,6 @@
 """The thread pool: every tid runs once per call, many calls in a row, failures re-raised
-(never a hang), and the kernels' barrier keeping threads in lock step.  No test bounds a
+(never a hang), and a self-completing run that does not wait for a late worker (the
+scheduled entries' own tests are in test_schedule.py).  No test bounds a
 duration from above; idle workers are shown asleep by the CPU time they do not use."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from ckeir.backends.llvm import pool as pool_mod
 from ckeir.backends.llvm.jit import compile_ir
-from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES, barrier, module_ir
+from ckeir.backends.llvm.kernels import module_ir
 from ckeir.backends.llvm.pool import Pool, measure_overhead
 from ckeir.errors import BackendError
 
@@ -32,50 +33,10 @@ define void @count(ptr %ctx, i32 %tid, i32 %nth) {
 }
 """
 
-# Rounds of: write my slot = round, barrier, check every slot == round, barrier.
-LOCKSTEP_IR = """
-define void @lockstep(ptr %ctx, i32 %tid, i32 %nth) {
-entry:
-  %state = getelementptr i8, ptr %ctx, i64 0
-  %slots = getelementptr i8, ptr %ctx, i64 128
-  %errors = getelementptr i8, ptr %ctx, i64 1024
-  %t = sext i32 %tid to i64
-  %mine = getelementptr i64, ptr %slots, i64 %t
-  %n = sext i32 %nth to i64
-  br label %round
-round:
-  %i = phi i64 [ 0, %entry ], [ %i1, %checked ]
-  %bad = phi i64 [ 0, %entry ], [ %bad2, %checked ]
-  store atomic i64 %i, ptr %mine monotonic, align 8
-  call void @cke_barrier(ptr %state, i32 %nth)
-  br label %check
-check:
-  %j = phi i64 [ 0, %round ], [ %j1, %check ]
-  %bad1 = phi i64 [ %bad, %round ], [ %bad2, %check ]
-  %pj = getelementptr i64, ptr %slots, i64 %j
-  %vj = load atomic i64, ptr %pj monotonic, align 8
-  %ne = icmp ne i64 %vj, %i
-  %inc = zext i1 %ne to i64
-  %bad2 = add i64 %bad1, %inc
-  %j1 = add i64 %j, 1
-  %more = icmp slt i64 %j1, %n
-  br i1 %more, label %check, label %checked
-checked:
-  call void @cke_barrier(ptr %state, i32 %nth)
-  %i1 = add i64 %i, 1
-  %again = icmp slt i64 %i1, 1000
-  br i1 %again, label %round, label %done
-done:
-  %pe = getelementptr i64, ptr %errors, i64 %t
-  store i64 %bad2, ptr %pe
-  ret void
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def native():
-    return compile_ir(module_ir([barrier(), COUNT_IR, LOCKSTEP_IR]))
+    return compile_ir(module_ir([COUNT_IR]))
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3])
@@ -88,16 +49,24 @@ def test_many_calls_run_every_tid_once(native, nth):
     assert buf[63] == 500 * nth * nth
 
 
-@pytest.mark.parametrize("nth", [2, 3])
-def test_barrier_keeps_threads_in_lock_step(native, nth):
-    raw = np.zeros(1024 // 8 + 64 + 8, np.int64)  # barrier state, slots, per-thread error counts
-    skip = (-raw.ctypes.data % 64) // 8
-    ctx = raw[skip : skip + 1024 // 8 + 64]  # 64-byte aligned, as the barrier requires
-    assert ctx.ctypes.data % 64 == 0 and BARRIER_STATE_BYTES <= 128
-    with Pool(nth) as pool:
-        for _ in range(2):
-            pool.run(native.address("lockstep"), ctx.ctypes.data)
-    assert not ctx[128:].any()
+def test_a_self_completing_run_does_not_wait_for_a_late_worker(native):
+    """`run(..., self_completing=True)` returns when thread 0 returns: a worker held before
+    it enters the job has not run it yet; released, it runs that job late, and the jobs
+    after it run on every thread."""
+    buf = np.zeros(64, np.int64)
+    with Pool(2) as pool:
+        pool.hold(1)
+        pool.run(native.address("count"), buf.ctypes.data, self_completing=True)
+        assert list(buf[:2]) == [1, 0]
+        pool.release()
+        deadline = time.monotonic() + 60.0
+        while buf[1] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert list(buf[:2]) == [1, 1]
+        pool.run(native.address("count"), buf.ctypes.data)  # waits for every thread
+        assert list(buf[:2]) == [2, 2]
+        with pytest.raises(BackendError, match="Python callable"):
+            pool.run(lambda ctx, tid, nth: None, self_completing=True)
 
 
 def test_python_callable_sees_tids_and_exceptions_reraise():

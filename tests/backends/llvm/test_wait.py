@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_generated_code_calls_the_table():
     """The pool and the barrier sleep on private futexes, the shared-memory transport on
     process-shared ones, all with the table's numbers."""
     private = {wait.FUTEX_WAIT | wait.FUTEX_PRIVATE_FLAG, wait.FUTEX_WAKE | wait.FUTEX_PRIVATE_FLAG}
-    for ir in (pool_mod._native_ir(), barrier().text):
+    for ir in (pool_mod._native_ir(), module_ir(sync.protocol())):
         calls = futex_calls(ir)
         assert calls and {op for _, op in calls} == private
         assert {n for n, _ in calls} == {wait.SYS_FUTEX}
@@ -114,37 +115,40 @@ def test_the_pool_stores_the_budget_its_threads_wait_by(nth):
 
 # ---- waiters sleep -----------------------------------------------------------------------------
 
-ENTRY_IR = """
-define void @barrier_entry(ptr %state, i32 %nth) {
-  call void @cke_barrier(ptr %state, i32 %nth)
-  ret void
-}
-"""
 
-
-def test_a_thread_waiting_at_the_barrier_sleeps():
-    """A thread that reaches the barrier long before the other spins for the barrier's
-    budget, then sleeps: the late thread sees it counted among the sleepers (the word the
-    last arriver reads to wake them), and both get through."""
-    cm = compile_ir(module_ir([barrier(), ENTRY_IR]))
-    enter = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)(cm.address("barrier_entry"))
+def test_a_thread_waiting_for_an_op_sleeps():
+    """A thread waiting for the last part of an op spins for the barrier's budget, then
+    sleeps: the thread holding the part sees it counted among the sleepers (the word it
+    reads, when it counts the part done, to wake them), and the waiter gets through."""
+    cm = compile_ir(module_ir(sync.protocol()).replace("define internal ", "define "))
+    fn = ctypes.CFUNCTYPE
+    claim = fn(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)(
+        cm.address(sync.CLAIM)
+    )
+    done = fn(None, ctypes.c_void_p, ctypes.c_int32)(cm.address(sync.DONE))
+    barrier = fn(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)(cm.address(sync.BARRIER))
     raw = np.zeros(BARRIER_STATE_BYTES // 8 + 8, np.int64)
     state = raw.ctypes.data + (-raw.ctypes.data % 64)
     sleepers = ctypes.c_int32.from_address(state + sync.SLEEPERS_AT)
+    seq = 1 << sync.OP_BITS | 1  # op 1 of run 1
+    assert claim(state, seq, 1) == 0 and claim(state, seq, 1) == -1  # one part, taken
     seen = []
 
-    def meet(ctx, tid, nth):
-        if tid == 1:
-            deadline = time.monotonic() + BACKSTOP_S
-            while not sleepers.value and time.monotonic() < deadline:
-                time.sleep(0.01)
-            seen.append(sleepers.value)
-        enter(state, nth)
+    def finish_late() -> None:
+        deadline = time.monotonic() + BACKSTOP_S
+        while not sleepers.value and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(sleepers.value)
+        done(state, 1)
 
-    with Pool(2) as pool:
-        pool.run(meet)
+    t = threading.Thread(target=finish_late)
+    t.start()
+    barrier(state, seq, 1)  # ctypes releases the GIL: the thread above runs meanwhile
+    t.join()
     assert seen == [1]
     assert sleepers.value == 0
+    assert claim(state, seq, 1) == -1  # the op is over
+    assert claim(state, seq + 1, 1) == 0  # the next one opens
 
 
 def test_poll_spins_then_naps():
