@@ -229,6 +229,7 @@ def _perf(perf: dict, prompt_tokens: int, decode_tokens: int) -> dict:
     return {
         "hardware": perf["hardware"],
         "reason": perf["reason"],
+        "software_reason": perf.get("software_reason"),
         "decode_per_token": per("decode", decode_tokens),
         "prefill_per_token": per("prefill", prompt_tokens),
     }

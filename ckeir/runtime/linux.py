@@ -158,8 +158,12 @@ HARDWARE = {
     "llc_misses": (_CACHE, 2 | _MISS),
     "dtlb_misses": (_CACHE, 3 | _MISS),
 }
-# Counted by the kernel, so readable on any machine the system call is allowed on.
+# Counted by the kernel, so readable on any machine the system call is allowed on.  They are
+# opened kernel side included (a migration happens in the kernel: user-only counts none),
+# which perf_event_paranoid 2 refuses to a user without CAP_PERFMON: then task-clock is
+# counted in user space only, and migrations not at all.
 SOFTWARE = {"task_clock_ns": (_SW, 1), "cpu_migrations": (_SW, 4)}
+_KERNEL_ONLY = {"cpu_migrations"}
 
 # A test hook: CKEIR_PERF_FAIL=EACCES (any errno name) makes every open fail with it.
 FAIL_ENV = "CKEIR_PERF_FAIL"
@@ -174,9 +178,9 @@ def perf_paranoid() -> int | None:
         return None
 
 
-def open_counter(thread_id: int, kind: int, config: int) -> int:
-    """A counting perf event for one thread, user space only; its file descriptor.  Raises
-    OSError with the kernel's errno."""
+def open_counter(thread_id: int, kind: int, config: int, user_only: bool = True) -> int:
+    """A counting perf event for one thread (`user_only`: in user space only); its file
+    descriptor.  Raises OSError with the kernel's errno."""
     forced = os.environ.get(FAIL_ENV)
     if forced:
         code = getattr(errno, forced, errno.EPERM)
@@ -185,7 +189,7 @@ def open_counter(thread_id: int, kind: int, config: int) -> int:
         raise OSError(errno.ENOSYS, "perf_event_open: unknown system call on this architecture")
     attr = ctypes.create_string_buffer(_ATTR_BYTES)
     struct.pack_into("IIQ", attr, 0, kind, _ATTR_BYTES, config)
-    struct.pack_into("QQ", attr, 32, _READ_TIMES, _USER_ONLY)
+    struct.pack_into("QQ", attr, 32, _READ_TIMES, _USER_ONLY if user_only else 0)
     fd = _libc.syscall(_SYS_PERF_EVENT_OPEN, attr, thread_id, -1, -1, _FD_CLOEXEC)
     if fd < 0:
         code = ctypes.get_errno()
@@ -220,12 +224,12 @@ def unavailable_reason(error: OSError) -> str:
     return f"perf_event_open: {name} ({error.strerror})"
 
 
-def _open_on_all(thread_ids, kind: int, config: int) -> list[int]:
+def _open_on_all(thread_ids, kind: int, config: int, user_only: bool = True) -> list[int]:
     """One event's descriptors, one per thread: all of them, or none (and the OSError)."""
     fds: list[int] = []
     try:
         for t in thread_ids:
-            fds.append(open_counter(t, kind, config))
+            fds.append(open_counter(t, kind, config, user_only))
     except OSError:
         for fd in fds:
             os.close(fd)
@@ -233,26 +237,40 @@ def _open_on_all(thread_ids, kind: int, config: int) -> list[int]:
     return fds
 
 
+def _open_software(name: str, thread_ids, config: int) -> list[int]:
+    """A software event kernel side included, else (refused) in user space only where it
+    still counts something."""
+    try:
+        return _open_on_all(thread_ids, _SW, config, user_only=False)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM) or name in _KERNEL_ONLY:
+            raise
+        return _open_on_all(thread_ids, _SW, config)
+
+
 class Counters:
     """Events counted on every pool thread (summed over them).  Hardware events are
-    all-or-none: if one cannot be opened, `reason` says why and only software ones count."""
+    all-or-none: if one cannot be opened, `reason` says why and only software ones count;
+    `software_reason` says why a software one is missing."""
 
     def __init__(self, thread_ids, events: dict | None = None):
         self.fds: dict[str, list[int]] = {}
-        self.reason: str | None = None  # why hardware events are not counted
+        self.reason: str | None = None
+        self.software_reason: str | None = None
         wanted = events if events is not None else {**HARDWARE, **SOFTWARE}
         for name, (kind, config) in wanted.items():
-            if kind != _SW and self.reason is not None:
-                continue  # a partial hardware set would mislead
-            try:
-                self.fds[name] = _open_on_all(thread_ids, kind, config)
-            except OSError as e:
-                if kind != _SW:
+            if kind == _SW:
+                try:
+                    self.fds[name] = _open_software(name, thread_ids, config)
+                except OSError as e:
+                    self.software_reason = self.software_reason or unavailable_reason(e)
+            elif self.reason is None:  # after one failure, a partial set would mislead
+                try:
+                    self.fds[name] = _open_on_all(thread_ids, kind, config)
+                except OSError as e:
                     self.reason = unavailable_reason(e)
                     for opened in [n for n in self.fds if wanted[n][0] != _SW]:
                         self.close_event(opened)
-                else:
-                    self.reason = self.reason or unavailable_reason(e)
 
     def read(self) -> dict[str, float]:
         return {name: sum(read_counter(fd) for fd in fds) for name, fds in self.fds.items()}
@@ -330,7 +348,12 @@ class RunWatch:
         return out
 
     def _perf(self) -> dict:
-        out: dict = {"hardware": self.counters.reason is None, "reason": self.counters.reason}
+        c = self.counters
+        out: dict = {
+            "hardware": c.reason is None,
+            "reason": c.reason,
+            "software_reason": c.software_reason,
+        }
         for phase, (a, b) in PHASES.items():
             if a in self.perf and b in self.perf:
                 out[phase] = {k: self.perf[b][k] - self.perf[a][k] for k in self.perf[b]}

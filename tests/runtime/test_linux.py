@@ -141,8 +141,28 @@ def test_hardware_counters_where_the_cpu_exposes_them():
 def test_counters_that_cannot_be_opened_name_the_reason(monkeypatch, forced, says):
     monkeypatch.setenv(linux.FAIL_ENV, forced)
     counters = linux.Counters([threading.get_native_id()])
-    assert counters.fds == {} and forced in counters.reason and says in counters.reason
-    assert counters.read() == {}
+    assert counters.fds == {} and counters.read() == {}
+    for reason in (counters.reason, counters.software_reason):
+        assert forced in reason and says in reason
+
+
+@TWO_CPUS
+def test_a_thread_moved_between_cpus_counts_its_migrations():
+    """cpu-migrations happen in the kernel: counted only with the kernel side included."""
+    me = threading.get_native_id()
+    first, second = usable_cpu_ids()[:2]
+    counters = linux.Counters([me], linux.SOFTWARE)
+    if counters.software_reason is not None:
+        counters.close()
+        pytest.skip(counters.software_reason)  # refused to this user: nothing to count
+    try:
+        with linux.pinned({0: me}, [first]):
+            for cpu in (second, first) * 5:
+                os.sched_setaffinity(me, {cpu})  # the kernel moves the thread at once
+        moved = counters.read()["cpu_migrations"]
+    finally:
+        counters.close()
+    assert moved >= 10
 
 
 # ---- memory --------------------------------------------------------------------------------
