@@ -340,9 +340,9 @@ def float_gemv_documented_order(x: np.ndarray, w: np.ndarray, fmt: str, fused: b
     for b in range(xb.shape[0]):
         p = fma(q[:, b, 16:], xb[b, 16:], q[:, b, :16] * xb[b, :16])
         acc[b % 4] = fma(p, d[:, b, None], acc[b % 4])
-    total = lane_sum((acc[0] + acc[1]) + (acc[2] + acc[3]))
+    total = (acc[0] + acc[1]) + (acc[2] + acc[3])
     if m is None:
-        return total
+        return lane_sum(total)
     sums = lane_sum(xb[:, :16] + xb[:, 16:])
     mins = np.zeros((len(q), 8), np.float32)
     for g in range(0, xb.shape[0], 4):
@@ -351,7 +351,7 @@ def float_gemv_documented_order(x: np.ndarray, w: np.ndarray, fmt: str, fused: b
             terms[:, 2 * j] = d[:, g + j] * np.float32(0)
             terms[:, 2 * j + 1] = m[:, g + j] * sums[g + j]
         mins = mins + terms
-    return total + lane_sum(mins)
+    return lane_sum(total + np.pad(mins, ((0, 0), (0, 8))))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

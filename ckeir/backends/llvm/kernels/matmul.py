@@ -193,6 +193,7 @@ def _gemv(f: FunctionWriter, rows: _Rows, lo: str, hi: str) -> None:
         block(r, 1)
 
 
+PREFETCH = 4096  # bytes ahead of a step that it asks the cache for (measured 2-8 KiB: +8%)
 GROUP = 4  # blocks per decode step: one load of their scales, one accumulator per position
 
 
@@ -207,8 +208,10 @@ class _BlockGemv:
     transcribes it): per block, 16 lanes p = q[0:16]·x[0:16], then p += q[16:32]·x[16:32]
     and acc[b mod GROUP] += p·d_b (both fused where the ISA has FMA), in block order; q4_1
     adds m_b·Σx_b (Σx_b: x[0:16] + x[16:32], its lanes in a halving tree) into lane
-    2·(b mod GROUP) + 1 of an 8-lane accumulator, whose even lanes add d_b·0.  The result is
-    the halving-tree lane sum of (acc0 + acc1) + (acc2 + acc3), plus that of the 8 lanes."""
+    2·(b mod GROUP) + 1 of an 8-lane accumulator M, whose even lanes add d_b·0.  The result
+    is the halving-tree lane sum (lane i + lane i+8, then i + i+4, ...) of
+    ((acc0 + acc1) + (acc2 + acc3)) [+ M in lanes 0..7].  Each step also prefetches the
+    bytes PREFETCH ahead of it."""
 
     def __init__(self, f: FunctionWriter, fmt: Format, k: int, f16c: bool):
         self.f, self.v = f, Vec(f, 16)  # 16 lanes on every host: LLVM splits them as needed
@@ -226,8 +229,18 @@ class _BlockGemv:
                 s = _lane_sum(self.v, self.v.add(*self.x(b)))
                 pair = f(f"insertelement <2 x float> <float 0.0, float poison>, float {s}, i64 1")
                 f.store("<2 x float>", pair, f.gep(self.sums, f.mul(b, 2)))
-        with f.loop(lo, hi, 1, "r") as r:
-            f.store("float", self.row(self.rows.row(r)), f.gep("%a2", r))
+        # rows 16 at a time: their sums' lanes added by one transpose-and-add tree (the same
+        # additions as each row's own halving tree), the 16 outputs stored as one vector
+        v, batch = self.v, self.v.w
+        sums = f.var(f"[{batch} x {v.t}]", hint="rowsums", align=64).ptr
+        end = f.round_down(lo, hi, batch)
+        with f.loop(lo, end, batch, "rb") as r0:
+            with f.loop(0, batch, 1, "r") as i:
+                f.store(v.t, self.row(self.rows.row(f.add(r0, i))), f.gep(sums, f.mul(i, batch)))
+            rows = [f.load(v.t, f.gep(sums, i * batch)) for i in range(batch)]
+            v.store(v.hsum_each(rows), "%a2", r0)
+        with f.loop(end, hi, 1, "r") as r:
+            f.store("float", _lane_sum(v, self.row(self.rows.row(r))), f.gep("%a2", r))
 
     def x(self, b: str | int) -> list[str]:
         """Block b of the activation row as two 16-lane vectors."""
@@ -235,6 +248,7 @@ class _BlockGemv:
         return [self.v.load("%a0", self.f.add(base, i)) for i in (0, 16)]
 
     def row(self, row: str) -> str:
+        """The row's sum as 16 lanes (to be added by the halving tree)."""
         f, v = self.f, self.v
         accs = [f.var(v.t, v.zero, "acc") for _ in range(GROUP)]
         mins = f.var(f"<{2 * GROUP} x float>", "zeroinitializer", "accm") if self.mins else None
@@ -244,16 +258,22 @@ class _BlockGemv:
                 self.step(row, b0, GROUP, accs, mins)
         if rest:
             self.step(row, whole * GROUP, rest, accs, mins)
-        total = _lane_sum(v, _tree(v.add, [f.get(a) for a in accs]))
-        if mins is not None:
-            total = f(f"fadd float {total}, {_lane_sum(Vec(f, 2 * GROUP), f.get(mins))}", "tot")
-        return total
+        total = _tree(v.add, [f.get(a) for a in accs])
+        if mins is None:
+            return total
+        m, idx = f.get(mins), ", ".join(f"i32 {min(i, 2 * GROUP)}" for i in range(16))
+        m = f(f"shufflevector {mins.ty} {m}, {mins.ty} zeroinitializer, <16 x i32> <{idx}>", "m")
+        return v.add(total, m)
 
     def step(self, row: str, b0: str | int, nb: int, accs: list, mins) -> None:
         f, v, rows = self.f, self.v, self.rows
         lpb = 2 if self.mins else 1
         scales = block_scales(f, self.fmt, row, b0, nb, self.f16c)
         st = f"<{nb * lpb} x float>"
+        if nb == GROUP:
+            ahead = f.gep(row, f.add(f.mul(b0, self.fmt.block_bytes), PREFETCH), "i8")
+            args = [("ptr", ahead), ("i32", "0"), ("i32", "3"), ("i32", "1")]
+            f.intrinsic("void", "llvm.prefetch.p0", args)
         # the scales go through memory, each read back as the broadcast operand of its FMA
         # (an EVEX embedded broadcast); an opaque address keeps LLVM from forwarding the
         # store into lane shuffles, which cost more
