@@ -349,6 +349,17 @@ def _check_measured(args, prog=None) -> None:
         raise CkeError(f"{flags}: one rank is measured on native code; run with --backend llvm")
 
 
+def _check_pin(args, prog) -> None:
+    """--pin/--no-pin place a native thread pool: one rank on the reference backend has none,
+    and a flag that does nothing would be ignored silently."""
+    if args.pin is not None and prog.world_size == 1 and args.backend != "llvm":
+        flag = "--pin" if args.pin else "--no-pin"
+        raise CkeError(
+            f"{flag}: the reference backend runs no thread pool to pin",
+            hint="run with --backend llvm",
+        )
+
+
 def _check_world(args, prog, transport) -> None:
     """Under MPI, as many processes as the schedule has ranks (else a collective would name
     a rank that does not exist, deep in the run); flags about ranks need several."""
@@ -421,6 +432,7 @@ def _run(args, ids, transport) -> int:
                 ids = prog.tokenizer.encode(args.prompt)
             ids = _checked_request(args, prog, ids)  # before any rank starts
             _check_measured(args, prog)
+            _check_pin(args, prog)
             _check_world(args, prog, transport)
             if prog.world_size > 1 and transport is None:
                 return _run_local_ranks(args, prog, ids, progress)

@@ -78,6 +78,13 @@ def test_rank_flags_on_a_one_rank_schedule(flag):
     assert_user_error(run(ODD, "--ids", "1", flag), f"{flag}: this schedule runs on one rank")
 
 
+@pytest.mark.parametrize("flag", ["--pin", "--no-pin"])
+def test_pinning_the_reference_backend_is_refused(flag):
+    """One rank on the reference backend has no thread pool: the flag would do nothing."""
+    r = run(ODD, "--ids", "1", flag)
+    assert_user_error(r, f"{flag}: the reference backend runs no thread pool to pin")
+
+
 def test_ids_separated_by_spaces_or_commas_are_the_same_prompt():
     """`--ids "1 2 3"` was read as the single id 123."""
     outs = {ids: run(ODD, "--ids", ids, "-n", "4") for ids in ("1,2,3", "1 2 3", " 1, 2 ,3 ")}
