@@ -105,6 +105,7 @@ class RankEngine:
         self._phase = "prefill"
         self._fault = injected_fault(rank)
         self._steps = 0
+        self._padding: dict = {}  # allgather step -> its padded send and receive buffers
 
     # -- native collectives ------------------------------------------------------------------
     def _attach_comm(self, prog, compiled) -> None:
@@ -204,25 +205,34 @@ class RankEngine:
             self.transport.send(arena[st.src : st.src + st.wire_bytes(n)], st.peer)
         elif st.kind == "recv":
             self.transport.recv(arena[st.dst : st.dst + st.wire_bytes(n)], st.peer)
-        elif st.kind == "allreduce":
-            out = arena[st.dst : st.dst + size]
-            out[:] = arena[st.src : st.src + size]
-            self.transport.allreduce(out.view(np.float32), st.group)
-        elif st.kind == "allgather":
-            # uneven slices (shards follow the nodes) travel padded to the widest one
+        elif st.kind == "allreduce":  # arena views straight to the transport, no copy
             src = arena[st.src : st.src + size].view(np.float32)
-            widest = max(st.sizes)
-            padded = np.zeros(widest, np.float32)
-            padded[: src.size] = src
-            gathered = np.empty(widest * len(st.group), np.float32)
-            self.transport.allgather(padded, gathered, st.group)
-            out = arena[st.dst : st.dst + 4 * sum(st.sizes)].view(np.float32)
-            at = 0
-            for i, w in enumerate(st.sizes):
-                out[at : at + w] = gathered[i * widest : i * widest + w]
-                at += w
+            out = arena[st.dst : st.dst + size].view(np.float32)
+            self.transport.allreduce(src, st.group, out=out)
+        elif st.kind == "allgather":
+            self._allgather(arena, st, size)
         else:
             raise TransportError(f"unknown program step {st.kind}")
+
+    def _allgather(self, arena: np.ndarray, st, size: int) -> None:
+        """Each member's one-row slice, in group order.  Equal slices gather straight into
+        the arena; uneven ones (shards follow the nodes) travel padded to the widest, through
+        buffers kept for the step."""
+        src = arena[st.src : st.src + size].view(np.float32)
+        out = arena[st.dst : st.dst + 4 * sum(st.sizes)].view(np.float32)
+        widest = max(st.sizes)
+        if min(st.sizes) == widest:
+            self.transport.allgather(src, out, st.group)
+            return
+        padded, gathered = self._padding.get(st) or self._padding.setdefault(
+            st, (np.zeros(widest, np.float32), np.empty(widest * len(st.group), np.float32))
+        )
+        padded[: src.size] = src
+        self.transport.allgather(padded, gathered, st.group)
+        at = 0
+        for i, w in enumerate(st.sizes):
+            out[at : at + w] = gathered[i * widest : i * widest + w]
+            at += w
 
     def _counted(self, st) -> int:
         """The transport's count of the bytes a step moves, so far: a send's or recv's with

@@ -248,9 +248,10 @@ class _Lowering:
             attributes="nounwind",
         )
         f = self.f
+        # the scheduler first: a thread joins a run before it reads what changes between runs
+        self.schedule = Scheduler(f, self.slot_ptr("barrier"), self.kernels)
         self.arena = arena = self.slot_ptr("arena")
         self.n, self.pos = self.slot_i64("n"), self.slot_i64("pos")
-        self.schedule = Scheduler(f, self.slot_ptr("barrier"), self.kernels)
         args = self.block.args
         self.ptrs = {
             args[0]: self.slot_ptr("ids"),

@@ -282,18 +282,28 @@ class Transport(abc.ABC):
 
     # -- collectives
 
-    def allreduce(self, buf: np.ndarray, group: Sequence[int] | None = None) -> None:
-        """In-place elementwise sum over the ranks of `group` (default: all), summed in group
-        order: the result is bitwise identical on every member."""
+    def allreduce(
+        self, buf: np.ndarray, group: Sequence[int] | None = None, out: np.ndarray | None = None
+    ) -> None:
+        """Elementwise sum over the ranks of `group` (default: all), summed in group order:
+        the result is bitwise identical on every member.  In place, or into `out` (same
+        size and type as `buf`, which is then only read: no copy of it is made first)."""
         g = self._group(group)
-        x = _contiguous(buf, "allreduce", writable=True)
-        x = x if x.ndim == 1 else x.reshape(-1)
+        x = _flat(_contiguous(buf, "allreduce", writable=out is None))
+        y = x if out is None else _flat(_contiguous(out, "allreduce", writable=True))
+        if y.dtype != x.dtype or y.size != x.size:
+            raise TransportError(
+                f"rank {self.rank}: allreduce of {x.size} x {x.dtype} into {y.size} x {y.dtype}"
+            )
         t0 = time.perf_counter()
-        if len(g) > 1:
-            if cost.allreduce_is_direct(len(g), x.nbytes):
-                self._allreduce_direct(x, g, t0)
-            else:
-                self._allreduce_sliced(x, g, t0)
+        if len(g) > 1 and cost.allreduce_is_direct(len(g), x.nbytes):
+            self._allreduce_direct(x, g, t0, y)
+        elif len(g) > 1:
+            if y is not x:
+                np.copyto(y, x)
+            self._allreduce_sliced(y, g, t0)
+        elif y is not x:
+            np.copyto(y, x)
         self._record_collective("allreduce", x.nbytes, t0)
 
     def allgather(
@@ -440,11 +450,13 @@ class Transport(abc.ABC):
 
     # -- collective algorithms
 
-    def _allreduce_direct(self, x: np.ndarray, g: tuple[int, ...], t0: float) -> None:
+    def _allreduce_direct(
+        self, x: np.ndarray, g: tuple[int, ...], t0: float, out: np.ndarray
+    ) -> None:
         parts = {p: self._scratch(p, x) for p in g if p != self.rank}
         self._all_to_all(g, lambda _p: x, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0)
         parts[self.rank] = x
-        _ordered_sum([parts[p] for p in g], out=x)
+        _ordered_sum([parts[p] for p in g], out=out)
 
     def _scratch(self, peer: int, like: np.ndarray) -> np.ndarray:
         """A receive buffer shaped like `like`, reused across calls (the same buffers every
@@ -578,6 +590,10 @@ def _contiguous(buf: np.ndarray, op: str, writable: bool = False) -> np.ndarray:
     if writable and not buf.flags.writeable:
         raise TransportError(f"{op} writes into its buffer, but the array is read-only")
     return buf
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x if x.ndim == 1 else x.reshape(-1)
 
 
 def _ordered_sum(parts: Sequence[np.ndarray], out: np.ndarray) -> None:
