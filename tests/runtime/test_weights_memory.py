@@ -8,7 +8,7 @@ from smollm2 import SPEC, needs_smollm2
 import ckeir
 from ckeir.errors import CkeError
 from ckeir.models.llama import LlamaConfig
-from ckeir.runtime import weights
+from ckeir.runtime import memory, weights
 from ckeir.runtime.memory import ENV_SWITCH, HUGE_PAGE, huge_pages_report, thp_mode
 from ckeir.runtime.weights import available_memory, random_weights, random_weights_bytes
 
@@ -46,21 +46,40 @@ def weight_report(prog) -> dict:
     return huge_pages_report(prog.memory_regions())["weights"]
 
 
+def mapped_file_bytes(prog) -> int:
+    """Bytes of the model file this process has mapped in (smaps `Rss` of the file's map)."""
+    m = prog.job.model_file._bytes()
+    return sum(
+        fields.get("Rss", 0)
+        for lo, _, fields in memory._smaps()
+        if m.ctypes.data <= lo < m.ctypes.data + m.nbytes
+    )
+
+
 @pytest.fixture(scope="module")
 def default_run():
     with ckeir.compile(SPEC) as prog:
         ids = prog.generate(PROMPT, max_new_tokens=6)
-        yield ids, prog.weight_placement, weight_report(prog)
+        yield ids, prog.weight_placement, weight_report(prog), mapped_file_bytes(prog)
 
 
 @needs_smollm2
 @needs_thp
 def test_weights_are_on_huge_pages_by_default(default_run):
-    _, placement, report = default_run
+    _, placement, report, _ = default_run
     assert placement["where"] == "copy"
     assert report["bytes"] == placement["nbytes"] > 90 * 2**20
     # every whole 2 MiB of the copy: all but the last partial huge page
     assert report["huge_page_bytes"] > report["bytes"] - HUGE_PAGE
+
+
+@needs_smollm2
+def test_copied_weights_are_resident_once(default_run):
+    """Once copied, a tensor's file pages are unmapped: the process holds the weights once
+    (the page cache keeps the file, shared and reclaimable); the header stays mapped."""
+    _, placement, report, mapped = default_run
+    assert report["resident_bytes"] == placement["nbytes"]
+    assert mapped < 4 * 2**20 < placement["nbytes"]
 
 
 @needs_smollm2
