@@ -34,6 +34,24 @@ def test_weights_are_memory_mapped_not_copied(model_path, tmp_path):
     assert prog.weight_formats["blk.0.attn_q.weight"] == "q8_0"
 
 
+def test_native_runs_compute_on_a_copy_that_equals_the_file(model_path, tmp_path):
+    """The native backend copies the file's tensors (onto huge pages when large enough) as
+    its programs take them, and unmaps their file pages; the file still reads the same after,
+    and the run gives the ids of a run on the mapped file."""
+    spec = spec_for(model_path, tmp_path)
+    with ckeir.compile(spec, threads=1, huge_pages=True) as prog:
+        copied = prog.generate([1, 2, 3], 5)
+        w = prog.weights["blk.0.attn_q.weight"]
+        m = prog.job.model_file._bytes()
+        assert not m.ctypes.data <= w.ctypes.data < m.ctypes.data + m.nbytes
+        assert np.array_equal(w, prog.job.model_file.data("blk.0.attn_q.weight"))
+    with ckeir.compile(spec, threads=1, huge_pages=False) as prog:
+        assert prog.generate([1, 2, 3], 5) == copied
+        w = prog.weights["blk.0.attn_q.weight"]
+        m = prog.job.model_file._bytes()
+        assert m.ctypes.data <= w.ctypes.data < m.ctypes.data + m.nbytes
+
+
 def test_keep_vs_requantize_in_ir(model_path, tmp_path):
     text = ckeir.compile(spec_for(model_path, tmp_path, "q4_1"), backend="reference").mlir()
     assert "tensor<64x64x!cke.q4_1>" in text and "!cke.q8_0" not in text
