@@ -230,8 +230,10 @@ class FunctionWriter:
         self.op(f"store {ty} {value}, ptr {ptr}, align {align}")
 
     def share(self, total: str | int, align: int) -> tuple[str, str]:
-        """This thread's half-open range [lo, hi) of `total` items: equal chunks rounded up to a
-        multiple of `align` (so neighbours do not share cache lines), the last ones short."""
+        """Part `%tid`'s half-open range [lo, hi) of `total` items, of `%nth` parts (the
+        scheduler hands parts to threads in any order: the range depends on the part alone):
+        equal chunks rounded up to a multiple of `align` (so neighbouring parts do not share
+        cache lines), the last ones short or empty."""
         nth = self.i64("%nth")
         up = self(f"add i64 {total}, {self(f'sub i64 {nth}, 1')}")
         per = self(f"sdiv i64 {up}, {nth}", "per")
