@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import ckeir
 from ckeir.backends.llvm.host import detect_host
 from ckeir.backends.llvm.jit import compile_ir
+from ckeir.backends.llvm.kernels import entry_ctx
 from ckeir.backends.llvm.kernels.common import FunctionWriter
 from ckeir.backends.llvm.kernels.matmul import matmul
 from ckeir.backends.llvm.kernels.quant_embed import qembed
@@ -277,14 +278,21 @@ class GemvRuns:
 
 
 def float_gemv_runs(run_kernel, host, fmt: str, n_out: int, k: int, threads=(1, 2, 3)):
+    """Each thread count, then 7 parts run on this thread, last part first."""
     w = quantize_rows(awkward(n_out, k), fmt)
     x = awkward(1, k)
     kernel = matmul(n_out, k, (64, 256), host, fmt=fmt)
     outs = []
     for nth in threads:
-        out = np.full((1, n_out), np.nan, np.float32)
-        run_kernel(kernel, host, [x, w, out], 1, pos=3, nth=nth)
-        outs.append(out)
+        outs.append(np.full((1, n_out), np.nan, np.float32))
+        run_kernel(kernel, host, [x, w, outs[-1]], 1, pos=3, nth=nth)
+    outs.append(np.full((1, n_out), np.nan, np.float32))
+    entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)(
+        run_kernel.compile(kernel, host).address("entry")
+    )
+    ctx = entry_ctx([x.ctypes.data, w.ctypes.data, outs[-1].ctypes.data], 1, 3)
+    for part in reversed(range(7)):
+        entry(ctypes.addressof(ctx), part, 7)
     return GemvRuns(fmt, x, w, outs)
 
 
@@ -293,7 +301,8 @@ def float_gemv_runs(run_kernel, host, fmt: str, n_out: int, k: int, threads=(1, 
 def test_float_activation_gemv(host, run_kernel, assert_close, fmt, n_out, k):
     """Within f32 accumulation error of Σ|w·x| (each output adds fewer than K/64 + 16
     rounded terms per lane: 1e-5 is a tenfold margin), and the same bits on 1, 2 or 3
-    threads (rows land in other threads' shares, and in other places of a step)."""
+    threads or in 7 parts taken in reverse order (rows land in other parts, and in other
+    places of a batch of rows)."""
     runs = float_gemv_runs(run_kernel, host, fmt, n_out, k)
     assert_close(runs.outs[0], runs.exact, runs.magnitude, rtol=1e-5)
     for out in runs.outs[1:]:
