@@ -2,12 +2,13 @@
 for f32 weights and the GGML block formats q8_0, q4_0, q4_1 (raw blocks, bit-exact with
 `gguf.quants`; layouts in `ckeir.formats`).  x and out are f32.
 
-Threads split the N weight rows (each share a multiple of the vector width, so output rows
-of different threads never share a cache line).  The work unit is a register block of dot
-products over K with explicit `<W x float>` FMAs: quantized weights are dequantized in
-registers exactly as `gguf.quants.dequantize` does (q8_0: d*q, q4_0: d*(q-8), q4_1: d*q+m,
-in f32), so results match the f32 reference to rounding; f32 rows whose length W does not
-divide end with a masked tail.
+Parts of the op (`FunctionWriter.share`) take disjoint ranges of the N weight rows (each a
+multiple of the vector width, so output rows of different parts never share a cache line).
+The work unit is a register block of dot products over K with explicit `<W x float>` FMAs;
+in prefill, quantized weights are dequantized in registers exactly as
+`gguf.quants.dequantize` does (q8_0: d*q, q4_0: d*(q-8), q4_1: d*q+m, in f32), so results
+match the f32 reference to rounding; f32 rows whose length W does not divide end with a
+masked tail.
 
 - n == 1 (decode GEMV): f32 weights `GEMV_ROWS` rows per step, streamed once; GGML blocks
   by `_BlockGemv`, which sums each block's integer weights times x before scaling it once
@@ -23,6 +24,7 @@ from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import (
     FunctionWriter,
     Kernel,
+    Var,
     Vec,
     ceil_to,
     finish_kernel,
@@ -220,10 +222,11 @@ class _BlockGemv:
         self.mins = fmt.name == "q4_1"
         if self.mins:  # per block [0, Σx_b]: the lanes the scales (d_b, m_b) multiply
             self.sums = f.var(f"[{2 * self.blocks} x float]", hint="xsums", align=64).ptr
+        self.slot = f.var(f"<{2 * GROUP} x float>", hint="scales", align=32).ptr
 
     def run(self, lo: str, hi: str) -> None:
+        """Rows lo..hi-1 of out."""
         f = self.f
-        self.slot = f.var(f"<{2 * GROUP} x float>", hint="scales", align=32).ptr
         if self.mins:
             with f.loop(0, self.blocks, 1, "xs") as b:
                 s = _lane_sum(self.v, self.v.add(*self.x(b)))
@@ -265,7 +268,8 @@ class _BlockGemv:
         m = f(f"shufflevector {mins.ty} {m}, {mins.ty} zeroinitializer, <16 x i32> <{idx}>", "m")
         return v.add(total, m)
 
-    def step(self, row: str, b0: str | int, nb: int, accs: list, mins) -> None:
+    def step(self, row: str, b0: str | int, nb: int, accs: list[Var], mins: Var | None) -> None:
+        """Blocks b0..b0+nb-1 of a row into its accumulators."""
         f, v, rows = self.f, self.v, self.rows
         lpb = 2 if self.mins else 1
         scales = block_scales(f, self.fmt, row, b0, nb, self.f16c)
