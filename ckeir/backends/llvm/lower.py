@@ -32,6 +32,11 @@ from ckeir.ir.types import ShapedType, element_format, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.planner.cost import message_bytes
 
+# The fused entry (a whole program: thousands of calls and branches in one function) is not
+# optimized: it only calls kernels, and O3's loop and dominator passes grow superlinearly on a
+# function that size (SmolLM2's two fused entries took O3 from 18 s to 170 s for a rank).
+ENTRY_ATTRIBUTES = "nounwind noinline optnone"
+
 FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache", "comm")
 
 
@@ -245,7 +250,7 @@ class _Lowering:
             symbol,
             [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")],
             linkage="dso_local",
-            attributes="nounwind",
+            attributes=ENTRY_ATTRIBUTES if symbol == self.fused else "nounwind",
         )
         f = self.f
         # the scheduler first: a thread joins a run before it reads what changes between runs
