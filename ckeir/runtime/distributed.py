@@ -73,6 +73,7 @@ class RankEngine:
         self.compiled = compiled
         self.events = events if events is not None else []
         self.programs, self.caches = {}, {}
+        self.fused: dict[str, _Fused] = {}  # phase -> its one-call entry, where it has one
         same = placement["prefill"].describe() == placement["decode"].describe()
         for abi in lowered.programs.values():
             key = "shared" if same else abi.phase
@@ -111,8 +112,7 @@ class RankEngine:
     def _attach_comm(self, prog, compiled) -> None:
         """Give a program whose collectives can run in native code (`ProgramABI.fused`) its
         comm block, when the transport offers one (local ranks) and the old path is not asked
-        for; `prog.fused` is then the entry's address."""
-        prog.fused = None
+        for."""
         switch = os.environ.get(PYTHON_COLLECTIVES_ENV, "")
         if (
             not prog.abi.fused
@@ -120,36 +120,22 @@ class RankEngine:
             or switch not in ("", "0")
         ):
             return
-        prog.records = np.zeros((len(prog.abi.comm_steps), C.RECORD_WORDS), np.int64)
-        prog.comm = self.transport.comm_block(prog.records)
-        prog.ctx[prog.abi.slot("comm")] = prog.comm.ctypes.data
-        prog.fused = compiled.address(prog.abi.fused)
-        prog.fits = {}  # row count -> whether every collective fits the native path
+        fused = _Fused(prog, compiled.address(prog.abi.fused), self.transport)
+        prog.ctx[prog.abi.slot("comm")] = fused.comm.ctypes.data
+        self.fused[prog.abi.phase] = fused
 
-    def _fused(self, prog, n: int) -> bool:
-        """Whether this call of `prog` (n rows) runs as one native call: every collective's
-        messages fit the transport's native path."""
-        if prog.fused is None:
-            return False
-        fits = prog.fits.get(n)
-        if fits is None:
-            fits = prog.fits[n] = all(
-                self.transport.runs_natively(st.kind, st.group, _message_bytes(st, n))
-                for st in prog.abi.comm_steps
-            )
-        return fits
-
-    def _run_fused(self, prog, n: int) -> None:
+    def _run_fused(self, fused: _Fused, n: int) -> None:
         """The whole program in one native call; then its collectives' records are checked
         against the IR and counted as the transport would count its own."""
-        prog.comm[C.C_STATUS] = C.OK
+        prog, comm = fused.prog, fused.comm
+        comm[C.C_STATUS] = C.OK
         t0 = time.perf_counter()
-        self.pool.run(prog.fused, prog.ctx.ctypes.data)
+        self.pool.run(fused.address, prog.ctx.ctypes.data)
         dt = time.perf_counter() - t0
-        if prog.comm[C.C_STATUS] != C.OK:
-            raise self._native_failure(prog, n)
+        if comm[C.C_STATUS] != C.OK:
+            raise fused.failure(n)
         waited = 0.0
-        for st, (r0, r1, sent, _received) in zip(prog.abi.comm_steps, prog.records, strict=True):
+        for st, (r0, r1, sent, _) in zip(prog.abi.comm_steps, fused.records, strict=True):
             c0, c1 = r0 * 1e-9, r1 * 1e-9  # CLOCK_MONOTONIC: time.perf_counter's clock
             moved = self._checked(st, n, int(sent))
             payload = st.nbytes(n) if st.kind == "allreduce" else moved * len(st.group)
@@ -157,15 +143,6 @@ class RankEngine:
             self._record(st, moved, c0, c1 - c0)
             waited += c1 - c0
         self._record(_NATIVE, 0, t0, dt - waited)
-
-    def _native_failure(self, prog, n: int) -> TransportError:
-        comm = prog.comm
-        st = prog.abi.comm_steps[int(comm[C.C_STEP])]
-        tag = int(comm[C.C_TAG_ALLREDUCE if st.kind == "allreduce" else C.C_TAG_ALLGATHER])
-        what = f"{st.kind} over ranks {st.group} (native)"
-        return self.transport.native_failure(
-            int(comm[C.C_STATUS]), what, int(comm[C.C_PEER]), _message_bytes(st, n), tag
-        )
 
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
@@ -178,8 +155,9 @@ class RankEngine:
             prog.ids[:n] = ids
             prog.ctx[prog.abi.slot("n")] = n
             prog.ctx[prog.abi.slot("pos")] = pos
-            if self._fused(prog, n):
-                self._run_fused(prog, n)
+            fused = self.fused.get(phase)
+            if fused is not None and fused.fits(n):
+                self._run_fused(fused, n)
             else:
                 for st in prog.abi.steps:
                     t0 = time.perf_counter()
@@ -338,6 +316,38 @@ def injected_fault(rank: int):
             " (R a rank, S >= 1 a decode step)"
         )
     return (step, kind) if target == rank else None
+
+
+class _Fused:
+    """A program's one-call entry with native collectives: its address, the comm block and
+    records its collectives use, and per row count whether they all fit the native path."""
+
+    def __init__(self, prog, address: int, transport):
+        self.prog, self.address, self.transport = prog, address, transport
+        self.records = np.zeros((len(prog.abi.comm_steps), C.RECORD_WORDS), np.int64)
+        self.comm = transport.comm_block(self.records)
+        self._fits: dict[int, bool] = {}
+
+    def fits(self, n: int) -> bool:
+        """Whether a call of n rows runs as one native call: every collective's messages
+        take the transport's native path (one slot each, an unshaped link)."""
+        fits = self._fits.get(n)
+        if fits is None:
+            fits = self._fits[n] = all(
+                self.transport.runs_natively(st.kind, st.group, _message_bytes(st, n))
+                for st in self.prog.abi.comm_steps
+            )
+        return fits
+
+    def failure(self, n: int) -> TransportError:
+        """The error of a call whose comm block's status is not OK."""
+        comm = self.comm
+        st = self.prog.abi.comm_steps[int(comm[C.C_STEP])]
+        tag = int(comm[C.C_TAG_ALLREDUCE if st.kind == "allreduce" else C.C_TAG_ALLGATHER])
+        what = f"{st.kind} over ranks {st.group} (native)"
+        return self.transport.native_failure(
+            int(comm[C.C_STATUS]), what, int(comm[C.C_PEER]), _message_bytes(st, n), tag
+        )
 
 
 _NATIVE = Step("native")  # a fused call's own time, without its collectives
