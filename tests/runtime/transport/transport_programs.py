@@ -62,7 +62,8 @@ def prog_p2p(t) -> dict:
 
 
 def prog_allreduce(t, sizes=(576, 7, 1, 100_003)) -> dict:
-    """Sums in group order: equal on every rank, and equal to numpy's ordered sum."""
+    """Sums in group order: equal on every rank, and equal to numpy's ordered sum; in place,
+    or into `out` with the input left as it was (how a program hands its arena views)."""
     out = {}
     groups = [tuple(range(t.size))]
     if t.size >= 3:
@@ -75,6 +76,10 @@ def prog_allreduce(t, sizes=(576, 7, 1, 100_003)) -> dict:
             t.allreduce(x, g)
             want = ordered_sum([data(p, n, seed=n) for p in g])
             out[f"{g}/{n}"] = {"digest": digest(x), "exact": bool(np.array_equal(x, want))}
+            x, into = data(t.rank, n, seed=n), np.full(n, np.nan, np.float32)
+            t.allreduce(x, g, out=into)
+            exact = np.array_equal(into, want) and np.array_equal(x, data(t.rank, n, seed=n))
+            out[f"{g}/{n}/out"] = {"digest": digest(into), "exact": bool(exact)}
     return out
 
 
