@@ -2,7 +2,7 @@
 2-stage pipeline on local ranks (one thread each), on a quiet machine and beside one busy
 process (`python3 -c "while True: pass"`).  Pinning puts each pool thread on a CPU of its
 own and the ranks of one machine on different CPUs (`ckeir.runtime.linux.pin_plan`); the
-table is what the default (`linux.wants_pinning`) was chosen from.
+table is what `linux.PIN_DEFAULT` was chosen from.
 
     python benchmarks/pinning.py [--quick] [--tokens 64] [--repeat 5] [--json out.json]
 

@@ -52,7 +52,7 @@ def run_rank(
     With a `transport`, the clock offset to rank 0 is measured first (a collective), so
     that rank 0 can put every rank's records on its own clock.  `on_token(id)` sees each
     token as it comes.  `pin`: pool threads on CPUs of their own (None: as the schedule
-    says, else the measured default: `linux.wants_pinning`); the Linux side is sampled around each phase."""
+    says, else `linux.PIN_DEFAULT`); the Linux side is sampled around each phase."""
     from ckeir.runtime import linux
     from ckeir.runtime.transport.base import ClockOffset
 
@@ -61,8 +61,7 @@ def run_rank(
     pool = getattr(prog.engine, "pool", None)  # the reference engine has no threads
     threads = pool.thread_ids() if pool is not None else {}
     cpus = None
-    declared = getattr(prog.job.schedule, "pin", None)
-    if threads and linux.wants_pinning(pin, declared, len(threads)):
+    if threads and linux.wants_pinning(pin, getattr(prog.job.schedule, "pin", None)):
         cpus = linux.pin_plan(len(threads), prog.rank or 0)
     with linux.pinned(threads, cpus), contextlib.closing(linux.RunWatch(threads, cpus)) as watch:
         clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)

@@ -25,15 +25,16 @@ from ckeir.runtime import memory
 # phase -> the boundaries it lies between (RunWatch.mark names the end of each)
 PHASES = {"prefill": ("start", "prefill"), "decode": ("prefill", "decode")}
 
-# Unless the schedule or `ckec run --pin/--no-pin` says otherwise, a rank pins its pool threads
-# when it has several: they meet at a barrier after every op and must all hold a CPU at once,
-# and unpinned the OS was seen stacking both on one CPU.  A rank of one thread is left free:
-# the stages of a pipeline take turns (one token in flight), and two 1-thread ranks sharing a
-# CPU hand over faster than ranks pinned apart.  Measured with benchmarks/pinning.py (SmolLM2
-# decode; pinned / unpinned tok/s, best of 5, this 2-core VM under other load): one rank x 2
-# threads 1.10x quiet and 2.59x beside one busy process; the 2-stage pipeline on local ranks
-# 0.73x and 0.58x.
-PIN_MIN_THREADS = 2
+# Unless the schedule or `ckec run --pin/--no-pin` says otherwise, pool threads are left to the
+# OS.  Measured with benchmarks/pinning.py (SmolLM2 decode, tok/s pinned / unpinned, best of
+# 5; this 2-core VM shared with other work, load average 6-7, so "quiet" is not): with ops
+# shared out in parts claimed by whichever thread comes, one rank x 2 threads 0.58x quiet
+# and 0.96x beside one busy process (medians 0.96x and 0.75x): an unpinned thread leaves a
+# CPU another process holds, a pinned one waits for it; the 2-stage pipeline on local ranks
+# 1.07x and 0.88x.  (With the pool before parts, whose threads waited for each other at
+# every op, pinning won 1.10x and 2.59x on one rank: 222 involuntary switches a token
+# unpinned beside the busy process, 5 pinned.)
+PIN_DEFAULT = False
 
 
 # ---- one thread, as /proc sees it -------------------------------------------------------------
@@ -89,14 +90,13 @@ def allowed_cpus(thread_id: int) -> list[int]:
 # ---- pinning -----------------------------------------------------------------------------------
 
 
-def wants_pinning(asked: bool | None, declared: bool | None, threads: int) -> bool:
-    """The run's choice for a rank of `threads` pool threads: the command line's
-    (`--pin/--no-pin`), else the schedule's (`threads pinned|unpinned`), else the measured
-    default (`PIN_MIN_THREADS`)."""
+def wants_pinning(asked: bool | None, declared: bool | None) -> bool:
+    """The run's choice: the command line's (`--pin/--no-pin`), else the schedule's
+    (`threads pinned|unpinned`), else the measured default (`PIN_DEFAULT`)."""
     for choice in (asked, declared):
         if choice is not None:
             return choice
-    return threads >= PIN_MIN_THREADS
+    return PIN_DEFAULT
 
 
 def local_slot(rank: int) -> int:

@@ -82,10 +82,9 @@ def test_ranks_of_one_machine_take_different_cpus():
 
 
 def test_the_command_line_wins_over_the_schedule_over_the_default():
-    assert linux.wants_pinning(False, True, 2) is False
-    assert linux.wants_pinning(None, False, 2) is False
-    assert linux.wants_pinning(None, None, 2) is True  # threads meeting at barriers
-    assert linux.wants_pinning(None, None, 1) is False  # e.g. a pipeline stage
+    assert linux.wants_pinning(False, True) is False
+    assert linux.wants_pinning(True, None) is True
+    assert linux.wants_pinning(None, not linux.PIN_DEFAULT) is not linux.PIN_DEFAULT
 
 
 def test_mpis_local_rank_decides_the_slot(monkeypatch):
@@ -245,11 +244,9 @@ def test_one_rank_pinned(tmp_path):
     check_pinned(lx)
 
 
-@TWO_CPUS
-def test_by_default_a_rank_of_two_threads_is_pinned(tmp_path):
+def test_by_default_pinning_is_the_measured_default(tmp_path):
     lx = check_linux(run_report(tmp_path, two_cores(tmp_path))[0], ranks=1)
-    assert lx["pinned"] == {"0": True}
-    check_pinned(lx)
+    assert lx["pinned"] == {"0": linux.PIN_DEFAULT}
 
 
 def test_one_rank_unpinned_keeps_every_cpu(tmp_path):
@@ -283,8 +280,7 @@ def test_mpi_ranks_report_their_linux_side(tmp_path):
     rep, _ = run_report(tmp_path, pipeline_spec(tmp_path), "--transport", "mpi", mpi_ranks=2)
     assert rep["launch"] == "2 ranks over mpi"
     lx = check_linux(rep, ranks=2)
-    # the default: a rank of several threads pins them
-    assert lx["pinned"] == {r: len(lx["affinity"][r]) > 1 for r in ("0", "1")}
+    assert lx["pinned"] == {"0": linux.PIN_DEFAULT, "1": linux.PIN_DEFAULT}
     # each rank's figures come from its own process
     ids = {lx["affinity"][r]["0"]["thread_id"] for r in ("0", "1")}
     assert len(ids) == 2
