@@ -165,7 +165,7 @@ def _record(f: FunctionWriter, comm: str, step: str, field: int) -> str:
     return f.gep(_word(f, comm, C_RECORDS, "ptr"), f.add(f.mul(step, RECORD_WORDS), field), "i64")
 
 
-def _fail(f: FunctionWriter, comm: str, code: int, step: str, peer: str) -> None:
+def _fail(f: FunctionWriter, comm: str, code: int | str, step: str, peer: str) -> None:
     f.store("i64", str(code), f.gep(comm, C_STATUS, "i64"), 8)
     f.store("i64", step, f.gep(comm, C_STEP, "i64"), 8)
     f.store("i64", peer, f.gep(comm, C_PEER, "i64"), 8)
@@ -207,10 +207,17 @@ def _wait_for(f: FunctionWriter, ready, peer: str, step: str) -> str:
     with f.if_(f(f"xor i1 {got}, true")):
         failed = f(f"icmp ne i32 {f(f'load atomic i32, ptr {failed_word} acquire, align 4')}, 0")
         code = f(f"select i1 {failed}, i64 {WORLD_FAILED}, i64 {PEER_ENDED}", "code")
-        f.store("i64", code, f.gep("%comm", C_STATUS, "i64"), 8)
-        f.store("i64", step, f.gep("%comm", C_STEP, "i64"), 8)
-        f.store("i64", peer, f.gep("%comm", C_PEER, "i64"), 8)
+        _fail(f, "%comm", code, step, peer)
     return got
+
+
+def _await_counter(f: FunctionWriter, word: str, target: str) -> None:
+    """Wait (`_wait_for`) until the channel counter at `word` reaches `target`; return from
+    the helper if the wait ended otherwise."""
+    ok = _wait_for(f, lambda: reached(f, word, target), "%peer", "%step")
+    with f.if_(f(f"xor i1 {ok}, true")):
+        f.op("ret void")
+        f.start(f.label("dead"))
 
 
 def send_helper() -> Kernel:
@@ -226,11 +233,7 @@ def send_helper() -> Kernel:
     _unless_failed(f)
     ch = _peer(f, "%comm", "%peer", P_OUT)
     seq = f(f"load atomic i32, ptr {f.gep(ch, CH_SEQ, 'i8')} monotonic, align 4", "seq")
-    free_at = f(f"sub i32 {seq}, {SLOTS - 1}")
-    ok = _wait_for(f, lambda: reached(f, f.gep(ch, CH_ACK, "i8"), free_at), "%peer", "%step")
-    with f.if_(f(f"xor i1 {ok}, true")):
-        f.op("ret void")
-        f.start(f.label("dead"))
+    _await_counter(f, f.gep(ch, CH_ACK, "i8"), f(f"sub i32 {seq}, {SLOTS - 1}"))
     hdr, data = slot(f, ch, seq, _word(f, "%comm", C_SLOT_BYTES))
     total = f.add("%nbytes", "%pad")
     tag = f(f"trunc i64 {_word(f, '%comm', '%tag_word')} to i32", "tag")
@@ -256,11 +259,7 @@ def await_helper() -> Kernel:
     _unless_failed(f)
     ch = _peer(f, "%comm", "%peer", P_IN)
     ack = f(f"load atomic i32, ptr {f.gep(ch, CH_ACK, 'i8')} monotonic, align 4", "ack")
-    target = f(f"add i32 {ack}, 1")
-    ok = _wait_for(f, lambda: reached(f, f.gep(ch, CH_SEQ, "i8"), target), "%peer", "%step")
-    with f.if_(f(f"xor i1 {ok}, true")):
-        f.op("ret void")
-        f.start(f.label("dead"))
+    _await_counter(f, f.gep(ch, CH_SEQ, "i8"), f(f"add i32 {ack}, 1"))
     hdr, _ = slot(f, ch, ack, _word(f, "%comm", C_SLOT_BYTES))
     tag = f(f"trunc i64 {_word(f, '%comm', '%tag_word')} to i32", "tag")
     with f.if_(f(f"xor i1 {header_is(f, hdr, tag, '%nbytes', '%nbytes')}, true")):
