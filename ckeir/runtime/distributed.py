@@ -4,6 +4,13 @@ layers or heads differently.
 
 Every rank runs the same generation loop (SPMD).  A rank without a program in a phase only
 takes part in the token broadcast (and in the handoff after prefill).
+
+On local ranks, a program whose communication is all collectives runs each token as one
+native call (its fused entry: the collectives speak the local transport's channels from
+JIT-compiled code), unless a message would not fit one channel slot or crosses a simulated
+link; the transport's counters and the IR byte check then come from what the native code
+recorded.  Elsewhere (MPI, or $CKEIR_PYTHON_COLLECTIVES=1) the steps run one by one, the
+collectives handed arena views.
 """
 
 from __future__ import annotations

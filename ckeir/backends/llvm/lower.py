@@ -5,6 +5,12 @@ it; each kernel call does the thread's share of one op, and an atomic barrier se
 dependent ops.  `%ctx` is an array of 8-byte slots the runtime fills (`ProgramABI` says which
 slot holds what): the arena base, the row count, the position, the barrier state, the inputs,
 the KV caches, and one pointer per weight.  Intermediates live at their plan-memory offsets.
+
+A program with `dist.*` ops is cut into native segments at them (`ProgramABI.steps`: the
+runtime runs the communication between segments).  One whose communication is all
+collectives also gets a *fused* entry, `@cke_<func>_fused`, the whole program in one call:
+its allreduces and allgathers run in native code (`kernels.collective`) over the local
+transport's shared memory, which the `comm` slot points at.
 """
 
 from __future__ import annotations
