@@ -84,8 +84,8 @@ def step_ir(kind: str, context: int, host: HostCPU) -> tuple[str, list]:
     q, kc, vc, partials, out = (word(i) for i in range(5))
     n, pos = word(5, "i64"), word(6, "i64")
     layer_bytes = context * KV_HEADS * HEAD_DIM * 4
-    with f.loop(0, LAYERS, 1, "layer") as layer:
-        at = f.mul(layer, layer_bytes)
+    for layer in range(LAYERS):  # unrolled: the scheduler numbers every op of an entry
+        at = layer * layer_bytes
         kl, vl = (f(f"getelementptr inbounds i8, ptr {c}, i64 {at}", "l") for c in (kc, vc))
         tail = [("i64", n), ("i64", pos)]
         if kind == "one pass":
@@ -112,10 +112,13 @@ class Caches:
         self.q = rng.standard_normal((rows, HEADS * HEAD_DIM), dtype=np.float32)
         self.partials = np.zeros(scratch_bytes(HEADS, HEAD_DIM, rows) // 4 + 1, np.float32)
         self.out = np.zeros((rows, HEADS * HEAD_DIM), np.float32)
-        self.state = np.zeros(K.BARRIER_STATE_BYTES // 8 + 8, np.uint64)
+        self.states: list[np.ndarray] = []
 
     def ctx(self, rows: int, pos: int) -> ctypes.Array:
-        state = -(-self.state.ctypes.data // 64) * 64  # the state is 64-byte aligned
+        """A step's ctx with a scheduling state of its own: one entry run by one pool, as
+        every program of an engine has (a state is not shared between pools)."""
+        self.states.append(np.zeros(K.BARRIER_STATE_BYTES // 8 + 8, np.uint64))
+        state = -(-self.states[-1].ctypes.data // 64) * 64  # the state is 64-byte aligned
         arrays = (self.q, self.k, self.v, self.partials, self.out)
         return (ctypes.c_uint64 * CTX_WORDS)(*(a.ctypes.data for a in arrays), rows, pos, state)
 
@@ -127,13 +130,12 @@ def kernel_table(contexts, threads, repeat, host, pools) -> list[dict]:
     module = compile_ir(_module(top, host), host)
     entries = {kind: module.address(f"step_{i}") for i, kind in enumerate(KINDS)}
     cases = [(1, c) for c in contexts] + [(PREFILL_ROWS, top)]
-    fns, ctxs = {}, {}
+    fns, ctxs = {}, []
     for rows, context in cases:
-        ctx = caches[rows].ctx(rows, context - rows)
-        ctxs[rows, context] = ctx  # kept alive while timed
         for t in threads:
             for kind in KINDS:
-                fns[rows, context, t, kind] = _runner(pools[t], entries[kind], ctx)
+                ctxs.append(caches[rows].ctx(rows, context - rows))  # alive while timed
+                fns[rows, context, t, kind] = _runner(pools[t], entries[kind], ctxs[-1])
     log(f"timing attention: {len(fns)} cells, best of {repeat} rounds")
     timed = time_interleaved(fns, rounds=repeat, min_seconds=0.05)
     out = []
