@@ -7,17 +7,18 @@
 // CHECK-LABEL: define dso_local void @cke_decode_r0_s0(ptr %ctx, i32 %tid, i32 %nth)
 // CHECK: %[[EMB:buf[.0-9]+]] = getelementptr inbounds i8, ptr %{{.*}}, i64 0
 // CHECK: call void @embed_f32_v10_d64(ptr %{{.*}}, ptr %{{.*}}, ptr %[[EMB]],
-// CHECK-NEXT: call void @cke_barrier(
-// CHECK-NEXT: %[[STAGE:stage[.0-9]+]] = getelementptr inbounds i8, ptr %{{.*}}, i64 256
-// CHECK-NEXT: call void @q8_0_quantize_k64(ptr %[[EMB]], ptr %[[STAGE]], i64 1,
-// CHECK-NEXT: ret void
+// CHECK: call void @cke_barrier(
+// CHECK: %[[STAGE:stage[.0-9]+]] = getelementptr inbounds i8, ptr %{{.*}}, i64 256
+// CHECK: call void @q8_0_quantize_k64(ptr %[[EMB]], ptr %[[STAGE]], i64 1,
+// CHECK: call void @cke_barrier(
+// CHECK: ret void
 //
 // CHECK-LABEL: define dso_local void @cke_decode_r1_s0(ptr %ctx, i32 %tid, i32 %nth)
 // CHECK: %[[RECV:buf[.0-9]+]] = getelementptr inbounds i8, ptr %{{.*}}, i64 0
 // CHECK: %[[IN:stage[.0-9]+]] = getelementptr inbounds i8, ptr %{{.*}}, i64 512
-// CHECK-NEXT: call void @q8_0_dequantize_k64_{{f16c|int}}(ptr %[[IN]], ptr %[[RECV]], i64 1,
-// CHECK-NEXT: call void @cke_barrier(
-// CHECK-NEXT: call void @add_f32_d64{{.*}}(ptr %[[RECV]], ptr %[[RECV]],
+// CHECK: call void @q8_0_dequantize_k64_{{f16c|int}}(ptr %[[IN]], ptr %[[RECV]], i64 1,
+// CHECK: call void @cke_barrier(
+// CHECK: call void @add_f32_d64{{.*}}(ptr %[[RECV]], ptr %[[RECV]],
 "builtin.module"() ({
   "cke.func"() ({
   ^bb0(%arg0: tensor<1xi32>, %arg1: i64, %arg2: memref<1x8x64xf32>, %arg3: memref<1x8x64xf32>):

@@ -1,20 +1,28 @@
 // RUN: %ckec opt %s --pass-pipeline=lower-llvm --emit=llvm | filecheck %s
 // lower-llvm makes one native entry per program.  Each op becomes a call of a kernel
 // specialized to its shapes (names carry them), operands are ctx slots (weights, inputs) or
-// arena offsets from plan-memory, and an atomic barrier separates dependent ops.
+// arena offsets from plan-memory.  The scheduler starts the entry's run before anything
+// that changes between runs is read; one thread alone runs each op whole, several claim its
+// parts until none is left, count each done, and wait for the op's last part.
 
 // CHECK-DAG: define internal void @embed_f32_v10_d24(
 // CHECK-DAG: define internal void @add_f32_d24
 // CHECK-LABEL: define dso_local void @cke_decode(ptr %ctx, i32 %tid, i32 %nth)
+// CHECK: call i64 @cke_begin(
 // The arena base is ctx slot 0; buffers are at their offsets.
 // CHECK: getelementptr inbounds i8, ptr %{{.*}}, i64 128
 // CHECK: getelementptr inbounds i8, ptr %{{.*}}, i64 256
+// CHECK: call void @embed_f32_v10_d24({{.*}}, i32 0, i32 1)
+// CHECK: call i32 @cke_claim(
 // CHECK: call void @embed_f32_v10_d24(
-// CHECK-NEXT: call void @cke_barrier(
-// CHECK: call void @embed_f32_v10_d24(
-// CHECK-NEXT: call void @cke_barrier(
+// CHECK-NEXT: call void @cke_done(
+// CHECK: call void @cke_barrier(
+// CHECK: call void @embed_f32_v10_d24({{.*}}, i32 0, i32 1)
+// CHECK: call void @cke_barrier(
+// CHECK: call void @add_f32_d24{{.*}}({{.*}}, i32 0, i32 1)
 // CHECK: call void @add_f32_d24{{.*}}(
-// CHECK-NOT: call void @cke_barrier(
+// CHECK-NEXT: call void @cke_done(
+// CHECK: call void @cke_barrier(
 // CHECK: ret void
 "builtin.module"() ({
   "cke.func"() ({

@@ -139,7 +139,7 @@ class NativeEngine:
         p.ctx[p.abi.slot("n")] = n
         p.ctx[p.abi.slot("pos")] = pos
         t0 = time.perf_counter()
-        self.pool.run(p.address, p.ctx.ctypes.data)
+        self.pool.run(p.address, p.ctx.ctypes.data, self_completing=True)
         dt = time.perf_counter() - t0
         self.native_seconds[name] += dt
         if len(self.events) < 100_000:

@@ -5,9 +5,11 @@ Every kernel is
     define internal void @NAME(ptr %a0, ..., ptr %aK, i64 %n, i64 %pos, i32 %tid, i32 %nth)
 
 with the op's buffers as pointers (inputs, then output; row-major contiguous f32 unless
-stated), `n` token rows in this call, `pos` the sequence position of row 0, and `tid`/`nth`
-this thread's id and the thread count.  A kernel does its 1/nth share of the op and never
-synchronizes: the caller puts `@cke_barrier(ptr state, i32 nth)` between dependent ops.
+stated), `n` token rows in this call, `pos` the sequence position of row 0, and `tid`/`nth` read
+as (part, parts): the kernel does part `tid` of the op cut into `nth` parts and never
+synchronizes.  Any thread may run any part, in any order; the scheduler
+(`backends.llvm.schedule`) hands the parts out and waits for an op's last part before the
+next op starts.
 Shapes are Python ints baked into the IR; `Kernel.name` encodes them (plus the vector width).
 
 To build a module, `module_ir([k1, k2, barrier(), text...])` joins definitions and
