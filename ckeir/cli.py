@@ -2,6 +2,7 @@
 
     ckec SPEC [--emit=mlir|llvm|asm] [--pass-pipeline=P] [--print-ir-after-all] ...
     ckec run SPEC --ids 1,2,3 [-n N] [--threads T] [--backend llvm|reference] [--[no-]pin]
+        [--[no-]huge-pages]
     ckec opt FILE.mlir --pass-pipeline=P      (IR in, IR out: for pass tests)
 
 Errors are printed as `file:line:col: error: ...` with the line and a caret, never as a
@@ -134,6 +135,12 @@ def _run_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="run each pool thread on one CPU of its own, ranks on different CPUs (default: "
         "the schedule's `threads pinned|unpinned`, else ckeir's measured default)",
+    )
+    p.add_argument(
+        "--huge-pages",
+        action=argparse.BooleanOptionalAction,
+        help="copy the model file's weights onto huge pages, and put arenas there (default: "
+        "on where memory allows; CKEIR_HUGE_PAGES=0 turns it off too)",
     )
     p.add_argument(
         "--transport",
@@ -419,7 +426,12 @@ def _run(args, ids, transport) -> int:
 
     with Progress() as progress:
         prog = _program(
-            args, backend=args.backend, on_stage=progress.stage, transport=transport, launcher=True
+            args,
+            backend=args.backend,
+            on_stage=progress.stage,
+            transport=transport,
+            launcher=True,
+            huge_pages=args.huge_pages,
         )
         with prog:
             # only a text prompt needs the model's tokenizer: --ids runs a model without one

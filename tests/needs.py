@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ckeir.runtime.memory import thp_mode
+
 MARK = "needs_missing"  # carried by a test whose requirement is missing under CI
 
 
@@ -65,4 +67,11 @@ needs_mpi = needs(
     importlib.util.find_spec("mpi4py") is not None and MPIEXEC.exists(),
     "mpi4py and the mpich wheel's mpiexec",
     "pip install mpi4py mpich",
+)
+
+# Transparent huge pages are a kernel setting, not something an install gives: a machine
+# with them off skips (under CI too) and says why.
+needs_thp = pytest.mark.skipif(
+    thp_mode() not in ("madvise", "always"),
+    reason=f"transparent huge pages are '{thp_mode()}' here: the kernel gives none",
 )

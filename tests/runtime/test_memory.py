@@ -5,6 +5,7 @@ import mmap
 
 import numpy as np
 import pytest
+from needs import needs_thp
 
 import ckeir
 from ckeir.runtime import memory
@@ -17,14 +18,9 @@ from ckeir.runtime.memory import (
     huge_zeros,
     regions_of,
     resident_bytes,
-    thp_mode,
 )
 
 PAGE = mmap.PAGESIZE
-needs_thp = pytest.mark.skipif(
-    thp_mode() not in ("madvise", "always"),
-    reason=f"transparent huge pages are '{thp_mode()}' here: the kernel gives none",
-)
 
 
 def touch(a: np.ndarray) -> None:

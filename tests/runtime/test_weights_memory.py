@@ -3,19 +3,15 @@ hold them (a spec within every limit can still describe a model of terabytes); a
 file's weights go on huge pages unless turned off or the copy would not fit, as smaps shows."""
 
 import pytest
+from needs import needs_thp
 from smollm2 import SPEC, needs_smollm2
 
 import ckeir
 from ckeir.errors import CkeError
 from ckeir.models.llama import LlamaConfig
 from ckeir.runtime import memory, weights
-from ckeir.runtime.memory import ENV_SWITCH, HUGE_PAGE, huge_pages_report, thp_mode
+from ckeir.runtime.memory import ENV_SWITCH, HUGE_PAGE, huge_pages_report
 from ckeir.runtime.weights import available_memory, random_weights, random_weights_bytes
-
-needs_thp = pytest.mark.skipif(
-    thp_mode() not in ("madvise", "always"),
-    reason=f"transparent huge pages are '{thp_mode()}' here: the kernel gives none",
-)
 
 HUGE = LlamaConfig(
     vocab=1 << 24, hidden=1 << 17, layers=2, heads=4, kv_heads=4, ffn=128, context=64
