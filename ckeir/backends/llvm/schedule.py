@@ -36,6 +36,8 @@ ROWS_PER_PART = 4  # a row-wise op (norm, rope, add, ...) gets a part per this m
 # Kernels whose work does not shrink with the rows of the call (weights or keys are
 # streamed for any row count): always PARTS_PER_THREAD parts per thread.
 STREAMING = ("matmul_", "qmatmul_", "attention_f32_", "attention_parts_")
+# Kernels whose every part quantizes the call's activations (int8 dot products).
+QUANTIZING = ("qmatmul_",)
 # Kernels that do all their work in part 0.
 WHOLE = ("argmax_",)
 
@@ -105,6 +107,11 @@ class Scheduler:
         if kernel.name.startswith(WHOLE):
             return "1"
         most = f.mul(f.i64("%nth"), PARTS_PER_THREAD)
+        if kernel.name.startswith(QUANTIZING):
+            # every part quantizes all the call's activation rows: with several rows that
+            # work would repeat in each part, so such a call gets one part per thread
+            one_row = f(f"icmp sle i64 {args[-2][1]}, 1", "one_row")
+            most = f(f"select i1 {one_row}, i64 {most}, i64 {f.i64('%nth')}")
         if not kernel.name.startswith(STREAMING):
             rows = f(f"sdiv i64 {f.add(args[-2][1], ROWS_PER_PART - 1)}, {ROWS_PER_PART}")
             most = f.min(rows, most)

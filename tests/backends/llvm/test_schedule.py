@@ -221,3 +221,36 @@ def test_a_pool_that_waits_for_every_thread_runs_the_same_entry(steps):
             assert (s.values() == expected(inputs)).all()
         assert list(s.entered()[:2]) == [100, 100]
     assert (s.parts_ran() == 100).all()
+
+
+def parts_probe_entry(name: str) -> str:
+    """`@probe(ctx, tid, nth)`: one op of kernel `name`, whose parts each store the part
+    count they were given at ctx[IN + part]; the op's row count is ctx word BUF."""
+    f = kernel_writer(name, 1)
+    f.op(f"store i64 {f.i64('%nth')}, ptr {f.gep('%a0', f.i64('%tid'), 'i64')}, align 8")
+    probe = finish_kernel(f, ("ctx",))
+    e = FunctionWriter("probe", [("ptr", "%ctx"), ("i32", "%tid"), ("i32", "%nth")], linkage="")
+    kernels: dict = {}
+    schedule = Scheduler(e, "%ctx", kernels)
+    rows = e.load("i64", e.gep("%ctx", BUF, "i64"), 8)
+    schedule.call(probe, [("ptr", e.gep("%ctx", IN, "i64")), ("i64", rows), ("i64", "0")])
+    return module_ir([*kernels.values(), e.finish()])
+
+
+@pytest.mark.parametrize("rows", [1, 4, 128])
+def test_an_int8_matmul_of_several_rows_is_one_part_per_thread(rows):
+    """Each part of an int8 matmul quantizes every activation row of the call: one row
+    gets PARTS_PER_THREAD parts a thread, several rows one part a thread (more would
+    repeat that work); a float matmul gets PARTS_PER_THREAD a thread at any row count."""
+    from ckeir.backends.llvm.schedule import PARTS_PER_THREAD
+
+    for name, int8 in (("qmatmul_probe", True), ("matmul_probe", False)):
+        module = compile_ir(parts_probe_entry(name))
+        raw = np.zeros(WORDS + 8, np.int64)
+        ctx = raw[(-raw.ctypes.data % 64) // 8 :][:WORDS]
+        ctx[BUF] = rows
+        with Pool(2) as pool:
+            pool.run(module.address("probe"), ctx.ctypes.data)
+        want = 2 if int8 and rows > 1 else 2 * PARTS_PER_THREAD
+        assert list(ctx[IN : IN + want]) == [want] * want, name
+        assert not ctx[IN + want : IN + SLOTS].any(), name
