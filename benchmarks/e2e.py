@@ -388,7 +388,8 @@ def profile_decode(
         "outside_native_s": wall - t0f["native"],
         "matmul_s": matmul,
         "barrier_s": t0f.get("barrier", 0.0),
-        "attention_s": t0f.get("attention", 0.0) + t0f.get("kv_store", 0.0),
+        # the one-pass kernel, or the split one's parts and combine, and the cache store
+        "attention_s": sum(v for f, v in t0f.items() if f.startswith(("attention", "kv_store"))),
         "matmul_gb_per_s": matmul_bytes / matmul / 1e9 if matmul else None,
         "families_s": per_thread,
         "cycles_per_s": hz,
