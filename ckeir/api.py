@@ -83,9 +83,11 @@ class Program:
         self.transport = transport
         self.rank = transport.rank if transport is not None else rank
         node = self.job.cluster.node(self.rank_nodes[self.rank or 0])
-        # the node's cores, but never more threads than this process may run on (local
-        # ranks each get their share of the machine)
-        self.threads = threads or max(1, min(node.cores, usable_cpus()))
+        # the node's cores, but never more threads than this process may run on, nor more
+        # than its share when ranks of the job share the machine (local ranks are given
+        # their share; MPI ranks on one machine divide its CPUs)
+        here = transport.ranks_here if transport is not None else 1
+        self.threads = threads or max(1, min(node.cores, usable_cpus() // here))
         self.host = detect_host(isa)
         # weights and arenas on huge pages; None: the environment decides (CKEIR_HUGE_PAGES)
         self.huge_pages = huge_pages_wanted(huge_pages)

@@ -170,3 +170,20 @@ def test_smollm2_pipeline_under_mpiexec():
     )
     assert r.returncode == 0, r.output
     assert r.stdout.strip() == "28,260,2240,282,23324,27108,436,253,15114,39228"
+
+
+def test_mpi_ranks_on_one_machine_share_its_cpus(tmp_path):
+    """Two MPI ranks on this machine, each on a node of 2 cores: each runs this machine's
+    usable CPUs ÷ 2 threads (at least 1), as local ranks do, not 2 threads apiece."""
+    from ckeir.backends.llvm.host import usable_cpus
+
+    report = tmp_path / "r.json"
+    r = mpirun(
+        2, "run", ROOT / "specs" / "tiny.cke", "--ids", "1,2,3", "-n", "4", "--report", report
+    )
+    assert r.returncode == 0, r.stderr
+    ranks = json.loads(report.read_text())["ranks"]
+    assert {k: v["threads"] for k, v in ranks.items()} == {
+        "0": max(1, usable_cpus() // 2),
+        "1": max(1, usable_cpus() // 2),
+    }

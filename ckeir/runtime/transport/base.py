@@ -220,6 +220,10 @@ def _tag_name(tag: int) -> str:
 class Transport(abc.ABC):
     """Point-to-point messages and deterministic collectives between `size` ranks."""
 
+    # Ranks of this job whose threads share this machine's CPUs, as far as this rank knows
+    # (an MPI launcher says; local ranks are given their threads by their launcher).
+    ranks_here = 1
+
     def __init__(
         self,
         rank: int,

@@ -79,7 +79,8 @@ class MPITransport(Transport):
         self._closed = False
         self._prev_hook = None
         self._abort_on_error = abort_on_error and self.size > 1
-        self._wait = wait.MPI_REQUEST.for_waiters(_ranks_here(self.size), usable_cpus())
+        self.ranks_here = _ranks_here(self.size)
+        self._wait = wait.MPI_REQUEST.for_waiters(self.ranks_here, usable_cpus())
         if self._abort_on_error:
             self._prev_hook = sys.excepthook
             sys.excepthook = self._excepthook
