@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ckeir.backends.llvm.engine import _Program
+from ckeir.backends.llvm.engine import _Program, lazy_zeros
 from ckeir.backends.llvm.kernels import collective as C
 from ckeir.backends.llvm.lower import Step
 from ckeir.backends.llvm.pool import Pool
@@ -85,10 +85,9 @@ class RankEngine:
         for abi in lowered.programs.values():
             key = "shared" if same else abi.phase
             if key not in self.caches:
-                self.caches[key] = (
-                    np.zeros(abi.cache_shape, np.float32),
-                    np.zeros(abi.cache_shape, np.float32),
-                )
+                # resident only where written, as one rank's cache (engine.lazy_zeros): numpy
+                # would advise huge pages, and each first touch would fault in 2 MiB mid-token
+                self.caches[key] = (lazy_zeros(abi.cache_shape), lazy_zeros(abi.cache_shape))
             kc, vc = self.caches[key]
             addresses = {
                 st.symbol: compiled.address(st.symbol) for st in abi.steps if st.kind == "native"
