@@ -244,10 +244,8 @@ class Program:
         """The memory this process's engine computes in, as (name, address, length) regions
         named `weights`, `arena` and `kv_cache`: `ckeir.runtime.memory.huge_pages_report`
         tells how much of each is on huge pages.  Builds the engine if needed."""
-        programs = getattr(self.engine, "programs", {}).values()
-        # a rank's engine keeps (program, symbol addresses) pairs
-        programs = [p[0] if isinstance(p, tuple) else p for p in programs]
-        return [r for p in programs for r in p.regions()]
+        # the reference engine computes in numpy arrays of its own: none to report
+        return getattr(self.engine, "memory_regions", list)()
 
     def close(self) -> None:
         if self._engine is not None:

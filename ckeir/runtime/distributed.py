@@ -295,6 +295,10 @@ class RankEngine:
     def reset(self) -> None:
         """Start a new sequence (the KV caches need no clearing: see NativeEngine.reset)."""
 
+    def memory_regions(self):
+        """Weights, arenas and KV cache this rank holds (see `ckeir.runtime.memory`)."""
+        return [r for p, _ in self.programs.values() for r in p.regions()]
+
     def close(self) -> None:
         self.pool.close()
 
