@@ -199,6 +199,7 @@ class Program:
                 self.threads,
                 self.host,
                 self.transport,
+                huge_pages=self.huge_pages,
             )
         if self.backend == "llvm":
             from ckeir.backends.llvm.engine import NativeEngine

@@ -72,6 +72,7 @@ class RankEngine:
         host,
         transport,
         events=None,
+        huge_pages: bool | None = None,
     ):
         self.rank, self.transport, self.config = rank, transport, config
         self.placement = placement
@@ -92,7 +93,7 @@ class RankEngine:
             addresses = {
                 st.symbol: compiled.address(st.symbol) for st in abi.steps if st.kind == "native"
             }
-            prog = _Program(abi, 0, weights, kc, vc)
+            prog = _Program(abi, 0, weights, kc, vc, huge_pages)
             self.programs[abi.phase] = (prog, addresses)
             self._attach_comm(prog, compiled)
         self.max_prefill = min(
