@@ -97,14 +97,15 @@ def huge_zeros(nbytes: int, huge: bool = True) -> np.ndarray:
     return whole[start : start + nbytes]
 
 
-def huge_page_bytes(address: int, length: int) -> int:
+def huge_page_bytes(address: int, length: int, maps=None) -> int:
     """Bytes of [address, address + length) in this process that the kernel maps with huge
     pages, from /proc/self/smaps.  smaps counts per mapping (VMA): a mapping wholly inside the
     range counts in full; one that straddles its edge (the kernel merges adjacent anonymous
-    maps) counts in proportion to the overlap.  0 where smaps cannot be read."""
+    maps) counts in proportion to the overlap.  0 where smaps cannot be read.  `maps`: a
+    `_smaps()` read already, for several ranges at one moment."""
     end = address + length
     total = 0.0
-    for lo, hi, fields in _smaps():
+    for lo, hi, fields in _smaps() if maps is None else maps:
         overlap = min(hi, end) - max(lo, address)
         if overlap <= 0:
             continue
@@ -132,11 +133,12 @@ def huge_pages_report(regions: list[Region]) -> dict:
     """Per kind of region (weights, arena, kv_cache): bytes held, bytes resident, and bytes
     on huge pages; each distinct range counted once.  Shape of `linux.huge_pages`."""
     out: dict[str, dict] = {}
+    maps = _smaps()  # one read for every region
     for r in sorted(set(regions), key=lambda r: (r.name, r.address)):
         entry = out.setdefault(r.name, {"bytes": 0, "resident_bytes": 0, "huge_page_bytes": 0})
         entry["bytes"] += r.length
         entry["resident_bytes"] += resident_bytes(r.address, r.length)
-        entry["huge_page_bytes"] += huge_page_bytes(r.address, r.length)
+        entry["huge_page_bytes"] += huge_page_bytes(r.address, r.length, maps)
     return out
 
 
