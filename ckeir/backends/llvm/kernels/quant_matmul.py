@@ -71,16 +71,32 @@ class Plan:
     prefill_rows: int  # ... and in prefill, with `tokens` token rows
     tokens: int
     batch: int  # token rows quantized at once, a multiple of `tokens`
+    chunk: int = 0  # K elements per chunk of the reduction (0: K is one chunk)
+    separate: bool = False  # write each chunk's sums to its own slot instead of folding
 
     @property
     def blocks(self) -> int:
         return self.k // QK
 
     @property
-    def padded_blocks(self) -> int:
-        """Blocks in the scratch: VNNI pads the last group with zero blocks."""
+    def chunk_blocks(self) -> int:
+        return (self.chunk or self.k) // QK
+
+    @property
+    def chunks(self) -> int:
+        return self.blocks // self.chunk_blocks
+
+    @property
+    def padded_chunk_blocks(self) -> int:
+        """Blocks of one chunk in the scratch: VNNI pads a chunk's last group with zero
+        blocks (each chunk is laid out as a K = chunk kernel lays out its whole row)."""
         gm = self.group_blocks if self.vnni else 1
-        return ceil_to(self.blocks, gm)
+        return ceil_to(self.chunk_blocks, gm)
+
+    @property
+    def padded_blocks(self) -> int:
+        """Blocks in the scratch: every chunk padded to whole groups."""
+        return self.chunks * self.padded_chunk_blocks
 
     @property
     def nibbles(self) -> bool:
@@ -125,28 +141,60 @@ class Plan:
         return out
 
 
-def plan(fmt: str, k: int, tile: tuple[int, int], host: HostCPU) -> Plan:
+def plan(
+    fmt: str, k: int, tile: tuple[int, int], host: HostCPU, chunk: int = 0, separate: bool = False
+) -> Plan:
     if fmt not in QUANT_FORMATS:
         raise ValueError(f"qmatmul: no kernel for {fmt} weights (have {', '.join(QUANT_FORMATS)})")
     if k % QK:
         raise ValueError(f"qmatmul {fmt}: K={k} must be a multiple of {QK}")
+    if chunk and (chunk % QK or k % chunk):
+        raise ValueError(
+            f"qmatmul {fmt}: k_chunk {chunk} must be a multiple of {QK} that divides K={k}"
+        )
     vnni = host.has_vnni and {"avx512vl", "avx512bw", "f16c"} <= host.features
     # prefill: 2 rows x 4 tokens, whose 8 accumulators and 4 tokens' activations (12
     # vectors) fit the 32 registers unspilled (4 x 4 spilled)
     rows, prefill_rows, tokens = (4, 2, 4) if vnni else (4, 4, 2)
     tn = max(4, tile[0] // 4 * 4)
     probe = Plan(
-        FORMATS[fmt], k, vnni, "f16c" in host.features, tn, rows, prefill_rows, tokens, tokens
+        FORMATS[fmt],
+        k,
+        vnni,
+        "f16c" in host.features,
+        tn,
+        rows,
+        prefill_rows,
+        tokens,
+        tokens,
+        chunk,
+        separate,
     )
     per_batch = SCRATCH_BYTES // probe.offsets()["stride"]
     return attrs.evolve(probe, batch=max(tokens, min(32, per_batch) // tokens * tokens))
 
 
-def qmatmul(fmt: str, n_out: int, k: int, tile: tuple[int, int], host: HostCPU) -> Kernel:
-    """Kernel (x: f32[n, K], w: GGML blocks [N, K/32 * block bytes], out: f32[n, N])."""
-    p = plan(fmt, k, tile, host)
+def qmatmul(
+    fmt: str,
+    n_out: int,
+    k: int,
+    tile: tuple[int, int],
+    host: HostCPU,
+    chunk: int = 0,
+    separate: bool = False,
+) -> Kernel:
+    """Kernel (x: f32[n, K], w: GGML blocks [N, K/32 * block bytes], out: f32[n, N]).
+
+    With `chunk` (K elements, a multiple of 32 dividing K), the reduction over K restarts at
+    every multiple of `chunk`: each chunk's lanes are summed to one float, and the chunk sums
+    fold left to right, ``((c0 + c1) + c2) + ...`` (the canonical order a matmul split along
+    K reproduces: see `passes.place`).  With `separate`, chunk c's sums go to slot c of
+    out instead (f32[chunks, n, N]: a later rank of a row-parallel matmul delivers them
+    unfolded)."""
+    p = plan(fmt, k, tile, host, chunk, separate)
     path = "vnni" if p.vnni else f"v{host.vector_width}"
-    f = kernel_writer(f"qmatmul_{fmt}_n{n_out}_k{k}_t{p.tile_rows}_{path}", 3)
+    how = f"_c{p.chunk}{'s' if p.separate else ''}" if p.chunk else ""
+    f = kernel_writer(f"qmatmul_{fmt}_n{n_out}_k{k}_t{p.tile_rows}{how}_{path}", 3)
     _Writer(f, p, n_out).body()
     return finish_kernel(f, ("x", "w", "out"))
 
@@ -245,10 +293,29 @@ class _Writer:
         # opaque to LLVM: otherwise, once it unrolls a short K loop, it hoists every
         # activation load out of the row loop and spills them (slower than reloading)
         toks = [opaque(f, self.token(f.add(t, j))) for j in range(ntok)]
-        sums = self.path.dots(wrows, toks)  # lane i*ntok + j: output row r+i of token t+j
+        ft = _vec(nrow * ntok, "float")
+        if not self.p.chunk:  # lane i*ntok + j: output row r+i of token t+j
+            self.store(self.path.dots(wrows, toks), r, nrow, tg, t, ntok, "%a2")
+            return
+        # chunk by chunk from fresh accumulators; -0.0 + c0 is c0, bit for bit
+        fold = None if self.p.separate else f.var(ft, "splat (float -0.0)", "fold")
+        with f.loop(0, self.p.chunks, 1, "kc") as c:
+            wb, sb = f.mul(c, self.p.chunk_blocks), f.mul(c, self.p.padded_chunk_blocks)
+            sums = self.path.dots(wrows, toks, wb, sb)
+            if fold is None:
+                slot = f.gep("%a2", f.mul(f.mul(c, "%n"), self.n_out))
+                self.store(sums, r, nrow, tg, t, ntok, slot)
+            else:
+                f.set(fold, f(f"fadd {ft} {f.get(fold)}, {sums}", "fold"))
+        if fold is not None:
+            self.store(f.get(fold), r, nrow, tg, t, ntok, "%a2")
+
+    def store(self, sums: str, r: str, nrow: int, tg: str, t: str, ntok: int, out0: str) -> None:
+        """Lane i*ntok + j of `sums` to out0[tg+t+j, r+i]."""
+        f = self.f
         ft = _vec(nrow * ntok, "float")
         for j in range(ntok):
-            out = f.gep("%a2", f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
+            out = f.gep(out0, f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
             if nrow == 1:
                 f.store("float", f(f"extractelement {ft} {sums}, i64 {j}"), out)
             else:
@@ -283,21 +350,27 @@ class _Path:
         q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
         return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
 
-    def sweep(self, wrows: list[str], toks: list[str], per_step: int, step) -> None:
-        """step(rows, b0, nb) over K in steps of `per_step` blocks (the last may be short);
-        rows are (index, pointer) pairs.  Decode streams the rows one after the other: a
+    def sweep(self, wrows: list[str], toks: list[str], per_step: int, step, wb0=0, sb0=0) -> None:
+        """step(rows, wb, sb, nb) over one chunk of K (all of it, unchunked) in steps of
+        `per_step` blocks (the last may be short): weight block wb0 + o, scratch block
+        sb0 + o; rows are (index, pointer) pairs.  Decode streams the rows one after the other: a
         single sequential stream is what the hardware prefetchers follow at full DRAM
         speed (4 rows interleaved ran at half of it), and the opaque trip count keeps LLVM
         from unrolling the loops fully and interleaving the rows again.  Prefill
         interleaves its rows, each weight step shared by several token rows."""
         f, decode = self.f, len(toks) == 1
-        whole, rest = divmod(self.p.blocks, per_step)
+        whole, rest = divmod(self.p.chunk_blocks, per_step)
         parts = [[(i, w)] for i, w in enumerate(wrows)] if decode else [list(enumerate(wrows))]
+
+        def at(base, o):
+            return o if base == 0 else f.add(base, o)
+
         for part in parts:
             with f.loop(0, opaque(f, whole, "i64") if decode else whole, 1, "ks") as i:
-                step(part, f.mul(i, per_step), per_step)
+                o = f.mul(i, per_step)
+                step(part, at(wb0, o), at(sb0, o), per_step)
             if rest:
-                step(part, whole * per_step, rest)
+                step(part, at(wb0, whole * per_step), at(sb0, whole * per_step), rest)
 
     def sigma(self, q32: str, d: str) -> str:
         """d_x·Σq_x (q4_1's min term per unit m_w)."""
@@ -327,15 +400,30 @@ class _Vnni(_Path):
 
     def quantize(self, x: str, s: str) -> None:
         f, p = self.f, self.p
-        gm = p.group_blocks
-        with f.loop(0, p.blocks // gm, 1, "qg") as g:
+        if not p.chunk:
+            self.quantize_chunk(x, s, 0)
+            return
+        with f.loop(0, p.chunks, 1, "qc") as c:
+            self.quantize_chunk(x, s, c)
+
+    def quantize_chunk(self, x: str, s: str, c: str | int) -> None:
+        """Chunk c of row x into its padded place in the scratch."""
+        f, p = self.f, self.p
+        gm, cb = p.group_blocks, p.chunk_blocks
+        src0, dst0 = (0, 0) if c == 0 else (f.mul(c, cb), f.mul(c, p.padded_chunk_blocks))
+
+        def at(base, o):
+            return o if base == 0 else f.add(base, o)
+
+        with f.loop(0, cb // gm, 1, "qg") as g:
             for i in range(gm):
-                self.quantize_block(x, s, f.add(f.mul(g, gm), i))
-        for b in range(p.blocks // gm * gm, p.padded_blocks):
-            if b < p.blocks:
-                self.quantize_block(x, s, b)
+                o = f.add(f.mul(g, gm), i)
+                self.quantize_block(x, s, at(src0, o), at(dst0, o))
+        for b in range(cb // gm * gm, p.padded_chunk_blocks):
+            if b < cb:
+                self.quantize_block(x, s, at(src0, b), at(dst0, b))
             else:
-                self.zero_block(s, b)
+                self.zero_block(s, at(dst0, b))
 
     def q_offsets(self, b: str | int) -> tuple[str | int, str | int]:
         """Where block b's q_x go: q8_0 all 32 at the first offset; q4: per group of G,
@@ -347,10 +435,11 @@ class _Vnni(_Path):
         lo = f.add(f.mul(f.sub(b, i), QK), f.mul(i, 16))
         return lo, f.add(lo, 16 * gm)
 
-    def quantize_block(self, x: str, s: str, b: str | int) -> None:
-        """Block b of row x: q_x, lane corrections, d_x (+ σ), d_x per dot lane, σ."""
+    def quantize_block(self, x: str, s: str, src: str | int, b: str | int) -> None:
+        """Block `src` of row x into scratch block b: q_x, lane corrections, d_x (+ σ), d_x
+        per dot lane, σ."""
         f, p = self.f, self.p
-        q, q32, d = self.q8(x, b)
+        q, q32, d = self.q8(x, src)
         lo, hi = self.q_offsets(b)
         if not p.nibbles:
             f.store("<32 x i8>", q, f.gep(s, lo, "i8"), 16)
@@ -494,7 +583,7 @@ class _Vnni(_Path):
 
     # -- the dot products
 
-    def dots(self, wrows: list[str], toks: list[str]) -> str:
+    def dots(self, wrows: list[str], toks: list[str], wb0=0, sb0=0) -> str:
         f, p = self.f, self.p
         gm, decode = p.group_blocks, len(toks) == 1
         acc = _Sums(f, 16, len(wrows), len(toks), "acc")
@@ -506,32 +595,36 @@ class _Vnni(_Path):
             wrows,
             toks,
             gm,
-            lambda rows, b0, nb: self.group(rows, toks, b0, nb * self.bb, acc, mins),
+            lambda rows, wb, sb, nb: self.group(rows, toks, wb, sb, nb * self.bb, acc, mins),
+            wb0,
+            sb0,
         )
         if mins is not None:  # add the min terms into the main accumulators
             for i in range(len(wrows)):
                 for j in range(len(toks)):
                     lanes = range(1, mins.width, 2) if decode else range(j * gm, (j + 1) * gm)
                     acc.fold(i, j, mins.get(i, 0), mins.width, lanes)
-        return acc.totals()
+        return acc.totals(exact=bool(p.chunk))
 
     def group(
         self,
         wrows: list[tuple[int, str]],
         toks: list[str],
-        g0: str | int,
+        wb: str | int,
+        sb: str | int,
         span: int,
         acc: _Sums,
         mins: _Sums | None,
     ) -> None:
+        """The group at weight block wb, scratch block sb."""
         f, p = self.f, self.p
         decode, gm, lpb = len(toks) == 1, p.group_blocks, p.scale_lanes
-        acts = [self.activations(tok, g0, decode) for tok in toks]
+        acts = [self.activations(tok, sb, decode) for tok in toks]
         per_lane = [b * lpb for b in range(gm) for _ in range(p.dot_lanes)]  # scale of each lane
         ht = _vec(gm * lpb, "float")
-        sig = None if decode or mins is None else self.sigmas(toks, g0, mins.width)
+        sig = None if decode or mins is None else self.sigmas(toks, sb, mins.width)
         for i, row in wrows:
-            w, hv = self.weights(row, g0, span)
+            w, hv = self.weights(row, wb, span)
             if decode:  # c = d_w·d_x per block (q4_1: interleaved with m_w·σ)
                 c = f(f"fmul {ht} {hv}, {acts[0].scale}", "c")
                 acc.fma(i, 0, self.dot(w, acts[0]), _shuffle(f, ht, c, "poison", per_lane), 16)
@@ -568,17 +661,20 @@ class _Generic(_Path):
             if self.p.scale_lanes == 2:
                 f.store("float", self.sigma(q32, d), f.gep(self.region(s, "dxs", b, 8), 4, "i8"))
 
-    def dots(self, wrows: list[str], toks: list[str]) -> str:
+    def dots(self, wrows: list[str], toks: list[str], wb0=0, sb0=0) -> str:
+        """(The scratch holds every block unpadded: sb0 is wb0.)"""
         f, p = self.f, self.p
         nb = self.steps(len(toks))
         acc = _Sums(f, 8, len(wrows), len(toks), "acc")
         mins = _Sums(f, 2 * nb, len(wrows), len(toks), "accm") if p.scale_lanes == 2 else None
-        self.sweep(wrows, toks, nb, lambda rows, b0, n: self.step(rows, toks, b0, n, acc, mins))
+        self.sweep(
+            wrows, toks, nb, lambda rows, b0, _sb, n: self.step(rows, toks, b0, n, acc, mins), wb0
+        )
         if mins is not None:
             for i in range(len(wrows)):
                 for j in range(len(toks)):
                     acc.fold(i, j, mins.get(i, j), mins.width, range(1, mins.width, 2))
-        return acc.totals()
+        return acc.totals(exact=bool(p.chunk))
 
     def step(
         self,
@@ -685,16 +781,18 @@ class _Sums:
             i, j, _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "fold"), self.width
         )
 
-    def totals(self) -> str:
-        """<rows·tokens x float>: lane i·tokens + j is the sum of accumulator (i, j)'s lanes."""
+    def totals(self, exact: bool = False) -> str:
+        """<rows·tokens x float>: lane i·tokens + j is the sum of accumulator (i, j)'s lanes
+        (`exact`: in the tree's order, which LLVM may not reassociate)."""
         return _hsums(
             self.f,
             [self.get(i, j) for i in range(len(self.vars)) for j in range(len(self.vars[0]))],
             self.width,
+            "" if exact else " reassoc",
         )
 
 
-def _hsums(f: FunctionWriter, vs: list[str], width: int) -> str:
+def _hsums(f: FunctionWriter, vs: list[str], width: int, flags: str = " reassoc") -> str:
     """<n x float> whose lane i sums the `width` lanes of vs[i] (n a power of two ≤ width):
     pairs of vectors merge into one whose lane groups add each input group's halves (a
     transpose-and-add tree), then each of the n groups left sums within itself."""
@@ -714,12 +812,12 @@ def _hsums(f: FunctionWriter, vs: list[str], width: int) -> str:
                 _shuffle(f, ty, a, b, lo, "lo"),
                 _shuffle(f, ty, a, b, [m + half for m in lo], "hi"),
             )
-            merged.append(f(f"fadd reassoc {ty} {x}, {y}", "hs"))
+            merged.append(f(f"fadd{flags} {ty} {x}, {y}", "hs"))
         vs, lanes = merged, half
     v = vs[0]
     while lanes > 1:
         half = lanes // 2
         idx = [i + half if i % lanes < half else i for i in range(width)]
-        v = f(f"fadd reassoc {ty} {v}, {_shuffle(f, ty, v, 'poison', idx, 'sw')}", "hs")
+        v = f(f"fadd{flags} {ty} {v}, {_shuffle(f, ty, v, 'poison', idx, 'sw')}", "hs")
         lanes = half
     return _shuffle(f, ty, v, "poison", [g * (width // n) for g in range(n)], "sums")
