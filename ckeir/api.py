@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
 from ckeir.outputs import check_output_dir, write_output
 from ckeir.ranks import run_local
+from ckeir.runtime import linux
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
 from ckeir.runtime.memory import Region, huge_pages_wanted
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
@@ -52,6 +54,7 @@ class Program:
         launcher: bool = False,
         single_rank: bool = False,
         huge_pages: bool | None = None,
+        pin: bool | None = None,
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
@@ -91,6 +94,11 @@ class Program:
         self.host = detect_host(isa)
         # weights and arenas on huge pages; None: the environment decides (CKEIR_HUGE_PAGES)
         self.huge_pages = huge_pages_wanted(huge_pages)
+        # pool threads on CPUs of their own while generating; None: as the schedule says
+        # (`threads pinned|unpinned`), else linux.PIN_DEFAULT — the choice `ckec run` makes
+        self.pin = pin
+        self._pinned_cpus: list[int] | None = None
+        self._pinning = 0  # depth of `pinned_threads` blocks (only the outermost pins)
         self._options = dict(
             backend=backend,
             threads=threads,
@@ -223,23 +231,66 @@ class Program:
         weights loaded, no rank started): see `generate.check_request`."""
         return check_request(ids, max_new_tokens, self.config.vocab, self.config.context)
 
-    def stream(
-        self, ids, max_new_tokens: int = 16, stats: GenerationStats | None = None, on_logits=None
-    ):
-        """Yield greedy token ids as they are generated."""
-        ids = self.check_request(ids, max_new_tokens)
-        return generate_stream(
-            self.engine, ids, max_new_tokens, self.config.vocab, stats, on_logits
-        )
+    def wants_pinning(self, pin: bool | None = None) -> bool:
+        """Whether a run pins the pool threads: `pin` if given, else the Program's `pin`,
+        else the schedule's `threads pinned|unpinned`, else `linux.PIN_DEFAULT`."""
+        asked = pin if pin is not None else self.pin
+        return linux.wants_pinning(asked, getattr(self.job.schedule, "pin", None))
 
-    def generate(self, ids, max_new_tokens: int = 16) -> list[int]:
+    @contextlib.contextmanager
+    def pinned_threads(self, pin: bool | None = None):
+        """Inside the block, each of the engine's pool threads runs only on a CPU of its own
+        when the run pins them (`wants_pinning`; ranks of one machine on different CPUs,
+        `linux.pin_plan`), and gets its mask back after.  Yields the CPU of each thread, or
+        None when they are left to the OS.  A block inside another changes nothing: the
+        outer one's choice holds (a rank pins around the whole run, `stream` inside it)."""
+        if self._pinning:
+            self._pinning += 1
+            try:
+                yield self._pinned_cpus
+            finally:
+                self._pinning -= 1
+            return
+        pool = getattr(self.engine, "pool", None)  # the reference engine has no threads
+        threads = pool.thread_ids() if pool is not None else {}
+        cpus = None
+        if threads and self.wants_pinning(pin):
+            cpus = linux.pin_plan(len(threads), self.rank or 0)
+        self._pinning, self._pinned_cpus = 1, cpus
+        try:
+            with linux.pinned(threads, cpus):
+                yield cpus
+        finally:
+            self._pinning, self._pinned_cpus = 0, None
+
+    def stream(
+        self,
+        ids,
+        max_new_tokens: int = 16,
+        stats: GenerationStats | None = None,
+        on_logits=None,
+        *,
+        pin: bool | None = None,
+    ):
+        """Yield greedy token ids as they are generated; `pin`: the pool threads on CPUs of
+        their own while generating (None: the Program's choice, see `wants_pinning`)."""
+        ids = self.check_request(ids, max_new_tokens)
+        engine = self.engine
+        tokens = generate_stream(engine, ids, max_new_tokens, self.config.vocab, stats, on_logits)
+        return self._pinned_stream(tokens, pin)
+
+    def _pinned_stream(self, tokens, pin: bool | None):
+        with self.pinned_threads(pin):
+            yield from tokens
+
+    def generate(self, ids, max_new_tokens: int = 16, *, pin: bool | None = None) -> list[int]:
         """Greedy continuation of `ids` (a list of token ids): the new token ids.  A schedule
         over several nodes runs here as local ranks (one process each), unless this
-        Program is already one rank of a running world."""
+        Program is already one rank of a running world.  `pin`: as for `stream`."""
         if self.world_size > 1 and self.transport is None:
             ids = self.check_request(ids, max_new_tokens)
-            return run_local(self, ids, max_new_tokens)["tokens"]
-        return list(self.stream(ids, max_new_tokens))
+            return run_local(self, ids, max_new_tokens, pin=pin)["tokens"]
+        return list(self.stream(ids, max_new_tokens, pin=pin))
 
     def memory_regions(self) -> list[Region]:
         """The memory this process's engine computes in, as (name, address, length) regions

@@ -51,8 +51,9 @@ def run_rank(
     alike) and return what it observed, the figures `ckeir.reports.run.run_report` reads.
     With a `transport`, the clock offset to rank 0 is measured first (a collective), so
     that rank 0 can put every rank's records on its own clock.  `on_token(id)` sees each
-    token as it comes.  `pin`: pool threads on CPUs of their own (None: as the schedule
-    says, else `linux.PIN_DEFAULT`); the Linux side is sampled around each phase."""
+    token as it comes.  `pin`: pool threads on CPUs of their own (None: as the Program and
+    then the schedule say, else `linux.PIN_DEFAULT`: `Program.pinned_threads`); the Linux
+    side is sampled around each phase."""
     from ckeir.runtime import linux
     from ckeir.runtime.transport.base import ClockOffset
 
@@ -60,10 +61,10 @@ def run_rank(
     # and one that meets the others there starts the generation at once
     pool = getattr(prog.engine, "pool", None)  # the reference engine has no threads
     threads = pool.thread_ids() if pool is not None else {}
-    cpus = None
-    if threads and linux.wants_pinning(pin, getattr(prog.job.schedule, "pin", None)):
-        cpus = linux.pin_plan(len(threads), prog.rank or 0)
-    with linux.pinned(threads, cpus), contextlib.closing(linux.RunWatch(threads, cpus)) as watch:
+    with (
+        prog.pinned_threads(pin) as cpus,  # `prog.stream` inside keeps this choice
+        contextlib.closing(linux.RunWatch(threads, cpus)) as watch,
+    ):
         clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
         stats = GenerationStats()
         logits = {}
@@ -196,9 +197,11 @@ def run_local(
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
     every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is
-    taken for stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never)."""
+    taken for stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never).
+    `pin`: as for `run_rank` (None: the Program's `pin`, then the schedule's choice)."""
     from ckeir.runtime.transport.local import launch_local
 
+    pin = pin if pin is not None else getattr(program, "pin", None)
     results = launch_local(
         program.world_size,
         rank_main,
