@@ -15,7 +15,8 @@ own, and a prompt is cut into prefill chunks exactly as `generate` cuts it (at m
 `max_prefill` from its start).  Where a prompt is cut matters: on specs/tiny.cke (int8
 activations), a 60-token prompt prefilled in chunks of 5 gives logits 0.036 away from the
 same prompt in one chunk, on the native and the numpy engines alike (a last-bit difference
-of a float sum flips an activation's int8 rounding).  So the budget takes whole chunks.
+of a float sum flips an activation's int8 rounding); on SmolLM2, chunks of 5 changed one of
+five prompts' first 16 greedy ids.  So the budget takes whole chunks.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ckeir.limits import shown
 from ckeir.runtime.generate import Engine, check_request
 
 FINISH_REASONS = ("length", "stop", "cancelled", "error")
+_ANY_LENGTH = 1 << 62  # a context for `check_request` that any id list fits
 
 
 class SlotEngine(Protocol):
@@ -80,7 +82,7 @@ class OneSequenceSlots:
                 f"the slots' engines differ: contexts {sorted(contexts)}, "
                 f"prefill chunks {sorted(chunks)} (build them from one program)"
             )
-        self.engines = list(engines)
+        self.engines = engines
         self.slots = len(self.engines)
         self.context = contexts.pop()
         self.max_prefill = chunks.pop()
@@ -103,8 +105,8 @@ class OneSequenceSlots:
             engine.close()
 
 
-# The choice of the next id from a row's (argmax, logits): greedy takes the argmax.  Sampling
-# (issue 14) plugs in here, per sequence (its `Sequence` carries the request's options).
+# The choice of a sequence's next id from its row's (argmax, logits): greedy takes the argmax.
+# Sampling plugs in here; a request's sampling options belong on its `Sequence`.
 Pick = Callable[["Sequence", int, np.ndarray], int]
 
 
@@ -116,7 +118,7 @@ def check_batched_request(ids, max_new_tokens: int, vocab: int, context: int) ->
     """The prompt as a list of ids, refused as `generate.check_request` refuses it, except
     that prompt + max_new_tokens may exceed the context: a batched sequence ends with
     "length" when it fills its slot.  The prompt and its first new token must fit."""
-    prompt = check_request(ids, max_new_tokens, vocab, context=1 << 62)
+    prompt = check_request(ids, max_new_tokens, vocab, context=_ANY_LENGTH)
     return check_request(prompt, min(max_new_tokens, 1), vocab, context)
 
 
@@ -125,7 +127,7 @@ def _ids(ids, what: str, vocab: int) -> tuple[int, ...]:
     if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
         raise CkeError(f"{what} is a list of token ids, not {shown(ids)}")
     ids = list(ids)
-    return tuple(check_request(ids, 0, vocab, context=1 << 62)) if ids else ()
+    return tuple(check_request(ids, 0, vocab, context=_ANY_LENGTH)) if ids else ()
 
 
 def _check_stop(stop, vocab: int) -> tuple[tuple[int, ...], ...]:
@@ -542,6 +544,22 @@ class Scheduler:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def generate_many(self, prompts: Iterable, max_new_tokens: int = 16, **options):
+        """One id list per prompt, each what `generate` gives that prompt alone (one whose
+        continuation would pass the context stops there).  Every prompt is checked before
+        any is submitted; an engine failure raises the first failed prompt's error.  Steps
+        here unless the background thread does.  `options`: see `submit`."""
+        prompts = list(prompts)
+        for i, ids in enumerate(prompts):
+            try:
+                check_batched_request(ids, max_new_tokens, self.engine.vocab, self.engine.context)
+            except CkeError as e:
+                raise CkeError(f"prompt {i}: {e.message}", hint=e.hint) from None
+        seqs = [self.submit(ids, max_new_tokens, **options) for ids in prompts]
+        if self._thread is None:
+            self.run()
+        return [seq.result() for seq in seqs]
+
     # -- counters ----------------------------------------------------------------------------
     def metrics(self) -> SchedulerMetrics:
         with self._lock:
@@ -569,17 +587,8 @@ def generate_many(
     token_budget: int = PREFILL_CHUNK,
     **options,
 ) -> list[list[int]]:
-    """Greedy continuations of several prompts, sharing the engine's slots: one id list per
-    prompt, each what `generate` gives that prompt alone (a prompt whose continuation
-    would pass the context stops there).  Every prompt is checked before any work; an
-    engine failure raises the first failed prompt's error.  `options`: see `submit`."""
-    prompts = list(prompts)
-    for i, ids in enumerate(prompts):
-        try:
-            check_batched_request(ids, max_new_tokens, engine.vocab, engine.context)
-        except CkeError as e:
-            raise CkeError(f"prompt {i}: {e.message}", hint=e.hint) from None
-    scheduler = Scheduler(engine, token_budget=token_budget)
-    seqs = [scheduler.submit(ids, max_new_tokens, **options) for ids in prompts]
-    scheduler.run()
-    return [seq.result() for seq in seqs]
+    """Greedy continuations of several prompts over a `SlotEngine` no scheduler drives yet
+    (else see `Scheduler.generate_many`): one id list per prompt, each what `generate`
+    gives that prompt alone."""
+    with Scheduler(engine, token_budget=token_budget) as scheduler:
+        return scheduler.generate_many(prompts, max_new_tokens, **options)

@@ -287,6 +287,44 @@ def test_cancel_frees_the_slot_at_the_next_step_and_a_waiting_one_at_once():
     assert s.metrics().finished["cancelled"] == 2 and not eng.violations
 
 
+def test_a_sequence_cancelled_by_its_listener_mid_step_leaves_its_slot_by_the_steps_end():
+    eng = FakeSlots(slots=2)
+    s = scheduler_over(eng)
+    box = []
+
+    def second_is_enough(token):
+        if len(box[0].tokens) == 2:
+            box[0].cancel()
+
+    box.append(s.submit([1, 2], 10, on_token=second_is_enough))
+    other = s.submit([3], 4)
+    while not box[0].done:
+        s.step()
+    assert box[0].finish_reason == "cancelled" and len(box[0].tokens) == 2
+    assert eng.calls[-1] == ("release", 0)  # freed by the step that saw the cancel
+    s.run()
+    assert other.result() == alone([3], 4, eng.vocab, eng.context)[0]
+
+
+def test_stop_from_a_listener_inside_a_step_does_not_deadlock():
+    eng = FakeSlots(slots=2)
+    s = scheduler_over(eng)
+    first = s.submit([1], 2, on_done=lambda seq: s.stop())
+    second = s.submit([2], 10)
+    s.run()
+    assert first.finish_reason == "length" and second.finish_reason == "cancelled"
+    assert eng.free == {0, 1}
+
+
+def test_generate_many_on_a_scheduler_its_thread_drives():
+    eng = FakeSlots(slots=2)
+    with Scheduler(eng).start() as s:
+        prompts = [[1], [2, 3], [4, 5, 6]]
+        assert s.generate_many(prompts, 5) == [alone(p, 5, eng.vocab, 32)[0] for p in prompts]
+        with pytest.raises(CkeError, match="prompt 0: the prompt is empty"):
+            s.generate_many([[]], 5)
+
+
 def test_streams_and_background_thread_with_requests_from_many_threads():
     eng = FakeSlots(slots=3, context=64, max_prefill=4)
     s = Scheduler(eng).start()
@@ -310,6 +348,35 @@ def test_streams_and_background_thread_with_requests_from_many_threads():
     assert (m.requests, m.generated_tokens, m.busy_slots, m.queue_length) == (8, 56, 0, 0)
     assert m.prompt_tokens == sum(map(len, prompts)) and m.tokens_per_step > 1
     assert not eng.violations
+
+
+def test_submits_and_cancels_racing_the_background_thread():
+    eng = FakeSlots(slots=3, context=48, max_prefill=3)
+    s = Scheduler(eng, token_budget=5).start()
+    seqs: list = []
+
+    def client(k):
+        rng = np.random.default_rng(k)
+        for _ in range(15):
+            seq = s.submit(rng.integers(0, 97, rng.integers(1, 12)).tolist(), 6)
+            seqs.append(seq)
+            if rng.random() < 0.4:
+                seq.cancel()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert all(q.wait(10) for q in seqs)
+    s.stop(5)
+    assert not eng.violations and eng.free == {0, 1, 2}
+    for q in seqs:
+        want = alone(q.prompt, 6, eng.vocab, 48)[0]
+        assert q.tokens == (want if q.finish_reason == "length" else want[: len(q.tokens)])
+    m = s.metrics()
+    assert m.requests == 60 and sum(m.finished.values()) == 60
+    assert m.finished["length"] + m.finished["cancelled"] == 60
 
 
 def test_stop_cancels_what_is_unfinished_and_refuses_new_requests():
