@@ -122,6 +122,18 @@ def check_batched_request(ids, max_new_tokens: int, vocab: int, context: int) ->
     return check_request(prompt, min(max_new_tokens, 1), vocab, context)
 
 
+def check_prompts(prompts: Iterable, check: Callable[[object], list[int]]) -> list[list[int]]:
+    """Every prompt through `check` (a request check such as `check_batched_request`), its
+    error naming the prompt: "prompt 3: token id 99999 is not in the model's vocabulary"."""
+    out = []
+    for i, ids in enumerate(prompts):
+        try:
+            out.append(check(ids))
+        except CkeError as e:
+            raise CkeError(f"prompt {i}: {e.message}", hint=e.hint) from None
+    return out
+
+
 def _ids(ids, what: str, vocab: int) -> tuple[int, ...]:
     """A list of token ids from a request's options (an EOS set, a stop sequence)."""
     if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
@@ -549,12 +561,10 @@ class Scheduler:
         continuation would pass the context stops there).  Every prompt is checked before
         any is submitted; an engine failure raises the first failed prompt's error.  Steps
         here unless the background thread does.  `options`: see `submit`."""
-        prompts = list(prompts)
-        for i, ids in enumerate(prompts):
-            try:
-                check_batched_request(ids, max_new_tokens, self.engine.vocab, self.engine.context)
-            except CkeError as e:
-                raise CkeError(f"prompt {i}: {e.message}", hint=e.hint) from None
+        e = self.engine
+        prompts = check_prompts(
+            prompts, lambda ids: check_batched_request(ids, max_new_tokens, e.vocab, e.context)
+        )
         seqs = [self.submit(ids, max_new_tokens, **options) for ids in prompts]
         if self._thread is None:
             self.run()

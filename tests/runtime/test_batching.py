@@ -5,6 +5,7 @@ nothing past the context, a slot reused only once released)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import numpy as np
@@ -348,6 +349,30 @@ def test_streams_and_background_thread_with_requests_from_many_threads():
     assert (m.requests, m.generated_tokens, m.busy_slots, m.queue_length) == (8, 56, 0, 0)
     assert m.prompt_tokens == sum(map(len, prompts)) and m.tokens_per_step > 1
     assert not eng.violations
+
+
+def test_asyncio_clients_stream_through_the_callbacks():
+    eng = FakeSlots(slots=2)
+    prompts = [[1], [2, 3], [4, 5, 6], [7]]
+
+    async def client(s, prompt):
+        loop, ids = asyncio.get_running_loop(), asyncio.Queue()
+
+        def put(item):
+            loop.call_soon_threadsafe(ids.put_nowait, item)
+
+        seq = s.submit(prompt, 6, on_token=put, on_done=lambda seq: put(None))
+        out = []
+        while (token := await ids.get()) is not None:
+            out.append(token)
+        return out, seq.finish_reason
+
+    async def main():
+        with Scheduler(eng).start() as s:
+            return await asyncio.gather(*(client(s, p) for p in prompts))
+
+    got = asyncio.run(main())
+    assert got == [(alone(p, 6, eng.vocab, 32)[0], "length") for p in prompts]
 
 
 def test_submits_and_cancels_racing_the_background_thread():
