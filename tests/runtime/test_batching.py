@@ -434,10 +434,11 @@ request = st.tuples(
     max_prefill=st.integers(1, 6),
     context=st.integers(15, 24),
     requests=st.lists(request, min_size=1, max_size=9),
+    fail=st.sampled_from([(), (29,)]),  # calls that carry id 29 raise
 )
-def test_scheduling_invariants(slots, budget, max_prefill, context, requests):
+def test_scheduling_invariants(slots, budget, max_prefill, context, requests, fail):
     vocab = 31
-    eng = FakeSlots(slots, context, max_prefill, vocab)
+    eng = FakeSlots(slots, context, max_prefill, vocab, fail)
     s = scheduler_over(eng, token_budget=budget)
     subs = []  # (sequence, its request), in the order they were submitted
     for step in range(200):
@@ -474,11 +475,13 @@ def test_scheduling_invariants(slots, budget, max_prefill, context, requests):
     started = [q.id for q, _ in subs if q.prefilled]
     assert started == sorted(started)
     for q, (_, prompt, n, eos, _) in subs:
-        if q.finish_reason == "error":
-            assert len(prompt) >= context
+        if q.finish_reason == "error" and not isinstance(q.error, RuntimeError):
+            assert len(prompt) >= context  # refused at submit
             continue
         want, why = alone(prompt, n, vocab, context, eos) if n else ([], "length")
-        if q.finish_reason == "cancelled":
+        if q.finish_reason == "error":  # its step failed: it, or one beside it, carried 29
+            assert fail and q.tokens == want[: len(q.tokens)]
+        elif q.finish_reason == "cancelled":
             assert q.tokens == want[: len(q.tokens)]
         else:
             assert (q.tokens, q.finish_reason) == (want, why)
