@@ -82,4 +82,3 @@ def test_smollm2_many_prompts_equal_each_alone():
         finally:
             slots.close()
     assert got == alone
-    assert got[0] == [28, 260, 2240, 282, 23324, 27108, 436, 253]  # test_smollm2's answer
