@@ -230,14 +230,18 @@ class Sequence:
         if self._on_token is not None:
             self._on_token(token)
 
-    def _finish(self, reason: str, error: BaseException | None = None) -> None:
+    def _finish(self, reason: str, error: BaseException | None = None) -> bool:
+        """End the sequence, once: whether this call ended it (`_announce` tells on_done)."""
         with self._changed:
             if self.done:
-                return
+                return False
             self.error = error
             self.finished_at = time.monotonic()
             self.finish_reason = reason
             self._changed.notify_all()
+        return True
+
+    def _announce(self) -> None:
         if self._on_done is not None:
             try:
                 self._on_done(self)
@@ -381,10 +385,11 @@ class Scheduler:
 
     def _retire(self, seq: Sequence, reason: str, error: BaseException | None = None) -> None:
         """Finish `seq` (its slot, if any, is freed by the step that retires it)."""
-        if not seq.done:
-            with self._lock:
-                self._finished[reason] += 1
-            seq._finish(reason, error)
+        with self._lock:  # counted as its waiters wake: the metrics they read include it
+            ended = seq._finish(reason, error)
+            self._finished[reason] += ended
+        if ended:
+            seq._announce()
 
     # -- steps -------------------------------------------------------------------------------
     def step(self) -> bool:
