@@ -2,6 +2,8 @@
 
 One `NativeEngine` serves a model's prefill and decode programs; they share the KV cache.
 Python only writes the inputs, starts the pool once per program call, and reads the outputs.
+Each call runs on as many of the pool's threads as its phase's `width.WidthPolicy` finds
+fastest (a decode token, a prefill call at a time); the tokens are the same at any width.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ckeir.backends.llvm.jit import CompiledModule
 from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES
 from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
 from ckeir.backends.llvm.pool import Pool
+from ckeir.backends.llvm.width import WidthPolicy
 from ckeir.errors import BackendError
 from ckeir.runtime.memory import Region, huge_pages_wanted, huge_zeros, regions_of
 
@@ -115,12 +118,15 @@ class NativeEngine:
         threads: int,
         host=None,
         huge_pages: bool | None = None,
+        adaptive: bool | None = None,
     ):
         self.compiled = compiled  # keeps the machine code alive
         self.kcache = lazy_zeros(cache_shape)
         self.vcache = lazy_zeros(cache_shape)
         self.context = cache_shape[1]
         self.pool = Pool(threads, host)
+        # how many of the pool's threads each call takes (None: CKEIR_ADAPTIVE_THREADS says)
+        self.widths = WidthPolicy.for_pool(threads, adaptive)
         self.programs = {
             name: _Program(
                 abi, compiled.address(abi.symbol), weights, self.kcache, self.vcache, huge_pages
@@ -138,9 +144,11 @@ class NativeEngine:
         p.ids[:n] = ids
         p.ctx[p.abi.slot("n")] = n
         p.ctx[p.abi.slot("pos")] = pos
+        width = self.widths.choose(name)
         t0 = time.perf_counter()
-        self.pool.run(p.address, p.ctx.ctypes.data, self_completing=True)
+        self.pool.run(p.address, p.ctx.ctypes.data, self_completing=True, width=width)
         dt = time.perf_counter() - t0
+        self.widths.observe(name, width, dt, n)
         self.native_seconds[name] += dt
         if len(self.events) < 100_000:
             self.events.append((name, -1, 0, t0, dt))

@@ -12,6 +12,10 @@ is a single ctypes call that releases the GIL and returns when every thread is d
 - the caller waits the same way (`wait.POOL_DONE`) until every worker has counted itself
   done.
 
+A run may take fewer threads than the pool has (`run(..., width=w)`: threads 0..w-1, and fn
+sees `nth` = w); a run of width 1 is a plain call on the caller's thread, with no job
+published.  `width.WidthPolicy` chooses the width of an engine's runs from measured time.
+
 Failures never hang the caller: an exception raised by a Python callable run on the pool
 is caught in its thread and re-raised by `run` as a `BackendError`; a worker thread that
 dies sets a `failed` word that the caller's wait checks (it sleeps in naps of 10 ms),
@@ -42,7 +46,8 @@ ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
 
 # Control block offsets: the words threads contend on each get a cache line.
 GEN, DONE, SLEEPERS, CALLER_SLEEPS, HOLD, HOLD_SLEEPERS = 0, 64, 128, 192, 256, 260
-FN, CTX, MODE, NTH, SHUTDOWN, FAILED, SPIN_NS, YIELD_NS = 320, 328, 336, 340, 344, 348, 352, 360
+# WIDTH: the job's width; threads 0..width-1 run it, the others leave it alone
+FN, CTX, MODE, WIDTH, SHUTDOWN, FAILED, SPIN_NS, YIELD_NS = 320, 328, 336, 340, 344, 348, 352, 360
 CTL_BYTES = 384
 WAIT_ALL, SELF_COMPLETING = 0, 1  # MODE: does the caller wait for every worker?
 
@@ -87,9 +92,9 @@ class _Ctl:
 
 def _worker_ir() -> FunctionWriter:
     """`void cke_pool_worker(ptr ctl, i32 tid)`: wait for a job, run it, repeat until
-    shutdown.
+    shutdown.  A job narrower than the pool (WIDTH <= tid) is not this worker's: it skips it.
 
-    GEN is a sequence lock over the job (FN, CTX, MODE): odd while the caller writes it,
+    GEN is a sequence lock over the job (FN, CTX, MODE, WIDTH): odd while the caller writes it,
     the job's even number once published.  A worker reads the job between two reads of GEN
     and takes it only if both are the same even number, so one that wakes up jobs late
     takes the latest job whole, never one job's fn with another's ctx.  It counts itself
@@ -99,8 +104,8 @@ def _worker_ir() -> FunctionWriter:
     )
     c = _Ctl(f)
     seen = f.var("i32", "0", "seen")
-    head, read, check, held, run, count, out = (
-        f.label(x) for x in ("head", "read", "check", "held", "run", "count", "out")
+    head, read, check, mine, held, run, count, out = (
+        f.label(x) for x in ("head", "read", "check", "mine", "held", "run", "count", "out")
     )
     f.br(head)
     f.start(head)
@@ -118,6 +123,7 @@ def _worker_ir() -> FunctionWriter:
     fn = f(f"inttoptr i64 {c.load(FN, 'monotonic', 'i64')} to ptr", "fn")
     ctx = f(f"inttoptr i64 {c.load(CTX, 'monotonic', 'i64')} to ptr", "ctx")
     mode = c.load(MODE, "monotonic")
+    width = c.load(WIDTH, "monotonic")
     f.op("fence acquire")
     odd = f(f"icmp ne i32 {f(f'and i32 {job}, 1')}, 0")
     moved = f(f"icmp ne i32 {c.load(GEN, 'monotonic')}, {job}")
@@ -125,12 +131,14 @@ def _worker_ir() -> FunctionWriter:
     f.cbr(torn, head, check)  # the caller was writing a newer job: read it again
     f.start(check)
     f.set(seen, job)
+    f.cbr(f(f"icmp slt i32 %tid, {width}"), mine, head)  # beyond the job's width: not ours
+    f.start(mine)
     f.cbr(f(f"icmp eq i32 {c.load(HOLD)}, %tid"), held, run)
     f.start(held)  # a test holds this worker back before it enters its job
     c.wait(lambda: f(f"icmp ne i32 {c.load(HOLD)}, %tid"), HOLD, HOLD_SLEEPERS, wait.POOL_DONE)
     f.cbr(f(f"icmp ne i32 {c.load(SHUTDOWN)}, 0"), out, run)
     f.start(run)
-    f.op(f"call void {fn}(ptr {ctx}, i32 %tid, i32 {f.load('i32', c.ptr(NTH))})")
+    f.op(f"call void {fn}(ptr {ctx}, i32 %tid, i32 {width})")
     f.cbr(f(f"icmp eq i32 {mode}, {WAIT_ALL}"), count, head)
     f.start(count)
     _count_done(f, c, job)
@@ -159,33 +167,41 @@ def _count_done(f: FunctionWriter, c: _Ctl, job: str) -> None:
 
 
 def _run_ir() -> FunctionWriter:
-    """`i32 cke_pool_run(ptr ctl, ptr fn, ptr ctx, i32 mode)`: publish the job, run tid 0,
-    wait for the workers unless the job is SELF_COMPLETING; returns the FAILED word (0 =
-    every thread that had to finish did)."""
+    """`i32 cke_pool_run(ptr ctl, ptr fn, ptr ctx, i32 mode, i32 width)`: run fn on threads
+    0..width-1 — publish the job, run tid 0, wait for the workers unless the job is
+    SELF_COMPLETING — and return the FAILED word (0 = every thread that had to finish did).
+    A job of width 1 is a plain call of fn on this thread: nothing is published, and the
+    workers sleep on (or spin out their budget and then sleep)."""
     f = FunctionWriter(
         "cke_pool_run",
-        [("ptr", "%ctl"), ("ptr", "%fn"), ("ptr", "%ctx"), ("i32", "%mode")],
+        [("ptr", "%ctl"), ("ptr", "%fn"), ("ptr", "%ctx"), ("i32", "%mode"), ("i32", "%width")],
         ret="i32",
         linkage="",
         attributes="nounwind",
     )
     c = _Ctl(f)
+    alone, publish, out = f.label("alone"), f.label("publish"), f.label("out")
+    f.cbr(f("icmp sle i32 %width, 1"), alone, publish)
+    f.start(alone)
+    f.op("call void %fn(ptr %ctx, i32 0, i32 1)")
+    f.br(out)
+    f.start(publish)
     g = c.load(GEN, "monotonic")  # only the caller writes GEN
     c.store(GEN, f(f"add i32 {g}, 1"), "monotonic")  # odd: the job is being written
     f.op("fence release")
     c.store(FN, f("ptrtoint ptr %fn to i64"), "monotonic", "i64")
     c.store(CTX, f("ptrtoint ptr %ctx to i64"), "monotonic", "i64")
     c.store(MODE, "%mode", "monotonic")
+    c.store(WIDTH, "%width", "monotonic")
     job = f(f"add i32 {g}, 2", "job")
     c.store(DONE, f(f"shl i64 {f(f'zext i32 {job} to i64')}, 32"), "monotonic", "i64")
     c.store(GEN, job)  # seq_cst: publishes the job, and orders against SLEEPERS below
     c.wake(GEN, SLEEPERS, wait.WAKE_ALL)
-    nth = f.load("i32", c.ptr(NTH))
-    f.op(f"call void %fn(ptr %ctx, i32 0, i32 {nth})")
-    waits, out = f.label("waits"), f.label("out")
+    f.op("call void %fn(ptr %ctx, i32 0, i32 %width)")
+    waits = f.label("waits")
     f.cbr(f(f"icmp eq i32 %mode, {WAIT_ALL}"), waits, out)
     f.start(waits)
-    workers = f(f"zext i32 {f(f'sub i32 {nth}, 1')} to i64")
+    workers = f(f"zext i32 {f('sub i32 %width, 1')} to i64")
     tag = f(f"shl i64 {f(f'zext i32 {job} to i64')}, 32")
     want = f(f"or i64 {tag}, {workers}")
 
@@ -223,7 +239,12 @@ def _native(host: HostCPU) -> tuple[CompiledModule, Callable, Callable, Callable
     cm = compile_ir(_native_ir(), host)
     worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)(cm.address("cke_pool_worker"))
     run = ctypes.CFUNCTYPE(
-        ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32
+        ctypes.c_int32,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int32,
+        ctypes.c_int32,
     )(cm.address("cke_pool_run"))
     stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(cm.address("cke_pool_stop"))
     return cm, worker, run, stop
@@ -238,7 +259,6 @@ class _Shared:
     def __init__(self, nth: int, host: HostCPU):
         self.buf = ctypes.create_string_buffer(CTL_BYTES + 64)
         self.ctl = (ctypes.addressof(self.buf) + 63) // 64 * 64
-        ctypes.c_int32.from_address(self.ctl + NTH).value = nth
         # one spin for both waits (POOL_DONE differs from POOL_JOB only in its naps)
         budget = wait.POOL_JOB.for_waiters(nth, host.cores)
         ctypes.c_int64.from_address(self.ctl + SPIN_NS).value = wait.ns(budget.spin_s)
@@ -295,18 +315,24 @@ class Pool:
         ctx: int = 0,
         *,
         self_completing: bool = False,
+        width: int | None = None,
     ) -> None:
-        """Run `fn(ctx, tid, nth)` on every thread; return when all are done.
+        """Run `fn(ctx, tid, width)` on threads 0..width-1 (default: every thread); return
+        when all are done.
 
         `fn` is the address of a native entry, or a Python callable (run through a ctypes
         trampoline; its exceptions are re-raised here).  `self_completing`: fn is an entry
         whose ops are shared out in parts (`schedule.Scheduler`), so the job is done when
         thread 0 returns from it, and `run` returns then, without waiting for a worker
-        that has not even started (it will find nothing left to do)."""
+        that has not even started (it will find nothing left to do).  `width` 1 calls fn
+        on this thread and publishes nothing (`width.WidthPolicy` chooses it per run)."""
         if not self._closer.alive:
             raise BackendError("this thread pool is closed")
         if self._broken:
             raise BackendError(f"this thread pool is unusable: {self._broken}")
+        width = self.nth if width is None else width
+        if not 1 <= width <= self.nth:
+            raise BackendError(f"a run of this pool takes 1 to {self.nth} threads, not {width}")
         keep = None
         if callable(fn):
             if self_completing:  # a late worker would call a trampoline already freed
@@ -314,15 +340,24 @@ class Pool:
             keep = ENTRY(self._trampoline(fn))
             fn = ctypes.cast(keep, ctypes.c_void_p).value
         mode = SELF_COMPLETING if self_completing else WAIT_ALL
-        failed = self._shared.run(self._shared.ctl, fn, ctx, mode)
+        failed = self._shared.run(self._shared.ctl, fn, ctx, mode, width)
         del keep
         if failed or self._shared.errors:
             self._raise(bool(failed))
+
+    def jobs(self) -> int:
+        """Jobs published to the workers so far (a run of width 1 publishes none)."""
+        return ctypes.c_uint32.from_address(self._shared.ctl + GEN).value // 2
 
     def hold(self, tid: int) -> None:
         """For tests: keep worker `tid` from entering the next job it takes until `release`
         (a worker the OS is slow to run)."""
         ctypes.c_int32.from_address(self._shared.ctl + HOLD).value = tid
+
+    def holding(self) -> bool:
+        """For tests: whether the worker `hold` names took a job and waits (asleep) at the
+        hold."""
+        return ctypes.c_int32.from_address(self._shared.ctl + HOLD_SLEEPERS).value > 0
 
     def release(self) -> None:
         ctypes.c_int32.from_address(self._shared.ctl + HOLD).value = 0

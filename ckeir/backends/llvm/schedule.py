@@ -55,7 +55,11 @@ class Scheduler:
         tag = sync.entry_id(f.name)
         # -1 when this thread's job is over (thread 0 did it): every claim and wait of the
         # entry then returns at once
-        self.run = f.call("i64", sync.BEGIN, [("ptr", state), ("i32", "%tid"), ("i32", str(tag))])
+        self.run = f.call(
+            "i64",
+            sync.BEGIN,
+            [("ptr", state), ("i32", "%tid"), ("i32", str(tag)), ("i32", "%nth")],
+        )
 
     def call(self, kernel: Kernel, args: list[tuple[str, str]], parts: str | None = None) -> None:
         """One op: this thread claims parts of it and runs `kernel(args..., part, parts)`
@@ -92,11 +96,25 @@ class Scheduler:
         """IR emitted inside runs on one thread only (a small op of one part)."""
         f = self.f
         seq = self._next_op()
+        labels = ("solo", "claim", "once", "count", "wait", "over")
+        solo, head, body, count, wait, out = (f.label(x) for x in labels)
+        alone = f("icmp eq i32 %nth, 1", "alone")
+        f.cbr(alone, solo, head)
+        f.start(head)
         part = f.call("i32", sync.CLAIM, [("ptr", self.state), ("i64", seq), ("i32", "1")])
-        with f.if_(f(f"icmp sge i32 {part}, 0", "first")):
-            yield
-            f.call("void", sync.DONE, [("ptr", self.state), ("i32", "1")])
+        f.cbr(f(f"icmp sge i32 {part}, 0", "first"), body, wait)
+        f.start(solo)  # one thread: nothing to claim, nobody to tell
+        f.br(body)
+        f.start(body)
+        yield
+        f.cbr(alone, out, count)
+        f.start(count)
+        f.call("void", sync.DONE, [("ptr", self.state), ("i32", "1")])
+        f.br(wait)
+        f.start(wait)
         self._wait(seq, "1")
+        f.br(out)
+        f.start(out)
 
     def parts(self, kernel: Kernel, args: list[tuple[str, str]]) -> str:
         """How many parts the op is split into (an i32 value): PARTS_PER_THREAD per thread

@@ -133,3 +133,39 @@ def test_measure_overhead():
     """Seconds per call, for benchmarks to compare (no bound here: a busy machine makes
     anything slower)."""
     assert 0 < measure_overhead(2, calls=200) < math.inf
+
+
+@pytest.mark.parametrize("nth,width", [(2, 1), (3, 1), (3, 2)])
+def test_a_narrow_run_takes_only_its_width_of_threads(native, nth, width):
+    """`run(width=w)` runs tids 0..w-1, each seeing nth = w; a run of width 1 is a call on
+    the caller's thread that publishes no job; the full width runs again afterwards."""
+    buf = np.zeros(64, np.int64)
+    with Pool(nth) as pool:
+        pool.run(native.address("count"), buf.ctypes.data)
+        jobs = pool.jobs()
+        for _ in range(300):
+            pool.run(native.address("count"), buf.ctypes.data, width=width)
+        assert pool.jobs() - jobs == (0 if width == 1 else 300)
+        assert list(buf[:nth]) == [301] * width + [1] * (nth - width)
+        assert buf[63] == nth * nth + 300 * width * width
+        pool.run(native.address("count"), buf.ctypes.data)
+        assert list(buf[:nth]) == [302] * width + [2] * (nth - width)
+        for bad in (0, nth + 1):
+            with pytest.raises(BackendError, match=f"takes 1 to {nth} threads"):
+                pool.run(native.address("count"), buf.ctypes.data, width=bad)
+
+
+def test_width_1_runs_leave_sleeping_workers_asleep(native):
+    """Runs of width 1 do not wake a worker: past its spin, it uses no CPU while they go."""
+    buf = np.zeros(64, np.int64)
+    with Pool(2) as pool:
+        pool.run(native.address("count"), buf.ctypes.data)
+        time.sleep(0.05)  # the worker is parked in a futex
+        cpu0 = time.thread_time(), time.process_time()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:
+            pool.run(native.address("count"), buf.ctypes.data, width=1)
+        # the process's CPU time beyond this thread's is the worker's: ~0
+        other = (time.process_time() - cpu0[1]) - (time.thread_time() - cpu0[0])
+        assert other < 0.05
+        assert buf[1] == 1

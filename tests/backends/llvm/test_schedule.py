@@ -6,6 +6,7 @@ kernel that counts what it runs in native counter arrays."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -254,3 +255,51 @@ def test_an_int8_matmul_of_several_rows_is_one_part_per_thread(rows):
         want = 2 if int8 and rows > 1 else 2 * PARTS_PER_THREAD
         assert list(ctx[IN : IN + want]) == [want] * want, name
         assert not ctx[IN + want : IN + SLOTS].any(), name
+
+
+def test_runs_of_any_width_in_any_order_are_exact(steps):
+    """A 3-thread pool whose runs take 1, 2 or 3 threads at random (as `WidthPolicy`
+    chooses them): every result exact, every part run once (a worker late for a run of
+    one width never joins a run of another)."""
+    s = steps[4]
+    s.ctx[PARTS:WORDS] = 0
+    rng = np.random.default_rng(5)
+    runs, by_width = 600, {1: 0, 2: 0, 3: 0}
+    with Pool(3) as pool:
+        for i in range(runs):
+            width = int(rng.integers(1, 4))
+            by_width[width] += 1
+            inputs = rng.integers(0, 1 << 20, SLOTS)
+            s.run(pool, inputs, self_completing=True, width=width)
+            assert (s.values() == expected(inputs)).all(), f"run {i} at width {width}"
+    # width 1 runs each op whole, in one part; wider runs split it in 4
+    assert (s.parts_ran()[:, 0] == runs).all()
+    assert (s.parts_ran()[:, 1:] == runs - by_width[1]).all()
+    assert s.ctx[ONCE] == runs
+
+
+def test_a_worker_late_for_a_wide_run_stays_out_of_a_narrower_one(steps):
+    """Worker 2 is held out of a run of width 3, then released while thread 0 and worker 1
+    are inside a long run of width 2 of the same entry: it must not join that run (it would
+    cut the ops by its own width); it finds its job stale and takes nothing."""
+    s = steps[4]
+    s.ctx[PARTS:WORDS] = 0
+    with Pool(3) as pool:
+        pool.run(s.entry, s.ctx.ctypes.data)  # every thread started
+        s.ctx[PARTS:WORDS] = 0
+        pool.hold(2)
+        s.run(pool, np.ones(SLOTS, np.int64), self_completing=True, width=3)
+        wait_for(pool.holding)  # worker 2 took that job and waits at the hold
+        assert s.by_thread()[2] == 0
+        s.ctx[DELAY:WORDS] = 50_000_000  # every part spins a while: the run lasts
+        timer = threading.Timer(0.01, pool.release)  # released while the next run goes on
+        timer.start()
+        inputs = np.arange(SLOTS)
+        t0 = time.perf_counter()
+        s.run(pool, inputs, self_completing=True, width=2)
+        timer.join()
+        assert time.perf_counter() - t0 > 0.01  # (else the test proves nothing: not a bound)
+        wait_for(lambda: s.entered()[2] == 1)  # the late worker ran its entry ...
+        assert (s.values() == expected(inputs)).all()
+        assert s.by_thread()[2] == 0  # ... and took no part of the narrower run
+        assert (s.parts_ran() == 2).all()

@@ -9,11 +9,14 @@ finds the op's parts all taken and moves on.
 
 The state (`BARRIER_STATE_BYTES` zeroed bytes, 64-byte aligned, one block per program) holds:
 
-- `RUN` (i64): the run number (high half) and the id of the entry running it (low half).
-  Thread 0 — the pool's caller — starts each run of an entry (`@cke_begin`); another thread
-  joins the run it finds if it is a run of its own entry that it has not joined yet
-  (`SEEN`), waiting a few microseconds for thread 0 to start it; else its job is stale
-  (its entry is over) and it leaves.
+- `RUN` (i64): the run number (high half) and the id of the entry running it (low half),
+  and beside it `WIDTH` (i32): how many threads the run has (its `nth`).  Thread 0 — the
+  pool's caller — starts each run of an entry (`@cke_begin`); another thread joins the run
+  it finds if it is a run of its own entry, as wide as its own job, that it has not joined
+  yet (`SEEN`), waiting a few microseconds for thread 0 to start it; else its job is stale
+  (its entry is over) and it leaves.  The width check keeps a worker late for a run of one
+  width out of a later run of another (`Pool.run(width=)`): it would cut the ops into other
+  parts.  A run of width 1 is joined by nobody.
 - `OP` (i64): the op in progress as (sequence 40 bits, parts claimed 12, parts done 12).
   An op's sequence is (run, index of the op in its entry), so a thread that is late — it
   still holds the sequence of an op that is over, or of a run that is over — finds a later
@@ -40,7 +43,7 @@ import zlib
 from ckeir.backends.llvm import wait
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
 
-RUN_AT, OP_AT, SLEEPERS_AT, SEEN_AT = 0, 64, 128, 192
+RUN_AT, WIDTH_AT, OP_AT, SLEEPERS_AT, SEEN_AT = 0, 8, 64, 128, 192
 SEEN_SLOTS = 64  # threads beyond it share slots: at worst one joins a run it cannot help
 BARRIER_STATE_BYTES = SEEN_AT + 8 * SEEN_SLOTS
 
@@ -159,16 +162,24 @@ def barrier() -> Kernel:
 
 
 def begin() -> Kernel:
-    """`i64 @cke_begin(ptr state, i32 tid, i32 entry)`: the run this thread takes part in
-    (the first argument of `op_sequence`), or -1 when it has none (its job is stale).
+    """`i64 @cke_begin(ptr state, i32 tid, i32 entry, i32 nth)`: the run this thread takes
+    part in (the first argument of `op_sequence`), or -1 when it has none (its job is
+    stale).
 
-    Thread 0 starts a new run of `entry`.  Another thread joins the run in RUN if it is a
-    run of `entry` it has not joined; otherwise thread 0 has not started this job's run
-    yet (it does so nanoseconds after publishing the job), so it waits for RUN to change,
-    for `wait.RUN_START` at most, spinning only: a stale thread must not sleep on a run
-    nobody will start."""
-    f = FunctionWriter(BEGIN, [("ptr", "%state"), ("i32", "%tid"), ("i32", "%tag")], ret="i64")
+    Thread 0 starts a new run of `entry` on `nth` threads.  Another thread joins the run in
+    RUN if it is a run of `entry` on `nth` threads it has not joined; otherwise thread 0
+    has not started this job's run yet (it does so nanoseconds after publishing the job),
+    so it waits for RUN to change, for `wait.RUN_START` at most, spinning only: a stale
+    thread must not sleep on a run nobody will start.  (A thread that reads RUN, then a
+    WIDTH thread 0 already wrote for the next run, may join a run that is over: it finds
+    every part of it taken.)"""
+    f = FunctionWriter(
+        BEGIN,
+        [("ptr", "%state"), ("i32", "%tid"), ("i32", "%tag"), ("i32", "%nth")],
+        ret="i64",
+    )
     run_p = f.gep("%state", RUN_AT, "i8")
+    width_p = f.gep("%state", WIDTH_AT, "i8")
     entry = f("zext i32 %tag to i64")
     first, other = f.label("first"), f.label("other")
     f.cbr(f("icmp eq i32 %tid, 0"), first, other)
@@ -177,7 +188,8 @@ def begin() -> Kernel:
     run = f(f"add i64 {f(f'lshr i64 {old}, 32')}, 1", "run")
     run = f(f"and i64 {run}, {(1 << 32) - 1}")
     tagged = f(f"or i64 {f(f'shl i64 {run}, 32')}, {entry}")
-    f.op(f"store atomic i64 {tagged}, ptr {run_p} seq_cst, align 8")
+    f.op(f"store atomic i32 %nth, ptr {width_p} monotonic, align 4")
+    f.op(f"store atomic i64 {tagged}, ptr {run_p} seq_cst, align 8")  # releases WIDTH too
     f.op(f"ret i64 {run}")
     f.start(other)
     slot = f(f"urem i64 {f('zext i32 %tid to i64')}, {SEEN_SLOTS}")
@@ -189,6 +201,8 @@ def begin() -> Kernel:
         w = f(f"load atomic i64, ptr {run_p} acquire, align 8", "run")
         f.set(now, w)
         mine = f(f"icmp eq i64 {f(f'and i64 {w}, {(1 << 32) - 1}')}, {entry}")
+        wide = f(f"load atomic i32, ptr {width_p} monotonic, align 4", "wide")
+        mine = f(f"and i1 {mine}, {f(f'icmp eq i32 {wide}, %nth')}")
         return f(f"and i1 {mine}, {f(f'icmp ne i64 {w}, {seen}')}", "joinable")
 
     budget = wait.RUN_START
