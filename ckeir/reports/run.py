@@ -9,7 +9,9 @@ busy seconds in native code, waiting seconds inside transport calls, bytes its t
 counted, CKU — over the whole run) and `hops` (each sender → receiver pair's messages, mean
 bytes, measured and predicted seconds), next to the decode time per token measured and
 predicted for the machine and links the run used, and `linux`: what the kernel and the
-hardware saw of every rank (`ckeir.runtime.linux`)."""
+hardware saw of every rank (`ckeir.runtime.linux`).  `prefill.widths` and `decode.widths`
+say, per rank, how many tokens ran at each width of the rank's pool and how often its
+policy switched (`ckeir.backends.llvm.width`); the summary says when a run narrowed."""
 
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ def run_report(
             "seconds": stats.prefill_seconds,
             "tokens_per_second": stats.prefill_tps,
             "native_seconds": native.get("prefill", 0.0),
+            "widths": _widths(figures, "prefill"),
         },
         "decode": {
             "seconds": stats.decode_seconds,
@@ -93,6 +96,7 @@ def run_report(
             "native_seconds": native.get("decode", 0.0),
             "outside_kernels_per_token": outside,
             "outside_kernels_fraction": outside / per_token if per_token else 0.0,
+            "widths": _widths(figures, "decode"),
         },
         "prediction_basis": None if prediction is None else dict(prediction.basis),
         "active_bytes_per_token": active,
@@ -103,7 +107,9 @@ def run_report(
         "hops": _hops(figures, prediction, links is not None),
         "timings": dict(prog.timings),
         "parity": parity,
-        "linux": linux_section(figures, stats.prompt_tokens, decode_tokens),
+        "linux": linux_section(
+            figures, stats.prompt_tokens, decode_tokens, getattr(prog, "huge_pages", True)
+        ),
     }
 
 
@@ -192,8 +198,17 @@ def _hops(figures: list[dict], prediction, simulated: bool) -> list[dict]:
     ]
 
 
-def linux_section(figures: list[dict], prompt_tokens: int, decode_tokens: int) -> dict:
-    """The report's `linux`: each key holds every rank's figures, keyed by rank."""
+def _widths(figures: list[dict], phase: str) -> dict:
+    """Per rank: the tokens `phase` ran at each width of the rank's pool, the policy's
+    switches and probes (`width.PhaseWidth.figures`); ranks without a pool are left out."""
+    return {f["rank"]: f["widths"][phase] for f in figures if phase in (f.get("widths") or {})}
+
+
+def linux_section(
+    figures: list[dict], prompt_tokens: int, decode_tokens: int, huge_pages_wanted: bool = True
+) -> dict:
+    """The report's `linux`: each key holds every rank's figures, keyed by rank (but
+    `huge_pages_wanted`: whether the run asked for weights and arenas on huge pages)."""
     ranks = {f["rank"]: f["linux"] for f in figures if f.get("linux")}
     nodes = sorted({n for lx in ranks.values() for n in lx.get("numa", {}).get("nodes", ())})
     return {
@@ -202,6 +217,7 @@ def linux_section(figures: list[dict], prompt_tokens: int, decode_tokens: int) -
         "page_faults": {r: lx["page_faults"] for r, lx in ranks.items()},
         "context_switches": {r: lx["context_switches"] for r, lx in ranks.items()},
         "huge_pages": {r: lx.get("huge_pages") for r, lx in ranks.items()},
+        "huge_pages_wanted": bool(huge_pages_wanted),
         "numa": {
             "nodes": nodes,
             "note": (
@@ -242,7 +258,8 @@ HUGE_WORTH_BYTES = 8 << 20
 def linux_warnings(linux: dict, decode_tokens: int) -> list[str]:
     """What the Linux side shows abnormal: threads preempted during decode (each costs the
     other threads of the rank a wait at the next barrier), major faults (pages read from
-    disk) while generating, weights on small pages."""
+    disk) while generating, weights on small pages when the run wanted them on huge ones
+    (not after `--no-huge-pages`, `huge_pages=False` or `CKEIR_HUGE_PAGES=0`)."""
     out = []
     for r, cs in linux["context_switches"].items():
         n = cs.get("decode", {}).get("involuntary", 0)
@@ -255,7 +272,8 @@ def linux_warnings(linux: dict, decode_tokens: int) -> list[str]:
         n = sum(pf.get(phase, {}).get("major", 0) for phase in ("prefill", "decode"))
         if n:
             out.append(f"rank {r}: {n} major page faults while generating")
-    for r, hp in linux["huge_pages"].items():
+    wanted = linux.get("huge_pages_wanted", True)
+    for r, hp in linux["huge_pages"].items() if wanted else ():
         w = (hp or {}).get("weights")
         if w and w["bytes"] >= HUGE_WORTH_BYTES and w["huge_page_bytes"] < w["bytes"] / 2:
             out.append(
@@ -276,8 +294,28 @@ def summary_line(report: dict) -> str:
         f"({100 * d['outside_kernels_fraction']:.1f}%)"
         + _prediction_line(d)
         + _ranks_line(report["ranks"])
+        + _widths_line(report)
         + _linux_line(report.get("linux"), max(report["generated_tokens"] - 1, 0))
     )
+
+
+def _widths_line(report: dict) -> str:
+    """'threads: decode ran 97 of 127 tokens on 1 of 2 threads (3 switches)' for each phase
+    and rank that ran tokens on fewer threads than its pool has; nothing when none did."""
+    out = []
+    several = len(report["ranks"]) > 1
+    for phase in ("prefill", "decode"):
+        for r, w in report[phase].get("widths", {}).items():
+            tokens = {int(k): n for k, n in w["tokens"].items()}
+            total = sum(tokens.values())
+            for width, n in sorted(tokens.items()):
+                if width < w["threads"] and n:
+                    out.append(
+                        f"{f'rank {r} ' if several else ''}{phase} ran {n} of {total} tokens "
+                        f"on {width} of {w['threads']} threads "
+                        f"({w['switches']} switch{'' if w['switches'] == 1 else 'es'})"
+                    )
+    return "\nthreads: " + "; ".join(out) if out else ""
 
 
 def _linux_line(linux: dict | None, decode_tokens: int) -> str:
