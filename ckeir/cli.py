@@ -2,7 +2,7 @@
 
     ckec SPEC [--emit=mlir|llvm|asm] [--pass-pipeline=P] [--print-ir-after-all] ...
     ckec run SPEC --ids 1,2,3 [-n N] [--threads T] [--backend llvm|reference] [--[no-]pin]
-        [--[no-]huge-pages]
+        [--[no-]huge-pages] [--threads-fixed]
     ckec opt FILE.mlir --pass-pipeline=P      (IR in, IR out: for pass tests)
 
 Errors are printed as `file:line:col: error: ...` with the line and a caret, never as a
@@ -141,6 +141,13 @@ def _run_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="copy the model file's weights onto huge pages, and put arenas there (default: "
         "on where memory allows; CKEIR_HUGE_PAGES=0 turns it off too)",
+    )
+    p.add_argument(
+        "--threads-fixed",
+        action="store_true",
+        help="run every token on all of a rank's threads (default: each token on as many as "
+        "measured fastest, fewer when other work takes the CPUs; CKEIR_ADAPTIVE_THREADS=0 "
+        "fixes them too)",
     )
     p.add_argument(
         "--transport",
@@ -308,12 +315,22 @@ def cmd_run(argv: list[str]) -> int:
     _check_outputs(args, {"report": "--report", "trace": "--trace", "dump_dir": "--dump-dir"})
     _check_measured(args)
     _check_threads(args.threads)
+    if args.threads_fixed:
+        _fix_threads()
     transport = _transport(args)
     try:
         return _run(args, ids, transport)
     finally:
         if transport is not None:
             transport.close()
+
+
+def _fix_threads() -> None:
+    """--threads-fixed: every pool of this process and of the local ranks it starts (they
+    inherit its environment) runs each call on all its threads (`width.WidthPolicy`)."""
+    from ckeir.backends.llvm.width import ENV_SWITCH
+
+    os.environ[ENV_SWITCH] = "0"
 
 
 def _check_threads(threads: int | None) -> None:
