@@ -1,5 +1,7 @@
 """Contention: SmolLM2 decode and prefill on a quiet machine and with one busy competitor,
-ckeir on 1 and 2 threads and llama.cpp (llama-cpp-python, same GGUF) on 2, side by side.
+ckeir on 1 thread, on 2 threads at a fixed width and on 2 threads whose width adapts (the
+default: `width.WidthPolicy` runs each token on the width it measures fastest), and
+llama.cpp (llama-cpp-python, same GGUF) on 2, side by side.
 
 The competitor is `python3 -c "while True: pass"`, which this script starts before the
 loaded passes and stops after them; it is not pinned, so the OS shares the cores between it
@@ -8,8 +10,10 @@ turns (`e2e.measure`: a prompt in one prefill call, then greedy decode steps, be
 so a burst of load from elsewhere falls on all of them alike.
 
 The targets it reports (issue 12): with the competitor, ckeir's decode on 2 threads ≥ 0.9 ×
-its decode on 1 thread, and ≥ llama.cpp's on 2 threads; the same for prefill; the quiet rows
-are there to compare with a run of an earlier commit.
+its decode on 1 thread, and ≥ llama.cpp's on 2 threads; the same for prefill; quiet, the
+adaptive width no slower than the fixed one.  One adaptive engine serves both conditions, as
+a long-running process would: the quiet passes come first, and the policy finds the load on
+its own.  The tokens it ran at each width, per condition, are printed below the tables.
 
     python benchmarks/contention.py [--quick] [--repeat N] [--json FILE] [--no-llama]
 """
@@ -52,6 +56,8 @@ SETTLE_S = 0.5  # the competitor runs this long before the first loaded pass
 CONDITIONS = ("quiet", "loaded")
 TARGET_THREADS = 0.9  # loaded 2 threads ÷ loaded 1 thread
 TARGET_LLAMA = 1.0  # ckeir loaded 2 threads ÷ llama.cpp loaded 2 threads
+# (implementation label, threads, width policy: None = the engine's own, "fixed", "adaptive")
+CKEIR = (("ckeir", 1, None), ("ckeir fixed", 2, "fixed"), ("ckeir adaptive", 2, "adaptive"))
 
 
 @contextlib.contextmanager
@@ -105,13 +111,18 @@ def main(argv=None) -> None:
     vocab = job.config.vocab
     prompt = make_prompt(Tokenizer.from_gguf(job.model_file), vocab, args.prompt_tokens)
 
+    from ckeir.backends.llvm.width import WidthPolicy
+
     engines: dict = {}
     progs = []
-    for t in (1, 2):
-        log(f"compiling with ckeir, {t} thread(s)")
+    for impl, t, policy in CKEIR:
+        log(f"compiling with ckeir, {t} thread(s){f', {policy} width' if policy else ''}")
         prog = ckeir.compile(args.spec, threads=t)
         progs.append(prog)
-        engines[("ckeir", t)] = (prog.engine, None)
+        if policy is not None:
+            prog.engine.widths = WidthPolicy(t, adaptive=policy == "adaptive")
+        engines[(impl, t)] = (prog.engine, None)
+    adaptive = engines[("ckeir adaptive", 2)][0]
     llama_version = None if args.no_llama else llama_cpp_version()
     llama_error = "skipped" if args.no_llama else f"not installed ({LLAMA_INSTALL})"
     llama = None
@@ -127,9 +138,11 @@ def main(argv=None) -> None:
         load = (
             busy_competitor(extra[condition]) if condition == "loaded" else contextlib.nullcontext()
         )
+        before = adaptive.widths.figures()
         with load:
             measure(subjects, vocab, prompt, args.gen_tokens, repeat)
         runs[condition] = [s.run for s in subjects]
+        extra[condition]["adaptive_widths"] = widths_during(before, adaptive.widths.figures())
     if llama is not None:
         llama.close()
     for prog in progs:
@@ -152,9 +165,27 @@ def main(argv=None) -> None:
         )
 
 
+def widths_during(before: dict, after: dict) -> dict:
+    """Per phase: tokens run at each width and the policy's switches and probes between two
+    `WidthPolicy.figures()`."""
+    out = {}
+    for phase, fig in after.items():
+        was = before.get(phase, {})
+        out[phase] = {
+            "tokens": {
+                w: n - was.get("tokens", {}).get(w, 0)
+                for w, n in fig["tokens"].items()
+                if n - was.get("tokens", {}).get(w, 0)
+            },
+            "switches": fig["switches"] - was.get("switches", 0),
+            "probes": fig["probes"] - was.get("probes", 0),
+        }
+    return out
+
+
 def report(args, host, runs, extra, repeat, have_llama: bool, llama_error: str) -> None:
     by = {(c, r.impl, r.threads): r for c, rs in runs.items() for r in rs}
-    subjects = [("ckeir", 1), ("ckeir", 2), ("llama.cpp", 2)]
+    subjects = [(impl, t) for impl, t, _ in CKEIR] + [("llama.cpp", 2)]
     rows = []
     for impl, t in subjects:
         quiet, loaded = by.get(("quiet", impl, t)), by.get(("loaded", impl, t))
@@ -204,29 +235,40 @@ def report(args, host, runs, extra, repeat, have_llama: bool, llama_error: str) 
 
     target_rows = []
     for label, what in (("decode", "decode_tps"), ("prefill", "prefill_tps")):
-        two = get("loaded", "ckeir", 2, what)
-        target_rows.append(
-            [
-                label,
-                ratio(two, get("loaded", "ckeir", 1, what)),
-                f"≥ {TARGET_THREADS:.2f}×",
-                ratio(two, get("loaded", "llama.cpp", 2, what)),
-                f"≥ {TARGET_LLAMA:.2f}×",
-                ratio(get("quiet", "ckeir", 2, what), get("quiet", "ckeir", 1, what)),
-            ]
-        )
+        for impl in ("ckeir adaptive", "ckeir fixed"):
+            two = get("loaded", impl, 2, what)
+            target_rows.append(
+                [
+                    label,
+                    impl.split()[1],
+                    ratio(two, get("loaded", "ckeir", 1, what)),
+                    ratio(two, get("loaded", "llama.cpp", 2, what)),
+                    ratio(get("quiet", impl, 2, what), get("quiet", "ckeir", 1, what)),
+                    ratio(get("quiet", impl, 2, what), get("quiet", "ckeir fixed", 2, what)),
+                ]
+            )
     print_table(
         "Contention targets (one busy competitor)",
         [
             "phase",
-            "ckeir 2 thr ÷ 1 thr, loaded",
-            "target",
-            "ckeir ÷ llama.cpp, 2 thr, loaded",
-            "target",
-            "ckeir 2 thr ÷ 1 thr, quiet",
+            "2 thr width",
+            f"2 thr ÷ 1 thr, loaded (≥ {TARGET_THREADS:.2f}×)",
+            f"÷ llama.cpp 2 thr, loaded (≥ {TARGET_LLAMA:.2f}×)",
+            "2 thr ÷ 1 thr, quiet",
+            "÷ fixed 2 thr, quiet (≥ 1.00×)",
         ],
         target_rows,
     )
+    for condition in CONDITIONS:
+        widths = extra[condition].get("adaptive_widths", {})
+        print(
+            f"adaptive widths, {condition}: "
+            + "; ".join(
+                f"{phase} tokens by width {w['tokens']}, {w['switches']} switches, "
+                f"{w['probes']} probes"
+                for phase, w in sorted(widths.items())
+            )
+        )
 
 
 if __name__ == "__main__":
