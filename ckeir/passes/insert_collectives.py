@@ -9,6 +9,12 @@ count (for `?` rows: at the func's `max_tokens`): what each member puts on the w
 allgather's uneven slices travel padded to the widest).  Then it checks, per phase, that every
 send has a receive on its peer with the same bytes, in the same order, and that the ranks'
 sequences of communication complete (a rendezvous simulation: no deadlock).
+
+A partial matmul with `k_chunk` (see place) is reduced in chunk order: the group's first
+member delivers its chunks folded, every later member each of its chunks apart, and the
+all-reduce folds them in K order.  Its message then holds `slots` chunk sums per member
+(the most any member delivers; fewer travel zero-padded), and its `bytes` are `slots` times
+the value's (`cost.allreduce_bytes`): the lowering reads the slots back from them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import TensorType, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import require_ranked
+from ckeir.planner import cost
 
 COLLECTIVES = ("dist.allreduce", "dist.allgather")
 
@@ -29,9 +36,41 @@ def _bytes(t, func) -> int:
     return nbytes(t, dyn=func.attr("max_tokens", 1))
 
 
-def insert(func: Operation, rw: Rewriter) -> None:
+def _partials(func: Operation) -> list[Operation]:
+    return [
+        op
+        for op in func.regions[0].entry.ops
+        if op.name == "cke.matmul" and op.attr("tp") == "partial"
+    ]
+
+
+def delivered_chunks(op: Operation, first: bool) -> int:
+    """Chunk sums a partial matmul's rank puts in the all-reduce: one when it is the group's
+    first member (its fold is the prefix of the whole fold) or unchunked, else one each."""
+    chunk = op.attr("k_chunk")
+    return 1 if first or chunk is None else op.operands[1].type.shape[1] // chunk
+
+
+def slots(programs: dict[int, Operation]) -> dict[int, list[int]]:
+    """Per rank, the slots of each of its partial matmuls' all-reduces (the members' programs
+    hold the same partial matmuls, in the same order)."""
+    out = {}
+    for rank, func in programs.items():
+        group = func.attr("group", (rank,))
+        members = [programs[g] for g in group if g in programs]
+        per_member = [
+            [delivered_chunks(op, g == group[0]) for op in _partials(programs[g])]
+            for g in group
+            if g in programs
+        ]
+        out[rank] = [max(col) for col in zip(*per_member, strict=True)] if members else []
+    return out
+
+
+def insert(func: Operation, rw: Rewriter, chunk_slots: list[int] | None = None) -> None:
     group = func.attr("group", (func.attr("rank", 0),))
     added: dict[Operation, Operation] = {}
+    partial = iter(chunk_slots or [])
     for op in func.regions[0].entry.ops:
         kind = op.attr("tp") if op.name == "cke.matmul" else None
         if kind is None or len(group) < 2:
@@ -39,12 +78,8 @@ def insert(func: Operation, rw: Rewriter) -> None:
         r = op.results[0]
         users = list(r.uses)
         if kind == "partial":
-            new = Operation(
-                "dist.allreduce",
-                [r],
-                [r.type],
-                {"group": tuple(group), "bytes": _bytes(r.type, func)},
-            )
+            wire = cost.allreduce_bytes(_bytes(r.type, func), next(partial, 1))
+            new = Operation("dist.allreduce", [r], [r.type], {"group": tuple(group), "bytes": wire})
         else:
             v0, v1, full = op.attr("vocab_slice")
             bounds = op.attr("vocab_bounds")
@@ -77,7 +112,10 @@ class InsertCollectives(Pass):
             )
         by_phase: dict[str, dict[int, Operation]] = defaultdict(dict)
         for func in funcs(module):
-            insert(func, rewriter)
             by_phase[func.attr("phase")][func.attr("rank", 0)] = func
+        for programs in by_phase.values():
+            chunk_slots = slots(programs)
+            for rank, func in programs.items():
+                insert(func, rewriter, chunk_slots[rank])
         for phase, programs in by_phase.items():
             check_matching(programs, phase)  # also part of the verifier: see ckeir.dialects.dist

@@ -16,16 +16,24 @@ and turns every value that comes from another stage into a `dist.recv` (the prod
 matching `dist.send`): a graph cut always needs that pair.  Matmuls whose outputs are partial
 sums (`tp = "partial"`) or vocabulary slices (`tp = "vocab"`) are left for
 insert-collectives.  Records `ctx.artifacts["placement"]`.
+
+Canonical K reductions: every matmul tensor parallelism may split along K (attention output,
+FFN down) that computes on int8 activations gets `k_chunk = C` in every program, one rank or
+many: its kernel sums K in chunks of C and folds the chunk sums in K order, and each rank's
+shard is whole chunks (C = head_dim for the attention output, `ffn_unit` for the FFN), so the
+ranks' chunk sums folded in K order by the all-reduce are the single-rank sum, bit for bit.
 """
 
 from __future__ import annotations
 
 import attrs
 
+from ckeir import limits as L
 from ckeir.errors import PassError
 from ckeir.formats import FFN_SHARD_UNIT, FORMATS
 from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Operation, OpResult, Rewriter, clone
+from ckeir.ir.opdef import REGISTRY, Int
 from ckeir.ir.types import (
     MemRefType,
     ShapedType,
@@ -38,7 +46,15 @@ from ckeir.passes.shape_infer import require_ranked, retype
 from ckeir.planner import cost
 from ckeir.planner.predict import fits, predict
 
-FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks
+FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks ...
+FFN_CHUNKS = (512, 256, 128, 64)  # ... and whole reduction chunks: the first of these that
+# cuts the FFN into at least kv_heads chunks (a stage has at most kv_heads nodes); 512 and 256
+# are whole VNNI groups of q4 blocks (4 x 32 values each)
+SPLIT_ALONG_K = ("attn_output", "ffn_down")
+
+# `k_chunk` on cke.matmul (a positive multiple of 32 dividing K; see the module docstring).
+# Declared here until ckeir/dialects/cke.py lists it with the op's other optional attributes.
+REGISTRY["cke.matmul"].optional.setdefault("k_chunk", Int(FFN_UNIT, max(L.MAX_FFN, L.MAX_HIDDEN)))
 
 
 @attrs.frozen
@@ -86,6 +102,23 @@ class Shape:
     head_dim: int
     ffn: int
     vocab: int
+
+    @property
+    def ffn_unit(self) -> int:
+        """The FFN's split unit and reduction chunk (see FFN_CHUNKS; FFN_UNIT when none)."""
+        return next(
+            (c for c in FFN_CHUNKS if self.ffn % c == 0 and self.ffn // c >= self.kv_heads),
+            FFN_UNIT,
+        )
+
+    @property
+    def head_chunk(self) -> int:
+        """The attention output's reduction chunk: one query head's columns (a stage's
+        share, whole key/value heads with their query heads, is whole heads)."""
+        return self.head_dim
+
+    def k_chunk(self, kind: str) -> int:
+        return self.head_chunk if kind == "attn_output" else self.ffn_unit
 
 
 def model_shape(func: Operation) -> Shape:
@@ -144,12 +177,13 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             "key/value heads: tensor parallelism splits attention by key/value heads"
         )
     kv = _ranges(cost.share(shape.kv_heads, speed))
-    if shape.ffn % FFN_UNIT or shape.ffn // FFN_UNIT < k:
+    unit = shape.ffn_unit
+    if shape.ffn % unit or shape.ffn // unit < k:
         raise PassError(
             f"stage [{', '.join(nodes)}]: FFN width {shape.ffn} cannot be split "
-            f"into {k} shards of whole {FFN_UNIT}-blocks"
+            f"into {k} shards of whole {unit}-blocks"
         )
-    ffn = _ranges(cost.share(shape.ffn, speed, FFN_UNIT))
+    ffn = _ranges(cost.share(shape.ffn, speed, unit))
     if not cost.fits_shares(shape.vocab, k):
         raise PassError(
             f"stage [{', '.join(nodes)}]: a vocab of {shape.vocab} has fewer rows "
@@ -390,6 +424,21 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
         rw.set_arg_type(arg, MemRefType((t.shape[0], t.shape[1], (kv1 - kv0) * hd), t.element))
 
 
+def chunk_reductions(func: Operation, shape: Shape, rw: Rewriter) -> None:
+    """`k_chunk` on the matmuls a stage may split along K, where their kernel sums int8
+    products (the float kernels keep one reduction over K; see the module docstring)."""
+    for op in func.regions[0].entry.ops:
+        if op.name != "cke.matmul" or op.attr("act") != "q8_0":
+            continue
+        w = op.operands[1].op
+        kind = _layer_weight_kind(w.attr("name") or "") if w.name == "cke.weight" else None
+        k = op.operands[1].type.shape[1]
+        if kind in SPLIT_ALONG_K:
+            chunk = shape.k_chunk(kind)
+            if chunk % FFN_UNIT == 0 and k % chunk == 0 and chunk < k:
+                rw.set_attr(op, "k_chunk", chunk)
+
+
 def _layer_weight_kind(name: str) -> str | None:
     """`attn_q` of `blk.3.attn_q.weight` (None for a name of another form)."""
     parts = name.split(".")
@@ -456,6 +505,7 @@ class Place(Pass):
         for func in originals:
             phase = func.attr("phase")
             decl = None if single else sched.phases.get(phase)
+            chunk_reductions(func, model_shape(func), rewriter)
             plans[func] = choose(decl, phase, model_shape(func), rank_of, nodes, func, ctx)
             if single and transfer != "f32":
                 self._twin_rounding(func, sched, cluster, nodes, ctx, transfer, rewriter)

@@ -174,6 +174,32 @@ def message_bytes(t: ShapedType, fmt: str = "f32", tokens: int = 1) -> int:
     return rows * nbytes(one)
 
 
+def allreduce_bytes(value_bytes: int, slots: int = 1) -> int:
+    """Bytes each member of an all-reduce puts on the wire: its value, or for a matmul
+    reduced in chunks (`k_chunk`), `slots` chunk sums of the value's size each."""
+    return value_bytes * slots
+
+
+def allreduce_slots(wire_bytes: int, value_bytes: int) -> int:
+    """The chunk-sum slots of an all-reduce from its bytes (the inverse of allreduce_bytes)."""
+    return max(1, wire_bytes // value_bytes) if value_bytes else 1
+
+
+def dist_message_bytes(op: Operation, tokens: int) -> int:
+    """Bytes one message of a `dist.*` op puts on the wire at `tokens` rows: its value's
+    (`message_bytes`), times an all-reduce's chunk-sum slots (stated by its `bytes`, which
+    hold them at the func's bound)."""
+    t = (op.operands or op.results)[0].type
+    wire = message_bytes(t, op.attr("format", "f32"), tokens)
+    if op.name != "dist.allreduce":
+        return wire
+    func = op.parent_op
+    bound = func.attr("max_tokens", 1) if func is not None else tokens
+    return allreduce_bytes(
+        wire, allreduce_slots(op.attr("bytes", 0), message_bytes(t, "f32", bound))
+    )
+
+
 # Up to this many bytes (or between two ranks), the transports' allreduce sends whole buffers
 # (one step) instead of reduce-scatter + allgather (two steps, fewer bytes per rank).
 ALLREDUCE_DIRECT_BYTES = 64 * 1024

@@ -20,6 +20,7 @@ import signal
 import time
 from collections import defaultdict
 
+import attrs
 import numpy as np
 
 from ckeir.backends.llvm.engine import _Program, lazy_zeros
@@ -190,6 +191,8 @@ class RankEngine:
             self.transport.send(arena[st.src : st.src + st.wire_bytes(n)], st.peer)
         elif st.kind == "recv":
             self.transport.recv(arena[st.dst : st.dst + st.wire_bytes(n)], st.peer)
+        elif st.kind == "allreduce" and st.slots > 1:
+            self._chunked_allreduce(arena, st, n)
         elif st.kind == "allreduce":  # arena views straight to the transport, no copy
             src = arena[st.src : st.src + size].view(np.float32)
             out = arena[st.dst : st.dst + size].view(np.float32)
@@ -198,6 +201,37 @@ class RankEngine:
             self._allgather(arena, st, size)
         else:
             raise TransportError(f"unknown program step {st.kind}")
+
+    def _chunked_allreduce(self, arena: np.ndarray, st, n: int) -> None:
+        """An all-reduce of chunk sums (see `lower.Step.slots`): every member's slots are
+        gathered, then folded as the single-rank kernel folds its chunks: the first member's
+        sum, then each later member's chunk sums in K order (every member, the same bits)."""
+        size = st.nbytes(n)
+        src = arena[st.src : st.src + size].view(np.float32)
+        key = (st, n)
+        gathered = self._padding.get(key)
+        if gathered is None:
+            gathered = self._padding[key] = np.empty(len(st.group) * src.size, np.float32)
+        ops = self.transport.stats.ops
+        gather, before = ops.get("allgather"), attrs.evolve(self.transport.stats.op("allgather"))
+        self.transport.allgather(src, gathered, st.group)
+        # counted as the all-reduce it is (what the native path counts): its payload, once
+        after = ops["allgather"]
+        reduce = self.transport.stats.op("allreduce")
+        reduce.count += 1
+        reduce.bytes += size
+        reduce.seconds += after.seconds - before.seconds
+        if gather is None:
+            del ops["allgather"]
+        else:
+            ops["allgather"] = before
+        parts = gathered.reshape(len(st.group), st.slots, -1)
+        out = arena[st.dst : st.dst + size // st.slots].view(np.float32)
+        acc = parts[0, 0].copy()
+        for part in parts[1:]:
+            for chunk in part:
+                np.add(acc, chunk, out=acc)
+        out[:] = acc
 
     def _allgather(self, arena: np.ndarray, st, size: int) -> None:
         """Each member's one-row slice, in group order.  Equal slices gather straight into

@@ -52,7 +52,10 @@ def test_a_skew_of_1e30_leaves_every_shard_non_empty():
     for ranges in (stage.kv_heads, stage.ffn, stage.vocab):
         assert all(b > a for a, b in ranges), ranges
     assert stage.kv_heads == ((0, 1), (1, 2))
-    assert stage.ffn[1] == (224, 256)  # one 32-wide FFN block on the slow node
+    # one FFN unit on the slow node: 128 wide, a reduction chunk (Shape.ffn_unit: the widest
+    # of 512, 256, 128, 64 that cuts the FFN into at least kv_heads chunks)
+    assert shape.ffn_unit == 128
+    assert stage.ffn[1] == (128, 256)
 
 
 def test_a_pipeline_needs_a_layer_per_node():

@@ -32,11 +32,11 @@ from ckeir.backends.llvm.kernels.transfer import q8_0_dequantize, q8_0_quantize,
 from ckeir.backends.llvm.lower_attention import lower_attention
 from ckeir.backends.llvm.schedule import Scheduler
 from ckeir.errors import BackendError
-from ckeir.formats import Q8_0
+from ckeir.formats import Q8_0, QUANT_FORMATS
 from ckeir.ir.core import Operation, OpResult
 from ckeir.ir.types import ShapedType, element_format, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
-from ckeir.planner.cost import message_bytes
+from ckeir.planner.cost import allreduce_slots, message_bytes
 
 # The fused entry (a whole program: thousands of calls and branches in one function) is not
 # optimized: it only calls kernels, and O3's loop and dominator passes grow superlinearly on a
@@ -71,6 +71,9 @@ class Step:
     op: str = ""  # the dist.* op it runs
     ir_bytes: int = 0
     ir_rows: int = 1
+    # allreduce of a matmul reduced in chunks: each member's message holds `slots` chunk
+    # sums ([slots, rows, width], from a buffer past the func's own), folded in order
+    slots: int = 1
 
     def row_count(self, n: int) -> int:
         return n if self.rows is None else self.rows
@@ -174,6 +177,7 @@ class _Lowering:
                 )
         self.staging_top = _aligned(self.func.attr("arena_bytes", 0))
         self.staged: dict = {}  # sent value -> its Q8_0 staging offset (one for any peers)
+        self.chunked: dict = {}  # partial matmul result -> (offset, slots) of its chunk sums
         self.scratch_at: dict[str, tuple[int, int]] = {}  # key -> (offset, bytes)
         segment: list[Operation | _Staged] = []
         for op in self.block.ops:
@@ -211,6 +215,10 @@ class _Lowering:
         """The step of a dist.* op; a Q8_0 message travels through a staging buffer, which
         a send has the segment before it fill (once per value, whatever its peers)."""
         step = _comm_step(op, self.func.attr("max_tokens", 1))
+        if step.slots > 1:  # the matmul writes its chunk sums there (see _lower_matmul)
+            at = self.staging(step)
+            self.chunked[op.operands[0]] = (at, step.slots)
+            return attrs.evolve(step, src=at)
         if step.format == "f32":
             return step
         if step.kind == "recv":
@@ -342,8 +350,38 @@ def _lower_matmul(low: _Lowering, op: Operation) -> None:
     n, k = _dims(op.operands[1])
     tile = tuple(op.attr("tile") or (16, k))
     fmt = element_format(op.operands[1].type.element).name
-    kern = K.weight_matmul(fmt, op.attr("act"), n, k, tile, low.host)
-    low.call(kern, _io(low, op), low.rows(op.operands[0]))
+    chunk = op.attr("k_chunk")
+    if chunk is None:
+        kern = K.weight_matmul(fmt, op.attr("act"), n, k, tile, low.host)
+        low.call(kern, _io(low, op), low.rows(op.operands[0]))
+        return
+    if op.attr("act") != "q8_0" or fmt not in QUANT_FORMATS:
+        raise BackendError(
+            f"lower-llvm: k_chunk needs int8 activations (act = q8_0) on block weights; this "
+            f"matmul has {op.attr('act') or 'f32'} activations and {fmt} weights",
+            loc=op.loc,
+        )
+    # a later member of a row-parallel matmul's group delivers its chunk sums unfolded
+    group = low.func.attr("group", ())
+    separate = op.attr("tp") == "partial" and low.func.attr("rank", 0) != group[0]
+    rows = low.rows(op.operands[0])
+    io = _io(low, op)
+    if op.results[0] in low.chunked:
+        at, slots = low.chunked[op.results[0]]
+        io[-1] = low.f(f"getelementptr inbounds i8, ptr {low.arena}, i64 {at}", "chunks")
+        mine = k // chunk if separate else 1
+        if separate and mine < slots:  # the unused slots travel as zeros
+            with low.schedule.once():
+                used = low.f.mul(rows, mine * n * 4)
+                low.f.intrinsic(
+                    "void",
+                    "llvm.memset.p0.i64",
+                    [("ptr", low.f.gep(io[-1], used, "i8")), ("i8", "0")]
+                    + [("i64", low.f.mul(rows, (slots - mine) * n * 4)), ("i1", "false")],
+                )
+            low.sync()
+    kern = K.qmatmul(fmt, n, k, tile, low.host, chunk, separate)
+    low.call(kern, io, rows)
 
 
 def _lower_rope(low: _Lowering, op: Operation) -> None:
@@ -456,14 +494,24 @@ def _lower_allreduce(low: _Lowering, op: Operation) -> None:
     width = _dims(op.operands[0])[-1]
     rows = low.rows(op.operands[0])
     src, dst = low.value_ptr(op.operands[0]), low.value_ptr(op.results[0])
-    nbytes = low.f.mul(rows, width * 4)
+    slots = 1
+    if op.operands[0] in low.chunked:
+        at, slots = low.chunked[op.operands[0]]
+        src = low.f(f"getelementptr inbounds i8, ptr {low.arena}, i64 {at}", "chunks")
+    nbytes = low.f.mul(rows, slots * width * 4)
     _exchange(low, op, src, nbytes, "0", C.C_TAG_ALLREDUCE)
     parts = _member_data(low, op, src)
+    # the fold: member 0's (folded) sum, then every later member's chunk sums in K order
+    terms = [parts[0]] + [
+        part if s == 0 else low.f.gep(part, low.f.mul(rows, s * width))
+        for part in parts[1:]
+        for s in range(slots)
+    ]
     add = K.add(width, low.host)
-    low.call(add, [parts[0], parts[1], dst], rows)
-    for part in parts[2:]:  # in place, elementwise: each element's sums in order
+    low.call(add, [terms[0], terms[1], dst], rows)
+    for term in terms[2:]:  # in place, elementwise: each element's sums in order
         low.sync()
-        low.call(add, [dst, part, dst], rows)
+        low.call(add, [dst, term, dst], rows)
     _release(low, op, nbytes)
 
 
@@ -520,6 +568,13 @@ def _comm_step(op: Operation, max_tokens: int) -> Step:
         return Step("send", src=op.operands[0].op.attr("offset"), peer=op.attr("peer"), **common)
     if op.name == "dist.recv":
         return Step("recv", dst=op.attr("offset"), peer=op.attr("peer"), **common)
+    if op.name == "dist.allreduce":  # chunk-sum slots: the IR's bytes say how many
+        slots = allreduce_slots(op.attr("bytes", 0), common["row_bytes"] * common["ir_rows"])
+        common.update(
+            row_bytes=slots * common["row_bytes"],
+            wire_row_bytes=slots * common["wire_row_bytes"],
+            slots=slots,
+        )
     return Step(
         op.name.split(".")[1],
         src=op.operands[0].op.attr("offset"),
