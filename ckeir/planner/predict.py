@@ -97,7 +97,10 @@ def rank_steps(func: Operation, node: cost.NodeModel, tokens: int, context: int,
             else:
                 kind = "partial" if op.name == "dist.allreduce" else "vocab"
                 group = tuple(op.attr("group"))
-                steps.append(_collective(t, kind, group, tokens, op.attr("sizes") or (), fmt))
+                step = _collective(t, kind, group, tokens, op.attr("sizes") or (), fmt)
+                if kind == "partial":  # with its chunk-sum slots (see insert-collectives)
+                    step = attrs.evolve(step, nbytes=cost.dist_message_bytes(op, tokens))
+                steps.append(step)
     close()
     return steps
 

@@ -72,7 +72,7 @@ def plan_report(prog, machine=None) -> dict:
                             "peer": op.attr("peer"),
                             "group": list(op.attr("group") or ()),
                             "format": fmt,
-                            "bytes": cost.message_bytes(t, fmt, tokens),
+                            "bytes": cost.dist_message_bytes(op, tokens),
                             "f32_bytes": cost.message_bytes(t, "f32", tokens),
                         }
                     )

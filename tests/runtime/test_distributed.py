@@ -162,7 +162,7 @@ def test_hybrid_three_ranks_with_uneven_nodes(tmp_path, single):
     )
     prog = ckeir.compile(path, backend="reference")
     stage = prog.placement["decode"].stages[0]
-    assert stage.ffn == ((0, 160), (160, 256))  # 2:1 bandwidth, in 32-wide blocks
+    assert stage.ffn == ((0, 128), (128, 256))  # 2:1 bandwidth, in whole 128-wide units
     out = run(path, collect=False)
     assert out["tokens"] == single()[0]
 

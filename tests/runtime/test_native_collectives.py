@@ -107,10 +107,11 @@ def test_transport_counts_what_the_ir_states(both_paths):
             for key in ("bytes_sent", "bytes_received", "messages_sent", "messages_received"):
                 assert ours[key] == theirs[key], key
         assert a["waiting_seconds"] > 0 and a["busy_seconds"] > 0
-    # 2 allreduces per layer per step, of one 128-float row per token
+    # 2 allreduces per layer per step: the attention output's holds two chunk sums of one
+    # 128-float row per token (rank 1's two query heads, k_chunk = head_dim), the FFN's one
     ops = native["ranks"][0]["transport"]["ops"]
     assert ops["allreduce"]["count"] == 2 * 3 * N
-    assert ops["allreduce"]["bytes"] == 2 * 3 * (len(PROMPT) + N - 1) * 512
+    assert ops["allreduce"]["bytes"] == (2 + 1) * 3 * (len(PROMPT) + N - 1) * 512
 
 
 @pytest.mark.parametrize("kind", ["kill", "raise"])
