@@ -21,7 +21,8 @@ The policy, per phase:
   one thread in ~256 (< 0.5% of the time); beside a busy process, the pool stays on one
   thread and tries the wider width as rarely;
 - when the current width's estimate gets `SLOWER` than the best it has shown (load came),
-  the next probe is due at once: the pool narrows within a few runs.
+  or another phase of the same pool switched, the next probe is due at once: the pool
+  narrows within a few runs.
 
 `WidthPolicy.fixed` always answers the widest width (`--threads-fixed`,
 `CKEIR_ADAPTIVE_THREADS=0`).  An engine that steps a program through several pool runs per
@@ -134,8 +135,12 @@ class PhaseWidth:
             return
         self.slow_runs = self.slow_runs + 1 if est > SLOWER * self.floor[width] else 0
         if self.slow_runs >= SLOWER_RUNS:
-            self.since_probe = self.interval  # things got worse here: look around now
+            self.look_around()  # things got worse here
             self.slow_runs = 0
+
+    def look_around(self) -> None:
+        """Probe the other widths at the next run (unless probing already)."""
+        self.since_probe = max(self.since_probe, self.interval)
 
     def _fastest(self) -> int:
         """The width to run: the current one unless another's estimate is lower by MARGIN."""
@@ -223,8 +228,15 @@ class WidthPolicy:
         return self.phase(phase).choose()
 
     def observe(self, phase: str, width: int, seconds: float, tokens: int = 1) -> None:
-        """A run of `phase` at `width` took `seconds` for `tokens` tokens."""
-        self.phase(phase).observe(width, seconds, tokens)
+        """A run of `phase` at `width` took `seconds` for `tokens` tokens.  When it makes
+        the phase switch, the machine changed: the other phases probe at their next run."""
+        p = self.phase(phase)
+        switches = p.switches
+        p.observe(width, seconds, tokens)
+        if p.switches != switches:
+            for other in self.phases.values():
+                if other is not p:
+                    other.look_around()
 
     @contextlib.contextmanager
     def run(self, phase: str, tokens: int = 1) -> Iterator[int]:

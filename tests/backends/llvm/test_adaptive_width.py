@@ -91,6 +91,17 @@ def test_prefill_keeps_an_estimate_of_its_own():
     assert p.choose("prefill") == 2 and p.phase("prefill").probes >= 2
 
 
+def test_a_switch_in_one_phase_makes_the_others_look_around():
+    """Prefill runs rarely (a call per request): when decode finds the load changed, the
+    next prefill call probes instead of waiting out its interval."""
+    p = WidthPolicy(2)
+    drive(p, lambda i, w: {2: 1e-3, 1: 2e-3}[w], 3, "prefill")  # wide is best, no probe due
+    drive(p, noisy(QUIET), 40)
+    drive(p, noisy(LOADED), 10)  # decode switches to 1 thread
+    assert p.phase("decode").switches >= 1
+    assert p.choose("prefill") == 1 and p.phase("prefill").probes == 1
+
+
 def test_the_environment_and_the_caller_choose(monkeypatch):
     monkeypatch.delenv(W.ENV_SWITCH, raising=False)
     assert adaptive_wanted() and WidthPolicy.for_pool(2).adaptive
