@@ -20,7 +20,6 @@ import signal
 import time
 from collections import defaultdict
 
-import attrs
 import numpy as np
 
 from ckeir.backends.llvm.engine import _Program, lazy_zeros
@@ -29,6 +28,7 @@ from ckeir.backends.llvm.lower import Step
 from ckeir.backends.llvm.pool import Pool
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.errors import TransportError
+from ckeir.runtime.transport.base import TAG_ALLREDUCE
 
 HANDOFF_TAG = 7
 # Set (to anything but "" or "0") to run every collective from Python between native
@@ -203,35 +203,29 @@ class RankEngine:
             raise TransportError(f"unknown program step {st.kind}")
 
     def _chunked_allreduce(self, arena: np.ndarray, st, n: int) -> None:
-        """An all-reduce of chunk sums (see `lower.Step.slots`): every member's slots are
-        gathered, then folded as the single-rank kernel folds its chunks: the first member's
-        sum, then each later member's chunk sums in K order (every member, the same bits)."""
+        """An all-reduce of chunk sums (see `lower.Step.slots`): every member sends its whole
+        buffer of slots to every other, as the transport's direct all-reduce does (the same
+        messages and counts as the native path, which a member may be taking), then the
+        fold of the single-rank kernel: the first member's sum, then each later member's
+        chunk sums in K order (every member, the same bits)."""
+        t = self.transport
         size = st.nbytes(n)
         src = arena[st.src : st.src + size].view(np.float32)
-        key = (st, n)
-        gathered = self._padding.get(key)
-        if gathered is None:
-            gathered = self._padding[key] = np.empty(len(st.group) * src.size, np.float32)
-        ops = self.transport.stats.ops
-        gather, before = ops.get("allgather"), attrs.evolve(self.transport.stats.op("allgather"))
-        self.transport.allgather(src, gathered, st.group)
-        # counted as the all-reduce it is (what the native path counts): its payload, once
-        after = ops["allgather"]
-        reduce = self.transport.stats.op("allreduce")
-        reduce.count += 1
-        reduce.bytes += size
-        reduce.seconds += after.seconds - before.seconds
-        if gather is None:
-            del ops["allgather"]
-        else:
-            ops["allgather"] = before
-        parts = gathered.reshape(len(st.group), st.slots, -1)
+        parts = {p: t._scratch(p, src) for p in st.group if p != self.rank}  # noqa: SLF001
+        t0 = time.perf_counter()
+        t._all_to_all(  # noqa: SLF001 - the direct all-reduce's exchange, another sum
+            st.group, lambda _p: src, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0
+        )
+        parts[self.rank] = src
+        chunks = [parts[st.group[0]].reshape(st.slots, -1)[0]] + [
+            c for p in st.group[1:] for c in parts[p].reshape(st.slots, -1)
+        ]
         out = arena[st.dst : st.dst + size // st.slots].view(np.float32)
-        acc = parts[0, 0].copy()
-        for part in parts[1:]:
-            for chunk in part:
-                np.add(acc, chunk, out=acc)
+        acc = np.add(chunks[0], chunks[1])
+        for c in chunks[2:]:
+            np.add(acc, c, out=acc)
         out[:] = acc
+        t._record_collective("allreduce", size, t0)  # noqa: SLF001
 
     def _allgather(self, arena: np.ndarray, st, size: int) -> None:
         """Each member's one-row slice, in group order.  Equal slices gather straight into
