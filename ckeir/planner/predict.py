@@ -21,6 +21,9 @@ from ckeir.ir.types import nbytes
 from ckeir.planner import cost
 
 SETTLE_STEPS = 3  # steps replayed; the last one's duration is the prediction
+# Where an op sits, not what it computes: a measured op time is shared by every op that
+# differs from it only in these attributes.
+PLACEMENT_ATTRS = frozenset({"offset", "layer"})
 
 
 @attrs.frozen
@@ -35,6 +38,36 @@ class Prediction:
 
     def bubble(self, stage: int) -> float:
         return self.latency - self.stage_time[stage]
+
+
+@attrs.frozen
+class OpTime:
+    """A decode op's time on the machine a run uses, measured at the model's shapes
+    (`ckeir.runtime.machine.op_times`): `fixed` seconds, plus `per_position` for each cached
+    position the op reads (attention)."""
+
+    fixed: float
+    per_position: float = 0.0
+
+    def at(self, context: int) -> float:
+        return self.fixed + self.per_position * context
+
+
+def op_signature(op: Operation) -> str:
+    """What a measured op time is kept under: the op, its operand types and attributes,
+    but not where it sits (`PLACEMENT_ATTRS`): every layer's rmsnorm of one width shares one
+    figure."""
+    attrs_ = ", ".join(
+        f"{k} = {v}" for k, v in sorted(op.attributes.items()) if k not in PLACEMENT_ATTRS
+    )
+    types = ", ".join(str(v.type) for v in op.operands)
+    return f"{op.name}({types}) {{{attrs_}}}"
+
+
+def measured_kind(op: Operation) -> bool:
+    """Whether an op's decode time comes from `OpTime` measurements, where there are some:
+    the kernels that are not matmuls (those have their weight streaming rates)."""
+    return op.name.startswith("cke.") and op.name not in ("cke.weight", "cke.return", "cke.matmul")
 
 
 def link_between(cluster, a: str, b: str) -> cost.LinkModel:
@@ -57,12 +90,20 @@ class _Step:
     nbytes: int = 0
 
 
-def rank_steps(func: Operation, node: cost.NodeModel, tokens: int, context: int, over) -> list:
+def rank_steps(
+    func: Operation,
+    node: cost.NodeModel,
+    tokens: int,
+    context: int,
+    over,
+    op_times: dict | None = None,
+) -> list:
     """One rank's step as the runtime runs it: native segments between messages, each
     message with its wire bytes (`cost.message_bytes`).  Collectives are the program's
     `dist.*` ops; a program cut by place but not yet through insert-collectives gets them
     where that pass will put them: after each matmul whose result is a partial sum or a
-    vocabulary slice."""
+    vocabulary slice.  `op_times`: `op_signature` -> `OpTime` measured on the machine,
+    used for one-row steps (decode) in place of the roofline, which sees only bytes."""
     steps: list[_Step] = []
     ops = func.regions[0].entry.ops
     group = tuple(func.attr("group", (func.attr("rank", 0),)))
@@ -80,7 +121,7 @@ def rank_steps(func: Operation, node: cost.NodeModel, tokens: int, context: int,
         if op.name in ("cke.weight", "cke.return"):
             continue
         if op.name.startswith("cke."):
-            segment += cost.op_time(op, node, tokens, context)
+            segment += _op_seconds(op, node, tokens, context, op_times)
             open_segment = True
             kind = op.attr("tp") if op.name == "cke.matmul" and len(group) > 1 else None
             if placed and kind is not None:
@@ -103,6 +144,15 @@ def rank_steps(func: Operation, node: cost.NodeModel, tokens: int, context: int,
                 steps.append(step)
     close()
     return steps
+
+
+def _op_seconds(op: Operation, node, tokens: int, context: int, op_times: dict | None) -> float:
+    """An op's time: measured (decode, `op_times`), else the cost model's roofline."""
+    if op_times and tokens == 1 and measured_kind(op):
+        measured = op_times.get(op_signature(op))
+        if measured is not None:
+            return measured.at(context)
+    return cost.op_time(op, node, tokens, context)
 
 
 def _widths(bounds) -> tuple[int, ...]:
@@ -200,11 +250,13 @@ def predict(
     context: int,
     links: dict | None = None,
     overheads: cost.Overheads | None = None,
+    op_times: dict | None = None,
 ) -> Prediction:
     """The step latency of `programs` (rank -> its func) placed as `plan`.  `nodes`: node
     name -> NodeModel; `links`: (rank, rank) with the lower rank first -> LinkModel (None:
     the cluster's declared links); `overheads`: the transport's and dispatch's fixed costs
-    (None: none, as for the declared cluster)."""
+    (None: none, as for the declared cluster); `op_times`: node name -> the measured times
+    of its ops (`rank_steps`; None: the roofline for every op)."""
     over = overheads or cost.Overheads()
 
     def link(a: int, b: int) -> cost.LinkModel:
@@ -212,7 +264,11 @@ def predict(
             return links.get((min(a, b), max(a, b))) or cost.NO_LINK
         return link_between(cluster, ranks[a], ranks[b])
 
-    steps = {r: rank_steps(f, nodes[ranks[r]], tokens, context, over) for r, f in programs.items()}
+    times = op_times or {}
+    steps = {
+        r: rank_steps(f, nodes[ranks[r]], tokens, context, over, times.get(ranks[r]))
+        for r, f in programs.items()
+    }
     world = tuple(sorted(programs))
     root = plan.stages[-1].ranks[0]
     if len(world) > 1:  # the next token goes from the last stage to every rank

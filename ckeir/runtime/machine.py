@@ -20,15 +20,17 @@ for a few seconds and later ones only read."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import time
 
 import attrs
 import numpy as np
 
 from ckeir.backends.llvm.host import HostCPU, detect_host, usable_cpus
+from ckeir.ir.types import element_format
 from ckeir.passes.manager import funcs
 from ckeir.planner import cost
-from ckeir.planner.predict import predict
+from ckeir.planner.predict import OpTime, measured_kind, op_signature, predict
 from ckeir.runtime import bandwidth
 
 ROW_BYTES = 576 * 4  # the decode row the transport costs are measured with
@@ -151,6 +153,128 @@ def arithmetic_rate(family: str, threads: int, host: HostCPU) -> float:
 
     name = f"gemm{PROMPT_ROWS}-{family.replace('/', '-')}-{threads}thr"
     return bandwidth.remembered(bandwidth.record_path(name, host), measure, hi=1e18)
+
+
+OP_COPIES = 48  # copies of an op in the program timed to measure it
+ATTENTION_AT = (0, 512)  # cached positions attention is measured at (linear in between)
+
+
+def _op_program(op, copies: int):
+    """A module of one decode func running `copies` copies of `op` one after another, its
+    operands as in the program it comes from: the func's arguments (ids, position, KV
+    cache), weights of the same names and types, and activations of the same types, each
+    made once by an embedding of a small f32 table.  Returns (module, {weight: type})."""
+    from ckeir.ir.core import Block, Builder, Operation, Region, clone, module_op
+    from ckeir.ir.types import TensorType, f32
+
+    func = op.parent.parent.parent  # block -> region -> func
+    entry = func.regions[0].entry
+    block = Block([a.type for a in entry.args])
+    ids = block.args[0]
+    b = Builder(block)
+    mapping = dict(zip(entry.args, block.args, strict=True))
+    weights: dict = {}
+    # the value the func returns: the last copy's result, else (no copies) the first of
+    # the activations made, made from the ids by an embedding
+    last = _activation(b, ids, TensorType((1, 16), f32), weights)
+    for v in op.operands:
+        if v in mapping:
+            continue
+        if v.op.name == "cke.weight":
+            w = b.insert(clone(v.op))
+            mapping[v] = w.result
+            weights[v.op.attr("name")] = v.type
+            continue
+        mapping[v] = _activation(b, ids, v.type, weights)
+    for _ in range(copies):
+        copy = clone(op, dict(mapping))
+        for k in PLACEMENT_ATTRS_TO_DROP:
+            copy.attributes.pop(k, None)
+        last = b.insert(copy).results[0]
+    b.op("cke.return", [last])
+    attributes = {"sym_name": "bench", "phase": "decode", "max_tokens": 1}
+    return module_op([Operation("cke.func", (), (), attributes, [Region([block])])]), weights
+
+
+PLACEMENT_ATTRS_TO_DROP = ("offset",)  # plan-memory gives the copies places of their own
+
+
+def _activation(b, ids, t, weights: dict):
+    """A value of type `t` (one row) made from the ids by an embedding of a small table."""
+    name = f"bench.rows{t.shape[-1]}"
+    table = t.with_shape((4, t.shape[-1]))
+    weights[name] = table
+    w = b.value("cke.weight", [], table, name=name, shape=tuple(table.shape))
+    return b.value("cke.embed", [ids, w], t)
+
+
+def _weight_array(t) -> np.ndarray:
+    """Weights for a timed op: ones (f32), zeros (blocks: their scales are zero)."""
+    from ckeir.ir.types import nbytes
+
+    if element_format(t.element).name == "f32":
+        return np.full(t.shape, 0.5, np.float32)
+    rows = t.shape[0] if len(t.shape) == 2 else 1
+    return np.zeros((rows, nbytes(t) // rows), np.uint8)
+
+
+def _time_program(module, weights: dict, threads: int, host: HostCPU, pos: int) -> float:
+    """Best seconds of one run of the module's func (plan-memory, lower-llvm, a pool)."""
+    from ckeir.backends.llvm.engine import _Program, lazy_zeros
+    from ckeir.backends.llvm.jit import compile_ir
+    from ckeir.backends.llvm.lower import lower_module
+    from ckeir.backends.llvm.pool import Pool
+    from ckeir.passes import PassContext, PassManager, Target, parse_pipeline
+
+    PassManager(parse_pipeline("plan-memory")).run(module, PassContext(target=Target()))
+    lowered = lower_module(module, host)
+    compiled = compile_ir(lowered.text, host)
+    (abi,) = lowered.programs.values()
+    arrays = {name: _weight_array(t) for name, t in weights.items()}
+    kc, vc = lazy_zeros(abi.cache_shape), lazy_zeros(abi.cache_shape)
+    prog = _Program(abi, compiled.address(abi.symbol), arrays, kc, vc, huge_pages=False)
+    prog.ctx[abi.slot("n")] = 1
+    prog.ctx[abi.slot("pos")] = pos
+    with Pool(threads, host) as pool:
+        return _best_time(lambda: pool.run(prog.address, prog.ctx.ctypes.data))
+
+
+def op_seconds(op, threads: int, host: HostCPU, pos: int = 0) -> float:
+    """Seconds one decode call of `op` takes on `threads` threads at cached position `pos`,
+    with the sync that follows it: OP_COPIES copies timed in one native entry, less the same
+    entry without them (measured once per machine, remembered)."""
+
+    def measure() -> float:
+        runs = []
+        for copies in (0, OP_COPIES):
+            module, weights = _op_program(op, copies)
+            runs.append(_time_program(module, weights, threads, host, pos))
+        return max(runs[1] - runs[0], 0.0) / OP_COPIES
+
+    digest = hashlib.sha256(op_signature(op).encode()).hexdigest()[:16]
+    name = f"op-{op.name.split('.')[-1]}-{digest}-p{pos}-{threads}thr"
+    return bandwidth.remembered(
+        bandwidth.record_path(name, host), measure, best=min, lo=0.0, hi=1.0
+    )
+
+
+def op_times(programs: dict, threads: int, host: HostCPU) -> dict[str, OpTime]:
+    """`op_signature` -> `OpTime` of every op of `programs` (rank -> decode func) that is not
+    a matmul: the norms, RoPE, residual adds, SiLU, embedding, argmax, and attention, whose
+    time grows with the positions it reads (measured at two, `ATTENTION_AT`)."""
+    out: dict[str, OpTime] = {}
+    for func in programs.values():
+        for op in func.regions[0].entry.ops:
+            sig = op_signature(op)
+            if not measured_kind(op) or sig in out:
+                continue
+            if op.name == "cke.attention":
+                lo, hi = ATTENTION_AT
+                t0, t1 = (op_seconds(op, threads, host, p) for p in (lo, hi))
+                out[sig] = OpTime(t0 - lo * (t1 - t0) / (hi - lo), max(t1 - t0, 0.0) / (hi - lo))
+            else:
+                out[sig] = OpTime(op_seconds(op, threads, host))
+    return out
 
 
 def barrier_seconds(threads: int, host: HostCPU) -> float:
@@ -327,6 +451,8 @@ class MachineView:
     def predict(self, plan, programs: dict, tokens: int, context: int):
         nodes, figures = measured_nodes(self.prog, programs, plan, self.threads, self.host)
         self.basis.update(figures)
+        times = op_times(programs, self.threads, self.host) if tokens == 1 else {}
+        self.basis["op_seconds"] = {sig: t.at(context) for sig, t in times.items()}
         model_links = {k: v or cost.NO_LINK for k, v in self.links.items()}
         prog = self.prog
         return predict(
@@ -339,6 +465,7 @@ class MachineView:
             context,
             model_links,
             self.overheads,
+            op_times=dict.fromkeys(nodes, times),
         )
 
 
