@@ -23,7 +23,14 @@ rng = np.random.default_rng(12)
 
 # (K, chunk, shards in chunks): SmolLM2's attention output (576 = 3 x 192, split 2 | 1) and
 # FFN down (1536 = 6 x 256, split 4 | 2); three ranks over a chunk shorter than a q4 group.
-CASES = [(576, 192, (2, 1)), (1536, 256, (4, 2)), (384, 64, (2, 3, 1))]
+CASES = [
+    (576, 192, (2, 1)),
+    (1536, 256, (4, 2)),
+    (576, 64, (6, 3)),  # SmolLM2's attention output by head: two chunks per q4 group
+    (1536, 512, (2, 1)),
+    (384, 64, (2, 3, 1)),  # a shard starting mid-group
+    (320, 32, (3, 5, 2)),  # one block per chunk, odd starts
+]
 
 
 def _run(run_kernel, host, kernel, x, w, n_out, slots=1):

@@ -87,15 +87,24 @@ class Plan:
         return self.blocks // self.chunk_blocks
 
     @property
+    def packed(self) -> bool:
+        """VNNI with chunks shorter than a group (a divisor of it): each group holds whole
+        chunks side by side, each in lanes of its own."""
+        return self.vnni and bool(self.chunk) and self.chunk_blocks < self.group_blocks
+
+    @property
     def padded_chunk_blocks(self) -> int:
         """Blocks of one chunk in the scratch: VNNI pads a chunk's last group with zero
-        blocks (each chunk is laid out as a K = chunk kernel lays out its whole row)."""
-        gm = self.group_blocks if self.vnni else 1
+        blocks (each chunk is laid out as a K = chunk kernel lays out its whole row);
+        packed chunks lie one after the other."""
+        gm = self.group_blocks if self.vnni and not self.packed else 1
         return ceil_to(self.chunk_blocks, gm)
 
     @property
     def padded_blocks(self) -> int:
-        """Blocks in the scratch: every chunk padded to whole groups."""
+        """Blocks in the scratch: every chunk padded to whole groups (packed: the row)."""
+        if self.packed:
+            return ceil_to(self.blocks, self.group_blocks)
         return self.chunks * self.padded_chunk_blocks
 
     @property
@@ -299,16 +308,36 @@ class _Writer:
             return
         # chunk by chunk from fresh accumulators; -0.0 + c0 is c0, bit for bit
         fold = None if self.p.separate else f.var(ft, "splat (float -0.0)", "fold")
-        with f.loop(0, self.p.chunks, 1, "kc") as c:
-            wb, sb = f.mul(c, self.p.chunk_blocks), f.mul(c, self.p.padded_chunk_blocks)
-            sums = self.path.dots(wrows, toks, wb, sb)
+
+        def take(c: str | int, sums: str) -> None:
             if fold is None:
                 slot = f.gep("%a2", f.mul(f.mul(c, "%n"), self.n_out))
                 self.store(sums, r, nrow, tg, t, ntok, slot)
             else:
                 f.set(fold, f(f"fadd {ft} {f.get(fold)}, {sums}", "fold"))
+
+        if self.p.packed:
+            self.packed(wrows, toks, take)
+        else:
+            with f.loop(0, self.p.chunks, 1, "kc") as c:
+                wb, sb = f.mul(c, self.p.chunk_blocks), f.mul(c, self.p.padded_chunk_blocks)
+                take(c, self.path.dots(wrows, toks, wb, sb))
         if fold is not None:
             self.store(f.get(fold), r, nrow, tg, t, ntok, "%a2")
+
+    def packed(self, wrows: list[str], toks: list[str], take) -> None:
+        """Group by group, each group's chunks in order (the last group may be short)."""
+        f, p = self.f, self.p
+        gm, cb = p.group_blocks, p.chunk_blocks
+        per = gm // cb
+        whole, rest = divmod(p.blocks, gm)
+        with f.loop(0, whole, 1, "kg") as g:
+            b0 = f.mul(g, gm)
+            for q, sums in enumerate(self.path.packed_group(wrows, toks, b0, gm)):
+                take(f.add(f.mul(g, per), q), sums)
+        if rest:
+            for q, sums in enumerate(self.path.packed_group(wrows, toks, whole * gm, rest)):
+                take(whole * per + q, sums)
 
     def store(self, sums: str, r: str, nrow: int, tg: str, t: str, ntok: int, out0: str) -> None:
         """Lane i*ntok + j of `sums` to out0[tg+t+j, r+i]."""
@@ -400,17 +429,17 @@ class _Vnni(_Path):
 
     def quantize(self, x: str, s: str) -> None:
         f, p = self.f, self.p
-        if not p.chunk:
-            self.quantize_chunk(x, s, 0)
+        if not p.chunk or p.packed:
+            self.quantize_chunk(x, s, 0, p.blocks, p.padded_blocks)
             return
         with f.loop(0, p.chunks, 1, "qc") as c:
-            self.quantize_chunk(x, s, c)
+            self.quantize_chunk(x, s, c, p.chunk_blocks, p.padded_chunk_blocks)
 
-    def quantize_chunk(self, x: str, s: str, c: str | int) -> None:
-        """Chunk c of row x into its padded place in the scratch."""
+    def quantize_chunk(self, x: str, s: str, c: str | int, cb: int, pcb: int) -> None:
+        """Chunk c (cb blocks) of row x into its place in the scratch, padded to pcb."""
         f, p = self.f, self.p
-        gm, cb = p.group_blocks, p.chunk_blocks
-        src0, dst0 = (0, 0) if c == 0 else (f.mul(c, cb), f.mul(c, p.padded_chunk_blocks))
+        gm = p.group_blocks
+        src0, dst0 = (0, 0) if c == 0 else (f.mul(c, cb), f.mul(c, pcb))
 
         def at(base, o):
             return o if base == 0 else f.add(base, o)
@@ -419,7 +448,7 @@ class _Vnni(_Path):
             for i in range(gm):
                 o = f.add(f.mul(g, gm), i)
                 self.quantize_block(x, s, at(src0, o), at(dst0, o))
-        for b in range(cb // gm * gm, p.padded_chunk_blocks):
+        for b in range(cb // gm * gm, pcb):
             if b < cb:
                 self.quantize_block(x, s, at(src0, b), at(dst0, b))
             else:
@@ -606,6 +635,30 @@ class _Vnni(_Path):
                     acc.fold(i, j, mins.get(i, 0), mins.width, lanes)
         return acc.totals(exact=bool(p.chunk))
 
+    def packed_group(self, wrows: list[str], toks: list[str], b0: str | int, nb: int) -> list[str]:
+        """The sums of each chunk of the nb blocks from b0 (one group, or the short last
+        one), from fresh accumulators: chunk q's dot lanes are lanes q·L..q·L+L-1 (L = its
+        blocks x dot_lanes), its q4_1 min terms go to its first lanes, and its lanes are
+        summed apart — the same operations wherever the chunk lies in its group."""
+        f, p = self.f, self.p
+        gm, cb, decode = p.group_blocks, p.chunk_blocks, len(toks) == 1
+        acc = _Sums(f, 16, len(wrows), len(toks), "acc")
+        mins = None
+        if p.scale_lanes == 2:
+            width = 2 * gm if decode else gm * (1 << (len(toks) - 1).bit_length())
+            mins = _Sums(f, width, len(wrows), 1, "accm")
+        self.group(list(enumerate(wrows)), toks, b0, b0, nb * self.bb, acc, mins)
+        lanes = cb * p.dot_lanes
+        if mins is not None:  # block b's min term: to lane b of its chunk's lanes
+            for i in range(len(wrows)):
+                for j in range(len(toks)):
+                    src = [2 * b + 1 if decode else j * gm + b for b in range(gm)]
+                    where = {b // cb * lanes + b % cb: src[b] for b in range(gm)}
+                    acc.place(i, j, mins.get(i, 0), mins.width, where)
+        sums, n, per = acc.group_totals(lanes), len(wrows) * len(toks), 16 // lanes
+        ty = _vec(n * per, "float")
+        return [_shuffle(f, ty, sums, "poison", range(q, n * per, per)) for q in range(nb // cb)]
+
     def group(
         self,
         wrows: list[tuple[int, str]],
@@ -774,6 +827,32 @@ class _Sums:
         fma = self.f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, a), (t, b), (t, self.get(i, j))])
         self.set(i, j, fma)
 
+    def place(self, i: int, j: int, v: str, n: int, where: dict[int, int]) -> None:
+        """acc lane t += lane where[t] of an n-lane vector v (the other lanes += 0)."""
+        idx = [where.get(t, n) for t in range(self.width)]
+        self.add(
+            i, j, _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "pl"), self.width
+        )
+
+    def group_totals(self, lanes: int) -> str:
+        """<rows·tokens·G x float>: lane (i·tokens + j)·G + g sums lanes g·L..g·L+L-1 of
+        accumulator (i, j) (L = `lanes`, G = width / L), each in the same exact tree."""
+        f = self.f
+        vs = [self.get(i, j) for i in range(len(self.vars)) for j in range(len(self.vars[0]))]
+        per = self.width // lanes
+        batch = min(len(vs), lanes)  # at most `width` sums per tree
+        parts = [
+            _hsums(f, vs[k : k + batch], self.width, "", lanes) for k in range(0, len(vs), batch)
+        ]
+        n = batch * per
+        while len(parts) > 1:  # concatenated, in order
+            parts = [
+                _shuffle(f, _vec(n, "float"), a, b, range(2 * n), "cat")
+                for a, b in zip(parts[::2], parts[1::2], strict=True)
+            ]
+            n *= 2
+        return parts[0]
+
     def fold(self, i: int, j: int, v: str, n: int, lanes: range) -> None:
         """acc += the `lanes` of an n-lane vector v (in the low lanes, the rest zero)."""
         idx = list(lanes) + [n] * (self.width - len(lanes))
@@ -792,13 +871,18 @@ class _Sums:
         )
 
 
-def _hsums(f: FunctionWriter, vs: list[str], width: int, flags: str = " reassoc") -> str:
-    """<n x float> whose lane i sums the `width` lanes of vs[i] (n a power of two ≤ width):
-    pairs of vectors merge into one whose lane groups add each input group's halves (a
-    transpose-and-add tree), then each of the n groups left sums within itself."""
+def _hsums(
+    f: FunctionWriter, vs: list[str], width: int, flags: str = " reassoc", group: int = 0
+) -> str:
+    """<n·G x float> whose lane i·G + g sums lane group g (`group` lanes, all `width` by
+    default; G = width / group) of vs[i] (n·G a power of two ≤ width): pairs of vectors
+    merge into one whose lane groups add each input group's halves (a transpose-and-add
+    tree), then each group left sums within itself.  Every group's sum is the same halving
+    tree, whichever group or vector it is."""
     n, ty = len(vs), _vec(width, "float")
-    assert n & (n - 1) == 0 and n <= width, n
-    lanes = width
+    lanes = group or width
+    assert n & (n - 1) == 0 and n * (width // lanes) <= width, n
+    n *= width // lanes
     while len(vs) > 1:
         half, groups = lanes // 2, width // lanes
         lo = [
