@@ -11,6 +11,8 @@ ragged token groups), with chunks shorter than a VNNI group span and longer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,25 @@ def test_chunk_must_divide_k(host):
         qmatmul("q8_0", 16, 256, (16, 256), host, 96)
     with pytest.raises(ValueError, match="k_chunk 48"):
         qmatmul("q8_0", 16, 192, (16, 256), host, 48)
+
+
+def test_float_activation_kernels_refuse_a_chunk(tmp_path):
+    """The float-activation matmuls keep one reduction over K: a k_chunk on one is refused
+    by the lowering with a located error (place never sets it there)."""
+    import ckeir
+    from ckeir.backends.llvm.host import detect_host
+    from ckeir.backends.llvm.lower import lower_module
+    from ckeir.errors import BackendError
+    from ckeir.ir.core import Rewriter
+
+    root = Path(__file__).resolve().parents[3]
+    spec = tmp_path / "tiny-f32act.cke"
+    text = (root / "specs/tiny.cke").read_text()
+    spec.write_text(text.replace("batch 1", "quantize activations f32\n  batch 1", 1))
+    assert spec.read_text() != text
+    prog = ckeir.compile(spec, backend="reference")
+    matmuls = [op for op in prog.module.walk() if op.name == "cke.matmul"]
+    assert matmuls and not any(op.attr("k_chunk") for op in matmuls)
+    Rewriter().set_attr(matmuls[0], "k_chunk", 32)
+    with pytest.raises(BackendError, match="k_chunk needs int8 activations"):
+        lower_module(prog.module, detect_host())
