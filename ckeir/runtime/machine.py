@@ -19,6 +19,8 @@ for a few seconds and later ones only read."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import hashlib
 import time
@@ -55,6 +57,26 @@ class RunPrediction:
 
 
 # ---- measuring --------------------------------------------------------------------------------
+
+_REMEASURE = contextvars.ContextVar("remeasure", default=False)
+
+
+@contextlib.contextmanager
+def measuring_again():
+    """Inside the block, every figure a prediction uses is measured again and remembered
+    beside the earlier ones (the prediction takes the best of the fresh ones): for a
+    benchmark that measures its runs in rounds, so that a burst of load from elsewhere
+    during one measurement of the machine weighs no more than during one run."""
+    token = _REMEASURE.set(True)
+    try:
+        yield
+    finally:
+        _REMEASURE.reset(token)
+
+
+def _remembered(path, measure, **kwargs) -> float:
+    """`bandwidth.remembered`, measured again inside `measuring_again`."""
+    return bandwidth.remembered(path, measure, refresh=_REMEASURE.get(), **kwargs)
 
 
 def _best_time(fn, repeat: int = SWEEPS) -> float:
@@ -137,7 +159,7 @@ def matmul_rates(kinds: dict, threads: int, host: HostCPU) -> dict[str, float]:
                 return bench.nbytes / bench.seconds_per_call(pool)
 
         name = f"matmul-{family.replace('/', '-')}-{n}x{k}-t{tile[0]}x{tile[1]}-{threads}thr"
-        rates[kind] = bandwidth.remembered(bandwidth.record_path(name, host), measure)
+        rates[kind] = _remembered(bandwidth.record_path(name, host), measure)
     return rates
 
 
@@ -152,7 +174,7 @@ def arithmetic_rate(family: str, threads: int, host: HostCPU) -> float:
             return 2.0 * PROMPT_ROWS * n * k / bench.seconds_per_call(pool)
 
     name = f"gemm{PROMPT_ROWS}-{family.replace('/', '-')}-{threads}thr"
-    return bandwidth.remembered(bandwidth.record_path(name, host), measure, hi=1e18)
+    return _remembered(bandwidth.record_path(name, host), measure, hi=1e18)
 
 
 OP_COPIES = 48  # copies of an op in the program timed to measure it
@@ -253,9 +275,7 @@ def op_seconds(op, threads: int, host: HostCPU, pos: int = 0) -> float:
 
     digest = hashlib.sha256(op_signature(op).encode()).hexdigest()[:16]
     name = f"op-{op.name.split('.')[-1]}-{digest}-p{pos}-{threads}thr"
-    return bandwidth.remembered(
-        bandwidth.record_path(name, host), measure, best=min, lo=0.0, hi=1.0
-    )
+    return _remembered(bandwidth.record_path(name, host), measure, best=min, lo=0.0, hi=1.0)
 
 
 def op_times(programs: dict, threads: int, host: HostCPU) -> dict[str, OpTime]:
@@ -309,7 +329,7 @@ def barrier_seconds(threads: int, host: HostCPU) -> float:
             )
 
     path = bandwidth.record_path(f"op-sync-{threads}thr", host)
-    return bandwidth.remembered(path, measure, best=min, lo=0.0, hi=1.0)
+    return _remembered(path, measure, best=min, lo=0.0, hi=1.0)
 
 
 def dispatch_seconds(threads: int, host: HostCPU) -> float:
@@ -317,9 +337,7 @@ def dispatch_seconds(threads: int, host: HostCPU) -> float:
     from ckeir.backends.llvm.pool import measure_overhead
 
     path = bandwidth.record_path(f"pool-dispatch-{threads}thr", host)
-    return bandwidth.remembered(
-        path, lambda: measure_overhead(threads, host=host), best=min, lo=0.0, hi=1.0
-    )
+    return _remembered(path, lambda: measure_overhead(threads, host=host), best=min, lo=0.0, hi=1.0)
 
 
 def _transport_probe(t, nbytes: int, messages: int) -> dict:
@@ -359,7 +377,7 @@ def transport_seconds(host: HostCPU) -> dict[str, float]:
         return figures
 
     return {
-        what: bandwidth.remembered(
+        what: _remembered(
             bandwidth.record_path(f"local-{what}-{ROW_BYTES}B", host),
             lambda what=what: probe()[what],
             best=min,
@@ -374,7 +392,8 @@ def read_bandwidths(threads: int, concurrent: int, host: HostCPU) -> dict[int, f
     """Read bandwidth on `threads` and on the threads of `concurrent` ranks together."""
     counts = {threads, min(threads * concurrent, max(host.cores, threads))}
     return {
-        n: bandwidth.read_bandwidth(n, host=host) or bandwidth.read_bandwidth(n, True, host)
+        n: bandwidth.read_bandwidth(n, _REMEASURE.get(), host)
+        or bandwidth.read_bandwidth(n, True, host)
         for n in sorted(counts)
     }
 
