@@ -31,22 +31,12 @@ from common import (
     smollm2_gguf,
     write_json,
 )  # noqa: E402
+from pinning import launcher_on  # noqa: E402  (ranks started on one CPU)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "specs/smollm2-pipeline.cke"
 PROMPT = [6403, 1980, 253, 655]
 MODES = ("unpinned", "pinned", "ranks on one CPU")
-
-
-@contextlib.contextmanager
-def launcher_on(cpus):
-    """This process (and the local ranks it starts, which inherit its mask) on `cpus`."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def one_run(prog, tokens: int, mode: str, links) -> dict:
