@@ -107,9 +107,9 @@ def run_report(
         "hops": _hops(figures, prediction, links is not None),
         "timings": dict(prog.timings),
         "parity": parity,
-        "linux": linux_section(
-            figures, stats.prompt_tokens, decode_tokens, getattr(prog, "huge_pages", True)
-        ),
+        "linux": linux_section(figures, stats.prompt_tokens, decode_tokens),
+        # whether the run asked for weights and arenas on huge pages (`--no-huge-pages`...)
+        "huge_pages_wanted": bool(getattr(prog, "huge_pages", True)),
     }
 
 
@@ -204,11 +204,8 @@ def _widths(figures: list[dict], phase: str) -> dict:
     return {f["rank"]: f["widths"][phase] for f in figures if phase in (f.get("widths") or {})}
 
 
-def linux_section(
-    figures: list[dict], prompt_tokens: int, decode_tokens: int, huge_pages_wanted: bool = True
-) -> dict:
-    """The report's `linux`: each key holds every rank's figures, keyed by rank (but
-    `huge_pages_wanted`: whether the run asked for weights and arenas on huge pages)."""
+def linux_section(figures: list[dict], prompt_tokens: int, decode_tokens: int) -> dict:
+    """The report's `linux`: each key holds every rank's figures, keyed by rank."""
     ranks = {f["rank"]: f["linux"] for f in figures if f.get("linux")}
     nodes = sorted({n for lx in ranks.values() for n in lx.get("numa", {}).get("nodes", ())})
     return {
@@ -217,7 +214,6 @@ def linux_section(
         "page_faults": {r: lx["page_faults"] for r, lx in ranks.items()},
         "context_switches": {r: lx["context_switches"] for r, lx in ranks.items()},
         "huge_pages": {r: lx.get("huge_pages") for r, lx in ranks.items()},
-        "huge_pages_wanted": bool(huge_pages_wanted),
         "numa": {
             "nodes": nodes,
             "note": (
@@ -255,7 +251,7 @@ def _perf(perf: dict, prompt_tokens: int, decode_tokens: int) -> dict:
 HUGE_WORTH_BYTES = 8 << 20
 
 
-def linux_warnings(linux: dict, decode_tokens: int) -> list[str]:
+def linux_warnings(linux: dict, decode_tokens: int, huge_pages_wanted: bool = True) -> list[str]:
     """What the Linux side shows abnormal: threads preempted during decode (each costs the
     other threads of the rank a wait at the next barrier), major faults (pages read from
     disk) while generating, weights on small pages when the run wanted them on huge ones
@@ -272,8 +268,7 @@ def linux_warnings(linux: dict, decode_tokens: int) -> list[str]:
         n = sum(pf.get(phase, {}).get("major", 0) for phase in ("prefill", "decode"))
         if n:
             out.append(f"rank {r}: {n} major page faults while generating")
-    wanted = linux.get("huge_pages_wanted", True)
-    for r, hp in linux["huge_pages"].items() if wanted else ():
+    for r, hp in linux["huge_pages"].items() if huge_pages_wanted else ():
         w = (hp or {}).get("weights")
         if w and w["bytes"] >= HUGE_WORTH_BYTES and w["huge_page_bytes"] < w["bytes"] / 2:
             out.append(
@@ -295,7 +290,11 @@ def summary_line(report: dict) -> str:
         + _prediction_line(d)
         + _ranks_line(report["ranks"])
         + _widths_line(report)
-        + _linux_line(report.get("linux"), max(report["generated_tokens"] - 1, 0))
+        + _linux_line(
+            report.get("linux"),
+            max(report["generated_tokens"] - 1, 0),
+            report.get("huge_pages_wanted", True),
+        )
     )
 
 
@@ -318,8 +317,8 @@ def _widths_line(report: dict) -> str:
     return "\nthreads: " + "; ".join(out) if out else ""
 
 
-def _linux_line(linux: dict | None, decode_tokens: int) -> str:
-    warnings = linux_warnings(linux, decode_tokens) if linux else []
+def _linux_line(linux: dict | None, decode_tokens: int, huge_pages_wanted: bool) -> str:
+    warnings = linux_warnings(linux, decode_tokens, huge_pages_wanted) if linux else []
     return "\nlinux: " + "; ".join(warnings) if warnings else ""
 
 
