@@ -5,41 +5,21 @@ for huge pages."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
+from widths import TWO_CORES_SPEC, Forced
 
 import ckeir
 from ckeir.backends.llvm.width import WidthPolicy
 from ckeir.ranks import run_rank
 from ckeir.reports.run import linux_warnings, run_report, summary_line
 
-SPEC = """
-model m {
-  family llama; vocab 256; hidden 128; layers 2; heads 4; kv_heads 2; ffn 256
-  norm_eps 1e-5; rope_theta 10000; context 128; weights random(seed = 11)
-}
-cluster c { node n0 { cores 2; dram 8GiB; dram_bw 10GB/s; l2 1MiB; l3 32MiB } }
-schedule s { run m on c; quantize weights q8_0 }
-"""
 N = 12
-
-
-class Forced(WidthPolicy):
-    """The real policy's record; the widths from `order`, one per run."""
-
-    def __init__(self, order):
-        super().__init__(2)
-        self.order = itertools.cycle(order)
-
-    def choose(self, phase):
-        return next(self.order)
 
 
 @pytest.fixture(scope="module")
 def prog(tmp_path_factory):
     path = tmp_path_factory.mktemp("threads") / "m.cke"
-    path.write_text(SPEC)
+    path.write_text(TWO_CORES_SPEC)
     with ckeir.compile(path, threads=2) as p:
         yield p
 
@@ -87,7 +67,7 @@ def test_weights_off_huge_pages_are_named_only_when_huge_pages_were_wanted(huge,
 
 def test_a_run_without_huge_pages_reports_that_it_did_not_want_them(tmp_path):
     path = tmp_path / "m.cke"
-    path.write_text(SPEC)
+    path.write_text(TWO_CORES_SPEC)
     for huge in (True, False):
         with ckeir.compile(path, threads=1, huge_pages=huge) as p:
             figures = run_rank(p, [1, 2, 3], 3)

@@ -2,11 +2,10 @@
 chooses it per run): every kernel gives the same bits on 1 and 2 threads, so the ids and
 logits are those of a run at a fixed width, whatever the policy does."""
 
-import itertools
-
 import numpy as np
 import pytest
 from smollm2 import SPEC, needs_smollm2
+from widths import Forced
 
 import ckeir
 from ckeir.backends.llvm.width import WidthPolicy
@@ -15,17 +14,6 @@ pytestmark = [needs_smollm2, pytest.mark.slow]
 
 PROMPT = [6403, 1980, 253, 655]  # "Once upon a time", no BOS
 N = 24
-
-
-class Forced(WidthPolicy):
-    """The policy's record, the widths from `order` (one per run)."""
-
-    def __init__(self, order):
-        super().__init__(2)
-        self.order = itertools.cycle(order)
-
-    def choose(self, phase):
-        return next(self.order)
 
 
 def test_ids_and_logits_are_the_same_bits_at_every_width():

@@ -6,10 +6,9 @@ every width."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
+from widths import TWO_CORES_SPEC, Forced
 
 import ckeir
 from ckeir.backends.llvm import width as W
@@ -114,34 +113,15 @@ def test_the_environment_and_the_caller_choose(monkeypatch):
 
 # ---- an engine that follows the policy ------------------------------------------------------
 
-SPEC = """
-model m {
-  family llama; vocab 256; hidden 128; layers 2; heads 4; kv_heads 2; ffn 256
-  norm_eps 1e-5; rope_theta 10000; context 128; weights random(seed = 11)
-}
-cluster c { node n0 { cores 2; dram 8GiB; dram_bw 10GB/s; l2 1MiB; l3 32MiB } }
-schedule s { run m on c; quantize weights q8_0 }
-"""
 PROMPT, N = [5, 17, 33, 2, 91], 40
 
 
 @pytest.fixture(scope="module")
 def prog(tmp_path_factory):
     path = tmp_path_factory.mktemp("width") / "m.cke"
-    path.write_text(SPEC)
+    path.write_text(TWO_CORES_SPEC)
     with ckeir.compile(path, threads=2) as p:
         yield p
-
-
-class Forced(WidthPolicy):
-    """The real policy's record, but the widths come from `order`, one per run."""
-
-    def __init__(self, threads, order):
-        super().__init__(threads)
-        self.order = itertools.cycle(order)
-
-    def choose(self, phase):
-        return next(self.order)
 
 
 class Modeled(WidthPolicy):
@@ -172,7 +152,7 @@ def test_ids_and_logits_are_the_same_bits_at_every_width(prog):
     (the KV cache written at one width, read at the other): the same ids and logits."""
     wide = generate(prog, WidthPolicy.fixed(2))
     for order in ([1], [1, 2], [2, 2, 1]):
-        ids, logits = generate(prog, Forced(2, order))
+        ids, logits = generate(prog, Forced(order))
         assert ids == wide[0], order
         assert all(np.array_equal(a, b) for a, b in zip(logits, wide[1], strict=True)), order
 
@@ -180,11 +160,11 @@ def test_ids_and_logits_are_the_same_bits_at_every_width(prog):
 def test_a_token_at_width_1_publishes_no_job(prog):
     pool = prog.engine.pool
     jobs = pool.jobs()
-    policy = Forced(2, [1])
+    policy = Forced([1])
     generate(prog, policy, 10)
     assert pool.jobs() == jobs
     assert policy.figures()["decode"]["tokens"] == {1: 9}
-    policy = Forced(2, [2])
+    policy = Forced([2])
     generate(prog, policy, 10)
     assert pool.jobs() - jobs == 10  # one prefill call, nine decode tokens
 
