@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ckeir import limits as L
-from ckeir.formats import FORMATS
+from ckeir.formats import FFN_SHARD_UNIT, FORMATS
 from ckeir.ir.core import Operation
 from ckeir.ir.opdef import Float, Int, Ints, OpDef, Str, fail, register, register_module_check
 from ckeir.ir.types import (
@@ -216,6 +216,12 @@ def _check_matmul(op: Operation) -> None:
         _dims_match(
             op, "contraction sizes (x columns vs weight row length)", x.shape[1], w.shape[1]
         )
+    chunk = op.attr("k_chunk")
+    if chunk is not None:
+        if chunk % FFN_SHARD_UNIT:
+            fail(op, f"k_chunk {chunk} is not a multiple of {FFN_SHARD_UNIT}")
+        if w is not None and w.shape[1] % chunk:
+            fail(op, f"k_chunk {chunk} does not divide the contraction size {w.shape[1]}")
     if op.attr("tp") == "vocab":
         _check_vocab_split(op, w)
     elif op.attr("vocab_slice") is not None or op.attr("vocab_bounds") is not None:
@@ -364,6 +370,9 @@ DEFS = [
             "tp": Str("partial", "vocab"),
             "vocab_slice": Ints(3, 0, L.MAX_VOCAB),
             "vocab_bounds": Ints((2, L.MAX_NODES + 1), 0, L.MAX_VOCAB),
+            # K summed in chunks of this many, each from fresh accumulators, the chunk sums
+            # added in K order (place sets it where tensor parallelism splits along K)
+            "k_chunk": Int(FFN_SHARD_UNIT, max(L.MAX_FFN, L.MAX_HIDDEN)),
         },
         check=_both(_check_matmul),
         infer=_infer_matmul,

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import attrs
 
-from ckeir import limits as L
 from ckeir.errors import PassError
 from ckeir.formats import FFN_SHARD_UNIT, FORMATS
 from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Operation, OpResult, Rewriter, clone
-from ckeir.ir.opdef import REGISTRY, Int
 from ckeir.ir.types import (
     MemRefType,
     ShapedType,
@@ -51,10 +49,6 @@ FFN_CHUNKS = (512, 256, 128, 64)  # ... and whole reduction chunks: the first of
 # cuts the FFN into at least kv_heads chunks (a stage has at most kv_heads nodes); 512 and 256
 # are whole VNNI groups of q4 blocks (4 x 32 values each)
 SPLIT_ALONG_K = ("attn_output", "ffn_down")
-
-# `k_chunk` on cke.matmul (a positive multiple of 32 dividing K; see the module docstring).
-# Declared here until ckeir/dialects/cke.py lists it with the op's other optional attributes.
-REGISTRY["cke.matmul"].optional.setdefault("k_chunk", Int(FFN_UNIT, max(L.MAX_FFN, L.MAX_HIDDEN)))
 
 
 @attrs.frozen

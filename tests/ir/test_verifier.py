@@ -266,6 +266,18 @@ SHAPE_ERRORS = [
         "attribute 'tile' must be array<i64: ...> of 2 entries in [1, ",
     ),
     (
+        "matmul k_chunk off the block size",
+        ["tensor<2x64xf32>", "tensor<32x64xf32>"],
+        '%r = "cke.matmul"(%a0, %a1) {k_chunk = 48 : i64} : (tensor<2x64xf32>, tensor<32x64xf32>) -> tensor<2x32xf32>',
+        "k_chunk 48 is not a multiple of 32",
+    ),
+    (
+        "matmul k_chunk not dividing K",
+        ["tensor<2x96xf32>", "tensor<32x96xf32>"],
+        '%r = "cke.matmul"(%a0, %a1) {k_chunk = 64 : i64} : (tensor<2x96xf32>, tensor<32x96xf32>) -> tensor<2x32xf32>',
+        "k_chunk 64 does not divide the contraction size 96",
+    ),
+    (
         "matmul weight of rank 1",
         ["tensor<2x64xf32>", "tensor<64xf32>"],
         '%r = "cke.matmul"(%a0, %a1) : (tensor<2x64xf32>, tensor<64xf32>) -> tensor<2x64xf32>',
