@@ -28,7 +28,6 @@ from ckeir.backends.llvm.lower import Step
 from ckeir.backends.llvm.pool import Pool
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.errors import TransportError
-from ckeir.runtime.transport.base import TAG_ALLREDUCE
 
 HANDOFF_TAG = 7
 # Set (to anything but "" or "0") to run every collective from Python between native
@@ -191,41 +190,14 @@ class RankEngine:
             self.transport.send(arena[st.src : st.src + st.wire_bytes(n)], st.peer)
         elif st.kind == "recv":
             self.transport.recv(arena[st.dst : st.dst + st.wire_bytes(n)], st.peer)
-        elif st.kind == "allreduce" and st.slots > 1:
-            self._chunked_allreduce(arena, st, n)
         elif st.kind == "allreduce":  # arena views straight to the transport, no copy
             src = arena[st.src : st.src + size].view(np.float32)
-            out = arena[st.dst : st.dst + size].view(np.float32)
-            self.transport.allreduce(src, st.group, out=out)
+            out = arena[st.dst : st.dst + size // st.slots].view(np.float32)
+            self.transport.allreduce(src, st.group, out=out, slots=st.slots)
         elif st.kind == "allgather":
             self._allgather(arena, st, size)
         else:
             raise TransportError(f"unknown program step {st.kind}")
-
-    def _chunked_allreduce(self, arena: np.ndarray, st, n: int) -> None:
-        """An all-reduce of chunk sums (see `lower.Step.slots`): every member sends its whole
-        buffer of slots to every other, as the transport's direct all-reduce does (the same
-        messages and counts as the native path, which a member may be taking), then the
-        fold of the single-rank kernel: the first member's sum, then each later member's
-        chunk sums in K order (every member, the same bits)."""
-        t = self.transport
-        size = st.nbytes(n)
-        src = arena[st.src : st.src + size].view(np.float32)
-        parts = {p: t._scratch(p, src) for p in st.group if p != self.rank}  # noqa: SLF001
-        t0 = time.perf_counter()
-        t._all_to_all(  # noqa: SLF001 - the direct all-reduce's exchange, another sum
-            st.group, lambda _p: src, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0
-        )
-        parts[self.rank] = src
-        chunks = [parts[st.group[0]].reshape(st.slots, -1)[0]] + [
-            c for p in st.group[1:] for c in parts[p].reshape(st.slots, -1)
-        ]
-        out = arena[st.dst : st.dst + size // st.slots].view(np.float32)
-        acc = np.add(chunks[0], chunks[1])
-        for c in chunks[2:]:
-            np.add(acc, c, out=acc)
-        out[:] = acc
-        t._record_collective("allreduce", size, t0)  # noqa: SLF001
 
     def _allgather(self, arena: np.ndarray, st, size: int) -> None:
         """Each member's one-row slice, in group order.  Equal slices gather straight into

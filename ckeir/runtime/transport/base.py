@@ -287,12 +287,26 @@ class Transport(abc.ABC):
     # -- collectives
 
     def allreduce(
-        self, buf: np.ndarray, group: Sequence[int] | None = None, out: np.ndarray | None = None
+        self,
+        buf: np.ndarray,
+        group: Sequence[int] | None = None,
+        out: np.ndarray | None = None,
+        slots: int = 1,
     ) -> None:
         """Elementwise sum over the ranks of `group` (default: all), summed in group order:
         the result is bitwise identical on every member.  In place, or into `out` (same
-        size and type as `buf`, which is then only read: no copy of it is made first)."""
+        size and type as `buf`, which is then only read: no copy of it is made first).
+
+        With `slots` > 1, `buf` holds `slots` partial sums of a K reduction split in
+        chunks (a `k_chunk` matmul's chunk sums, see `lower.Step.slots`), and `out` (required,
+        1/slots of `buf`) gets the fold a single rank's kernel makes: the first member's
+        slot 0 (its chunks already folded), then every later member's slots in K order.
+        Every member sends its whole buffer to every other (the direct algorithm, the
+        messages the native collective exchanges)."""
         g = self._group(group)
+        if slots > 1:
+            self._allreduce_slots(buf, g, out, slots)
+            return
         x = _flat(_contiguous(buf, "allreduce", writable=out is None))
         y = x if out is None else _flat(_contiguous(out, "allreduce", writable=True))
         if y.dtype != x.dtype or y.size != x.size:
@@ -308,6 +322,34 @@ class Transport(abc.ABC):
             self._allreduce_sliced(y, g, t0)
         elif y is not x:
             np.copyto(y, x)
+        self._record_collective("allreduce", x.nbytes, t0)
+
+    def _allreduce_slots(
+        self, buf: np.ndarray, g: tuple[int, ...], out: np.ndarray | None, slots: int
+    ) -> None:
+        x = _flat(_contiguous(buf, "allreduce", writable=False))
+        if out is None or x.size % slots:
+            raise TransportError(
+                f"rank {self.rank}: an allreduce of {slots} slots needs a buffer of whole "
+                f"slots ({x.size} values) and an `out` of one slot"
+            )
+        y = _flat(_contiguous(out, "allreduce", writable=True))
+        if y.dtype != x.dtype or y.size != x.size // slots:
+            raise TransportError(
+                f"rank {self.rank}: allreduce of {slots} slots of {x.size // slots} x "
+                f"{x.dtype} into {y.size} x {y.dtype}"
+            )
+        t0 = time.perf_counter()
+        parts = {p: self._scratch(p, x) for p in g if p != self.rank}
+        if parts:
+            self._all_to_all(g, lambda _p: x, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0)
+        parts[self.rank] = x
+        first, *later = (parts[p].reshape(slots, -1) for p in g)
+        chunks = [first[0], *(c for member in later for c in member)]
+        if len(chunks) == 1:
+            np.copyto(y, chunks[0])
+        else:
+            _ordered_sum(chunks, out=y)
         self._record_collective("allreduce", x.nbytes, t0)
 
     def allgather(

@@ -80,6 +80,17 @@ def prog_allreduce(t, sizes=(576, 7, 1, 100_003)) -> dict:
             t.allreduce(x, g, out=into)
             exact = np.array_equal(into, want) and np.array_equal(x, data(t.rank, n, seed=n))
             out[f"{g}/{n}/out"] = {"digest": digest(into), "exact": bool(exact)}
+            # chunk sums (slots): the first member's slot 0, then later members' slots in order
+            slots = 3
+            x = data(t.rank, slots * n, seed=n + 1)
+            into = np.full(n, np.nan, np.float32)
+            t.allreduce(x, g, out=into, slots=slots)
+            sums = [data(p, slots * n, seed=n + 1).reshape(slots, n) for p in g]
+            want = ordered_sum([sums[0][0], *(c for later in sums[1:] for c in later)])
+            out[f"{g}/{n}/slots"] = {
+                "digest": digest(into),
+                "exact": bool(np.array_equal(into, want)),
+            }
     return out
 
 
