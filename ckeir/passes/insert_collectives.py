@@ -14,7 +14,7 @@ A partial matmul with `k_chunk` (see place) is reduced in chunk order: the group
 member delivers its chunks folded, every later member each of its chunks apart, and the
 all-reduce folds them in K order.  Its message then holds `slots` chunk sums per member
 (the most any member delivers; fewer travel zero-padded), and its `bytes` are `slots` times
-the value's (`cost.allreduce_bytes`): the lowering reads the slots back from them.
+the value's (`cost.partial_slots`, `cost.allreduce_bytes`): the lowering reads the slots back from them.
 """
 
 from __future__ import annotations
@@ -34,37 +34,6 @@ COLLECTIVES = ("dist.allreduce", "dist.allgather")
 
 def _bytes(t, func) -> int:
     return nbytes(t, dyn=func.attr("max_tokens", 1))
-
-
-def _partials(func: Operation) -> list[Operation]:
-    return [
-        op
-        for op in func.regions[0].entry.ops
-        if op.name == "cke.matmul" and op.attr("tp") == "partial"
-    ]
-
-
-def delivered_chunks(op: Operation, first: bool) -> int:
-    """Chunk sums a partial matmul's rank puts in the all-reduce: one when it is the group's
-    first member (its fold is the prefix of the whole fold) or unchunked, else one each."""
-    chunk = op.attr("k_chunk")
-    return 1 if first or chunk is None else op.operands[1].type.shape[1] // chunk
-
-
-def slots(programs: dict[int, Operation]) -> dict[int, list[int]]:
-    """Per rank, the slots of each of its partial matmuls' all-reduces (the members' programs
-    hold the same partial matmuls, in the same order)."""
-    out = {}
-    for rank, func in programs.items():
-        group = func.attr("group", (rank,))
-        members = [programs[g] for g in group if g in programs]
-        per_member = [
-            [delivered_chunks(op, g == group[0]) for op in _partials(programs[g])]
-            for g in group
-            if g in programs
-        ]
-        out[rank] = [max(col) for col in zip(*per_member, strict=True)] if members else []
-    return out
 
 
 def insert(func: Operation, rw: Rewriter, chunk_slots: list[int] | None = None) -> None:
@@ -114,7 +83,7 @@ class InsertCollectives(Pass):
         for func in funcs(module):
             by_phase[func.attr("phase")][func.attr("rank", 0)] = func
         for programs in by_phase.values():
-            chunk_slots = slots(programs)
+            chunk_slots = cost.partial_slots(programs)
             for rank, func in programs.items():
                 insert(func, rewriter, chunk_slots[rank])
         for phase, programs in by_phase.items():

@@ -180,6 +180,35 @@ def allreduce_bytes(value_bytes: int, slots: int = 1) -> int:
     return value_bytes * slots
 
 
+def delivered_chunks(op: Operation, first: bool) -> int:
+    """Chunk sums a partial matmul's rank puts in the all-reduce: one when it is the group's
+    first member (its fold is the prefix of the whole fold) or unchunked, else one each."""
+    chunk = op.attr("k_chunk")
+    return 1 if first or chunk is None else op.operands[1].type.shape[1] // chunk
+
+
+def partial_slots(programs: dict[int, Operation]) -> dict[int, list[int]]:
+    """Per rank, the chunk-sum slots of each of its partial matmuls' all-reduces, in program
+    order: the most any member of its group delivers (the members' programs hold the same
+    partial matmuls, in the same order).  insert-collectives states them in the bytes of the
+    `dist.allreduce` it adds; the planner counts them for programs not through it yet."""
+
+    def partials(func: Operation) -> list[Operation]:
+        ops = func.regions[0].entry.ops
+        return [op for op in ops if op.name == "cke.matmul" and op.attr("tp") == "partial"]
+
+    out = {}
+    for rank, func in programs.items():
+        group = func.attr("group", (rank,))
+        per_member = [
+            [delivered_chunks(op, g == group[0]) for op in partials(programs[g])]
+            for g in group
+            if g in programs
+        ]
+        out[rank] = [max(col) for col in zip(*per_member, strict=True)] if per_member else []
+    return out
+
+
 def allreduce_slots(wire_bytes: int, value_bytes: int) -> int:
     """The chunk-sum slots of an all-reduce from its bytes (the inverse of allreduce_bytes)."""
     return max(1, wire_bytes // value_bytes) if value_bytes else 1

@@ -97,19 +97,23 @@ def rank_steps(
     context: int,
     over,
     op_times: dict | None = None,
+    slots: list[int] | None = None,
 ) -> list:
     """One rank's step as the runtime runs it: native segments between messages, each
     message with its wire bytes (`cost.message_bytes`).  Collectives are the program's
     `dist.*` ops; a program cut by place but not yet through insert-collectives gets them
     where that pass will put them: after each matmul whose result is a partial sum or a
     vocabulary slice.  `op_times`: `op_signature` -> `OpTime` measured on the machine,
-    used for one-row steps (decode) in place of the roofline, which sees only bytes."""
+    used for one-row steps (decode) in place of the roofline, which sees only bytes.
+    `slots`: the chunk-sum slots of each partial matmul's all-reduce, in program order, for a
+    program not through insert-collectives (`cost.partial_slots`; None: one each)."""
     steps: list[_Step] = []
     ops = func.regions[0].entry.ops
     group = tuple(func.attr("group", (func.attr("rank", 0),)))
     placed = not any(op.name in ("dist.allreduce", "dist.allgather") for op in ops)
     segment = 0.0
     open_segment = False
+    partial_slots = iter(slots or [])
 
     def close() -> None:
         nonlocal segment, open_segment
@@ -127,7 +131,11 @@ def rank_steps(
             if placed and kind is not None:
                 close()
                 sizes = _widths(op.attr("vocab_bounds") or ())
-                steps.append(_collective(op.results[0].type, kind, group, tokens, sizes, "f32"))
+                step = _collective(op.results[0].type, kind, group, tokens, sizes, "f32")
+                if kind == "partial":
+                    wire = cost.allreduce_bytes(step.nbytes, next(partial_slots, 1))
+                    step = attrs.evolve(step, nbytes=wire)
+                steps.append(step)
         elif op.name.startswith("dist."):
             close()
             t = (op.operands or op.results)[0].type
@@ -265,8 +273,9 @@ def predict(
         return link_between(cluster, ranks[a], ranks[b])
 
     times = op_times or {}
+    slots = cost.partial_slots(programs)
     steps = {
-        r: rank_steps(f, nodes[ranks[r]], tokens, context, over, times.get(ranks[r]))
+        r: rank_steps(f, nodes[ranks[r]], tokens, context, over, times.get(ranks[r]), slots[r])
         for r, f in programs.items()
     }
     world = tuple(sorted(programs))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ckeir
+from ckeir import driver
 from ckeir.passes.manager import funcs
 from ckeir.planner import cost
 from ckeir.planner.predict import rank_steps
@@ -64,3 +65,33 @@ def test_q8_0_rows_are_smaller_than_f32_rows():
     t = TensorType((None, 96), f32)
     assert cost.message_bytes(t, "f32", 3) == 3 * 384
     assert cost.message_bytes(t, "q8_0", 3) == 3 * 102
+
+
+@pytest.mark.parametrize("spec", ["tiny.cke", "hybrid.cke", "mha.cke", "hybrid-wide"])
+def test_placed_programs_are_predicted_with_their_chunk_sum_slots(spec, tmp_path):
+    """The planner predicts programs place made before insert-collectives states their
+    all-reduces (auto placement's candidates): each all-reduce step carries the bytes, chunk
+    sums included, that insert-collectives then gives the op.  hybrid-wide: hybrid.cke with
+    64-wide heads, two per tensor-parallel rank (two chunk sums in the attention output's)."""
+    path = ROOT / "specs" / spec
+    if spec == "hybrid-wide":
+        path = tmp_path / "wide.cke"
+        text = (ROOT / "specs" / "hybrid.cke").read_text()
+        path.write_text(text.replace("hidden   64", "hidden   256"))
+    job = driver.resolve(path)
+    placed, _, _ = driver.run_passes(driver.build_ir(job), job, "shape-infer,quantize,place")
+    full, _, _ = driver.run_passes(driver.build_ir(job), job)
+    chunked = 0
+    for phase in ("prefill", "decode"):
+        before = {f.attr("rank", 0): f for f in funcs(placed) if f.attr("phase") == phase}
+        after = {f.attr("rank", 0): f for f in funcs(full) if f.attr("phase") == phase}
+        slots = cost.partial_slots(before)
+        for rank, func in before.items():
+            tokens = func.attr("max_tokens", 1)
+            steps = rank_steps(func, NODE, tokens, tokens, cost.Overheads(), slots=slots[rank])
+            predicted = [s.nbytes for s in steps if s.kind == "allreduce"]
+            stated = [b for kind, b in _ir_messages(after[rank]) if kind == "allreduce"]
+            assert predicted == stated, (phase, rank)
+            chunked += sum(s > 1 for s in slots[rank])
+    if spec == "hybrid-wide":
+        assert chunked, "the tensor-parallel stage reduces the attention output in chunks"
