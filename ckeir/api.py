@@ -11,6 +11,7 @@ from ckeir import driver
 from ckeir.backends.llvm.host import detect_host, usable_cpus
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.lower import lower_module_cached
+from ckeir.backends.llvm.width import adaptive_wanted
 from ckeir.backends.reference import ReferenceEngine
 from ckeir.errors import CkeError
 from ckeir.ir.printer import print_ir
@@ -55,6 +56,7 @@ class Program:
         single_rank: bool = False,
         huge_pages: bool | None = None,
         pin: bool | None = None,
+        adaptive_threads: bool | None = None,
     ):
         self.timings: dict[str, float] = {}
         self._stage = on_stage or (lambda name: None)
@@ -97,6 +99,9 @@ class Program:
         # pool threads on CPUs of their own while generating; None: as the schedule says
         # (`threads pinned|unpinned`), else linux.PIN_DEFAULT — the choice `ckec run` makes
         self.pin = pin
+        # whether each run takes as many pool threads as measured fastest (width.WidthPolicy)
+        # or all of them; None: the environment decides (CKEIR_ADAPTIVE_THREADS)
+        self.adaptive_threads = adaptive_wanted(adaptive_threads)
         self._pinned_cpus: list[int] | None = None
         self._pinning = 0  # depth of `pinned_threads` blocks (only the outermost pins)
         self._options = dict(
@@ -107,6 +112,7 @@ class Program:
             verify_each=verify_each,
             schedule=schedule,
             huge_pages=self.huge_pages,
+            adaptive_threads=self.adaptive_threads,
         )
         self.spec_path = spec_path
         self._weights = None
@@ -208,6 +214,7 @@ class Program:
                 self.host,
                 self.transport,
                 huge_pages=self.huge_pages,
+                adaptive=self.adaptive_threads,
             )
         if self.backend == "llvm":
             from ckeir.backends.llvm.engine import NativeEngine
@@ -220,6 +227,7 @@ class Program:
                 self.threads,
                 self.host,
                 self.huge_pages,
+                adaptive=self.adaptive_threads,
             )
         fmts = self.weight_formats
         plain = {k: dequantize_rows(v, fmts.get(k, "f32")) for k, v in weights.items()}

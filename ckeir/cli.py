@@ -315,22 +315,12 @@ def cmd_run(argv: list[str]) -> int:
     _check_outputs(args, {"report": "--report", "trace": "--trace", "dump_dir": "--dump-dir"})
     _check_measured(args)
     _check_threads(args.threads)
-    if args.threads_fixed:
-        _fix_threads()
     transport = _transport(args)
     try:
         return _run(args, ids, transport)
     finally:
         if transport is not None:
             transport.close()
-
-
-def _fix_threads() -> None:
-    """--threads-fixed: every pool of this process and of the local ranks it starts (they
-    inherit its environment) runs each call on all its threads (`width.WidthPolicy`)."""
-    from ckeir.backends.llvm.width import ENV_SWITCH
-
-    os.environ[ENV_SWITCH] = "0"
 
 
 def _check_threads(threads: int | None) -> None:
@@ -449,6 +439,8 @@ def _run(args, ids, transport) -> int:
             transport=transport,
             launcher=True,
             huge_pages=args.huge_pages,
+            # local ranks take the Program's choice with its other options
+            adaptive_threads=False if args.threads_fixed else None,
         )
         with prog:
             # only a text prompt needs the model's tokenizer: --ids runs a model without one

@@ -128,6 +128,8 @@ def rank_figures(prog, stats, tokens, transport, clock, logits) -> dict:
         "transport": counters.as_dict() if counters is not None else {},
         "transport_kind": _kind(transport),
         "seconds_by_step": dict(getattr(engine, "stats", {})),
+        # tokens run at each width of the rank's pool (native engines; `width.WidthPolicy`)
+        "widths": engine.widths.figures() if hasattr(engine, "widths") else {},
         "sends": _sends(events),
         "events": events[-TRACE_EVENTS:],
         "clock_offset_seconds": clock.seconds,

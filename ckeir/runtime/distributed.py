@@ -26,6 +26,7 @@ from ckeir.backends.llvm.engine import _Program, lazy_zeros
 from ckeir.backends.llvm.kernels import collective as C
 from ckeir.backends.llvm.lower import Step
 from ckeir.backends.llvm.pool import Pool
+from ckeir.backends.llvm.width import WidthPolicy
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.errors import TransportError
 
@@ -73,11 +74,15 @@ class RankEngine:
         transport,
         events=None,
         huge_pages: bool | None = None,
+        adaptive: bool | None = None,
     ):
         self.rank, self.transport, self.config = rank, transport, config
         self.placement = placement
         self.context = config.context
         self.pool = Pool(threads, host)
+        # how many of the pool's threads a token's runs take (None: CKEIR_ADAPTIVE_THREADS
+        # says); chosen once per token, observed on the token's native time alone
+        self.widths = WidthPolicy.for_pool(threads, adaptive)
         self.compiled = compiled
         self.events = events if events is not None else []
         self.programs, self.caches = {}, {}
@@ -131,13 +136,14 @@ class RankEngine:
         prog.ctx[prog.abi.slot("comm")] = fused.comm.ctypes.data
         self.fused[prog.abi.phase] = fused
 
-    def _run_fused(self, fused: _Fused, n: int) -> None:
+    def _run_fused(self, fused: _Fused, n: int, width: int) -> float:
         """The whole program in one native call; then its collectives' records are checked
-        against the IR and counted as the transport would count its own."""
+        against the IR and counted as the transport would count its own.  Returns the
+        seconds spent computing (the call less its collectives' waits)."""
         prog, comm = fused.prog, fused.comm
         comm[C.C_STATUS] = C.OK
         t0 = time.perf_counter()
-        self.pool.run(fused.address, prog.ctx.ctypes.data)
+        self.pool.run(fused.address, prog.ctx.ctypes.data, width=width)
         dt = time.perf_counter() - t0
         if comm[C.C_STATUS] != C.OK:
             raise fused.failure(n)
@@ -150,6 +156,7 @@ class RankEngine:
             self._record(st, moved, c0, c1 - c0)
             waited += c1 - c0
         self._record(_NATIVE, 0, t0, dt - waited)
+        return dt - waited
 
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
@@ -163,14 +170,20 @@ class RankEngine:
             prog.ctx[prog.abi.slot("n")] = n
             prog.ctx[prog.abi.slot("pos")] = pos
             fused = self.fused.get(phase)
+            width = self.widths.choose(phase)
             if fused is not None and fused.fits(n):
-                self._run_fused(fused, n)
+                computed = self._run_fused(fused, n, width)
             else:
+                computed = 0.0
                 for st in prog.abi.steps:
                     t0 = time.perf_counter()
                     before = self._counted(st)
-                    self._step(prog, st, addresses, n)
-                    self._record(st, self._checked(st, n, self._counted(st) - before), t0)
+                    self._step(prog, st, addresses, n, width)
+                    dt = time.perf_counter() - t0
+                    self._record(st, self._checked(st, n, self._counted(st) - before), t0, dt)
+                    computed += dt if st.kind == "native" else 0.0
+            # the width is judged on this rank's own work: waits for peers are not its doing
+            self.widths.observe(phase, width, computed, n)
             if prog.abi.outputs:
                 token = int(prog.output(0, np.int32)[0])
                 logits = prog.output(1, np.float32)
@@ -181,11 +194,11 @@ class RankEngine:
             self._handoff(pos, len(ids))
         return int(buf[0]), logits
 
-    def _step(self, prog, st, addresses, n: int) -> None:
+    def _step(self, prog, st, addresses, n: int, width: int) -> None:
         arena = prog.arena
         size = st.nbytes(n)
         if st.kind == "native":
-            self.pool.run(addresses[st.symbol], prog.ctx.ctypes.data)
+            self.pool.run(addresses[st.symbol], prog.ctx.ctypes.data, width=width)
         elif st.kind == "send":  # the value, or its Q8_0 blocks in a staging buffer
             self.transport.send(arena[st.src : st.src + st.wire_bytes(n)], st.peer)
         elif st.kind == "recv":

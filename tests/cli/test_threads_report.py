@@ -27,8 +27,6 @@ def prog(tmp_path_factory):
 def report_of(prog, policy) -> dict:
     prog.engine.widths = policy
     figures = run_rank(prog, [1, 2, 3], N)
-    # a rank's figures carry its engine's widths (ranks.rank_figures)
-    figures.setdefault("widths", prog.engine.widths.figures())
     return run_report(prog, [figures], bandwidth=10e9, predict=False)
 
 
