@@ -8,7 +8,7 @@ The segment holds a header (the world's `failed` word), one block per rank (door
 state, pid, heartbeat, what it is blocked in, why it failed) and one channel per ordered
 pair of ranks (see `shm_native`).  A send copies into the channel's next slot and
 publishes it with one native call; a blocked rank waits as every ckeir wait does
-(`backends.llvm.wait`, budget `MESSAGE`, or `link_budget` for a receive over a shaped link):
+(`backends.llvm.wait`, budget `MESSAGE`, or `SHAPED_LINK` for a receive over a shaped link):
 it spins briefly on the channel, offering its CPU early (a peer rank may be waiting for
 it), then sleeps on its doorbell in naps of the budget's `nap_s`, checking between naps
 that its peers are alive.
@@ -420,12 +420,12 @@ class LocalTransport(Transport):
         ]
         self._addresses: dict[int, tuple[weakref.ref, int, int]] = {}
         # how this rank waits: shorter spins when ranks outnumber CPUs, longer ones for a
-        # receive over a shaped link (`link_budget`); every wait offers its CPU early
+        # receive over a shaped link (`SHAPED_LINK`); every wait offers its CPU early
         crowded = world.size > usable_cpus()
         self._wait = wait.MESSAGE.crowded() if crowded else wait.MESSAGE
         if spin_us is not None:
             self._wait = attrs.evolve(self._wait, spin_s=spin_us * 1e-6)
-        self._link_wait = link_budget(crowded)
+        self._link_wait = wait.SHAPED_LINK.crowded() if crowded else wait.SHAPED_LINK
         self._spin_ns = wait.ns(self._wait.spin_s)
         self._link_spin_ns = wait.ns(self._link_wait.spin_s)
         self._nat.set_yield_after(
@@ -655,20 +655,6 @@ class LocalTransport(Transport):
             f"{head}: size mismatch: rank {msg.peer} sent {total} bytes, rank {self.rank}"
             f" expects {msg.nbytes} bytes"
         )
-
-
-def link_budget(crowded: bool = False) -> wait.Budget:
-    """How a rank waits for a message over a shaped link: `wait.SHAPED_LINK`'s long spin (a
-    futex wake-up, ~20-50 µs, would add to the simulated hop), but offering its CPU as early
-    as `wait.MESSAGE` does.  Ranks that are not pinned share CPUs whenever the OS puts them
-    together — pipeline stages take turns, so it often does — and a waiter that keeps its
-    CPU for SHAPED_LINK's 1 ms before offering it holds the one its peer needs: SmolLM2's
-    2-stage pipeline with both ranks on one CPU measured 1.18-1.34 ms per activation hop
-    over the spec's 50 µs link that way, 0.16-0.30 ms offering the CPU after 5 µs, 0.10-0.16
-    ms on CPUs of their own (`benchmarks/pipeline.py`)."""
-    budget = wait.SHAPED_LINK.crowded() if crowded else wait.SHAPED_LINK
-    early = wait.MESSAGE.crowded() if crowded else wait.MESSAGE
-    return attrs.evolve(budget, yield_after_s=min(budget.yield_after_s, early.yield_after_s))
 
 
 def _advance_all(pending: list[_Send | _Recv]) -> bool:
