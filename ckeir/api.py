@@ -18,6 +18,7 @@ from ckeir.ir.printer import print_ir
 from ckeir.outputs import check_output_dir, write_output
 from ckeir.ranks import run_local
 from ckeir.runtime import linux
+from ckeir.runtime.batching import OneSequenceSlots, Scheduler
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
 from ckeir.runtime.memory import Region, huge_pages_wanted
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
@@ -117,6 +118,7 @@ class Program:
         self.spec_path = spec_path
         self._weights = None
         self._engine = None
+        self._slots = None  # generate_many's sequence slots (batching.OneSequenceSlots)
         self.lowered = self.compiled = None
         self.cache_hits: dict[str, bool] = {}
         # A launcher of local ranks compiles nothing itself: every rank compiles its programs.
@@ -197,7 +199,7 @@ class Program:
             self.timings["engine"] = time.perf_counter() - t0
         return self._engine
 
-    def _make_engine(self, weights):
+    def _make_engine(self, weights, pool=None):
         c = self.config
         cache = (c.layers, c.context, c.kv_dim)
         if self.world_size > 1:
@@ -228,6 +230,7 @@ class Program:
                 self.host,
                 self.huge_pages,
                 adaptive=self.adaptive_threads,
+                pool=pool,
             )
         fmts = self.weight_formats
         plain = {k: dequantize_rows(v, fmts.get(k, "f32")) for k, v in weights.items()}
@@ -307,7 +310,49 @@ class Program:
         # the reference engine computes in numpy arrays of its own: none to report
         return getattr(self.engine, "memory_regions", list)()
 
+    def slot_engine(self, slots: int | None = None):
+        """`slots` sequence slots over this Program's compiled code (`batching.SlotEngine`;
+        default: the schedule's `batch`), kept until another count is asked for or the
+        Program closes: slot 0 is the Program's engine, every other an engine of its own KV
+        cache sharing the weights, the code and (native) the thread pool.  One process only:
+        a schedule over several ranks has no slot engine yet."""
+        if self.world_size > 1:
+            raise CkeError(
+                f"this schedule runs on {self.world_size} ranks: generate_many runs one rank's "
+                "programs for now (call generate for each prompt)"
+            )
+        slots = self.job.schedule.batch if slots is None else slots
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise CkeError(f"slots must be a positive number of sequences, not {slots!r}")
+        if self._slots is None or self._slots.slots != slots:
+            self.close_slots()
+            first = self.engine
+            pool = getattr(first, "pool", None)
+            more = [self._make_engine(self.weights, pool) for _ in range(slots - 1)]
+            self._slots = OneSequenceSlots([first, *more], self.config.vocab)
+        return self._slots
+
+    def generate_many(
+        self, prompts, max_new_tokens: int = 16, *, slots: int | None = None
+    ) -> list[list[int]]:
+        """Greedy continuations of several prompts through the continuous-batching scheduler
+        (`runtime.batching`): one id list per prompt, each what `generate` gives that prompt
+        alone (a continuation that would pass the context stops there).  More prompts than
+        `slots` wait for a free slot.  Every prompt is checked before any runs; an error
+        names the prompt."""
+        engine = self.slot_engine(slots)
+        with Scheduler(engine) as scheduler:
+            return scheduler.generate_many(prompts, max_new_tokens)
+
+    def close_slots(self) -> None:
+        """Close generate_many's extra slot engines (slot 0, the Program's own, stays)."""
+        if self._slots is not None:
+            for engine in self._slots.engines[1:]:
+                engine.close()
+            self._slots = None
+
     def close(self) -> None:
+        self.close_slots()
         if self._engine is not None:
             self._engine.close()
             self._engine = None

@@ -119,12 +119,15 @@ class NativeEngine:
         host=None,
         huge_pages: bool | None = None,
         adaptive: bool | None = None,
+        pool: Pool | None = None,
     ):
         self.compiled = compiled  # keeps the machine code alive
         self.kcache = lazy_zeros(cache_shape)
         self.vcache = lazy_zeros(cache_shape)
         self.context = cache_shape[1]
-        self.pool = Pool(threads, host)
+        # engines of one process's sequence slots share one pool (and close it with theirs)
+        self._owns_pool = pool is None
+        self.pool = Pool(threads, host) if pool is None else pool
         # how many of the pool's threads each call takes (None: CKEIR_ADAPTIVE_THREADS says)
         self.widths = WidthPolicy.for_pool(threads, adaptive)
         self.programs = {
@@ -170,4 +173,5 @@ class NativeEngine:
         (hundreds of MB at long contexts) resident for nothing."""
 
     def close(self) -> None:
-        self.pool.close()
+        if self._owns_pool:
+            self.pool.close()
