@@ -5,6 +5,12 @@ count is a runtime value bounded by the func's `max_tokens`); a matmul weight is
 `tensor<N x K x E>` stored as N rows of K (GGML order), E = f32 or a `!cke.q*` block format;
 `out = x @ w^T`.  The KV caches are `memref<L x C x KVD x f32>` function arguments that
 `cke.attention` writes (rows pos..pos+T-1 of its layer) and reads.
+
+A batched decode func (`slots = B`, schedule `batch B`) decodes up to B sequences at once:
+row t of its activations is the last token of its own sequence, at position `pos[t]`
+(`tensor<?xi64>`) in slot `slots[t]` (`tensor<?xi32>`) of the caches
+`memref<B x L x C x KVD x f32>` (the slot outermost, so one slot's region is what a prefill
+func takes).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ckeir.ir.types import (
     element_format,
     f32,
     i32,
+    i64,
     nbytes,
 )
 
@@ -107,17 +114,19 @@ def _check_func(op: Operation) -> None:
 
 
 def _check_signature(func: Operation) -> None:
-    """The inputs every program takes: token ids, the position, the K and V caches."""
+    """The inputs every program takes: token ids, the position, the K and V caches; a
+    batched decode func (`slots` = B) takes per-row positions, caches of B slots, and the
+    slot of each row."""
     args = [a.type for a in func.regions[0].entry.args]
+    if func.attr("slots") is not None:
+        _check_batched_signature(func, args)
+        return
     ok = (
         len(args) == 4
-        and isinstance(args[0], TensorType)
-        and args[0].rank == 1
-        and args[0].element == i32
+        and _is_rows(args[0], i32)
         and isinstance(args[1], IntegerType)
-        and all(isinstance(t, MemRefType) and t.rank == 3 and t.element == f32 for t in args[2:])
+        and _is_cache(args[2], 3)
         and args[2] == args[3]
-        and 0 not in args[0].shape
     )
     if not ok:
         fail(
@@ -129,6 +138,43 @@ def _check_signature(func: Operation) -> None:
     rows = func.attr("max_tokens", 1)
     if context is not None and rows > context:
         fail(func, f"max_tokens {rows} is more rows than its KV cache's context of {context}")
+
+
+def _check_batched_signature(func: Operation, args: list) -> None:
+    slots = func.attr("slots")
+    if func.attr("phase") != "decode":
+        fail(func, f"slots = {slots}: only a decode func runs several sequences at once")
+    ok = (
+        len(args) == 5
+        and _is_rows(args[0], i32)
+        and _is_rows(args[1], i64)
+        and _is_cache(args[2], 4)
+        and args[2] == args[3]
+        and _is_rows(args[4], i32)
+        and args[0].shape == args[1].shape == args[4].shape
+    )
+    if not ok:
+        fail(
+            func,
+            "with slots, entry block must take (ids: tensor<?xi32>, pos: tensor<?xi64>, "
+            "kcache, vcache: memref<BxLxCxDxf32>, slots: tensor<?xi32>), "
+            f"got ({', '.join(map(str, args))})",
+        )
+    cache_slots = args[2].shape[0]
+    if cache_slots is not None and cache_slots != slots:
+        fail(func, f"slots = {slots} but its KV caches hold {cache_slots} slots")
+    rows = func.attr("max_tokens", 1)
+    if rows > slots:
+        fail(func, f"max_tokens {rows} is more rows than its {slots} slots (one row a slot)")
+
+
+def _is_rows(t, element) -> bool:
+    """A rank-1 tensor of `element` with at least one row (`?` or N > 0)."""
+    return isinstance(t, TensorType) and t.rank == 1 and t.element == element and 0 not in t.shape
+
+
+def _is_cache(t, rank: int) -> bool:
+    return isinstance(t, MemRefType) and t.rank == rank and t.element == f32
 
 
 def _check_arena_offsets(func: Operation) -> None:
@@ -250,7 +296,13 @@ def _check_rope(op: Operation) -> None:
         fail(op, f"head_dim must be an even number, got {hd}")
     if x is not None and x.shape[1] is not None and x.shape[1] % hd:
         fail(op, f"row length {x.shape[1]} is not a multiple of head_dim {hd}")
-    if not isinstance(op.operands[1].type, IntegerType):
+    pos = op.operands[1].type
+    if isinstance(pos, TensorType):
+        if not _is_rows(pos, i64):
+            fail(op, f"pos must be an integer or one i64 position a row, got {pos}")
+        if x is not None:
+            _dims_match(op, "rows of x vs positions", x.shape[0], pos.shape[0])
+    elif not isinstance(pos, IntegerType):
         fail(op, "pos must be an integer")
 
 
@@ -264,13 +316,33 @@ def _check_attention(op: Operation) -> None:
     for t in (k, v):
         if t is not None:
             _dims_match(op, "key/value row length vs kv_heads*head_dim", t.shape[1], kvh * hd)
+    batched = len(op.operands) == 7
+    if len(op.operands) > 7:
+        fail(op, f"takes 6 or 7 operands (the 7th: slots), got {len(op.operands)}")
+    rank = 4 if batched else 3
     for i in (3, 4):
         c = op.operands[i].type
-        if not isinstance(c, MemRefType) or c.rank != 3:
-            fail(op, f"operand #{i} must be a rank-3 memref KV cache, got {c}")
-        _dims_match(op, "cache row length", c.shape[2], kvh * hd)
-        if c.shape[0] is not None and not 0 <= op.attr("layer") < c.shape[0]:
-            fail(op, f"layer {op.attr('layer')} outside the cache's {c.shape[0]} layers")
+        if not isinstance(c, MemRefType) or c.rank != rank:
+            what = "a rank-4 (slot-major)" if batched else "a rank-3"
+            given = " with slots (operand #6)" if batched else ""
+            fail(op, f"operand #{i} must be {what} memref KV cache{given}, got {c}")
+        _dims_match(op, "cache row length", c.shape[-1], kvh * hd)
+        layers = c.shape[-3]
+        if layers is not None and not 0 <= op.attr("layer") < layers:
+            fail(op, f"layer {op.attr('layer')} outside the cache's {layers} layers")
+    pos = op.operands[5].type
+    if not batched:
+        if not isinstance(pos, IntegerType):
+            fail(op, f"pos must be an integer with rank-3 caches, got {pos}")
+        return
+    slots = op.operands[6].type
+    if not _is_rows(pos, i64):
+        fail(op, f"pos must be tensor<?xi64> (one position a row) with slots, got {pos}")
+    if not _is_rows(slots, i32):
+        fail(op, f"slots must be tensor<?xi32> (one slot a row), got {slots}")
+    if q is not None:
+        _dims_match(op, "rows of q vs positions", q.shape[0], pos.shape[0])
+        _dims_match(op, "rows of q vs slots", q.shape[0], slots.shape[0])
 
 
 def _check_same_shapes(op: Operation) -> None:
@@ -284,6 +356,11 @@ def _check_same_shapes(op: Operation) -> None:
 def _infer_last(op: Operation):
     x = _ranked(op, 0, 2)
     return [UnrankedTensorType(f32) if x is None else TensorType((1, x.shape[1]), f32)]
+
+
+def _infer_argmax(op: Operation):
+    x = _ranked(op, 0, 2)
+    return [UnrankedTensorType(i32) if x is None else TensorType((x.shape[0],), i32)]
 
 
 def _check_float_rows(op: Operation) -> None:
@@ -312,7 +389,8 @@ DEFS = [
     OpDef(
         "cke.func",
         "A program for one phase (and rank); its entry block arguments are the "
-        "inputs: token ids, position, KV caches.",
+        "inputs: token ids, position, KV caches; with `slots` (a batched decode func), "
+        "per-row positions, caches of `slots` sequence slots, and each row's slot.",
         regions=1,
         attributes={"sym_name": Str(), "phase": Str("prefill", "decode")},
         optional={
@@ -321,6 +399,7 @@ DEFS = [
             "group": Ints((1, L.MAX_NODES), *RANK_BOUNDS),
             "layers": Ints(2, 0, L.MAX_LAYERS - 1),
             "max_tokens": Int(1, L.MAX_CONTEXT),
+            "slots": Int(1, L.MAX_BATCH),
             "arena_bytes": Int(0, L.MAX_BYTES),
         },
         check=_check_func,
@@ -380,7 +459,7 @@ DEFS = [
     OpDef(
         "cke.rope",
         "Rotary position embedding of each head_dim-wide head; row t is at "
-        "position pos + t; pairs (2i, 2i+1) ('interleaved') or (i, i+hd/2) ('halves').",
+        "position pos + t (pos an integer) or pos[t] (pos a tensor<?xi64>); pairs (2i, 2i+1) ('interleaved') or (i, i+hd/2) ('halves').",
         operands=("x", "pos"),
         results=("out",),
         attributes={
@@ -395,8 +474,10 @@ DEFS = [
     OpDef(
         "cke.attention",
         "Stores k, v at rows pos.. of the layer's KV cache, then causal "
-        "grouped-query attention of q over cache rows 0..pos+t.",
-        operands=("q", "k", "v", "kcache", "vcache", "pos"),
+        "grouped-query attention of q over cache rows 0..pos+t.  With slots (rank-4 "
+        "caches, per-row pos): row t stores at cache[slots[t], layer, pos[t]] and attends "
+        "over cache[slots[t], layer, 0..pos[t]], its own sequence only.",
+        operands=("q", "k", "v", "kcache", "vcache", "pos", "*slots"),
         results=("out",),
         attributes={
             "heads": Int(1, L.MAX_HEADS),
@@ -450,12 +531,13 @@ DEFS = [
     ),
     OpDef(
         "cke.argmax",
-        "Index of the largest value of the last row (first on ties).",
+        "Index of the largest value of each row (first on ties): one index a row of x "
+        "(`?` rows give tensor<?xi32>; a prefill's argmax follows cke.last_token, 1 row).",
         operands=("x",),
         results=("out",),
         optional=PLACED,
         check=_both(_check_float_rows),
-        infer=lambda op: [TensorType((1,), i32)],
+        infer=_infer_argmax,
     ),
 ]
 

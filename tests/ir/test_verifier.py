@@ -200,7 +200,9 @@ def test_operand_count(name):
     module, op = parse_sample(name)
     spare = _spare_value(op)
     replace(op, rebuilt(op, operands=[*op.operands, spare], regions=_moved_regions(op)))
-    if variadic:
+    if name in OPTIONAL_LAST_OPERAND:  # a 7th operand is the slots of a batched attention
+        assert OPTIONAL_LAST_OPERAND[name] in verify_error(module).message
+    elif variadic:
         verify(module, allow_unregistered=True)
     else:
         assert f"takes {len(declared)} operands" in verify_error(module).message
@@ -208,6 +210,13 @@ def test_operand_count(name):
         module, op = parse_sample(name)
         replace(op, rebuilt(op, operands=op.operands[:-1], regions=_moved_regions(op)))
         assert f"takes {len(declared)} operands" in verify_error(module).message
+
+
+# ops whose last declared operand is optional (declared variadic), with the error an extra
+# operand of the wrong kind gets (the sample has rank-3 caches, which take no slots)
+OPTIONAL_LAST_OPERAND = {
+    "cke.attention": "must be a rank-4 (slot-major) memref KV cache with slots"
+}
 
 
 def _spare_value(op: Operation):
@@ -626,3 +635,196 @@ def test_errors_of_built_ops_have_no_location():
         verify(module_op([Operation("cke.add", result_types=[])]))
     assert info.value.loc is None
     assert info.value.format().startswith("verifier error: 'cke.add' op takes 2 operands")
+
+
+# --- batched decode funcs (schedule `batch B`): per-row positions, slot-major caches ---------
+
+BATCHED_ARGS = (
+    "%ids: tensor<?xi32>, %pos: tensor<?xi64>, %k: memref<4x2x8x32xf32>, "
+    "%v: memref<4x2x8x32xf32>, %slots: tensor<?xi32>"
+)
+
+
+def batched_func(
+    args: str = BATCHED_ARGS,
+    attrs: str = "max_tokens = 4 : i64, slots = 4 : i64",
+    phase: str = "decode",
+) -> str:
+    return (
+        f'"cke.func"() ({{\n^bb0({args}):\n  "cke.return"(%ids) : (tensor<?xi32>) -> ()\n'
+        f'}}) {{{attrs}, phase = "{phase}", sym_name = "decode"}} : () -> ()\n'
+    )
+
+
+CACHE4 = "memref<4x2x8x32xf32>"
+
+
+def batched_attention(k=CACHE4, v=CACHE4, pos="tensor<?xi64>", slots="tensor<?xi32>", rows="?"):
+    """A batched cke.attention's (operand types, text)."""
+    args = [f"tensor<{rows}x64xf32>", f"tensor<{rows}x32xf32>", f"tensor<{rows}x32xf32>"]
+    args += [k, v, pos, slots]
+    text = (
+        '%r = "cke.attention"(%a0, %a1, %a2, %a3, %a4, %a5, %a6) {head_dim = 16 : i64, '
+        "heads = 4 : i64, kv_heads = 2 : i64, layer = 1 : i64} : "
+        f"({', '.join(args)}) -> tensor<{rows}x64xf32>"
+    )
+    return args, text
+
+
+def test_batched_decode_func_verifies():
+    verify(parse_ir(batched_func()), allow_unregistered=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "attrs", "phase", "message"),
+    [
+        (
+            BATCHED_ARGS.replace("tensor<?xi64>", "i64"),
+            None,
+            "decode",
+            "with slots, entry block must take (ids: tensor<?xi32>, pos: tensor<?xi64>",
+        ),
+        (
+            BATCHED_ARGS.replace("memref<4x2x8x32xf32>", "memref<2x8x32xf32>"),
+            None,
+            "decode",
+            "with slots, entry block must take",
+        ),
+        (
+            BATCHED_ARGS.replace(", %slots: tensor<?xi32>", ""),
+            None,
+            "decode",
+            "with slots, entry block must take",
+        ),
+        (
+            BATCHED_ARGS.replace("%slots: tensor<?xi32>", "%slots: tensor<3xi32>"),
+            None,
+            "decode",
+            "with slots, entry block must take",
+        ),
+        (
+            BATCHED_ARGS.replace("%v: memref<4x2x8x32xf32>", "%v: memref<4x2x8x16xf32>"),
+            None,
+            "decode",
+            "with slots, entry block must take",
+        ),
+        (
+            None,
+            "max_tokens = 4 : i64, slots = 2 : i64",
+            "decode",
+            "slots = 2 but its KV caches hold 4 slots",
+        ),
+        (
+            BATCHED_ARGS.replace("4x2", "8x2"),
+            "max_tokens = 8 : i64, slots = 8 : i64",
+            "prefill",
+            "slots = 8: only a decode func runs several sequences at once",
+        ),
+        (
+            None,
+            "max_tokens = 5 : i64, slots = 4 : i64",
+            "decode",
+            "max_tokens 5 is more rows than its 4 slots",
+        ),
+        (  # a batched signature without the attribute is an ordinary func's bad signature
+            None,
+            "max_tokens = 4 : i64",
+            "decode",
+            "entry block must take (ids: tensor<Nxi32> with N > 0, pos: i64",
+        ),
+    ],
+)
+def test_batched_signature_errors(args, attrs, phase, message):
+    text = batched_func(
+        args or BATCHED_ARGS, attrs or "max_tokens = 4 : i64, slots = 4 : i64", phase
+    )
+    err = verify_error(parse_ir(text, filename="b.mlir"))
+    assert message in err.message
+    assert (err.loc.file, err.loc.line) == ("b.mlir", 1)
+
+
+def test_batched_attention_and_rope_verify():
+    verify(parse_ir(holder(*batched_attention())), allow_unregistered=True)
+    rope = (
+        '%r = "cke.rope"(%a0, %a1) {head_dim = 16 : i64, style = "halves", theta = '
+        "1.000000e+04 : f64} : (tensor<?x64xf32>, tensor<?xi64>) -> tensor<?x64xf32>"
+    )
+    verify(parse_ir(holder(["tensor<?x64xf32>", "tensor<?xi64>"], rope)), allow_unregistered=True)
+
+
+def test_argmax_gives_one_index_a_row():
+    text = '%r = "cke.argmax"(%a0) : (tensor<?x100xf32>) -> tensor<?xi32>'
+    verify(parse_ir(holder(["tensor<?x100xf32>"], text)), allow_unregistered=True)
+    wrong = '%r = "cke.argmax"(%a0) : (tensor<?x100xf32>) -> tensor<1xi32>'
+    err = verify_error(parse_ir(holder(["tensor<?x100xf32>"], wrong)))
+    assert "does not match the inferred tensor<?xi32>" in err.message
+    three = '%r = "cke.argmax"(%a0) : (tensor<3x100xf32>) -> tensor<3xi32>'
+    verify(parse_ir(holder(["tensor<3x100xf32>"], three)), allow_unregistered=True)
+
+
+@pytest.mark.parametrize(
+    ("sample", "message"),
+    [
+        (
+            batched_attention(k="memref<2x8x32xf32>"),
+            "operand #3 must be a rank-4 (slot-major) memref KV cache with slots (operand #6)",
+        ),
+        (batched_attention(v="memref<4x2x8x16xf32>"), "cache row length: 16 != 32"),
+        (
+            batched_attention(k="memref<4x1x8x32xf32>", v="memref<4x1x8x32xf32>"),
+            "layer 1 outside the cache's 1 layers",
+        ),
+        (
+            batched_attention(pos="i64"),
+            "pos must be tensor<?xi64> (one position a row) with slots, got i64",
+        ),
+        (batched_attention(pos="tensor<?xi32>"), "pos must be tensor<?xi64>"),
+        (
+            batched_attention(slots="tensor<?xi64>"),
+            "slots must be tensor<?xi32> (one slot a row), got tensor<?xi64>",
+        ),
+        (
+            batched_attention(pos="tensor<3xi64>", slots="tensor<2xi32>", rows=2),
+            "rows of q vs positions: 2 != 3",
+        ),
+        (
+            batched_attention(pos="tensor<2xi64>", slots="tensor<3xi32>", rows=2),
+            "rows of q vs slots: 2 != 3",
+        ),
+    ],
+)
+def test_batched_attention_errors(sample, message):
+    err = verify_error(parse_ir(holder(*sample), filename="a.mlir"))
+    assert message in err.message
+    assert (err.loc.file, err.loc.line) == ("a.mlir", OP_LINE)
+
+
+def test_scalar_pos_goes_with_rank3_caches_only():
+    args = [
+        "tensor<2x64xf32>",
+        "tensor<2x32xf32>",
+        "tensor<2x32xf32>",
+        "memref<2x8x32xf32>",
+        "memref<2x8x32xf32>",
+        "tensor<2xi64>",
+    ]
+    text = (
+        '%r = "cke.attention"(%a0, %a1, %a2, %a3, %a4, %a5) {head_dim = 16 : i64, heads = 4 : '
+        "i64, kv_heads = 2 : i64, layer = 1 : i64} : (tensor<2x64xf32>, tensor<2x32xf32>, "
+        "tensor<2x32xf32>, memref<2x8x32xf32>, memref<2x8x32xf32>, tensor<2xi64>) -> "
+        "tensor<2x64xf32>"
+    )
+    err = verify_error(parse_ir(holder(args, text)))
+    assert "pos must be an integer with rank-3 caches, got tensor<2xi64>" in err.message
+
+
+def test_rope_rows_vs_positions():
+    text = (
+        '%r = "cke.rope"(%a0, %a1) {head_dim = 16 : i64, style = "halves", theta = '
+        "1.000000e+04 : f64} : (tensor<2x64xf32>, tensor<3xi64>) -> tensor<2x64xf32>"
+    )
+    err = verify_error(parse_ir(holder(["tensor<2x64xf32>", "tensor<3xi64>"], text)))
+    assert "rows of x vs positions: 2 != 3" in err.message
+    text = text.replace("tensor<3xi64>", "tensor<2xf32>")
+    err = verify_error(parse_ir(holder(["tensor<2x64xf32>", "tensor<2xf32>"], text)))
+    assert "pos must be an integer or one i64 position a row, got tensor<2xf32>" in err.message
