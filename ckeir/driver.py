@@ -111,7 +111,11 @@ def resolve(spec_path, schedule: str | None = None) -> Job:
 def build_ir(job: Job, phases=("prefill", "decode")) -> Operation:
     types = {n: quant_type(f) for n, f in job.stored_formats().items() if f in FORMATS}
     return build_module(
-        job.config, phases, max_tokens=min(PREFILL_CHUNK, job.config.context), weight_types=types
+        job.config,
+        phases,
+        max_tokens=min(PREFILL_CHUNK, job.config.context),
+        weight_types=types,
+        batch=job.schedule.batch,
     )
 
 

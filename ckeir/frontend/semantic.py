@@ -346,7 +346,6 @@ def check_schedule(s: ScheduleDecl) -> ScheduleDecl:
     if s.batch is not None and not limits.in_int_range(s.batch, 1, limits.MAX_BATCH):
         message = limits.range_message("batch", s.batch, 1, limits.MAX_BATCH)
         raise SpecError(message, loc=s.key_locs["batch"])
-    _check_batch_is_one(s)
     for phase in s.phases.values():
         _check_phase(phase)
     return attrs.evolve(
@@ -356,17 +355,6 @@ def check_schedule(s: ScheduleDecl) -> ScheduleDecl:
         activation_format=s.activation_format or "q8_0",
         batch=s.batch or 1,
     )
-
-
-def _check_batch_is_one(s: ScheduleDecl) -> None:
-    # Every program decodes one sequence: a larger batch would be reported but not run,
-    # so it is refused until batched decoding exists.
-    if s.batch is not None and s.batch > 1:
-        raise SpecError(
-            f"batch {s.batch}: programs decode one sequence each for now",
-            loc=s.key_locs["batch"],
-            hint="write `batch 1` or leave the statement out",
-        )
 
 
 def _check_phase(phase: PhaseDecl) -> None:
@@ -427,12 +415,32 @@ def _resolve_schedule(spec: Spec, s: ScheduleDecl) -> ScheduleDecl:
     else:
         check_layer_bound(s)
     _check_weight_except(s, model)
+    _check_batch_on_one_rank(s, cluster)
     for phase in phases.values():
         for stage in phase.stages:
             _check_tensor_parallel(stage, model, cluster)
         if phase.auto:  # the planner may split the phase over every node
             _check_rate_skew(cluster.nodes, phase.loc, "the nodes of cluster " + cluster.name)
     return s
+
+
+def _check_batch_on_one_rank(s: ScheduleDecl, cluster: ClusterDecl) -> None:
+    """`batch N` > 1 decodes N sequences a step in one rank's program: a schedule over
+    several ranks would need micro-batches flowing through its pipeline, which come later."""
+    if (s.batch or 1) == 1:
+        return
+    nodes: list[str] = []
+    for phase in s.phases.values():
+        names = [n.name for n in cluster.nodes] if phase.auto else list(phase.nodes)
+        nodes += [n for n in names if n not in nodes]
+    if len(nodes) > 1:
+        raise SpecError(
+            f"batch {s.batch}: schedule {s.name} runs on {len(nodes)} ranks "
+            f"({_and(nodes)}); batched decoding runs on one rank for now (pipelines of "
+            "micro-batches and tensor-parallel batches are not built yet)",
+            loc=s.key_locs["batch"],
+            hint="run every phase on one node, or write `batch 1`",
+        )
 
 
 def _default_phase(name: str, cluster: ClusterDecl, model: ModelDecl, loc: SourceLoc) -> PhaseDecl:

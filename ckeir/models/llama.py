@@ -59,18 +59,37 @@ class LlamaConfig:
             shapes["output.weight"] = (self.vocab, d)
         return shapes
 
-    def cache_type(self) -> MemRefType:
-        return MemRefType((self.layers, self.context, self.kv_dim), f32)
+    def cache_type(self, slots: int | None = None) -> MemRefType:
+        """One sequence's KV cache (L x C x KVD), or `slots` of them, slot outermost."""
+        shape = (self.layers, self.context, self.kv_dim)
+        return MemRefType(shape if slots is None else (slots, *shape), f32)
+
+
+def _inputs(cfg: LlamaConfig, phase: str, batch: int) -> Block:
+    """The entry block: (ids, pos, kcache, vcache), and for a batched decode func per-row
+    positions, caches of `batch` slots and each row's slot (ckeir.dialects.cke)."""
+    if phase == "decode" and batch > 1:
+        rows = TensorType((DYN,), i32)
+        cache = cfg.cache_type(batch)
+        return Block([rows, TensorType((DYN,), i64), cache, cache, rows])
+    rows = DYN if phase == "prefill" else 1
+    return Block([TensorType((rows,), i32), i64, cfg.cache_type(), cfg.cache_type()])
 
 
 def build_program(
-    cfg: LlamaConfig, phase: str, max_tokens: int | None = None, weight_types=None
+    cfg: LlamaConfig,
+    phase: str,
+    max_tokens: int | None = None,
+    weight_types=None,
+    batch: int = 1,
 ) -> Operation:
-    """One `cke.func` for `phase` ('prefill': up to max_tokens rows, 'decode': one row).
-    `weight_types` gives the element type a weight is stored in (default f32)."""
-    rows = DYN if phase == "prefill" else 1
-    block = Block([TensorType((rows,), i32), i64, cfg.cache_type(), cfg.cache_type()])
-    ids, pos, kcache, vcache = block.args
+    """One `cke.func` for `phase` ('prefill': up to max_tokens rows of one sequence,
+    'decode': one row, or with `batch` > 1 up to `batch` rows, each the last token of its own
+    sequence).  `weight_types` gives the element type a weight is stored in (default f32)."""
+    batched = phase == "decode" and batch > 1
+    block = _inputs(cfg, phase, batch)
+    ids, pos, kcache, vcache = block.args[:4]
+    slots = block.args[4:]  # the batched func's slot of each row
     b = Builder(block)
     u = UnrankedTensorType(f32)
     shapes = cfg.weight_shapes()
@@ -99,7 +118,7 @@ def build_program(
         v = mm(h, p + "attn_v.weight")
         a = b.value(
             "cke.attention",
-            [q, k, v, kcache, vcache, pos],
+            [q, k, v, kcache, vcache, pos, *slots],
             u,
             heads=cfg.heads,
             kv_heads=cfg.kv_heads,
@@ -117,16 +136,18 @@ def build_program(
     x = b.value("cke.rmsnorm", [x, w("output_norm.weight")], u, eps=float(cfg.norm_eps))
     head = "token_embd.weight" if cfg.tie_embeddings else "output.weight"
     logits = mm(x, head)
-    token = b.value("cke.argmax", [logits], TensorType((1,), i32))
+    token = b.value("cke.argmax", [logits], TensorType((DYN if batched else 1,), i32))
     b.op("cke.return", [token, logits])
     attributes = {"sym_name": phase, "phase": phase}
     if phase == "prefill":
         attributes["max_tokens"] = int(max_tokens or cfg.context)
+    if batched:
+        attributes |= {"max_tokens": batch, "slots": batch}
     return Operation("cke.func", regions=[Region([block])], attributes=attributes)
 
 
 def build_module(
-    cfg: LlamaConfig, phases=("prefill", "decode"), max_tokens=None, weight_types=None
+    cfg: LlamaConfig, phases=("prefill", "decode"), max_tokens=None, weight_types=None, batch=1
 ) -> Operation:
-    """A module with one program per phase."""
-    return module_op(build_program(cfg, ph, max_tokens, weight_types) for ph in phases)
+    """A module with one program per phase (decode for `batch` sequence slots)."""
+    return module_op(build_program(cfg, ph, max_tokens, weight_types, batch) for ph in phases)

@@ -256,7 +256,10 @@ def test_run_names_must_exist(run, message, col):
         ("phase decode { auto }\nphase decode { auto }",
          "'phase decode' is given twice in schedule s", "phase decode"),
         ("batch 0", "batch must be between 1 and 4096, not 0", "batch 0"),
-        ("batch 2", "batch 2: programs decode one sequence each for now", "batch 2"),
+        ("batch 2\n  phase decode { stage n0 layers 0..1; stage n1 layers 2..3 }",
+         "batch 2: schedule s runs on 2 ranks (n0 and n1); batched decoding runs on one rank "
+         "for now (pipelines of micro-batches and tensor-parallel batches are not built yet)",
+         "batch 2"),
     ],
 )  # fmt: skip
 def test_phase_errors(body, message, at):
@@ -265,12 +268,33 @@ def test_phase_errors(body, message, at):
     assert where(err).startswith(at)
 
 
-def test_batch_larger_than_one_is_refused_not_reported_and_ignored():
-    """Programs decode one sequence each: `batch 1` (or none) is the only honest batch."""
+def test_batch_means_sequence_slots_on_one_rank():
+    """`batch N` is N sequence slots of one rank's decode program: accepted wherever every
+    phase runs on one node (stated, defaulted, or `auto` on a one-node cluster)."""
     assert spec("  batch 1").schedule().batch == 1
-    err = error(f"{MODEL}{CLUSTER}schedule s {{\n  run m on c\n  batch 8\n}}")
-    assert (err.loc.line, err.loc.col) == (11, 3)
-    assert err.hint == "write `batch 1` or leave the statement out"
+    assert spec().schedule().batch == 1
+    assert spec("  batch 8").schedule().batch == 8  # both phases default to n0
+    one = f"cluster c {{\n  {NODE}\n}}\n"
+    assert spec("  batch 4\n  phase decode { auto }", cluster=one).schedule().batch == 4
+    staged = "  batch 4\n  phase prefill { stage n1 layers 0..3 }\n  phase decode { stage n1 layers 0..3 }"
+    assert spec(staged).schedule().batch == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "ranks"),
+    [
+        ("phase decode { stage [n0, n1] layers 0..3 }", "2 ranks (n0 and n1)"),
+        ("phase decode { stage n0 layers 0..1; stage n1 layers 2..3 }", "2 ranks (n0 and n1)"),
+        ("phase prefill { stage n1 layers 0..3 }", "2 ranks (n1 and n0)"),
+        ("phase decode { auto }", "2 ranks (n0 and n1)"),
+    ],
+)
+def test_batch_over_several_ranks_is_refused_at_the_batch_statement(body, ranks):
+    err = error(f"{MODEL}{CLUSTER}schedule s {{\n  run m on c\n  {body}\n  batch 8\n}}")
+    assert err.message.startswith(f"batch 8: schedule s runs on {ranks}; ")
+    assert "pipelines of micro-batches" in err.message
+    assert (err.loc.line, err.loc.col) == (12, 3)
+    assert err.hint == "run every phase on one node, or write `batch 1`"
     assert err.format().splitlines()[1:3] == ["      batch 8", "      ^"]
 
 

@@ -5,6 +5,7 @@ what mlir-opt prints, our parser reads back to the same text."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from .strategies import modules
 pytestmark = [pytest.mark.mlir, needs_mlir_opt]
 
 SPLIT = "// -----\n"
+BATCH4 = Path(__file__).parents[1] / "filecheck" / "Inputs" / "batch4.cke"
 
 
 def mlir_opt(texts: list[str]) -> list[str]:
@@ -64,13 +66,29 @@ LLAMAS = [
 ]  # fmt: skip
 
 
-def test_llama_graphs_pass_through_unchanged():
+@pytest.mark.parametrize("batch", [1, 4])  # 4: the decode func of four sequence slots
+def test_llama_graphs_pass_through_unchanged(batch):
     texts = []
     for cfg in LLAMAS:
-        module = build_module(cfg, max_tokens=4)
+        module = build_module(cfg, max_tokens=4, batch=batch)
         texts.append(print_ir(module))  # unranked, as built
         PassManager(parse_pipeline("shape-infer,tile,plan-memory")).run(module, PassContext())
         texts.append(print_ir(module))
+    assert_unchanged_by_mlir_opt(texts)
+    for text in texts:
+        verify(parse_ir(text))
+
+
+def test_batched_spec_passes_through_unchanged():
+    """A `batch 4` spec through the whole default pipeline, as `ckec --emit=mlir` prints it."""
+    from ckeir.driver import build_ir, resolve, run_passes
+
+    job = resolve(BATCH4)
+    module = build_ir(job)
+    built = print_ir(module)
+    run_passes(module, job)
+    texts = [built, print_ir(module)]
+    assert "slots = 4 : i64" in texts[1] and "memref<4x1x16x32xf32>" in texts[1]
     assert_unchanged_by_mlir_opt(texts)
     for text in texts:
         verify(parse_ir(text))
