@@ -27,8 +27,10 @@ from ckeir.backends.llvm.kernels.common import Kernel
 from ckeir.backends.llvm.kernels.elementwise import (
     add,
     argmax,
+    argmax_rows,
     embed,
     kv_store,
+    kv_store_rows,
     rmsnorm,
     rope,
     silu_mul,
@@ -44,12 +46,14 @@ __all__ = [
     "Kernel",
     "add",
     "argmax",
+    "argmax_rows",
     "attention",
     "barrier",
     "embed",
     "entry_ctx",
     "kernel_entry_ir",
     "kv_store",
+    "kv_store_rows",
     "matmul",
     "matmul_tile",
     "module_ir",
@@ -99,10 +103,13 @@ def entry_ctx(pointers: Sequence[int], n: int, pos: int) -> ctypes.Array:
     return words
 
 
-def weight_matmul(fmt: str, act: str | None, n: int, k: int, tile, host) -> Kernel:
+def weight_matmul(
+    fmt: str, act: str | None, n: int, k: int, tile, host, rowwise: bool = False
+) -> Kernel:
     """The kernel a `cke.matmul` with `fmt` weights (N x K) runs: int8 dot products on Q8_0
-    activations when `act` is q8_0, else float activations.  The lowering and the machine
-    model's kernel measurements both take it from here."""
+    activations when `act` is q8_0, else float activations; `rowwise` (batched decode):
+    every token row summed as a one-row call sums it.  The lowering and the machine model's
+    kernel measurements both take it from here."""
     if act == "q8_0":
-        return qmatmul(fmt, n, k, tuple(tile), host)
-    return matmul(n, k, tuple(tile), host, fmt=fmt)
+        return qmatmul(fmt, n, k, tuple(tile), host, rowwise=rowwise)
+    return matmul(n, k, tuple(tile), host, fmt=fmt, rowwise=rowwise)

@@ -34,6 +34,13 @@ Per head, an online softmax over steps of `KEYS_PER_STEP` keys in sub-blocks of 
 
 A range's last step is ragged: its key indices are clamped to the last key of the range
 (no read past it) and the extra scores set to -inf (weight 0).
+
+Batched decode (`attention_rows_parts` + `attention_rows_combine`): each row is one
+sequence's next token, at its own position in its own slot's cache (slot s's layer is
+s·L·C·KVD floats past slot 0's).  Row t is split exactly as a one-row call at its position
+splits it (`split(pos[t] + 1, 1)`) and its items do what that call's items do, so each row
+gets the bits its sequence's one-sequence decode gets; the items (row, kv head, chunk)
+reserve MAX_CHUNKS chunks per row, those past a row's count doing nothing.
 """
 
 from __future__ import annotations
@@ -75,6 +82,11 @@ def split(keys: int, rows: int) -> tuple[int, int]:
 def scratch_bytes(heads: int, head_dim: int, rows: int) -> int:
     """The partials of a call of up to `rows` rows (only calls of ≤ SPLIT_ROWS rows use it)."""
     return min(rows, SPLIT_ROWS) * heads * MAX_CHUNKS * _block(head_dim) * 4
+
+
+def rows_scratch_bytes(heads: int, head_dim: int, rows: int) -> int:
+    """The partials of a batched decode call of up to `rows` rows (every row may split)."""
+    return rows * heads * MAX_CHUNKS * _block(head_dim) * 4
 
 
 def _block(head_dim: int) -> int:
@@ -212,10 +224,20 @@ def attention_parts(
     return finish_kernel(f, ("q", "kcache", "vcache", "partials", "out"))
 
 
-def _attend_kv_head(f: FunctionWriter, v: Vec, s: _Shape, t: str, g: str, lo, hi, store) -> None:
-    """Every query head of row t that reads kv head g over keys lo .. hi-1, group after
-    group; `store(head, row_head)` keeps each head's result."""
-    kv = _keys(f, s, g, hi)
+def _attend_kv_head(
+    f: FunctionWriter,
+    v: Vec,
+    s: _Shape,
+    t: str,
+    g: str,
+    lo,
+    hi,
+    store,
+    caches: tuple[str, str] = ("%a1", "%a2"),
+) -> None:
+    """Every query head of row t that reads kv head g over keys lo .. hi-1 of `caches` (K,
+    V), group after group; `store(head, row_head)` keeps each head's result."""
+    kv = _keys(f, s, g, hi, caches)
     with f.loop(0, s.rep // s.gq, 1, "grp") as grp:
         h0 = f.add(f.mul(g, s.rep), f.mul(grp, s.gq))
         group = _group(f, v, s, t, h0)
@@ -236,46 +258,121 @@ def attention_combine(heads: int, head_dim: int, host: HostCPU) -> Kernel:
         f.if_(f(f"icmp sgt i64 {count}, 1", "split")),
         f.loop(f.i64("%tid"), f.mul("%n", heads), f.i64("%nth"), "item") as row_head,
     ):
-        top = f.var("float", NEG_INF, "top")  # the largest running max of the chunks
-        with f.loop(0, count, 1, "c") as c:
-            m = f.load("float", f.gep(_partial(f, s, "%a0", row_head, count, c), head_dim))
-            f.set(top, _fmax(f, f.get(top), m))
-        top_v = v.splat(f.get(top))
-        total = f.var("float", "0.0", "l")
-        acc = [f.var(v.t, v.zero, "acc") for _ in s.chunks]
-        with f.loop(0, count, 1, "c") as c:
-            p = _partial(f, s, "%a0", row_head, count, c)
-            m, l_c = (f.load("float", f.gep(p, head_dim + i)) for i in (0, 1))
-            scale = v.exp(v.sub(v.splat(m), top_v))  # e**(m_c - top); 0 for an empty chunk
-            f.set(total, f(f"fadd float {f.get(total)}, {_fmul(f, l_c, v.lane(scale, 0))}", "l"))
-            for a, (off, n) in zip(acc, s.chunks, strict=True):
-                f.set(a, v.fma(scale, v.load(p, off, n), f.get(a)))
-        inv = v.splat(f(f"fdiv float 1.0, {f.get(total)}", "inv"))
-        out = f.gep("%a1", f.mul(row_head, head_dim))
-        for a, (off, n) in zip(acc, s.chunks, strict=True):
-            v.store(v.mul(f.get(a), inv), out, off, n)
+        _merge(f, v, s, "%a0", "%a1", row_head, count, count)
     return finish_kernel(f, ("partials", "out"))
+
+
+def _merge(
+    f: FunctionWriter, v: Vec, s: _Shape, partials: str, out: str, row_head: str, count, stride
+) -> None:
+    """Row-head `row_head`'s output from its `count` chunks' partials (`stride` chunk
+    blocks per row-head), in chunk order."""
+    head_dim = s.head_dim
+    top = f.var("float", NEG_INF, "top")  # the largest running max of the chunks
+    with f.loop(0, count, 1, "c") as c:
+        m = f.load("float", f.gep(_partial(f, s, partials, row_head, stride, c), head_dim))
+        f.set(top, _fmax(f, f.get(top), m))
+    top_v = v.splat(f.get(top))
+    total = f.var("float", "0.0", "l")
+    acc = [f.var(v.t, v.zero, "acc") for _ in s.chunks]
+    with f.loop(0, count, 1, "c") as c:
+        p = _partial(f, s, partials, row_head, stride, c)
+        m, l_c = (f.load("float", f.gep(p, head_dim + i)) for i in (0, 1))
+        scale = v.exp(v.sub(v.splat(m), top_v))  # e**(m_c - top); 0 for an empty chunk
+        f.set(total, f(f"fadd float {f.get(total)}, {_fmul(f, l_c, v.lane(scale, 0))}", "l"))
+        for a, (off, n) in zip(acc, s.chunks, strict=True):
+            f.set(a, v.fma(scale, v.load(p, off, n), f.get(a)))
+    inv = v.splat(f(f"fdiv float 1.0, {f.get(total)}", "inv"))
+    dst = f.gep(out, f.mul(row_head, head_dim))
+    for a, (off, n) in zip(acc, s.chunks, strict=True):
+        v.store(v.mul(f.get(a), inv), dst, off, n)
+
+
+def attention_rows_parts(
+    heads: int, kv_heads: int, head_dim: int, layers: int, context: int, host: HostCPU
+) -> Kernel:
+    """Batched decode, split by keys: row t (one sequence's token) reads the cache of slot
+    slots[t] (kcache/vcache: this layer of slot 0; slots are L·C·KVD floats apart) over
+    keys 0..positions[t]; items (row, kv head, chunk of MAX_CHUNKS), each doing what the
+    item of a one-row call at positions[t] does (the output when the row has one chunk,
+    else its partials, at chunk slot c of the row-head's MAX_CHUNKS)."""
+    whole = _shape(heads, kv_heads, head_dim, host, group_size)
+    chunk = _shape(heads, kv_heads, head_dim, host, register_group)
+    name = (
+        f"attention_rows_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_l{layers}_c{context}"
+        f"_v{whole.w}"
+    )
+    f = kernel_writer(name, 7)
+    v = Vec(f, whole.w)
+    slot_floats = layers * context * kv_heads * head_dim
+    items = f.mul(f.mul("%n", kv_heads), MAX_CHUNKS)
+    with f.loop(f.i64("%tid"), items, f.i64("%nth"), "item") as item:
+        c = f(f"srem i64 {item}, {MAX_CHUNKS}", "c")
+        rest = f(f"sdiv i64 {item}, {MAX_CHUNKS}", "tg")
+        t, g = f(f"sdiv i64 {rest}, {kv_heads}", "t"), f(f"srem i64 {rest}, {kv_heads}", "g")
+        keys = f.add(f.load("i64", f.gep("%a3", t, "i64"), 8), 1)
+        span, count = _split_keys(f, keys, 1)
+        slot = f(f"sext i32 {f.load('i32', f.gep('%a4', t, 'i32'))} to i64", "slot")
+        base = f.mul(slot, slot_floats)
+        caches = (f.gep("%a1", base), f.gep("%a2", base))
+        with f.if_(f(f"icmp eq i64 {count}, 1", "whole")):
+            with f.if_(f(f"icmp eq i64 {c}, 0", "first")):
+
+                def output(head: _Head, row_head: str) -> None:
+                    _store_output(f, v, whole, head, row_head, "%a6")
+
+                _attend_kv_head(f, v, whole, t, g, 0, keys, output, caches)
+        with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
+            with f.if_(f(f"icmp slt i64 {c}, {count}", "mine")):
+                lo = f.min(f.mul(c, span), keys)
+
+                def partial(head: _Head, row_head: str) -> None:
+                    dst = _partial(f, chunk, "%a5", row_head, MAX_CHUNKS, c)
+                    _store_partial(f, v, chunk, head, dst)
+
+                hi = f.min(f.add(lo, span), keys)
+                _attend_kv_head(f, v, chunk, t, g, lo, hi, partial, caches)
+    return finish_kernel(f, ("q", "kcache", "vcache", "positions", "slots", "partials", "out"))
+
+
+def attention_rows_combine(heads: int, head_dim: int, host: HostCPU) -> Kernel:
+    """The outputs of the rows of a batched call that split: items (row, head), each
+    merging its row's chunks in chunk order as `attention_combine` merges them."""
+    w = host.vector_width
+    f = kernel_writer(f"attention_rows_combine_f32_h{heads}_d{head_dim}_v{w}", 3)
+    v = Vec(f, w)
+    s = _Shape(heads, heads, head_dim, w, 1)
+    with f.loop(f.i64("%tid"), f.mul("%n", heads), f.i64("%nth"), "item") as row_head:
+        t = f(f"sdiv i64 {row_head}, {heads}", "t")
+        _, count = _split_keys(f, f.add(f.load("i64", f.gep("%a0", t, "i64"), 8), 1), 1)
+        with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
+            _merge(f, v, s, "%a1", "%a2", row_head, count, MAX_CHUNKS)
+    return finish_kernel(f, ("positions", "partials", "out"))
 
 
 def _split(f: FunctionWriter) -> tuple[str, str]:
     """`split(pos + n, n)` in IR: (keys per chunk, chunks) of this call."""
-    keys = f.add("%pos", "%n")
+    return _split_keys(f, f.add("%pos", "%n"), "%n")
+
+
+def _split_keys(f: FunctionWriter, keys: str, rows: str | int) -> tuple[str, str]:
+    """`split(keys, rows)` in IR."""
     per = f(f"sdiv i64 {f.add(keys, MAX_CHUNKS - 1)}, {MAX_CHUNKS}", "per")
     per = f.mul(f(f"sdiv i64 {f.add(per, KEYS_PER_STEP - 1)}, {KEYS_PER_STEP}"), KEYS_PER_STEP)
     wide = f(f"icmp sgt i64 {per}, {MIN_CHUNK_KEYS}")
     span = f(f"select i1 {wide}, i64 {per}, i64 {MIN_CHUNK_KEYS}", "span")
     count = f(f"sdiv i64 {f.add(keys, f.sub(span, 1))}, {span}", "count")
-    few = f(f"icmp sle i64 %n, {SPLIT_ROWS}", "few")
+    few = f(f"icmp sle i64 {rows}, {SPLIT_ROWS}", "few")
     return (
         f(f"select i1 {few}, i64 {span}, i64 {keys}", "span"),
         f(f"select i1 {few}, i64 {count}, i64 1", "count"),
     )
 
 
-def _partial(f: FunctionWriter, s: _Shape, base: str, row_head: str, count: str, c) -> str:
+def _partial(f: FunctionWriter, s: _Shape, base: str, row_head: str, stride, c) -> str:
     """Chunk c's partials of (row, head) number `row_head`: a row-head's chunks are
-    consecutive blocks."""
-    return f.gep(base, f.mul(f.add(f.mul(row_head, count), c), _block(s.head_dim)))
+    consecutive blocks, `stride` blocks per row-head (its chunk count, or MAX_CHUNKS)."""
+    return f.gep(base, f.mul(f.add(f.mul(row_head, stride), c), _block(s.head_dim)))
 
 
 def _fmax(f: FunctionWriter, a: str, b: str) -> str:
@@ -286,12 +383,14 @@ def _fmul(f: FunctionWriter, a: str, b: str) -> str:
     return f(f"fmul float {a}, {b}", "fm")
 
 
-def _keys(f: FunctionWriter, s: _Shape, g: str, end: str) -> _Keys:
-    """kv head g's keys and values, of which the item reads keys below `end`."""
+def _keys(
+    f: FunctionWriter, s: _Shape, g: str, end: str, caches: tuple[str, str] = ("%a1", "%a2")
+) -> _Keys:
+    """kv head g's keys and values in `caches` (K, V), of which the item reads keys below
+    `end`."""
     col = f.mul(g, s.head_dim)
-    return _Keys(
-        s.chunks, f.gep("%a1", col), f.gep("%a2", col), s.kv_heads * s.head_dim, f.sub(end, 1)
-    )
+    kc, vc = caches
+    return _Keys(s.chunks, f.gep(kc, col), f.gep(vc, col), s.kv_heads * s.head_dim, f.sub(end, 1))
 
 
 def _group(f: FunctionWriter, v: Vec, s: _Shape, t: str, h0: str) -> list[_Head]:

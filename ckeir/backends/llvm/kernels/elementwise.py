@@ -1,5 +1,10 @@
 """Row- and element-wise kernels: embed, rmsnorm, rope, kv_store, silu_mul, add, argmax.
 
+Batched decode (each row one sequence's token, at its own position in its own cache slot)
+has per-row variants: `rope(..., per_row=True)` reads each row's position from an i64
+array, `kv_store_rows` stores each row at its slot and position, `argmax_rows` takes every
+row's argmax.  A row's results are the bits the one-row kernels give it.
+
 Each splits its work across threads by `FunctionWriter.share` (chunks aligned to the vector
 width so threads write disjoint cache lines) and handles the ragged end with masked
 loads/stores, so any size works on any ISA.
@@ -133,42 +138,72 @@ def kv_store(kv_dim: int, context: int, host: HostCPU) -> Kernel:
     return finish_kernel(f, ("k", "v", "kcache", "vcache"))
 
 
+def kv_store_rows(kv_dim: int, layers: int, context: int, host: HostCPU) -> Kernel:
+    """Row t's k and v to position positions[t] of slot slots[t] (kcache/vcache: this layer
+    of slot 0; slots are layers·context·kv_dim floats apart); threads split the rows."""
+    f = kernel_writer(f"kv_store_rows_f32_d{kv_dim}_l{layers}_c{context}", 6)
+    lo, hi = f.share("%n", 1)
+    with f.loop(lo, hi, 1, "t") as t:
+        slot = f(f"sext i32 {f.load('i32', f.gep('%a3', t, 'i32'))} to i64", "slot")
+        pos = f.load("i64", f.gep("%a2", t, "i64"), 8)
+        at = f.add(f.mul(slot, layers * context * kv_dim), f.mul(pos, kv_dim))
+        src = f.mul(t, kv_dim)
+        f.memcpy(f.gep("%a4", at), f.gep("%a0", src), kv_dim * 4)
+        f.memcpy(f.gep("%a5", at), f.gep("%a1", src), kv_dim * 4)
+    return finish_kernel(f, ("k", "v", "positions", "slots", "kcache", "vcache"))
+
+
 def argmax(vocab: int, host: HostCPU) -> Kernel:
     """out[0] = first index of the max of the last row; thread 0 alone."""
     w = host.vector_width
     f = kernel_writer(f"argmax_f32_v{vocab}_w{w}", 2)
-    v = Vec(f, w)
-    it = v.it
     with f.if_(f("icmp eq i32 %tid, 0")):
         row = f.gep("%a0", f.mul(f.sub("%n", 1), vocab))
-        best = f.var(v.t, f"splat (float {NEG_INF})", "best")
-        where = f.var(it, v.iota(), "where")
-
-        def step(i: str, lanes: str | int | None) -> None:
-            x = v.load(row, i, lanes, fill=f"splat (float {NEG_INF})")
-            idx = f(f"trunc i64 {i} to i32")
-            one = f(f"insertelement <1 x i32> poison, i32 {idx}, i64 0")
-            base = f(
-                f"shufflevector <1 x i32> {one}, <1 x i32> poison, <{w} x i32> zeroinitializer"
-            )
-            b = f.get(best)
-            gt = f(f"fcmp ogt {v.t} {x}, {b}", "gt")
-            f.set(best, f(f"select <{w} x i1> {gt}, {v.t} {x}, {v.t} {b}"))
-            here = f(f"add {it} {base}, {v.iota()}")
-            f.set(where, f(f"select <{w} x i1> {gt}, {it} {here}, {it} {f.get(where)}"))
-
-        for_vectors(f, v, 0, vocab, step)
-        b = f.get(best)
-        top = v.splat(v.hmax(b))
-        hit = f(f"fcmp oeq {v.t} {b}, {top}", "hit")
-        cand = f(f"select <{w} x i1> {hit}, {it} {f.get(where)}, {it} splat (i32 2147483647)")
-        first = f.intrinsic("i32", f"llvm.vector.reduce.smin.v{w}i32", [(it, cand)])
-        f.store("i32", first, "%a1")
+        f.store("i32", _row_argmax(f, Vec(f, w), row, vocab), "%a1")
     return finish_kernel(f, ("x", "out"))
 
 
-def rope(heads: int, head_dim: int, theta: float, style: str, host: HostCPU) -> Kernel:
-    """Rotary embedding of row t at position pos+t; threads split the (row, head) pairs.
+def argmax_rows(vocab: int, host: HostCPU) -> Kernel:
+    """out[t] = first index of the max of row t; threads split the rows."""
+    w = host.vector_width
+    f = kernel_writer(f"argmax_rows_f32_v{vocab}_w{w}", 2)
+    lo, hi = f.share("%n", 1)
+    with f.loop(lo, hi, 1, "t") as t:
+        best = _row_argmax(f, Vec(f, w), f.gep("%a0", f.mul(t, vocab)), vocab)
+        f.store("i32", best, f.gep("%a1", t, "i32"))
+    return finish_kernel(f, ("x", "out"))
+
+
+def _row_argmax(f: FunctionWriter, v: Vec, row: str, vocab: int) -> str:
+    """The first index of the max of `vocab` floats at `row`, as an i32."""
+    w, it = v.w, v.it
+    best = f.var(v.t, f"splat (float {NEG_INF})", "best")
+    where = f.var(it, v.iota(), "where")
+
+    def step(i: str, lanes: str | int | None) -> None:
+        x = v.load(row, i, lanes, fill=f"splat (float {NEG_INF})")
+        idx = f(f"trunc i64 {i} to i32")
+        one = f(f"insertelement <1 x i32> poison, i32 {idx}, i64 0")
+        base = f(f"shufflevector <1 x i32> {one}, <1 x i32> poison, <{w} x i32> zeroinitializer")
+        b = f.get(best)
+        gt = f(f"fcmp ogt {v.t} {x}, {b}", "gt")
+        f.set(best, f(f"select <{w} x i1> {gt}, {v.t} {x}, {v.t} {b}"))
+        here = f(f"add {it} {base}, {v.iota()}")
+        f.set(where, f(f"select <{w} x i1> {gt}, {it} {here}, {it} {f.get(where)}"))
+
+    for_vectors(f, v, 0, vocab, step)
+    b = f.get(best)
+    top = v.splat(v.hmax(b))
+    hit = f(f"fcmp oeq {v.t} {b}, {top}", "hit")
+    cand = f(f"select <{w} x i1> {hit}, {it} {f.get(where)}, {it} splat (i32 2147483647)")
+    return f.intrinsic("i32", f"llvm.vector.reduce.smin.v{w}i32", [(it, cand)])
+
+
+def rope(
+    heads: int, head_dim: int, theta: float, style: str, host: HostCPU, per_row: bool = False
+) -> Kernel:
+    """Rotary embedding of row t at position pos+t (`per_row`: at positions[t], an i64 array
+    between x and out); threads split the (row, head) pairs.
 
     Frequencies theta**(-2i/hd) are computed here in float64 and baked as a constant table;
     cos/sin of (pos+t)*freq are computed at run time in f64 by `llvm.cos/sin.f64` (libm,
@@ -181,7 +216,9 @@ def rope(heads: int, head_dim: int, theta: float, style: str, host: HostCPU) -> 
     w = host.vector_width
     half = head_dim // 2
     name = f"rope_f32_h{heads}_d{head_dim}_{style}_t{float_tag(theta)}_v{w}"
-    f = kernel_writer(name, 2)
+    name += "_rows" if per_row else ""
+    f = kernel_writer(name, 3 if per_row else 2)
+    out_arg = "%a2" if per_row else "%a1"
     v = Vec(f, w)
     freqs = theta ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
     f.globals.append(
@@ -197,16 +234,15 @@ def rope(heads: int, head_dim: int, theta: float, style: str, host: HostCPU) -> 
         t = f(f"sdiv i64 {p}, {heads}", "t")
         with f.if_(f(f"icmp ne i64 {t}, {f.get(cur)}")):
             f.set(cur, t)
-            _angle_table(
-                f, name, half, style, f(f"sitofp i64 {f.add('%pos', t)} to double"), cos_t, sin_t
-            )
+            at = f.load("i64", f.gep("%a1", t, "i64"), 8) if per_row else f.add("%pos", t)
+            _angle_table(f, name, half, style, f(f"sitofp i64 {at} to double"), cos_t, sin_t)
         off = f.mul(p, head_dim)
-        x, out = f.gep("%a0", off), f.gep("%a1", off)
+        x, out = f.gep("%a0", off), f.gep(out_arg, off)
         if style == "interleaved":
             _rotate_interleaved(f, v, x, out, head_dim, cos_t.ptr, sin_t.ptr)
         else:
             _rotate_halves(f, v, x, out, half, cos_t.ptr, sin_t.ptr)
-    return finish_kernel(f, ("x", "out"))
+    return finish_kernel(f, ("x", "positions", "out") if per_row else ("x", "out"))
 
 
 def _angle_table(

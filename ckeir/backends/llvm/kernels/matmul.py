@@ -57,12 +57,23 @@ def matmul_tile(k: int, tile: tuple[int, int], width: int, fmt: str = "f32") -> 
     return max(tn, GEMM_ROWS), min(ceil_to(max(tk, step), step), ceil_to(k, step))
 
 
-def matmul(n_out: int, k: int, tile: tuple[int, int], host: HostCPU, fmt: str = "f32") -> Kernel:
+def matmul(
+    n_out: int,
+    k: int,
+    tile: tuple[int, int],
+    host: HostCPU,
+    fmt: str = "f32",
+    rowwise: bool = False,
+) -> Kernel:
+    """With `rowwise` (batched decode), n > 1 runs the decode GEMV for every token row over
+    tiles of ROWWISE_TILE weight rows (each tile read from DRAM once, then from cache): each
+    row gets the bits a call of that row alone gives."""
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"matmul: no kernel for {fmt} weights (have {', '.join(WEIGHT_FORMATS)})")
     w = host.vector_width
     tn, tk = matmul_tile(k, tile, w, fmt)
-    f = kernel_writer(f"matmul_{fmt}_n{n_out}_k{k}_t{tn}x{tk}_v{w}", 3)
+    how = "_rw" if rowwise else ""
+    f = kernel_writer(f"matmul_{fmt}_n{n_out}_k{k}_t{tn}x{tk}{how}_v{w}", 3)
     rows = _Rows(FORMATS[fmt], k, Vec(f, w), "f16c" in host.features)
     lo, hi = f.share(n_out, w)
     gemv, gemm, done = f.label("gemv"), f.label("gemm"), f.label("done")
@@ -71,7 +82,10 @@ def matmul(n_out: int, k: int, tile: tuple[int, int], host: HostCPU, fmt: str = 
     _gemv(f, rows, lo, hi)
     f.br(done)
     f.start(gemm)
-    _gemm(f, rows, lo, hi, n_out, tn, tk)
+    if rowwise:
+        _gemv_rows(f, rows, lo, hi, n_out)
+    else:
+        _gemm(f, rows, lo, hi, n_out, tn, tk)
     f.br(done)
     f.start(done)
     return finish_kernel(f, ("x", "w", "out"))
@@ -178,21 +192,36 @@ def _dots(
     return [[v.hsum(f.get(a)) for a in row] for row in accs]
 
 
-def _gemv(f: FunctionWriter, rows: _Rows, lo: str, hi: str) -> None:
+def _gemv(
+    f: FunctionWriter, rows: _Rows, lo: str, hi: str, x: str = "%a0", out: str = "%a2"
+) -> None:
+    """out[r] = w[r] · x for rows lo..hi-1."""
     if rows.fmt.block > 1:
-        _BlockGemv(f, rows.fmt, rows.k, rows.f16c).run(lo, hi)
+        _BlockGemv(f, rows.fmt, rows.k, rows.f16c, x, out).run(lo, hi)
         return
 
     def block(r: str, count: int) -> None:
-        sums = _dots(f, rows, [rows.row(f.add(r, i)) for i in range(count)], ["%a0"], 0, rows.k)
+        sums = _dots(f, rows, [rows.row(f.add(r, i)) for i in range(count)], [x], 0, rows.k)
         for i in range(count):
-            f.store("float", sums[i][0], f.gep("%a2", f.add(r, i)))
+            f.store("float", sums[i][0], f.gep(out, f.add(r, i)))
 
     end = f.round_down(lo, hi, GEMV_ROWS)
     with f.loop(lo, end, GEMV_ROWS, "r") as r:
         block(r, GEMV_ROWS)
     with f.loop(end, hi, 1, "r") as r:
         block(r, 1)
+
+
+ROWWISE_TILE = 64  # weight rows a rowwise call sweeps with every token (a multiple of 16)
+
+
+def _gemv_rows(f: FunctionWriter, rows: _Rows, lo: str, hi: str, n_out: int) -> None:
+    """Every token row through the decode GEMV, a tile of weight rows at a time."""
+    with f.loop(lo, hi, ROWWISE_TILE, "rb") as rb:
+        re = f.min(f.add(rb, ROWWISE_TILE), hi)
+        with f.loop(0, "%n", 1, "t") as t:
+            x, out = f.gep("%a0", f.mul(t, rows.k)), f.gep("%a2", f.mul(t, n_out))
+            _gemv(f, rows, rb, re, x, out)
 
 
 PREFETCH = 4096  # bytes ahead of a step that it asks the cache for (measured 2-8 KiB: +8%)
@@ -215,8 +244,11 @@ class _BlockGemv:
     ((acc0 + acc1) + (acc2 + acc3)) [+ M in lanes 0..7].  Each step also prefetches the
     bytes PREFETCH ahead of it."""
 
-    def __init__(self, f: FunctionWriter, fmt: Format, k: int, f16c: bool):
+    def __init__(
+        self, f: FunctionWriter, fmt: Format, k: int, f16c: bool, x: str = "%a0", out: str = "%a2"
+    ):
         self.f, self.v = f, Vec(f, 16)  # 16 lanes on every host: LLVM splits them as needed
+        self.xrow, self.out = x, out
         self.rows = _Rows(fmt, k, self.v, f16c)
         self.fmt, self.f16c, self.blocks = fmt, f16c, k // fmt.block
         self.mins = fmt.name == "q4_1"
@@ -241,14 +273,14 @@ class _BlockGemv:
             with f.loop(0, batch, 1, "r") as i:
                 f.store(v.t, self.row(self.rows.row(f.add(r0, i))), f.gep(sums, f.mul(i, batch)))
             rows = [f.load(v.t, f.gep(sums, i * batch)) for i in range(batch)]
-            v.store(v.hsum_each(rows), "%a2", r0)
+            v.store(v.hsum_each(rows), self.out, r0)
         with f.loop(end, hi, 1, "r") as r:
-            f.store("float", _lane_sum(v, self.row(self.rows.row(r))), f.gep("%a2", r))
+            f.store("float", _lane_sum(v, self.row(self.rows.row(r))), f.gep(self.out, r))
 
     def x(self, b: str | int) -> list[str]:
         """Block b of the activation row as two 16-lane vectors."""
         base = self.f.mul(b, 32)
-        return [self.v.load("%a0", self.f.add(base, i)) for i in (0, 16)]
+        return [self.v.load(self.xrow, self.f.add(base, i)) for i in (0, 16)]
 
     def row(self, row: str) -> str:
         """The row's sum as 16 lanes (to be added by the halving tree)."""

@@ -73,6 +73,7 @@ class Plan:
     batch: int  # token rows quantized at once, a multiple of `tokens`
     chunk: int = 0  # K elements per chunk of the reduction (0: K is one chunk)
     separate: bool = False  # write each chunk's sums to its own slot instead of folding
+    rowwise: bool = False  # every token row's sums in decode's order (batched decode)
 
     @property
     def blocks(self) -> int:
@@ -151,7 +152,13 @@ class Plan:
 
 
 def plan(
-    fmt: str, k: int, tile: tuple[int, int], host: HostCPU, chunk: int = 0, separate: bool = False
+    fmt: str,
+    k: int,
+    tile: tuple[int, int],
+    host: HostCPU,
+    chunk: int = 0,
+    separate: bool = False,
+    rowwise: bool = False,
 ) -> Plan:
     if fmt not in QUANT_FORMATS:
         raise ValueError(f"qmatmul: no kernel for {fmt} weights (have {', '.join(QUANT_FORMATS)})")
@@ -178,6 +185,7 @@ def plan(
         tokens,
         chunk,
         separate,
+        rowwise,
     )
     per_batch = SCRATCH_BYTES // probe.offsets()["stride"]
     return attrs.evolve(probe, batch=max(tokens, min(32, per_batch) // tokens * tokens))
@@ -191,6 +199,7 @@ def qmatmul(
     host: HostCPU,
     chunk: int = 0,
     separate: bool = False,
+    rowwise: bool = False,
 ) -> Kernel:
     """Kernel (x: f32[n, K], w: GGML blocks [N, K/32 * block bytes], out: f32[n, N]).
 
@@ -199,10 +208,17 @@ def qmatmul(
     fold left to right, ``((c0 + c1) + c2) + ...`` (the canonical order a matmul split along
     K reproduces: see `passes.place`).  With `separate`, chunk c's sums go to slot c of
     out instead (f32[chunks, n, N]: a later rank of a row-parallel matmul delivers them
-    unfolded)."""
-    p = plan(fmt, k, tile, host, chunk, separate)
+    unfolded).
+
+    With `rowwise`, several token rows still share each weight tile and register block, but
+    each row's sums are computed in the one-row (decode) order, so a row gets the bits a
+    call of that row alone gives: a batched decode step computes for each sequence what
+    its one-sequence decode computes.  (Prefill's order, d_x per dot lane times d_w, and
+    q4_1's min terms of all tokens in one accumulator, round differently.)"""
+    p = plan(fmt, k, tile, host, chunk, separate, rowwise)
     path = "vnni" if p.vnni else f"v{host.vector_width}"
     how = f"_c{p.chunk}{'s' if p.separate else ''}" if p.chunk else ""
+    how += "_rw" if p.rowwise else ""
     f = kernel_writer(f"qmatmul_{fmt}_n{n_out}_k{k}_t{p.tile_rows}{how}_{path}", 3)
     _Writer(f, p, n_out).body()
     return finish_kernel(f, ("x", "w", "out"))
@@ -360,6 +376,10 @@ class _Path:
     def __init__(self, f: FunctionWriter, p: Plan):
         self.f, self.p, self.at = f, p, p.offsets()
         self.bb = p.fmt.block_bytes
+
+    def one_row_order(self, toks: list[str]) -> bool:
+        """Whether these token rows are summed as a row alone is (decode's order)."""
+        return len(toks) == 1 or self.p.rowwise
 
     def region(self, tok: str, name: str, b: str | int, per_block: int) -> str:
         """Address of block b's entry (`per_block` bytes each) in a scratch region."""
@@ -614,12 +634,12 @@ class _Vnni(_Path):
 
     def dots(self, wrows: list[str], toks: list[str], wb0=0, sb0=0) -> str:
         f, p = self.f, self.p
-        gm, decode = p.group_blocks, len(toks) == 1
+        gm, decode = p.group_blocks, self.one_row_order(toks)
         acc = _Sums(f, 16, len(wrows), len(toks), "acc")
         mins = None
         if p.scale_lanes == 2:  # decode: c vectors summed whole; prefill: lanes per token
             width = 2 * gm if decode else gm * (1 << (len(toks) - 1).bit_length())
-            mins = _Sums(f, width, len(wrows), 1, "accm")
+            mins = _Sums(f, width, len(wrows), len(toks) if decode else 1, "accm")
         self.sweep(
             wrows,
             toks,
@@ -632,7 +652,7 @@ class _Vnni(_Path):
             for i in range(len(wrows)):
                 for j in range(len(toks)):
                     lanes = range(1, mins.width, 2) if decode else range(j * gm, (j + 1) * gm)
-                    acc.fold(i, j, mins.get(i, 0), mins.width, lanes)
+                    acc.fold(i, j, mins.get(i, j if decode else 0), mins.width, lanes)
         return acc.totals(exact=bool(p.chunk))
 
     def packed_group(self, wrows: list[str], toks: list[str], b0: str | int, nb: int) -> list[str]:
@@ -641,12 +661,12 @@ class _Vnni(_Path):
         blocks x dot_lanes), its q4_1 min terms go to its first lanes, and its lanes are
         summed apart — the same operations wherever the chunk lies in its group."""
         f, p = self.f, self.p
-        gm, cb, decode = p.group_blocks, p.chunk_blocks, len(toks) == 1
+        gm, cb, decode = p.group_blocks, p.chunk_blocks, self.one_row_order(toks)
         acc = _Sums(f, 16, len(wrows), len(toks), "acc")
         mins = None
         if p.scale_lanes == 2:
             width = 2 * gm if decode else gm * (1 << (len(toks) - 1).bit_length())
-            mins = _Sums(f, width, len(wrows), 1, "accm")
+            mins = _Sums(f, width, len(wrows), len(toks) if decode else 1, "accm")
         self.group(list(enumerate(wrows)), toks, b0, b0, nb * self.bb, acc, mins)
         lanes = cb * p.dot_lanes
         if mins is not None:  # block b's min term: to lane b of its chunk's lanes
@@ -654,7 +674,7 @@ class _Vnni(_Path):
                 for j in range(len(toks)):
                     src = [2 * b + 1 if decode else j * gm + b for b in range(gm)]
                     where = {b // cb * lanes + b % cb: src[b] for b in range(gm)}
-                    acc.place(i, j, mins.get(i, 0), mins.width, where)
+                    acc.place(i, j, mins.get(i, j if decode else 0), mins.width, where)
         sums, n, per = acc.group_totals(lanes), len(wrows) * len(toks), 16 // lanes
         ty = _vec(n * per, "float")
         return [_shuffle(f, ty, sums, "poison", range(q, n * per, per)) for q in range(nb // cb)]
@@ -671,7 +691,7 @@ class _Vnni(_Path):
     ) -> None:
         """The group at weight block wb, scratch block sb."""
         f, p = self.f, self.p
-        decode, gm, lpb = len(toks) == 1, p.group_blocks, p.scale_lanes
+        decode, gm, lpb = self.one_row_order(toks), p.group_blocks, p.scale_lanes
         acts = [self.activations(tok, sb, decode) for tok in toks]
         per_lane = [b * lpb for b in range(gm) for _ in range(p.dot_lanes)]  # scale of each lane
         ht = _vec(gm * lpb, "float")
@@ -679,10 +699,11 @@ class _Vnni(_Path):
         for i, row in wrows:
             w, hv = self.weights(row, wb, span)
             if decode:  # c = d_w·d_x per block (q4_1: interleaved with m_w·σ)
-                c = f(f"fmul {ht} {hv}, {acts[0].scale}", "c")
-                acc.fma(i, 0, self.dot(w, acts[0]), _shuffle(f, ht, c, "poison", per_lane), 16)
-                if mins is not None:
-                    mins.add(i, 0, c, mins.width)
+                for j, a in enumerate(acts):
+                    c = f(f"fmul {ht} {hv}, {a.scale}", "c")
+                    acc.fma(i, j, self.dot(w, a), _shuffle(f, ht, c, "poison", per_lane), 16)
+                    if mins is not None:
+                        mins.add(i, j, c, mins.width)
                 continue
             dw = _shuffle(f, ht, hv, "poison", per_lane, "dw")
             for j, a in enumerate(acts):
@@ -702,8 +723,9 @@ class _Generic(_Path):
     """Per block: Σ q_w q_x as a reduced product of sign-extended i32 vectors."""
 
     def steps(self, ntok: int) -> int:
-        """Blocks per step: 4 in decode, 2 when several tokens share each weight block."""
-        return 4 if ntok == 1 else 2
+        """Blocks per step: 4 in decode (and rowwise: q4_1's min terms add up per lane of
+        a step), 2 when several tokens share each weight block."""
+        return 4 if ntok == 1 or self.p.rowwise else 2
 
     def quantize(self, x: str, s: str) -> None:
         f = self.f
