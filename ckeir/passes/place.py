@@ -37,12 +37,11 @@ from ckeir.ir.types import (
     ShapedType,
     TensorType,
     element_format,
-    nbytes,
 )
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import require_ranked, retype
 from ckeir.planner import cost
-from ckeir.planner.predict import fits, predict
+from ckeir.planner.predict import check_memory, fits, predict
 
 FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks ...
 FFN_CHUNKS = (512, 256, 128, 64)  # ... and whole reduction chunks: the first of these that
@@ -513,7 +512,7 @@ class Place(Pass):
                 rewriter.insert_before(func, rank_program(func, plan, rank, shape, transfer))
             rewriter.erase(func)
         ctx.artifacts["ranks"] = {r: n for n, r in rank_of.items()}
-        check_memory(module, ctx.artifacts["ranks"], nodes)
+        check_memory(module, ctx.artifacts["ranks"], nodes, sched)
 
     @staticmethod
     def _twin_rounding(func, sched, cluster, nodes, ctx, transfer, rewriter) -> None:
@@ -525,37 +524,6 @@ class Place(Pass):
         shape = model_shape(func)
         plan = choose(sched.phases.get(phase), phase, shape, rank_of, nodes, func, ctx)
         round_transfers(func, plan, transfer, rewriter)
-
-
-def rank_memory(module: Operation) -> dict[int, dict[str, int]]:
-    """Weights (every distinct weight or shard any phase needs) and KV cache per rank."""
-    seen: dict[int, set] = {}
-    out: dict[int, dict[str, int]] = {}
-    for f in funcs(module):
-        r = f.attr("rank", 0)
-        m = out.setdefault(r, {"weights": 0, "kv_cache": 0})
-        for op in f.regions[0].entry.ops:
-            key = (op.attr("name"), tuple(op.attr("shard") or ()))
-            if op.name == "cke.weight" and key not in seen.setdefault(r, set()):
-                seen[r].add(key)
-                m["weights"] += nbytes(op.results[0].type)
-        m["kv_cache"] = max(m["kv_cache"], cost.func_kv_cache_bytes(f))
-    return out
-
-
-def check_memory(module: Operation, ranks: dict[int, str], nodes) -> None:
-    from ckeir.units import format_bytes
-
-    for r, m in sorted(rank_memory(module).items()):
-        node = nodes[ranks[r]]
-        need = m["weights"] + m["kv_cache"]
-        if need > node.dram:
-            raise PassError(
-                f"placement does not fit: node {node.name} (rank {r}) needs "
-                f"{format_bytes(need)} ({format_bytes(m['weights'])} of weights + "
-                f"{format_bytes(m['kv_cache'])} of KV cache) but has {format_bytes(node.dram)}",
-                hint="give the node more layers' worth of dram, or move layers to other nodes",
-            )
 
 
 def check_coverage(phase: str, stages, layers: int) -> None:

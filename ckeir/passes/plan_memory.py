@@ -6,6 +6,8 @@ values share bytes only if their live ranges are disjoint: an op's output never 
 own inputs.  Placement is greedy by size (largest first, lowest offset that fits), each buffer
 aligned to 64 bytes.  Sets `offset` on every op that defines an intermediate, `arena_bytes` on
 the func, and puts a `mem.arena` op (bytes, alignment, buffer count) at the top of the body.
+After place (ranks known), each rank's weights, KV cache of every slot and arenas must fit its
+node's dram, as place checked without the arenas.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import ShapedType, nbytes
 from ckeir.passes.manager import Pass, PassContext, funcs, register_pass
 from ckeir.passes.shape_infer import require_ranked
+from ckeir.planner import cost
+from ckeir.planner.predict import check_memory
 
 ALIGN = 64
 NOT_IN_ARENA = ("cke.weight", "mem.arena")
@@ -97,3 +101,7 @@ class PlanMemory(Pass):
             )
             rewriter.insert_before(block.ops[0], arena)
             ctx.stats.setdefault("arena_bytes", {})[func.attr("sym_name")] = total
+        ranks, cluster = ctx.artifacts.get("ranks"), ctx.options.get("cluster")
+        if ranks and cluster is not None:
+            nodes = {n.name: cost.NodeModel.of(n) for n in cluster.nodes}
+            check_memory(module, ranks, nodes, ctx.options.get("schedule"))

@@ -119,9 +119,17 @@ def op_bytes(op: Operation, tokens: int, context: int) -> int:
         if isinstance(t, ShapedType) and len(t.shape) == 2 and t.shape[1] is not None:
             total += rows_of(t, tokens) * t.shape[1] * F32
     if op.name == "cke.attention":
-        kvd = op.operands[3].type.shape[2]
-        total += 2 * (context + tokens) * kvd * F32
+        kvd = op.operands[3].type.shape[-1]
+        total += 2 * _attended(op, tokens, context) * kvd * F32
     return total
+
+
+def _attended(op: Operation, tokens: int, context: int) -> int:
+    """Cache rows one attention reads and writes for `tokens` rows: a sequence's context and
+    its new rows; a batched attention's rows are each one token of its own sequence."""
+    if len(op.operands) == 7:  # slots: each row reads its own context (ckeir.dialects.cke)
+        return tokens * (context + 1)
+    return context + tokens
 
 
 def op_flops(op: Operation, tokens: int, context: int) -> float:
@@ -130,7 +138,9 @@ def op_flops(op: Operation, tokens: int, context: int) -> float:
         return 2.0 * tokens * n * k
     if op.name == "cke.attention":
         h, hd = op.attr("heads"), op.attr("head_dim")
-        return 4.0 * tokens * (context + tokens) * h * hd
+        rows = _attended(op, tokens, context)  # each query row over its sequence's keys:
+        per_query = rows / tokens if len(op.operands) == 7 else rows  # (causal: the bound)
+        return 4.0 * tokens * per_query * h * hd
     t = op.results[0].type if op.results else None
     if isinstance(t, ShapedType) and len(t.shape) == 2 and t.shape[1] is not None:
         return 4.0 * rows_of(t, tokens) * t.shape[1]
@@ -295,12 +305,24 @@ def kv_cache_bytes(layers: int, context: int, kv_dim: int) -> int:
     return 2 * layers * context * kv_dim * F32
 
 
-def func_kv_cache_bytes(func: Operation) -> int:
-    """The KV cache one rank's program holds: its own layers (`layers`, else every layer of
-    its cache argument) at the full context."""
+def func_kv_slots(func: Operation) -> int:
+    """Sequence slots a program's KV cache holds: the outer dimension of a batched decode
+    func's slot-major cache (`memref<B x L x C x KVD>`), else one."""
     cache = func.regions[0].entry.args[2].type
-    first, last = func.attr("layers", (0, cache.shape[0] - 1))
-    return kv_cache_bytes(last - first + 1, cache.shape[1], cache.shape[2])
+    return cache.shape[0] if cache.rank == 4 else 1
+
+
+def func_kv_slot_bytes(func: Operation) -> int:
+    """One sequence's KV cache in a rank's program: its own layers (`layers`, else every
+    layer of its cache argument) at the full context."""
+    layers, context, kv_dim = func.regions[0].entry.args[2].type.shape[-3:]
+    first, last = func.attr("layers", (0, layers - 1))
+    return kv_cache_bytes(last - first + 1, context, kv_dim)
+
+
+def func_kv_cache_bytes(func: Operation) -> int:
+    """The KV cache one rank's program holds: every slot's (`func_kv_slot_bytes`)."""
+    return func_kv_slots(func) * func_kv_slot_bytes(func)
 
 
 def share(total: int, weights: list[float], unit: int = 1) -> list[int]:

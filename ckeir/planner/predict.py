@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import attrs
 
+from ckeir.errors import PassError
 from ckeir.ir.core import Operation
 from ckeir.ir.types import nbytes
 from ckeir.planner import cost
@@ -325,3 +326,72 @@ def _memory(programs: dict[int, Operation]) -> tuple[dict, dict]:
 
 def fits(pred: Prediction, nodes, ranks) -> bool:
     return all(pred.memory[r] <= nodes[ranks[r]].dram for r in pred.memory)
+
+
+# ---- memory of a placed module --------------------------------------------------------------
+
+
+def rank_memory(module: Operation) -> dict[int, dict[str, int]]:
+    """What each rank holds: `weights` (every distinct weight or shard any phase needs),
+    `kv_cache` (`kv_slots` sequence slots of `kv_cache_per_slot` bytes: a batched decode
+    program's slots, which its prefill program fills one at a time) and `arena` (the
+    intermediates of each phase's program, 0 before plan-memory)."""
+    seen: dict[int, set] = {}
+    out: dict[int, dict[str, int]] = {}
+    for f in (op for op in module.regions[0].entry.ops if op.name == "cke.func"):
+        r = f.attr("rank", 0)
+        m = out.setdefault(
+            r, {"weights": 0, "kv_cache": 0, "kv_slots": 1, "kv_cache_per_slot": 0, "arena": 0}
+        )
+        for op in f.regions[0].entry.ops:
+            key = (op.attr("name"), tuple(op.attr("shard") or ()))
+            if op.name == "cke.weight" and key not in seen.setdefault(r, set()):
+                seen[r].add(key)
+                m["weights"] += nbytes(op.results[0].type)
+        m["kv_slots"] = max(m["kv_slots"], cost.func_kv_slots(f))
+        m["kv_cache_per_slot"] = max(m["kv_cache_per_slot"], cost.func_kv_slot_bytes(f))
+        m["kv_cache"] = m["kv_slots"] * m["kv_cache_per_slot"]
+        m["arena"] += f.attr("arena_bytes", 0)
+    return out
+
+
+def check_memory(module: Operation, ranks: dict[int, str], nodes, schedule=None) -> None:
+    """Refuse a placement whose weights, KV cache (every slot's) and arenas exceed a node's
+    dram, naming the node and the bytes; where the schedule's `batch` asks for several slots,
+    the error points at that statement (fewer slots are the remedy)."""
+    from ckeir.units import format_bytes as fb
+
+    batch = getattr(schedule, "batch", 1) or 1
+    for r, m in sorted(rank_memory(module).items()):
+        node = nodes[ranks[r]]
+        need = m["weights"] + m["kv_cache"] + m["arena"]
+        if need <= node.dram:
+            continue
+        slots = m["kv_slots"]
+        kv = fb(m["kv_cache"]) + " of KV cache"
+        if slots > 1:
+            kv += f" ({slots} slots of {fb(m['kv_cache_per_slot'])})"
+        arena = f" + {fb(m['arena'])} of arenas" if m["arena"] else ""
+        detail = (
+            f"node {node.name} (rank {r}) needs {fb(need)} ({fb(m['weights'])} of weights + "
+            f"{kv}{arena}) but has {fb(node.dram)}"
+        )
+        if batch > 1:
+            raise PassError(
+                f"batch {batch} does not fit: {detail}",
+                loc=schedule.key_locs.get("batch"),
+                hint=_fewer_slots(m, node.dram),
+            )
+        raise PassError(
+            f"placement does not fit: {detail}",
+            hint="give the node more layers' worth of dram, or move layers to other nodes",
+        )
+
+
+def _fewer_slots(m: dict, dram: int) -> str:
+    """A batch that fits where the asked one does not: as many slots as fit beside the
+    weights and these arenas (a smaller batch's arenas are no larger), once they are known."""
+    fit = (dram - m["weights"] - m["arena"]) // max(m["kv_cache_per_slot"], 1)
+    if m["arena"] and fit > 1:
+        return f"batch {fit} fits"
+    return "write a smaller batch, or give the node more dram"

@@ -1,6 +1,7 @@
 """`ckec plan`: the planner's view of a compiled spec — who owns which layers and shards,
-memory per rank, transfers per step, predicted time per phase, bubbles and CKU — as tables
-and as a JSON-ready dict."""
+memory per rank (the KV cache per sequence slot and for the schedule's `batch` of them),
+transfers per step, predicted time per phase, bubbles and CKU — as tables and as a JSON-ready
+dict.  A batched decode step is `batch` rows: one token of each sequence."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from collections import defaultdict
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.ir.types import nbytes
 from ckeir.passes.manager import funcs
-from ckeir.passes.place import rank_memory
 from ckeir.planner import cost
-from ckeir.planner.predict import predict
+from ckeir.planner.predict import predict, rank_memory
 from ckeir.units import format_bytes, format_seconds
 
 
@@ -33,13 +33,14 @@ def plan_report(prog, machine=None) -> dict:
         "phases": {},
         "memory": {},
         "predicted_for": "declared cluster" if machine is None else machine.basis,
+        "batch": job.schedule.batch,
     }
-    # weights and KV cache per rank as the place pass checked them before launch
-    memory = {r: dict(m, arena=0) for r, m in rank_memory(module).items()}
+    # weights, KV cache and arenas per rank as place and plan-memory checked them
+    memory = rank_memory(module)
     arenas: dict = {}
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
-        tokens = 1 if phase == "decode" else min(PREFILL_CHUNK, job.config.context)
+        tokens = _step_tokens(phase, progs, job)
         if machine is None:
             pred = predict(plan, progs, nodes, ranks, job.cluster, tokens, context=tokens)
         else:
@@ -76,7 +77,6 @@ def plan_report(prog, machine=None) -> dict:
                             "f32_bytes": cost.message_bytes(t, "f32", tokens),
                         }
                     )
-            memory[r]["arena"] += f.attr("arena_bytes", 0)
             arenas.setdefault(str(r), {})[phase] = {
                 "bytes": f.attr("arena_bytes", 0),
                 "buffers": [
@@ -121,6 +121,14 @@ def plan_report(prog, machine=None) -> dict:
     out["memory"] = dict(memory)
     out["arenas"] = arenas
     return out
+
+
+def _step_tokens(phase: str, progs: dict, job) -> int:
+    """Rows of one step: a prefill chunk, one decode token, or one token of each slot of a
+    batched decode program."""
+    if phase == "decode":
+        return max(f.attr("slots", 1) for f in progs.values())
+    return min(PREFILL_CHUNK, job.config.context)
 
 
 def _buffer_bytes(op, func) -> int:
@@ -180,6 +188,8 @@ def print_plan(report: dict, console=None) -> None:
                     f"{'' if c['fits'] else ' (does not fit)'}"
                 )
         per = "token" if phase == "decode" else f"{p['tokens']}-token prompt"
+        if phase == "decode" and p["tokens"] > 1:
+            per = f"step of {p['tokens']} sequences' tokens"
         console.print(
             f"  predicted {format_seconds(p['predicted_seconds'])} per {per} "
             f"({p['predicted_tokens_per_second']:.1f} tok/s); transfers "
@@ -218,15 +228,19 @@ def print_plan(report: dict, console=None) -> None:
                 f"{big['op']} @ {big['offset']}: {format_bytes(big['bytes'])}" if big else "",
             )
     console.print(at)
-    mt = Table(title="memory per rank")
+    batch = report.get("batch", 1)
+    mt = Table(title=f"memory per rank (batch {batch}: KV cache per sequence slot × slots)")
     for col in ("rank", "node", "weights", "KV cache", "arena", "total", "node DRAM", "fits"):
         mt.add_column(col)
     for r, m in sorted(report["memory"].items()):
+        kv = format_bytes(m["kv_cache"])
+        if m["kv_slots"] > 1:
+            kv = f"{m['kv_slots']} × {format_bytes(m['kv_cache_per_slot'])} = {kv}"
         mt.add_row(
             str(r),
             report["ranks"][r],
             format_bytes(m["weights"]),
-            format_bytes(m["kv_cache"]),
+            kv,
             format_bytes(m["arena"]),
             format_bytes(m["total"]),
             format_bytes(m["node_dram"]),
