@@ -508,6 +508,7 @@ class Place(Pass):
         for func, plan in plans.items():
             phase, shape = func.attr("phase"), model_shape(func)
             plan = placement[phase] = _renumbered(plan, rank_of)
+            _check_batch_on_one_rank(func, plan)
             for rank in plan.ranks:
                 rewriter.insert_before(func, rank_program(func, plan, rank, shape, transfer))
             rewriter.erase(func)
@@ -524,6 +525,20 @@ class Place(Pass):
         shape = model_shape(func)
         plan = choose(sched.phases.get(phase), phase, shape, rank_of, nodes, func, ctx)
         round_transfers(func, plan, transfer, rewriter)
+
+
+def _check_batch_on_one_rank(func: Operation, plan: PhasePlan) -> None:
+    """A batched decode program (`slots`) runs whole on one rank: cutting it into stages
+    needs micro-batches in flight, which are not built yet."""
+    slots = func.attr("slots")
+    if slots is not None and len(plan.ranks) > 1:
+        raise PassError(
+            f"place: func {func.attr('sym_name')} decodes {slots} sequence slots a step, "
+            f"but its phase is placed on {len(plan.ranks)} ranks ({plan.describe()}); "
+            "batched programs run on one rank for now",
+            loc=func.loc,
+            hint="place the phase on one node, or build the program with batch 1",
+        )
 
 
 def check_coverage(phase: str, stages, layers: int) -> None:
@@ -595,7 +610,7 @@ def auto_plan(phase, shape, rank_of, nodes, func, ctx):
             candidates.append(
                 ("tensor parallel over " + ", ".join(names), [(tuple(names), 0, last)])
             )
-    tokens = 1 if phase == "decode" else func.attr("max_tokens", 1)
+    tokens = func.attr("slots", 1) if phase == "decode" else func.attr("max_tokens", 1)
     results = []
     for desc, stages in candidates:
         try:
