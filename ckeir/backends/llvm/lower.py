@@ -6,6 +6,12 @@ dependent ops.  `%ctx` is an array of 8-byte slots the runtime fills (`ProgramAB
 slot holds what): the arena base, the row count, the position, the barrier state, the inputs,
 the KV caches, and one pointer per weight.  Intermediates live at their plan-memory offsets.
 
+A batched decode func (`slots = B`: each row one sequence's token) has two slots more
+(BATCHED_SLOTS): each row's position (i64) and each row's sequence slot (i32); its caches
+are slot-major (B, L, C, KVD), and its kernels are the per-row ones (rowwise matmuls,
+rope at each row's position, KV store and attention in each row's slot, argmax per row),
+so each row computes what its sequence's one-row decode computes.
+
 A program with `dist.*` ops is cut into native segments at them (`ProgramABI.steps`: the
 runtime runs the communication between segments).  One whose communication is all
 collectives also gets a *fused* entry, `@cke_<func>_fused`, the whole program in one call:
@@ -44,6 +50,7 @@ from ckeir.planner.cost import allreduce_slots, message_bytes
 ENTRY_ATTRIBUTES = "nounwind noinline optnone"
 
 FIXED_SLOTS = ("arena", "n", "pos", "barrier", "ids", "kcache", "vcache", "comm")
+BATCHED_SLOTS = ("positions", "seq_slots")  # a batched decode func's per-row arrays
 
 
 @attrs.frozen
@@ -148,7 +155,9 @@ class _Lowering:
         self.kernels: dict[str, Kernel] = {}
         self.block = func.regions[0].entry
         self.weight_ops = [op for op in self.block.ops if op.name == "cke.weight"]
-        self.slots = FIXED_SLOTS + tuple(_slot_name(op) for op in self.weight_ops)
+        self.batched = func.attr("slots") is not None
+        fixed = FIXED_SLOTS + (BATCHED_SLOTS if self.batched else ())
+        self.slots = fixed + tuple(_slot_name(op) for op in self.weight_ops)
         self.sym = f"cke_{func.attr('sym_name')}"
         self.entries: list[str] = []
         self.declares: set[str] = set()
@@ -277,6 +286,9 @@ class _Lowering:
             args[2]: self.slot_ptr("kcache"),
             args[3]: self.slot_ptr("vcache"),
         }
+        if self.batched:
+            self.ptrs[args[1]] = self.slot_ptr("positions")
+            self.ptrs[args[4]] = self.slot_ptr("seq_slots")
         for w in self.weight_ops:
             self.ptrs[w.results[0]] = self.slot_ptr(_slot_name(w))
         for op in self.block.ops:
@@ -319,8 +331,9 @@ class _Lowering:
         self.schedule.sync()
 
     def cache_layer(self, cache: str, op: Operation, operand: int) -> str:
+        """The op's layer in `cache` ((L, C, KVD), or slot 0's of a slot-major cache)."""
         c = op.operands[operand].type
-        layer_bytes = c.shape[1] * c.shape[2] * 4
+        layer_bytes = c.shape[-2] * c.shape[-1] * 4
         return self.f(
             f"getelementptr inbounds i8, ptr {cache}, i64 {op.attr('layer') * layer_bytes}", "layer"
         )
@@ -352,7 +365,7 @@ def _lower_matmul(low: _Lowering, op: Operation) -> None:
     fmt = element_format(op.operands[1].type.element).name
     chunk = op.attr("k_chunk")
     if chunk is None:
-        kern = K.weight_matmul(fmt, op.attr("act"), n, k, tile, low.host)
+        kern = K.weight_matmul(fmt, op.attr("act"), n, k, tile, low.host, low.batched)
         low.call(kern, _io(low, op), low.rows(op.operands[0]))
         return
     if op.attr("act") != "q8_0" or fmt not in QUANT_FORMATS:
@@ -380,15 +393,17 @@ def _lower_matmul(low: _Lowering, op: Operation) -> None:
                     + [("i64", low.f.mul(rows, (slots - mine) * n * 4)), ("i1", "false")],
                 )
             low.sync()
-    kern = K.qmatmul(fmt, n, k, tile, low.host, chunk, separate)
+    kern = K.qmatmul(fmt, n, k, tile, low.host, chunk, separate, low.batched)
     low.call(kern, io, rows)
 
 
 def _lower_rope(low: _Lowering, op: Operation) -> None:
     width = _dims(op.operands[0])[1]
     hd = op.attr("head_dim")
-    kern = K.rope(width // hd, hd, op.attr("theta"), op.attr("style"), low.host)
+    kern = K.rope(width // hd, hd, op.attr("theta"), op.attr("style"), low.host, low.batched)
     io = [low.value_ptr(op.operands[0]), low.value_ptr(op.results[0])]
+    if low.batched:  # each row at its own position
+        io.insert(1, low.value_ptr(op.operands[1]))
     low.call(kern, io, low.rows(op.operands[0]))
 
 
@@ -416,7 +431,8 @@ def _lower_requant(low: _Lowering, op: Operation) -> None:
 
 def _lower_argmax(low: _Lowering, op: Operation) -> None:
     v = _dims(op.operands[0])[1]
-    low.call(K.argmax(v, low.host), _io(low, op), low.rows(op.operands[0]))
+    kern = K.argmax_rows(v, low.host) if low.batched else K.argmax(v, low.host)
+    low.call(kern, _io(low, op), low.rows(op.operands[0]))
 
 
 LOWER = {
@@ -591,7 +607,7 @@ def _abi(low: _Lowering) -> ProgramABI:
     for v in low.block.terminator.operands:
         if not isinstance(v, OpResult) or v.op.attr("offset") is None:
             raise BackendError("lower-llvm: a returned value is not in the arena")
-        outputs.append((v.op.attr("offset"), nbytes(v.type)))
+        outputs.append((v.op.attr("offset"), nbytes(v.type, func.attr("max_tokens", 1))))
     shards = {}
     for w in low.weight_ops:
         if w.attr("shard"):

@@ -13,6 +13,9 @@ from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.kernels.attention import (
     attention_combine,
     attention_parts,
+    attention_rows_combine,
+    attention_rows_parts,
+    rows_scratch_bytes,
     scratch_bytes,
 )
 from ckeir.ir.core import Operation
@@ -20,6 +23,9 @@ from ckeir.ir.core import Operation
 
 def lower_attention(low, op: Operation) -> None:
     """`low` is the lowering of the func (`lower._Lowering`)."""
+    if low.batched:
+        _lower_batched(low, op)
+        return
     q, k, v, kc, vc = (low.value_ptr(x) for x in op.operands[:5])
     kc, vc = low.cache_layer(kc, op, 3), low.cache_layer(vc, op, 4)
     context, kvd = tuple(op.operands[3].type.shape)[1:]
@@ -39,3 +45,23 @@ def _row_bound(low, op: Operation) -> int:
     """The most rows a call of the op has: its static row count, or the func's bound."""
     rows = op.operands[0].type.shape[0]
     return rows if rows is not None else low.func.attr("max_tokens", 1)
+
+
+def _lower_batched(low, op: Operation) -> None:
+    """A batched decode step: row t stores and attends in slot slots[t] at positions[t]
+    (the kernels offset slot 0's layer by the slot); every row may split, so the partials
+    hold MAX_CHUNKS chunks of each row of the func's bound."""
+    q, k, v, kc, vc, positions, slots = (low.value_ptr(x) for x in op.operands[:7])
+    kc, vc = low.cache_layer(kc, op, 3), low.cache_layer(vc, op, 4)
+    _, layers, context, kvd = op.operands[3].type.shape
+    rows = low.rows(op.operands[0])
+    store = K.kv_store_rows(kvd, layers, context, low.host)
+    low.call(store, [k, v, positions, slots, kc, vc], rows)
+    low.sync()
+    heads, hd = op.attr("heads"), op.attr("head_dim")
+    out = low.value_ptr(op.results[0])
+    partials = low.scratch("attention", rows_scratch_bytes(heads, hd, _row_bound(low, op)))
+    parts = attention_rows_parts(heads, op.attr("kv_heads"), hd, layers, context, low.host)
+    low.call(parts, [q, kc, vc, positions, slots, partials, out], rows)
+    low.sync()
+    low.call(attention_rows_combine(heads, hd, low.host), [positions, partials, out], rows)
