@@ -4,6 +4,10 @@ One `NativeEngine` serves a model's prefill and decode programs; they share the 
 Python only writes the inputs, starts the pool once per program call, and reads the outputs.
 Each call runs on as many of the pool's threads as its phase's `width.WidthPolicy` finds
 fastest (a decode token, a prefill call at a time); the tokens are the same at any width.
+
+`NativeSlots` serves a `batch B` spec's programs as B sequence slots (`runtime.batching`'s
+`SlotEngine`): one slot-major KV cache, a prefill call on one slot's region, one call of
+the batched decode program for every row of a step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES
 from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
 from ckeir.backends.llvm.pool import Pool
 from ckeir.backends.llvm.width import WidthPolicy
-from ckeir.errors import BackendError
+from ckeir.errors import BackendError, CkeError
 from ckeir.runtime.memory import Region, huge_pages_wanted, huge_zeros, regions_of
 
 
@@ -106,7 +110,27 @@ class _Program:
         return self.arena[off : off + size].view(dtype).copy()
 
 
-class NativeEngine:
+class _Calls:
+    """What engines over a pool share: a program call on as many of the pool's threads as
+    its phase's width policy chooses, timed and recorded."""
+
+    pool: Pool
+    widths: WidthPolicy
+    native_seconds: dict[str, float]
+    events: list[tuple]
+
+    def _call(self, name: str, p: _Program, n: int) -> None:
+        width = self.widths.choose(name)
+        t0 = time.perf_counter()
+        self.pool.run(p.address, p.ctx.ctypes.data, self_completing=True, width=width)
+        dt = time.perf_counter() - t0
+        self.widths.observe(name, width, dt, n)
+        self.native_seconds[name] += dt
+        if len(self.events) < 100_000:
+            self.events.append((name, -1, 0, t0, dt))
+
+
+class NativeEngine(_Calls):
     """Engine (see `ckeir.runtime.generate`) over the native prefill and decode programs."""
 
     def __init__(
@@ -147,14 +171,7 @@ class NativeEngine:
         p.ids[:n] = ids
         p.ctx[p.abi.slot("n")] = n
         p.ctx[p.abi.slot("pos")] = pos
-        width = self.widths.choose(name)
-        t0 = time.perf_counter()
-        self.pool.run(p.address, p.ctx.ctypes.data, self_completing=True, width=width)
-        dt = time.perf_counter() - t0
-        self.widths.observe(name, width, dt, n)
-        self.native_seconds[name] += dt
-        if len(self.events) < 100_000:
-            self.events.append((name, -1, 0, t0, dt))
+        self._call(name, p, n)
         return int(p.output(0, np.int32)[0]), p.output(1, np.float32)
 
     def prefill(self, ids: np.ndarray, pos: int):
@@ -171,6 +188,123 @@ class NativeEngine:
         """Start a new sequence.  The KV cache is not cleared: attention reads rows 0..pos+t
         only, and every one of them is written first; clearing would make the whole cache
         (hundreds of MB at long contexts) resident for nothing."""
+
+    def close(self) -> None:
+        if self._owns_pool:
+            self.pool.close()
+
+
+class NativeSlots(_Calls):
+    """`runtime.batching.SlotEngine` over the native programs of a `batch B` spec: the
+    prefill program (one sequence, rank-3 caches) and the batched decode program (rows of
+    several sequences, slot-major caches).  The KV cache is (B, L, C, KVD), zeroed lazily;
+    a prefill runs on `cache[slot]` (contiguous: the slot is the outermost dimension), a
+    decode step is one call for all its rows, each row computing what its sequence's
+    one-sequence decode computes (`lower`: the batched func's per-row kernels)."""
+
+    def __init__(
+        self,
+        lowered: LoweredModule,
+        compiled: CompiledModule,
+        weights: dict[str, np.ndarray],
+        threads: int,
+        host=None,
+        huge_pages: bool | None = None,
+        adaptive: bool | None = None,
+        pool: Pool | None = None,
+    ):
+        decode = lowered.programs.get("decode")
+        if decode is None or "positions" not in decode.slots or "prefill" not in lowered.programs:
+            raise BackendError(
+                "NativeSlots runs a batched decode program beside a prefill program",
+                hint="compile a spec whose schedule says `batch N` with N > 1",
+            )
+        self.compiled = compiled
+        self.slots, layers, self.context, kvd = decode.cache_shape
+        self.kcache = lazy_zeros(decode.cache_shape)
+        self.vcache = lazy_zeros(decode.cache_shape)
+        self._owns_pool = pool is None
+        self.pool = Pool(threads, host) if pool is None else pool
+        self.widths = WidthPolicy.for_pool(threads, adaptive)
+        self.programs = {
+            name: _Program(
+                abi,
+                compiled.address(abi.symbol),
+                weights,
+                self.kcache if name == "decode" else self.kcache[0],
+                self.vcache if name == "decode" else self.vcache[0],
+                huge_pages,
+            )
+            for name, abi in lowered.programs.items()
+        }
+        step = self.programs["decode"]
+        self.positions = np.zeros(self.slots, dtype=np.int64)
+        self.rows_slots = np.zeros(self.slots, dtype=np.int32)
+        step.ctx[decode.slot("positions")] = self.positions.ctypes.data
+        step.ctx[decode.slot("seq_slots")] = self.rows_slots.ctypes.data
+        self.max_prefill = self.programs["prefill"].abi.max_tokens
+        self.vocab = decode.outputs[1][1] // 4 // decode.max_tokens
+        self.native_seconds = dict.fromkeys(self.programs, 0.0)
+        self.events: list[tuple] = []
+
+    def prefill(self, slot: int, ids: np.ndarray, pos: int) -> tuple[int, np.ndarray]:
+        """`ids` at positions pos.. of `slot`'s sequence: (argmax of the last row, its
+        logits)."""
+        ids = np.asarray(ids, dtype=np.int32)
+        self._check(slot, pos, len(ids))
+        if not 1 <= len(ids) <= self.max_prefill:
+            raise CkeError(f"a prefill call takes 1 to {self.max_prefill} ids, not {len(ids)}")
+        p = self.programs["prefill"]
+        p.ids[: len(ids)] = ids
+        p.ctx[p.abi.slot("kcache")] = self.kcache[slot].ctypes.data
+        p.ctx[p.abi.slot("vcache")] = self.vcache[slot].ctypes.data
+        p.ctx[p.abi.slot("n")] = len(ids)
+        p.ctx[p.abi.slot("pos")] = pos
+        self._call("prefill", p, len(ids))
+        return int(p.output(0, np.int32)[0]), p.output(1, np.float32)
+
+    def decode(self, rows: list[tuple[int, int, int]]) -> list[tuple[int, np.ndarray]]:
+        """One step: rows of (slot, token, pos), each slot at most once → (argmax, logits)
+        per row, in order."""
+        n = len(rows)
+        if not 1 <= n <= self.slots:
+            raise CkeError(f"a decode step takes 1 to {self.slots} rows, not {n}")
+        if len({slot for slot, _, _ in rows}) < n:
+            raise CkeError(f"a decode step has a slot twice: {[slot for slot, _, _ in rows]}")
+        for slot, token, pos in rows:
+            self._check(slot, pos, 1)
+            if not 0 <= token < self.vocab:
+                raise CkeError(f"token id {token} is not in the model's vocabulary")
+        p = self.programs["decode"]
+        for t, (slot, token, pos) in enumerate(rows):
+            p.ids[t], self.positions[t], self.rows_slots[t] = token, pos, slot
+        p.ctx[p.abi.slot("n")] = n
+        p.ctx[p.abi.slot("pos")] = 0
+        self._call("decode", p, n)
+        tokens = p.output(0, np.int32)[:n]
+        logits = p.output(1, np.float32).reshape(-1, self.vocab)
+        return [(int(tokens[t]), logits[t].copy()) for t in range(n)]
+
+    def _check(self, slot: int, pos: int, n: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise CkeError(f"slot {slot} is not one of the engine's {self.slots} slots")
+        if pos < 0 or pos + n > self.context:
+            raise CkeError(
+                f"positions {pos}..{pos + n - 1} of slot {slot} are outside its context of "
+                f"{self.context}"
+            )
+
+    def release(self, slot: int) -> None:
+        """Nothing to clear: a sequence's attention reads only the rows it wrote (see
+        `NativeEngine.reset`)."""
+        self._check(slot, 0, 0)
+
+    def memory_regions(self) -> list[Region]:
+        """Weights and arenas of both programs, and the whole KV cache once."""
+        out = []
+        for p in self.programs.values():
+            out += [r for r in p.regions() if r.name != "kv_cache"]
+        return out + [Region.of("kv_cache", self.kcache), Region.of("kv_cache", self.vcache)]
 
     def close(self) -> None:
         if self._owns_pool:
