@@ -2,6 +2,11 @@
 never the fast path.  Each op's semantics is written once here, as directly as numpy allows,
 following the op docs in `ckeir.dialects.cke`.  Arithmetic is float64 and rounded to float32 at
 each op's output, so that the native kernels' float32 rounding stays within its tolerance.
+
+A batched decode func (`slots`) runs row by row where rows meet in one sum (matmuls, norms,
+attention in its row's slot), so that each row's result is the float64 arithmetic a
+one-sequence decode does on that row, whichever rows share the step.  `ReferenceSlots` runs a
+module's prefill and batched decode programs as the `SlotEngine` of continuous batching.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ckeir.errors import BackendError
+from ckeir.errors import BackendError, CkeError
 from ckeir.ir.core import Operation
 from ckeir.quant import quantize_activations
 
@@ -19,12 +24,19 @@ def _f32(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
+def _positions(pos, t: int) -> np.ndarray:
+    """Each row's position: pos + t for a sequence's rows, pos[t] for a batched func's."""
+    if np.ndim(pos) == 0:
+        return int(pos) + np.arange(t)
+    return np.asarray(pos, dtype=np.int64)
+
+
 def _rope(x, pos, theta, head_dim, style):
     t, width = x.shape
     heads = x.reshape(t, width // head_dim, head_dim).astype(np.float64)
     half = head_dim // 2
     freq = theta ** (-2.0 * np.arange(half) / head_dim)
-    angle = (pos + np.arange(t))[:, None] * freq[None, :]
+    angle = _positions(pos, t)[:, None] * freq[None, :]
     cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
     if style == "interleaved":
         a, b = heads[..., 0::2], heads[..., 1::2]
@@ -59,6 +71,34 @@ def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer):
     return _f32(out.reshape(t, heads * head_dim))
 
 
+def _batched_attention(q, k, v, kcache, vcache, pos, slots, heads, kv_heads, head_dim, layer):
+    """Row t in slot slots[t] at position pos[t]: one sequence's one-row attention on its
+    slot's cache."""
+    out = [
+        _attention(
+            q[t : t + 1],
+            k[t : t + 1],
+            v[t : t + 1],
+            kcache[s],
+            vcache[s],
+            int(p),
+            heads,
+            kv_heads,
+            head_dim,
+            layer,
+        )  # fmt: skip
+        for t, (p, s) in enumerate(zip(pos, slots, strict=True))
+    ]
+    return np.concatenate(out) if out else _f32(np.zeros(q.shape))
+
+
+def _attention_op(o, a, env):
+    shape = (a["heads"], a["kv_heads"], a["head_dim"], a["layer"])
+    if len(o) == 7:
+        return _batched_attention(*o[:5], o[5], o[6], *shape)
+    return _attention(*o[:5], int(o[5]), *shape)
+
+
 def _matmul(x, w, act):
     """x @ w^T; with `act = "q8_0"` x is first rounded to 8-bit blocks (ckeir.quant)."""
     if act == "q8_0":
@@ -90,22 +130,37 @@ SEMANTICS: dict[str, Callable] = {
     "cke.embed": lambda o, a, env: _f32(o[1][o[0]]),
     "cke.rmsnorm": lambda o, a, env: _rmsnorm(o[0], o[1], a["eps"]),
     "cke.matmul": lambda o, a, env: _matmul(o[0], o[1], a.get("act")),
-    "cke.rope": lambda o, a, env: _rope(o[0], int(o[1]), a["theta"], a["head_dim"], a["style"]),
-    "cke.attention": lambda o, a, env: _attention(
-        *o[:5], int(o[5]), a["heads"], a["kv_heads"], a["head_dim"], a["layer"]
-    ),
+    "cke.rope": lambda o, a, env: _rope(o[0], o[1], a["theta"], a["head_dim"], a["style"]),
+    "cke.attention": _attention_op,
     "cke.silu_mul": lambda o, a, env: _silu_mul(o[0], o[1]),
     "cke.add": lambda o, a, env: _f32(o[0].astype(np.float64) + o[1]),
     "cke.last_token": lambda o, a, env: o[0][-1:],
-    "cke.argmax": lambda o, a, env: np.array([int(np.argmax(o[0][-1]))], dtype=np.int32),
+    "cke.argmax": lambda o, a, env: np.argmax(o[0], axis=1).astype(np.int32),
     "cke.requant": lambda o, a, env: _requant(o[0], a["format"]),
     "mem.arena": None,
+}
+
+
+def _row_by_row(fn: Callable) -> Callable:
+    """`fn` on each row of its first operand alone (the other operands whole), stacked."""
+
+    def each_row(o, a, env):
+        rows = [fn([o[0][t : t + 1], *o[1:]], a, env) for t in range(len(o[0]))]
+        return np.concatenate(rows) if rows else fn(o, a, env)
+
+    return each_row
+
+
+# In a batched func, ops that sum along a row see one row at a time (see the module doc).
+BATCHED_SEMANTICS = SEMANTICS | {
+    name: _row_by_row(SEMANTICS[name]) for name in ("cke.matmul", "cke.rmsnorm")
 }
 
 
 def run_func(func: Operation, weights: dict[str, np.ndarray], args: list) -> list:
     """Interpret a `cke.func` with the given entry arguments; returns the returned values.
     `weights` maps names to float arrays (quantized weights are dequantized by the caller)."""
+    semantics = SEMANTICS if func.attr("slots") is None else BATCHED_SEMANTICS
     block = func.regions[0].entry
     env = dict(zip(block.args, args, strict=True))
     for op in block.ops:
@@ -114,7 +169,7 @@ def run_func(func: Operation, weights: dict[str, np.ndarray], args: list) -> lis
         if op.name == "cke.weight":
             env[op.results[0]] = weights[op.attr("name")]
             continue
-        fn = SEMANTICS.get(op.name, False)
+        fn = semantics.get(op.name, False)
         if fn is None:
             continue
         if fn is False:
@@ -125,12 +180,11 @@ def run_func(func: Operation, weights: dict[str, np.ndarray], args: list) -> lis
 
 
 class ReferenceEngine:
-    """Engine (see `ckeir.runtime.generate`) interpreting the IR with numpy."""
+    """Engine (see `ckeir.runtime.generate`) interpreting the IR with numpy.  A module whose
+    decode program is batched decodes here as its slot 0 (one sequence)."""
 
     def __init__(self, module: Operation, weights: dict[str, np.ndarray], cache_shape):
-        self.funcs = {
-            f.attr("sym_name"): f for f in module.regions[0].entry.ops if f.name == "cke.func"
-        }
+        self.funcs = _funcs(module)
         self.weights = weights
         self.kcache = np.zeros(cache_shape, dtype=np.float32)
         self.vcache = np.zeros(cache_shape, dtype=np.float32)
@@ -149,7 +203,13 @@ class ReferenceEngine:
         return self._run("prefill", ids, pos)
 
     def decode(self, token, pos):
-        return self._run("decode", [token], pos)
+        func = self.funcs["decode"]
+        if func.attr("slots") is None:
+            return self._run("decode", [token], pos)
+        ids, positions, slots = _rows([(0, token, pos)])  # this sequence in slot 0 of
+        caches = [self.kcache[None], self.vcache[None]]  # a one-slot view of the caches
+        token, logits = run_func(func, self.weights, [ids, positions, *caches, slots])
+        return int(token[0]), logits
 
     def reset(self) -> None:
         """Start a new sequence.  The KV cache is not cleared: attention reads rows 0..pos+t
@@ -158,3 +218,81 @@ class ReferenceEngine:
 
     def close(self) -> None:
         pass
+
+
+class ReferenceSlots:
+    """A `SlotEngine` (`ckeir.runtime.batching`) over a module's prefill program and batched
+    decode program: KV caches of (slots, layers, context, kv_dim), the prefill program run on
+    one slot's region, a decode step on up to `slots` rows at once."""
+
+    def __init__(self, module: Operation, weights: dict[str, np.ndarray]):
+        self.funcs = _funcs(module)
+        decode = self.funcs["decode"]
+        self.slots = decode.attr("slots")
+        if self.slots is None:
+            raise BackendError(
+                "the module's decode program is not batched (no `slots`): build it with a "
+                "schedule's `batch N`, N > 1"
+            )
+        cache = decode.regions[0].entry.args[2].type
+        self.kcache = np.zeros(cache.shape, dtype=np.float32)
+        self.vcache = np.zeros(cache.shape, dtype=np.float32)
+        self.context = cache.shape[2]
+        self.max_prefill = self.funcs["prefill"].attr("max_tokens", self.context)
+        self.vocab = decode.regions[0].entry.terminator.operands[1].type.shape[1]
+        self.weights = weights
+
+    def prefill(self, slot: int, ids, pos: int) -> tuple[int, np.ndarray]:
+        ids = np.asarray(ids, np.int32)
+        self._check_slot(slot)
+        self._check_positions(slot, pos, len(ids))
+        args = [ids, pos, self.kcache[slot], self.vcache[slot]]
+        token, logits = run_func(self.funcs["prefill"], self.weights, args)
+        return int(token[0]), logits
+
+    def decode(self, rows: list[tuple[int, int, int]]) -> list[tuple[int, np.ndarray]]:
+        if not rows:
+            return []
+        if len(rows) > self.slots:
+            raise CkeError(f"a decode step takes at most {self.slots} rows, got {len(rows)}")
+        for slot, _, pos in rows:
+            self._check_slot(slot)
+            self._check_positions(slot, pos, 1)
+        if len({slot for slot, _, _ in rows}) < len(rows):
+            raise CkeError(f"a decode step's rows need distinct slots, got {rows}")
+        ids, positions, slots = _rows(rows)
+        args = [ids, positions, self.kcache, self.vcache, slots]
+        tokens, logits = run_func(self.funcs["decode"], self.weights, args)
+        return [(int(tokens[t]), logits[t : t + 1]) for t in range(len(rows))]
+
+    def release(self, slot: int) -> None:
+        """Nothing to clear (see `ReferenceEngine.reset`): a slot's next sequence writes each
+        cache row before attention reads it."""
+        self._check_slot(slot)
+
+    def close(self) -> None:
+        pass
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise CkeError(
+                f"slot {slot} is not one of the {self.slots} slots (0..{self.slots - 1})"
+            )
+
+    def _check_positions(self, slot: int, pos: int, n: int) -> None:
+        """A sequence writes its rows inside its own KV region, never past its context."""
+        if n < 1 or pos < 0 or pos + n > self.context:
+            raise CkeError(
+                f"slot {slot}: {n} tokens at position {pos} do not fit the context of "
+                f"{self.context}"
+            )
+
+
+def _funcs(module: Operation) -> dict[str, Operation]:
+    return {f.attr("sym_name"): f for f in module.regions[0].entry.ops if f.name == "cke.func"}
+
+
+def _rows(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A decode step's (slot, token, pos) rows as its ids, positions and slots arguments."""
+    slots, ids, pos = zip(*rows, strict=True)
+    return np.array(ids, np.int32), np.array(pos, np.int64), np.array(slots, np.int32)
