@@ -239,10 +239,32 @@ def owners(block, plan: PhasePlan) -> dict[Operation, int | None]:
         i for i, op in enumerate(ops) if op.attr("layer") is not None and op.name != "cke.weight"
     ]
     pre_end, post_start = tagged[0], tagged[-1] + 1
-    return {
+    owner = {
         op: None if op.name == "cke.weight" else _owner_stage(op, plan, pre_end, post_start, i)
         for i, op in enumerate(ops)
     }
+    _check_forward(ops, owner)
+    return owner
+
+
+def _check_forward(ops, owner: dict) -> None:
+    """Values flow from a stage to itself or later ones, never back: a stage receives only
+    from the one before.  An op among a layer's ops without its `layer` (IR from text) would
+    otherwise belong to the last stage and feed an earlier one."""
+    for op in ops:
+        if owner[op] is None:
+            continue
+        for r in op.results:
+            for user, _ in r.uses:
+                if owner.get(user) is not None and owner[user] < owner[op]:
+                    layer = op.attr("layer")
+                    why = "no `layer`" if layer is None else f"layer {layer}"
+                    raise PassError(
+                        f"place: {op.name} ({why}, stage {owner[op]}) feeds {user.name} of "
+                        f"the earlier stage {owner[user]}: every op among a layer's ops "
+                        "needs that layer, and layers must come in order",
+                        loc=op.loc,
+                    )
 
 
 def crossings(block, plan: PhasePlan) -> list[tuple[OpResult, list[tuple[Operation, int]]]]:
