@@ -209,3 +209,42 @@ def test_compiled_module_prints_and_parses_back(module):
     again = parse_ir(text)
     verify(again)
     assert print_ir(again) == text
+
+
+def test_a_batched_decode_program_takes_one_row_per_slot(config):
+    """`batch 4`: each row its own sequence's token, at its own position, in its own slot of
+    caches of 4 slots; the prefill program is the one-sequence one."""
+    module = build_module(config, max_tokens=5, batch=4)
+    PassManager(parse_pipeline("shape-infer,tile,plan-memory")).run(module, PassContext())
+    verify(module)
+    one = compiled(config)
+    assert print_ir(funcs(module)["prefill"]) == print_ir(funcs(one)["prefill"])
+    func = funcs(module)["decode"]
+    cache = T.MemRefType((4, config.layers, config.context, config.kv_dim), T.f32)
+    rows = T.TensorType((None,), T.i32)
+    assert [a.type for a in func.regions[0].entry.args] == [
+        rows,
+        T.TensorType((None,), T.i64),
+        cache,
+        cache,
+        rows,
+    ]
+    assert (func.attr("slots"), func.attr("max_tokens")) == (4, 4)
+    counts = Counter(op.name for op in body(func))
+    assert "cke.last_token" not in counts
+    assert counts["cke.attention"] == config.layers
+    for op in body(func):
+        if op.name == "cke.attention":
+            assert len(op.operands) == 7 and op.operands[6] is func.regions[0].entry.args[4]
+        if op.name == "cke.rope":
+            assert op.operands[1] is func.regions[0].entry.args[1]
+        if op.name not in ("cke.weight", "mem.arena", "cke.return"):
+            assert op.result.type.shape[0] is None, (op.name, op.result.type)
+    ret = body(func)[-1]
+    assert [v.type for v in ret.operands] == [rows, T.TensorType((None, config.vocab), T.f32)]
+
+
+def test_batch_one_builds_todays_programs(config):
+    assert print_ir(build_module(config, max_tokens=5, batch=1)) == print_ir(
+        build_module(config, max_tokens=5)
+    )
