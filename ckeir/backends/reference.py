@@ -263,7 +263,7 @@ class ReferenceSlots:
         ids, positions, slots = _rows(rows)
         args = [ids, positions, self.kcache, self.vcache, slots]
         tokens, logits = run_func(self.funcs["decode"], self.weights, args)
-        return [(int(tokens[t]), logits[t : t + 1]) for t in range(len(rows))]
+        return [(int(tokens[t]), logits[t].copy()) for t in range(len(rows))]
 
     def release(self, slot: int) -> None:
         """Nothing to clear (see `ReferenceEngine.reset`): a slot's next sequence writes each
