@@ -51,8 +51,9 @@ def one_row_each(run_kernel, host, kernel, x: np.ndarray, arrays, out_cols: int)
 @pytest.mark.parametrize("chunk", [0, 64])
 def test_rowwise_qmatmul_gives_each_row_its_one_row_bits(host, run_kernel, fmt, chunk):
     """Without `rowwise`, rows in groups of 4 take prefill's order (d_x·q·d_w) and differ
-    from the one-row GEMV (q·(d_w·d_x)) in the last bits; with it, every row of a 9-row
-    call is the one-row call's, whichever part computed it."""
+    from the one-row GEMV (q·(d_w·d_x)) in the last bits; with it, every row of a call is
+    the one-row call's, whichever part computed it and whatever group of rows it was in
+    (9 rows: 4 + 4 + 1; 7: 4 + 2 + 1; 2: a pair)."""
     n_out, k = 80, 576
     rng = np.random.default_rng(len(fmt) + chunk)
     w = quantize_rows(rng.standard_normal((n_out, k), dtype=np.float32), fmt)
@@ -61,10 +62,11 @@ def test_rowwise_qmatmul_gives_each_row_its_one_row_bits(host, run_kernel, fmt, 
     want = one_row_each(run_kernel, host, alone, x, [w], n_out)
     kern = qmatmul(fmt, n_out, k, (64, k), host, chunk, rowwise=True)
     assert kern.name.endswith(("_rw_vnni", f"_rw_v{host.vector_width}"))
-    for nth in (1, 2):
-        out = np.full((9, n_out), np.nan, np.float32)
-        run_kernel(kern, host, [x, w, out], 9, nth=nth)
-        assert out.tobytes() == want.tobytes()
+    for n in (9, 7, 2):
+        for nth in (1, 2):
+            out = np.full((n, n_out), np.nan, np.float32)
+            run_kernel(kern, host, [np.ascontiguousarray(x[:n]), w, out], n, nth=nth)
+            assert out.tobytes() == want[:n].tobytes()
 
 
 def test_prefill_order_differs_from_the_one_row_order(run_kernel):

@@ -297,6 +297,12 @@ class _Writer:
                     tfull = f.round_down(0, ng, p.tokens)
                     with f.loop(0, tfull, p.tokens, "t") as t:
                         self.rows(rb, re, tg, t, p.tokens)
+                    if p.rowwise:  # pairs too (a step of 2 rows or 6): each row's order is
+                        # decode's whatever its group, so the group sizes are free to choose
+                        pairs = f.round_down(tfull, ng, 2)
+                        with f.loop(tfull, pairs, 2, "t") as t:
+                            self.rows(rb, re, tg, t, 2)
+                        tfull = pairs
                     with f.loop(tfull, ng, 1, "t") as t:
                         self.rows(rb, re, tg, t, 1)
 
