@@ -430,14 +430,17 @@ def _check_batch_on_one_rank(s: ScheduleDecl, cluster: ClusterDecl) -> None:
     if (s.batch or 1) == 1:
         return
     nodes: list[str] = []
+    auto = [p.name for p in s.phases.values() if p.auto]
     for phase in s.phases.values():
         names = [n.name for n in cluster.nodes] if phase.auto else list(phase.nodes)
         nodes += [n for n in names if n not in nodes]
     if len(nodes) > 1:
+        runs = f"runs on {len(nodes)} ranks ({_and(nodes)})"
+        if auto:
+            runs = f"may run on {len(nodes)} ranks ({_and(nodes)}: phase {auto[0]} is auto)"
         raise SpecError(
-            f"batch {s.batch}: schedule {s.name} runs on {len(nodes)} ranks "
-            f"({_and(nodes)}); batched decoding runs on one rank for now (pipelines of "
-            "micro-batches and tensor-parallel batches are not built yet)",
+            f"batch {s.batch}: schedule {s.name} {runs}; batched decoding runs on one rank "
+            "for now (pipelines of micro-batches and tensor-parallel batches are not built yet)",
             loc=s.key_locs["batch"],
             hint="run every phase on one node, or write `batch 1`",
         )
