@@ -163,3 +163,17 @@ def test_smollm2_batch_4_each_prompt_equals_generate(tmp_path):
             slots.close()
     assert got == want
     assert max(slots.steps) == 4
+
+
+def test_generate_on_a_batched_program_runs_its_sequence_in_slot_0(tmp_path):
+    """A `batch 4` Program's own engine (generate, and OneSequenceSlots' engines) runs the
+    batched decode program one row at a time in slot 0 of slot-major caches: generate's
+    ids are the `batch 1` program's."""
+    one, four = compiled(tmp_path, "q4_1", 1), compiled(tmp_path, "q4_1", 4)
+    prompt = list(range(40, 77))
+    try:
+        assert four.engine.kcache.shape == (4, 2, 160, 64)
+        assert four.generate(prompt, 16) == one.generate(prompt, 16)
+    finally:
+        one.close()
+        four.close()

@@ -87,6 +87,11 @@ class _Program:
             "kcache": kcache,
             "vcache": vcache,
         }
+        # a batched decode program's rows: each one's position and sequence slot
+        self.batched = "positions" in abi.slots
+        if self.batched:
+            self.positions = fixed["positions"] = np.zeros(abi.max_tokens, dtype=np.int64)
+            self.seq_slots = fixed["seq_slots"] = np.zeros(abi.max_tokens, dtype=np.int32)
         for name, buf in fixed.items():
             self.ctx[abi.slot(name)] = buf.ctypes.data
         self._keep = []
@@ -110,6 +115,25 @@ class _Program:
         return self.arena[off : off + size].view(dtype).copy()
 
 
+def is_batched(lowered: LoweredModule) -> bool:
+    """Whether the module's decode program is a batched one (rows of several sequences)."""
+    decode = lowered.programs.get("decode")
+    return decode is not None and "positions" in decode.slots
+
+
+def _programs(lowered, compiled, weights, kcache, vcache, huge_pages) -> dict[str, _Program]:
+    """Each program of the module over the caches: a batched decode program over all of
+    slot-major caches, every other program over slot 0's region of them (or over them
+    whole, when they are one sequence's)."""
+    slot_major = is_batched(lowered)
+    out = {}
+    for name, abi in lowered.programs.items():
+        whole = not slot_major or "positions" in abi.slots
+        k, v = (kcache, vcache) if whole else (kcache[0], vcache[0])
+        out[name] = _Program(abi, compiled.address(abi.symbol), weights, k, v, huge_pages)
+    return out
+
+
 class _Calls:
     """What engines over a pool share: a program call on as many of the pool's threads as
     its phase's width policy chooses, timed and recorded."""
@@ -131,7 +155,9 @@ class _Calls:
 
 
 class NativeEngine(_Calls):
-    """Engine (see `ckeir.runtime.generate`) over the native prefill and decode programs."""
+    """Engine (see `ckeir.runtime.generate`) over the native prefill and decode programs.
+    A batched decode program (`batch B`) runs this engine's one sequence as its slot 0, in
+    slot-major caches: the same ids as the `batch 1` programs."""
 
     def __init__(
         self,
@@ -146,20 +172,17 @@ class NativeEngine(_Calls):
         pool: Pool | None = None,
     ):
         self.compiled = compiled  # keeps the machine code alive
+        if is_batched(lowered):
+            cache_shape = lowered.programs["decode"].cache_shape
         self.kcache = lazy_zeros(cache_shape)
         self.vcache = lazy_zeros(cache_shape)
-        self.context = cache_shape[1]
+        self.context = cache_shape[-2]
         # engines of one process's sequence slots share one pool (and close it with theirs)
         self._owns_pool = pool is None
         self.pool = Pool(threads, host) if pool is None else pool
         # how many of the pool's threads each call takes (None: CKEIR_ADAPTIVE_THREADS says)
         self.widths = WidthPolicy.for_pool(threads, adaptive)
-        self.programs = {
-            name: _Program(
-                abi, compiled.address(abi.symbol), weights, self.kcache, self.vcache, huge_pages
-            )
-            for name, abi in lowered.programs.items()
-        }
+        self.programs = _programs(lowered, compiled, weights, self.kcache, self.vcache, huge_pages)
         self.max_prefill = self.programs["prefill"].abi.max_tokens
         # seconds inside the native program per phase (the rest of a step is Python)
         self.native_seconds = dict.fromkeys(self.programs, 0.0)
@@ -171,8 +194,13 @@ class NativeEngine(_Calls):
         p.ids[:n] = ids
         p.ctx[p.abi.slot("n")] = n
         p.ctx[p.abi.slot("pos")] = pos
+        if p.batched:  # one row: this engine's sequence, in slot 0
+            p.positions[0], p.seq_slots[0] = pos, 0
         self._call(name, p, n)
-        return int(p.output(0, np.int32)[0]), p.output(1, np.float32)
+        logits = p.output(1, np.float32)
+        if p.batched:
+            logits = logits[: len(logits) // p.abi.max_tokens]
+        return int(p.output(0, np.int32)[0]), logits
 
     def prefill(self, ids: np.ndarray, pos: int):
         return self._run("prefill", ids, pos)
@@ -214,7 +242,7 @@ class NativeSlots(_Calls):
         pool: Pool | None = None,
     ):
         decode = lowered.programs.get("decode")
-        if decode is None or "positions" not in decode.slots or "prefill" not in lowered.programs:
+        if not is_batched(lowered) or "prefill" not in lowered.programs:
             raise BackendError(
                 "NativeSlots runs a batched decode program beside a prefill program",
                 hint="compile a spec whose schedule says `batch N` with N > 1",
@@ -226,22 +254,7 @@ class NativeSlots(_Calls):
         self._owns_pool = pool is None
         self.pool = Pool(threads, host) if pool is None else pool
         self.widths = WidthPolicy.for_pool(threads, adaptive)
-        self.programs = {
-            name: _Program(
-                abi,
-                compiled.address(abi.symbol),
-                weights,
-                self.kcache if name == "decode" else self.kcache[0],
-                self.vcache if name == "decode" else self.vcache[0],
-                huge_pages,
-            )
-            for name, abi in lowered.programs.items()
-        }
-        step = self.programs["decode"]
-        self.positions = np.zeros(self.slots, dtype=np.int64)
-        self.rows_slots = np.zeros(self.slots, dtype=np.int32)
-        step.ctx[decode.slot("positions")] = self.positions.ctypes.data
-        step.ctx[decode.slot("seq_slots")] = self.rows_slots.ctypes.data
+        self.programs = _programs(lowered, compiled, weights, self.kcache, self.vcache, huge_pages)
         self.max_prefill = self.programs["prefill"].abi.max_tokens
         self.vocab = decode.outputs[1][1] // 4 // decode.max_tokens
         self.native_seconds = dict.fromkeys(self.programs, 0.0)
@@ -277,7 +290,7 @@ class NativeSlots(_Calls):
                 raise CkeError(f"token id {token} is not in the model's vocabulary")
         p = self.programs["decode"]
         for t, (slot, token, pos) in enumerate(rows):
-            p.ids[t], self.positions[t], self.rows_slots[t] = token, pos, slot
+            p.ids[t], p.positions[t], p.seq_slots[t] = token, pos, slot
         p.ctx[p.abi.slot("n")] = n
         p.ctx[p.abi.slot("pos")] = 0
         self._call("decode", p, n)
