@@ -698,12 +698,21 @@ class _Vnni(_Path):
         """The group at weight block wb, scratch block sb."""
         f, p = self.f, self.p
         decode, gm, lpb = self.one_row_order(toks), p.group_blocks, p.scale_lanes
-        acts = [self.activations(tok, sb, decode) for tok in toks]
+        # rowwise without min terms: c = d_w·d_x per dot lane as one product of d_w (per
+        # row) and d_x (per token) spread over the lanes, the same products as decode's
+        spread = decode and len(toks) > 1 and mins is None
+        acts = [self.activations(tok, sb, decode and not spread) for tok in toks]
         per_lane = [b * lpb for b in range(gm) for _ in range(p.dot_lanes)]  # scale of each lane
         ht = _vec(gm * lpb, "float")
         sig = None if decode or mins is None else self.sigmas(toks, sb, mins.width)
         for i, row in wrows:
             w, hv = self.weights(row, wb, span)
+            if spread:
+                dw = _shuffle(f, ht, hv, "poison", per_lane, "dw")
+                for j, a in enumerate(acts):
+                    c = f(f"fmul <16 x float> {dw}, {a.scale}", "c")
+                    acc.fma(i, j, self.dot(w, a), c, 16)
+                continue
             if decode:  # c = d_w·d_x per block (q4_1: interleaved with m_w·σ)
                 for j, a in enumerate(acts):
                     c = f(f"fmul {ht} {hv}, {a.scale}", "c")
