@@ -313,8 +313,10 @@ class Program:
     def slot_engine(self, slots: int | None = None):
         """`slots` sequence slots over this Program's compiled code (`batching.SlotEngine`;
         default: the schedule's `batch`), kept until another count is asked for or the
-        Program closes: slot 0 is the Program's engine, every other an engine of its own KV
-        cache sharing the weights, the code and (native) the thread pool.  One process only:
+        Program closes.  At the schedule's `batch N` (N > 1), one engine over the batched
+        decode program (a step's rows in one call); otherwise slot 0 is the Program's engine,
+        every other an engine of its own KV cache sharing the weights, the code and (native)
+        the thread pool.  One process only:
         a schedule over several ranks has no slot engine yet."""
         if self.world_size > 1:
             raise CkeError(
@@ -326,11 +328,36 @@ class Program:
             raise CkeError(f"slots must be a positive number of sequences, not {slots!r}")
         if self._slots is None or self._slots.slots != slots:
             self.close_slots()
-            first = self.engine
-            pool = getattr(first, "pool", None)
-            more = [self._make_engine(self.weights, pool) for _ in range(slots - 1)]
-            self._slots = OneSequenceSlots([first, *more], self.config.vocab)
+            if slots == self.job.schedule.batch > 1:
+                self._slots = self._batched_slots()
+            else:
+                first = self.engine
+                pool = getattr(first, "pool", None)
+                more = [self._make_engine(self.weights, pool) for _ in range(slots - 1)]
+                self._slots = OneSequenceSlots([first, *more], self.config.vocab)
         return self._slots
+
+    def _batched_slots(self):
+        """The schedule's `batch N` as N slots of one engine: the batched decode program
+        runs every row of a step in one call, each weight read once for all of them."""
+        if self.backend == "llvm":
+            from ckeir.backends.llvm.engine import NativeSlots
+
+            return NativeSlots(
+                self.lowered,
+                self.compiled,
+                self.weights,
+                self.threads,
+                self.host,
+                self.huge_pages,
+                adaptive=self.adaptive_threads,
+                pool=self.engine.pool,
+            )
+        from ckeir.backends.reference import ReferenceSlots
+
+        fmts = self.weight_formats
+        plain = {k: dequantize_rows(v, fmts.get(k, "f32")) for k, v in self.weights.items()}
+        return ReferenceSlots(self.module, plain)
 
     def generate_many(
         self, prompts, max_new_tokens: int = 16, *, slots: int | None = None
@@ -345,11 +372,16 @@ class Program:
             return scheduler.generate_many(prompts, max_new_tokens)
 
     def close_slots(self) -> None:
-        """Close generate_many's extra slot engines (slot 0, the Program's own, stays)."""
-        if self._slots is not None:
-            for engine in self._slots.engines[1:]:
+        """Close generate_many's slot engines (the Program's own engine stays)."""
+        if self._slots is None:
+            return
+        engines = getattr(self._slots, "engines", None)
+        if engines is None:  # one batched engine (sharing the Program's pool, if any)
+            self._slots.close()
+        else:
+            for engine in engines[1:]:
                 engine.close()
-            self._slots = None
+        self._slots = None
 
     def close(self) -> None:
         self.close_slots()

@@ -209,7 +209,7 @@ SPEC_SETTINGS = (
     ("schedule", "batch 1000000000000000000000000000000"),
     ("schedule", "batch 0"),
     ("schedule", "batch 5000"),
-    ("schedule", "batch 2"),  # programs decode one sequence each for now
+    ("schedule", "batch 2"),  # slots on one node; refused where the schedule has several ranks
     ("schedule", "quantize weights q8_0 except [nonexistent]"),
     ("schedule", "quantize weights q4_1 except [token_embd, token_embd]"),
     ("schedule", "quantize transfers q8_0"),

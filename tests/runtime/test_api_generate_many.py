@@ -62,3 +62,28 @@ def test_a_schedule_over_several_ranks_is_refused():
     with ckeir.compile(ROOT / "specs" / "tiny.cke", backend="reference") as p:
         with pytest.raises(CkeError, match="runs on 2 ranks: generate_many"):
             p.generate_many([[1, 2]], 4)
+
+
+@pytest.fixture(scope="module", params=["llvm", "reference"])
+def batched(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("batched") / "m.cke"
+    path.write_text(
+        TWO_CORES_SPEC.replace("quantize weights q8_0", "quantize weights q8_0; batch 3")
+    )
+    with ckeir.compile(path, backend=request.param, threads=2) as p:
+        yield p
+
+
+def test_a_batched_schedule_steps_its_sequences_together(batched):
+    """`batch 3`: generate_many runs the batched decode program, a step's rows in one call
+    (the native engine records one decode call a step, fewer than the tokens it made), and
+    each prompt still gets what generate gives it alone."""
+    alone = [batched.generate(ids, 9) for ids in PROMPTS]
+    assert batched.generate_many(PROMPTS, 9) == alone
+    engine = batched.slot_engine()
+    assert engine.slots == 3 and not hasattr(engine, "engines")
+    if batched.backend == "llvm":
+        decode_calls = sum(1 for e in engine.events if e[0] == "decode")
+        new_tokens = sum(len(ids) for ids in alone) - len(PROMPTS)  # each first from prefill
+        assert decode_calls < new_tokens
+        assert engine.pool is batched.engine.pool
