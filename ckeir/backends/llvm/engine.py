@@ -134,14 +134,17 @@ def _programs(lowered, compiled, weights, kcache, vcache, huge_pages) -> dict[st
     return out
 
 
-class _Calls:
-    """What engines over a pool share: a program call on as many of the pool's threads as
-    its phase's width policy chooses, timed and recorded."""
+class _Engine:
+    """What the engines over a pool share: a program call on as many of the pool's threads
+    as its phase's width policy chooses, timed and recorded; the memory they hold."""
 
     pool: Pool
     widths: WidthPolicy
     native_seconds: dict[str, float]
     events: list[tuple]
+    programs: dict[str, _Program]
+    kcache: np.ndarray
+    vcache: np.ndarray
 
     def _call(self, name: str, p: _Program, n: int) -> None:
         width = self.widths.choose(name)
@@ -153,8 +156,17 @@ class _Calls:
         if len(self.events) < 100_000:
             self.events.append((name, -1, 0, t0, dt))
 
+    def memory_regions(self) -> list[Region]:
+        """Weights, arenas and KV cache this engine holds (see `ckeir.runtime.memory`): each
+        program's weights and arena, the KV cache once (programs may share it or a slot's
+        region of it)."""
+        out = []
+        for p in self.programs.values():
+            out += [r for r in p.regions() if r.name != "kv_cache"]
+        return out + [Region.of("kv_cache", self.kcache), Region.of("kv_cache", self.vcache)]
 
-class NativeEngine(_Calls):
+
+class NativeEngine(_Engine):
     """Engine (see `ckeir.runtime.generate`) over the native prefill and decode programs.
     A batched decode program (`batch B`) runs this engine's one sequence as its slot 0, in
     slot-major caches: the same ids as the `batch 1` programs."""
@@ -208,10 +220,6 @@ class NativeEngine(_Calls):
     def decode(self, token: int, pos: int):
         return self._run("decode", np.array([token], dtype=np.int32), pos)
 
-    def memory_regions(self) -> list[Region]:
-        """Weights, arenas and KV cache this engine holds (see `ckeir.runtime.memory`)."""
-        return [r for p in self.programs.values() for r in p.regions()]
-
     def reset(self) -> None:
         """Start a new sequence.  The KV cache is not cleared: attention reads rows 0..pos+t
         only, and every one of them is written first; clearing would make the whole cache
@@ -222,7 +230,7 @@ class NativeEngine(_Calls):
             self.pool.close()
 
 
-class NativeSlots(_Calls):
+class NativeSlots(_Engine):
     """`runtime.batching.SlotEngine` over the native programs of a `batch B` spec: the
     prefill program (one sequence, rank-3 caches) and the batched decode program (rows of
     several sequences, slot-major caches).  The KV cache is (B, L, C, KVD), zeroed lazily;
@@ -311,13 +319,6 @@ class NativeSlots(_Calls):
         """Nothing to clear: a sequence's attention reads only the rows it wrote (see
         `NativeEngine.reset`)."""
         self._check(slot, 0, 0)
-
-    def memory_regions(self) -> list[Region]:
-        """Weights and arenas of both programs, and the whole KV cache once."""
-        out = []
-        for p in self.programs.values():
-            out += [r for r in p.regions() if r.name != "kv_cache"]
-        return out + [Region.of("kv_cache", self.kcache), Region.of("kv_cache", self.vcache)]
 
     def close(self) -> None:
         if self._owns_pool:
