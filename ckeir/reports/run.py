@@ -75,8 +75,9 @@ def run_report(
         "spec": str(prog.job.spec_path),
         "host": {"cpu": prog.host.name, "isa": prog.host.isa, "threads": first["threads"]},
         "launch": _launch(figures),
-        # every program decodes one sequence per step, whatever the schedule declares
+        # a run decodes its one prompt: one sequence a step, in one of the schedule's slots
         "batch": 1,
+        "slots": prog.job.schedule.batch,
         "prompt_tokens": stats.prompt_tokens,
         "generated_tokens": stats.generated_tokens,
         "context_mean": mean_context,

@@ -223,7 +223,7 @@ def _op_program(op, copies: int):
     weights: dict = {}
     # the value the func returns: the last copy's result, else (no copies) the first of
     # the activations made, made from the ids by an embedding
-    last = _activation(b, ids, TensorType((1, 16), f32), weights)
+    last = _activation(b, ids, TensorType((ids.type.shape[0], 16), f32), weights)
     for v in op.operands:
         if v in mapping:
             continue
@@ -239,7 +239,10 @@ def _op_program(op, copies: int):
             copy.attributes.pop(k, None)
         last = b.insert(copy).results[0]
     b.op("cke.return", [last])
-    attributes = {"sym_name": "bench", "phase": "decode", "max_tokens": 1}
+    # the program's own signature: a batched decode (`slots`) keeps its per-row arguments
+    attributes = {"sym_name": "bench", "phase": "decode", "max_tokens": func.attr("max_tokens", 1)}
+    if func.attr("slots") is not None:
+        attributes["slots"] = func.attr("slots")
     return module_op([Operation("cke.func", (), (), attributes, [Region([block])])]), weights
 
 
@@ -247,7 +250,8 @@ PLACEMENT_ATTRS_TO_DROP = ("offset",)  # plan-memory gives the copies places of 
 
 
 def _activation(b, ids, t, weights: dict):
-    """A value of type `t` (one row) made from the ids by an embedding of a small table."""
+    """A value of type `t` (a row per id) made from the ids by an embedding of a small
+    table."""
     name = f"bench.rows{t.shape[-1]}"
     table = t.with_shape((4, t.shape[-1]))
     weights[name] = table
@@ -282,6 +286,8 @@ def _time_program(module, weights: dict, threads: int, host: HostCPU, pos: int) 
     prog = _Program(abi, compiled.address(abi.symbol), arrays, kc, vc, huge_pages=False)
     prog.ctx[abi.slot("n")] = 1
     prog.ctx[abi.slot("pos")] = pos
+    if prog.batched:  # one row, in slot 0, at `pos`
+        prog.positions[0] = pos
     with Pool(threads, host) as pool:
         return _best_time(lambda: pool.run(prog.address, prog.ctx.ctypes.data))
 

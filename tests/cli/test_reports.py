@@ -35,7 +35,7 @@ def test_run_report_and_trace(tmp_path):
     (only,) = rep["ranks"].values()
     assert only["bytes_sent"] == only["bytes_received"] == 0 and rep["hops"] == []
     assert only["busy_seconds"] == d["native_seconds"] + rep["prefill"]["native_seconds"]
-    assert rep["batch"] == 1  # the run decoded one sequence per step
+    assert rep["batch"] == rep["slots"] == 1  # one sequence per step, in the one slot
     events = json.loads(trace.read_text())["traceEvents"]
     meta = [e for e in events if e["ph"] == "M"]
     spans = [e for e in events if e["ph"] == "X"]
@@ -132,3 +132,21 @@ def test_plan_for_this_machine(tmp_path):
     assert decode["here"] > 0 and decode["linked"] >= 0.02 > decode["here"]
     r = ckec("plan", spec, "--simulate-links")
     assert r.returncode == 1 and "--simulate-links: only with --for-this-machine" in r.stderr
+
+
+def test_a_run_of_a_batched_schedule_states_its_slots(tmp_path):
+    """`ckec run` on a `batch 3` schedule decodes its prompt as one sequence (batch 1) in
+    one of 3 slots, with the ids of the same schedule at batch 1."""
+    from widths import TWO_CORES_SPEC
+
+    outs = {}
+    for batch in (1, 3):
+        spec = tmp_path / f"b{batch}.cke"
+        spec.write_text(TWO_CORES_SPEC.replace("q8_0 }", f"q8_0; batch {batch} }}"))
+        report = tmp_path / f"b{batch}.json"
+        r = ckec("run", spec, "--ids", "1,2,3", "-n", "6", "--report", report)
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(report.read_text())
+        assert (rep["batch"], rep["slots"]) == (1, batch)
+        outs[batch] = r.stdout
+    assert outs[1] == outs[3] and outs[1].strip()
