@@ -169,14 +169,15 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             f"stage [{', '.join(nodes)}] has {k} nodes but the model has {shape.kv_heads} "
             "key/value heads: tensor parallelism splits attention by key/value heads"
         )
-    kv = _ranges(cost.share(shape.kv_heads, speed))
+    heads = cost.share(shape.kv_heads, speed)
+    kv = _ranges(heads)
     unit = shape.ffn_unit
     if shape.ffn % unit or shape.ffn // unit < k:
         raise PassError(
             f"stage [{', '.join(nodes)}]: FFN width {shape.ffn} cannot be split "
             f"into {k} shards of whole {unit}-blocks"
         )
-    ffn = _ranges(cost.share(shape.ffn, speed, unit))
+    ffn = _ranges(cost.share(shape.ffn, ffn_weights(shape, heads, speed), unit))
     if not cost.fits_shares(shape.vocab, k):
         raise PassError(
             f"stage [{', '.join(nodes)}]: a vocab of {shape.vocab} has fewer rows "
@@ -184,6 +185,19 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
         )
     vocab = _ranges(cost.share(shape.vocab, speed))
     return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab)
+
+
+def ffn_weights(shape: Shape, heads: list[int], speed: list[float]) -> list[float]:
+    """How to share the FFN's columns so that each rank's layer work (its key/value heads'
+    attention weights plus its FFN columns') is proportional to its speed: whole heads round
+    unevenly (SmolLM2's 3 over 2 equal nodes: 2 + 1), and the FFN makes up for it (1 + 2
+    chunks of 512, not 2 + 1).  In weight elements per hidden unit: a key/value head
+    carries its g query heads' Q and O rows and its K and V rows, (2g + 2) * head_dim; an
+    FFN column its gate, up and down rows, 3."""
+    per_head = (2 * shape.heads // shape.kv_heads + 2) * shape.head_dim
+    total = shape.kv_heads * per_head + 3 * shape.ffn
+    scale = sum(speed)
+    return [max(total * s / scale - h * per_head, 0.0) for s, h in zip(speed, heads, strict=True)]
 
 
 def _ranges(sizes: list[int]) -> tuple[tuple[int, int], ...]:

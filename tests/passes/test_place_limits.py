@@ -58,6 +58,23 @@ def test_a_skew_of_1e30_leaves_every_shard_non_empty():
     assert stage.ffn[1] == (128, 256)
 
 
+def test_the_ffn_makes_up_for_unevenly_rounded_heads():
+    """SmolLM2 on two equal nodes: 3 key/value heads round to 2 + 1, so the FFN's three
+    512-wide chunks go 1 + 2 and each rank's layer weights are within 17% of half (2 + 1
+    would leave rank 0 a third above half); on nodes of speeds 2 : 1 both follow the speeds."""
+    shape = Shape(layers=30, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152)
+    even = make_stage(0, ["a", "b"], [0, 1], 0, 29, shape, [1.0, 1.0])
+    assert even.kv_heads == ((0, 2), (2, 3)) and even.ffn == ((0, 512), (512, 1536))
+    per_head, per_col = (2 * 3 + 2) * 64, 3
+    work = [
+        (h1 - h0) * per_head + (f1 - f0) * per_col
+        for (h0, h1), (f0, f1) in zip(even.kv_heads, even.ffn, strict=True)
+    ]
+    assert max(work) / (sum(work) / 2) < 1.17
+    skewed = make_stage(0, ["a", "b"], [0, 1], 0, 29, shape, [2.0, 1.0])
+    assert skewed.kv_heads == ((0, 2), (2, 3)) and skewed.ffn == ((0, 1024), (1024, 1536))
+
+
 def test_a_pipeline_needs_a_layer_per_node():
     nodes = {
         f"n{i}": cost.NodeModel(f"n{i}", 1, 1 << 30, 1e10, 1 << 20, 1 << 25) for i in range(16)
