@@ -95,6 +95,10 @@ class Shape:
     head_dim: int
     ffn: int
     vocab: int
+    # bytes a weight element takes in the layers' matmuls and in the LM head (their formats:
+    # SmolLM2's Q4_1 layers 0.625, its Q8_0 head 1.0625); they weigh the shares' work
+    layer_bytes: float = 1.0
+    head_bytes: float = 1.0
 
     @property
     def ffn_unit(self) -> int:
@@ -144,7 +148,14 @@ def model_shape(func: Operation) -> Shape:
         att.attr("head_dim"),
         gate.results[0].type.shape[0],
         head.operands[1].type.shape[0],
+        _element_bytes(gate.results[0].type),
+        _element_bytes(head.operands[1].type),
     )
+
+
+def _element_bytes(t: ShapedType) -> float:
+    fmt = element_format(t.element)
+    return fmt.block_bytes / fmt.block
 
 
 # --- choosing the plan ----------------------------------------------------------------------
@@ -183,21 +194,40 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             f"stage [{', '.join(nodes)}]: a vocab of {shape.vocab} has fewer rows "
             f"than the stage's {k} nodes"
         )
-    vocab = _ranges(cost.share(shape.vocab, speed))
+    vocab_weights = speed
+    if last == shape.layers - 1:  # the stage computes the LM head: it evens out the rest
+        layer_work = [
+            (last - first + 1) * layer_work_of(shape, h, f1 - f0)
+            for h, (f0, f1) in zip(heads, ffn, strict=True)
+        ]
+        vocab_weights = _make_up(layer_work, shape.vocab * shape.head_bytes, speed)
+    vocab = _ranges(cost.share(shape.vocab, vocab_weights))
     return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab)
+
+
+def layer_work_of(shape: Shape, heads: int, ffn: int) -> float:
+    """The weight bytes per hidden unit of one layer's share of `heads` key/value heads and
+    `ffn` FFN columns: a key/value head carries its g query heads' Q and O rows and its K and
+    V rows, (2g + 2) * head_dim elements; an FFN column its gate, up and down rows, 3."""
+    per_head = (2 * shape.heads // shape.kv_heads + 2) * shape.head_dim
+    return (heads * per_head + 3 * ffn) * shape.layer_bytes
 
 
 def ffn_weights(shape: Shape, heads: list[int], speed: list[float]) -> list[float]:
     """How to share the FFN's columns so that each rank's layer work (its key/value heads'
     attention weights plus its FFN columns') is proportional to its speed: whole heads round
     unevenly (SmolLM2's 3 over 2 equal nodes: 2 + 1), and the FFN makes up for it (1 + 2
-    chunks of 512, not 2 + 1).  In weight elements per hidden unit: a key/value head
-    carries its g query heads' Q and O rows and its K and V rows, (2g + 2) * head_dim; an
-    FFN column its gate, up and down rows, 3."""
-    per_head = (2 * shape.heads // shape.kv_heads + 2) * shape.head_dim
-    total = shape.kv_heads * per_head + 3 * shape.ffn
+    chunks of 512, not 2 + 1)."""
+    attention = [layer_work_of(shape, h, 0) for h in heads]
+    return _make_up(attention, layer_work_of(shape, 0, shape.ffn), speed)
+
+
+def _make_up(work: list[float], rest: float, speed: list[float]) -> list[float]:
+    """Weights to share `rest` by so that each rank's `work` plus its share of `rest`
+    follows `speed` (a rank already above its part gets the least, one unit)."""
+    total = sum(work) + rest
     scale = sum(speed)
-    return [max(total * s / scale - h * per_head, 0.0) for s, h in zip(speed, heads, strict=True)]
+    return [max(total * s / scale - w, 0.0) for s, w in zip(speed, work, strict=True)]
 
 
 def _ranges(sizes: list[int]) -> tuple[tuple[int, int], ...]:
