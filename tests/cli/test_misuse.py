@@ -157,17 +157,19 @@ def test_usage_errors_exit_1_not_2():
     assert_user_error(ckec(TINY, "--emit=pdf"), "argument --emit: invalid choice")
 
 
-def test_a_batch_that_would_not_be_decoded_is_refused_at_its_line(tmp_path):
-    """Programs decode one sequence each: `batch 2` would be reported and ignored."""
+def test_a_batch_over_several_ranks_is_refused_at_its_line(tmp_path):
+    """Batched decoding runs on one rank for now: `batch 2` on tiny.cke's two nodes would be
+    a pipeline of micro-batches, which is not built yet."""
     spec = tmp_path / "batch.cke"
     spec.write_text(TINY.read_text().replace("  batch 1", "  batch 2"))
     r = run(spec, "--ids", "1", "-n", "1")
     line = TINY.read_text().splitlines().index("  batch 1") + 1
     assert_user_error(
         r,
-        f"{spec}:{line}:3: error: batch 2: programs decode one sequence each for now",
+        f"{spec}:{line}:3: error: batch 2: schedule serve runs on 2 ranks (n0 and n1); "
+        "batched decoding runs on one rank for now",
         "    batch 2\n      ^",
-        "write `batch 1` or leave the statement out",
+        "run every phase on one node, or write `batch 1`",
     )
     assert ckec(spec, "--emit=mlir").returncode == 1  # refused for compiling too
 

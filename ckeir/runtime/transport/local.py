@@ -806,13 +806,17 @@ def watchdog_seconds(value: float | None = None) -> float | None:
 
 
 def _runnable(pid: int) -> bool:
-    """Some thread of process `pid` is running or waiting for a CPU (state R): a heartbeat
-    that stands still then means a starved rank on a busy machine, or one holding the GIL
-    in a long call — slow, not stopped."""
+    """Some thread of process `pid` is running, waiting for a CPU (state R) or for the disk
+    (D): a heartbeat that stands still then means a starved rank on a busy machine, one
+    holding the GIL in a long call, or one still reading its modules from a cold disk at
+    start-up (its main thread faulting pages in, D, while the heartbeat thread waits for the
+    GIL; a fresh venv's suite on a loaded machine once saw a rank killed 1.5 s into its
+    start-up, before its first transport call, with a 1.5 s watchdog) — slow, not stopped.  (A task frozen by a cgroup-v1 freezer also shows D: such a rank is found by
+    the launcher's time-out instead; the v2 freezer, a SIGSTOP and a debugger do not.)"""
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
         with contextlib.suppress(OSError, ValueError):
             text = stat.read_bytes()
-            if text[text.rindex(b")") + 2 : text.rindex(b")") + 3] == b"R":
+            if text[text.rindex(b")") + 2 : text.rindex(b")") + 3] in (b"R", b"D"):
                 return True
     return False
 
