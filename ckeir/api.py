@@ -316,8 +316,8 @@ class Program:
         Program closes.  At the schedule's `batch N` (N > 1), one engine over the batched
         decode program (a step's rows in one call); otherwise slot 0 is the Program's engine,
         every other an engine of its own KV cache sharing the weights, the code and (native)
-        the thread pool.  One process only:
-        a schedule over several ranks has no slot engine yet."""
+        the thread pool.  One process only: a schedule over several ranks has no slot
+        engine yet."""
         if self.world_size > 1:
             raise CkeError(
                 f"this schedule runs on {self.world_size} ranks: generate_many runs one rank's "

@@ -340,11 +340,7 @@ class Transport(abc.ABC):
                 f"{x.dtype} into {y.size} x {y.dtype}"
             )
         t0 = time.perf_counter()
-        parts = {p: self._scratch(p, x) for p in g if p != self.rank}
-        if parts:
-            self._all_to_all(g, lambda _p: x, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0)
-        parts[self.rank] = x
-        first, *later = (parts[p].reshape(slots, -1) for p in g)
+        first, *later = (part.reshape(slots, -1) for part in self._direct_exchange(x, g, t0))
         chunks = [first[0], *(c for member in later for c in member)]
         if len(chunks) == 1:
             np.copyto(y, chunks[0])
@@ -499,10 +495,16 @@ class Transport(abc.ABC):
     def _allreduce_direct(
         self, x: np.ndarray, g: tuple[int, ...], t0: float, out: np.ndarray
     ) -> None:
+        _ordered_sum(self._direct_exchange(x, g, t0), out=out)
+
+    def _direct_exchange(self, x: np.ndarray, g: tuple[int, ...], t0: float) -> list:
+        """The direct all-reduce's messages: `x` to every other member, theirs into scratch
+        buffers; every member's buffer (this one's `x`) in group order."""
         parts = {p: self._scratch(p, x) for p in g if p != self.rank}
-        self._all_to_all(g, lambda _p: x, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0)
+        if parts:
+            self._all_to_all(g, lambda _p: x, parts.__getitem__, TAG_ALLREDUCE, "allreduce", t0)
         parts[self.rank] = x
-        _ordered_sum([parts[p] for p in g], out=out)
+        return [parts[p] for p in g]
 
     def _scratch(self, peer: int, like: np.ndarray) -> np.ndarray:
         """A receive buffer shaped like `like`, reused across calls (the same buffers every
