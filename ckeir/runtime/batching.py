@@ -106,7 +106,8 @@ class OneSequenceSlots:
 
 
 # The choice of a sequence's next id from its row's (argmax, logits): greedy takes the argmax.
-# Sampling plugs in here; a request's sampling options belong on its `Sequence`.
+# Sampling plugs in here: a scheduler's `pick` serves every request, a request's own `pick`
+# (`submit(pick=)`, holding that request's options and random state) overrides it.
 Pick = Callable[["Sequence", int, np.ndarray], int]
 
 
@@ -178,6 +179,7 @@ class Sequence:
         self.prefilled = 0  # prompt ids in the slot's cache
         self.started = False  # the engine was given this sequence's first chunk
         self.cancel_requested = False
+        self.pick: Pick = greedy  # chooses the next id (the request's, else the scheduler's)
 
     @property
     def done(self) -> bool:
@@ -341,17 +343,20 @@ class Scheduler:
         stop: Iterable[Iterable[int]] = (),
         on_token: Callable[[int], None] | None = None,
         on_done: Callable[[Sequence], None] | None = None,
+        pick: Pick | None = None,
     ) -> Sequence:
         """Queue a request; returns its `Sequence` at once.  A bad request (empty prompt,
         ids outside the vocabulary, a prompt that leaves no room in the context, a bad
         count, eos or stop) comes back already finished with reason "error" and a
         `CkeError`; nothing else notices.  `on_token(id)` and `on_done(seq)` are called from
-        the stepping thread; an exception from `on_token` fails its sequence."""
+        the stepping thread; an exception from `on_token` fails its sequence.  `pick`
+        chooses this request's ids instead of the scheduler's `pick`."""
         with self._lock:
             rid = self._next_id
             self._next_id += 1
             self._counts["requests"] += 1
         seq = Sequence(self, rid, max_new_tokens, on_token, on_done)
+        seq.pick = pick or self.pick
         e = self.engine
         try:
             seq.prompt = check_batched_request(ids, max_new_tokens, e.vocab, e.context)
@@ -497,7 +502,7 @@ class Scheduler:
         if seq.cancel_requested:
             return  # retired at the step's end
         try:
-            token = int(self.pick(seq, argmax, logits))
+            token = int(seq.pick(seq, argmax, logits))
             with self._lock:
                 self._counts["generated_tokens"] += 1
             seq._append(token)

@@ -130,6 +130,28 @@ def test_more_prompts_than_slots_each_get_what_they_get_alone():
     assert chunks == [(4, 0), (4, 4), (3, 8)]
 
 
+def test_a_requests_own_pick_chooses_its_ids_and_no_other_requests():
+    eng = FakeSlots(slots=2, context=40)
+    seen = []
+
+    def plus_one(seq, argmax, logits):  # a request's own choice, told which request it serves
+        seen.append(seq.id)
+        return (argmax + 1) % eng.vocab
+
+    s = scheduler_over(eng)
+    mine = s.submit([1, 2, 3], 5, pick=plus_one)
+    other = s.submit([4, 5], 5)
+    s.run()
+    history, want = [1, 2, 3], []
+    for _ in range(5):
+        want.append((next_id(history, eng.vocab) + 1) % eng.vocab)
+        history.append(want[-1])
+    assert mine.result() == want
+    assert other.result() == alone([4, 5], 5, eng.vocab, eng.context)[0]
+    assert set(seen) == {mine.id} and len(seen) == 5
+    assert not eng.violations
+
+
 def test_decodes_of_several_sequences_share_one_step():
     eng = FakeSlots(slots=3)
     generate_many(eng, [[1], [2], [3]], max_new_tokens=4)
