@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ckeir.errors import BackendError, CkeError
+from ckeir.errors import BackendError
 from ckeir.ir.core import Operation
 from ckeir.quant import quantize_activations
+from ckeir.runtime.batching import check_rows, check_span
 
 
 def _f32(a) -> np.ndarray:
@@ -244,22 +245,13 @@ class ReferenceSlots:
 
     def prefill(self, slot: int, ids, pos: int) -> tuple[int, np.ndarray]:
         ids = np.asarray(ids, np.int32)
-        self._check_slot(slot)
-        self._check_positions(slot, pos, len(ids))
+        check_span(slot, pos, len(ids), self.slots, self.context)
         args = [ids, pos, self.kcache[slot], self.vcache[slot]]
         token, logits = run_func(self.funcs["prefill"], self.weights, args)
         return int(token[0]), logits
 
     def decode(self, rows: list[tuple[int, int, int]]) -> list[tuple[int, np.ndarray]]:
-        if not rows:
-            return []
-        if len(rows) > self.slots:
-            raise CkeError(f"a decode step takes at most {self.slots} rows, got {len(rows)}")
-        for slot, _, pos in rows:
-            self._check_slot(slot)
-            self._check_positions(slot, pos, 1)
-        if len({slot for slot, _, _ in rows}) < len(rows):
-            raise CkeError(f"a decode step's rows need distinct slots, got {rows}")
+        check_rows(rows, self.slots, self.context, self.vocab)
         ids, positions, slots = _rows(rows)
         args = [ids, positions, self.kcache, self.vcache, slots]
         tokens, logits = run_func(self.funcs["decode"], self.weights, args)
@@ -268,24 +260,10 @@ class ReferenceSlots:
     def release(self, slot: int) -> None:
         """Nothing to clear (see `ReferenceEngine.reset`): a slot's next sequence writes each
         cache row before attention reads it."""
-        self._check_slot(slot)
+        check_span(slot, 0, 1, self.slots, self.context)
 
     def close(self) -> None:
         pass
-
-    def _check_slot(self, slot: int) -> None:
-        if not 0 <= slot < self.slots:
-            raise CkeError(
-                f"slot {slot} is not one of the {self.slots} slots (0..{self.slots - 1})"
-            )
-
-    def _check_positions(self, slot: int, pos: int, n: int) -> None:
-        """A sequence writes its rows inside its own KV region, never past its context."""
-        if n < 1 or pos < 0 or pos + n > self.context:
-            raise CkeError(
-                f"slot {slot}: {n} tokens at position {pos} do not fit the context of "
-                f"{self.context}"
-            )
 
 
 def _funcs(module: Operation) -> dict[str, Operation]:

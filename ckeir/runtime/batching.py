@@ -63,6 +63,43 @@ class SlotEngine(Protocol):
         ...
 
 
+def check_span(slot: int, pos: int, n: int, slots: int, context: int) -> None:
+    """`n` positions from `pos` of `slot`'s sequence, refused unless the slot is one of the
+    engine's and the positions lie inside its context: a sequence never writes past its KV
+    region."""
+    if isinstance(slot, bool) or not isinstance(slot, int | np.integer) or not 0 <= slot < slots:
+        raise CkeError(
+            f"slot {shown(slot)} is not one of the engine's {slots} slots (0..{slots - 1})"
+        )
+    if n < 1 or pos < 0 or pos + n > context:
+        raise CkeError(
+            f"slot {slot}: positions {pos}..{pos + n - 1} are outside its context of {context}"
+        )
+
+
+def check_rows(rows, slots: int, context: int, vocab: int) -> None:
+    """A decode step's rows of (slot, token, pos), refused before anything runs: 1 to
+    `slots` rows, each slot at most once and one of the engine's, each position inside its
+    slot's context, each token in the vocabulary.  Every slot engine's decode (native,
+    numpy, pipeline) checks its rows here, with one wording."""
+    n = len(rows)
+    if not 1 <= n <= slots:
+        raise CkeError(f"a decode step takes 1 to {slots} rows, not {n}")
+    seen = set()
+    for slot, token, pos in rows:
+        check_span(slot, pos, 1, slots, context)
+        if slot in seen:
+            raise CkeError(
+                f"a decode step has slot {slot} twice (rows' slots {[r[0] for r in rows]})"
+            )
+        seen.add(slot)
+        if not 0 <= token < vocab:
+            raise CkeError(
+                f"slot {slot}: token id {shown(token)} is not in the model's vocabulary of "
+                f"{vocab} tokens (ids 0..{vocab - 1})"
+            )
+
+
 class OneSequenceSlots:
     """A `SlotEngine` over one-sequence engines (`generate.Engine`), one per slot, each with
     its own KV cache (weights and compiled code shared by whoever built them).

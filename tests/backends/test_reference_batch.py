@@ -91,14 +91,19 @@ def test_bad_rows_are_refused_before_anything_runs(progs):
     engine.prefill(0, [1, 2], 0)
     before = engine.kcache.copy()
     for rows, message in [
-        ([(0, 1, 2), (0, 3, 2)], "distinct slots"),
-        ([(4, 1, 2)], "slot 4 is not one of the 4 slots (0..3)"),
-        ([(0, 1, CONTEXT)], f"1 tokens at position {CONTEXT} do not fit the context of 16"),
-        ([(s, 1, 2) for s in range(4)] + [(0, 1, 3)], "at most 4 rows, got 5"),
+        ([(0, 1, 2), (0, 3, 2)], "a decode step has slot 0 twice"),
+        ([(4, 1, 2)], "slot 4 is not one of the engine's 4 slots (0..3)"),
+        (
+            [(0, 1, CONTEXT)],
+            f"slot 0: positions {CONTEXT}..{CONTEXT} are outside its context of 16",
+        ),
+        ([(s, 1, 2) for s in range(4)] + [(0, 1, 3)], "a decode step takes 1 to 4 rows, not 5"),
+        ([], "a decode step takes 1 to 4 rows, not 0"),
+        ([(1, 64, 2)], "slot 1: token id 64 is not in the model's vocabulary of 64 tokens"),
     ]:
         with pytest.raises(CkeError, match=message.replace("(", r"\(").replace(")", r"\)")):
             engine.decode(rows)
-    with pytest.raises(CkeError, match="do not fit the context"):
+    with pytest.raises(CkeError, match="are outside its context"):
         engine.prefill(1, [1] * 4, CONTEXT - 3)
     assert np.array_equal(engine.kcache, before)  # nothing written past a region
 

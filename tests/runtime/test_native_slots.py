@@ -114,11 +114,11 @@ def test_a_row_gets_its_logits_whoever_shares_the_step(tmp_path):
 def test_bad_rows_are_refused(tmp_path):
     slots = slots_of(compiled(tmp_path, "q8_0", 4), 1)
     try:
-        with pytest.raises(CkeError, match="slot twice"):
+        with pytest.raises(CkeError, match="a decode step has slot 1 twice"):
             slots.decode([(1, 3, 0), (1, 4, 0)])
         with pytest.raises(CkeError, match="outside its context"):
             slots.decode([(0, 3, 160)])
-        with pytest.raises(CkeError, match="not one of the engine's 4 slots"):
+        with pytest.raises(CkeError, match=r"slot 4 is not one of the engine's 4 slots \(0..3\)"):
             slots.prefill(4, np.array([1, 2], np.int32), 0)
         with pytest.raises(CkeError, match="1 to 4 rows"):
             slots.decode([(s, 1, 0) for s in range(4)] * 2)

@@ -22,6 +22,7 @@ from ckeir.backends.llvm.lower import LoweredModule, ProgramABI
 from ckeir.backends.llvm.pool import Pool
 from ckeir.backends.llvm.width import WidthPolicy
 from ckeir.errors import BackendError, CkeError
+from ckeir.runtime.batching import check_rows, check_span
 from ckeir.runtime.memory import Region, huge_pages_wanted, huge_zeros, regions_of
 
 
@@ -272,7 +273,7 @@ class NativeSlots(_Engine):
         """`ids` at positions pos.. of `slot`'s sequence: (argmax of the last row, its
         logits)."""
         ids = np.asarray(ids, dtype=np.int32)
-        self._check(slot, pos, len(ids))
+        check_span(slot, pos, len(ids), self.slots, self.context)
         if not 1 <= len(ids) <= self.max_prefill:
             raise CkeError(f"a prefill call takes 1 to {self.max_prefill} ids, not {len(ids)}")
         p = self.programs["prefill"]
@@ -287,15 +288,8 @@ class NativeSlots(_Engine):
     def decode(self, rows: list[tuple[int, int, int]]) -> list[tuple[int, np.ndarray]]:
         """One step: rows of (slot, token, pos), each slot at most once → (argmax, logits)
         per row, in order."""
+        check_rows(rows, self.slots, self.context, self.vocab)
         n = len(rows)
-        if not 1 <= n <= self.slots:
-            raise CkeError(f"a decode step takes 1 to {self.slots} rows, not {n}")
-        if len({slot for slot, _, _ in rows}) < n:
-            raise CkeError(f"a decode step has a slot twice: {[slot for slot, _, _ in rows]}")
-        for slot, token, pos in rows:
-            self._check(slot, pos, 1)
-            if not 0 <= token < self.vocab:
-                raise CkeError(f"token id {token} is not in the model's vocabulary")
         p = self.programs["decode"]
         for t, (slot, token, pos) in enumerate(rows):
             p.ids[t], p.positions[t], p.seq_slots[t] = token, pos, slot
@@ -306,19 +300,10 @@ class NativeSlots(_Engine):
         logits = p.output(1, np.float32).reshape(-1, self.vocab)
         return [(int(tokens[t]), logits[t].copy()) for t in range(n)]
 
-    def _check(self, slot: int, pos: int, n: int) -> None:
-        if not 0 <= slot < self.slots:
-            raise CkeError(f"slot {slot} is not one of the engine's {self.slots} slots")
-        if pos < 0 or pos + n > self.context:
-            raise CkeError(
-                f"positions {pos}..{pos + n - 1} of slot {slot} are outside its context of "
-                f"{self.context}"
-            )
-
     def release(self, slot: int) -> None:
         """Nothing to clear: a sequence's attention reads only the rows it wrote (see
         `NativeEngine.reset`)."""
-        self._check(slot, 0, 0)
+        check_span(slot, 0, 1, self.slots, self.context)
 
     def close(self) -> None:
         if self._owns_pool:
