@@ -18,9 +18,15 @@ from ckeir.ir.printer import print_ir
 from ckeir.outputs import check_output_dir, write_output
 from ckeir.ranks import run_local
 from ckeir.runtime import linux
-from ckeir.runtime.batching import OneSequenceSlots, Scheduler
+from ckeir.runtime.batching import (
+    OneSequenceSlots,
+    Scheduler,
+    check_batched_request,
+    check_prompts,
+)
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
 from ckeir.runtime.memory import Region, huge_pages_wanted
+from ckeir.runtime.sampling import Sampler, Sampling
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
 
@@ -274,6 +280,20 @@ class Program:
         finally:
             self._pinning, self._pinned_cpus = 0, None
 
+    def sampler(self, **sampling) -> Sampler | None:
+        """A sampler of these options (`sampling.Sampling`: temperature, top_k, top_p, min_p,
+        seed, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty), checked
+        before any work; None when they choose greedily (the engine's argmax)."""
+        options = Sampling.of(**sampling)
+        if options.greedy:
+            return None
+        if self.world_size > 1:
+            raise CkeError(
+                f"this schedule runs on {self.world_size} ranks, which decode greedily for "
+                "now: leave out temperature and the penalties (or run a one-rank schedule)"
+            )
+        return options.sampler()
+
     def stream(
         self,
         ids,
@@ -282,26 +302,36 @@ class Program:
         on_logits=None,
         *,
         pin: bool | None = None,
+        **sampling,
     ):
-        """Yield greedy token ids as they are generated; `pin`: the pool threads on CPUs of
-        their own while generating (None: the Program's choice, see `wants_pinning`)."""
+        """Yield token ids as they are generated: greedy, or sampled as `sampling` says
+        (see `sampler`).  `pin`: the pool threads on CPUs of their own while generating
+        (None: the Program's choice, see `wants_pinning`)."""
         ids = self.check_request(ids, max_new_tokens)
+        sampler = self.sampler(**sampling)
         engine = self.engine
-        tokens = generate_stream(engine, ids, max_new_tokens, self.config.vocab, stats, on_logits)
+        tokens = generate_stream(
+            engine, ids, max_new_tokens, self.config.vocab, stats, on_logits, sampler
+        )
         return self._pinned_stream(tokens, pin)
 
     def _pinned_stream(self, tokens, pin: bool | None):
         with self.pinned_threads(pin):
             yield from tokens
 
-    def generate(self, ids, max_new_tokens: int = 16, *, pin: bool | None = None) -> list[int]:
-        """Greedy continuation of `ids` (a list of token ids): the new token ids.  A schedule
-        over several nodes runs here as local ranks (one process each), unless this
-        Program is already one rank of a running world.  `pin`: as for `stream`."""
+    def generate(
+        self, ids, max_new_tokens: int = 16, *, pin: bool | None = None, **sampling
+    ) -> list[int]:
+        """The continuation of `ids` (a list of token ids): the new token ids, greedy unless
+        `sampling` says otherwise (temperature, top_k, top_p, min_p, seed, penalties: see
+        `sampler`; the same seed gives the same ids).  A schedule over several nodes runs
+        here as local ranks (one process each), unless this Program is already one rank of
+        a running world.  `pin`: as for `stream`."""
         if self.world_size > 1 and self.transport is None:
             ids = self.check_request(ids, max_new_tokens)
+            self.sampler(**sampling)  # refused unless greedy
             return run_local(self, ids, max_new_tokens, pin=pin)["tokens"]
-        return list(self.stream(ids, max_new_tokens, pin=pin))
+        return list(self.stream(ids, max_new_tokens, pin=pin, **sampling))
 
     def memory_regions(self) -> list[Region]:
         """The memory this process's engine computes in, as (name, address, length) regions
@@ -360,16 +390,26 @@ class Program:
         return ReferenceSlots(self.module, plain)
 
     def generate_many(
-        self, prompts, max_new_tokens: int = 16, *, slots: int | None = None
+        self, prompts, max_new_tokens: int = 16, *, slots: int | None = None, **sampling
     ) -> list[list[int]]:
-        """Greedy continuations of several prompts through the continuous-batching scheduler
+        """Continuations of several prompts through the continuous-batching scheduler
         (`runtime.batching`): one id list per prompt, each what `generate` gives that prompt
-        alone (a continuation that would pass the context stops there).  More prompts than
-        `slots` wait for a free slot.  Every prompt is checked before any runs; an error
-        names the prompt."""
+        alone with the same `sampling` options (each prompt samples with a random state of
+        its own, seeded by `seed` if given; a continuation that would pass the context stops
+        there).  More prompts than `slots` wait for a free slot.  Every prompt is checked
+        before any runs; an error names the prompt."""
+        options = Sampling.of(**sampling)
         engine = self.slot_engine(slots)
+        prompts = check_prompts(
+            prompts,
+            lambda ids: check_batched_request(ids, max_new_tokens, engine.vocab, engine.context),
+        )
         with Scheduler(engine) as scheduler:
-            return scheduler.generate_many(prompts, max_new_tokens)
+            seqs = [
+                scheduler.submit(ids, max_new_tokens, pick=options.sampler()) for ids in prompts
+            ]
+            scheduler.run()
+            return [seq.result() for seq in seqs]
 
     def close_slots(self) -> None:
         """Close generate_many's slot engines (the Program's own engine stays)."""

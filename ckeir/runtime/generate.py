@@ -1,4 +1,5 @@
-"""Greedy generation over an engine that runs the compiled prefill and decode programs."""
+"""Generation over an engine that runs the compiled prefill and decode programs: greedy, or
+sampled by a `sampling.Sampler`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from ckeir.errors import CkeError
 from ckeir.limits import MAX_NEW_TOKENS, in_int_range, shown
+from ckeir.runtime.sampling import Sampler
 
 
 class Engine(Protocol):
@@ -81,9 +83,12 @@ def generate_stream(
     vocab: int,
     stats: GenerationStats | None = None,
     on_logits: Callable[[int, np.ndarray], None] | None = None,
+    sampler: Sampler | None = None,
 ) -> Iterator[int]:
-    """Yield greedy tokens one by one; the KV cache starts empty."""
+    """Yield tokens one by one, each the engine's argmax or `sampler`'s choice from the
+    row's logits; the KV cache starts empty."""
     prompt = np.asarray(check_request(ids, max_new_tokens, vocab, engine.context), np.int32)
+    history = prompt.tolist()  # what the sampler's penalties look back on
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(prompt)
     engine.reset()
@@ -99,6 +104,9 @@ def generate_stream(
     for step in range(max_new_tokens):
         if on_logits is not None:
             on_logits(step, logits)
+        if sampler is not None:
+            token = sampler.choose(logits, history, token)
+            history.append(token)
         stats.generated_tokens += 1
         yield token
         if step + 1 == max_new_tokens:
