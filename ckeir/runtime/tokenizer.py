@@ -8,11 +8,21 @@ tokens (type 3) are special tokens, so `<|im_start|>` encodes to one id.
 
 The tokenizer is read when text is first encoded or decoded, each key checked for its type
 and length first: a model run from token ids never needs it.
+
+Chat: the file's `tokenizer.chat_template` (ChatML when it has none) renders a list of
+messages into the prompt text as Hugging Face transformers renders it (Jinja2, sandboxed,
+trim_blocks and lstrip_blocks, `raise_exception`, `add_generation_prompt`); the file's
+BOS/EOS ids say where a sequence starts and ends.  `TextStream` turns generated ids into
+text as they come: whole UTF-8 characters only, stop strings left out even when one spans
+several tokens.
 """
 
 from __future__ import annotations
 
-from ckeir.errors import ModelFileError
+import json
+from collections.abc import Iterable
+
+from ckeir.errors import CkeError, ModelFileError
 from ckeir.limits import MAX_VOCAB
 
 # pre-tokenizer names (GGUF `tokenizer.ggml.pre`) whose digits are split one by one
@@ -23,6 +33,17 @@ MODEL, PRE = "tokenizer.ggml.model", "tokenizer.ggml.pre"
 TOKENS, MERGES = "tokenizer.ggml.tokens", "tokenizer.ggml.merges"
 TYPES, SCORES = "tokenizer.ggml.token_type", "tokenizer.ggml.scores"
 SPECIAL_IDS = ("bos", "eos", "unknown", "padding")  # tokenizer.ggml.<name>_token_id
+CHAT_TEMPLATE, ADD_BOS = "tokenizer.chat_template", "tokenizer.ggml.add_bos_token"
+EOT_ID = "tokenizer.ggml.eot_token_id"  # end of turn, where a file names one apart from EOS
+MAX_TEMPLATE = 1 << 20  # characters of a chat template
+
+# ChatML, as llama.cpp falls back to it for a file without a template
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
 
 class Tokenizer:
@@ -128,18 +149,213 @@ class GGUFTokenizer:
     def decode(self, ids) -> str:
         return self.built().decode(ids)
 
+    def token_id(self, name: str) -> int | None:
+        """The file's `tokenizer.ggml.<name>_token_id` (bos, eos, eot...), or None."""
+        key = f"tokenizer.ggml.{name}_token_id"
+        i = self.model_file.integer(key, 0, MAX_VOCAB - 1, default=None)
+        if i is not None and i >= self.built().vocab_size:
+            raise ModelFileError(f"{self.model_file.path}: metadata '{key}' is not a token id")
+        return i
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_id("bos")
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """The ids that end a generated sequence: EOS, and end-of-turn where the file has
+        one apart from EOS."""
+        return frozenset(i for i in (self.token_id("eos"), self.token_id("eot")) if i is not None)
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether a prompt starts with the BOS id (`tokenizer.ggml.add_bos_token`)."""
+        value = self.model_file.metadata(ADD_BOS, False)
+        if not isinstance(value, bool):
+            raise ModelFileError(f"{self.model_file.path}: metadata '{ADD_BOS}' is not a BOOL")
+        return value and self.bos_id is not None
+
+    def token_text(self, i: int | None) -> str:
+        return "" if i is None else self.decode([i])
+
+    @property
+    def chat_template(self) -> str:
+        """The file's chat template, ChatML where it has none."""
+        text = self.model_file.text(CHAT_TEMPLATE, default=None)
+        if text is not None and len(text) > MAX_TEMPLATE:
+            raise ModelFileError(
+                f"{self.model_file.path}: metadata '{CHAT_TEMPLATE}' is longer than "
+                f"{MAX_TEMPLATE} characters"
+            )
+        return CHATML if text is None else text
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        """The prompt text of a conversation, rendered by the file's template."""
+        return render_chat(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.token_text(self.bos_id),
+            eos_token=self.token_text(self.token_id("eos")),
+        )
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt's ids: BOS first where the file asks for it (and the text has none)."""
+        ids = self.encode(text)
+        if self.add_bos and (not ids or ids[0] != self.bos_id):
+            ids.insert(0, self.bos_id)
+        return ids
+
+
+def check_messages(messages) -> list[dict]:
+    """A chat's messages as the template takes them: a non-empty list of objects, each with
+    a string `role` and a `content` that is a string or a list of text parts."""
+    if not isinstance(messages, list) or not messages:
+        raise CkeError("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise CkeError(f"messages[{i}] must be an object with a string 'role'")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI's content parts: the text ones, joined
+            parts = [p.get("text") for p in content if isinstance(p, dict)]
+            if len(parts) != len(content) or not all(isinstance(t, str) for t in parts):
+                raise CkeError(f"messages[{i}].content parts must be {{type: text, text}}")
+            content = "".join(parts)
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise CkeError(f"messages[{i}].content must be a string")
+        out.append({**m, "content": content})
+    return out
+
+
+def render_chat(template: str, messages, add_generation_prompt: bool = True, **context) -> str:
+    """Render a chat template as transformers' `apply_chat_template` does: an immutable
+    sandboxed Jinja2 environment with trim_blocks and lstrip_blocks, the loop-control
+    extension, `raise_exception(msg)` and a `tojson` filter that keeps non-ASCII text.  A
+    template's own error (or its `raise_exception`) is a CkeError."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    messages = check_messages(messages)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    def strftime_now(fmt):
+        import datetime
+
+        return datetime.datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    try:
+        compiled = env.from_string(template)
+        return compiled.render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **context
+        )
+    except jinja2.exceptions.TemplateError as e:
+        raise CkeError(f"the chat template refused the messages: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a template's own bug (a bad key, a type)
+        raise CkeError(
+            f"the chat template failed on the messages: {type(e).__name__}: {e}"
+        ) from None
+
 
 class StreamDecoder:
     """Turns generated ids into text pieces as they arrive; a piece is emitted once its bytes
-    form whole UTF-8 characters (a multi-byte character may span tokens)."""
+    form whole UTF-8 characters (a multi-byte character may span tokens).  Each push decodes
+    only the ids since the last whole piece (byte-level BPE decodes piecewise)."""
 
     def __init__(self, tokenizer: Tokenizer | GGUFTokenizer):
-        self.tk, self.ids, self.shown = tokenizer, [], ""
+        self.tk, self.ids = tokenizer, []
+        self.prefix = self.read = 0  # ids[prefix:read] decoded to text already shown
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tk.decode(self.ids)
-        if text.endswith("\ufffd"):
+        shown = self.tk.decode(self.ids[self.prefix : self.read])
+        text = self.tk.decode(self.ids[self.prefix :])
+        if text.endswith("\ufffd") or len(text) <= len(shown):
             return ""
-        piece, self.shown = text[len(self.shown) :], text
-        return piece
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(shown) :]
+
+    def flush(self) -> str:
+        """What is left at the end (an unfinished character as U+FFFD): the pieces and this
+        join to the decoding of every id."""
+        shown = self.tk.decode(self.ids[self.prefix : self.read])
+        text = self.tk.decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return text[len(shown) :]
+
+
+def check_stop(stop) -> tuple[str, ...]:
+    """Stop strings as OpenAI takes them: one string, or a list of up to 16 non-empty ones."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise CkeError("stop must be a string or a list of strings")
+    if len(stop) > 16:
+        raise CkeError(f"stop takes at most 16 strings, not {len(stop)}")
+    if "" in stop:
+        raise CkeError("a stop string is empty")
+    return tuple(stop)
+
+
+class TextStream:
+    """Generated ids in, text out as it becomes final: whole UTF-8 characters only, and
+    never text that could still be the start of a stop string.  When the text reaches a stop
+    string, everything before it is out, the stop string and what follows are not, and
+    `stopped` names it: the generation should end."""
+
+    def __init__(self, tokenizer: Tokenizer | GGUFTokenizer, stop: Iterable[str] = ()):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stop = check_stop(list(stop))
+        self.held = ""  # decoded, not yet emitted
+        self.stopped: str | None = None
+        self.text = ""  # everything emitted
+
+    def push(self, token: int) -> str:
+        if self.stopped is not None:
+            return ""
+        return self._release(self.decoder.push(token), final=False)
+
+    def finish(self) -> str:
+        """The text still held at the end of the generation."""
+        if self.stopped is not None:
+            return ""
+        return self._release(self.decoder.flush(), final=True)
+
+    def _release(self, piece: str, final: bool) -> str:
+        self.held += piece
+        hits = [(self.held.find(s), s) for s in self.stop if s in self.held]
+        if hits:
+            at, self.stopped = min(hits)
+            out, self.held = self.held[:at], ""
+        else:
+            keep = 0 if final else _stop_prefix(self.held, self.stop)
+            out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        self.text += out
+        return out
+
+
+def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+    """The length of the longest end of `text` that begins some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

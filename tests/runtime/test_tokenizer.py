@@ -72,3 +72,108 @@ def test_stream_decoder_waits_for_whole_characters(tk):
     pieces = [dec.push(i) for i in ids]
     assert "".join(pieces) == "a🙂b"
     assert all("\ufffd" not in p for p in pieces)
+
+
+# ---- chat templates, BOS/EOS, streamed text with stop strings --------------------------------
+
+CHAT = [{"role": "user", "content": "What is 2+2?"}]
+
+
+def test_chat_template_from_the_file(tk):
+    text = tk.apply_chat_template(CHAT)
+    # SmolLM2's own template: its default system turn, the user turn, the assistant's start
+    assert text == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    ids = tk.encode_prompt(text)
+    assert ids.count(1) == 3 and ids.count(2) == 2  # <|im_start|>, <|im_end|>: one id each
+    assert not tk.add_bos and tk.bos_id == 1 and tk.eos_ids == {2}
+    system = [{"role": "system", "content": "Be brief."}, *CHAT]
+    assert tk.apply_chat_template(system, add_generation_prompt=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+    )
+
+
+def _file_tokenizer(tmp_path, meta):
+    from ggufgen import write_gguf
+
+    from ckeir.models.files import open_model_file
+    from ckeir.runtime.tokenizer import GGUFTokenizer
+
+    path = write_gguf(tmp_path / "t.gguf", meta=meta)
+    return GGUFTokenizer(open_model_file("gguf", path))
+
+
+def test_chatml_when_the_file_has_no_template(tmp_path):
+    from ckeir.runtime.tokenizer import CHATML
+
+    tk = _file_tokenizer(tmp_path, {})
+    assert tk.chat_template == CHATML
+    assert tk.apply_chat_template(CHAT) == (
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_template_rendered_as_transformers_renders_it(tmp_path):
+    from gguf import GGUFValueType
+
+    from ckeir.errors import CkeError
+
+    template = (
+        "{% for m in messages %}\n"
+        "  {% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}\n"
+        "[{{ m['role'] }}]{{ m['content'] | tojson }}\n"
+        "{% endfor %}\n"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    meta = {"tokenizer.chat_template": (template, GGUFValueType.STRING)}
+    tk = _file_tokenizer(tmp_path, meta)
+    # trim_blocks and lstrip_blocks: the block lines leave nothing; tojson keeps non-ASCII
+    assert tk.apply_chat_template([{"role": "user", "content": "café"}]) == (
+        '[user]"café"\n[assistant]'
+    )
+    with pytest.raises(CkeError, match="refused the messages: no tools here"):
+        tk.apply_chat_template([{"role": "tool", "content": "x"}])
+    with pytest.raises(CkeError, match="messages must be a non-empty list"):
+        tk.apply_chat_template([])
+    # the sandbox: a template cannot reach Python's internals
+    meta = {"tokenizer.chat_template": ("{{ ''.__class__.__mro__ }}", GGUFValueType.STRING)}
+    with pytest.raises(CkeError, match="chat template"):
+        _file_tokenizer(tmp_path, meta).apply_chat_template(CHAT)
+
+
+def _streamed(tk, ids, stop=()):
+    from ckeir.runtime.tokenizer import TextStream
+
+    stream = TextStream(tk, stop)
+    pieces = [stream.push(i) for i in ids]
+    pieces.append(stream.finish())
+    return pieces, stream
+
+
+def test_stop_string_across_tokens_is_left_out(tk):
+    ids = tk.encode("Hello there. The end is near, friend.")
+    pieces, stream = _streamed(tk, ids, stop=["end is"])
+    assert "".join(pieces) == "Hello there. The "
+    assert stream.stopped == "end is"
+    # no piece ever showed the start of the stop string before it was decided
+    assert all("end" not in p for p in pieces)
+    # without a stop string, every piece joined is the whole decoding
+    pieces, stream = _streamed(tk, ids)
+    assert "".join(pieces) == tk.decode(ids) and stream.stopped is None
+
+
+def test_text_that_only_looks_like_a_stop_is_released(tk):
+    ids = tk.encode("an ending, then more")
+    pieces, stream = _streamed(tk, ids, stop=["end is"])
+    assert "".join(pieces) == "an ending, then more" and stream.stopped is None
+
+
+def test_streamed_text_never_holds_half_a_character(tk):
+    ids = tk.encode("東京🙂 naïve")
+    pieces, _ = _streamed(tk, ids, stop=["🙂 n"])
+    assert "".join(pieces) == "東京"
+    for p in pieces:
+        p.encode("utf-8")  # whole characters only
+        assert "\ufffd" not in p
