@@ -15,6 +15,7 @@ completes it later with ``with_model_params``, which re-runs the checks.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -415,7 +416,7 @@ def _resolve_schedule(spec: Spec, s: ScheduleDecl) -> ScheduleDecl:
     else:
         check_layer_bound(s)
     _check_weight_except(s, model)
-    _check_batch_on_one_rank(s, cluster)
+    _check_batch_placement(s, cluster)
     for phase in phases.values():
         for stage in phase.stages:
             _check_tensor_parallel(stage, model, cluster)
@@ -424,9 +425,11 @@ def _resolve_schedule(spec: Spec, s: ScheduleDecl) -> ScheduleDecl:
     return s
 
 
-def _check_batch_on_one_rank(s: ScheduleDecl, cluster: ClusterDecl) -> None:
-    """`batch N` > 1 decodes N sequences a step in one rank's program: a schedule over
-    several ranks would need micro-batches flowing through its pipeline, which come later."""
+def _check_batch_placement(s: ScheduleDecl, cluster: ClusterDecl) -> None:
+    """`batch N` > 1 decodes N sequences a step: on one rank, or over pipeline stages of one
+    node each, which keep micro-batches of the N in flight.  A sequence's KV cache stays
+    where its prefill wrote it, so prefill must have decode's stages; tensor-parallel stages
+    and `auto` phases (the planner may choose tensor parallelism) are refused."""
     if (s.batch or 1) == 1:
         return
     nodes: list[str] = []
@@ -434,16 +437,42 @@ def _check_batch_on_one_rank(s: ScheduleDecl, cluster: ClusterDecl) -> None:
     for phase in s.phases.values():
         names = [n.name for n in cluster.nodes] if phase.auto else list(phase.nodes)
         nodes += [n for n in names if n not in nodes]
-    if len(nodes) > 1:
-        runs = f"runs on {len(nodes)} ranks ({_and(nodes)})"
-        if auto:
-            runs = f"may run on {len(nodes)} ranks ({_and(nodes)}: phase {auto[0]} is auto)"
-        raise SpecError(
-            f"batch {s.batch}: schedule {s.name} {runs}; batched decoding runs on one rank "
-            "for now (pipelines of micro-batches and tensor-parallel batches are not built yet)",
-            loc=s.key_locs["batch"],
-            hint="run every phase on one node, or write `batch 1`",
+    if len(nodes) == 1:
+        return
+    fail = functools.partial(SpecError, loc=s.key_locs["batch"])
+    if auto:
+        raise fail(
+            f"batch {s.batch}: schedule {s.name} may run on {len(nodes)} ranks "
+            f"({_and(nodes)}: phase {auto[0]} is auto); a batch over several ranks needs "
+            "pipeline stages stated in every phase",
+            hint="state the stages (one node each), run every phase on one node, or write "
+            "`batch 1`",
         )
+    for phase in s.phases.values():
+        for stage in phase.stages:
+            if len(stage.nodes) > 1:
+                raise fail(
+                    f"batch {s.batch}: phase {phase.name}'s stage [{', '.join(stage.nodes)}] "
+                    "is tensor parallel; batched decoding runs on pipeline stages of one node "
+                    "each (tensor-parallel batches are not built yet)",
+                    hint=f"give each stage of phase {phase.name} one node, or write `batch 1`",
+                )
+    pre, dec = s.phases["prefill"], s.phases["decode"]
+    if _stages(pre) != _stages(dec):
+        raise fail(
+            f"batch {s.batch}: phase prefill ({_describe(pre)}) and phase decode "
+            f"({_describe(dec)}) place the layers differently; a batched sequence's KV cache "
+            "stays on the ranks its prefill wrote it on, so both phases need the same stages",
+            hint="give phase prefill the stages of phase decode, or write `batch 1`",
+        )
+
+
+def _stages(phase: PhaseDecl) -> list[tuple]:
+    return [(st.nodes, st.first, st.last) for st in phase.stages]
+
+
+def _describe(phase: PhaseDecl) -> str:
+    return " | ".join(f"{', '.join(st.nodes)} layers {st.first}..{st.last}" for st in phase.stages)
 
 
 def _default_phase(name: str, cluster: ClusterDecl, model: ModelDecl, loc: SourceLoc) -> PhaseDecl:

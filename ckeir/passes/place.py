@@ -574,7 +574,7 @@ class Place(Pass):
         for func, plan in plans.items():
             phase, shape = func.attr("phase"), model_shape(func)
             plan = placement[phase] = _renumbered(plan, rank_of)
-            _check_batch_on_one_rank(func, plan)
+            _check_batch_stages(func, plan)
             for rank in plan.ranks:
                 rewriter.insert_before(func, rank_program(func, plan, rank, shape, transfer))
             rewriter.erase(func)
@@ -593,17 +593,18 @@ class Place(Pass):
         round_transfers(func, plan, transfer, rewriter)
 
 
-def _check_batch_on_one_rank(func: Operation, plan: PhasePlan) -> None:
-    """A batched decode program (`slots`) runs whole on one rank: cutting it into stages
-    needs micro-batches in flight, which are not built yet."""
+def _check_batch_stages(func: Operation, plan: PhasePlan) -> None:
+    """A batched decode program (`slots`) runs on one rank or on pipeline stages of one rank
+    each (micro-batches in flight); a tensor-parallel stage of it is not built yet."""
     slots = func.attr("slots")
-    if slots is not None and len(plan.ranks) > 1:
+    wide = [s for s in plan.stages if len(s.ranks) > 1]
+    if slots is not None and wide:
         raise PassError(
             f"place: func {func.attr('sym_name')} decodes {slots} sequence slots a step, "
-            f"but its phase is placed on {len(plan.ranks)} ranks ({plan.describe()}); "
-            "batched programs run on one rank for now",
+            f"but its phase puts stage [{', '.join(wide[0].nodes)}] on {len(wide[0].ranks)} "
+            f"ranks ({plan.describe()}); batched programs run on stages of one rank each",
             loc=func.loc,
-            hint="place the phase on one node, or build the program with batch 1",
+            hint="give each stage one node, or build the program with batch 1",
         )
 
 

@@ -88,13 +88,20 @@ class RankEngine:
         self.programs, self.caches = {}, {}
         self.fused: dict[str, _Fused] = {}  # phase -> its one-call entry, where it has one
         same = placement["prefill"].describe() == placement["decode"].describe()
+        # a batched decode program (`batch N`) keeps N slot-major caches; prefill writes one
+        # slot's region of them (the spec's check makes both phases share the stages)
+        batched = next((a for a in lowered.programs.values() if "positions" in a.slots), None)
+        self.slots = batched.cache_shape[0] if batched is not None else 1
         for abi in lowered.programs.values():
             key = "shared" if same else abi.phase
             if key not in self.caches:
                 # resident only where written, as one rank's cache (engine.lazy_zeros): numpy
                 # would advise huge pages, and each first touch would fault in 2 MiB mid-token
-                self.caches[key] = (lazy_zeros(abi.cache_shape), lazy_zeros(abi.cache_shape))
+                shape = batched.cache_shape if batched is not None else abi.cache_shape
+                self.caches[key] = (lazy_zeros(shape), lazy_zeros(shape))
             kc, vc = self.caches[key]
+            if batched is not None and "positions" not in abi.slots:
+                kc, vc = kc[0], vc[0]
             addresses = {
                 st.symbol: compiled.address(st.symbol) for st in abi.steps if st.kind == "native"
             }
@@ -160,39 +167,94 @@ class RankEngine:
 
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
-        self._phase = phase
+        """One sequence's step (SPMD): this rank's program, then the token broadcast from
+        the last stage to every rank.  A batched decode program runs it as its slot 0."""
         token, logits = -1, None
         entry = self.programs.get(phase)
         if entry is not None:
-            prog, addresses = entry
-            n = len(ids)
-            prog.ids[:n] = ids
-            prog.ctx[prog.abi.slot("n")] = n
-            prog.ctx[prog.abi.slot("pos")] = pos
-            fused = self.fused.get(phase)
-            width = self.widths.choose(phase)
-            if fused is not None and fused.fits(n):
-                computed = self._run_fused(fused, n, width)
+            prog = entry[0]
+            if prog.batched:
+                self._set_rows(prog, [(0, int(ids[0]), pos)])
             else:
-                computed = 0.0
-                for st in prog.abi.steps:
-                    t0 = time.perf_counter()
-                    before = self._counted(st)
-                    self._step(prog, st, addresses, n, width)
-                    dt = time.perf_counter() - t0
-                    self._record(st, self._checked(st, n, self._counted(st) - before), t0, dt)
-                    computed += dt if st.kind == "native" else 0.0
-            # the width is judged on this rank's own work: waits for peers are not its doing
-            self.widths.observe(phase, width, computed, n)
+                self._set_span(prog, 0, ids, pos)
+            self._execute(phase, len(ids))
             if prog.abi.outputs:
                 token = int(prog.output(0, np.int32)[0])
-                logits = prog.output(1, np.float32)
+                logits = prog.output(1, np.float32)[: self.config.vocab]
         root = _root(self.placement[phase])
         buf = np.array([token], dtype=np.int32)
         self.transport.broadcast(buf, root, self.world)
         if phase == "prefill" and self.handoff is not None:
             self._handoff(pos, len(ids))
         return int(buf[0]), logits
+
+    def _execute(self, phase: str, n: int) -> None:
+        """This rank's program of `phase` on the n rows its inputs hold: one native call
+        with native collectives where it can, else step by step, each transfer held to the
+        IR's bytes for n rows."""
+        self._phase = phase
+        prog, addresses = self.programs[phase]
+        fused = self.fused.get(phase)
+        width = self.widths.choose(phase)
+        if fused is not None and fused.fits(n):
+            computed = self._run_fused(fused, n, width)
+        else:
+            computed = 0.0
+            for st in prog.abi.steps:
+                t0 = time.perf_counter()
+                before = self._counted(st)
+                self._step(prog, st, addresses, n, width)
+                dt = time.perf_counter() - t0
+                self._record(st, self._checked(st, n, self._counted(st) - before), t0, dt)
+                computed += dt if st.kind == "native" else 0.0
+        # the width is judged on this rank's own work: waits for peers are not its doing
+        self.widths.observe(phase, width, computed, n)
+
+    def _set_span(self, prog, slot: int, ids: np.ndarray, pos: int) -> None:
+        """Inputs of a one-sequence program: ids at positions pos.. of `slot`'s cache
+        region (slot 0 of one sequence's caches when the rank keeps no slots)."""
+        n = len(ids)
+        prog.ids[:n] = ids
+        prog.ctx[prog.abi.slot("n")] = n
+        prog.ctx[prog.abi.slot("pos")] = pos
+        if self.slots > 1:
+            kc, vc = self.caches["shared"]
+            prog.ctx[prog.abi.slot("kcache")] = kc[slot].ctypes.data
+            prog.ctx[prog.abi.slot("vcache")] = vc[slot].ctypes.data
+
+    @staticmethod
+    def _set_rows(prog, rows) -> None:
+        """Inputs of a batched decode program: one row (slot, token, pos) per sequence."""
+        for t, (slot, token, pos) in enumerate(rows):
+            prog.ids[t], prog.positions[t], prog.seq_slots[t] = token, pos, slot
+        prog.ctx[prog.abi.slot("n")] = len(rows)
+        prog.ctx[prog.abi.slot("pos")] = 0
+
+    # -- steps a driver rank hands out (`runtime.pipeline_slots`) ----------------------------
+    def prefill_slot(self, slot: int, ids: np.ndarray, pos: int):
+        """`ids` at positions pos.. of `slot`'s sequence through this rank's stage (its recv
+        from the stage before, its layers, its send to the next): the last stage returns
+        (argmax of the last row, its logits), the others None.  No broadcast: the driver
+        collects the results (see `PipelineSlots`)."""
+        prog = self.programs["prefill"][0]
+        self._set_span(prog, slot, np.asarray(ids, np.int32), pos)
+        self._execute("prefill", len(ids))
+        if not prog.abi.outputs:
+            return None
+        return int(prog.output(0, np.int32)[0]), prog.output(1, np.float32)
+
+    def decode_rows(self, rows):
+        """One step of rows (slot, token, pos) through this rank's stage of the batched
+        decode program: the last stage returns (argmax per row, logits [rows, vocab]), the
+        others None."""
+        prog = self.programs["decode"][0]
+        self._set_rows(prog, rows)
+        self._execute("decode", len(rows))
+        if not prog.abi.outputs:
+            return None
+        n = len(rows)
+        tokens = prog.output(0, np.int32)[:n]
+        return tokens, prog.output(1, np.float32).reshape(-1, self.config.vocab)[:n]
 
     def _step(self, prog, st, addresses, n: int, width: int) -> None:
         arena = prog.arena

@@ -157,19 +157,19 @@ def test_usage_errors_exit_1_not_2():
     assert_user_error(ckec(TINY, "--emit=pdf"), "argument --emit: invalid choice")
 
 
-def test_a_batch_over_several_ranks_is_refused_at_its_line(tmp_path):
-    """Batched decoding runs on one rank for now: `batch 2` on tiny.cke's two nodes would be
-    a pipeline of micro-batches, which is not built yet."""
+def test_a_tensor_parallel_batch_is_refused_at_its_line(tmp_path):
+    """Batched decoding runs on one rank or on pipeline stages of one node each: `batch 2`
+    on tiny.cke, whose prefill is one stage on two nodes, is refused."""
     spec = tmp_path / "batch.cke"
     spec.write_text(TINY.read_text().replace("  batch 1", "  batch 2"))
     r = run(spec, "--ids", "1", "-n", "1")
     line = TINY.read_text().splitlines().index("  batch 1") + 1
     assert_user_error(
         r,
-        f"{spec}:{line}:3: error: batch 2: schedule serve runs on 2 ranks (n0 and n1); "
-        "batched decoding runs on one rank for now",
+        f"{spec}:{line}:3: error: batch 2: phase prefill's stage [n0, n1] is tensor parallel; "
+        "batched decoding runs on pipeline stages of one node each",
         "    batch 2\n      ^",
-        "run every phase on one node, or write `batch 1`",
+        "give each stage of phase prefill one node, or write `batch 1`",
     )
     assert ckec(spec, "--emit=mlir").returncode == 1  # refused for compiling too
 

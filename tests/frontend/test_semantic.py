@@ -256,9 +256,9 @@ def test_run_names_must_exist(run, message, col):
         ("phase decode { auto }\nphase decode { auto }",
          "'phase decode' is given twice in schedule s", "phase decode"),
         ("batch 0", "batch must be between 1 and 4096, not 0", "batch 0"),
-        ("batch 2\n  phase decode { stage n0 layers 0..1; stage n1 layers 2..3 }",
-         "batch 2: schedule s runs on 2 ranks (n0 and n1); batched decoding runs on one rank "
-         "for now (pipelines of micro-batches and tensor-parallel batches are not built yet)",
+        ("batch 2\n  phase decode { stage [n0, n1] layers 0..3 }",
+         "batch 2: phase decode's stage [n0, n1] is tensor parallel; batched decoding runs on "
+         "pipeline stages of one node each (tensor-parallel batches are not built yet)",
          "batch 2"),
     ],
 )  # fmt: skip
@@ -268,9 +268,10 @@ def test_phase_errors(body, message, at):
     assert where(err).startswith(at)
 
 
-def test_batch_means_sequence_slots_on_one_rank():
-    """`batch N` is N sequence slots of one rank's decode program: accepted wherever every
-    phase runs on one node (stated, defaulted, or `auto` on a one-node cluster)."""
+def test_batch_means_sequence_slots_on_one_rank_or_over_pipeline_stages():
+    """`batch N` is N sequence slots of the decode program: accepted wherever every phase
+    runs on one node (stated, defaulted, or `auto` on a one-node cluster), and on pipeline
+    stages of one node each that both phases share."""
     assert spec("  batch 1").schedule().batch == 1
     assert spec().schedule().batch == 1
     assert spec("  batch 8").schedule().batch == 8  # both phases default to n0
@@ -278,24 +279,45 @@ def test_batch_means_sequence_slots_on_one_rank():
     assert spec("  batch 4\n  phase decode { auto }", cluster=one).schedule().batch == 4
     staged = "  batch 4\n  phase prefill { stage n1 layers 0..3 }\n  phase decode { stage n1 layers 0..3 }"
     assert spec(staged).schedule().batch == 4
+    stages = "{ stage n0 layers 0..1; stage n1 layers 2..3 }"
+    piped = f"  batch 4\n  phase prefill {stages}\n  phase decode {stages}"
+    assert spec(piped).schedule().batch == 4
+
+
+TP_HINT = "give each stage of phase decode one node, or write `batch 1`"
+SAME_HINT = "give phase prefill the stages of phase decode, or write `batch 1`"
 
 
 @pytest.mark.parametrize(
-    ("body", "ranks"),
+    ("body", "message", "hint"),
     [
-        ("phase decode { stage [n0, n1] layers 0..3 }", "2 ranks (n0 and n1)"),
-        ("phase decode { stage n0 layers 0..1; stage n1 layers 2..3 }", "2 ranks (n0 and n1)"),
-        ("phase prefill { stage n1 layers 0..3 }", "2 ranks (n1 and n0)"),
-        ("phase decode { auto }", "2 ranks (n0 and n1: phase decode is auto)"),
+        ("phase decode { stage [n0, n1] layers 0..3 }",
+         "batch 8: phase decode's stage [n0, n1] is tensor parallel; batched decoding runs on "
+         "pipeline stages of one node each (tensor-parallel batches are not built yet)",
+         TP_HINT),
+        ("phase decode { stage n0 layers 0..1; stage n1 layers 2..3 }",
+         "batch 8: phase prefill (n0 layers 0..3) and phase decode (n0 layers 0..1 | n1 layers "
+         "2..3) place the layers differently; a batched sequence's KV cache stays on the ranks "
+         "its prefill wrote it on, so both phases need the same stages",
+         SAME_HINT),
+        ("phase prefill { stage n1 layers 0..3 }",
+         "batch 8: phase prefill (n1 layers 0..3) and phase decode (n0 layers 0..3) place the "
+         "layers differently; a batched sequence's KV cache stays on the ranks its prefill "
+         "wrote it on, so both phases need the same stages",
+         SAME_HINT),
+        ("phase decode { auto }",
+         "batch 8: schedule s may run on 2 ranks (n0 and n1: phase decode is auto); a batch "
+         "over several ranks needs pipeline stages stated in every phase",
+         "state the stages (one node each), run every phase on one node, or write `batch 1`"),
     ],
-)
-def test_batch_over_several_ranks_is_refused_at_the_batch_statement(body, ranks):
+)  # fmt: skip
+def test_a_batch_over_ranks_other_than_shared_pipeline_stages_is_refused_at_the_statement(
+    body, message, hint
+):
     err = error(f"{MODEL}{CLUSTER}schedule s {{\n  run m on c\n  {body}\n  batch 8\n}}")
-    runs = "may run on" if "auto" in body else "runs on"
-    assert err.message.startswith(f"batch 8: schedule s {runs} {ranks}; ")
-    assert "pipelines of micro-batches" in err.message
+    assert err.message == message
     assert (err.loc.line, err.loc.col) == (12, 3)
-    assert err.hint == "run every phase on one node, or write `batch 1`"
+    assert err.hint == hint
     assert err.format().splitlines()[1:3] == ["      batch 8", "      ^"]
 
 

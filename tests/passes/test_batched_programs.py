@@ -1,12 +1,14 @@
 """The passes on a batched decode program (`batch 4`): quantize, place, tile and plan-memory
 keep its signature (per-row positions, slot-major caches, each row's slot) and size its
-buffers for its `slots` rows; place keeps it whole on one rank and refuses to cut it into
-stages, which would need micro-batches in flight."""
+buffers for its `slots` rows; place cuts it into pipeline stages of one rank each (every
+rank's program batched, each hop carrying the step's rows) and refuses a tensor-parallel
+stage of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
 from ckeir.driver import build_ir, resolve
@@ -61,13 +63,41 @@ def test_the_default_pipeline_keeps_the_batched_signature():
     verify(parse_ir(print_ir(module)))
 
 
-def test_place_refuses_to_cut_a_batched_program_into_stages():
-    """`ckec opt --spec` can give place a batched program and a pipeline schedule."""
+def test_place_cuts_a_batched_program_into_pipeline_stages():
+    """Each stage's program decodes the step's rows (`slots`, `?` rows, per-row positions,
+    slot-major caches) and the hop between them carries rows x hidden f32: its `bytes` are
+    the func's bound of 4 rows, 4 x 64 x 4."""
     job = resolve(INPUTS / "pair.cke")  # decode: a pipeline n0 -> n1
+    module = build_module(job.config, phases=("decode",), batch=4)
+    run(module, job, "shape-infer,place,insert-collectives,plan-memory")
+    verify(parse_ir(print_ir(module)))
+    programs = {f.attr("rank"): f for f in funcs(module)}
+    assert sorted(programs) == [0, 1]
+    for rank, func in programs.items():
+        assert (func.attr("slots"), func.attr("max_tokens")) == (4, 4)
+        args = [a.type for a in func.regions[0].entry.args]
+        assert str(args[1]) == "tensor<?xi64>" and args[2].shape[0] == 4, (rank, args)
+    (send,) = [op for op in programs[0].regions[0].entry.ops if op.name == "dist.send"]
+    (recv,) = [op for op in programs[1].regions[0].entry.ops if op.name == "dist.recv"]
+    assert str(send.operands[0].type) == "tensor<?x64xf32>"
+    assert send.attr("bytes") == recv.attr("bytes") == 4 * 64 * 4
+    ret = programs[1].regions[0].entry.terminator
+    assert [str(v.type) for v in ret.operands] == ["tensor<?xi32>", "tensor<?x64xf32>"]
+    assert not programs[0].regions[0].entry.terminator.operands  # stage 0 returns nothing
+
+
+def test_place_refuses_a_tensor_parallel_stage_of_a_batched_program():
+    """`ckec opt --spec` can give place a batched program under a tensor-parallel phase
+    (here pair.cke's schedule with its decode phase as its prefill: one stage on both)."""
+    job = resolve(INPUTS / "pair.cke")
+    phases = dict(job.schedule.phases)
+    phases["decode"] = attrs.evolve(phases["prefill"], name="decode")
+    job = attrs.evolve(job, schedule=attrs.evolve(job.schedule, phases=phases))
     module = build_module(job.config, phases=("decode",), batch=4)
     with pytest.raises(PassError) as info:
         run(module, job, "shape-infer,place")
     assert info.value.message.startswith(
-        "place: func decode decodes 4 sequence slots a step, but its phase is placed on 2 "
-        "ranks (n0 layers 0..0 | n1 layers 1..1); batched programs run on one rank for now"
+        "place: func decode decodes 4 sequence slots a step, but its phase puts stage "
+        "[n0, n1] on 2 ranks ([n0, n1] layers 0..1); batched programs run on stages of one "
+        "rank each"
     )
