@@ -125,6 +125,9 @@ class Program:
         self._weights = None
         self._engine = None
         self._slots = None  # generate_many's sequence slots (batching.OneSequenceSlots)
+        # what `stream` does when a call gives no options of its own (ckec run sets them
+        # from its flags): sampling options, and `stop_when()`, asked after each id is taken
+        self.generation_options: dict = {}
         self.lowered = self.compiled = None
         self.cache_hits: dict[str, bool] = {}
         # A launcher of local ranks compiles nothing itself: every rank compiles its programs.
@@ -308,16 +311,22 @@ class Program:
         (see `sampler`).  `pin`: the pool threads on CPUs of their own while generating
         (None: the Program's choice, see `wants_pinning`)."""
         ids = self.check_request(ids, max_new_tokens)
-        sampler = self.sampler(**sampling)
+        options = dict(sampling or self.generation_options)
+        stop_when = options.pop("stop_when", None)
+        sampler = self.sampler(**options)
         engine = self.engine
         tokens = generate_stream(
             engine, ids, max_new_tokens, self.config.vocab, stats, on_logits, sampler
         )
-        return self._pinned_stream(tokens, pin)
+        return self._pinned_stream(tokens, pin, stop_when)
 
-    def _pinned_stream(self, tokens, pin: bool | None):
+    def _pinned_stream(self, tokens, pin: bool | None, stop_when=None):
         with self.pinned_threads(pin):
-            yield from tokens
+            for token in tokens:
+                yield token
+                if stop_when is not None and stop_when():
+                    tokens.close()  # the generation ends here (stats count what was made)
+                    return
 
     def generate(
         self, ids, max_new_tokens: int = 16, *, pin: bool | None = None, **sampling

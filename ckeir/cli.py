@@ -2,7 +2,8 @@
 
     ckec SPEC [--emit=mlir|llvm|asm] [--pass-pipeline=P] [--print-ir-after-all] ...
     ckec run SPEC --ids 1,2,3 [-n N] [--threads T] [--backend llvm|reference] [--[no-]pin]
-        [--[no-]huge-pages] [--threads-fixed]
+        [--[no-]huge-pages] [--threads-fixed] [--temperature T --top-k K --top-p P --min-p P
+        --seed S --repeat-penalty R --presence-penalty P --frequency-penalty F --stop TEXT]
     ckec opt FILE.mlir --pass-pipeline=P      (IR in, IR out: for pass tests)
 
 Errors are printed as `file:line:col: error: ...` with the line and a caret, never as a
@@ -50,8 +51,8 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
-def _seconds_in(lo: float, hi: float):
-    """An argparse type: a finite number of seconds in [lo, hi]."""
+def _real_in(lo: float, hi: float, what: str = "a number"):
+    """An argparse type: a finite number (`what`) in [lo, hi]."""
 
     def parse(text: str) -> float:
         try:
@@ -59,12 +60,15 @@ def _seconds_in(lo: float, hi: float):
         except ValueError:
             value = math.nan
         if not limits.in_real_range(value, lo, hi):
-            raise argparse.ArgumentTypeError(
-                f"expected seconds in [{lo:g}, {hi:g}], not {text:.40}"
-            )
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo:g}, {hi:g}], not {text:.40}")
         return value
 
     return parse
+
+
+def _seconds_in(lo: float, hi: float):
+    """An argparse type: a finite number of seconds in [lo, hi]."""
+    return _real_in(lo, hi, "seconds")
 
 
 def _compile_args(p: argparse.ArgumentParser) -> None:
@@ -105,12 +109,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ckec run", description="Generate greedily from a spec.")
+    p = _Parser(prog="ckec run", description="Generate from a spec (greedy unless sampled).")
     _compile_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ids", help="prompt token ids, separated by commas and/or spaces")
     src.add_argument("--prompt", help="prompt text (needs a tokenizer in the model file)")
     p.add_argument("-n", "--max-new-tokens", type=_int_in(0, limits.MAX_NEW_TOKENS), default=16)
+    _sampling_args(p)
     p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
     p.add_argument("--report", help="write the run report (JSON) to this file")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) to this file")
@@ -162,6 +167,41 @@ def _run_parser() -> argparse.ArgumentParser:
         "(default: $CKEIR_WATCHDOG_SECONDS, else 30; 0 turns it off)",
     )
     return p
+
+
+# ckec run's sampling flags: (flag, Sampling option, argparse type, help)
+SAMPLING_FLAGS = (
+    ("--temperature", "temperature", _real_in(0, 100), "0 (the default) is greedy"),
+    ("--top-k", "top_k", _int_in(0, 1 << 24), "draw from the k likeliest ids (0: all)"),
+    ("--top-p", "top_p", _real_in(0, 1), "draw from the likeliest ids holding this mass"),
+    ("--min-p", "min_p", _real_in(0, 1), "drop ids less likely than this x the likeliest"),
+    ("--seed", "seed", _int_in(0, (1 << 64) - 1), "the same seed draws the same ids"),
+    ("--repeat-penalty", "repeat_penalty", _real_in(0, 100), "llama.cpp's (1: none)"),
+    ("--repeat-last-n", "repeat_last_n", _int_in(-1, 1 << 24), "ids penalties see (-1: all)"),
+    ("--presence-penalty", "presence_penalty", _real_in(-100, 100), "minus this once seen"),
+    ("--frequency-penalty", "frequency_penalty", _real_in(-100, 100), "minus this per sight"),
+)
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (default: greedy)")
+    for flag, dest, kind, text in SAMPLING_FLAGS:
+        g.add_argument(flag, dest=dest, type=kind, help=text)
+    g.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end the text before TEXT (repeatable; with --prompt)",
+    )
+
+
+def _sampling(args) -> dict:
+    """The sampling options the flags gave (checked again, and named, by the API)."""
+    return {
+        dest: getattr(args, dest)
+        for _, dest, _, _ in SAMPLING_FLAGS
+        if getattr(args, dest) is not None
+    }
 
 
 def _opt_parser() -> argparse.ArgumentParser:
@@ -363,6 +403,20 @@ def _check_measured(args, prog=None) -> None:
         raise CkeError(f"{flags}: one rank is measured on native code; run with --backend llvm")
 
 
+def _check_sampling(args, prog) -> None:
+    """Sampling flags as the API checks them; --stop cuts text, so it needs --prompt."""
+    try:
+        prog.sampler(**_sampling(args))
+    except CkeError as e:
+        raise CkeError(f"sampling flags: {e.message}", hint=e.hint) from None
+    if args.stop:
+        from ckeir.runtime.tokenizer import check_stop
+
+        check_stop(args.stop)
+        if args.prompt is None:
+            raise CkeError("--stop ends the text: give --prompt (with --ids there is no text)")
+
+
 def _check_pin(args, prog) -> None:
     """--pin/--no-pin place a native thread pool: one rank on the reference backend has none,
     and a flag that does nothing would be ignored silently."""
@@ -452,6 +506,7 @@ def _run(args, ids, transport) -> int:
                     )
                 ids = prog.tokenizer.encode(args.prompt)
             ids = _checked_request(args, prog, ids)  # before any rank starts
+            _check_sampling(args, prog)
             _check_measured(args, prog)
             _check_pin(args, prog)
             _check_world(args, prog, transport)
@@ -472,6 +527,7 @@ def _run_here(args, prog, ids, transport, progress) -> int:
     _ = prog.engine  # loads weights and starts the threads under the progress display
     progress.done()
     out = _TokenPrinter(args, prog, quiet=transport is not None and transport.rank != 0)
+    prog.generation_options = dict(_sampling(args), stop_when=out.stopped)
     figures = run_rank(
         prog, ids, args.max_new_tokens, transport, args.check_parity, out.push, pin=args.pin
     )
@@ -493,25 +549,29 @@ class _TokenPrinter:
     def __init__(self, args, prog, quiet: bool):
         self.quiet = quiet
         self.tokens: list[int] = []
-        self.decoder = None
+        self.text = None
         if args.prompt is not None and not quiet:
-            from ckeir.runtime.tokenizer import StreamDecoder
+            from ckeir.runtime.tokenizer import TextStream
 
-            self.decoder = StreamDecoder(prog.tokenizer)
+            self.text = TextStream(prog.tokenizer, args.stop or ())
             sys.stdout.write(args.prompt)
             sys.stdout.flush()
 
     def push(self, token: int) -> None:
         self.tokens.append(token)
-        if self.decoder is not None:
-            sys.stdout.write(self.decoder.push(token))
+        if self.text is not None:
+            sys.stdout.write(self.text.push(token))
             sys.stdout.flush()
+
+    def stopped(self) -> bool:
+        """Whether the text reached a stop string (the generation ends there)."""
+        return self.text is not None and self.text.stopped is not None
 
     def finish(self) -> None:
         if self.quiet:
             return
-        if self.decoder is not None:
-            sys.stdout.write("\n")
+        if self.text is not None:
+            sys.stdout.write(self.text.finish() + "\n")
         else:
             print(",".join(map(str, self.tokens)))
 
@@ -544,7 +604,10 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
     )
     tokens = result["tokens"]
     if args.prompt is not None:
-        print(args.prompt + prog.tokenizer.decode(tokens))
+        from ckeir.runtime.tokenizer import TextStream
+
+        text = TextStream(prog.tokenizer, args.stop or ())
+        print(args.prompt + "".join(map(text.push, tokens)) + text.finish())
     else:
         print(",".join(map(str, tokens)))
     _evidence(args, prog, ids, result["ranks"], links, f" | {prog.world_size} local ranks")
