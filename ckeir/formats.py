@@ -1,12 +1,29 @@
 """Number formats of weights and activations: the GGML block layouts, defined once.
 
-A quantized tensor is stored row by row; each row of K elements is K/32 blocks (GGML packs
-along the contiguous dimension).  Byte sizes of every element type come from here.
+A quantized tensor is stored row by row; each row of K elements is K/block blocks (GGML
+packs along the contiguous dimension).  Byte sizes of every element type come from here,
+and so do the layouts the kernels read (where the scales, the high bits and the quants of a
+block lie).  Every GGML type a model file may hold has a `Format` (its sizes are gguf's);
+`computes` says whether ckeir has kernels for it.
+
+The 32-element GGML blocks (ggml-common.h), each starting with its f16 scale d:
+
+    q8_0  d, 32 x int8 q                          x = d·q
+    q4_0  d, 16 bytes of nibbles                  x = d·(q - 8)
+    q4_1  d, f16 min m, 16 bytes of nibbles       x = d·q + m
+    q5_0  d, u32 high bits, 16 bytes of nibbles   x = d·(q - 16)
+    q5_1  d, m, u32 high bits, 16 bytes           x = d·q + m
+
+Nibbles: element j < 16 is byte j's low nibble, element j + 16 its high one; q5's fifth bit
+of element j is bit j of the 32-bit mask.
 """
 
 from __future__ import annotations
 
+import re
+
 import attrs
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 
 @attrs.frozen
@@ -15,10 +32,35 @@ class Format:
     block: int  # elements per block (1 for plain floats)
     block_bytes: int  # bytes per block
     ggml_type: str | None = None  # name of gguf.GGMLQuantizationType
+    computes: bool = False  # ckeir has kernels that compute on it as stored
+    # the 32-element blocks' layout (see the module docstring)
+    bits: int = 0  # bits per stored quant: 8 (signed), 4 or 5 (unsigned)
+    zero: int = 0  # subtracted from an unsigned quant (q4_0: 8, q5_0: 16)
+    mins: bool = False  # an f16 min m follows d (x = d·q + m)
 
     @property
     def quantized(self) -> bool:
         return self.block > 1
+
+    @property
+    def head(self) -> int:
+        """Bytes of f16 scales at the start of a 32-element block: d, or d and m."""
+        return 4 if self.mins else 2
+
+    @property
+    def high_bits(self) -> bool:
+        """Whether a 32-bit mask of fifth bits follows the scales (q5_0, q5_1)."""
+        return self.bits == 5
+
+    @property
+    def quants_at(self) -> int:
+        """Byte offset of a 32-element block's quants (int8 or nibbles)."""
+        return self.head + (4 if self.high_bits else 0)
+
+    @property
+    def super_block(self) -> bool:
+        """A K-quant: 256 elements in sub-blocks with scales of their own."""
+        return self.block == QK_K
 
     def row_bytes(self, k: int) -> int:
         if k % self.block:
@@ -26,16 +68,40 @@ class Format:
         return k // self.block * self.block_bytes
 
 
-F32 = Format("f32", 1, 4, "F32")
-F16 = Format("f16", 1, 2, "F16")
-# GGML layouts: q8_0 = f16 scale + 32 x int8; q4_0 = f16 scale + 16 bytes of nibbles;
-# q4_1 = f16 scale + f16 min + 16 bytes of nibbles.
-Q8_0 = Format("q8_0", 32, 34, "Q8_0")
-Q4_0 = Format("q4_0", 32, 18, "Q4_0")
-Q4_1 = Format("q4_1", 32, 20, "Q4_1")
+QK_K = 256  # elements per K-quant super-block
+
+
+def _ggml(name: str, **layout) -> Format:
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]
+    return Format(name, block, block_bytes, name.upper(), **layout)
+
+
+F32 = _ggml("f32", computes=True)
+F16 = _ggml("f16", computes=True)
+BF16 = _ggml("bf16", computes=True)
+Q8_0 = _ggml("q8_0", computes=True, bits=8)
+Q4_0 = _ggml("q4_0", computes=True, bits=4, zero=8)
+Q4_1 = _ggml("q4_1", computes=True, bits=4, mins=True)
+Q5_0 = _ggml("q5_0", bits=5, zero=16)
+Q5_1 = _ggml("q5_1", bits=5, mins=True)
 
 # A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
 FFN_SHARD_UNIT = 32
 
-FORMATS = {f.name: f for f in (F32, F16, Q8_0, Q4_0, Q4_1)}
+_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
+# every other float or block type a GGUF file may hold: sized, not computed on
+_OTHERS = tuple(
+    _ggml(t.name.lower())
+    for t in GGML_QUANT_SIZES
+    if t.name.lower() not in {f.name for f in _KNOWN} and not re.fullmatch(r"I\d+|F64", t.name)
+)
+FORMATS = {f.name: f for f in (*_KNOWN, *_OTHERS)}
+# the block formats the int8-activation kernels (quant_matmul) compute on
 QUANT_FORMATS = ("q8_0", "q4_0", "q4_1")
+# the formats ckeir computes on as stored (what `quantize weights keep` can keep)
+COMPUTED = tuple(f.name for f in FORMATS.values() if f.computes)
+# the formats `quantize weights` converts to: computed on, and produced by gguf.quants (which
+# cannot quantize to the K-quants: a file's K-quant tensors compute under `keep`)
+TARGETS = tuple(
+    n for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1") if FORMATS[n].computes
+)

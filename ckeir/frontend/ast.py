@@ -218,7 +218,7 @@ class PhaseDecl:
 @attrs.frozen
 class ScheduleDecl:
     """Runs ``model`` on ``cluster``.  After checking, ``phases`` has both 'prefill' and
-    'decode', ``weight_format`` is one of keep f32 q8_0 q4_0 q4_1 (default keep),
+    'decode', ``weight_format`` is keep or one of `formats.TARGETS` (default keep),
     ``transfer_format`` f32 or q8_0 (default f32) and ``batch`` is set (default 1)."""
 
     name: str

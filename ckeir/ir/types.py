@@ -2,7 +2,8 @@
 
 Builtin: integers (`i32`, `i64`), `index`, floats (`f16`, `bf16`, `f32`, `f64`), ranked
 `tensor<AxBxT>` and `memref<AxBxT>` (a `?` dimension is dynamic), function types.
-Dialect types: `!cke.q8_0`, `!cke.q4_0`, `!cke.q4_1` — GGML block-quantized elements.
+Dialect types: `!cke.q8_0`, `!cke.q4_k`, ... — GGML block-quantized elements, one per GGML
+type (`ckeir.formats.FORMATS`); f16 and bf16 weights are the builtin float types.
 """
 
 from __future__ import annotations
@@ -125,10 +126,8 @@ f16, bf16, f32, f64 = FloatType("f16"), FloatType("bf16"), FloatType("f32"), Flo
 
 def quant_type(fmt: str) -> Type:
     """The element type for a weight format name (`f32`, `q8_0`, ...)."""
-    if fmt == "f32":
-        return f32
-    if fmt == "f16":
-        return f16
+    if fmt in ("f32", "f16", "bf16"):
+        return FloatType(fmt)
     return DialectType("cke", fmt)
 
 

@@ -99,9 +99,9 @@ class ModelFile:
             m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def data(self, name: str) -> np.ndarray:
-        """The stored tensor, a view into the file: f32/f16 as typed (rows, K) arrays, GGML
-        blocks as uint8 (rows, row bytes), any other type as its bytes (converted, or
-        refused, by the caller)."""
+        """The stored tensor, a view into the file: f32/f16 as typed (rows, K) arrays, bf16
+        as uint16 (its bits; numpy has no bfloat16), GGML blocks as uint8 (rows, row bytes),
+        any other type as its bytes (converted, or refused, by the caller)."""
         info = self.require(name)
         offset, nbytes = self._offsets[name]
         raw = self._bytes()[offset : offset + nbytes]
@@ -112,7 +112,7 @@ class ModelFile:
             rows = int(np.prod(info.shape[:-1]))
             return raw.reshape(rows, fmt.row_bytes(info.shape[-1]))
         if fmt is not None:
-            dtype = {"f32": np.float32, "f16": np.float16}[fmt.name]
+            dtype = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[fmt.name]
             return raw.view(dtype).reshape(info.shape)
         return raw
 

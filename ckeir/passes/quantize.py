@@ -1,10 +1,13 @@
 """quantize: rewrite weight types to the schedule's format.
 
-Requires: shape-infer.  Options (from the schedule, or `ctx.options`): `weight_format` in
-`keep f32 q8_0 q4_0 q4_1` and `weight_except` (names of the module's weights, with or without
-the `.weight` suffix; another name is an error).  Idempotent.
-Matrices whose rows are whole 32-element blocks take the format; 1-D weights (norm gains) stay
-f32, as GGML keeps them; `keep` leaves every weight in the format it was loaded in.  A matmul
+Requires: shape-infer.  Options (from the schedule, or `ctx.options`): `weight_format`, one of
+`CHOICES` (`keep`, or a format ckeir computes on that `gguf.quants` can produce), and
+`weight_except` (names of the module's weights, with or without the `.weight` suffix; another
+name is an error).  Idempotent.
+Matrices whose rows are whole blocks take the format; 1-D weights (norm gains) are f32, as
+GGML keeps them; `keep` leaves every matrix in the format it was loaded in.  A matrix left in
+a format ckeir has no kernel for (a model file's IQ2_XXS, say) is refused here, before
+anything is compiled, naming the tensor, its type and what to schedule instead.  A matmul
 on block-quantized weights gets `act = "q8_0"` (unless the schedule says `quantize activations
 f32`): its activations are quantized to 8-bit blocks
 once per row and multiplied with integer dot products (`ckeir.quant` states the exact
@@ -16,12 +19,12 @@ Records `ctx.stats["quantize"]` = {weight name: format}.
 from __future__ import annotations
 
 from ckeir.errors import PassError
-from ckeir.formats import FORMATS
+from ckeir.formats import COMPUTED, FORMATS, TARGETS
 from ckeir.ir.core import Operation, Rewriter
 from ckeir.ir.types import ShapedType, TensorType, element_format, quant_type
 from ckeir.passes.manager import Pass, PassContext, register_pass
 
-CHOICES = ("keep", "f32", "q8_0", "q4_0", "q4_1")
+CHOICES = ("keep", *TARGETS)
 
 
 def weight_plan(ctx: PassContext) -> tuple[str, frozenset[str]]:
@@ -52,10 +55,18 @@ def check_excepted_names(module: Operation, ctx: PassContext) -> None:
 
 
 def target_format(name: str, t: ShapedType, fmt: str, excepted: frozenset[str]) -> str:
-    if fmt == "keep" or t.rank != 2 or name in excepted:
-        return element_format(t.element).name
-    if t.shape[-1] % FORMATS[fmt].block:
-        return element_format(t.element).name
+    stored = element_format(t.element).name
+    if t.rank != 2:
+        return "f32"
+    if fmt == "keep" or name in excepted or t.shape[-1] % FORMATS[fmt].block:
+        if not FORMATS[stored].computes:
+            raise PassError(
+                f"quantize: weight '{name}' is stored as {stored.upper()}, which ckeir cannot "
+                "compute on",
+                hint=f"schedule 'quantize weights q8_0' (or one of {', '.join(CHOICES[1:])}) "
+                f"to convert it at load; ckeir computes as stored on {', '.join(COMPUTED)}",
+            )
+        return stored
     return fmt
 
 

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 
 from ckeir.errors import CkeError, ModelFileError
-from ckeir.formats import FORMATS
+from ckeir.formats import COMPUTED, FORMATS, TARGETS
 from ckeir.models.llama import LlamaConfig
 from ckeir.runtime.memory import huge_pages_wanted, huge_zeros
 
@@ -65,8 +65,9 @@ def available_memory() -> int | None:
 
 
 def pack(weights: dict[str, np.ndarray], formats: dict[str, str]) -> dict[str, np.ndarray]:
-    """Weights in the formats the quantize pass chose: f32 arrays stay, quantized ones become
-    uint8 arrays of GGML blocks (rows x row bytes), packed by `gguf.quants` (bit-exact)."""
+    """Weights in the formats the quantize pass chose: f32 arrays stay, others become what
+    a model file's `data` gives for that format (f16 arrays, bf16 bits as uint16, GGML blocks
+    as uint8 rows x row bytes), packed by `gguf.quants` (bit-exact)."""
     out = {}
     for name, w in weights.items():
         fmt = formats.get(name, "f32")
@@ -77,18 +78,18 @@ def pack(weights: dict[str, np.ndarray], formats: dict[str, str]) -> dict[str, n
 def quantize_rows(w: np.ndarray, fmt: str) -> np.ndarray:
     from gguf import GGMLQuantizationType, quants
 
-    return np.ascontiguousarray(
-        quants.quantize(w.astype(np.float32), GGMLQuantizationType[fmt.upper()])
-    )
+    q = quants.quantize(w.astype(np.float32), GGMLQuantizationType[fmt.upper()])
+    return np.ascontiguousarray(q.view(np.uint16) if fmt == "bf16" else q)
 
 
 def dequantize_rows(q: np.ndarray, fmt: str) -> np.ndarray:
-    """f32 values of packed GGML rows (for the reference backend)."""
+    """f32 values of rows stored in `fmt` (for the reference backend and conversions)."""
     if fmt == "f32":
-        return q
+        return np.asarray(q, np.float32)
     from gguf import GGMLQuantizationType, quants
 
-    return quants.dequantize(q, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
+    raw = q if fmt == "f16" else np.ascontiguousarray(q).view(np.uint8)
+    return quants.dequantize(raw, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
 
 
 def file_weights(
@@ -104,11 +105,12 @@ def file_weights(
     for name in cfg.weight_shapes():
         info = model_file.tensors[name]
         target = formats.get(name, info.format)
-        if target not in FORMATS:
+        if target not in FORMATS or not FORMATS[target].computes:
             raise ModelFileError(
                 f"{model_file.path}: tensor '{name}' is stored as {info.format.upper()}, "
                 "which ckeir cannot compute on",
-                hint="schedule 'quantize weights q8_0' (or f32, q4_0, q4_1) to convert it at load",
+                hint=f"schedule 'quantize weights q8_0' (or one of {', '.join(TARGETS)}) to "
+                f"convert it at load; ckeir computes as stored on {', '.join(COMPUTED)}",
             )
         data = model_file.data(name)
         if target == info.format:
@@ -201,13 +203,8 @@ def _padded(nbytes: int) -> int:
 
 
 def _to_f32(data: np.ndarray, fmt: str, path, name: str, shape) -> np.ndarray:
-    if fmt == "f32":
-        return np.asarray(data, np.float32)
-    from gguf import GGMLQuantizationType, quants
-
     try:
-        plain = quants.dequantize(data, GGMLQuantizationType[fmt.upper()]).astype(np.float32)
-        return plain.reshape(shape)
+        return dequantize_rows(data, fmt).reshape(shape)
     except (KeyError, NotImplementedError, ValueError):
         raise ModelFileError(
             f"{path}: tensor '{name}' is stored as {fmt.upper()}, which ckeir cannot read "

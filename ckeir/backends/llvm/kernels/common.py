@@ -282,6 +282,28 @@ def halves_to_floats(f: FunctionWriter, halves: str, n: int | None, f16c: bool) 
     return f(f"bitcast {it} {f(f'or {it} {bits}, {sign}')} to {ft}", "hf")
 
 
+def widen_halves(
+    f: FunctionWriter, fmt: str, row: str, at: str | int, w: int, lanes: int | None, f16c: bool
+) -> str:
+    """row[at : at+w] of 16-bit floats (f16 or bf16) as a `<w x float>` vector, exactly
+    (`lanes`: only the first `lanes`, the rest 0)."""
+    it, ht = f"<{w} x i16>", f"<{w} x i32>"
+    p = f.gep(row, at, "i16")
+    if lanes is None or lanes == w:
+        bits = f.load(it, p, 2)
+    else:
+        mask = "<" + ", ".join(f"i1 {str(i < lanes).lower()}" for i in range(w)) + ">"
+        bits = f.intrinsic(
+            it,
+            f"llvm.masked.load.v{w}i16.p0",
+            [("ptr", p), ("i32", "2"), (f"<{w} x i1>", mask), (it, "zeroinitializer")],
+        )
+    if fmt == "f16":
+        return halves_to_floats(f, bits, w, f16c)
+    wide = f(f"shl {ht} {f(f'zext {it} {bits} to {ht}', 'bz')}, splat (i32 16)", "bf")
+    return f(f"bitcast {ht} {wide} to <{w} x float>", "bf")
+
+
 def half_to_float(f: FunctionWriter, ptr: str, f16c: bool) -> str:
     """The f16 at `ptr` as a float (see `halves_to_floats`)."""
     return halves_to_floats(f, f.load("i16", ptr, 2), None, f16c)

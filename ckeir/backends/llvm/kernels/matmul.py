@@ -1,6 +1,8 @@
 """matmul: out[n, N] = x[n, K] @ w[N, K].T (weights stored N rows of K, GGML convention),
-for f32 weights and the GGML block formats q8_0, q4_0, q4_1 (raw blocks, bit-exact with
-`gguf.quants`; layouts in `ckeir.formats`).  x and out are f32.
+for f32, f16 and bf16 weights and the GGML block formats q8_0, q4_0, q4_1 (raw blocks,
+bit-exact with `gguf.quants`; layouts in `ckeir.formats`).  x and out are f32; f16 and bf16
+weights widen to f32 in registers (exactly: `fpext`, `vcvtph2ps` with F16C; bf16 is the
+high half of an f32).
 
 Parts of the op (`FunctionWriter.share`) take disjoint ranges of the N weight rows (each a
 multiple of the vector width, so output rows of different parts never share a cache line).
@@ -30,13 +32,15 @@ from ckeir.backends.llvm.kernels.common import (
     finish_kernel,
     half_to_float,
     kernel_writer,
+    widen_halves,
 )
 from ckeir.backends.llvm.kernels.quant_matmul import block_scales, opaque
 from ckeir.formats import FORMATS, Format
 
 GEMV_ROWS = 8  # independent FMA chains per step in decode
 GEMM_ROWS = 4
-WEIGHT_FORMATS = ("f32", "q8_0", "q4_0", "q4_1")
+WEIGHT_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
+HALF_FORMATS = ("f16", "bf16")  # 16-bit floats, widened to f32 per vector
 
 
 def gemm_tokens(width: int) -> int:
@@ -108,6 +112,8 @@ class _Rows:
         """The weights row[kk : kk+step] as f32 vectors (`lanes` only for an f32 tail)."""
         if self.fmt.name == "f32":
             return [self.v.load(row, kk, lanes)]
+        if self.fmt.name in HALF_FORMATS:
+            return [widen_halves(self.f, self.fmt.name, row, kk, self.v.w, lanes, self.f16c)]
         block = self.block(row, self.f(f"sdiv i64 {kk}, {self.fmt.block}", "blk"))
         d, m = self.scales(block)
         v, d = self.v, self.v.splat(d)

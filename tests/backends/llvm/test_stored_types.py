@@ -1,0 +1,126 @@
+"""Kernels that compute on the GGML types model files hold, as stored (issue 15): F16 and BF16
+(widened in registers), Q5_0 and Q5_1 (a 32-bit mask of fifth bits per block).
+
+- `qembed` bitwise equal to `gguf.quants.dequantize` (hypothesis draws the tables' bytes);
+- `matmul` with float activations, decode GEMV and prefill GEMM: within f32 accumulation
+  error of the float64 product with the dequantized weights, the same bits on any thread
+  count;
+- `qmatmul` (int8 activations) on the 32-blocks, on each ISA level: within 1e-5 of each
+  row's scale of `ckeir.quant.qmatmul_reference`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ckeir.backends.llvm.kernels.matmul import matmul
+from ckeir.backends.llvm.kernels.quant_embed import qembed
+from ckeir.formats import FORMATS
+from ckeir.runtime.weights import dequantize_rows, quantize_rows
+
+HALVES = ["f16", "bf16"]
+rng = np.random.default_rng(15)
+
+
+def awkward(rows: int, k: int) -> np.ndarray:
+    """Gaussian rows with some 32-element pieces zero, huge (1e4) or tiny (1e-6)."""
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    whole = k // 32 * 32
+    pieces = x[:, :whole].reshape(rows, -1, 32)
+    pick = rng.random(pieces.shape[:2])
+    pieces[pick < 0.08] = 0.0
+    pieces[(pick >= 0.08) & (pick < 0.14)] *= np.float32(1e4)
+    pieces[(pick >= 0.14) & (pick < 0.2)] *= np.float32(1e-6)
+    x[:, :whole] = pieces.reshape(rows, whole)
+    return x
+
+
+def random_rows(fmt: str, rows: int, k: int, seed: int, moderate: bool = False) -> np.ndarray:
+    """Rows of `fmt` whose bytes are random, scales included (finite ones): every bit
+    pattern a file may hold, not only those a quantizer makes."""
+    g = np.random.default_rng(seed)
+    f = FORMATS[fmt]
+    if not f.quantized:
+        bits = g.integers(0, 2**16, (rows, k), dtype=np.uint16)
+        exp = (bits >> (10 if fmt == "f16" else 7)) & (31 if fmt == "f16" else 255)
+        bits[exp == (31 if fmt == "f16" else 255)] &= 0x8000  # no inf or nan
+        if fmt == "bf16" and moderate:  # exponents within 2**±20: sums stay finite
+            bits = (bits & 0x807F) | (g.integers(107, 148, bits.shape, dtype=np.uint16) << 7)
+        return bits.view(np.float16) if fmt == "f16" else bits
+    raw = g.integers(0, 256, (rows, k // f.block, f.block_bytes), dtype=np.uint8)
+    for at in range(0, f.head, 2):  # finite f16 scales of moderate size
+        scale = g.standard_normal(raw.shape[:2]).astype(np.float16)
+        raw[..., at : at + 2] = scale[..., None].view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+# ---- qembed -------------------------------------------------------------------------------
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(HALVES), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_qembed_halves_is_bitwise_gguf(run_kernel, fmt, pieces, seed):
+    """Any bits (subnormals and signed zeros too), a row length that is not whole 32s."""
+    from ckeir.backends.llvm.host import detect_host
+
+    host = detect_host()
+    dim = 8 * pieces
+    table = random_rows(fmt, 20, dim, seed)
+    want = dequantize_rows(table, fmt)
+    ids = np.random.default_rng(seed).integers(0, 20, 5).astype(np.int32)
+    for nth in (1, 3):
+        out = np.full((5, dim), np.nan, np.float32)
+        run_kernel(qembed(fmt, 20, dim, host), host, [ids, table, out], 5, nth=nth)
+        np.testing.assert_array_equal(out.view(np.uint32), want[ids].view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", HALVES)
+def test_qembed_halves_every_isa(host, run_kernel, fmt):
+    table = quantize_rows(awkward(50, 576), fmt)
+    ids = np.array([3, 49, 0, 3], np.int32)
+    out = np.full((4, 576), np.nan, np.float32)
+    run_kernel(qembed(fmt, 50, 576, host), host, [ids, table, out], 4, nth=2)
+    want = dequantize_rows(table, fmt)[ids]
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+# ---- matmul with float activations -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", HALVES)
+@pytest.mark.parametrize("n_out,k", [(576, 576), (33, 96), (19, 40), (7, 1000)])
+def test_float_matmul_halves(host, run_kernel, assert_close, fmt, n_out, k):
+    """Decode (n = 1) and prefill (n = 5): within f32 accumulation error of Σ|w·x|, and the
+    same bits on 1, 2 or 3 threads."""
+    w = quantize_rows(awkward(n_out, k), fmt)
+    wf = dequantize_rows(w, fmt).astype(np.float64)
+    kernel = matmul(n_out, k, (16, 256), host, fmt=fmt)
+    for n in (1, 5):
+        x = awkward(n, k)
+        exact = x.astype(np.float64) @ wf.T
+        scale = np.abs(x.astype(np.float64)) @ np.abs(wf).T + 1e-30
+        outs = []
+        for nth in (1, 2, 3):
+            outs.append(np.full((n, n_out), np.nan, np.float32))
+            run_kernel(kernel, host, [x, w, outs[-1]], n, nth=nth)
+        assert_close(outs[0], exact, scale, rtol=1e-5)
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out.view(np.uint32), outs[0].view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", HALVES)
+def test_float_matmul_halves_reads_the_stored_bits(run_kernel, assert_close, fmt):
+    """Random bit patterns (what a file may hold beyond what a quantizer makes)."""
+    from ckeir.backends.llvm.host import detect_host
+
+    host = detect_host()
+    w = random_rows(fmt, 40, 320, 3, moderate=True)
+    wf = dequantize_rows(w, fmt).astype(np.float64)
+    x = awkward(1, 320)
+    out = np.full((1, 40), np.nan, np.float32)
+    run_kernel(matmul(40, 320, (16, 256), host, fmt=fmt), host, [x, w, out], 1, nth=2)
+    scale = np.abs(x.astype(np.float64)) @ np.abs(wf).T + 1e-30
+    assert_close(out, x.astype(np.float64) @ wf.T, scale, rtol=1e-5)
