@@ -5,6 +5,7 @@
         [--[no-]huge-pages] [--threads-fixed] [--temperature T --top-k K --top-p P --min-p P
         --seed S --repeat-penalty R --presence-penalty P --frequency-penalty F --stop TEXT]
     ckec opt FILE.mlir --pass-pipeline=P      (IR in, IR out: for pass tests)
+    ckec serve SPEC [--host 127.0.0.1] [--port 8080] [--parallel N]   (OpenAI-compatible)
 
 Errors are printed as `file:line:col: error: ...` with the line and a caret, never as a
 Python traceback (set CKEIR_DEBUG=1 to see one), and the exit code is non-zero.
@@ -24,7 +25,7 @@ from pathlib import Path
 from ckeir import limits, outputs
 from ckeir.errors import CkeError, SourceLoc
 
-SUBCOMMANDS = ("run", "opt", "plan")
+SUBCOMMANDS = ("run", "opt", "plan", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -768,6 +769,50 @@ def cmd_plan(argv: list[str]) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    p = _Parser(
+        prog="ckec serve",
+        description="Serve a spec over HTTP with the OpenAI API (completions and chat "
+        "completions, plain and streamed; /v1/models, /health, /metrics, /tokenize, "
+        "/detokenize) on the continuous-batching scheduler.",
+    )
+    _compile_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_int_in(0, 65535), default=8080, help="default 8080")
+    p.add_argument(
+        "--parallel",
+        type=_int_in(1, limits.MAX_BATCH),
+        help="sequence slots decoded together (default: the schedule's batch); the "
+        "schedule's own batch N runs one batched engine, another count one engine per slot",
+    )
+    p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
+    args = p.parse_args(argv)
+    _check_outputs(args, {"dump_dir": "--dump-dir"})
+    _check_threads(args.threads)
+    from ckeir import driver
+    from ckeir.serve import main_log, serve
+
+    driver.resolve(args.spec, args.schedule)  # a bad spec is refused before the server starts
+    serve(
+        args.spec,
+        host=args.host,
+        port=args.port,
+        parallel=args.parallel,
+        log=main_log,
+        backend=args.backend,
+        pipeline=args.pass_pipeline,
+        verify_each=not args.no_verify_each,
+        print_after_all=args.print_ir_after_all,
+        print_after=_print_after(args.print_ir_after),
+        printer=lambda s: print(s, file=sys.stderr),
+        dump_dir=args.dump_dir,
+        schedule=args.schedule,
+        isa=args.isa,
+        threads=args.threads,
+    )
+    return 0
+
+
 def cmd_opt(argv: list[str]) -> int:
     args = _opt_parser().parse_args(argv)
     import ckeir  # noqa: F401  (registers dialects)
@@ -859,7 +904,8 @@ def main(argv: list[str] | None = None) -> int:
     stdout, sys.stdout = sys.stdout, outputs.GuardedStdout(sys.stdout)
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            code = {"run": cmd_run, "opt": cmd_opt, "plan": cmd_plan}[argv[0]](argv[1:])
+            commands = {"run": cmd_run, "opt": cmd_opt, "plan": cmd_plan, "serve": cmd_serve}
+            code = commands[argv[0]](argv[1:])
         else:
             code = cmd_compile(argv)
         sys.stdout.flush()  # a full device fails here, while it can still be reported

@@ -1,0 +1,70 @@
+"""`ckec serve`: an OpenAI-compatible HTTP server over the continuous-batching scheduler.
+
+The stack is the Python web's maintained one: a Starlette app (`app.py`) served by uvicorn,
+server-sent events through sse-starlette, `/metrics` through prometheus_client.  The model
+(`model.py`) compiles and loads on a thread while the server already answers `/health`
+with 503; requests become scheduler sequences, each with its own sampler
+(`runtime.sampling`) and its text streamed through `runtime.tokenizer.TextStream`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from ckeir.errors import CkeError
+
+
+def serve(
+    spec,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    parallel: int | None = None,
+    log=print,
+    **program_options,
+) -> None:
+    """Serve `spec` until SIGINT/SIGTERM; raises the model's CkeError if it fails to load."""
+    try:
+        import uvicorn
+
+        from ckeir.serve.app import create_app
+    except ImportError as e:
+        raise CkeError(
+            f"ckec serve needs the serve extra ({e.name} is missing)",
+            hint="pip install 'ckeir[serve]'",
+        ) from None
+    from ckeir.serve.model import ServedModel
+
+    model = ServedModel(spec, parallel=parallel, **program_options)
+    server: uvicorn.Server | None = None
+
+    def failed(error: BaseException) -> None:
+        log(f"ckec serve: the model failed to load: {error}")
+        if server is not None:
+            server.should_exit = True
+
+    def announce_ready() -> None:
+        model.ready.wait()
+        slots = model.scheduler.engine.slots
+        log(f"ckec serve: {model.name} ready, {slots} slot{'s' * (slots != 1)}")
+
+    config = uvicorn.Config(
+        create_app(model, on_failure=failed),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=announce_ready, daemon=True).start()
+    log(f"ckec serve: listening on http://{host}:{port} (loading {spec})")
+    server.run()
+    if model.error is not None:
+        raise model.error
+    if not server.started:
+        raise CkeError(f"ckec serve: could not listen on {host}:{port}")
+
+
+def main_log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
