@@ -9,6 +9,7 @@ it is handed (`Program` itself), so neither module imports the other's caller.""
 from __future__ import annotations
 
 import contextlib
+import time
 
 from ckeir.runtime.generate import GenerationStats
 
@@ -221,6 +222,103 @@ def run_local(
         watchdog=watchdog,
     )
     figures = results[0]  # rank 0 gathered every rank's
+    out = dict(figures[0])
+    out["ranks"] = figures
+    return out
+
+
+# -- many sequences over the ranks of a batched pipeline ------------------------------------------
+
+
+def many_main(
+    transport,
+    make_program,
+    spec_path,
+    options: dict,
+    prompts,
+    max_new_tokens: int,
+    token_budget: int | None = None,
+):
+    """The body of one local rank of a `generate_many` run: rank 0 drives the pipeline's
+    slots with the continuous-batching scheduler (`run_many`), the other ranks serve its
+    steps; rank 0 returns every rank's figures in rank order (the others None)."""
+    with make_program(spec_path, transport=transport, **options) as prog:
+        figures = run_many(prog, prompts, max_new_tokens, transport, token_budget)
+        return transport.gather_object(figures)
+
+
+def run_many(prog, prompts, max_new_tokens: int, transport, token_budget=None) -> dict:
+    """Greedy continuations of `prompts` on this rank of a batched pipeline (every rank of
+    the world calls it): rank 0 schedules them over `PipelineSlots` (up to one step in
+    flight per stage), the others run `serve_steps`.  Returns this rank's figures as
+    `run_rank` does, `tokens` holding one id list per prompt on rank 0, and `many` what
+    the scheduler did (sequences, steps, rows, seconds)."""
+    from ckeir.runtime.batching import Scheduler
+    from ckeir.runtime.pipeline_slots import PipelineSlots, serve_steps
+    from ckeir.runtime.transport.base import ClockOffset
+
+    engine = prog.engine
+    clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
+    stats = GenerationStats()
+    many: dict = {"sequences": len(prompts), "slots": engine.slots}
+    t0 = time.perf_counter()
+    if transport.rank == 0:
+        slots = PipelineSlots(engine, transport)
+        options = {} if token_budget is None else {"token_budget": token_budget}
+        try:
+            with Scheduler(slots, **options) as scheduler:
+                tokens = scheduler.generate_many(prompts, max_new_tokens)
+                m = scheduler.metrics()
+        finally:
+            slots.close()
+        many |= {
+            "depth": slots.depth,
+            "steps": m.steps,
+            "step_tokens": m.step_tokens,
+            "prompt_tokens": m.prompt_tokens,
+            "generated_tokens": m.generated_tokens,
+            "decode_rows": slots.rows_decoded,
+            "decode_steps": slots.decode_steps,
+            "most_in_flight": slots.most_in_flight,
+        }
+        stats.prompt_tokens, stats.generated_tokens = m.prompt_tokens, m.generated_tokens
+    else:
+        tokens = []
+        many["steps"] = serve_steps(engine, transport)
+    many["seconds"] = time.perf_counter() - t0
+    stats.decode_seconds = many["seconds"]
+    figures = rank_figures(prog, stats, tokens, transport, clock, {})
+    figures["many"] = many
+    return figures
+
+
+def run_local_many(
+    program,
+    prompts,
+    max_new_tokens: int,
+    links=None,
+    token_budget: int | None = None,
+    watchdog: float | None = None,
+) -> dict:
+    """`prompts` through `program`'s batched pipeline on local ranks (`run_many`); returns
+    rank 0's figures, `tokens` one id list per prompt, with every rank's in `ranks`."""
+    from ckeir.runtime.transport.local import launch_local
+
+    results = launch_local(
+        program.world_size,
+        many_main,
+        args=(
+            type(program),
+            program.spec_path,
+            _rank_options(program),
+            [list(p) for p in prompts],
+            max_new_tokens,
+            token_budget,
+        ),
+        link_model=links,
+        watchdog=watchdog,
+    )
+    figures = results[0]
     out = dict(figures[0])
     out["ranks"] = figures
     return out

@@ -100,6 +100,28 @@ def check_rows(rows, slots: int, context: int, vocab: int) -> None:
             )
 
 
+class PipelinedSlotEngine(SlotEngine, Protocol):
+    """A `SlotEngine` that keeps up to `depth` steps in flight (a pipeline of `depth`
+    stages: stage s works on one step while stage s + 1 works on the one before).  A step
+    is started with its rows and finished later, steps finishing in the order they
+    started; the scheduler never puts a sequence in two steps in flight.  `logits`: whether
+    the caller needs each row's logits (a sampling pick does; greedy gets None)."""
+
+    depth: int
+
+    def start_decode(self, rows: list[tuple[int, int, int]], logits: bool = False) -> object:
+        """Start a decode step of rows (slot, token, pos); returns its handle."""
+        ...
+
+    def start_prefill(self, slot: int, ids: np.ndarray, pos: int, logits: bool = False) -> object:
+        """Start a prefill chunk of `slot`'s sequence; returns its handle."""
+        ...
+
+    def finish(self, handle: object) -> list[tuple[int, np.ndarray | None]]:
+        """A started step's (argmax, logits) per row (one row for a prefill chunk)."""
+        ...
+
+
 class OneSequenceSlots:
     """A `SlotEngine` over one-sequence engines (`generate.Engine`), one per slot, each with
     its own KV cache (weights and compiled code shared by whoever built them).
@@ -215,6 +237,7 @@ class Sequence:
         self.slot: int | None = None
         self.prefilled = 0  # prompt ids in the slot's cache
         self.started = False  # the engine was given this sequence's first chunk
+        self.in_flight = False  # in a step the engine has not finished (its slot is busy)
         self.cancel_requested = False
         self.pick: Pick = greedy  # chooses the next id (the request's, else the scheduler's)
 
@@ -336,6 +359,25 @@ class _Plan:
         return len(self.decodes) + sum(n for _, n in self.prefills)
 
 
+@attrs.define
+class _Flight:
+    """A step started on a pipelined engine: its plan and the engine's handles."""
+
+    plan: _Plan
+    decode: object | None  # the decode rows' handle
+    prefills: list[tuple[Sequence, int, object]]  # (sequence, ids in the chunk, handle)
+    seconds: float = 0.0  # spent starting it (and finishing it, once finished)
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return self.plan.decodes + [seq for seq, _ in self.plan.prefills]
+
+
+def _wants_logits(seqs: Iterable[Sequence]) -> bool:
+    """Whether a step's rows need their logits: a pick other than greedy reads them."""
+    return any(seq.pick is not greedy for seq in seqs)
+
+
 class Scheduler:
     """Keeps a `SlotEngine`'s slots full: `submit` from any thread, `step` (or `run`, or
     the background thread of `start`) to make progress.  One scheduler per engine.
@@ -344,7 +386,12 @@ class Scheduler:
     row, then whole prefill chunks of the prompts being read, oldest request first, while
     they fit; one chunk always runs when a prompt waits for it, so decodes never starve a
     prompt (that step may exceed the budget by the chunk).  `pick` chooses each next id
-    (greedy: the engine's argmax)."""
+    (greedy: the engine's argmax).
+
+    On a `PipelinedSlotEngine` of depth P, up to P steps are in flight, each on its own
+    sequences: a step takes its share of the sequences that are in no step (the oldest
+    first, split evenly over the steps that may still start), and `step` starts one or
+    finishes the oldest.  A sequence's slot is released only once no step holds it."""
 
     def __init__(
         self, engine: SlotEngine, *, token_budget: int = PREFILL_CHUNK, pick: Pick = greedy
@@ -369,6 +416,9 @@ class Scheduler:
         self._counts["last_step_tokens"] = 0
         self._step_seconds = 0.0
         self._finished = dict.fromkeys(FINISH_REASONS, 0)
+        pipelined = all(hasattr(engine, a) for a in ("start_decode", "start_prefill", "finish"))
+        self.depth = max(1, int(getattr(engine, "depth", 1))) if pipelined else 1
+        self._flights: deque[_Flight] = deque()  # started, not finished, oldest first
 
     # -- requests ----------------------------------------------------------------------------
     def submit(
@@ -446,6 +496,8 @@ class Scheduler:
                 self._stepper = None
 
     def _step(self) -> bool:
+        if self.depth > 1:
+            return self._step_pipelined()
         self._release_over()
         running = self._admit()
         if not running:
@@ -479,7 +531,7 @@ class Scheduler:
     def _release_over(self) -> None:
         """Free the slots of sequences that are done or asked to stop."""
         with self._lock:
-            over = [s for s in self._running if s.done or s.cancel_requested]
+            over = [s for s in self._running if (s.done or s.cancel_requested) and not s.in_flight]
         for seq in over:
             self._retire(seq, "cancelled")  # a no-op for the finished ones
             try:
@@ -534,6 +586,89 @@ class Scheduler:
         if seq.prefilled == len(seq.prompt):
             self._take(seq, argmax, logits)
 
+    # -- steps in flight (a PipelinedSlotEngine) --------------------------------------------
+    def _step_pipelined(self) -> bool:
+        """Start a step on sequences that are in none while fewer than `depth` fly; else
+        finish the oldest.  Whether there was anything to do."""
+        self._release_over()
+        running = self._admit()
+        ready = [s for s in running if not (s.in_flight or s.done or s.cancel_requested)]
+        if ready and len(self._flights) < self.depth:
+            share = -(-len(ready) // (self.depth - len(self._flights)))
+            self._start_flight(self._plan(ready[:share]))
+            return True
+        if self._flights:
+            self._finish_flight(self._flights.popleft())
+            self._release_over()
+            return True
+        return False
+
+    def _start_flight(self, plan: _Plan) -> None:
+        t0 = time.perf_counter()
+        flight = _Flight(plan, None, [])
+        for seq in flight.sequences:
+            seq.in_flight = True
+        if plan.decodes:
+            rows = [(s.slot, s.tokens[-1], len(s.prompt) + len(s.tokens) - 1) for s in plan.decodes]
+            try:
+                flight.decode = self.engine.start_decode(rows, _wants_logits(plan.decodes))
+            except Exception as e:  # noqa: BLE001 - fails this step's sequences
+                for seq in plan.decodes:
+                    self._retire(seq, "error", e)
+        for seq, n in plan.prefills:
+            start = seq.prefilled
+            chunk = np.asarray(seq.prompt[start : start + n], np.int32)
+            seq.started = True
+            try:
+                handle = self.engine.start_prefill(seq.slot, chunk, start, _wants_logits([seq]))
+            except Exception as e:  # noqa: BLE001 - fails this sequence only
+                self._retire(seq, "error", e)
+                continue
+            flight.prefills.append((seq, n, handle))
+        flight.seconds = time.perf_counter() - t0
+        self._flights.append(flight)
+
+    def _finish_flight(self, flight: _Flight) -> None:
+        t0 = time.perf_counter()
+        decodes = flight.plan.decodes
+        if flight.decode is not None:
+            try:
+                out = self.engine.finish(flight.decode)
+                if len(out) != len(decodes):
+                    raise CkeError(
+                        f"the engine answered {len(out)} rows of a {len(decodes)}-row step"
+                    )
+            except Exception as e:  # noqa: BLE001 - fails this step's sequences
+                for seq in decodes:
+                    self._retire(seq, "error", e)
+            else:
+                for seq, (argmax, logits) in zip(decodes, out, strict=True):
+                    self._take(seq, argmax, logits)
+        for seq, n, handle in flight.prefills:
+            try:
+                ((argmax, logits),) = self.engine.finish(handle)
+            except Exception as e:  # noqa: BLE001 - fails this sequence only
+                self._retire(seq, "error", e)
+                continue
+            seq.prefilled += n
+            with self._lock:
+                self._counts["prompt_tokens"] += n
+            if seq.prefilled == len(seq.prompt):
+                self._take(seq, argmax, logits)
+        for seq in flight.sequences:
+            seq.in_flight = False
+        tokens = flight.plan.tokens
+        with self._lock:
+            self._counts["steps"] += 1
+            self._counts["step_tokens"] += tokens
+            self._counts["last_step_tokens"] = tokens
+            self._step_seconds += flight.seconds + time.perf_counter() - t0
+
+    def _drain_flights(self) -> None:
+        """Finish every step in flight (their sequences take their last results)."""
+        while self._flights:
+            self._finish_flight(self._flights.popleft())
+
     def _take(self, seq: Sequence, argmax: int, logits: np.ndarray) -> None:
         """A row's result for `seq`: its next id, streamed, and the end if it is one."""
         if seq.cancel_requested:
@@ -575,6 +710,8 @@ class Scheduler:
                     running = list(self._running)
                 for seq in running:
                     self._retire(seq, "error", e)
+                    seq.in_flight = False  # the engine's steps in flight are given up
+                self._flights.clear()
                 self._release_over()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -595,7 +732,10 @@ class Scheduler:
         if self._stepper == threading.get_ident():
             return  # called back from inside a step: the step's end frees the slots
         with self._step_lock:
-            self._release_over()
+            try:
+                self._drain_flights()
+            finally:
+                self._release_over()
 
     def __enter__(self) -> Scheduler:
         return self

@@ -1,0 +1,60 @@
+"""Many sequences over a batched pipeline on local ranks: rank 0 drives the steps
+(`PipelineSlots` under the continuous-batching scheduler), rank 1 serves them
+(`serve_steps`).  Each prompt gets what `generate` gives it alone, two micro-batches fly at
+once when there are sequences for both, and each hop carries the step's rows (the IR's bytes
+per row, checked by the runtime on every transfer)."""
+
+from pathlib import Path
+
+import pytest
+
+import ckeir
+from ckeir.errors import TransportError
+from ckeir.ranks import run_local_many
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "specs" / "tiny-pipeline-batch4.cke"  # 2 stages, batch 4, hidden 128
+HIDDEN = 128
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9] * 12, [3, 1, 4, 1, 5, 9, 2, 6], [100, 200, 300]]
+N = 12
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    return ckeir.compile(SPEC, threads=1, launcher=True)
+
+
+@pytest.fixture(scope="module")
+def alone():
+    """What each prompt gets alone: the one-rank numpy run of the same model."""
+    with ckeir.compile(SPEC, backend="reference", single_rank=True) as prog:
+        return [prog.generate(p, N) for p in PROMPTS]
+
+
+def test_more_prompts_than_slots_each_get_what_they_get_alone(launcher, alone):
+    out = run_local_many(launcher, PROMPTS, N)
+    assert out["tokens"] == alone
+    many, (r0, r1) = out["many"], out["ranks"]
+    assert many["depth"] == 2 and many["most_in_flight"] == 2  # micro-batches in flight
+    assert many["generated_tokens"] == len(PROMPTS) * N
+    # rank 1 ran every step rank 0 started: each decode step and each prefill chunk
+    chunks = many["step_tokens"] - many["decode_rows"]
+    assert chunks == many["prompt_tokens"] == sum(map(len, PROMPTS))
+    assert r1["many"]["steps"] == many["decode_steps"] + len(PROMPTS)
+    # the hop carried each step's rows: hidden f32 per decode row and per prompt id
+    messages, _, sent = r0["sends"][1]
+    assert messages == r1["many"]["steps"]
+    assert sent == (many["decode_rows"] + many["prompt_tokens"]) * HIDDEN * 4
+    assert many["decode_rows"] > many["decode_steps"]  # rows shared steps
+
+
+def test_one_sequence_has_one_step_in_flight(launcher, alone):
+    out = run_local_many(launcher, PROMPTS[:1], N)
+    assert out["tokens"] == alone[:1]
+    many = out["many"]
+    assert many["most_in_flight"] == 1 and many["decode_rows"] == many["decode_steps"] == N - 1
+
+
+def test_a_bad_prompt_fails_the_run_naming_it_and_no_rank_hangs(launcher):
+    with pytest.raises(TransportError, match="prompt 1: token id 9999 is not in the model"):
+        run_local_many(launcher, [[1, 2], [3, 9999]], 4, watchdog=20)
