@@ -322,3 +322,37 @@ def run_local_many(
     out = dict(figures[0])
     out["ranks"] = figures
     return out
+
+
+def mpi_many(spec_path, prompts, max_new_tokens: int, **options) -> dict | None:
+    """`run_many` on this MPI rank (every rank of the job calls it, under
+    `mpiexec -n N python -m mpi4py -m ckeir.ranks SPEC PROMPTS_JSON MAX_NEW`): rank 0
+    returns every rank's figures (`ranks`), the others None."""
+    from ckeir.api import Program
+    from ckeir.runtime.transport.mpi import MPITransport
+
+    with MPITransport() as transport:
+        figures = many_main(transport, Program, spec_path, options, prompts, max_new_tokens)
+        if figures is None:
+            return None
+        out = dict(figures[0])
+        out["ranks"] = figures
+        return out
+
+
+if __name__ == "__main__":  # an MPI job's generate_many until `ckec run` takes prompts lists
+    import json
+    import sys
+
+    out = mpi_many(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))
+    if out is not None:
+        keep = ("tokens", "many", "busy_seconds", "waiting_seconds", "sends", "transport_kind")
+        print(
+            json.dumps(
+                {
+                    "tokens": out["tokens"],
+                    "many": out["many"],
+                    "ranks": [{k: r[k] for k in keep} for r in out["ranks"]],
+                }
+            )
+        )

@@ -4,9 +4,12 @@
 once when there are sequences for both, and each hop carries the step's rows (the IR's bytes
 per row, checked by the runtime on every transfer)."""
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
+from needs import needs_mpi
 
 import ckeir
 from ckeir.errors import TransportError
@@ -58,3 +61,23 @@ def test_one_sequence_has_one_step_in_flight(launcher, alone):
 def test_a_bad_prompt_fails_the_run_naming_it_and_no_rank_hangs(launcher):
     with pytest.raises(TransportError, match="prompt 1: token id 9999 is not in the model"):
         run_local_many(launcher, [[1, 2], [3, 9999]], 4, watchdog=20)
+
+
+@needs_mpi
+def test_under_mpiexec_the_ranks_serve_the_same_steps(launcher, alone):
+    """`mpiexec -n 2 python -m mpi4py -m ckeir.ranks SPEC PROMPTS N`: the same ids as
+    alone, steps in flight, every step served by rank 1 over MPI."""
+    sys.path.insert(0, str(Path(__file__).parent / "transport"))
+    from mpirun import mpiexec
+
+    argv = ["-n", "2", sys.executable, "-m", "mpi4py", "-m", "ckeir.ranks"]
+    argv += [str(SPEC), json.dumps(PROMPTS), str(N)]
+    run = mpiexec(argv, {"MPIEXEC_TIMEOUT": "120"}, timeout=180)
+    assert run.returncode == 0, run.output
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["tokens"] == alone
+    assert out["many"]["most_in_flight"] == 2
+    r0, r1 = out["ranks"]
+    assert r0["transport_kind"] == r1["transport_kind"] == "mpi"
+    assert r1["many"]["steps"] == out["many"]["decode_steps"] + len(PROMPTS)
+    assert run.leftovers == [] and run.leaked == []
