@@ -56,7 +56,7 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _quiet_exit_server(uvicorn)(config)
     threading.Thread(target=announce_ready, daemon=True).start()
     log(f"ckec serve: listening on http://{host}:{port} (loading {spec})")
     server.run()
@@ -64,6 +64,19 @@ def serve(
         raise model.error
     if not server.started:
         raise CkeError(f"ckec serve: could not listen on {host}:{port}")
+
+
+def _quiet_exit_server(uvicorn):
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that the SIGTERM or SIGINT that shut it down cleanly ends
+        `ckec serve` with status 0, instead of being raised again once the server is down
+        (which would report a clean stop as death by signal)."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            getattr(self, "_captured_signals", []).clear()
+
+    return Server
 
 
 def main_log(text: str) -> None:
