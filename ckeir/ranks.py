@@ -253,7 +253,7 @@ def run_many(prog, prompts, max_new_tokens: int, transport, token_budget=None) -
     flight per stage), the others run `serve_steps`.  Returns this rank's figures as
     `run_rank` does, `tokens` holding one id list per prompt on rank 0, and `many` what
     the scheduler did (sequences, steps, rows, seconds)."""
-    from ckeir.runtime.batching import Scheduler
+    from ckeir.runtime.batching import Scheduler, check_batched_request, check_prompts
     from ckeir.runtime.pipeline_slots import PipelineSlots, serve_steps
     from ckeir.runtime.transport.base import ClockOffset
 
@@ -261,16 +261,27 @@ def run_many(prog, prompts, max_new_tokens: int, transport, token_budget=None) -
     clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
     stats = GenerationStats()
     many: dict = {"sequences": len(prompts), "slots": engine.slots}
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.monotonic()
     if transport.rank == 0:
         slots = PipelineSlots(engine, transport)
         options = {} if token_budget is None else {"token_budget": token_budget}
         try:
             with Scheduler(slots, **options) as scheduler:
-                tokens = scheduler.generate_many(prompts, max_new_tokens)
+                prompts = check_prompts(
+                    prompts,
+                    lambda ids: check_batched_request(
+                        ids, max_new_tokens, slots.vocab, slots.context
+                    ),
+                )
+                seqs = [scheduler.submit(ids, max_new_tokens) for ids in prompts]
+                scheduler.run()
+                tokens = [seq.result() for seq in seqs]
                 m = scheduler.metrics()
         finally:
             slots.close()
+        # every sequence has its first id (prefill) by then; decode runs after
+        first = max(seq.first_token_at for seq in seqs)
+        many["first_token_seconds"] = first - started
         many |= {
             "depth": slots.depth,
             "steps": m.steps,

@@ -1,7 +1,9 @@
 """`ckec plan`: the planner's view of a compiled spec — who owns which layers and shards,
 memory per rank (the KV cache per sequence slot and for the schedule's `batch` of them),
 transfers per step, predicted time per phase, bubbles and CKU — as tables and as a JSON-ready
-dict.  A batched decode step is `batch` rows: one token of each sequence."""
+dict.  A batched decode step is `batch` rows: one token of each sequence; on pipeline stages
+the decode's bubbles are shown for the batch as one step and as micro-batches in flight
+(`planner.bubbles`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections import defaultdict
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.ir.types import nbytes
 from ckeir.passes.manager import funcs
-from ckeir.planner import cost
+from ckeir.planner import bubbles, cost
 from ckeir.planner.predict import predict, rank_memory
 from ckeir.units import format_bytes, format_seconds
 
@@ -41,10 +43,13 @@ def plan_report(prog, machine=None) -> dict:
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
         tokens = _step_tokens(phase, progs, job)
-        if machine is None:
-            pred = predict(plan, progs, nodes, ranks, job.cluster, tokens, context=tokens)
-        else:
-            pred = machine.predict(plan, progs, tokens, context=tokens)
+
+        def predicted(rows: int, plan=plan, progs=progs):
+            if machine is None:
+                return predict(plan, progs, nodes, ranks, job.cluster, rows, context=rows)
+            return machine.predict(plan, progs, rows, context=rows)
+
+        pred = predicted(tokens)
         stages = []
         for s in plan.stages:
             stages.append(
@@ -113,6 +118,8 @@ def plan_report(prog, machine=None) -> dict:
             "rank_seconds": pred.rank_time,
             "comm_seconds": pred.comm_time,
         }
+        if phase == "decode" and len(plan.stages) > 1:
+            out["phases"][phase]["bubbles"] = _bubbles(pred, predicted, len(plan.stages), tokens)
     for r, m in memory.items():
         node = nodes[ranks[r]]
         m["total"] = m["weights"] + m["kv_cache"] + m["arena"]
@@ -121,6 +128,15 @@ def plan_report(prog, machine=None) -> dict:
     out["memory"] = dict(memory)
     out["arenas"] = arenas
     return out
+
+
+def _bubbles(pred, predicted, stages: int, batch: int) -> dict:
+    """A pipelined decode's period and each stage's busy and idle time in it: the batch as
+    one step, and cut into micro-batches in flight (as many as stages, if it has the rows)."""
+    m, rows = bubbles.micro_batches(stages, batch)
+    whole = bubbles.one_batch(pred, batch)
+    flying = whole if m == 1 else bubbles.in_flight(predicted(rows), batch, m)
+    return {"one_batch": whole.as_dict(), "micro_batches": flying.as_dict()}
 
 
 def _step_tokens(phase: str, progs: dict, job) -> int:
@@ -202,6 +218,8 @@ def print_plan(report: dict, console=None) -> None:
             + "; active bytes "
             f"{format_bytes(p['active_bytes'])}; CKU {format_bytes(p['cku'])}/s"
         )
+        if p.get("bubbles"):
+            console.print(_bubble_table(p["bubbles"]))
         if p["transfers"]:
             tt = Table(title=f"{phase} transfers per step")
             for col in ("rank", "op", "peer / group", "bytes"):
@@ -247,3 +265,41 @@ def print_plan(report: dict, console=None) -> None:
             "yes" if m["fits"] else "[red]NO[/]",
         )
     console.print(mt)
+
+
+def _bubble_table(b: dict):
+    """Each stage's busy and idle time in a decode period (every sequence one token): the
+    batch as one step beside its micro-batches in flight."""
+    from rich.table import Table
+
+    one, fly = b["one_batch"], b["micro_batches"]
+    heads = [
+        f"one step of {_rows(one['rows'])}",
+        f"{fly['micro_batches']} micro-batch{'es' if fly['micro_batches'] > 1 else ''} of "
+        f"{_rows(fly['rows'])} in flight",
+    ]
+    t = Table(title="decode bubbles per period (every sequence one token)")
+    t.add_column("stage")
+    for h in heads:
+        t.add_column(f"{h}: busy / idle")
+    for s in range(len(one["busy_seconds"])):
+        t.add_row(
+            str(s),
+            *(
+                f"{format_seconds(x['busy_seconds'][s])} / {format_seconds(x['idle_seconds'][s])}"
+                f" ({100 * x['idle_fractions'][s]:.0f}% idle)"
+                for x in (one, fly)
+            ),
+        )
+    t.add_row(
+        "period",
+        *(
+            f"{format_seconds(x['period_seconds'])} ({x['tokens_per_second']:.1f} tok/s)"
+            for x in (one, fly)
+        ),
+    )
+    return t
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'s' if n != 1 else ''}"

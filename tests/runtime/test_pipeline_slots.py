@@ -81,3 +81,43 @@ def test_under_mpiexec_the_ranks_serve_the_same_steps(launcher, alone):
     assert r0["transport_kind"] == r1["transport_kind"] == "mpi"
     assert r1["many"]["steps"] == out["many"]["decode_steps"] + len(PROMPTS)
     assert run.leftovers == [] and run.leaked == []
+
+
+MID = """
+model mid {
+  family llama; vocab 8192; hidden 512; layers 4; heads 8; kv_heads 4; ffn 1536
+  context 128; weights random(seed = 3)
+}
+cluster pair {
+  node n0 { cores 1; dram 8GiB; dram_bw 20GB/s; l2 1MiB; l3 32MiB }
+  node n1 { like n0 }
+}
+schedule s {
+  run mid on pair
+  quantize weights q8_0
+  phase prefill { stage n0 layers 0..1; stage n1 layers 2..3 }
+  phase decode  { stage n0 layers 0..1; stage n1 layers 2..3 }
+  batch 4
+}
+"""
+
+
+@pytest.mark.slow
+def test_micro_batches_keep_the_busiest_stage_from_waiting(tmp_path):
+    """Busy and waiting seconds per rank (native time, and time inside transport calls)
+    from real runs: with one sequence the last stage (its layers and the LM head) waits for
+    stage 0 every token; with four, two micro-batches keep it working while stage 0 runs the
+    other, and its waiting falls against its work."""
+    path = tmp_path / "mid.cke"
+    path.write_text(MID)
+    prog = ckeir.compile(path, threads=1, launcher=True)
+
+    def waiting_per_busy(sequences: int) -> list[float]:
+        prompts = [[5 + i, 6, 7] for i in range(sequences)]
+        out = run_local_many(prog, prompts, 48)
+        assert out["many"]["most_in_flight"] == min(sequences, 2)
+        return [r["waiting_seconds"] / r["busy_seconds"] for r in out["ranks"]]
+
+    run_local_many(prog, [[1]], 4)  # warm: compiled code, page cache
+    one, four = waiting_per_busy(1), waiting_per_busy(4)
+    assert four[1] < 0.75 * one[1], (one, four)
