@@ -10,6 +10,7 @@ from cli_runner import ckec
 import ckeir
 from ckeir.ranks import run_local
 from ckeir.runtime.distributed import PYTHON_COLLECTIVES_ENV
+from ckeir.runtime.transport.base import Link, LinkModel
 
 SPEC = """
 model m {{
@@ -37,11 +38,11 @@ def tp_spec(tmp_path, bw0="20GB/s"):
     return path
 
 
-def run(path, python_collectives: bool, threads: int = 1):
+def run(path, python_collectives: bool, threads: int = 1, links=None):
     with pytest.MonkeyPatch.context() as mp:  # the ranks (forked) read it as they start
         mp.setenv(PYTHON_COLLECTIVES_ENV, "1" if python_collectives else "")
         prog = ckeir.compile(path, backend="reference", threads=threads)
-        return run_local(prog, PROMPT, N, collect_logits=True)
+        return run_local(prog, PROMPT, N, collect_logits=True, links=links)
 
 
 def logits(out):
@@ -112,6 +113,27 @@ def test_transport_counts_what_the_ir_states(both_paths):
     ops = native["ranks"][0]["transport"]["ops"]
     assert ops["allreduce"]["count"] == 2 * 3 * N
     assert ops["allreduce"]["bytes"] == (2 + 1) * 3 * (len(PROMPT) + N - 1) * 512
+
+
+def test_native_collectives_over_a_simulated_link(both_paths, tmp_path):
+    """Over a simulated link (`--simulate-links`) the collectives still run in the one native
+    call per token: each message is held until the link would have delivered it (latency +
+    bytes / bandwidth from the collective's start), so no collective takes less than its
+    link; the bits are those of the unshaped run."""
+    link = Link(bandwidth=50e6, latency=300e-6)
+    shaped = run(tp_spec(tmp_path), False, links=LinkModel(default=link))
+    native, _ = both_paths()
+    assert shaped["tokens"] == native["tokens"]
+    for a, b in zip(logits(shaped), logits(native), strict=True):
+        assert np.array_equal(a, b)
+    for rank in shaped["ranks"]:
+        assert native_calls(rank) == N
+        sent = rank["transport"]["peers"][1 - rank["rank"]]
+        collectives = [e for e in rank["events"] if e[0] in ("allreduce", "allgather")]
+        assert len(collectives) == 7 * N  # 2 per layer and the LM head's allgather
+        per_message = sent["bytes_sent"] / sent["messages_sent"]
+        assert min(e[4] for e in collectives) >= link.delay(0)
+        assert sum(e[4] for e in collectives) >= len(collectives) * link.delay(per_message) * 0.99
 
 
 @pytest.mark.parametrize("kind", ["kill", "raise"])

@@ -270,6 +270,30 @@ def _sleep_until_ready(f: FunctionWriter, ready, ok, sleep: Sleep, out: str) -> 
     f.start(f.label("unreachable"))
 
 
+def wait_for_time(f: FunctionWriter, due_ns: str, word: str, shared: bool) -> None:
+    """Return once CLOCK_MONOTONIC reaches `due_ns` (an i64 value), to about a microsecond:
+    asleep on the futex `word` (any change of it wakes the waiter early, which then goes
+    back to sleep) until `DEADLINE_SPIN_S` before the moment, then spinning."""
+    head, nap, pause, out = (f.label(x) for x in ("due_head", "due_nap", "due_pause", "due_out"))
+    f.br(head)
+    f.start(head)
+    now = now_ns(f)
+    left = f(f"sub i64 {due_ns}, {now}", "left")
+    f.cbr(f(f"icmp sle i64 {left}, 0"), out, pause)
+    f.start(pause)
+    asleep = f(f"sub i64 {left}, {ns(DEADLINE_SPIN_S)}", "asleep")
+    spin = f.label("due_spin")
+    f.cbr(f(f"icmp sgt i64 {asleep}, 0"), nap, spin)
+    f.start(spin)
+    spin_hint(f)
+    f.br(head)
+    f.start(nap)
+    seen = f(f"load atomic i32, ptr {word} seq_cst, align 4", "seen")
+    futex_wait(f, word, seen, asleep, shared)
+    f.br(head)
+    f.start(out)
+
+
 # ---- the policy in Python ---------------------------------------------------------------------
 
 

@@ -522,9 +522,12 @@ class LocalTransport(Transport):
         block[C.C_FAILED] = w.base + H_FAILED
         block[C.C_BELL] = self._bell
         block[C.C_SLOT_BYTES] = self._slot
-        block[C.C_SPIN_NS] = self._spin_ns
-        block[C.C_YIELD_NS] = wait.ns(self._wait.yield_after_s)
-        block[C.C_NAP_NS] = wait.ns(self._wait.nap_s)
+        # over a shaped link a wake-up would add to the simulated time: wait as a receive
+        # over one does (`_spin_for`)
+        budget = self._link_wait if any(self._links) else self._wait
+        block[C.C_SPIN_NS] = wait.ns(budget.spin_s)
+        block[C.C_YIELD_NS] = wait.ns(budget.yield_after_s)
+        block[C.C_NAP_NS] = wait.ns(budget.nap_s)
         block[C.C_TAG_ALLREDUCE] = TAG_ALLREDUCE
         block[C.C_TAG_ALLGATHER] = TAG_ALLGATHER
         block[C.C_RECORDS] = records.ctypes.data
@@ -535,15 +538,19 @@ class LocalTransport(Transport):
                 block[at + C.P_IN] = self._in[p]
                 block[at + C.P_BELL] = self._bells[p]
                 block[at + C.P_STATE] = w.rank_at(p) + R_STATE
+                link = self._links[p]
+                block[at + C.P_LINK_NS] = C.NO_LINK if link is None else wait.ns(link.latency)
+                block[at + C.P_LINK_PS] = 0 if link is None else round(1e12 / link.bandwidth)
         return block
 
     def runs_natively(self, kind: str, group: Sequence[int], nbytes: int) -> bool:
         """Whether native code can run this collective with the messages this transport
-        would send: one chunk of `nbytes` to every other member over an unshaped channel,
-        in one direct step (every member decides alike: the same bytes and group)."""
-        others = [p for p in group if p != self.rank]
+        would send: `nbytes` to every other member in one direct step, each message in one
+        channel slot (every member decides alike: the same bytes and group).  Over a
+        simulated link the native send holds its message until the link's delivery time,
+        as `_Send` does (`collective.send_helper`)."""
         direct = kind == "allgather" or cost.allreduce_is_direct(len(group), nbytes)
-        return direct and all(self._links[p] is None and nbytes <= self._chunks[p] for p in others)
+        return direct and nbytes <= self._slot
 
     def native_failure(self, status: int, what: str, peer: int, nbytes: int, tag: int):
         """The TransportError for a native collective that ended with `status`."""

@@ -26,7 +26,11 @@ the whole buffer to every other member (one chunk: the runtime takes this path o
 fits a slot), then the sum in group order `((x[g0] + x[g1]) + x[g2]) ...` read straight from
 the peers' slots, so every member gets the same bits as the transport's own allreduce.  An
 allgather sends the member's slice padded to the widest (what the IR states) and copies the
-members' slices out of the slots in group order.
+members' slices out of the slots in group order.  Over a simulated link (`--simulate-links`:
+the comm block gives each peer's latency and picoseconds per byte) a send publishes its
+message only when the link would have delivered it, from the collective's start, as the
+transport's own sends over a shaped link do: a run over simulated links keeps its one native
+call per token.
 
 A wait also ends when the world has failed (the launcher, a watchdog or a failing rank set
 the failure word and rang every bell) or when the peer has finished or failed: the helper
@@ -71,9 +75,11 @@ assert CH_HDR + SLOTS * HDR_BYTES <= CH_DATA
     C_TAG_ALLGATHER,
     C_RECORDS,  # address of the records: per step [t0 ns, t1 ns, bytes per message, received]
 ) = range(12)
-C_PEERS = 16  # then per rank p: [channel to p, channel from p, p's bell, p's state word]
-PEER_WORDS = 4
-P_OUT, P_IN, P_BELL, P_STATE = range(PEER_WORDS)
+C_PEERS = 16  # then per rank p: [channel to p, channel from p, p's bell, p's state word,
+# the simulated link to p: its latency in ns (NO_LINK: not shaped) and ps per byte]
+PEER_WORDS = 6
+P_OUT, P_IN, P_BELL, P_STATE, P_LINK_NS, P_LINK_PS = range(PEER_WORDS)
+NO_LINK = -1
 RECORD_WORDS = 4
 R_T0, R_T1, R_SENT, R_RECEIVED = range(RECORD_WORDS)
 
@@ -155,9 +161,9 @@ def _word(f: FunctionWriter, comm: str, index: str | int, ty: str = "i64") -> st
     return f.load(ty, f.gep(comm, index, "i64"), 8)
 
 
-def _peer(f: FunctionWriter, comm: str, peer: str, field: int) -> str:
+def _peer(f: FunctionWriter, comm: str, peer: str, field: int, ty: str = "ptr") -> str:
     at = f.add(C_PEERS + field, f.mul(peer, PEER_WORDS))
-    return _word(f, comm, at, "ptr")
+    return _word(f, comm, at, ty)
 
 
 def _record(f: FunctionWriter, comm: str, step: str, field: int) -> str:
@@ -244,8 +250,22 @@ def send_helper() -> Kernel:
         "llvm.memset.p0.i64",
         [("ptr", f.gep(data, "%nbytes", "i8")), ("i8", "0"), ("i64", "%pad"), ("i1", "false")],
     )
+    _hold_for_link(f, total)
     publish(f, ch, _peer(f, "%comm", "%peer", P_BELL))
     return Kernel(name=name, args=(), ir=f.finish(), declares=frozenset(f.declares))
+
+
+def _hold_for_link(f: FunctionWriter, total: str) -> None:
+    """Over a simulated link, hold the message until the link would deliver it: the step's
+    start (its record's t0) + latency + bytes / bandwidth, as the transport's own sends do
+    (`transport.base.Link.delay`); the receiver sees it from then on."""
+    latency = _peer(f, "%comm", "%peer", P_LINK_NS, "i64")
+    with f.if_(f(f"icmp sge i64 {latency}, 0", "shaped")):
+        ps = _peer(f, "%comm", "%peer", P_LINK_PS, "i64")
+        wire = f(f"sdiv i64 {f.mul(total, ps)}, 1000", "wire")
+        t0 = f.load("i64", _record(f, "%comm", "%step", R_T0), 8)
+        due = f.add(t0, f.add(latency, wire))
+        wait.wait_for_time(f, due, _word(f, "%comm", C_BELL, "ptr"), True)
 
 
 def await_helper() -> Kernel:
