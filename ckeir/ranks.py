@@ -247,60 +247,104 @@ def many_main(
         return transport.gather_object(figures)
 
 
-def run_many(prog, prompts, max_new_tokens: int, transport, token_budget=None) -> dict:
-    """Greedy continuations of `prompts` on this rank of a batched pipeline (every rank of
-    the world calls it): rank 0 schedules them over `PipelineSlots` (up to one step in
-    flight per stage), the others run `serve_steps`.  Returns this rank's figures as
-    `run_rank` does, `tokens` holding one id list per prompt on rank 0, and `many` what
-    the scheduler did (sequences, steps, rows, seconds)."""
-    from ckeir.runtime.batching import Scheduler, check_batched_request, check_prompts
+def run_many(prog, prompts, max_new_tokens: int, transport=None, token_budget=None) -> dict:
+    """Greedy continuations of `prompts` through the continuous-batching scheduler, on this
+    rank: one process over the Program's slot engine (`transport` None), or every rank of a
+    batched pipeline, rank 0 scheduling over `PipelineSlots` (up to one step in flight per
+    stage) while the others run `serve_steps`.  Returns this rank's figures as `run_rank`
+    does, `tokens` holding one id list per prompt on the scheduling rank, and `many` what
+    the scheduler did (sequences, slots, steps, decode steps and rows, seconds; the report
+    of `reports.run.many_report`)."""
     from ckeir.runtime.pipeline_slots import PipelineSlots, serve_steps
     from ckeir.runtime.transport.base import ClockOffset
 
-    engine = prog.engine
     clock = transport.clock_offset() if transport is not None else ClockOffset(0.0, 0.0)
     stats = GenerationStats()
-    many: dict = {"sequences": len(prompts), "slots": engine.slots}
+    many: dict = {"sequences": len(prompts)}
     t0, started = time.perf_counter(), time.monotonic()
-    if transport.rank == 0:
-        slots = PipelineSlots(engine, transport)
-        options = {} if token_budget is None else {"token_budget": token_budget}
-        try:
-            with Scheduler(slots, **options) as scheduler:
-                prompts = check_prompts(
-                    prompts,
-                    lambda ids: check_batched_request(
-                        ids, max_new_tokens, slots.vocab, slots.context
-                    ),
-                )
-                seqs = [scheduler.submit(ids, max_new_tokens) for ids in prompts]
-                scheduler.run()
-                tokens = [seq.result() for seq in seqs]
-                m = scheduler.metrics()
-        finally:
-            slots.close()
-        # every sequence has its first id (prefill) by then; decode runs after
-        first = max(seq.first_token_at for seq in seqs)
-        many["first_token_seconds"] = first - started
-        many |= {
-            "depth": slots.depth,
-            "steps": m.steps,
-            "step_tokens": m.step_tokens,
-            "prompt_tokens": m.prompt_tokens,
-            "generated_tokens": m.generated_tokens,
-            "decode_rows": slots.rows_decoded,
-            "decode_steps": slots.decode_steps,
-            "most_in_flight": slots.most_in_flight,
-        }
-        stats.prompt_tokens, stats.generated_tokens = m.prompt_tokens, m.generated_tokens
+    if transport is None or transport.rank == 0:
+        slots = PipelineSlots(prog.engine, transport) if transport else prog.slot_engine()
+        many |= _schedule(slots, prompts, max_new_tokens, token_budget, started)
+        if transport is not None:
+            slots.close()  # the other ranks leave serve_steps
+        tokens = many.pop("tokens")
+        stats.prompt_tokens, stats.generated_tokens = (
+            many["prompt_tokens"],
+            many["generated_tokens"],
+        )
     else:
         tokens = []
-        many["steps"] = serve_steps(engine, transport)
+        many["steps"] = serve_steps(prog.engine, transport)
     many["seconds"] = time.perf_counter() - t0
-    stats.decode_seconds = many["seconds"]
+    stats.decode_seconds = many.get("decode_window", {}).get("seconds", many["seconds"])
     figures = rank_figures(prog, stats, tokens, transport, clock, {})
     figures["many"] = many
     return figures
+
+
+def _schedule(slots, prompts, max_new_tokens: int, token_budget, started: float) -> dict:
+    """The scheduler's run of `prompts` over a slot engine (closed on failure): their ids
+    and what the scheduler counted."""
+    from ckeir.runtime.batching import Scheduler, check_batched_request, check_prompts
+
+    options = {} if token_budget is None else {"token_budget": token_budget}
+    try:
+        with Scheduler(slots, **options) as scheduler:
+            prompts = check_prompts(
+                prompts,
+                lambda ids: check_batched_request(ids, max_new_tokens, slots.vocab, slots.context),
+            )
+            window: dict = {}  # the decode window: from the last sequence's first id on
+            waiting = set(range(len(prompts)))
+
+            def first_id(i: int):
+                def seen(_token: int) -> None:
+                    if i in waiting:
+                        waiting.discard(i)
+                        if not waiting:
+                            m = scheduler.metrics()
+                            window.update(
+                                t=time.monotonic(), rows=m.decode_rows, steps=m.decode_steps
+                            )
+
+                return seen
+
+            seqs = [
+                scheduler.submit(ids, max_new_tokens, on_token=first_id(i))
+                for i, ids in enumerate(prompts)
+            ]
+            scheduler.run()
+            end = time.monotonic()
+            tokens = [seq.result() for seq in seqs]
+            m = scheduler.metrics()
+    except BaseException:
+        if hasattr(slots, "workers"):
+            slots.close()
+        raise
+    return {
+        "tokens": tokens,
+        "slots": slots.slots,
+        "depth": scheduler.depth,
+        "steps": m.steps,
+        "step_tokens": m.step_tokens,
+        "prompt_tokens": m.prompt_tokens,
+        "generated_tokens": m.generated_tokens,
+        "decode_steps": m.decode_steps,
+        "decode_rows": m.decode_rows,
+        "most_in_flight": getattr(slots, "most_in_flight", 1),
+        # decode once every sequence had its first id (from prefill): seconds, rows, steps
+        "decode_window": {
+            "seconds": end - window.get("t", end),
+            "rows": m.decode_rows - window.get("rows", m.decode_rows),
+            "steps": m.decode_steps - window.get("steps", m.decode_steps),
+        },
+        # every sequence has its first id (prefill) by then; decode runs after
+        "first_token_seconds": max(
+            (seq.first_token_at for seq in seqs if seq.first_token_at is not None),
+            default=started,
+        )
+        - started,
+    }
 
 
 def run_local_many(

@@ -15,25 +15,106 @@ policy switched (`ckeir.backends.llvm.width`); the summary says when a run narro
 
 from __future__ import annotations
 
+from ckeir.ir import types as ir_types
 from ckeir.passes.manager import funcs
 from ckeir.planner import cost
 from ckeir.runtime.generate import GenerationStats
 from ckeir.runtime.machine import run_prediction
 
 
-def decode_active_bytes(prog, context: int, rank: int | None = None) -> int:
-    """Bytes one decode step touches at `context` cached tokens, on `rank` (default: summed
-    over ranks)."""
+def decode_active_bytes(prog, context: int, rank: int | None = None, rows: int = 1) -> int:
+    """Bytes one decode step of `rows` rows (one token of each of `rows` sequences) touches
+    at `context` cached tokens each, on `rank` (default: summed over ranks): each weight
+    once for all the rows, each row's activations, KV-cache rows and messages."""
     total = 0
-    for f in funcs(prog.module):
-        if f.attr("phase") != "decode" or rank is not None and f.attr("rank", 0) != rank:
-            continue
+    for f in _decode_funcs(prog, rank):
         for op in f.regions[0].entry.ops:
             if op.name.startswith("cke.") and op.name not in ("cke.weight", "cke.return"):
-                total += cost.op_bytes(op, 1, context)
-            elif op.name.startswith("dist."):
-                total += op.attr("bytes", 0)
+                total += cost.op_bytes(op, rows, context)
+            elif op.name.startswith("dist."):  # the IR's bytes are at the func's bound
+                total += op.attr("bytes", 0) * rows // f.attr("max_tokens", 1)
     return total
+
+
+def decode_weight_bytes(prog, rank: int | None = None) -> int:
+    """Bytes of the weights a decode step reads once, whatever its rows: every op's weight
+    operands but the embedding table's (each row reads a row of it)."""
+    total = 0
+    for f in _decode_funcs(prog, rank):
+        for op in f.regions[0].entry.ops:
+            if op.name == "cke.embed":
+                continue
+            for v in op.operands:
+                if getattr(v, "op", None) is not None and v.op.name == "cke.weight":
+                    total += ir_types.nbytes(v.type)
+    return total
+
+
+def _decode_funcs(prog, rank: int | None):
+    return [
+        f
+        for f in funcs(prog.module)
+        if f.attr("phase") == "decode" and (rank is None or f.attr("rank", 0) == rank)
+    ]
+
+
+def many_report(prog, figures: list[dict], bandwidth: float | None = None) -> dict:
+    """The report of a `generate_many` run (`ranks.run_many`'s figures, every rank's, in
+    rank order): the batch as the run ran it (slots, sequences, rows a decode step, steps in
+    flight), and the decode from the moment every sequence had its first id: tokens per
+    second over all sequences, seconds per step, and the bytes a step touched — its weights
+    once for all its rows (`decode_active_bytes`) — over those seconds: CKU."""
+    first = figures[0]
+    m = first["many"]
+    window = m["decode_window"]
+    steps, rows, seconds = window["steps"], window["rows"], window["seconds"]
+    per_step_rows = rows / steps if steps else 0.0
+    per_step = seconds / steps if steps else 0.0
+    context = int(
+        m["prompt_tokens"] / max(m["sequences"], 1)
+        + m["generated_tokens"] / 2 / max(m["sequences"], 1)
+    )
+    active = decode_active_bytes(prog, context, rows=max(round(per_step_rows), 1))
+    cku = active / per_step if per_step else 0.0
+    node = prog.job.cluster.node(first["node"])
+    return {
+        "model": prog.job.model.name,
+        "spec": str(prog.job.spec_path),
+        "launch": _launch(figures),
+        "batch": {
+            "slots": m["slots"],
+            "sequences": m["sequences"],
+            "rows_per_step": per_step_rows,
+            "micro_batches": m["depth"],
+            "most_in_flight": m["most_in_flight"],
+        },
+        "prompt_tokens": m["prompt_tokens"],
+        "generated_tokens": m["generated_tokens"],
+        "context_mean": context,
+        "decode": {
+            "seconds": seconds,
+            "steps": steps,
+            "rows": rows,
+            "tokens_per_second": rows / seconds if seconds else 0.0,
+            "seconds_per_step": per_step,
+        },
+        "weight_bytes_per_step": decode_weight_bytes(prog),
+        "active_bytes_per_step": active,
+        "cku_bytes_per_second": cku,
+        **against_bandwidth(cku, bandwidth, node),
+        "ranks": {
+            f["rank"]: {
+                "node": f["node"],
+                "busy_seconds": f["busy_seconds"],
+                "waiting_seconds": f["waiting_seconds"],
+                "bytes_sent": f["bytes_sent"],
+                "bytes_received": f["bytes_received"],
+                "steps": f["many"]["steps"],
+            }
+            for f in figures
+        },
+        "hops": _hops(figures, None, False),
+    }
 
 
 def run_report(

@@ -343,6 +343,8 @@ class SchedulerMetrics:
     step_tokens: int  # ids computed in steps (prefill + decode rows)
     last_step_tokens: int
     step_seconds: float  # time inside steps
+    decode_steps: int = 0  # engine calls that decoded rows (a step, or a step in flight)
+    decode_rows: int = 0  # rows they decoded: one id of a running sequence each
 
     @property
     def tokens_per_step(self) -> float:
@@ -414,6 +416,7 @@ class Scheduler:
             ("requests", "prompt_tokens", "generated_tokens", "steps", "step_tokens"), 0
         )
         self._counts["last_step_tokens"] = 0
+        self._counts["decode_steps"] = self._counts["decode_rows"] = 0
         self._step_seconds = 0.0
         self._finished = dict.fromkeys(FINISH_REASONS, 0)
         pipelined = all(hasattr(engine, a) for a in ("start_decode", "start_prefill", "finish"))
@@ -560,6 +563,7 @@ class Scheduler:
         if not seqs:
             return
         rows = [(s.slot, s.tokens[-1], len(s.prompt) + len(s.tokens) - 1) for s in seqs]
+        self._count_decode(len(rows))
         try:
             out = self.engine.decode(rows)
             if len(out) != len(rows):
@@ -570,6 +574,11 @@ class Scheduler:
             return
         for seq, (argmax, logits) in zip(seqs, out, strict=True):
             self._take(seq, argmax, logits)
+
+    def _count_decode(self, rows: int) -> None:
+        with self._lock:
+            self._counts["decode_steps"] += 1
+            self._counts["decode_rows"] += rows
 
     def _run_prefill(self, seq: Sequence, n: int) -> None:
         start = seq.prefilled
@@ -610,6 +619,7 @@ class Scheduler:
             seq.in_flight = True
         if plan.decodes:
             rows = [(s.slot, s.tokens[-1], len(s.prompt) + len(s.tokens) - 1) for s in plan.decodes]
+            self._count_decode(len(rows))
             try:
                 flight.decode = self.engine.start_decode(rows, _wants_logits(plan.decodes))
             except Exception as e:  # noqa: BLE001 - fails this step's sequences
@@ -773,6 +783,8 @@ class Scheduler:
                 step_tokens=c["step_tokens"],
                 last_step_tokens=c["last_step_tokens"],
                 step_seconds=self._step_seconds,
+                decode_steps=c["decode_steps"],
+                decode_rows=c["decode_rows"],
             )
 
 

@@ -83,7 +83,6 @@ class PipelineSlots:
         self._pending: deque[Pending] = deque()
         self._seq = 0
         self._closed = False
-        self.decode_steps = self.rows_decoded = 0  # what ran (a run report counts them)
         self.most_in_flight = 0  # steps sent down the pipeline before the oldest came back
 
     # -- SlotEngine ---------------------------------------------------------------------------
@@ -143,8 +142,6 @@ class PipelineSlots:
             out = self.engine.prefill_slot(step["slot"], step["ids"], step["pos"])
         else:
             out = self.engine.decode_rows(step["rows"])
-            self.decode_steps += 1
-            self.rows_decoded += n
         if self.last == self.transport.rank:  # one stage: the results are here
             pending.result = _rows_of(kind, out, n, logits)
         else:

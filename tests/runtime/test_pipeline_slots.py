@@ -13,7 +13,8 @@ from needs import needs_mpi
 
 import ckeir
 from ckeir.errors import TransportError
-from ckeir.ranks import run_local_many
+from ckeir.ranks import run_local_many, run_many
+from ckeir.reports.run import decode_active_bytes, many_report
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "tiny-pipeline-batch4.cke"  # 2 stages, batch 4, hidden 128
@@ -121,3 +122,34 @@ def test_micro_batches_keep_the_busiest_stage_from_waiting(tmp_path):
     run_local_many(prog, [[1]], 4)  # warm: compiled code, page cache
     one, four = waiting_per_busy(1), waiting_per_busy(4)
     assert four[1] < 0.75 * one[1], (one, four)
+
+
+def test_the_run_report_of_many_sequences_states_the_batch_and_reads_weights_once(launcher):
+    """`reports.run.many_report` from what the run did: the slots, sequences, rows a decode
+    step and steps in flight; a step's bytes count each weight once for all its rows."""
+    prompts = PROMPTS[:4]
+    out = run_local_many(launcher, prompts, N)
+    report = many_report(launcher, out["ranks"])
+    b, d = report["batch"], report["decode"]
+    assert (b["slots"], b["sequences"], b["micro_batches"], b["most_in_flight"]) == (4, 4, 2, 2)
+    assert 1 < b["rows_per_step"] <= 2  # two micro-batches of (at most) two rows
+    assert d["rows"] <= len(prompts) * (N - 1) and d["steps"] < d["rows"]
+    assert report["cku_bytes_per_second"] == pytest.approx(
+        report["active_bytes_per_step"] / d["seconds_per_step"]
+    )
+    ctx = report["context_mean"]
+    one, two = (decode_active_bytes(launcher, ctx, rows=r) for r in (1, 2))
+    assert 2 * one - two == report["weight_bytes_per_step"] > 0  # weights once a step
+    assert set(report["ranks"]) == {0, 1}
+    assert report["ranks"][1]["steps"] == out["ranks"][1]["many"]["steps"]
+
+
+def test_one_rank_runs_many_sequences_through_its_slot_engine():
+    """`run_many` without a transport: the Program's batched slot engine, one process."""
+    with ckeir.compile(ROOT / "tests" / "filecheck" / "Inputs" / "batch4.cke", threads=1) as prog:
+        figures = run_many(prog, [[1, 2, 3], [4, 5]], 6)
+        alone = [prog.generate(p, 6) for p in ([1, 2, 3], [4, 5])]
+        report = many_report(prog, [figures])
+    assert figures["tokens"] == alone
+    assert report["batch"]["slots"] == 4 and report["batch"]["sequences"] == 2
+    assert report["batch"]["rows_per_step"] == 2 and report["launch"] == "one rank"
