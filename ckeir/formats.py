@@ -82,8 +82,8 @@ BF16 = _ggml("bf16", computes=True)
 Q8_0 = _ggml("q8_0", computes=True, bits=8)
 Q4_0 = _ggml("q4_0", computes=True, bits=4, zero=8)
 Q4_1 = _ggml("q4_1", computes=True, bits=4, mins=True)
-Q5_0 = _ggml("q5_0", bits=5, zero=16)
-Q5_1 = _ggml("q5_1", bits=5, mins=True)
+Q5_0 = _ggml("q5_0", computes=True, bits=5, zero=16)
+Q5_1 = _ggml("q5_1", computes=True, bits=5, mins=True)
 
 # A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
 FFN_SHARD_UNIT = 32
@@ -97,7 +97,7 @@ _OTHERS = tuple(
 )
 FORMATS = {f.name: f for f in (*_KNOWN, *_OTHERS)}
 # the block formats the int8-activation kernels (quant_matmul) compute on
-QUANT_FORMATS = ("q8_0", "q4_0", "q4_1")
+QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 # the formats ckeir computes on as stored (what `quantize weights keep` can keep)
 COMPUTED = tuple(f.name for f in FORMATS.values() if f.computes)
 # the formats `quantize weights` converts to: computed on, and produced by gguf.quants (which

@@ -10,7 +10,8 @@ GGML's Q8_0 but keeping the scale in float32:
 
     out[t, n] = Σ_b d_w[n, b] · d_x[t, b] · Σ_i q_w[i] q_x[i]   (+ m_w[n, b] · d_x[t, b] · Σ_i q_x[i])
 
-with q_w = q (q8_0), nibble - 8 (q4_0) or nibble (q4_1, which adds the min term).
+with q_w = q (q8_0), nibble - 8 (q4_0), nibble (q4_1, which adds the min term), 5-bit value
+- 16 (q5_0) or 5-bit value (q5_1, with the min term).
 """
 
 from __future__ import annotations
@@ -46,20 +47,21 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def unpack_blocks(w: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The parts of GGML rows w[N, row bytes]: (d f32 [N, B], m f32 [N, B] or None, q [N, B,
-    32]) with q the integer the kernel multiplies (q8_0: q, q4_0: nibble - 8, q4_1: nibble)."""
+    32]) with q the integer the kernel multiplies (q8_0: q, q4_0: nibble - 8, q5_0: 5-bit
+    value - 16, q4_1 and q5_1: the value as stored; layouts in `ckeir.formats`)."""
     f = FORMATS[fmt]
     w = np.ascontiguousarray(w, dtype=np.uint8)
     blocks = w.reshape(w.shape[0], -1, f.block_bytes)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if fmt == "q8_0":
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if f.mins else None
+    if f.bits == 8:
         return d, None, blocks[..., 2:].view(np.int8).astype(np.int32)
-    head = 4 if fmt == "q4_1" else 2
-    qs = blocks[..., head:]
+    qs = blocks[..., f.quants_at :]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)
-    if fmt == "q4_0":
-        return d, None, q - 8
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-    return d, m, q
+    if f.high_bits:
+        qh = blocks[..., f.head : f.head + 4].copy().view(np.uint32)
+        q |= ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int32) << 4
+    return d, m, q - f.zero
 
 
 def qmatmul_reference(x: np.ndarray, w_blocks: np.ndarray, fmt: str) -> np.ndarray:

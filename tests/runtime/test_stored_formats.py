@@ -12,6 +12,7 @@ from ggufgen import spec_for, write_gguf
 
 import ckeir
 from ckeir.errors import CkeError
+from ckeir.formats import FORMATS
 from ckeir.models.files import GGUFFile
 from ckeir.models.llama import LlamaConfig
 from ckeir.reports.run import decode_active_bytes
@@ -32,7 +33,7 @@ CFG = LlamaConfig(
     rope_style="interleaved",
 )
 PROMPT = [1, 2, 3, 4]
-TYPES = ["f16", "bf16"]
+TYPES = ["f16", "bf16", "q5_0", "q5_1"]
 
 
 def matrix_bytes(path) -> dict[str, int]:
@@ -61,10 +62,25 @@ def test_keep_holds_the_files_bytes(kept):
     assert {formats[n] for n in held} == {fmt}
 
 
-def test_a_decode_step_reads_the_files_bytes(kept):
-    _, path, _, _, _, _, active = kept
+@pytest.fixture(scope="module")
+def besides_weights(tmp_path_factory):
+    """Bytes a decode step of this model touches besides its matrices (activations, the
+    cache, one embedding row), from an f32 file."""
+    tmp = tmp_path_factory.mktemp("f32")
+    path = write_gguf(tmp / "m-f32.gguf", CFG, fmt="f32", seed=3)
+    prog = ckeir.compile(spec_for(path, tmp), backend="reference")
+    return decode_active_bytes(prog, len(PROMPT) + 3) - sum(matrix_bytes(path).values())
+
+
+def test_a_decode_step_reads_the_files_bytes(kept, besides_weights):
+    """The run report's active bytes per token are the file's matrix bytes plus what any
+    type's step touches besides (the embedding row it reads in its own type): the weights
+    are read as stored, not widened."""
+    fmt, path, _, _, _, _, active = kept
     stored = sum(matrix_bytes(path).values())
-    assert stored <= active <= 1.05 * stored, active / stored
+    row = FORMATS[fmt].row_bytes(CFG.hidden) - 4 * CFG.hidden
+    assert active - besides_weights - row == stored
+    assert besides_weights < 0.15 * stored
 
 
 def test_native_ids_are_the_references(kept):

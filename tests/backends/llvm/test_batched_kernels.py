@@ -47,7 +47,7 @@ def one_row_each(run_kernel, host, kernel, x: np.ndarray, arrays, out_cols: int)
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
 @pytest.mark.parametrize("chunk", [0, 64])
 def test_rowwise_qmatmul_gives_each_row_its_one_row_bits(host, run_kernel, fmt, chunk):
     """Without `rowwise`, rows in groups of 4 take prefill's order (d_x·q·d_w) and differ
@@ -88,7 +88,7 @@ def test_prefill_order_differs_from_the_one_row_order(run_kernel):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["f32", "q8_0", "q4_1"])
+@pytest.mark.parametrize("fmt", ["f32", "f16", "bf16", "q8_0", "q4_1", "q5_0", "q5_1"])
 def test_rowwise_float_matmul_gives_each_row_its_one_row_bits(host, run_kernel, fmt):
     """Float activations: the GEMM's tiles sum in another order than the GEMV; rowwise runs
     the GEMV per row over tiles of weight rows (100 rows: a ragged last tile)."""

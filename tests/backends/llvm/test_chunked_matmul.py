@@ -20,7 +20,7 @@ from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.quant import qmatmul_reference
 from ckeir.runtime.weights import quantize_rows
 
-FORMATS = ["q8_0", "q4_0", "q4_1"]
+FORMATS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 rng = np.random.default_rng(12)
 
 # (K, chunk, shards in chunks): SmolLM2's attention output (576 = 3 x 192, split 2 | 1) and

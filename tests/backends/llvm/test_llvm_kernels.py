@@ -91,7 +91,7 @@ def test_matmul(host, run_kernel, assert_close, n_out, k, tile, n, nth):
 QUANT_SHAPES = [(7, 64, (64, 256)), (300, 96, (16, 32)), (33, 576, (8, 256))]
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
 @pytest.mark.parametrize("n_out,k,tile", QUANT_SHAPES)
 @pytest.mark.parametrize("n", [1, 5])
 @pytest.mark.parametrize("nth", [1, 3])

@@ -39,7 +39,7 @@ from ckeir.backends.llvm.kernels.quant_matmul import halves_to_floats, plan, qma
 from ckeir.quant import qmatmul_reference, quantize_activations, unpack_blocks
 from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
-FORMATS = ["q8_0", "q4_0", "q4_1"]
+FORMATS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 rng = np.random.default_rng(7)
 
 

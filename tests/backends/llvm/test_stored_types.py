@@ -1,5 +1,6 @@
 """Kernels that compute on the GGML types model files hold, as stored (issue 15): F16 and BF16
-(widened in registers), Q5_0 and Q5_1 (a 32-bit mask of fifth bits per block).
+(widened in registers), Q5_0 and Q5_1 (a 32-bit mask of fifth bits per block; their
+quantizer-made blocks also run through every test of test_quant_kernels.py).
 
 - `qembed` bitwise equal to `gguf.quants.dequantize` (hypothesis draws the tables' bytes);
 - `matmul` with float activations, decode GEMV and prefill GEMM: within f32 accumulation
@@ -16,12 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ckeir.backends.llvm.host import ISA_LEVELS, detect_host, native_host
 from ckeir.backends.llvm.kernels.matmul import matmul
 from ckeir.backends.llvm.kernels.quant_embed import qembed
+from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.formats import FORMATS
+from ckeir.quant import qmatmul_reference, quantize_activations, unpack_blocks
 from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
 HALVES = ["f16", "bf16"]
+BLOCKS = ["q5_0", "q5_1"]
 rng = np.random.default_rng(15)
 
 
@@ -64,8 +69,6 @@ def random_rows(fmt: str, rows: int, k: int, seed: int, moderate: bool = False) 
 @given(st.sampled_from(HALVES), st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_qembed_halves_is_bitwise_gguf(run_kernel, fmt, pieces, seed):
     """Any bits (subnormals and signed zeros too), a row length that is not whole 32s."""
-    from ckeir.backends.llvm.host import detect_host
-
     host = detect_host()
     dim = 8 * pieces
     table = random_rows(fmt, 20, dim, seed)
@@ -75,6 +78,44 @@ def test_qembed_halves_is_bitwise_gguf(run_kernel, fmt, pieces, seed):
         out = np.full((5, dim), np.nan, np.float32)
         run_kernel(qembed(fmt, 20, dim, host), host, [ids, table, out], 5, nth=nth)
         np.testing.assert_array_equal(out.view(np.uint32), want[ids].view(np.uint32))
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(BLOCKS), st.integers(1, 24), st.integers(0, 2**32 - 1))
+def test_qembed_blocks_is_bitwise_gguf(run_kernel, fmt, blocks, seed):
+    """Blocks of random bytes (every mask of fifth bits, any nibbles), finite scales."""
+    host = detect_host()
+    dim = 32 * blocks
+    table = random_rows(fmt, 20, dim, seed)
+    want = dequantize_rows(table, fmt)
+    ids = np.random.default_rng(seed).integers(0, 20, 5).astype(np.int32)
+    for nth in (1, 3):
+        out = np.full((5, dim), np.nan, np.float32)
+        run_kernel(qembed(fmt, 20, dim, host), host, [ids, table, out], 5, nth=nth)
+        np.testing.assert_array_equal(out.view(np.uint32), want[ids].view(np.uint32))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(BLOCKS), st.integers(1, 13), st.integers(0, 2**32 - 1))
+def test_qmatmul_blocks_of_random_bytes(run_kernel, fmt, blocks, seed):
+    """Each ISA level against `qmatmul_reference` on random blocks (1e-5 of Σ|terms|)."""
+    k, n_out = 32 * blocks, 19
+    w = random_rows(fmt, n_out, k, seed)
+    x = awkward(3, k)
+    want = qmatmul_reference(x, w, fmt)
+    d, m, q = unpack_blocks(w, fmt)
+    qx, dx = quantize_activations(x)
+    terms = np.abs(qx.reshape(3, -1, 32) * dx[..., None]).reshape(3, k).astype(np.float64)
+    mag = (
+        terms
+        @ (np.abs(q * d[..., None]) + np.abs(0 if m is None else m[..., None])).reshape(n_out, k).T
+    )
+    for isa in ISA_LEVELS[: ISA_LEVELS.index(native_host().isa) + 1]:
+        host = detect_host(isa)
+        for n in (1, 3):
+            out = np.full((n, n_out), np.nan, np.float32)
+            run_kernel(qmatmul(fmt, n_out, k, (16, 256), host), host, [x[:n], w, out], n, nth=2)
+            assert (np.abs(out - want[:n]) <= 1e-5 * mag[:n] + 1e-30).all(), isa
 
 
 @pytest.mark.parametrize("fmt", HALVES)
@@ -114,8 +155,6 @@ def test_float_matmul_halves(host, run_kernel, assert_close, fmt, n_out, k):
 @pytest.mark.parametrize("fmt", HALVES)
 def test_float_matmul_halves_reads_the_stored_bits(run_kernel, assert_close, fmt):
     """Random bit patterns (what a file may hold beyond what a quantizer makes)."""
-    from ckeir.backends.llvm.host import detect_host
-
     host = detect_host()
     w = random_rows(fmt, 40, 320, 3, moderate=True)
     wf = dequantize_rows(w, fmt).astype(np.float64)

@@ -304,6 +304,15 @@ def widen_halves(
     return f(f"bitcast {ht} {wide} to <{w} x float>", "bf")
 
 
+def fifth_bits(f: FunctionWriter, ty: str, mask: str, n: int) -> str:
+    """`<n x i8>` holding 16 where bit j of an n-bit `mask` (of type `ty`: `i32`, `<8 x i8>`)
+    is set, else 0: the fifth bits of q5 quants, to OR onto their nibbles."""
+    bits = f(f"bitcast {ty} {mask} to <{n} x i1>", "qh")
+    return f(
+        f"select <{n} x i1> {bits}, <{n} x i8> splat (i8 16), <{n} x i8> zeroinitializer", "q5h"
+    )
+
+
 def half_to_float(f: FunctionWriter, ptr: str, f16c: bool) -> str:
     """The f16 at `ptr` as a float (see `halves_to_floats`)."""
     return halves_to_floats(f, f.load("i16", ptr, 2), None, f16c)

@@ -1,15 +1,15 @@
 """matmul: out[n, N] = x[n, K] @ w[N, K].T (weights stored N rows of K, GGML convention),
-for f32, f16 and bf16 weights and the GGML block formats q8_0, q4_0, q4_1 (raw blocks,
-bit-exact with `gguf.quants`; layouts in `ckeir.formats`).  x and out are f32; f16 and bf16
-weights widen to f32 in registers (exactly: `fpext`, `vcvtph2ps` with F16C; bf16 is the
-high half of an f32).
+for f32, f16 and bf16 weights and the GGML block formats q8_0, q4_0, q4_1, q5_0, q5_1 (raw
+blocks, bit-exact with `gguf.quants`; layouts in `ckeir.formats`).  x and out are f32; f16
+and bf16 weights widen to f32 in registers (exactly: `fpext`, `vcvtph2ps` with F16C; bf16 is
+the high half of an f32).
 
 Parts of the op (`FunctionWriter.share`) take disjoint ranges of the N weight rows (each a
 multiple of the vector width, so output rows of different parts never share a cache line).
 The work unit is a register block of dot products over K with explicit `<W x float>` FMAs;
 in prefill, quantized weights are dequantized in registers exactly as
-`gguf.quants.dequantize` does (q8_0: d*q, q4_0: d*(q-8), q4_1: d*q+m, in f32), so results
-match the f32 reference to rounding; f32 rows whose length W does not divide end with a
+`gguf.quants.dequantize` does (q8_0: d*q, q4_0: d*(q-8), q4_1: d*q+m, q5 likewise with
+16 per fifth bit, in f32), so results match the f32 reference to rounding; f32 rows whose length W does not divide end with a
 masked tail.
 
 - n == 1 (decode GEMV): f32 weights `GEMV_ROWS` rows per step, streamed once; GGML blocks
@@ -39,7 +39,7 @@ from ckeir.formats import FORMATS, Format
 
 GEMV_ROWS = 8  # independent FMA chains per step in decode
 GEMM_ROWS = 4
-WEIGHT_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
+WEIGHT_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 HALF_FORMATS = ("f16", "bf16")  # 16-bit floats, widened to f32 per vector
 
 
@@ -126,34 +126,46 @@ class _Rows:
         return self.f.gep(row, self.f.mul(b, self.fmt.block_bytes), "i8")
 
     def scales(self, block: str) -> tuple[str, str | None]:
-        """A block's scale d and, for q4_1, its min m, as f32 scalars."""
-        f, name = self.f, self.fmt.name
+        """A block's scale d and, for q4_1 and q5_1, its min m, as f32 scalars."""
+        f = self.f
         d = half_to_float(f, block, self.f16c)
-        return d, half_to_float(f, f.gep(block, 2, "i8"), self.f16c) if name == "q4_1" else None
+        return d, half_to_float(f, f.gep(block, 2, "i8"), self.f16c) if self.fmt.mins else None
 
     def quants(self, block: str) -> list[str]:
         """A block's 32 integer weights as f32 vectors (exact): q8_0's q, q4_0's q - 8,
-        q4_1's q; the block's value is d·quant (+ m)."""
-        f, name = self.f, self.fmt.name
-        if name == "q8_0":
+        q5_0's q - 16, q4_1's and q5_1's q; the block's value is d·quant (+ m)."""
+        f = self.f
+        if self.fmt.bits == 8:
             return self._lanes(f.load("<32 x i8>", f.gep(block, 2, "i8"), 1), 32, "sitofp")
-        return self._nibbles(f.gep(block, 4 if name == "q4_1" else 2, "i8"))
+        return self._nibbles(block)
 
-    def _nibbles(self, qs: str) -> list[str]:
-        """32 4-bit values from 16 bytes: element j is byte j's low nibble, j+16 its high one
-        (q4_0's less 8).  Each byte is widened to i32 once and both nibbles taken there."""
-        f, w = self.f, self.v.w
-        b = f.load("<16 x i8>", qs, 1)
+    def _nibbles(self, block: str) -> list[str]:
+        """32 4- or 5-bit values: element j is byte j's low nibble, j+16 its high one (q5:
+        plus 16 times bit j of the mask), less the format's zero.  Each byte is widened to
+        i32 once and both nibbles taken there."""
+        f, w, fmt = self.f, self.v.w, self.fmt
+        b = f.load("<16 x i8>", f.gep(block, fmt.quants_at, "i8"), 1)
         it = f"<{w} x i32>"
+        qh = None
+        if fmt.high_bits:
+            qh = f.load("i32", f.gep(block, fmt.head, "i8"), 1)
+            qh = f(
+                f"shufflevector <1 x i32> {f(f'insertelement <1 x i32> poison, i32 {qh}, i64 0')}, <1 x i32> poison, <{w} x i32> zeroinitializer",
+                "qh",
+            )
         parts: list[list[str]] = [[], []]
         for i in range(0, 16, w):
             idx = ", ".join(f"i32 {j}" for j in range(i, i + w))
             z = f(f"shufflevector <16 x i8> {b}, <16 x i8> poison, <{w} x i32> <{idx}>", "q")
             z = f(f"zext <{w} x i8> {z} to {it}", "qz")
-            for half, op in zip(parts, ("and", "lshr"), strict=True):
+            for half, op, first in zip(parts, ("and", "lshr"), (i, 16 + i), strict=True):
                 q = f(f"{op} {it} {z}, splat (i32 {15 if op == 'and' else 4})", "nib")
-                if self.fmt.name == "q4_0":
-                    q = f(f"sub {it} {q}, splat (i32 8)", "q8")
+                if qh is not None:  # bit j of the mask, as 16
+                    shifts = ", ".join(f"i32 {j}" for j in range(first, first + w))
+                    hb = f(f"and {it} {f(f'lshr {it} {qh}, <{shifts}>')}, splat (i32 1)", "hb")
+                    q = f(f"or {it} {q}, {f(f'shl {it} {hb}, splat (i32 4)')}", "q5")
+                if fmt.zero:
+                    q = f(f"sub {it} {q}, splat (i32 {fmt.zero})", "qz")
                 half.append(f(f"sitofp {it} {q} to {self.v.t}", "qf"))
         return parts[0] + parts[1]
 
@@ -257,7 +269,7 @@ class _BlockGemv:
         self.xrow, self.out = x, out
         self.rows = _Rows(fmt, k, self.v, f16c)
         self.fmt, self.f16c, self.blocks = fmt, f16c, k // fmt.block
-        self.mins = fmt.name == "q4_1"
+        self.mins = fmt.mins
         if self.mins:  # per block [0, Σx_b]: the lanes the scales (d_b, m_b) multiply
             self.sums = f.var(f"[{2 * self.blocks} x float]", hint="xsums", align=64).ptr
         self.slot = f.var(f"<{2 * GROUP} x float>", hint="scales", align=32).ptr

@@ -1,6 +1,6 @@
 """qembed: out[t] = row ids[t] of a table stored in f16, bf16 or a GGML block format, as f32,
 bit-exact with `gguf.quants.dequantize`: f16/bf16 widened exactly; q8_0 q·d, q4_0 (q - 8)·d,
-q4_1 q·d + m, each an f32 product (and sum), never fused.  Threads split each row's 32-element
+q4_1 q·d + m, q5_0 (q - 16)·d, q5_1 q·d + m, each an f32 product (and sum), never fused.  Threads split each row's 32-element
 pieces."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from ckeir.backends.llvm.kernels.common import (
     FunctionWriter,
     Kernel,
     Vec,
+    fifth_bits,
     finish_kernel,
     half_to_float,
     kernel_writer,
@@ -18,7 +19,7 @@ from ckeir.backends.llvm.kernels.common import (
 from ckeir.formats import FORMATS, Format
 
 QK = 32
-EMBED_FORMATS = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
+EMBED_FORMATS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
 
 def qembed(fmt: str, vocab: int, dim: int, host: HostCPU) -> Kernel:
@@ -53,6 +54,9 @@ def _block_values(f: FunctionWriter, v: Vec, q: Format, block: str, f16c: bool) 
         hi4 = f(f"lshr <16 x i8> {raw}, splat (i8 4)", "hi")
         idx = ", ".join(f"i32 {i}" for i in range(32))
         nib = f(f"shufflevector <16 x i8> {lo4}, <16 x i8> {hi4}, <32 x i32> <{idx}>")
+        if q.high_bits:
+            qh = f.load("i32", f.gep(block, q.head, "i8"), 1)
+            nib = f(f"or <32 x i8> {nib}, {fifth_bits(f, 'i32', qh, 32)}", "q5")
         if q.zero:
             nib = f(f"sub <32 x i8> {nib}, splat (i8 {q.zero})", "q")
         vals = f(f"{'sitofp' if q.zero else 'uitofp'} <32 x i8> {nib} to {v32}")

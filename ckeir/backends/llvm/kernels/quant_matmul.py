@@ -1,17 +1,19 @@
-"""qmatmul: out[n, N] = x[n, K] @ W[N, K].T with GGML-block weights (q8_0, q4_0, q4_1) as
-int8 dot products, the semantics of `ckeir.quant` (the numpy oracle):
+"""qmatmul: out[n, N] = x[n, K] @ W[N, K].T with GGML-block weights (q8_0, q4_0, q4_1, q5_0,
+q5_1) as int8 dot products, the semantics of `ckeir.quant` (the numpy oracle):
 
 - each x row is quantized per 32-block to int8 with an f32 scale (GGML's Q8_0 rule, scale
   kept in f32), by every thread for itself, into its own stack scratch;
 - each block contributes  d_w·d_x · Σ q_w q_x  (an exact int32 sum), plus m_w·d_x·Σ q_x for
-  q4_1, accumulated in f32.
+  q4_1 and q5_1, accumulated in f32.
 
 Two code paths compute the same integer sums:
 
 - VNNI (AVX-512 with avx512vnni): `vpdpbusd` multiplies unsigned by signed bytes into i32
-  lanes.  q4 nibbles (0..15) are the unsigned side as they are; q8_0 weights become
+  lanes.  q4 nibbles (0..15) are the unsigned side as they are, q5's with their fifth bit
+  ORed on (a mask bit as 16, by a `select` on the bitcast mask); q8_0 weights become
   unsigned with their sign bit flipped (w + 128).  The lanes start from a correction the
-  quantizer stored, -128·Σq_x (q8_0) or -8·Σq_x (q4_0, whose weights are nibble - 8), so
+  quantizer stored, -128·Σq_x (q8_0), -8·Σq_x (q4_0, whose weights are nibble - 8) or
+  -16·Σq_x (q5_0), so
   they end at exact partial sums.  A *group* of blocks fills one 512-bit dot product: two
   q8_0 blocks (8 lanes each), or four q4 blocks whose low nibbles and high nibbles are two
   `vpdpbusd` into the same lanes (4 per block).  A row's group is one or two unaligned
@@ -46,6 +48,7 @@ from ckeir.backends.llvm.kernels.common import (
     Kernel,
     ceil_to,
     f32,
+    fifth_bits,
     finish_kernel,
     halves_to_floats,
     kernel_writer,
@@ -54,8 +57,6 @@ from ckeir.formats import FORMATS, QUANT_FORMATS, Format
 
 QK = 32  # elements per block (weights and activations)
 SCRATCH_BYTES = 96 * 1024  # per thread, on its stack: one quantized batch of token rows
-_HEAD = {"q8_0": 2, "q4_0": 2, "q4_1": 4}  # bytes of f16 scale(s) before a block's quants
-_CORRECTION = {"q8_0": -128, "q4_0": -8}  # VNNI: where each dot-product lane starts, per Σq_x
 
 
 @attrs.frozen
@@ -110,12 +111,13 @@ class Plan:
 
     @property
     def nibbles(self) -> bool:
-        return self.fmt.name != "q8_0"
+        """4- or 5-bit quants, two per byte (q4_x, q5_x)."""
+        return self.fmt.bits != 8
 
     @property
     def scale_lanes(self) -> int:
-        """f16 values at the head of a block: d, or d and m (q4_1)."""
-        return 2 if self.fmt.name == "q4_1" else 1
+        """f16 values at the head of a block: d, or d and m (q4_1, q5_1)."""
+        return 2 if self.fmt.mins else 1
 
     @property
     def dot_lanes(self) -> int:
@@ -129,7 +131,11 @@ class Plan:
 
     @property
     def correction(self) -> int:
-        return _CORRECTION.get(self.fmt.name, 0) if self.vnni else 0
+        """VNNI: where each dot-product lane starts, per Σq_x: the unsigned side is q8_0's
+        q + 128, or the stored nibbles (q4_0, q5_0: q - zero)."""
+        if not self.vnni:
+            return 0
+        return -128 if self.fmt.bits == 8 else -self.fmt.zero
 
     def offsets(self) -> dict[str, int]:
         """Byte offsets of the regions of one token's scratch, and its `stride`: q_x; VNNI
@@ -261,7 +267,7 @@ def block_scales(
     shuffle of it; its address is opaque, or LLVM rebuilds the blocks' quants out of the
     same load with more shuffles than the loads they save.  Otherwise one load per block
     (two loads and a two-source shuffle measured slower for q8_0)."""
-    lpb, bb = (2 if fmt.name == "q4_1" else 1), fmt.block_bytes
+    lpb, bb = (2 if fmt.mins else 1), fmt.block_bytes
     start = f.gep(row, f.mul(b0, bb), "i8")
     n = nb * lpb
     if nb * bb >= 64 and (nb - 1) * bb + 2 * lpb <= 64:
@@ -597,24 +603,21 @@ class _Vnni(_Path):
         (d0[, m0], d1, ...)."""
         f, p, bb, gm = self.f, self.p, self.bb, self.p.group_blocks
         start = f.gep(row, f.mul(g0, bb), "i8")
-        full = gm * bb  # 68, 72 or 80: two overlapping 64-byte loads cover it
+        full = gm * bb  # 68 to 96: two overlapping 64-byte loads cover it
         bt = "<64 x i8>"
         if span == full:
             a = f.load(bt, start, 1)
             b = f.load(bt, f.gep(start, full - 64, "i8"), 1)
         else:  # never read past the row: load its bytes, the rest reads as zero
-            mask = "<" + ", ".join(f"i1 {str(i < span).lower()}" for i in range(64)) + ">"
-            a = f.intrinsic(
-                bt,
-                "llvm.masked.load.v64i8.p0",
-                [("ptr", start), ("i32", "1"), ("<64 x i1>", mask), (bt, "zeroinitializer")],
-            )
+            a = self.masked_bytes(start, span)
             b = "zeroinitializer"
+            if span > 64:
+                b = self.masked_bytes(f.gep(start, full - 64, "i8"), span - (full - 64))
 
         def at(byte: int) -> int:  # where byte of the group is in (a, b)
             return byte if byte < 64 else 64 + byte - (full - 64)
 
-        head, per = _HEAD[p.fmt.name], 16 if p.nibbles else 32
+        head, per = p.fmt.quants_at, 16 if p.nibbles else 32
         idx = [at(i * bb + head + j) for i in range(gm) for j in range(per)]
         quants = _shuffle(f, bt, a, b, idx, "wq")
         if p.nibbles:
@@ -622,6 +625,12 @@ class _Vnni(_Path):
                 f(f"and {bt} {quants}, splat (i8 15)", "lo"),
                 f(f"lshr {bt} {quants}, splat (i8 4)", "hi"),
             )
+            if p.fmt.high_bits:  # the lo operand's fifth bits are each mask's bits 0-15
+                at_mask = p.fmt.head
+                ops = tuple(
+                    f(f"or {bt} {op}, {self.fifth_bits(a, b, at, at_mask + 2 * h)}", "q5")
+                    for h, op in enumerate(ops)
+                )
         else:
             ops = (f(f"xor {bt} {quants}, splat (i8 -128)", "wu"),)
         nh = gm * p.scale_lanes
@@ -631,6 +640,23 @@ class _Vnni(_Path):
             "hs",
         )
         return ops, halves_to_floats(f, halves, nh, p.f16c)
+
+    def masked_bytes(self, start: str, count: int) -> str:
+        """64 bytes from `start` of which only the first `count` are read (the rest 0)."""
+        bt = "<64 x i8>"
+        mask = "<" + ", ".join(f"i1 {str(i < count).lower()}" for i in range(64)) + ">"
+        return self.f.intrinsic(
+            bt,
+            "llvm.masked.load.v64i8.p0",
+            [("ptr", start), ("i32", "1"), ("<64 x i1>", mask), (bt, "zeroinitializer")],
+        )
+
+    def fifth_bits(self, a: str, b: str, at, first: int) -> str:
+        """16 where the group's blocks' q5 mask bits are set, for 16 quants per block: the two
+        mask bytes at offset `first` of each block, as 64 bits."""
+        f, bb = self.f, self.bb
+        idx = [at(i * bb + first + j) for i in range(self.p.group_blocks) for j in (0, 1)]
+        return fifth_bits(f, "<8 x i8>", _shuffle(f, "<64 x i8>", a, b, idx, "qhb"), 64)
 
     def dot(self, w: tuple[str, ...], acts: _Acts) -> str:
         """The group's exact partial sums (16 i32 lanes) as floats."""
@@ -820,15 +846,19 @@ class _Generic(_Path):
 
     def block(self, row: str, b: str) -> str:
         """A block's 32 integer weights as <32 x i8> holding q_w (signed, exact)."""
-        f, fmt = self.f, self.p.fmt.name
-        start = f.gep(row, f.add(f.mul(b, self.bb), _HEAD[fmt]), "i8")
-        if fmt == "q8_0":
+        f, fmt = self.f, self.p.fmt
+        block = f.gep(row, f.mul(b, self.bb), "i8")
+        start = f.gep(block, fmt.quants_at, "i8")
+        if fmt.bits == 8:
             return f.load("<32 x i8>", start, 1)
         raw = f.load("<16 x i8>", start, 1)
         lo = f(f"and <16 x i8> {raw}, splat (i8 15)", "lo")
         hi = f(f"lshr <16 x i8> {raw}, splat (i8 4)", "hi")
         q = _shuffle(f, "<16 x i8>", lo, hi, range(32), "wq")
-        return f(f"sub <32 x i8> {q}, splat (i8 8)", "wq") if fmt == "q4_0" else q
+        if fmt.high_bits:
+            qh = f.load("i32", f.gep(block, fmt.head, "i8"), 1)
+            q = f(f"or <32 x i8> {q}, {fifth_bits(f, 'i32', qh, 32)}", "q5")
+        return f(f"sub <32 x i8> {q}, splat (i8 {fmt.zero})", "wq") if fmt.zero else q
 
 
 # ---- accumulators -------------------------------------------------------------------------
