@@ -156,10 +156,26 @@ def matmul_kind(op: Operation) -> str:
 
 def matmul_shape_kind(op: Operation) -> str:
     """The kernel a matmul runs: its family at its weight's shape ("q4_1/q8_0@576x1536":
-    N x K).  Small matrices stream their weights slower than large ones (the threads'
-    start-up and imbalance weigh more), so decode is costed at the shapes it runs."""
+    N x K), and how it sums K when it sums in chunks ("/c512": `k_chunk`, each chunk's lanes
+    reduced and the sums folded; "/c512s": each chunk's sums stored apart, as a later member
+    of a row-parallel matmul's group delivers them).  Small matrices stream their weights
+    slower than large ones (the threads' start-up and imbalance weigh more), and a chunked
+    kernel reduces its lanes once per chunk, so decode is costed at the kernels it runs."""
     n, k = op.operands[1].type.shape
-    return f"{matmul_kind(op)}@{n}x{k}"
+    chunk, separate = k_chunking(op)
+    how = f"/c{chunk}{'s' if separate else ''}" if chunk else ""
+    return f"{matmul_kind(op)}@{n}x{k}{how}"
+
+
+def k_chunking(op: Operation) -> tuple[int, bool]:
+    """(k_chunk or 0, whether the chunk sums are stored apart) of a matmul, as lower-llvm
+    lowers it: apart on every member of a row-parallel matmul's group but the first."""
+    chunk = op.attr("k_chunk") or 0
+    func = op.parent_op
+    rank = func.attr("rank", 0) if func is not None else 0
+    group = func.attr("group", (rank,)) if func is not None else (rank,)
+    separate = bool(chunk) and op.attr("tp") == "partial" and rank != group[0]
+    return chunk, separate
 
 
 def op_time(op: Operation, node: NodeModel, tokens: int, context: int) -> float:

@@ -108,9 +108,12 @@ class _KernelBench:
         copies: int | None = None,
         shape: tuple[int, int] = FAMILY_SHAPE,
         tile: tuple[int, int] = (64, 256),
+        chunk: int = 0,
+        separate: bool = False,
     ):
         from ckeir.backends.llvm.jit import compile_ir
         from ckeir.backends.llvm.kernels import BARRIER_STATE_BYTES, module_ir, weight_matmul
+        from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
         from ckeir.runtime.weights import quantize_rows
 
         fmt, act = family.split("/")
@@ -122,8 +125,13 @@ class _KernelBench:
         self.copies = copies or max(1, -(-4 * host.l3 // self.nbytes))
         self.w = np.ascontiguousarray(np.tile(one, (self.copies, 1)))
         self.x = rng.standard_normal((rows, k)).astype(np.float32)
-        self.out = np.zeros((rows, n), np.float32)
-        kernel = weight_matmul(fmt, act, n, k, tile, host)
+        # a chunked kernel (`k_chunk`, see `cost.matmul_shape_kind`) as the program runs it
+        slots = k // chunk if separate else 1
+        self.out = np.zeros((slots * rows, n), np.float32)
+        if chunk:
+            kernel = qmatmul(fmt, n, k, tuple(tile), host, chunk, separate)
+        else:
+            kernel = weight_matmul(fmt, act, n, k, tile, host)
         kernels: dict = {}
         entry = _scheduled_entry(kernel, kernels)
         self.module = compile_ir(module_ir([*kernels.values(), entry]), host)
@@ -176,14 +184,19 @@ def matmul_rates(kinds: dict, threads: int, host: HostCPU) -> dict[str, float]:
     rates = {}
     for kind, tile in sorted(kinds.items()):
         family, shape = kind.split("@")
+        shape, _, how = shape.partition("/c")
         n, k = (int(d) for d in shape.split("x"))
+        chunk, separate = int(how.rstrip("s") or 0), how.endswith("s")
 
-        def measure(family=family, n=n, k=k, tile=tile) -> float:
-            bench = _KernelBench(family, host, rows=1, shape=(n, k), tile=tile)
+        def measure(family=family, n=n, k=k, tile=tile, chunk=chunk, separate=separate) -> float:
+            bench = _KernelBench(family, host, 1, None, (n, k), tile, chunk, separate)
             with Pool(threads, host) as pool:
                 return bench.nbytes / bench.seconds_per_call(pool)
 
-        name = f"matmul-{family.replace('/', '-')}-{n}x{k}-t{tile[0]}x{tile[1]}-{threads}thr"
+        chunking = f"-c{how}" if how else ""
+        name = (
+            f"matmul-{family.replace('/', '-')}-{n}x{k}{chunking}-t{tile[0]}x{tile[1]}-{threads}thr"
+        )
         rates[kind] = _remembered(bandwidth.record_path(name, host), measure)
     return rates
 
