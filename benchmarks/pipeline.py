@@ -13,7 +13,8 @@ the tokens; the involuntary context switches a token; the CPU each rank's thread
 on.  The cells run in turns, round after round, so load from elsewhere lands on all.
 
 With `--sequences`, the batched pipeline (`specs/smollm2-pipeline-batch4.cke`) instead:
-generate_many of B sequences (B = 1, 4: rank 0 drives, up to two micro-batches in flight)
+generate_many of B sequences (B = 1, 4: rank 0 drives), each B > 1 both as two micro-batches in flight and as one step
+of the whole batch at a time
 on 2 local ranks, unpinned, rounds interleaved; per B the median aggregate decode tok/s
 (ids generated after every sequence had its first, over the time after), its ratio to
 B = 1 in the same rounds, the steps in flight, and each rank's waiting / busy seconds."""
@@ -47,13 +48,13 @@ MODES = ("unpinned", "pinned", "ranks on one CPU")
 BATCHED_SPEC = "specs/smollm2-pipeline-batch4.cke"
 
 
-def many_run(prog, sequences: int, tokens: int) -> dict:
+def many_run(prog, sequences: int, tokens: int, depth: int | None = None) -> dict:
     """One generate_many of `sequences` prompts (each PROMPT shifted, so no two are equal)
-    over the batched pipeline on local ranks."""
+    over the batched pipeline on local ranks (`depth` 1: one step at a time)."""
     from ckeir.ranks import run_local_many
 
     prompts = [[t + i for t in PROMPT] for i in range(sequences)]
-    out = run_local_many(prog, prompts, tokens)
+    out = run_local_many(prog, prompts, tokens, depth=depth)
     m = out["many"]
     decode_seconds = m["seconds"] - m["first_token_seconds"]
     return {
@@ -70,12 +71,18 @@ def sequences_main(args, batches: list[int], tokens: int, repeat: int) -> None:
     host = host_description()
     prog = ckeir.compile(ROOT / BATCHED_SPEC, backend="reference")
     many_run(prog, 1, 8)  # warm: caches, page cache, the JIT's objects
-    runs: dict = {b: [] for b in batches}
+    cells = []
+    for b in batches:
+        if b == 1:
+            cells.append(("1", 1, None))
+        else:  # both ways the scheduler can run them (`ckec plan` predicts which is faster)
+            cells += [(f"{b}, 2 micro-batches in flight", b, 2), (f"{b}, one step at a time", b, 1)]
+    runs: dict = {name: [] for name, _, _ in cells}
     for r in range(repeat):
-        for b in batches:
-            log(f"round {r + 1}/{repeat}: {b} sequences")
-            runs[b].append(many_run(prog, b, tokens))
-    base = runs[batches[0]]
+        for name, b, depth in cells:
+            log(f"round {r + 1}/{repeat}: {name} sequences")
+            runs[name].append(many_run(prog, b, tokens, depth))
+    base = runs[cells[0][0]]
     rows = []
     for b, rs in runs.items():
         tps = [x["decode_tokens_per_second"] for x in rs]

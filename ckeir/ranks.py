@@ -238,23 +238,27 @@ def many_main(
     prompts,
     max_new_tokens: int,
     token_budget: int | None = None,
+    depth: int | None = None,
 ):
     """The body of one local rank of a `generate_many` run: rank 0 drives the pipeline's
     slots with the continuous-batching scheduler (`run_many`), the other ranks serve its
     steps; rank 0 returns every rank's figures in rank order (the others None)."""
     with make_program(spec_path, transport=transport, **options) as prog:
-        figures = run_many(prog, prompts, max_new_tokens, transport, token_budget)
+        figures = run_many(prog, prompts, max_new_tokens, transport, token_budget, depth)
         return transport.gather_object(figures)
 
 
-def run_many(prog, prompts, max_new_tokens: int, transport=None, token_budget=None) -> dict:
+def run_many(
+    prog, prompts, max_new_tokens: int, transport=None, token_budget=None, depth=None
+) -> dict:
     """Greedy continuations of `prompts` through the continuous-batching scheduler, on this
     rank: one process over the Program's slot engine (`transport` None), or every rank of a
     batched pipeline, rank 0 scheduling over `PipelineSlots` (up to one step in flight per
     stage) while the others run `serve_steps`.  Returns this rank's figures as `run_rank`
     does, `tokens` holding one id list per prompt on the scheduling rank, and `many` what
     the scheduler did (sequences, slots, steps, decode steps and rows, seconds; the report
-    of `reports.run.many_report`)."""
+    of `reports.run.many_report`).  `depth`: steps in flight at most (default: the
+    planner's choice, `bubbles.chosen_depth`; 1 runs the batch one step at a time)."""
     from ckeir.runtime.pipeline_slots import PipelineSlots, serve_steps
     from ckeir.runtime.transport.base import ClockOffset
 
@@ -263,7 +267,13 @@ def run_many(prog, prompts, max_new_tokens: int, transport=None, token_budget=No
     many: dict = {"sequences": len(prompts)}
     t0, started = time.perf_counter(), time.monotonic()
     if transport is None or transport.rank == 0:
-        slots = PipelineSlots(prog.engine, transport) if transport else prog.slot_engine()
+        if transport is not None:
+            from ckeir.planner.bubbles import chosen_depth
+
+            depth = chosen_depth(prog) if depth is None else depth
+            slots = PipelineSlots(prog.engine, transport, depth)
+        else:
+            slots = prog.slot_engine()
         many |= _schedule(slots, prompts, max_new_tokens, token_budget, started)
         if transport is not None:
             slots.close()  # the other ranks leave serve_steps
@@ -354,6 +364,7 @@ def run_local_many(
     links=None,
     token_budget: int | None = None,
     watchdog: float | None = None,
+    depth: int | None = None,
 ) -> dict:
     """`prompts` through `program`'s batched pipeline on local ranks (`run_many`); returns
     rank 0's figures, `tokens` one id list per prompt, with every rank's in `ranks`."""
@@ -369,6 +380,7 @@ def run_local_many(
             [list(p) for p in prompts],
             max_new_tokens,
             token_budget,
+            depth,
         ),
         link_model=links,
         watchdog=watchdog,
@@ -379,15 +391,19 @@ def run_local_many(
     return out
 
 
-def mpi_many(spec_path, prompts, max_new_tokens: int, **options) -> dict | None:
+def mpi_many(
+    spec_path, prompts, max_new_tokens: int, depth: int | None = None, **options
+) -> dict | None:
     """`run_many` on this MPI rank (every rank of the job calls it, under
-    `mpiexec -n N python -m mpi4py -m ckeir.ranks SPEC PROMPTS_JSON MAX_NEW`): rank 0
-    returns every rank's figures (`ranks`), the others None."""
+    `mpiexec -n N python -m mpi4py -m ckeir.ranks SPEC PROMPTS_JSON MAX_NEW [DEPTH]`): rank
+    0 returns every rank's figures (`ranks`), the others None."""
     from ckeir.api import Program
     from ckeir.runtime.transport.mpi import MPITransport
 
     with MPITransport() as transport:
-        figures = many_main(transport, Program, spec_path, options, prompts, max_new_tokens)
+        figures = many_main(
+            transport, Program, spec_path, options, prompts, max_new_tokens, None, depth
+        )
         if figures is None:
             return None
         out = dict(figures[0])
@@ -399,7 +415,8 @@ if __name__ == "__main__":  # an MPI job's generate_many until `ckec run` takes 
     import json
     import sys
 
-    out = mpi_many(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))
+    depth = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    out = mpi_many(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), depth=depth)
     if out is not None:
         keep = ("tokens", "many", "busy_seconds", "waiting_seconds", "sends", "transport_kind")
         print(

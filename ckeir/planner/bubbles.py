@@ -77,3 +77,44 @@ def in_flight(pred: Prediction, batch: int, m: int) -> Bubbles:
     busy = tuple(m * t for t in pred.stage_time)
     period = max(pred.latency, max(busy, default=0.0))
     return Bubbles(m, -(-batch // m), batch, period, busy)
+
+
+def decode_bubbles(prog, predicted=None) -> dict[str, Bubbles] | None:
+    """A compiled Program's decode bubbles at its schedule's batch: `one_batch` and
+    `micro_batches` (None when decode is not a pipeline).  `predicted(rows)`: the decode
+    prediction at that many rows (default: `predict` for the declared cluster)."""
+    from ckeir.passes.manager import funcs
+
+    plan = prog.placement.get("decode")
+    if plan is None or len(plan.stages) < 2:
+        return None
+    progs = {f.attr("rank", 0): f for f in funcs(prog.module) if f.attr("phase") == "decode"}
+    batch = max(f.attr("slots", 1) for f in progs.values())
+    if predicted is None:
+        from ckeir.planner import cost
+        from ckeir.planner.predict import predict
+
+        nodes = {n.name: cost.NodeModel.of(n) for n in prog.job.cluster.nodes}
+
+        def predicted(rows: int):
+            return predict(
+                plan, progs, nodes, prog.rank_nodes, prog.job.cluster, rows, context=rows
+            )
+
+    m, rows = micro_batches(len(plan.stages), batch)
+    whole = one_batch(predicted(batch), batch)
+    return {
+        "one_batch": whole,
+        "micro_batches": whole if m == 1 else in_flight(predicted(rows), batch, m),
+    }
+
+
+def chosen_depth(prog) -> int:
+    """How many steps a batched pipeline keeps in flight: its micro-batches when the planner
+    predicts them the shorter period, else 1 (the batch whole, one step at a time: when a
+    step's time hardly grows with its rows, two half steps cost nearly twice one)."""
+    b = decode_bubbles(prog)
+    if b is None:
+        return 1
+    fly, whole = b["micro_batches"], b["one_batch"]
+    return fly.micro_batches if fly.period < whole.period else 1

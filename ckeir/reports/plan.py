@@ -118,8 +118,15 @@ def plan_report(prog, machine=None) -> dict:
             "rank_seconds": pred.rank_time,
             "comm_seconds": pred.comm_time,
         }
-        if phase == "decode" and len(plan.stages) > 1:
-            out["phases"][phase]["bubbles"] = _bubbles(pred, predicted, len(plan.stages), tokens)
+        b = bubbles.decode_bubbles(prog, predicted) if phase == "decode" else None
+        if b is not None:
+            one, fly = b["one_batch"], b["micro_batches"]
+            out["phases"][phase]["bubbles"] = {
+                "one_batch": one.as_dict(),
+                "micro_batches": fly.as_dict(),
+                # what generate_many runs (`bubbles.chosen_depth`): the shorter period
+                "in_flight": fly.micro_batches if fly.period < one.period else 1,
+            }
     for r, m in memory.items():
         node = nodes[ranks[r]]
         m["total"] = m["weights"] + m["kv_cache"] + m["arena"]
@@ -128,15 +135,6 @@ def plan_report(prog, machine=None) -> dict:
     out["memory"] = dict(memory)
     out["arenas"] = arenas
     return out
-
-
-def _bubbles(pred, predicted, stages: int, batch: int) -> dict:
-    """A pipelined decode's period and each stage's busy and idle time in it: the batch as
-    one step, and cut into micro-batches in flight (as many as stages, if it has the rows)."""
-    m, rows = bubbles.micro_batches(stages, batch)
-    whole = bubbles.one_batch(pred, batch)
-    flying = whole if m == 1 else bubbles.in_flight(predicted(rows), batch, m)
-    return {"one_batch": whole.as_dict(), "micro_batches": flying.as_dict()}
 
 
 def _step_tokens(phase: str, progs: dict, job) -> int:
@@ -298,6 +296,7 @@ def _bubble_table(b: dict):
             for x in (one, fly)
         ),
     )
+    t.caption = f"generate_many keeps {b['in_flight']} step(s) in flight: the shorter period"
     return t
 
 

@@ -419,8 +419,12 @@ class Scheduler:
         self._counts["decode_steps"] = self._counts["decode_rows"] = 0
         self._step_seconds = 0.0
         self._finished = dict.fromkeys(FINISH_REASONS, 0)
-        pipelined = all(hasattr(engine, a) for a in ("start_decode", "start_prefill", "finish"))
-        self.depth = max(1, int(getattr(engine, "depth", 1))) if pipelined else 1
+        # a PipelinedSlotEngine's steps go through start/finish, even one at a time: the
+        # rows' logits are asked for only when a pick reads them
+        self._pipelined = all(
+            hasattr(engine, a) for a in ("start_decode", "start_prefill", "finish")
+        )
+        self.depth = max(1, int(getattr(engine, "depth", 1))) if self._pipelined else 1
         self._flights: deque[_Flight] = deque()  # started, not finished, oldest first
 
     # -- requests ----------------------------------------------------------------------------
@@ -499,7 +503,7 @@ class Scheduler:
                 self._stepper = None
 
     def _step(self) -> bool:
-        if self.depth > 1:
+        if self._pipelined:
             return self._step_pipelined()
         self._release_over()
         running = self._admit()

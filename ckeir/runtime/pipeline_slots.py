@@ -62,9 +62,10 @@ def step_words(slots: int) -> int:
 class PipelineSlots:
     """`SlotEngine` on rank 0 of a batched pipeline: `engine` is rank 0's `RankEngine`
     (stage 0 of the batched decode and prefill programs), `transport` its transport.  The
-    other ranks run `serve_steps` until `close` (which stops them) is called."""
+    other ranks run `serve_steps` until `close` (which stops them) is called.  `depth`:
+    at most this many steps in flight (default: one per stage)."""
 
-    def __init__(self, engine, transport):
+    def __init__(self, engine, transport, depth: int | None = None):
         plan = engine.placement["decode"]
         if transport.rank != 0 or plan.stages[0].ranks != (0,):
             raise CkeError("the pipeline's slots are driven from rank 0, its first stage")
@@ -75,7 +76,8 @@ class PipelineSlots:
         self.context = engine.context
         self.max_prefill = engine.max_prefill
         self.vocab = engine.config.vocab
-        self.depth = len(plan.stages)  # steps in flight: one per stage
+        # steps in flight: one per stage (1: the whole batch one step at a time)
+        self.depth = len(plan.stages) if depth is None else max(1, min(depth, len(plan.stages)))
         self.last = plan.stages[-1].ranks[0]
         self.workers = tuple(r for r in engine.world if r != transport.rank)
         self._words = step_words(self.slots)

@@ -57,6 +57,8 @@ def test_plan_report_gives_a_batched_pipeline_both_periods():
     assert len(one["busy_seconds"]) == len(fly["idle_seconds"]) == 2
     assert one["period_seconds"] == report["phases"]["decode"]["predicted_seconds"]
     assert "bubbles" not in report["phases"]["prefill"]
+    shorter = 2 if fly["period_seconds"] < one["period_seconds"] else 1
+    assert b["in_flight"] == shorter
 
 
 def test_ckec_plan_prints_the_two_periods():

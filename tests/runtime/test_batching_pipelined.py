@@ -153,6 +153,14 @@ def test_a_synchronous_engine_keeps_one_step_at_a_time():
     assert Scheduler(FakePipeline(depth=3, slots=2)).depth == 3
 
 
+def test_a_pipelined_engine_of_depth_1_still_asks_for_logits_only_when_read():
+    eng = FakePipeline(depth=1, slots=2, context=40)
+    assert generate_many(eng, [[1, 2], [3]], 5) == [
+        alone(p, 5, eng.vocab, 40)[0] for p in ([1, 2], [3])
+    ]
+    assert eng.logits_asked and not any(eng.logits_asked) and not eng.violations
+
+
 request = st.tuples(
     st.integers(0, 6),  # the step it arrives before
     st.lists(st.integers(0, 30), min_size=1, max_size=12),  # prompt
