@@ -304,16 +304,25 @@ def slices(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def collective_time(
-    kind: str, nbytes: int, group: int, link: LinkModel, over: Overheads = Overheads()
+    kind: str,
+    nbytes: int,
+    group: int,
+    link: LinkModel,
+    over: Overheads = Overheads(),
+    fixed: float | None = None,
 ) -> float:
     """Seconds of a collective once every member has arrived.  Each step's messages cross
     separate per-pair links at once and every member waits for the others, so a step lasts
-    as long as its largest message, plus the transport's fixed cost per step."""
+    as long as its largest message, plus the transport's fixed cost per step — or, `fixed`,
+    the whole collective's own cost as measured (its copies and sums included), spread over
+    its steps."""
     per_member = [collective_steps(kind, nbytes, group, m) for m in range(group)]
+    steps = list(zip(*per_member, strict=True))
+    own = over.collective if fixed is None else fixed / max(len(steps), 1)
     total = 0.0
-    for step in zip(*per_member, strict=True):
+    for step in steps:
         largest = max((b for msgs in step for b in msgs), default=0)
-        total += link.time(largest) + over.collective
+        total += link.time(largest) + own
     return total
 
 

@@ -89,6 +89,9 @@ class _Step:
     peer: int = -1  # send / recv; the root of a broadcast
     group: tuple[int, ...] = ()
     nbytes: int = 0
+    # a collective's own cost once every member is in, measured on the machine (see
+    # `rank_steps`; None: the transport's fixed cost per step, `Overheads.collective`)
+    fixed: float | None = None
 
 
 def rank_steps(
@@ -105,7 +108,8 @@ def rank_steps(
     `dist.*` ops; a program cut by place but not yet through insert-collectives gets them
     where that pass will put them: after each matmul whose result is a partial sum or a
     vocabulary slice.  `op_times`: `op_signature` -> `OpTime` measured on the machine,
-    used for one-row steps (decode) in place of the roofline, which sees only bytes.
+    used for one-row steps (decode) in place of the roofline, which sees only bytes, and
+    for a `dist.*` collective the cost it adds to its link time (`cost.collective_time`).
     `slots`: the chunk-sum slots of each partial matmul's all-reduce, in program order, for a
     program not through insert-collectives (`cost.partial_slots`; None: one each)."""
     steps: list[_Step] = []
@@ -150,6 +154,9 @@ def rank_steps(
                 step = _collective(t, kind, group, tokens, op.attr("sizes") or (), fmt)
                 if kind == "partial":  # with its chunk-sum slots (see insert-collectives)
                     step = attrs.evolve(step, nbytes=cost.dist_message_bytes(op, tokens))
+                measured = (op_times or {}).get(op_signature(op)) if tokens == 1 else None
+                if measured is not None:
+                    step = attrs.evolve(step, fixed=measured.fixed)
                 steps.append(step)
     close()
     return steps
@@ -241,7 +248,9 @@ class _Replay:
         else:
             links = [self.link(a, b) for a in st.group for b in st.group if a < b]
             slowest = max(links, key=lambda link: link.time(st.nbytes))
-            took = cost.collective_time(st.kind, st.nbytes, len(st.group), slowest, self.over)
+            took = cost.collective_time(
+                st.kind, st.nbytes, len(st.group), slowest, self.over, st.fixed
+            )
             self.clock[r] = max(met.values()) + took
         return True
 
@@ -310,7 +319,7 @@ def _comm_seconds(r: int, steps: list, link, over: cost.Overheads) -> float:
             total += cost.message_time(link(r, s.peer), s.nbytes, over)
         elif s.kind in ("allreduce", "allgather"):
             slowest = max((link(r, p) for p in s.group if p != r), key=lambda x: x.time(s.nbytes))
-            total += cost.collective_time(s.kind, s.nbytes, len(s.group), slowest, over)
+            total += cost.collective_time(s.kind, s.nbytes, len(s.group), slowest, over, s.fixed)
     return total
 
 

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import ctypes
 import hashlib
+import os
 import time
 
 import attrs
@@ -220,11 +221,19 @@ ATTENTION_AT = (0, 512)  # cached positions attention is measured at (linear in 
 
 
 def _op_program(op, copies: int):
+    """`_op_func` in a module of its own."""
+    from ckeir.ir.core import module_op
+
+    func, weights = _op_func(op, copies)
+    return module_op([func]), weights
+
+
+def _op_func(op, copies: int, name: str = "bench"):
     """A module of one decode func running `copies` copies of `op` one after another, its
     operands as in the program it comes from: the func's arguments (ids, position, KV
     cache), weights of the same names and types, and activations of the same types, each
     made once by an embedding of a small f32 table.  Returns (module, {weight: type})."""
-    from ckeir.ir.core import Block, Builder, Operation, Region, clone, module_op
+    from ckeir.ir.core import Block, Builder, Operation, Region, clone
     from ckeir.ir.types import TensorType, f32
 
     func = op.parent.parent.parent  # block -> region -> func
@@ -253,10 +262,11 @@ def _op_program(op, copies: int):
         last = b.insert(copy).results[0]
     b.op("cke.return", [last])
     # the program's own signature: a batched decode (`slots`) keeps its per-row arguments
-    attributes = {"sym_name": "bench", "phase": "decode", "max_tokens": func.attr("max_tokens", 1)}
-    if func.attr("slots") is not None:
-        attributes["slots"] = func.attr("slots")
-    return module_op([Operation("cke.func", (), (), attributes, [Region([block])])]), weights
+    attributes = {"sym_name": name, "phase": "decode", "max_tokens": func.attr("max_tokens", 1)}
+    for key in ("slots", "rank", "group"):  # a batched decode's slots; a rank's place
+        if func.attr(key) is not None:
+            attributes[key] = func.attr(key)
+    return Operation("cke.func", (), (), attributes, [Region([block])]), weights
 
 
 PLACEMENT_ATTRS_TO_DROP = ("offset",)  # plan-memory gives the copies places of their own
@@ -282,8 +292,11 @@ def _weight_array(t) -> np.ndarray:
     return np.zeros((rows, nbytes(t) // rows), np.uint8)
 
 
-def _time_program(module, weights: dict, threads: int, host: HostCPU, pos: int) -> float:
-    """Best seconds of one run of the module's func (plan-memory, lower-llvm, a pool)."""
+def _bench_program(
+    module, weights: dict, threads: int, host: HostCPU, pos: int, rank: int | None = None
+):
+    """(program, pool) running the module's func (plan-memory, lower-llvm) on one row at
+    cached position `pos`; the program's `fused_address` is its fused entry's, if any."""
     from ckeir.backends.llvm.engine import _Program, lazy_zeros
     from ckeir.backends.llvm.jit import compile_ir
     from ckeir.backends.llvm.lower import lower_module
@@ -291,17 +304,26 @@ def _time_program(module, weights: dict, threads: int, host: HostCPU, pos: int) 
     from ckeir.passes import PassContext, PassManager, Target, parse_pipeline
 
     PassManager(parse_pipeline("plan-memory")).run(module, PassContext(target=Target()))
-    lowered = lower_module(module, host)
+    lowered = lower_module(module, host, rank)
     compiled = compile_ir(lowered.text, host)
     (abi,) = lowered.programs.values()
     arrays = {name: _weight_array(t) for name, t in weights.items()}
     kc, vc = lazy_zeros(abi.cache_shape), lazy_zeros(abi.cache_shape)
-    prog = _Program(abi, compiled.address(abi.symbol), arrays, kc, vc, huge_pages=False)
+    entry = abi.symbol if not abi.steps or abi.steps[0].kind != "native" else abi.steps[0].symbol
+    prog = _Program(abi, compiled.address(entry), arrays, kc, vc, huge_pages=False)
+    prog.fused_address = compiled.address(abi.fused) if abi.fused else 0
+    prog.compiled = compiled  # keeps the code alive
     prog.ctx[abi.slot("n")] = 1
     prog.ctx[abi.slot("pos")] = pos
     if prog.batched:  # one row, in slot 0, at `pos`
         prog.positions[0] = pos
-    with Pool(threads, host) as pool:
+    return prog, Pool(threads, host)
+
+
+def _time_program(module, weights: dict, threads: int, host: HostCPU, pos: int) -> float:
+    """Best seconds of one run of the module's func (plan-memory, lower-llvm, a pool)."""
+    prog, pool = _bench_program(module, weights, threads, host, pos)
+    with pool:
         return _best_time(lambda: pool.run(prog.address, prog.ctx.ctypes.data))
 
 
@@ -339,6 +361,110 @@ def op_times(programs: dict, threads: int, host: HostCPU) -> dict[str, OpTime]:
             else:
                 out[sig] = OpTime(op_seconds(op, threads, host))
     return out
+
+
+COLLECTIVE_COPIES = 32  # copies of a collective in the program timed to measure it
+
+
+def native_collectives(programs: dict) -> bool:
+    """Whether local ranks run `programs`' collectives in native code, inside one call per
+    token (`runtime.distributed`: the transport's `runs_natively`): their communication is
+    all collectives, an allgather's value one row, each message one channel slot."""
+    from ckeir.runtime.distributed import PYTHON_COLLECTIVES_ENV
+    from ckeir.runtime.transport.local import DEFAULT_SLOT_BYTES
+
+    if os.environ.get(PYTHON_COLLECTIVES_ENV, "") not in ("", "0"):
+        return False
+    dist = [
+        op for f in programs.values() for op in f.regions[0].entry.ops if op.name[:5] == "dist."
+    ]
+    return bool(dist) and all(
+        op.name in ("dist.allreduce", "dist.allgather")
+        and (op.name == "dist.allreduce" or op.results[0].type.shape[0] == 1)
+        and op.attr("bytes", 0) <= DEFAULT_SLOT_BYTES
+        and (
+            op.name == "dist.allgather"
+            or cost.allreduce_is_direct(len(op.attr("group")), op.attr("bytes", 0))
+        )
+        for op in dist
+    )
+
+
+def collective_times(programs: dict, threads: int, host: HostCPU) -> dict[int, dict[str, OpTime]]:
+    """rank -> `op_signature` -> `OpTime` of each of its collectives as local ranks run them
+    in native code (`native_collectives`), with every member in: the exchange over shared
+    memory, the sums or copies, the records — what a collective adds to its link's time.
+    The members' programs hold the same collectives in the same order; each distinct one
+    is measured once per machine on ranks of its group (remembered)."""
+    out: dict[int, dict[str, OpTime]] = {r: {} for r in programs}
+    ops = {
+        r: [op for op in f.regions[0].entry.ops if op.name in ("dist.allreduce", "dist.allgather")]
+        for r, f in programs.items()
+    }
+    for r, mine in ops.items():
+        for i, op in enumerate(mine):
+            group = tuple(op.attr("group"))
+            if r != group[0] or not all(g in ops and len(ops[g]) > i for g in group):
+                continue
+            members = [ops[g][i] for g in group]
+            seconds = _collective_seconds(members, threads, host)
+            for g, member in zip(group, members, strict=True):
+                out[g][op_signature(member)] = OpTime(seconds)
+    return out
+
+
+def _collective_seconds(members: list, threads: int, host: HostCPU) -> float:
+    """Seconds of one collective (`members`: its op in each member's program, in group order)
+    run natively on len(members) local ranks: COLLECTIVE_COPIES of it in one native call, less
+    the same call without them; the slowest member's (measured once, remembered)."""
+    from ckeir.ir.core import module_op
+    from ckeir.ir.printer import print_ir
+    from ckeir.runtime.transport.local import launch_local
+
+    # every member's program in one module (the verifier matches their collectives)
+    texts = [
+        print_ir(module_op([_op_func(op, copies, f"bench_{i}")[0] for i, op in enumerate(members)]))
+        for copies in (0, COLLECTIVE_COPIES)
+    ]
+
+    def measure() -> float:
+        runs = launch_local(len(members), _collective_probe, args=(texts, threads, host))
+        return max((many - none) / COLLECTIVE_COPIES for none, many in runs)
+
+    digest = hashlib.sha256("|".join(op_signature(op) for op in members).encode()).hexdigest()
+    name = f"collective-{members[0].name.split('.')[-1]}-{digest[:16]}-{threads}thr"
+    return _remembered(bandwidth.record_path(name, host), measure, best=min, lo=0.0, hi=1.0)
+
+
+def _collective_probe(t, texts: list, threads: int, host: HostCPU) -> tuple[float, float]:
+    """On one local rank: best seconds of its program in the bench modules `texts` (without
+    and with the copies of the collective), each run as the rank engine runs a program's fused entry (its comm block
+    on this transport)."""
+    from ckeir.backends.llvm.kernels import collective as C
+    from ckeir.ir.parser import parse_ir
+
+    out = []
+    for text in texts:
+        module = parse_ir(text)
+        (func,) = (f for f in funcs(module) if f.attr("rank", 0) == t.rank)
+        weights = {
+            op.attr("name"): op.results[0].type
+            for op in func.regions[0].entry.ops
+            if op.name == "cke.weight"
+        }
+        prog, pool = _bench_program(module, weights, threads, host, 0, t.rank)
+        records = np.zeros((max(len(prog.abi.comm_steps), 1), C.RECORD_WORDS), np.int64)
+        comm = t.comm_block(records)
+        if prog.abi.fused:
+            prog.ctx[prog.abi.slot("comm")] = comm.ctypes.data
+            prog.address = prog.fused_address
+        with pool:
+            t.barrier()
+            out.append(_best_time(lambda p=prog, pool=pool: pool.run(p.address, p.ctx.ctypes.data)))
+            if int(comm[C.C_STATUS]) != C.OK:
+                raise RuntimeError(f"the collective probe failed (status {int(comm[C.C_STATUS])})")
+        t.barrier()
+    return out[0], out[1]
 
 
 def barrier_seconds(threads: int, host: HostCPU) -> float:
@@ -510,6 +636,7 @@ class MachineView:
     links: dict  # (rank, rank) -> cost.LinkModel | None (None: not shaped)
     overheads: cost.Overheads
     basis: dict
+    local: bool = False  # local ranks over shared memory (their collectives may run natively)
 
     def predict(self, plan, programs: dict, tokens: int, context: int):
         nodes, figures = measured_nodes(self.prog, programs, plan, self.threads, self.host)
@@ -518,6 +645,18 @@ class MachineView:
         self.basis["op_seconds"] = {sig: t.at(context) for sig, t in times.items()}
         model_links = {k: v or cost.NO_LINK for k, v in self.links.items()}
         prog = self.prog
+        over, per_node = self.overheads, {n: dict(times) for n in nodes}
+        if self.local and tokens == 1 and native_collectives(programs):
+            # one native call per token: no dispatch per segment, and each collective costs
+            # its link's time plus what it was measured to cost in native code
+            over = attrs.evolve(over, segment=0.0)
+            measured = collective_times(programs, self.threads, self.host)
+            for rank, sigs in measured.items():
+                per_node[prog.rank_nodes[rank]].update(sigs)
+                self.basis.setdefault("collective_seconds", {}).update(
+                    {sig: t.fixed for sig, t in sigs.items()}
+                )
+            self.basis["collectives"] = "native (one call per token)"
         return predict(
             plan,
             programs,
@@ -527,8 +666,8 @@ class MachineView:
             tokens,
             context,
             model_links,
-            self.overheads,
-            op_times=dict.fromkeys(nodes, times),
+            over,
+            op_times=per_node,
         )
 
 
@@ -556,7 +695,8 @@ def this_machine(
         "links": "simulated" if links is not None else "none (shared memory)",
         "overheads": attrs.asdict(over),
     }
-    return MachineView(prog, host, threads, simulated_links(prog, links), over, basis)
+    local = prog.world_size > 1 and message_seconds is None
+    return MachineView(prog, host, threads, simulated_links(prog, links), over, basis, local)
 
 
 def run_prediction(

@@ -58,3 +58,26 @@ def test_plan_for_this_machine_is_the_run_prediction():
     assert decode == pytest.approx(run_prediction(prog, 1, SLOW).decode_seconds_per_token)
     # the slow link's two delays a token (the hop and the token coming back) dominate
     assert decode > 2 * 8e-3 > declared["phases"]["decode"]["predicted_seconds"]
+
+
+@pytest.mark.slow
+def test_prediction_of_native_collectives_over_a_slow_simulated_link():
+    """Tensor parallel on local ranks runs its collectives in native code, one call per
+    token, also over a simulated link: the prediction says so, costs each collective at its
+    link's time plus what the native exchange was measured to cost on this machine (not the
+    Python transport's call), and the run's token period is held to it as above."""
+    prog = ckeir.compile(ROOT / "specs" / "mha.cke", backend="reference")
+    out = run_local(prog, [1, 2, 3], 12, links=SLOW)
+    st = out["stats"]
+    decoded = st["generated_tokens"] - 1
+    pred = run_prediction(prog, st["prompt_tokens"] + decoded // 2, SLOW)
+    assert pred.basis["collectives"] == "native (one call per token)"
+    first = out["ranks"][0]
+    natives = [e for e in first["events"] if e[0] == "native"]
+    assert len(natives) == 1 + decoded  # prefill, then one call per token
+    collectives = [e for e in first["events"] if e[0] in ("allreduce", "allgather")]
+    per_token = len(collectives) // (1 + decoded)
+    assert set(pred.basis["collective_seconds"]) and per_token == 2 * 2 + 1
+    assert all(0 < s < SLOW.default.latency for s in pred.basis["collective_seconds"].values())
+    period = min(b[3] - a[3] for a, b in zip(natives[1:], natives[2:], strict=False))
+    assert 0.85 <= period / pred.decode_seconds_per_token <= 1.5, (period, pred.basis)
