@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent / "runtime"))  # smollm2: where the
 from smollm2 import SPEC, gguf_path, needs_smollm2  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(Path(__file__).parent / "serve"))  # server: ckec serve in a subprocess
 
 
 def run_example(*argv, cwd) -> subprocess.CompletedProcess:
@@ -105,3 +106,38 @@ def test_two_ranks_example(tmp_path):
     assert f"hop 0 -> 1: {hop['messages']} messages of {send['bytes']} B" in out
     assert report["decode"]["seconds_per_token"] > 0
     assert report["decode"]["predicted_seconds_per_token"] > 0
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_serve_client_example(tmp_path, tokenizer):
+    from server import Server
+
+    import ckeir
+
+    server = Server(SPEC, "--parallel", "2").wait_ready()
+    try:
+        out = run_example(
+            sys.executable, EXAMPLES / "serve_client.py", "--base-url", f"{server.url}/v1",
+            "-n", "24", cwd=tmp_path,
+        ).stdout  # fmt: skip
+        story = field(out, "story")
+        again = run_example(
+            sys.executable, EXAMPLES / "serve_client.py", "--base-url", f"{server.url}/v1",
+            "-n", "24", cwd=tmp_path,
+        ).stdout  # fmt: skip
+        metrics = server.metrics()
+    finally:
+        assert server.stop() == 0
+    assert field(out, "model") == "smollm2"
+    # the streamed greedy answer is what generate gives the chat's prompt, up to <|im_end|>
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.encode(tokenizer.apply_chat_template(question))
+    with ckeir.compile(SPEC) as prog:
+        alone = prog.generate(ids, 24)
+    end = alone.index(2) if 2 in alone else len(alone)
+    assert field(out, "answer") == tokenizer.decode(alone[:end])
+    assert field(out, "usage") == f"prompt {len(ids)}, completion {min(end + 1, 24)}"
+    # the sampled story: the same seed, the same text
+    assert field(again, "story") == story
+    assert metrics["ckeir_requests_total"] == 4
