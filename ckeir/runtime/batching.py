@@ -515,12 +515,15 @@ class Scheduler:
         for seq, n in plan.prefills:
             self._run_prefill(seq, n)
         self._release_over()
+        self._count_step(plan.tokens, time.perf_counter() - t0)
+        return True
+
+    def _count_step(self, tokens: int, seconds: float) -> None:
         with self._lock:
             self._counts["steps"] += 1
-            self._counts["step_tokens"] += plan.tokens
-            self._counts["last_step_tokens"] = plan.tokens
-            self._step_seconds += time.perf_counter() - t0
-        return True
+            self._counts["step_tokens"] += tokens
+            self._counts["last_step_tokens"] = tokens
+            self._step_seconds += seconds
 
     def run(self) -> None:
         """Step until no request waits or runs."""
@@ -593,6 +596,10 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 - fails this sequence only
             self._retire(seq, "error", e)
             return
+        self._prefilled(seq, n, argmax, logits)
+
+    def _prefilled(self, seq: Sequence, n: int, argmax: int, logits) -> None:
+        """A prefill chunk of n ids is in `seq`'s slot: its last row gives the first id."""
         seq.prefilled += n
         with self._lock:
             self._counts["prompt_tokens"] += n
@@ -664,19 +671,10 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - fails this sequence only
                 self._retire(seq, "error", e)
                 continue
-            seq.prefilled += n
-            with self._lock:
-                self._counts["prompt_tokens"] += n
-            if seq.prefilled == len(seq.prompt):
-                self._take(seq, argmax, logits)
+            self._prefilled(seq, n, argmax, logits)
         for seq in flight.sequences:
             seq.in_flight = False
-        tokens = flight.plan.tokens
-        with self._lock:
-            self._counts["steps"] += 1
-            self._counts["step_tokens"] += tokens
-            self._counts["last_step_tokens"] = tokens
-            self._step_seconds += flight.seconds + time.perf_counter() - t0
+        self._count_step(flight.plan.tokens, flight.seconds + time.perf_counter() - t0)
 
     def _drain_flights(self) -> None:
         """Finish every step in flight (their sequences take their last results)."""
