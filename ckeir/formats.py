@@ -25,6 +25,8 @@ import re
 import attrs
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+QK_K = 256  # elements per K-quant super-block
+
 
 @attrs.frozen
 class Format:
@@ -68,9 +70,6 @@ class Format:
         return k // self.block * self.block_bytes
 
 
-QK_K = 256  # elements per K-quant super-block
-
-
 def _ggml(name: str, **layout) -> Format:
     block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]
     return Format(name, block, block_bytes, name.upper(), **layout)
@@ -85,10 +84,40 @@ Q4_1 = _ggml("q4_1", computes=True, bits=4, mins=True)
 Q5_0 = _ggml("q5_0", computes=True, bits=5, zero=16)
 Q5_1 = _ggml("q5_1", computes=True, bits=5, mins=True)
 
+
+@attrs.frozen
+class KLayout:
+    """Byte offsets in a K-quant super-block (ggml-common.h; None: the type has no such
+    part).  Q4_K and Q5_K: f16 d and dmin, 12 bytes packing eight 6-bit scales and eight 6-bit
+    mins of 32-element sub-blocks (x = d·sc·q - dmin·m), Q5_K's fifth bits (bit j of byte l:
+    sub-block j, element l), then 128 bytes of nibbles (32 bytes per pair of sub-blocks: low
+    nibbles the first, high the second).  Q6_K: 128 bytes of low nibbles (per 128 elements,
+    64 bytes: low nibbles elements 0-63, high 64-127), 64 bytes of high 2-bit pairs (per 128,
+    32 bytes: bits 2i..2i+1 of byte l for element 32i + l), sixteen int8 scales of 16-element
+    sub-blocks, f16 d last (x = d·scale·(q - 32))."""
+
+    d: int
+    dmin: int | None
+    scales: int
+    qh: int | None
+    qs: int
+    sub: int  # elements per scale
+
+
+K_LAYOUTS = {
+    "q4_k": KLayout(d=0, dmin=2, scales=4, qh=None, qs=16, sub=32),
+    "q5_k": KLayout(d=0, dmin=2, scales=4, qh=16, qs=48, sub=32),
+    "q6_k": KLayout(d=208, dmin=None, scales=192, qh=128, qs=0, sub=16),
+}
+
 # A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
 FFN_SHARD_UNIT = 32
 
-_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
+Q4_K = _ggml("q4_k", computes=True)
+Q5_K = _ggml("q5_k", computes=True)
+Q6_K = _ggml("q6_k", computes=True)
+
+_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)
 # every other float or block type a GGUF file may hold: sized, not computed on
 _OTHERS = tuple(
     _ggml(t.name.lower())
@@ -97,11 +126,9 @@ _OTHERS = tuple(
 )
 FORMATS = {f.name: f for f in (*_KNOWN, *_OTHERS)}
 # the block formats the int8-activation kernels (quant_matmul) compute on
-QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
 # the formats ckeir computes on as stored (what `quantize weights keep` can keep)
 COMPUTED = tuple(f.name for f in FORMATS.values() if f.computes)
-# the formats `quantize weights` converts to: computed on, and produced by gguf.quants (which
-# cannot quantize to the K-quants: a file's K-quant tensors compute under `keep`)
-TARGETS = tuple(
-    n for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1") if FORMATS[n].computes
-)
+# the formats `quantize weights` converts to (gguf.quants packs them; the K-quants,
+# which it cannot make, `ckeir.quant.kquantize`)
+TARGETS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")

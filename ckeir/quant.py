@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ckeir.formats import FORMATS
+from ckeir.formats import FORMATS, K_LAYOUTS
 
 QK = 32  # elements per activation block (= the GGML weight block)
 
@@ -64,6 +64,48 @@ def unpack_blocks(w: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | Non
     return d, m, q - f.zero
 
 
+def weight_parts(w: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scale, min, q) per element [N, K], float32 and int, such that a weight is exactly
+    scale·q + min: the numbers the int8 kernels multiply (K-quants: scale = f32(d·sc), min =
+    -f32(dmin·m), q as stored (Q6_K: q - 32); block formats as `unpack_blocks`)."""
+    f = FORMATS[fmt]
+    if not f.super_block:
+        d, m, q = unpack_blocks(w, fmt)
+        m = np.zeros_like(d) if m is None else m
+        return (np.repeat(d, QK, axis=-1), np.repeat(m, QK, axis=-1), q.reshape(q.shape[0], -1))
+    from gguf import quants
+
+    lay = K_LAYOUTS[fmt]
+    w = np.ascontiguousarray(w, dtype=np.uint8)
+    sb = w.reshape(w.shape[0], -1, f.block_bytes)
+    d = sb[..., lay.d : lay.d + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if lay.dmin is None:  # Q6_K: a scale per 16
+        sc = sb[..., lay.scales : lay.scales + 16].view(np.int8).astype(np.float32)
+        scale = np.repeat(d[..., None] * sc, 16, axis=-1)
+        mins = np.zeros_like(scale)
+        ql = sb[..., lay.qs : lay.qs + 128].reshape(*sb.shape[:2], 2, 1, 64)
+        ql = (ql >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)) & 15
+        qh = sb[..., lay.qh : lay.qh + 64].reshape(*sb.shape[:2], 2, 1, 32)
+        qh = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & 3
+        q = (ql.reshape(*sb.shape[:2], 256) | (qh.reshape(*sb.shape[:2], 256) << 4)).astype(int)
+        q = q - 32
+    else:
+        dmin = sb[..., lay.dmin : lay.dmin + 2].copy().view(np.float16)[..., 0]
+        sc, m = quants.Q4_K.get_scale_min(sb[..., lay.scales : lay.scales + 12].reshape(-1, 12))
+        sc, m = sc.reshape(*sb.shape[:2], 8), m.reshape(*sb.shape[:2], 8)
+        scale = np.repeat(d[..., None] * sc.astype(np.float32), 32, axis=-1)
+        mins = -np.repeat(dmin.astype(np.float32)[..., None] * m.astype(np.float32), 32, axis=-1)
+        qs = sb[..., lay.qs : lay.qs + 128].reshape(*sb.shape[:2], 4, 1, 32)
+        q = ((qs >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)) & 15).astype(int)
+        q = q.reshape(*sb.shape[:2], 256)
+        if lay.qh is not None:
+            qh = sb[..., lay.qh : lay.qh + 32].reshape(*sb.shape[:2], 1, 32)
+            bits = (qh >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)) & 1
+            q = q | (bits.reshape(*sb.shape[:2], 256).astype(int) << 4)
+    n = w.shape[0]
+    return scale.reshape(n, -1), mins.reshape(n, -1), q.reshape(n, -1)
+
+
 def qmatmul_reference(x: np.ndarray, w_blocks: np.ndarray, fmt: str) -> np.ndarray:
     """out[n, N] of the formula above, in float64, for x[n, K] f32 and GGML rows w[N, ...].
 
@@ -72,8 +114,80 @@ def qmatmul_reference(x: np.ndarray, w_blocks: np.ndarray, fmt: str) -> np.ndarr
     sums."""
     q, dx = quantize_activations(x)
     xs = (q.reshape(*dx.shape, QK) * dx[..., None].astype(np.float64)).reshape(q.shape)
-    d, m, qw = unpack_blocks(w_blocks, fmt)
-    ws = qw * d[..., None].astype(np.float64)
-    if m is not None:
-        ws = ws + m[..., None].astype(np.float64)
-    return xs @ ws.reshape(ws.shape[0], -1).T
+    scale, mins, qw = weight_parts(w_blocks, fmt)
+    return xs @ (qw * scale.astype(np.float64) + mins.astype(np.float64)).T
+
+
+def kquantize(x: np.ndarray, fmt: str) -> np.ndarray:
+    """Rows x[N, K] (K a multiple of 256) packed as K-quant super-blocks, uint8 [N, row
+    bytes]: a plain round-to-nearest quantizer (gguf.quants has none for the K-quants; the
+    layout is what matters, the kernels read any valid block).  Q4_K/Q5_K: per 32-element
+    sub-block the range [min(0, x), max x] in 15 or 31 steps, its step and min as 6-bit
+    multiples of the super-block's f16 d and dmin; Q6_K: per 16 a signed int8 multiple of d,
+    values q - 32 in -32..31."""
+    f, lay = FORMATS[fmt], K_LAYOUTS[fmt]
+    x = np.asarray(x, np.float32)
+    n = x.shape[0]
+    sb = x.reshape(n, -1, 256).astype(np.float64)
+    out = np.zeros((*sb.shape[:2], f.block_bytes), np.uint8)
+
+    def f16(v):
+        return v.astype(np.float16)
+
+    def div(a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(b == 0, 0, a / np.where(b == 0, 1, b))
+
+    if lay.dmin is None:  # Q6_K
+        sub = sb.reshape(*sb.shape[:2], 16, 16)
+        amax = np.abs(sub).max(axis=-1)
+        d = f16(amax.max(axis=-1) / 32 / 127)
+        df = d.astype(np.float64)[..., None]
+        sc = np.clip(np.rint(div(amax / 32, df)), -128, 127).astype(np.int8)
+        step = (df * sc.astype(np.float64))[..., None]
+        q = (
+            (np.clip(np.rint(div(sub, step)), -32, 31) + 32)
+            .astype(np.uint8)
+            .reshape(*sb.shape[:2], 256)
+        )
+        halves = q.reshape(*sb.shape[:2], 2, 128)
+        ql = (halves[..., :64] & 15) | ((halves[..., 64:] & 15) << 4)
+        hi = (halves >> 4).reshape(*sb.shape[:2], 2, 4, 32)
+        qh = hi[..., 0, :] | (hi[..., 1, :] << 2) | (hi[..., 2, :] << 4) | (hi[..., 3, :] << 6)
+        out[..., lay.qs : lay.qs + 128] = ql.reshape(*sb.shape[:2], 128)
+        out[..., lay.qh : lay.qh + 64] = qh.reshape(*sb.shape[:2], 64)
+        out[..., lay.scales : lay.scales + 16] = sc.view(np.uint8)
+        out[..., lay.d : lay.d + 2] = d[..., None].view(np.uint8)
+        return out.reshape(n, -1)
+    top = 15 if lay.qh is None else 31
+    sub = sb.reshape(*sb.shape[:2], 8, 32)
+    lo = np.minimum(sub.min(axis=-1), 0)
+    step, mn = (sub.max(axis=-1) - lo) / top, -lo
+    d, dmin = f16(step.max(axis=-1) / 63), f16(mn.max(axis=-1) / 63)
+    sc = np.clip(np.rint(div(step, d.astype(np.float64)[..., None])), 0, 63).astype(np.uint8)
+    m = np.clip(np.rint(div(mn, dmin.astype(np.float64)[..., None])), 0, 63).astype(np.uint8)
+    ds = (d.astype(np.float32)[..., None] * sc.astype(np.float32)).astype(np.float64)
+    dm = (dmin.astype(np.float32)[..., None] * m.astype(np.float32)).astype(np.float64)
+    q = np.clip(np.rint(div(sub + dm[..., None], ds[..., None])), 0, top).astype(np.uint8)
+    pairs = q.reshape(*sb.shape[:2], 4, 2, 32)
+    out[..., lay.qs : lay.qs + 128] = (
+        (pairs[..., 0, :] & 15) | ((pairs[..., 1, :] & 15) << 4)
+    ).reshape(*sb.shape[:2], 128)
+    if lay.qh is not None:
+        bits = (q >> 4).reshape(*sb.shape[:2], 8, 32)
+        qh = np.zeros((*sb.shape[:2], 32), np.uint8)
+        for j in range(8):
+            qh |= bits[..., j, :] << j
+        out[..., lay.qh : lay.qh + 32] = qh
+    packed = np.concatenate(  # the inverse of gguf's Q4_K.get_scale_min
+        [
+            (sc[..., :4] & 63) | ((sc[..., 4:] >> 4) << 6),
+            (m[..., :4] & 63) | ((m[..., 4:] >> 4) << 6),
+            (sc[..., 4:] & 15) | ((m[..., 4:] & 15) << 4),
+        ],
+        axis=-1,
+    )
+    out[..., lay.scales : lay.scales + 12] = packed
+    out[..., lay.d : lay.d + 2] = d[..., None].view(np.uint8)
+    out[..., lay.dmin : lay.dmin + 2] = dmin[..., None].view(np.uint8)
+    return out.reshape(n, -1)

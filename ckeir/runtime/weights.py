@@ -12,6 +12,7 @@ import numpy as np
 from ckeir.errors import CkeError, ModelFileError
 from ckeir.formats import COMPUTED, FORMATS, TARGETS
 from ckeir.models.llama import LlamaConfig
+from ckeir.quant import kquantize
 from ckeir.runtime.memory import huge_pages_wanted, huge_zeros
 
 
@@ -67,7 +68,8 @@ def available_memory() -> int | None:
 def pack(weights: dict[str, np.ndarray], formats: dict[str, str]) -> dict[str, np.ndarray]:
     """Weights in the formats the quantize pass chose: f32 arrays stay, others become what
     a model file's `data` gives for that format (f16 arrays, bf16 bits as uint16, GGML blocks
-    as uint8 rows x row bytes), packed by `gguf.quants` (bit-exact)."""
+    as uint8 rows x row bytes), packed by `gguf.quants` (bit-exact; K-quants by
+    `ckeir.quant.kquantize`)."""
     out = {}
     for name, w in weights.items():
         fmt = formats.get(name, "f32")
@@ -76,6 +78,8 @@ def pack(weights: dict[str, np.ndarray], formats: dict[str, str]) -> dict[str, n
 
 
 def quantize_rows(w: np.ndarray, fmt: str) -> np.ndarray:
+    if FORMATS[fmt].super_block:  # gguf.quants has no K-quant quantizer
+        return kquantize(w, fmt)
     from gguf import GGMLQuantizationType, quants
 
     q = quants.quantize(w.astype(np.float32), GGMLQuantizationType[fmt.upper()])

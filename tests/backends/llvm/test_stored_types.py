@@ -1,6 +1,7 @@
 """Kernels that compute on the GGML types model files hold, as stored (issue 15): F16 and BF16
 (widened in registers), Q5_0 and Q5_1 (a 32-bit mask of fifth bits per block; their
-quantizer-made blocks also run through every test of test_quant_kernels.py).
+quantizer-made blocks also run through every test of test_quant_kernels.py), and the
+K-quants Q4_K, Q5_K, Q6_K (256-element super-blocks, `kernels.kquant`).
 
 - `qembed` bitwise equal to `gguf.quants.dequantize` (hypothesis draws the tables' bytes);
 - `matmul` with float activations, decode GEMV and prefill GEMM: within f32 accumulation
@@ -21,12 +22,13 @@ from ckeir.backends.llvm.host import ISA_LEVELS, detect_host, native_host
 from ckeir.backends.llvm.kernels.matmul import matmul
 from ckeir.backends.llvm.kernels.quant_embed import qembed
 from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
-from ckeir.formats import FORMATS
-from ckeir.quant import qmatmul_reference, quantize_activations, unpack_blocks
+from ckeir.formats import FORMATS, K_LAYOUTS
+from ckeir.quant import qmatmul_reference, quantize_activations, weight_parts
 from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
 HALVES = ["f16", "bf16"]
-BLOCKS = ["q5_0", "q5_1"]
+BLOCKS = ["q5_0", "q5_1", "q4_k", "q5_k", "q6_k"]
+KQUANTS = ["q4_k", "q5_k", "q6_k"]
 rng = np.random.default_rng(15)
 
 
@@ -56,7 +58,9 @@ def random_rows(fmt: str, rows: int, k: int, seed: int, moderate: bool = False) 
             bits = (bits & 0x807F) | (g.integers(107, 148, bits.shape, dtype=np.uint16) << 7)
         return bits.view(np.float16) if fmt == "f16" else bits
     raw = g.integers(0, 256, (rows, k // f.block, f.block_bytes), dtype=np.uint8)
-    for at in range(0, f.head, 2):  # finite f16 scales of moderate size
+    lay = K_LAYOUTS.get(fmt)
+    heads = range(0, f.head, 2) if lay is None else [lay.d] + [lay.dmin] * (lay.dmin is not None)
+    for at in heads:  # finite f16 scales of moderate size
         scale = g.standard_normal(raw.shape[:2]).astype(np.float16)
         raw[..., at : at + 2] = scale[..., None].view(np.uint8)
     return raw.reshape(rows, -1)
@@ -83,9 +87,10 @@ def test_qembed_halves_is_bitwise_gguf(run_kernel, fmt, pieces, seed):
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from(BLOCKS), st.integers(1, 24), st.integers(0, 2**32 - 1))
 def test_qembed_blocks_is_bitwise_gguf(run_kernel, fmt, blocks, seed):
-    """Blocks of random bytes (every mask of fifth bits, any nibbles), finite scales."""
+    """Blocks of random bytes (every mask of fifth bits, any nibbles, any packed K-quant
+    scales), finite f16 scales."""
     host = detect_host()
-    dim = 32 * blocks
+    dim = FORMATS[fmt].block * blocks
     table = random_rows(fmt, 20, dim, seed)
     want = dequantize_rows(table, fmt)
     ids = np.random.default_rng(seed).integers(0, 20, 5).astype(np.int32)
@@ -99,23 +104,74 @@ def test_qembed_blocks_is_bitwise_gguf(run_kernel, fmt, blocks, seed):
 @given(st.sampled_from(BLOCKS), st.integers(1, 13), st.integers(0, 2**32 - 1))
 def test_qmatmul_blocks_of_random_bytes(run_kernel, fmt, blocks, seed):
     """Each ISA level against `qmatmul_reference` on random blocks (1e-5 of Σ|terms|)."""
-    k, n_out = 32 * blocks, 19
+    k, n_out = FORMATS[fmt].block * min(blocks, 4 if FORMATS[fmt].super_block else 13), 19
     w = random_rows(fmt, n_out, k, seed)
     x = awkward(3, k)
     want = qmatmul_reference(x, w, fmt)
-    d, m, q = unpack_blocks(w, fmt)
-    qx, dx = quantize_activations(x)
-    terms = np.abs(qx.reshape(3, -1, 32) * dx[..., None]).reshape(3, k).astype(np.float64)
-    mag = (
-        terms
-        @ (np.abs(q * d[..., None]) + np.abs(0 if m is None else m[..., None])).reshape(n_out, k).T
-    )
+    mag = magnitude(x, w, fmt)
     for isa in ISA_LEVELS[: ISA_LEVELS.index(native_host().isa) + 1]:
         host = detect_host(isa)
         for n in (1, 3):
             out = np.full((n, n_out), np.nan, np.float32)
             run_kernel(qmatmul(fmt, n_out, k, (16, 256), host), host, [x[:n], w, out], n, nth=2)
             assert (np.abs(out - want[:n]) <= 1e-5 * mag[:n] + 1e-30).all(), isa
+
+
+def magnitude(x: np.ndarray, w: np.ndarray, fmt: str) -> np.ndarray:
+    """Σ|terms| of each output of `qmatmul_reference` (its products taken absolute)."""
+    qx, dx = quantize_activations(x)
+    xs = np.abs(qx.reshape(*dx.shape, 32) * dx[..., None].astype(np.float64)).reshape(x.shape)
+    scale, mins, q = weight_parts(w, fmt)
+    return xs @ (np.abs(q * scale.astype(np.float64)) + np.abs(mins.astype(np.float64))).T
+
+
+@pytest.mark.parametrize("fmt", KQUANTS)
+@pytest.mark.parametrize("chunk", [0, 64, 256, 512])
+def test_kqmatmul_chunks_and_rows(host, run_kernel, fmt, chunk):
+    """Quantizer-made K-quants at each ISA level: within 1e-5 of Σ|terms| of the oracle
+    whatever the chunk; `separate` chunk sums that fold (left to right) to the folded call's
+    bits; a rowwise call gives each token row the bits of that row alone."""
+    from ckeir.backends.llvm.kernels.kquant import kqmatmul
+
+    n_out, k, n = 40, 1024, 6
+    w = quantize_rows(awkward(n_out, k), fmt)
+    x = awkward(n, k)
+    want, mag = qmatmul_reference(x, w, fmt), magnitude(x, w, fmt)
+    out = np.full((n, n_out), np.nan, np.float32)
+    run_kernel(kqmatmul(fmt, n_out, k, host, chunk), host, [x, w, out], n, nth=3)
+    assert (np.abs(out - want) <= 1e-5 * mag + 1e-30).all()
+    if chunk:
+        parts = np.full((k // chunk, n, n_out), np.nan, np.float32)
+        run_kernel(kqmatmul(fmt, n_out, k, host, chunk, True), host, [x, w, parts], n, nth=2)
+        folded = np.float32(-0.0) + parts[0]
+        for c in parts[1:]:
+            folded = folded + c
+        np.testing.assert_array_equal(folded.view(np.uint32), out.view(np.uint32))
+    rows = np.full((n, n_out), np.nan, np.float32)
+    run_kernel(kqmatmul(fmt, n_out, k, host, chunk, rowwise=True), host, [x, w, rows], n, nth=2)
+    for t in range(n):
+        one = np.full((1, n_out), np.nan, np.float32)
+        run_kernel(kqmatmul(fmt, n_out, k, host, chunk), host, [x[t : t + 1].copy(), w, one], 1)
+        np.testing.assert_array_equal(rows[t].view(np.uint32), one[0].view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", KQUANTS)
+def test_kquant_float_matmul_and_embed(host, run_kernel, assert_close, fmt):
+    """The float-activation matmul (decode and prefill) within f32 accumulation error of
+    the float64 product with gguf's values, and the table bitwise gguf's, at each ISA."""
+    n_out, k = 33, 768
+    w = quantize_rows(awkward(n_out, k), fmt)
+    wf = dequantize_rows(w, fmt).astype(np.float64)
+    for n in (1, 4):
+        x = awkward(n, k)
+        out = np.full((n, n_out), np.nan, np.float32)
+        run_kernel(matmul(n_out, k, (16, 256), host, fmt=fmt), host, [x, w, out], n, nth=2)
+        scale = np.abs(x.astype(np.float64)) @ np.abs(wf).T + 1e-30
+        assert_close(out, x.astype(np.float64) @ wf.T, scale, rtol=1e-5)
+    ids = np.array([32, 0, 7], np.int32)
+    table = np.full((3, k), np.nan, np.float32)
+    run_kernel(qembed(fmt, n_out, k, host), host, [ids, w, table], 3, nth=2)
+    np.testing.assert_array_equal(table.view(np.uint32), wf.astype(np.float32)[ids].view(np.uint32))
 
 
 @pytest.mark.parametrize("fmt", HALVES)

@@ -34,12 +34,13 @@ from ckeir.backends.llvm.kernels.common import (
     kernel_writer,
     widen_halves,
 )
+from ckeir.backends.llvm.kernels.kquant import K_FORMATS, SuperBlock
 from ckeir.backends.llvm.kernels.quant_matmul import block_scales, opaque
-from ckeir.formats import FORMATS, Format
+from ckeir.formats import FORMATS, QK_K, Format
 
 GEMV_ROWS = 8  # independent FMA chains per step in decode
 GEMM_ROWS = 4
-WEIGHT_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+WEIGHT_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", *K_FORMATS)
 HALF_FORMATS = ("f16", "bf16")  # 16-bit floats, widened to f32 per vector
 
 
@@ -115,11 +116,30 @@ class _Rows:
         if self.fmt.name in HALF_FORMATS:
             return [widen_halves(self.f, self.fmt.name, row, kk, self.v.w, lanes, self.f16c)]
         block = self.block(row, self.f(f"sdiv i64 {kk}, {self.fmt.block}", "blk"))
+        if self.fmt.super_block:
+            return self._super_block(block)
         d, m = self.scales(block)
         v, d = self.v, self.v.splat(d)
         if m is None:
             return [v.mul(q, d) for q in self.quants(block)]
         return [v.add(v.mul(q, d), v.splat(m)) for q in self.quants(block)]
+
+    def _super_block(self, sb: str) -> list[str]:
+        """A K-quant super-block's 256 values (bit-exact with gguf) as W-lane vectors."""
+        f, w = self.f, self.v.w
+        blocks = SuperBlock(f, self.fmt, self.f16c)
+        scales, out = blocks.scales(sb), []
+        for j in range(QK_K // 32):
+            vals = blocks.values(sb, j, scales)
+            for i in range(0, 32, w):
+                idx = ", ".join(f"i32 {e}" for e in range(i, i + w))
+                out.append(
+                    f(
+                        f"shufflevector <32 x float> {vals}, <32 x float> poison, <{w} x i32> <{idx}>",
+                        "x",
+                    )
+                )
+        return out
 
     def block(self, row: str, b: str | int) -> str:
         """The address of block b of a row."""
@@ -214,7 +234,7 @@ def _gemv(
     f: FunctionWriter, rows: _Rows, lo: str, hi: str, x: str = "%a0", out: str = "%a2"
 ) -> None:
     """out[r] = w[r] · x for rows lo..hi-1."""
-    if rows.fmt.block > 1:
+    if rows.fmt.block > 1 and not rows.fmt.super_block:
         _BlockGemv(f, rows.fmt, rows.k, rows.f16c, x, out).run(lo, hi)
         return
 

@@ -16,6 +16,7 @@ from ckeir.backends.llvm.kernels.common import (
     kernel_writer,
     widen_halves,
 )
+from ckeir.backends.llvm.kernels.kquant import K_FORMATS, kembed
 from ckeir.formats import FORMATS, Format
 
 QK = 32
@@ -24,6 +25,8 @@ EMBED_FORMATS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
 def qembed(fmt: str, vocab: int, dim: int, host: HostCPU) -> Kernel:
     """Kernel (ids: i32[n], table: [V, row bytes] in `fmt`, out: f32[n, D])."""
+    if fmt in K_FORMATS:
+        return kembed(fmt, vocab, dim, host)
     if fmt not in EMBED_FORMATS:
         raise ValueError(f"qembed: no kernel for {fmt} tables (have {', '.join(EMBED_FORMATS)})")
     q = FORMATS[fmt]

@@ -53,6 +53,7 @@ from ckeir.backends.llvm.kernels.common import (
     halves_to_floats,
     kernel_writer,
 )
+from ckeir.backends.llvm.kernels.kquant import K_FORMATS, kqmatmul
 from ckeir.formats import FORMATS, QUANT_FORMATS, Format
 
 QK = 32  # elements per block (weights and activations)
@@ -225,6 +226,8 @@ def qmatmul(
     call of that row alone gives: a batched decode step computes for each sequence what
     its one-sequence decode computes.  (Prefill's order, d_x per dot lane times d_w, and
     q4_1's min terms of all tokens in one accumulator, round differently.)"""
+    if fmt in K_FORMATS:
+        return kqmatmul(fmt, n_out, k, host, chunk, separate, rowwise)
     p = plan(fmt, k, tile, host, chunk, separate, rowwise)
     path = "vnni" if p.vnni else f"v{host.vector_width}"
     how = f"_c{p.chunk}{'s' if p.separate else ''}" if p.chunk else ""
@@ -282,6 +285,22 @@ def block_scales(
             halves = f(f"insertelement {ty} {halves}, {it} {h}, i64 {j}", "hs")
     halves = f(f"bitcast {ty} {halves} to {_vec(n, 'i16')}", "hs")
     return halves_to_floats(f, halves, n, f16c)
+
+
+def quantize_block(f: FunctionWriter, x: str, b: str | int) -> tuple[str, str, str]:
+    """Block b of an f32 row quantized as `ckeir.quant.quantize_activations` does: (q <32 x
+    i8>, q as <32 x i32>, d_x)."""
+    v32 = _vec(32, "float")
+    xv = f.load(v32, f.gep(x, f.mul(b, QK)))
+    ax = f.intrinsic(v32, "llvm.fabs.v32f32", [(v32, xv)])
+    amax = f.intrinsic("float", "llvm.vector.reduce.fmax.v32f32", [(v32, ax)], "nnan")
+    d = f(f"fdiv float {amax}, {f32(127.0)}", "dx")
+    inv = f(f"fdiv float {f32(1.0)}, {d}", "inv")
+    inv = f(f"select i1 {f(f'fcmp oeq float {d}, 0.0')}, float 0.0, float {inv}", "id")
+    scaled = f(f"fmul {v32} {xv}, {_splat(f, 'float', inv, 32)}", "sx")
+    rounded = f.intrinsic(v32, "llvm.round.v32f32", [(v32, scaled)])  # halves away from 0
+    q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
+    return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
 
 
 # ---- the kernel's structure ---------------------------------------------------------------
@@ -402,18 +421,7 @@ class _Path:
         return self.f.gep(tok, self.f.add(self.at[name], self.f.mul(b, per_block)), "i8")
 
     def q8(self, x: str, b: str | int) -> tuple[str, str, str]:
-        """Block b of an f32 row quantized: (q <32 x i8>, q as <32 x i32>, d_x)."""
-        f, v32 = self.f, _vec(32, "float")
-        xv = f.load(v32, f.gep(x, f.mul(b, QK)))
-        ax = f.intrinsic(v32, "llvm.fabs.v32f32", [(v32, xv)])
-        amax = f.intrinsic("float", "llvm.vector.reduce.fmax.v32f32", [(v32, ax)], "nnan")
-        d = f(f"fdiv float {amax}, {f32(127.0)}", "dx")
-        inv = f(f"fdiv float {f32(1.0)}, {d}", "inv")
-        inv = f(f"select i1 {f(f'fcmp oeq float {d}, 0.0')}, float 0.0, float {inv}", "id")
-        scaled = f(f"fmul {v32} {xv}, {_splat(f, 'float', inv, 32)}", "sx")
-        rounded = f.intrinsic(v32, "llvm.round.v32f32", [(v32, scaled)])  # halves away from 0
-        q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
-        return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
+        return quantize_block(self.f, x, b)
 
     def sweep(self, wrows: list[str], toks: list[str], per_step: int, step, wb0=0, sb0=0) -> None:
         """step(rows, wb, sb, nb) over one chunk of K (all of it, unchunked) in steps of

@@ -1,0 +1,423 @@
+"""K-quants (Q4_K, Q5_K, Q6_K): 256-element super-blocks whose sub-blocks have scales of their
+own (layouts in `ckeir.formats.K_LAYOUTS`).  What the kernels share: reading a super-block's
+scales and a 32-element piece's integer quants (`SuperBlock`), the dequantized values (the
+embedding table and the float-activation matmul), and `kqmatmul`, the int8-activation matmul.
+
+kqmatmul quantizes activations per 32 elements, as every other int8 path does (the numpy
+oracle, `ckeir.quant`, and the reference backend state that rule once for every format), so
+each 32-piece j of a super-block contributes
+
+    d_x,j · (Σ_l q_w q_x · d·sc_j  -  dmin·m_j · Σ_l q_x)       Q4_K, Q5_K
+    d_x,j · Σ_{16-halves h} d·sc_h · Σ_l q_w q_x                Q6_K (q_w = q - 32)
+
+with exact int32 sums; d·sc and dmin·m are the f32 products gguf's dequantization forms.  Per
+piece, the products are summed in pairs (the shape LLVM lowers to `pmaddwd`), or, on VNNI
+hosts, by one 256-bit `vpdpbusd` (Q6_K's weights are offset to q ≥ 0 and the lanes start from
+-32·Σq_x, which the quantizer stored).  The dmin·m·σ terms of a super-block (σ_j = d_x,j·Σq_x)
+are one 8-lane product.
+
+Work split: threads take disjoint output rows (multiples of 16).  Token rows are quantized a
+batch at a time; each weight row is then swept by `TOKENS` token rows at a time (one in
+decode), each token row summed in the same order whatever its group: a batched decode step
+(`rowwise`) gets the bits of one row alone.  `chunk` restarts the reduction every `chunk`
+elements (a multiple of 256, or 32, 64 or 128) and folds the chunk sums left to right, as
+`qmatmul` does (see there).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ckeir.backends.llvm.host import HostCPU
+from ckeir.backends.llvm.kernels.common import (
+    FunctionWriter,
+    Kernel,
+    ceil_to,
+    finish_kernel,
+    half_to_float,
+    kernel_writer,
+)
+from ckeir.formats import FORMATS, K_LAYOUTS, QK_K, Format
+
+QK = 32  # elements per activation block and per quants piece
+PIECES = QK_K // QK  # 32-element pieces per super-block
+TOKENS = 4  # token rows sharing each weight super-block in prefill
+SCRATCH_BYTES = 96 * 1024  # per thread, on its stack
+K_FORMATS = tuple(K_LAYOUTS)
+
+
+def _vec(n: int, ty: str) -> str:
+    return f"<{n} x {ty}>"
+
+
+def _mask(idx) -> str:
+    return f"<{len(idx)} x i32> <" + ", ".join(f"i32 {i}" for i in idx) + ">"
+
+
+def _shuffle(f: FunctionWriter, ty: str, a: str, b: str, idx, hint: str = "sh") -> str:
+    return f(f"shufflevector {ty} {a}, {ty} {b}, {_mask(list(idx))}", hint)
+
+
+def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
+    one = f(f"insertelement <1 x {ty}> poison, {ty} {scalar}, i64 0")
+    return _shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
+
+
+class SuperBlock:
+    """Reads super-blocks of one K-quant format."""
+
+    def __init__(self, f: FunctionWriter, fmt: Format, f16c: bool):
+        self.f, self.fmt, self.lay, self.f16c = f, fmt, K_LAYOUTS[fmt.name], f16c
+
+    @property
+    def scale_lanes(self) -> int:
+        """Scales per super-block: 8 (Q4_K, Q5_K) or 16 (Q6_K)."""
+        return QK_K // self.lay.sub
+
+    @property
+    def mins(self) -> bool:
+        return self.lay.dmin is not None
+
+    def scales(self, sb: str) -> tuple[str, str | None]:
+        """(d·sc per sub-block, dmin·m per sub-block or None) as f32 vectors, each an f32
+        product as gguf forms it."""
+        f, lay = self.f, self.lay
+        n = self.scale_lanes
+        d = _splat(f, "float", half_to_float(f, f.gep(sb, lay.d, "i8"), self.f16c), n)
+        if not self.mins:  # Q6_K: sixteen int8 scales
+            sc = f.load("<16 x i8>", f.gep(sb, lay.scales, "i8"), 1)
+            scf = f(f"sitofp <16 x i8> {sc} to <16 x float>", "sc")
+            return f(f"fmul <16 x float> {d}, {scf}", "ds"), None
+        raw = f.load("<12 x i8>", f.gep(sb, lay.scales, "i8"), 1)
+        v4 = "<4 x i8>"
+        dq, mq, mdq = (_shuffle(f, "<12 x i8>", raw, "poison", range(i, i + 4)) for i in (0, 4, 8))
+
+        def op(o: str, a: str, c: int) -> str:
+            return f(f"{o} {v4} {a}, splat (i8 {c})")
+
+        hi_sc = f(f"or {v4} {op('and', mdq, 15)}, {op('and', op('lshr', dq, 2), 48)}")
+        hi_m = f(f"or {v4} {op('lshr', mdq, 4)}, {op('and', op('lshr', mq, 2), 48)}")
+        sc = _shuffle(f, v4, op("and", dq, 63), hi_sc, range(8), "sc")
+        m = _shuffle(f, v4, op("and", mq, 63), hi_m, range(8), "m")
+        dmin = _splat(f, "float", half_to_float(f, f.gep(sb, lay.dmin, "i8"), self.f16c), 8)
+        ds = f(f"fmul <8 x float> {d}, {f(f'uitofp <8 x i8> {sc} to <8 x float>')}", "ds")
+        dm = f(f"fmul <8 x float> {dmin}, {f(f'uitofp <8 x i8> {m} to <8 x float>')}", "dm")
+        return ds, dm
+
+    def quants(self, sb: str, j: int, offset: bool = True) -> str:
+        """Piece j's 32 quants as <32 x i8>: Q4_K 0..15, Q5_K 0..31, Q6_K q - 32 (or q,
+        0..63, without `offset`)."""
+        f, lay = self.f, self.lay
+        v = "<32 x i8>"
+        if self.mins:  # Q4_K, Q5_K: the pair of pieces j//2 shares 32 bytes
+            raw = f.load(v, f.gep(sb, lay.qs + QK * (j // 2), "i8"), 1)
+            q = f(
+                f"and {v} {raw}, splat (i8 15)" if j % 2 == 0 else f"lshr {v} {raw}, splat (i8 4)"
+            )
+            if lay.qh is not None:
+                qh = f.load(v, f.gep(sb, lay.qh, "i8"), 1)
+                bit = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {j})')}, splat (i8 1)")
+                q = f(f"or {v} {q}, {f(f'shl {v} {bit}, splat (i8 4)')}", "q5")
+            return q
+        half, part = divmod(j, 4)  # Q6_K: 128-element halves, 32-element parts of them
+        ql = f.load(v, f.gep(sb, lay.qs + 64 * half + QK * (part % 2), "i8"), 1)
+        lo = f(f"and {v} {ql}, splat (i8 15)" if part < 2 else f"lshr {v} {ql}, splat (i8 4)")
+        qh = f.load(v, f.gep(sb, lay.qh + QK * half, "i8"), 1)
+        hi = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {2 * part})')}, splat (i8 3)")
+        q = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 4)')}", "q6")
+        return f(f"sub {v} {q}, splat (i8 32)", "q6") if offset else q
+
+    def values(self, sb: str, j: int, scales: tuple[str, str | None]) -> str:
+        """Piece j dequantized as <32 x float>, bit-exact with `gguf.quants`: (d·sc)·q -
+        dmin·m, or (d·scale)·(q - 32)."""
+        f, v = self.f, "<32 x float>"
+        ds, dm = scales
+        q = f(f"{'uitofp' if self.mins else 'sitofp'} <32 x i8> {self.quants(sb, j)} to {v}")
+        if self.mins:
+            s = _shuffle(f, "<8 x float>", ds, "poison", [j] * 32, "s")
+            m = _shuffle(f, "<8 x float>", dm, "poison", [j] * 32, "m")
+            return f(f"fsub {v} {f(f'fmul {v} {q}, {s}')}, {m}", "x")
+        s = _shuffle(f, "<16 x float>", ds, "poison", [2 * j] * 16 + [2 * j + 1] * 16, "s")
+        return f(f"fmul {v} {q}, {s}", "x")
+
+
+def kembed(fmt: str, vocab: int, dim: int, host: HostCPU) -> Kernel:
+    """Kernel (ids: i32[n], table: [V, D/256 super-blocks], out: f32[n, D]); threads split
+    each row's super-blocks."""
+    q = FORMATS[fmt]
+    row_bytes = q.row_bytes(dim)
+    f16c = "f16c" in host.features
+    f = kernel_writer(f"kembed_{fmt}_v{vocab}_d{dim}{'' if f16c else '_sw16'}", 3)
+    blocks = SuperBlock(f, q, f16c)
+    lo, hi = f.share(dim // QK_K, 1)
+    with f.loop(0, "%n", 1, "t") as t:
+        row = f(f"sext i32 {f.load('i32', f.gep('%a0', t, 'i32'))} to i64", "id")
+        src = f.gep("%a1", f.mul(row, row_bytes), "i8")
+        dst = f.gep("%a2", f.mul(t, dim))
+        with f.loop(lo, hi, 1, "s") as s:
+            sb = f.gep(src, f.mul(s, q.block_bytes), "i8")
+            scales = blocks.scales(sb)
+            for j in range(PIECES):
+                out = f.gep(dst, f.add(f.mul(s, QK_K), QK * j))
+                f.store("<32 x float>", blocks.values(sb, j, scales), out)
+    return finish_kernel(f, ("ids", "table", "out"))
+
+
+# ---- kqmatmul -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Plan:
+    fmt: Format
+    k: int
+    vnni: bool
+    f16c: bool
+    batch: int  # token rows quantized at once
+    chunk: int = 0
+    separate: bool = False
+    rowwise: bool = False
+
+    @property
+    def blocks(self) -> int:
+        return self.k // QK
+
+    @property
+    def lanes(self) -> int:
+        """Float lanes of a piece's partial sums: 8 (vpdpbusd.256) or 16 (pairs)."""
+        return 8 if self.vnni else 16
+
+    @property
+    def corrected(self) -> bool:
+        """VNNI on Q6_K: the weights offset to 0..63, each lane starting from -32·Σq_x."""
+        return self.vnni and K_LAYOUTS[self.fmt.name].dmin is None
+
+    def offsets(self) -> dict[str, int]:
+        """One token's scratch: q_x, d_x per piece, σ = d_x·Σq_x per piece, VNNI Q6_K's lane
+        corrections (8 i32 per piece), and the `stride` between tokens."""
+        b = self.blocks
+        sizes = {"q": QK * b, "dx": 4 * b, "sigma": 4 * b, "corr": 32 * b if self.corrected else 0}
+        out, at = {}, 0
+        for name, size in sizes.items():
+            out[name] = at
+            at += ceil_to(size, 64)
+        out["stride"] = at
+        return out
+
+
+def plan(
+    fmt: str,
+    k: int,
+    host: HostCPU,
+    chunk: int = 0,
+    separate: bool = False,
+    rowwise: bool = False,
+) -> Plan:
+    if fmt not in K_FORMATS:
+        raise ValueError(f"kqmatmul: no kernel for {fmt} weights (have {', '.join(K_FORMATS)})")
+    if k % QK_K:
+        raise ValueError(f"kqmatmul {fmt}: K={k} must be a multiple of {QK_K}")
+    if chunk and (k % chunk or not (chunk % QK_K == 0 or QK_K % chunk == 0 and chunk % QK == 0)):
+        raise ValueError(
+            f"kqmatmul {fmt}: k_chunk {chunk} must divide K={k} and be a multiple of {QK_K} "
+            f"or one of 32, 64, 128"
+        )
+    vnni = host.has_vnni and {"avx512vl", "avx512bw", "f16c"} <= host.features
+    probe = Plan(FORMATS[fmt], k, vnni, "f16c" in host.features, 1, chunk, separate, rowwise)
+    per = SCRATCH_BYTES // probe.offsets()["stride"]
+    return attrs.evolve(probe, batch=max(TOKENS, min(32, per) // TOKENS * TOKENS))
+
+
+def kqmatmul(
+    fmt: str,
+    n_out: int,
+    k: int,
+    host: HostCPU,
+    chunk: int = 0,
+    separate: bool = False,
+    rowwise: bool = False,
+) -> Kernel:
+    """Kernel (x: f32[n, K], w: [N, K/256 super-blocks], out: f32[n, N]; with `separate`,
+    f32[chunks, n, N])."""
+    p = plan(fmt, k, host, chunk, separate, rowwise)
+    how = f"_c{p.chunk}{'s' if p.separate else ''}" if p.chunk else ""
+    how += "_rw" if p.rowwise else ""
+    path = "vnni" if p.vnni else f"v{host.vector_width}"
+    f = kernel_writer(f"kqmatmul_{fmt}_n{n_out}_k{k}{how}_{path}", 3)
+    _KWriter(f, p, n_out).body()
+    return finish_kernel(f, ("x", "w", "out"))
+
+
+class _KWriter:
+    def __init__(self, f: FunctionWriter, p: Plan, n_out: int):
+        self.f, self.p, self.n_out = f, p, n_out
+        self.at = p.offsets()
+        self.stride = self.at["stride"]
+        self.scratch = f.var(f"[{p.batch * self.stride} x i8]", hint="scratch", align=64).ptr
+        self.sb = SuperBlock(f, p.fmt, p.f16c)
+        self.row_bytes = p.fmt.row_bytes(p.k)
+
+    def body(self) -> None:
+        f, p = self.f, self.p
+        lo, hi = f.share(self.n_out, 16)
+        with f.if_(f(f"icmp slt i64 {lo}, {hi}", "mine")):
+            with f.loop(0, "%n", p.batch, "tg") as tg:
+                ng = f.min(p.batch, f.sub("%n", tg))
+                with f.loop(0, ng, 1, "qt") as j:
+                    self.quantize(f.gep("%a0", f.mul(f.add(tg, j), p.k)), self.token(j))
+                with f.loop(lo, hi, 1, "r") as r:
+                    tfull = f.round_down(0, ng, TOKENS)
+                    with f.loop(0, tfull, TOKENS, "t") as t:
+                        self.dots(r, tg, t, TOKENS)
+                    with f.loop(tfull, ng, 1, "t") as t:
+                        self.dots(r, tg, t, 1)
+
+    def token(self, j) -> str:
+        return self.f.gep(self.scratch, self.f.mul(j, self.stride), "i8")
+
+    def region(self, tok: str, name: str, b, per: int) -> str:
+        f = self.f
+        return f.gep(tok, f.add(self.at[name], f.mul(b, per)), "i8")
+
+    def quantize(self, x: str, s: str) -> None:
+        from ckeir.backends.llvm.kernels.quant_matmul import quantize_block
+
+        f = self.f
+        with f.loop(0, self.p.blocks, 1, "qb") as b:
+            q, q32, d = quantize_block(f, x, b)
+            f.store("<32 x i8>", q, f.gep(s, f.mul(b, QK), "i8"), 16)
+            f.store("float", d, self.region(s, "dx", b, 4))
+            qsum = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", q32)])
+            sigma = f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
+            f.store("float", sigma, self.region(s, "sigma", b, 4))
+            if self.p.corrected:  # lane l of vpdpbusd multiplies elements 4l..4l+3
+                parts = [
+                    _shuffle(f, "<32 x i32>", q32, "poison", range(i, 32, 4)) for i in range(4)
+                ]
+                a = f(f"add <8 x i32> {parts[0]}, {parts[1]}")
+                c = f(f"add <8 x i32> {parts[2]}, {parts[3]}")
+                corr = f(f"mul <8 x i32> {f(f'add <8 x i32> {a}, {c}')}, splat (i32 -32)")
+                f.store("<8 x i32>", corr, self.region(s, "corr", b, 32), 16)
+
+    # -- one weight row against `ntok` token rows
+
+    def dots(self, r: str, tg: str, t: str, ntok: int) -> None:
+        f, p = self.f, self.p
+        row = f.gep("%a1", f.mul(r, self.row_bytes), "i8")
+        toks = [self.token(f.add(t, j)) for j in range(ntok)]
+        lt = _vec(p.lanes, "float")
+        acc = [f.var(lt, "zeroinitializer", "acc") for _ in toks]
+        fold = [f.var("float", "-0.0", "fold") for _ in toks] if p.chunk else None
+        nsb = p.k // QK_K
+        chunk_pieces = (p.chunk or p.k) // QK
+
+        def end_chunk(c) -> None:
+            for j, a in enumerate(acc):
+                total = _lane_sum(f, f.get(a), p.lanes)
+                f.set(a, "zeroinitializer")
+                if p.separate:
+                    out = f.gep("%a2", f.mul(f.mul(c, "%n"), self.n_out))
+                    out = f.gep(out, f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
+                    f.store("float", total, out)
+                else:
+                    f.set(fold[j], f(f"fadd float {f.get(fold[j])}, {total}", "fold"))
+
+        if chunk_pieces >= PIECES:  # whole super-blocks per chunk
+            per = chunk_pieces // PIECES
+            with f.loop(0, nsb // per, 1, "kc") as c:
+                with f.loop(0, per, 1, "ks") as i:
+                    self.super_block(row, f.add(f.mul(c, per), i), toks, acc, [])
+                if p.chunk:
+                    end_chunk(c)
+        else:
+            ends = list(range(chunk_pieces - 1, PIECES, chunk_pieces))
+            parts = PIECES // chunk_pieces
+            with f.loop(0, nsb, 1, "ks") as s:
+                self.super_block(
+                    row, s, toks, acc, ends, lambda q: end_chunk(f.add(f.mul(s, parts), q))
+                )
+        for j, a in enumerate(acc):
+            if fold is None:
+                total = _lane_sum(f, f.get(a), p.lanes)
+            elif p.separate:
+                continue
+            else:
+                total = f.get(fold[j])
+            out = f.gep("%a2", f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
+            f.store("float", total, out)
+
+    def super_block(self, row: str, s, toks: list[str], acc, ends: list[int], at_end=None):
+        """Super-block s of the row into the tokens' accumulators; after piece e in `ends`,
+        its min terms are in and `at_end(its index in ends)` runs."""
+        f, p, blocks = self.f, self.p, self.sb
+        sb = f.gep(row, f.mul(s, p.fmt.block_bytes), "i8")
+        ds, dm = blocks.scales(sb)
+        b0 = f.mul(s, PIECES)
+        cs, mins = [], []
+        for tok in toks:
+            dx = f.load("<8 x float>", self.region(tok, "dx", b0, 4), 4)
+            if blocks.mins:
+                cs.append(f(f"fmul <8 x float> {ds}, {dx}", "c"))
+                sig = f.load("<8 x float>", self.region(tok, "sigma", b0, 4), 4)
+                mins.append(f(f"fmul <8 x float> {dm}, {sig}", "mt"))
+            else:  # 16 scales: piece j's two halves take d_x,j each
+                dxx = _shuffle(f, "<8 x float>", dx, "poison", [i // 2 for i in range(16)])
+                cs.append(f(f"fmul <16 x float> {ds}, {dxx}", "c"))
+        start = 0
+        for j in range(PIECES):
+            w = blocks.quants(sb, j, offset=not p.corrected)
+            for k, tok in enumerate(toks):
+                x = f.load("<32 x i8>", f.gep(tok, f.mul(f.add(b0, j), QK), "i8"), 16)
+                lanes = self.dot(w, x, tok, f.add(b0, j))
+                f.set(acc[k], self.fma(acc[k], lanes, self.piece_scale(cs[k], j)))
+            if j in ends or (not ends and j == PIECES - 1):
+                if mins:  # minus the min terms of pieces start..j
+                    for k in range(len(toks)):
+                        idx = [i if start <= i <= j else 8 for i in range(p.lanes)]
+                        m = _shuffle(f, "<8 x float>", mins[k], "zeroinitializer", idx, "mins")
+                        lt = _vec(p.lanes, "float")
+                        f.set(acc[k], f(f"fsub {lt} {f.get(acc[k])}, {m}", "acc"))
+                if at_end is not None:
+                    at_end(ends.index(j))
+                start = j + 1
+
+    def piece_scale(self, c: str, j: int) -> str:
+        """Piece j's scale per lane: its sub-block's c (Q6_K: lanes of each 16-half)."""
+        f, n = self.f, self.p.lanes
+        if self.sb.mins:
+            return _shuffle(f, "<8 x float>", c, "poison", [j] * n, "cj")
+        return _shuffle(
+            f, "<16 x float>", c, "poison", [2 * j + i * 2 // n for i in range(n)], "cj"
+        )
+
+    def fma(self, acc, lanes: str, c: str) -> str:
+        f, n = self.f, self.p.lanes
+        t = _vec(n, "float")
+        return f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, lanes), (t, c), (t, f.get(acc))])
+
+    def dot(self, w: str, x: str, tok: str, b) -> str:
+        """Σ q_w q_x of one piece as float lanes: lanes 0..n/2-1 its first 16 elements."""
+        f = self.f
+        if self.p.vnni:
+            init = "zeroinitializer"
+            if self.p.corrected:
+                init = f.load("<8 x i32>", self.region(tok, "corr", b, 32), 16)
+            it, bt = "<8 x i32>", "<32 x i8>"
+            s = f.intrinsic(it, "llvm.x86.avx512.vpdpbusd.256", [(it, init), (bt, w), (bt, x)])
+            return f(f"sitofp {it} {s} to <8 x float>", "df")
+        w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
+        x32 = f(f"sext <32 x i8> {x} to <32 x i32>", "x32")
+        prod = f(f"mul nsw <32 x i32> {w32}, {x32}", "prod")
+        even, odd = (_shuffle(f, "<32 x i32>", prod, "poison", range(i, 32, 2)) for i in (0, 1))
+        pairs = f(f"add nsw <16 x i32> {even}, {odd}", "pairs")
+        return f(f"sitofp <16 x i32> {pairs} to <16 x float>", "df")
+
+
+def _lane_sum(f: FunctionWriter, v: str, n: int) -> str:
+    """The lanes of an n-lane vector summed in a halving tree (a fixed order)."""
+    while n > 1:
+        half = n // 2
+        t = _vec(n, "float")
+        lo = _shuffle(f, t, v, "poison", range(half), "h")
+        hi = _shuffle(f, t, v, "poison", range(half, n), "h")
+        v, n = f(f"fadd <{half} x float> {lo}, {hi}", "hs"), half
+    return f(f"extractelement <1 x float> {v}, i64 0", "sum")
