@@ -414,9 +414,7 @@ class Program:
             lambda ids: check_batched_request(ids, max_new_tokens, engine.vocab, engine.context),
         )
         with Scheduler(engine) as scheduler:
-            seqs = [
-                scheduler.submit(ids, max_new_tokens, pick=options.sampler()) for ids in prompts
-            ]
+            seqs = [scheduler.submit(ids, max_new_tokens, pick=options.pick()) for ids in prompts]
             scheduler.run()
             return [seq.result() for seq in seqs]
 

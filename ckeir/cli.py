@@ -786,29 +786,54 @@ def cmd_serve(argv: list[str]) -> int:
         "schedule's own batch N runs one batched engine, another count one engine per slot",
     )
     p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
+    p.add_argument(
+        "--transport",
+        choices=["local", "mpi"],
+        help="how ranks talk when the schedule spans nodes (default: local; under mpiexec, "
+        "mpi): rank 0 serves HTTP, the others run their stages",
+    )
     args = p.parse_args(argv)
     _check_outputs(args, {"dump_dir": "--dump-dir"})
     _check_threads(args.threads)
-    from ckeir import driver
+    from ckeir.api import Program
     from ckeir.serve import main_log, serve
+    from ckeir.serve.ranks import serve_local, serve_rank
 
-    driver.resolve(args.spec, args.schedule)  # a bad spec is refused before the server starts
-    serve(
-        args.spec,
-        host=args.host,
-        port=args.port,
-        parallel=args.parallel,
-        log=main_log,
+    options = dict(
         backend=args.backend,
         pipeline=args.pass_pipeline,
         verify_each=not args.no_verify_each,
-        print_after_all=args.print_ir_after_all,
-        print_after=_print_after(args.print_ir_after),
-        printer=lambda s: print(s, file=sys.stderr),
         dump_dir=args.dump_dir,
         schedule=args.schedule,
         isa=args.isa,
         threads=args.threads,
+    )
+    http = dict(host=args.host, port=args.port, parallel=args.parallel, log=main_log)
+    # the spec and its plan (how many ranks) before the server starts: nothing compiled yet
+    plan = Program(args.spec, **{**options, "backend": "reference"}, launcher=True)
+    transport = _transport(args)
+    if transport is not None:  # this process is one MPI rank
+        with transport:
+            serve_rank(transport, args.spec, options, http)
+        return 0
+    if plan.world_size > 1:
+        from ckeir.serve.model import check_ranks_servable
+
+        check_ranks_servable(plan, args.parallel)
+        if args.backend != "llvm":
+            raise CkeError("ckec serve on several ranks runs native code: --backend llvm")
+        from ckeir.ranks import _rank_options
+
+        # each rank compiles natively, and the ranks share this machine's CPUs
+        serve_local(args.spec, plan.world_size, _rank_options(plan), http)
+        return 0
+    serve(
+        args.spec,
+        print_after_all=args.print_ir_after_all,
+        print_after=_print_after(args.print_ir_after),
+        printer=lambda s: print(s, file=sys.stderr),
+        **http,
+        **options,
     )
     return 0
 

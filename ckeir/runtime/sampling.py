@@ -106,6 +106,11 @@ class Sampling:
     def sampler(self) -> Sampler:
         return Sampler(self)
 
+    def pick(self) -> Sampler | None:
+        """A request's `pick` for `Scheduler.submit`: None when greedy (the scheduler's own
+        argmax: an engine then sends no logits where it can avoid them)."""
+        return None if self.greedy else Sampler(self)
+
 
 REAL_RANGES = {
     "temperature": (0.0, MAX_TEMPERATURE),

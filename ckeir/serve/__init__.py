@@ -22,9 +22,13 @@ def serve(
     port: int = 8080,
     parallel: int | None = None,
     log=print,
+    transport=None,
+    stop_event=None,
     **program_options,
 ) -> None:
-    """Serve `spec` until SIGINT/SIGTERM; raises the model's CkeError if it fails to load."""
+    """Serve `spec` until SIGINT/SIGTERM (or `stop_event` is set); raises the model's
+    CkeError if it fails to load.  `transport`: rank 0's, when the schedule runs on several
+    ranks (the others run `ckeir.serve.ranks.serve_rank`)."""
     try:
         import uvicorn
 
@@ -36,7 +40,7 @@ def serve(
         ) from None
     from ckeir.serve.model import ServedModel
 
-    model = ServedModel(spec, parallel=parallel, **program_options)
+    model = ServedModel(spec, parallel=parallel, transport=transport, **program_options)
     server: uvicorn.Server | None = None
 
     def failed(error: BaseException) -> None:
@@ -47,7 +51,8 @@ def serve(
     def announce_ready() -> None:
         model.ready.wait()
         slots = model.scheduler.engine.slots
-        log(f"ckec serve: {model.name} ready, {slots} slot{'s' * (slots != 1)}")
+        ranks = f" over {model.prog.world_size} ranks" if model.prog.world_size > 1 else ""
+        log(f"ckec serve: {model.name} ready, {slots} slot{'s' * (slots != 1)}{ranks}")
 
     config = uvicorn.Config(
         create_app(model, on_failure=failed),
@@ -58,6 +63,13 @@ def serve(
     )
     server = _quiet_exit_server(uvicorn)(config)
     threading.Thread(target=announce_ready, daemon=True).start()
+    if stop_event is not None:  # the launcher of local ranks was told to stop
+
+        def stop_when_told() -> None:
+            stop_event.wait()
+            server.should_exit = True
+
+        threading.Thread(target=stop_when_told, daemon=True).start()
     log(f"ckec serve: listening on http://{host}:{port} (loading {spec})")
     server.run()
     if model.error is not None:

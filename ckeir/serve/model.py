@@ -22,9 +22,11 @@ class ServedModel:
     """Loads a spec on a thread (`start_loading`), then serves its requests through one
     `Scheduler` over `parallel` sequence slots."""
 
-    def __init__(self, spec, *, parallel: int | None = None, **program_options):
+    def __init__(self, spec, *, parallel: int | None = None, transport=None, **program_options):
         self.spec = spec
         self.parallel = parallel
+        self.transport = transport  # rank 0's, when the schedule runs on several ranks
+        self._pipeline = None
         self.program_options = program_options
         self.prog = None
         self.scheduler: Scheduler | None = None
@@ -51,17 +53,11 @@ class ServedModel:
     def load(self) -> None:
         from ckeir.api import Program
 
-        prog = Program(self.spec, **self.program_options)
+        prog = Program(self.spec, transport=self.transport, **self.program_options)
         try:
-            if prog.world_size > 1:
-                raise CkeError(
-                    f"this schedule runs on {prog.world_size} ranks: ckec serve runs "
-                    "one-rank schedules for now (serve a schedule of one node)"
-                )
             self.name = prog.job.model.name
             self.tokenizer = prog.tokenizer
-            engine = prog.slot_engine(self.parallel)
-            _ = prog.engine  # weights, buffers and threads before the first request
+            engine = self._pipeline_slots(prog) if prog.world_size > 1 else self._slots(prog)
             self.scheduler = Scheduler(engine).start()
         except BaseException:
             prog.close()
@@ -69,6 +65,21 @@ class ServedModel:
         self.prog = prog
         self.loaded_at = time.time()
         self.ready.set()
+
+    def _slots(self, prog):
+        engine = prog.slot_engine(self.parallel)
+        _ = prog.engine  # weights, buffers and threads before the first request
+        return engine
+
+    def _pipeline_slots(self, prog):
+        """Rank 0's slots over a batched pipeline: every step goes down the stages, the
+        other ranks serving it (`pipeline_slots.serve_steps`)."""
+        from ckeir.planner.bubbles import chosen_depth
+        from ckeir.runtime.pipeline_slots import PipelineSlots
+
+        check_ranks_servable(prog, self.parallel)
+        self._pipeline = PipelineSlots(prog.engine, self.transport, chosen_depth(prog))
+        return self._pipeline
 
     @property
     def context(self) -> int:
@@ -86,8 +97,12 @@ class ServedModel:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop(timeout=10)
-        if self.prog is not None:
-            self.prog.close()
+        try:
+            if self._pipeline is not None:
+                self._pipeline.close()  # the other ranks' loops end
+        finally:
+            if self.prog is not None:
+                self.prog.close()
 
 
 class Generation:
@@ -114,7 +129,7 @@ class Generation:
             eos=self.eos,
             on_token=self._token,
             on_done=self._done,
-            pick=sampling.sampler(),
+            pick=sampling.pick(),
         )
 
     def _token(self, token: int) -> None:  # the scheduler's thread
@@ -151,6 +166,22 @@ class Generation:
         finally:
             if not self.seq.done:
                 self.seq.cancel()
+
+
+def check_ranks_servable(prog, parallel: int | None) -> None:
+    """A schedule on several ranks serves through its pipeline's batched slots: its own
+    `batch N` (N > 1), which --parallel may only repeat."""
+    batch = prog.job.schedule.batch
+    if batch < 2:
+        raise CkeError(
+            f"this schedule runs on {prog.world_size} ranks with batch 1: ckec serve runs a "
+            "pipeline's batched slots there (give the schedule `batch N`, N > 1)"
+        )
+    if parallel not in (None, batch):
+        raise CkeError(
+            f"--parallel {parallel}: a schedule on several ranks serves its own batch of "
+            f"{batch} slots (leave --parallel out, or change `batch`)"
+        )
 
 
 def check_prompt(model: ServedModel, ids: list[int], max_tokens) -> list[int]:

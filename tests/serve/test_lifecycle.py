@@ -1,5 +1,6 @@
 """`ckec serve` starting and stopping: SIGTERM ends it cleanly (status 0) even with a stream
-running, which ends; a schedule it cannot serve is refused with the reason, no traceback."""
+running, which ends; a schedule it cannot serve is refused with the reason before it
+listens, no traceback."""
 
 from __future__ import annotations
 
@@ -47,12 +48,13 @@ def test_sigterm_stops_cleanly_with_a_stream_running():
     assert not reader.is_alive() and len(got) < 4000  # the stream ended with the server
 
 
-def test_several_ranks_are_refused():
+def test_several_ranks_without_a_batch_are_refused():
     server = Server(TINY)
     code = server.proc.wait(300)
     out, err = server.proc.communicate()
     assert code == 1, err
-    assert "ckec serve runs one-rank schedules for now" in err and "Traceback" not in err
+    assert "runs on 2 ranks with batch 1" in err and "give the schedule `batch N`" in err
+    assert "Traceback" not in err and "listening" not in err
 
 
 def test_a_bad_spec_is_refused_before_listening(tmp_path):

@@ -1,0 +1,70 @@
+"""`ckec serve` on a batched pipeline of two local ranks (specs/smollm2-pipeline-batch4.cke):
+rank 0 serves HTTP and schedules, rank 1 runs its stage of every step.  The greedy text is
+one rank's `generate`, concurrent sampled streams each give what they give alone, and a
+SIGTERM to the launcher stops every rank cleanly."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from server import Server
+from smollm2 import SPEC, needs_smollm2
+
+import ckeir
+
+pytestmark = [needs_smollm2, pytest.mark.slow]
+PIPELINE = Path(SPEC).with_name("smollm2-pipeline-batch4.cke")
+PROMPTS = ["Once upon a time", "The capital of France is", "def add(a, b):", "Roses are"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(PIPELINE).wait_ready()
+    yield s
+    s.stop()
+
+
+def test_greedy_text_is_one_rank_generate(server):
+    with ckeir.compile(SPEC) as prog, server.client() as client:
+        tk = prog.tokenizer
+        for prompt in PROMPTS[:2]:
+            r = client.completions.create(
+                model="smollm2", prompt=prompt, max_tokens=16, temperature=0
+            )
+            assert r.choices[0].text == tk.decode(prog.generate(tk.encode(prompt), 16))
+
+
+def test_concurrent_sampled_streams_each_as_alone(server):
+    options = dict(model="smollm2", max_tokens=20, temperature=0.9, seed=11)
+    with server.client() as client:
+        alone = [client.completions.create(prompt=p, **options).choices[0].text for p in PROMPTS]
+        together = [None] * len(PROMPTS)
+
+        def run(i):
+            stream = client.completions.create(prompt=PROMPTS[i], stream=True, **options)
+            together[i] = "".join(c.choices[0].text for c in stream)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    assert together == alone
+    m = server.metrics()
+    assert m["ckeir_slots"] == 4 and m["ckeir_busy_slots"] == 0
+
+
+def test_sigterm_stops_every_rank(server):
+    pids = _children(server.proc.pid)
+    assert len(pids) == 2  # the two ranks, under the launcher
+    assert server.stop() == 0, server.output()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
