@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from cli_runner import start_ckec
+from cli_runner import command, start_ckec
 
 LOAD_SECONDS = 600  # a cold compile on a loaded machine; the tests wait for "finishes"
 
@@ -25,13 +26,19 @@ class Server:
     """A running `ckec serve SPEC ARGS`; `health` holds every /health status seen while
     waiting for it to load."""
 
-    def __init__(self, spec, *args):
+    def __init__(self, spec, *args, mpi: int | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = start_ckec(
-            "serve", spec, "--port", self.port, *args,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        streams = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = ("serve", spec, "--port", self.port, *args)
+        if mpi is None:
+            self.proc = start_ckec(*argv, **streams)
+        else:  # `mpi` ranks under the venv's mpiexec (a backstop ends a stuck job)
+            from needs import MPIEXEC
+
+            line = [str(MPIEXEC), "-n", str(mpi), *command(*argv, mpi=True)]
+            env = dict(os.environ, MPIEXEC_TIMEOUT="900")
+            self.proc = subprocess.Popen(line, env=env, **streams)
         self.health: list[int] = []
 
     def request(self, path: str, body: bytes | dict | None = None) -> tuple[int, bytes]:

@@ -1,7 +1,7 @@
 """`ckec serve` on a batched pipeline of two local ranks (specs/smollm2-pipeline-batch4.cke):
 rank 0 serves HTTP and schedules, rank 1 runs its stage of every step.  The greedy text is
 one rank's `generate`, concurrent sampled streams each give what they give alone, and a
-SIGTERM to the launcher stops every rank cleanly."""
+SIGTERM to the launcher stops every rank cleanly; under mpiexec too."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from needs import needs_mpi
 from server import Server
 from smollm2 import SPEC, needs_smollm2
 
@@ -61,6 +62,21 @@ def test_sigterm_stops_every_rank(server):
     assert len(pids) == 2  # the two ranks, under the launcher
     assert server.stop() == 0, server.output()
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+@needs_mpi
+def test_mpi_ranks_serve_and_stop():
+    server = Server(PIPELINE, mpi=2).wait_ready()
+    try:
+        with ckeir.compile(SPEC) as prog, server.client() as client:
+            tk = prog.tokenizer
+            r = client.completions.create(
+                model="smollm2", prompt=PROMPTS[1], max_tokens=12, temperature=0
+            )
+            assert r.choices[0].text == tk.decode(prog.generate(tk.encode(PROMPTS[1]), 12))
+    finally:
+        code = server.stop()  # SIGTERM to mpiexec, which passes it to the ranks
+    assert code == 0, server.output()
 
 
 def _children(pid: int) -> list[int]:
