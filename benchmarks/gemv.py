@@ -60,13 +60,14 @@ ACTIVATIONS = {"int8": "q8_0", "f32": None}  # table name -> the matmul's `act` 
 
 
 class Weights:
-    """One shape's weights: copies filling 4 × L3, so that cycling through them reads DRAM."""
+    """One shape's weights: copies filling 4 × L3 (or `at_least` bytes), so that cycling
+    through them reads DRAM."""
 
-    def __init__(self, fmt_name: str, n_out: int, k: int, host: HostCPU):
+    def __init__(self, fmt_name: str, n_out: int, k: int, host: HostCPU, at_least: int = 0):
         rng = np.random.default_rng(0)
         w1 = quantize_rows(rng.standard_normal((n_out, k)).astype(np.float32), fmt_name)
         self.nbytes = w1.nbytes
-        self.copies = max(1, -(-4 * host.l3 // self.nbytes))
+        self.copies = max(1, -(-max(4 * host.l3, at_least) // self.nbytes))
         self.w = np.ascontiguousarray(np.tile(w1, (self.copies, 1)))
         # 64-byte aligned, as the arena places every activation: a float kernel's vector
         # loads from a misaligned x split cache lines (about 30% slower on Zen 5)

@@ -182,9 +182,22 @@ class Plan:
         return self.k // QK
 
     @property
+    def step(self) -> int:
+        """Pieces per dot product: two on VNNI (one 512-bit `vpdpbusd`), unless a chunk is a
+        single piece."""
+        return 2 if self.vnni and (not self.chunk or self.chunk >= 2 * QK) else 1
+
+    @property
+    def accumulators(self) -> int:
+        """Accumulators per token row, taking the steps of a super-block in turn: four
+        independent FMA chains on VNNI (one left the super-block latency-bound), two on the
+        narrower vectors; the same count whatever the token group (rowwise bits)."""
+        return 4 if self.vnni else 2
+
+    @property
     def lanes(self) -> int:
-        """Float lanes of a piece's partial sums: 8 (vpdpbusd.256) or 16 (pairs)."""
-        return 8 if self.vnni else 16
+        """Float lanes of a step's partial sums: 8 per piece on VNNI, else 16 (pairs)."""
+        return 8 * self.step if self.vnni else 16
 
     @property
     def corrected(self) -> bool:
@@ -305,15 +318,16 @@ class _KWriter:
         row = f.gep("%a1", f.mul(r, self.row_bytes), "i8")
         toks = [self.token(f.add(t, j)) for j in range(ntok)]
         lt = _vec(p.lanes, "float")
-        acc = [f.var(lt, "zeroinitializer", "acc") for _ in toks]
+        acc = [[f.var(lt, "zeroinitializer", "acc") for _ in range(p.accumulators)] for _ in toks]
         fold = [f.var("float", "-0.0", "fold") for _ in toks] if p.chunk else None
         nsb = p.k // QK_K
         chunk_pieces = (p.chunk or p.k) // QK
 
         def end_chunk(c) -> None:
             for j, a in enumerate(acc):
-                total = _lane_sum(f, f.get(a), p.lanes)
-                f.set(a, "zeroinitializer")
+                total = self.total(a)
+                for v in a:
+                    f.set(v, "zeroinitializer")
                 if p.separate:
                     out = f.gep("%a2", f.mul(f.mul(c, "%n"), self.n_out))
                     out = f.gep(out, f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
@@ -337,7 +351,7 @@ class _KWriter:
                 )
         for j, a in enumerate(acc):
             if fold is None:
-                total = _lane_sum(f, f.get(a), p.lanes)
+                total = self.total(a)
             elif p.separate:
                 continue
             else:
@@ -362,32 +376,45 @@ class _KWriter:
             else:  # 16 scales: piece j's two halves take d_x,j each
                 dxx = _shuffle(f, "<8 x float>", dx, "poison", [i // 2 for i in range(16)])
                 cs.append(f(f"fmul <16 x float> {ds}, {dxx}", "c"))
-        start = 0
-        for j in range(PIECES):
-            w = blocks.quants(sb, j, offset=not p.corrected)
+        start, step = 0, p.step
+        bt = _vec(QK * step, "i8")
+        for j0 in range(0, PIECES, step):
+            ws = [blocks.quants(sb, j0 + i, offset=not p.corrected) for i in range(step)]
+            w = ws[0] if step == 1 else _shuffle(f, "<32 x i8>", *ws, range(64), "w2")
             for k, tok in enumerate(toks):
-                x = f.load("<32 x i8>", f.gep(tok, f.mul(f.add(b0, j), QK), "i8"), 16)
-                lanes = self.dot(w, x, tok, f.add(b0, j))
-                f.set(acc[k], self.fma(acc[k], lanes, self.piece_scale(cs[k], j)))
+                x = f.load(bt, f.gep(tok, f.mul(f.add(b0, j0), QK), "i8"), 16)
+                lanes = self.dot(w, x, tok, f.add(b0, j0))
+                a = acc[k][j0 // step % p.accumulators]
+                f.set(a, self.fma(a, lanes, self.piece_scale(cs[k], j0)))
+            j = j0 + step - 1
             if j in ends or (not ends and j == PIECES - 1):
                 if mins:  # minus the min terms of pieces start..j
                     for k in range(len(toks)):
                         idx = [i if start <= i <= j else 8 for i in range(p.lanes)]
                         m = _shuffle(f, "<8 x float>", mins[k], "zeroinitializer", idx, "mins")
                         lt = _vec(p.lanes, "float")
-                        f.set(acc[k], f(f"fsub {lt} {f.get(acc[k])}, {m}", "acc"))
+                        f.set(acc[k][0], f(f"fsub {lt} {f.get(acc[k][0])}, {m}", "acc"))
                 if at_end is not None:
                     at_end(ends.index(j))
                 start = j + 1
 
+    def total(self, accs: list) -> str:
+        """A token's accumulators summed: pairwise, then the lanes in a halving tree."""
+        f, lt = self.f, _vec(self.p.lanes, "float")
+        vs = [f.get(a) for a in accs]
+        while len(vs) > 1:
+            vs = [f(f"fadd {lt} {a}, {b}", "t") for a, b in zip(vs[::2], vs[1::2], strict=True)]
+        return _lane_sum(f, vs[0], self.p.lanes)
+
     def piece_scale(self, c: str, j: int) -> str:
-        """Piece j's scale per lane: its sub-block's c (Q6_K: lanes of each 16-half)."""
+        """The scale of each lane of the step from piece j: its sub-block's c (Q6_K: the
+        first half of a piece's lanes its first 16 elements')."""
         f, n = self.f, self.p.lanes
+        per = n // self.p.step  # lanes per piece
         if self.sb.mins:
-            return _shuffle(f, "<8 x float>", c, "poison", [j] * n, "cj")
-        return _shuffle(
-            f, "<16 x float>", c, "poison", [2 * j + i * 2 // n for i in range(n)], "cj"
-        )
+            return _shuffle(f, "<8 x float>", c, "poison", [j + i // per for i in range(n)], "cj")
+        idx = [2 * j + i // (per // 2) for i in range(n)]
+        return _shuffle(f, "<16 x float>", c, "poison", idx, "cj")
 
     def fma(self, acc, lanes: str, c: str) -> str:
         f, n = self.f, self.p.lanes
@@ -395,15 +422,18 @@ class _KWriter:
         return f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, lanes), (t, c), (t, f.get(acc))])
 
     def dot(self, w: str, x: str, tok: str, b) -> str:
-        """Σ q_w q_x of one piece as float lanes: lanes 0..n/2-1 its first 16 elements."""
+        """Σ q_w q_x of the step's pieces from b as float lanes, each piece's in lanes of its
+        own, the first half of them its first 16 elements."""
         f = self.f
         if self.p.vnni:
+            n, bits = self.p.lanes, 32 * self.p.lanes
+            it, bt = _vec(n, "i32"), _vec(4 * n, "i8")
             init = "zeroinitializer"
             if self.p.corrected:
-                init = f.load("<8 x i32>", self.region(tok, "corr", b, 32), 16)
-            it, bt = "<8 x i32>", "<32 x i8>"
-            s = f.intrinsic(it, "llvm.x86.avx512.vpdpbusd.256", [(it, init), (bt, w), (bt, x)])
-            return f(f"sitofp {it} {s} to <8 x float>", "df")
+                init = f.load(it, self.region(tok, "corr", b, 32), 16)
+            fn = f"llvm.x86.avx512.vpdpbusd.{bits}"
+            s = f.intrinsic(it, fn, [(it, init), (bt, w), (bt, x)])
+            return f(f"sitofp {it} {s} to {_vec(n, 'float')}", "df")
         w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
         x32 = f(f"sext <32 x i8> {x} to <32 x i32>", "x32")
         prod = f(f"mul nsw <32 x i32> {w32}, {x32}", "prod")
