@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from needs import needs_mpi
+from smollm2 import needs_smollm2
 
 import ckeir
 from ckeir.errors import TransportError
@@ -148,3 +149,19 @@ def test_by_default_as_many_steps_fly_as_the_planner_finds_best(launcher, alone)
     assert out["tokens"] == alone
     assert out["many"]["most_in_flight"] == bubbles["in_flight"] == 2
     assert bubbles["micro_batches"]["period_seconds"] < bubbles["one_batch"]["period_seconds"]
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_sequences_over_the_pipeline_are_what_one_rank_gives_each_alone():
+    """specs/smollm2-pipeline-batch4.cke: 5 prompts through 4 slots of the 2-stage pipeline,
+    as one step of the batch and as two micro-batches in flight, bit for bit the ids that
+    one rank's `generate` gives each prompt (int8 activations are quantized per row)."""
+    prompts = [[t + i for t in (6403, 1980, 253, 655)] for i in range(5)]
+    with ckeir.compile(ROOT / "specs" / "smollm2-135m.cke", threads=1) as one:
+        alone = [one.generate(p, 16) for p in prompts]
+    prog = ckeir.compile(ROOT / "specs" / "smollm2-pipeline-batch4.cke", launcher=True)
+    for depth in (1, 2):
+        out = run_local_many(prog, prompts, 16, depth=depth)
+        assert out["tokens"] == alone
+        assert out["many"]["most_in_flight"] == depth
