@@ -94,7 +94,10 @@ class KLayout:
     nibbles the first, high the second).  Q6_K: 128 bytes of low nibbles (per 128 elements,
     64 bytes: low nibbles elements 0-63, high 64-127), 64 bytes of high 2-bit pairs (per 128,
     32 bytes: bits 2i..2i+1 of byte l for element 32i + l), sixteen int8 scales of 16-element
-    sub-blocks, f16 d last (x = d·scale·(q - 32))."""
+    sub-blocks, f16 d last (x = d·scale·(q - 32)).  Q3_K: 32 bytes of third bits (bit j of
+    byte l: element 32j + l), 64 bytes of 2-bit pairs (per 128 elements, 32 bytes: bits
+    2i..2i+1 of byte l for element 32i + l), sixteen 6-bit scales of 16 (low nibbles in bytes
+    0-7, both halves; high pairs in bytes 8-11), f16 d last (x = d·(sc - 32)·(q - 4))."""
 
     d: int
     dmin: int | None
@@ -102,12 +105,14 @@ class KLayout:
     qh: int | None
     qs: int
     sub: int  # elements per scale
+    zero: int = 0  # subtracted from the unsigned quant (Q6_K 32, Q3_K 4)
 
 
 K_LAYOUTS = {
     "q4_k": KLayout(d=0, dmin=2, scales=4, qh=None, qs=16, sub=32),
     "q5_k": KLayout(d=0, dmin=2, scales=4, qh=16, qs=48, sub=32),
-    "q6_k": KLayout(d=208, dmin=None, scales=192, qh=128, qs=0, sub=16),
+    "q6_k": KLayout(d=208, dmin=None, scales=192, qh=128, qs=0, sub=16, zero=32),
+    "q3_k": KLayout(d=108, dmin=None, scales=96, qh=0, qs=32, sub=16, zero=4),
 }
 
 # A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
@@ -116,8 +121,9 @@ FFN_SHARD_UNIT = 32
 Q4_K = _ggml("q4_k", computes=True)
 Q5_K = _ggml("q5_k", computes=True)
 Q6_K = _ggml("q6_k", computes=True)
+Q3_K = _ggml("q3_k", computes=True)
 
-_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)
+_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K)
 # every other float or block type a GGUF file may hold: sized, not computed on
 _OTHERS = tuple(
     _ggml(t.name.lower())
@@ -126,9 +132,22 @@ _OTHERS = tuple(
 )
 FORMATS = {f.name: f for f in (*_KNOWN, *_OTHERS)}
 # the block formats the int8-activation kernels (quant_matmul) compute on
-QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k")
 # the formats ckeir computes on as stored (what `quantize weights keep` can keep)
 COMPUTED = tuple(f.name for f in FORMATS.values() if f.computes)
 # the formats `quantize weights` converts to (gguf.quants packs them; the K-quants,
 # which it cannot make, `ckeir.quant.kquantize`)
-TARGETS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+TARGETS = (
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q3_k",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+)

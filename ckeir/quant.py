@@ -79,7 +79,19 @@ def weight_parts(w: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray, np.nd
     w = np.ascontiguousarray(w, dtype=np.uint8)
     sb = w.reshape(w.shape[0], -1, f.block_bytes)
     d = sb[..., lay.d : lay.d + 2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if lay.dmin is None:  # Q6_K: a scale per 16
+    if fmt == "q3_k":  # 6-bit scales less 32 per 16, q = 2-bit pair + 4·third bit - 4
+        raw = sb[..., lay.scales : lay.scales + 12]
+        lo = np.concatenate([raw[..., :8] & 15, raw[..., :8] >> 4], axis=-1)
+        hi = (raw[..., 8:12][..., None, :] >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3
+        sc = (lo | (hi.reshape(*sb.shape[:2], 16) << 4)).astype(np.float32) - 32
+        scale = np.repeat(d[..., None] * sc, 16, axis=-1)
+        mins = np.zeros_like(scale)
+        qs = sb[..., lay.qs : lay.qs + 64].reshape(*sb.shape[:2], 2, 1, 32)
+        ql = (qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 1, 4, 1)) & 3
+        qh = sb[..., lay.qh : lay.qh + 32].reshape(*sb.shape[:2], 1, 32)
+        bits = (qh >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)) & 1
+        q = ql.reshape(*sb.shape[:2], 256).astype(int) + 4 * bits.reshape(*sb.shape[:2], 256) - 4
+    elif lay.dmin is None:  # Q6_K: a scale per 16
         sc = sb[..., lay.scales : lay.scales + 16].view(np.int8).astype(np.float32)
         scale = np.repeat(d[..., None] * sc, 16, axis=-1)
         mins = np.zeros_like(scale)
@@ -138,6 +150,34 @@ def kquantize(x: np.ndarray, fmt: str) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(b == 0, 0, a / np.where(b == 0, 1, b))
 
+    if fmt == "q3_k":  # per 16: a 6-bit multiple (less 32) of d; values q - 4 in -4..3
+        sub = sb.reshape(*sb.shape[:2], 16, 16)
+        amax = np.abs(sub).max(axis=-1)
+        d = f16(amax.max(axis=-1) / 4 / 31)
+        df = d.astype(np.float64)[..., None]
+        sc = np.clip(np.rint(div(amax / 4, df)), -32, 31).astype(int)
+        step = (df * sc)[..., None]
+        q = (np.clip(np.rint(div(sub, step)), -4, 3) + 4).astype(np.uint8)
+        q = q.reshape(*sb.shape[:2], 2, 4, 32)  # 128-halves, 2-bit positions, bytes
+        ql = q & 3
+        qs = ql[..., 0, :] | (ql[..., 1, :] << 2) | (ql[..., 2, :] << 4) | (ql[..., 3, :] << 6)
+        bits = (q >> 2).reshape(*sb.shape[:2], 8, 32)
+        hmask = np.zeros((*sb.shape[:2], 32), np.uint8)
+        for j in range(8):
+            hmask |= bits[..., j, :] << j
+        su = (sc + 32).astype(np.uint8)
+        packed = np.concatenate(
+            [
+                (su[..., :8] & 15) | ((su[..., 8:] & 15) << 4),
+                sum(((su[..., 4 * i : 4 * i + 4] >> 4) & 3) << (2 * i) for i in range(4)),
+            ],
+            axis=-1,
+        ).astype(np.uint8)
+        out[..., lay.qh : lay.qh + 32] = hmask
+        out[..., lay.qs : lay.qs + 64] = qs.reshape(*sb.shape[:2], 64)
+        out[..., lay.scales : lay.scales + 12] = packed
+        out[..., lay.d : lay.d + 2] = d[..., None].view(np.uint8)
+        return out.reshape(n, -1)
     if lay.dmin is None:  # Q6_K
         sub = sb.reshape(*sb.shape[:2], 16, 16)
         amax = np.abs(sub).max(axis=-1)

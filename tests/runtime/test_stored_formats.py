@@ -33,7 +33,7 @@ CFG = LlamaConfig(
     rope_style="interleaved",
 )
 PROMPT = [1, 2, 3, 4]
-TYPES = ["f16", "bf16", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"]
+TYPES = ["f16", "bf16", "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k"]
 
 
 def matrix_bytes(path) -> dict[str, int]:

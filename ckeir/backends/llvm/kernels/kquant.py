@@ -84,6 +84,9 @@ class SuperBlock:
         f, lay = self.f, self.lay
         n = self.scale_lanes
         d = _splat(f, "float", half_to_float(f, f.gep(sb, lay.d, "i8"), self.f16c), n)
+        if self.fmt.name == "q3_k":  # sixteen 6-bit scales, less 32
+            scf = f(f"sitofp <16 x i8> {self.q3_scales(sb)} to <16 x float>", "sc")
+            return f(f"fmul <16 x float> {d}, {scf}", "ds"), None
         if not self.mins:  # Q6_K: sixteen int8 scales
             sc = f.load("<16 x i8>", f.gep(sb, lay.scales, "i8"), 1)
             scf = f(f"sitofp <16 x i8> {sc} to <16 x float>", "sc")
@@ -104,11 +107,39 @@ class SuperBlock:
         dm = f(f"fmul <8 x float> {dmin}, {f(f'uitofp <8 x i8> {m} to <8 x float>')}", "dm")
         return ds, dm
 
+    def q3_scales(self, sb: str) -> str:
+        """Q3_K's sixteen scales as signed <16 x i8> (sc - 32): scale i's low nibble is byte
+        i mod 8's low (i < 8) or high nibble, its high pair bits 2(i div 4) of byte 8 + i mod
+        4."""
+        f, v = self.f, "<16 x i8>"
+        raw = f.load("<12 x i8>", f.gep(sb, self.lay.scales, "i8"), 1)
+        lo8 = _shuffle(f, "<12 x i8>", raw, "poison", range(8))
+        lo = _shuffle(
+            f,
+            "<8 x i8>",
+            f(f"and <8 x i8> {lo8}, splat (i8 15)"),
+            f(f"lshr <8 x i8> {lo8}, splat (i8 4)"),
+            range(16),
+        )
+        hi = _shuffle(f, "<12 x i8>", raw, "poison", [8 + i % 4 for i in range(16)])
+        shifts = "<" + ", ".join(f"i8 {2 * (i // 4)}" for i in range(16)) + ">"
+        hi = f(f"and {v} {f(f'lshr {v} {hi}, {shifts}')}, splat (i8 3)")
+        sc = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 4)')}")
+        return f(f"sub {v} {sc}, splat (i8 32)", "sc3")
+
     def quants(self, sb: str, j: int, offset: bool = True) -> str:
-        """Piece j's 32 quants as <32 x i8>: Q4_K 0..15, Q5_K 0..31, Q6_K q - 32 (or q,
-        0..63, without `offset`)."""
+        """Piece j's 32 quants as <32 x i8>: Q4_K 0..15, Q5_K 0..31, Q6_K q - 32, Q3_K q - 4
+        (without `offset`: Q6_K's q, 0..63, Q3_K's, 0..7)."""
         f, lay = self.f, self.lay
         v = "<32 x i8>"
+        if self.fmt.name == "q3_k":  # 2-bit pairs of 128-halves, a third bit per element
+            half, part = divmod(j, 4)
+            ql = f.load(v, f.gep(sb, lay.qs + QK * half, "i8"), 1)
+            lo = f(f"and {v} {f(f'lshr {v} {ql}, splat (i8 {2 * part})')}, splat (i8 3)")
+            qh = f.load(v, f.gep(sb, lay.qh, "i8"), 1)
+            hi = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {j})')}, splat (i8 1)")
+            q = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 2)')}", "q3")
+            return f(f"sub {v} {q}, splat (i8 4)", "q3") if offset else q
         if self.mins:  # Q4_K, Q5_K: the pair of pieces j//2 shares 32 bytes
             raw = f.load(v, f.gep(sb, lay.qs + QK * (j // 2), "i8"), 1)
             q = f(
@@ -201,7 +232,8 @@ class Plan:
 
     @property
     def corrected(self) -> bool:
-        """VNNI on Q6_K: the weights offset to 0..63, each lane starting from -32·Σq_x."""
+        """VNNI on Q6_K, Q3_K: the weights offset to q ≥ 0, each lane starting from
+        -zero·Σq_x."""
         return self.vnni and K_LAYOUTS[self.fmt.name].dmin is None
 
     def offsets(self) -> dict[str, int]:
@@ -308,7 +340,8 @@ class _KWriter:
                 ]
                 a = f(f"add <8 x i32> {parts[0]}, {parts[1]}")
                 c = f(f"add <8 x i32> {parts[2]}, {parts[3]}")
-                corr = f(f"mul <8 x i32> {f(f'add <8 x i32> {a}, {c}')}, splat (i32 -32)")
+                zero = K_LAYOUTS[self.p.fmt.name].zero
+                corr = f(f"mul <8 x i32> {f(f'add <8 x i32> {a}, {c}')}, splat (i32 -{zero})")
                 f.store("<8 x i32>", corr, self.region(s, "corr", b, 32), 16)
 
     # -- one weight row against `ntok` token rows
