@@ -11,7 +11,8 @@ prompts of a few sentences that differ per client).  Per run:
 
 ckeir serves with `--parallel` slots on a `batch N` spec (one batched engine: a step reads
 the weights once for every running sequence); llama-cpp-python's server (`python -m
-llama_cpp.server`) takes one request at a time.  Its server needs extras that
+llama_cpp.server`) takes one request at a time (`--interrupt_requests False`: its default
+lets a new request end the running one).  Its server needs extras that
 llama-cpp-python's own package does not install (fastapi, starlette-context,
 pydantic-settings, ...): install them with `pip install --no-deps`; the table says when it
 cannot start.
@@ -200,6 +201,8 @@ def main() -> None:
         llama = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
         llama += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
         llama += ["--n_ctx", "2048", "--port", str(port), "--model_alias", "smollm2"]
+        # its default lets a new request cut the running one short: queue them instead
+        llama += ["--interrupt_requests", "False"]
         try:
             rows += measure("llama_cpp.server", llama, port, "smollm2", args)
         except RuntimeError as e:
