@@ -399,24 +399,62 @@ class Program:
         return ReferenceSlots(self.module, plain)
 
     def generate_many(
-        self, prompts, max_new_tokens: int = 16, *, slots: int | None = None, **sampling
-    ) -> list[list[int]]:
+        self,
+        prompts,
+        max_new_tokens: int = 16,
+        *,
+        slots: int | None = None,
+        report: bool = False,
+        **sampling,
+    ):
         """Continuations of several prompts through the continuous-batching scheduler
         (`runtime.batching`): one id list per prompt, each what `generate` gives that prompt
         alone with the same `sampling` options (each prompt samples with a random state of
         its own, seeded by `seed` if given; a continuation that would pass the context stops
         there).  More prompts than `slots` wait for a free slot.  Every prompt is checked
-        before any runs; an error names the prompt."""
+        before any runs; an error names the prompt.
+
+        A `batch N` schedule over pipeline stages runs here on local ranks (rank 0 schedules
+        over `PipelineSlots`, greedy for now).  `report`: also return the run's report
+        (`reports.run.many_report`), as (ids, report)."""
         options = Sampling.of(**sampling)
-        engine = self.slot_engine(slots)
-        prompts = check_prompts(
-            prompts,
-            lambda ids: check_batched_request(ids, max_new_tokens, engine.vocab, engine.context),
+        c = self.config
+        prompts = check_prompts(  # refused before any rank starts
+            prompts, lambda ids: check_batched_request(ids, max_new_tokens, c.vocab, c.context)
         )
+        if report or (self.world_size > 1 and self.transport is None):
+            return self._many_on_ranks(prompts, max_new_tokens, options, report)
+        engine = self.slot_engine(slots)
         with Scheduler(engine) as scheduler:
             seqs = [scheduler.submit(ids, max_new_tokens, pick=options.pick()) for ids in prompts]
             scheduler.run()
             return [seq.result() for seq in seqs]
+
+    def _many_on_ranks(self, prompts, max_new_tokens: int, options: Sampling, report: bool):
+        """generate_many through `ranks.run_many` (one rank) or `ranks.run_local_many`
+        (a batched pipeline's local ranks), with the figures its report reads."""
+        from ckeir.ranks import run_local_many, run_many
+        from ckeir.reports.run import many_report
+
+        if not options.greedy:
+            raise CkeError(
+                "generate_many with report=True, or over several ranks, decodes greedily for "
+                "now: leave out temperature and the penalties"
+            )
+        if self.world_size > 1 and self.job.schedule.batch < 2:
+            raise CkeError(
+                f"this schedule runs on {self.world_size} ranks: generate_many runs several "
+                "ranks as a batched pipeline (`batch N`, N > 1, over stages of one node each); "
+                "call generate for each prompt"
+            )
+        if self.world_size > 1 and self.transport is None:
+            out = run_local_many(self, prompts, max_new_tokens)
+            figures = out["ranks"]
+        else:
+            out = run_many(self, prompts, max_new_tokens)  # one rank: its slot engine
+            figures = [out]
+        ids = out["tokens"]
+        return (ids, many_report(self, figures)) if report else ids
 
     def close_slots(self) -> None:
         """Close generate_many's slot engines (the Program's own engine stays)."""
