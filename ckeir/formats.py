@@ -97,7 +97,9 @@ class KLayout:
     sub-blocks, f16 d last (x = d·scale·(q - 32)).  Q3_K: 32 bytes of third bits (bit j of
     byte l: element 32j + l), 64 bytes of 2-bit pairs (per 128 elements, 32 bytes: bits
     2i..2i+1 of byte l for element 32i + l), sixteen 6-bit scales of 16 (low nibbles in bytes
-    0-7, both halves; high pairs in bytes 8-11), f16 d last (x = d·(sc - 32)·(q - 4))."""
+    0-7, both halves; high pairs in bytes 8-11), f16 d last (x = d·(sc - 32)·(q - 4)).
+    Q2_K: sixteen bytes of a 4-bit scale (low) and min (high) per 16 elements, 64 bytes of
+    2-bit pairs (as Q3_K's), f16 d and dmin last (x = d·sc·q - dmin·m)."""
 
     d: int
     dmin: int | None
@@ -113,6 +115,7 @@ K_LAYOUTS = {
     "q5_k": KLayout(d=0, dmin=2, scales=4, qh=16, qs=48, sub=32),
     "q6_k": KLayout(d=208, dmin=None, scales=192, qh=128, qs=0, sub=16, zero=32),
     "q3_k": KLayout(d=108, dmin=None, scales=96, qh=0, qs=32, sub=16, zero=4),
+    "q2_k": KLayout(d=80, dmin=82, scales=0, qh=None, qs=16, sub=16),
 }
 
 # A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
@@ -122,8 +125,9 @@ Q4_K = _ggml("q4_k", computes=True)
 Q5_K = _ggml("q5_k", computes=True)
 Q6_K = _ggml("q6_k", computes=True)
 Q3_K = _ggml("q3_k", computes=True)
+Q2_K = _ggml("q2_k", computes=True)
 
-_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K)
+_KNOWN = (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 # every other float or block type a GGUF file may hold: sized, not computed on
 _OTHERS = tuple(
     _ggml(t.name.lower())
@@ -132,7 +136,7 @@ _OTHERS = tuple(
 )
 FORMATS = {f.name: f for f in (*_KNOWN, *_OTHERS)}
 # the block formats the int8-activation kernels (quant_matmul) compute on
-QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k")
+QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 # the formats ckeir computes on as stored (what `quantize weights keep` can keep)
 COMPUTED = tuple(f.name for f in FORMATS.values() if f.computes)
 # the formats `quantize weights` converts to (gguf.quants packs them; the K-quants,
@@ -146,6 +150,7 @@ TARGETS = (
     "q4_1",
     "q5_0",
     "q5_1",
+    "q2_k",
     "q3_k",
     "q4_k",
     "q5_k",

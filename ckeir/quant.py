@@ -79,7 +79,15 @@ def weight_parts(w: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray, np.nd
     w = np.ascontiguousarray(w, dtype=np.uint8)
     sb = w.reshape(w.shape[0], -1, f.block_bytes)
     d = sb[..., lay.d : lay.d + 2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if fmt == "q3_k":  # 6-bit scales less 32 per 16, q = 2-bit pair + 4·third bit - 4
+    if fmt == "q2_k":  # per 16 a 4-bit scale and min, q a 2-bit pair
+        raw = sb[..., lay.scales : lay.scales + 16]
+        dmin = sb[..., lay.dmin : lay.dmin + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+        scale = np.repeat(d[..., None] * (raw & 15).astype(np.float32), 16, axis=-1)
+        mins = -np.repeat(dmin[..., None] * (raw >> 4).astype(np.float32), 16, axis=-1)
+        qs = sb[..., lay.qs : lay.qs + 64].reshape(*sb.shape[:2], 2, 1, 32)
+        q = ((qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 1, 4, 1)) & 3).astype(int)
+        q = q.reshape(*sb.shape[:2], 256)
+    elif fmt == "q3_k":  # 6-bit scales less 32 per 16, q = 2-bit pair + 4·third bit - 4
         raw = sb[..., lay.scales : lay.scales + 12]
         lo = np.concatenate([raw[..., :8] & 15, raw[..., :8] >> 4], axis=-1)
         hi = (raw[..., 8:12][..., None, :] >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3
@@ -150,6 +158,23 @@ def kquantize(x: np.ndarray, fmt: str) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(b == 0, 0, a / np.where(b == 0, 1, b))
 
+    if fmt == "q2_k":  # per 16: [min(0, x), max x] in 3 steps, 4-bit multiples of d, dmin
+        sub = sb.reshape(*sb.shape[:2], 16, 16)
+        lo = np.minimum(sub.min(axis=-1), 0)
+        step, mn = (sub.max(axis=-1) - lo) / 3, -lo
+        d, dmin = f16(step.max(axis=-1) / 15), f16(mn.max(axis=-1) / 15)
+        sc = np.clip(np.rint(div(step, d.astype(np.float64)[..., None])), 0, 15).astype(np.uint8)
+        m = np.clip(np.rint(div(mn, dmin.astype(np.float64)[..., None])), 0, 15).astype(np.uint8)
+        ds = (d.astype(np.float32)[..., None] * sc.astype(np.float32)).astype(np.float64)
+        dm = (dmin.astype(np.float32)[..., None] * m.astype(np.float32)).astype(np.float64)
+        q = np.clip(np.rint(div(sub + dm[..., None], ds[..., None])), 0, 3).astype(np.uint8)
+        q = q.reshape(*sb.shape[:2], 2, 4, 32)
+        qs = q[..., 0, :] | (q[..., 1, :] << 2) | (q[..., 2, :] << 4) | (q[..., 3, :] << 6)
+        out[..., lay.scales : lay.scales + 16] = sc | (m << 4)
+        out[..., lay.qs : lay.qs + 64] = qs.reshape(*sb.shape[:2], 64)
+        out[..., lay.d : lay.d + 2] = d[..., None].view(np.uint8)
+        out[..., lay.dmin : lay.dmin + 2] = dmin[..., None].view(np.uint8)
+        return out.reshape(n, -1)
     if fmt == "q3_k":  # per 16: a 6-bit multiple (less 32) of d; values q - 4 in -4..3
         sub = sb.reshape(*sb.shape[:2], 16, 16)
         amax = np.abs(sub).max(axis=-1)

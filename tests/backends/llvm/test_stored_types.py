@@ -27,8 +27,8 @@ from ckeir.quant import qmatmul_reference, quantize_activations, weight_parts
 from ckeir.runtime.weights import dequantize_rows, quantize_rows
 
 HALVES = ["f16", "bf16"]
-BLOCKS = ["q5_0", "q5_1", "q3_k", "q4_k", "q5_k", "q6_k"]
-KQUANTS = ["q3_k", "q4_k", "q5_k", "q6_k"]
+BLOCKS = ["q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+KQUANTS = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 rng = np.random.default_rng(15)
 
 

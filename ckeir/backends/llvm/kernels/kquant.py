@@ -84,6 +84,12 @@ class SuperBlock:
         f, lay = self.f, self.lay
         n = self.scale_lanes
         d = _splat(f, "float", half_to_float(f, f.gep(sb, lay.d, "i8"), self.f16c), n)
+        if self.fmt.name == "q2_k":  # sixteen bytes: 4-bit scale (low), 4-bit min (high)
+            raw = f.load("<16 x i8>", f.gep(sb, lay.scales, "i8"), 1)
+            sc = f(f"uitofp <16 x i8> {f(f'and <16 x i8> {raw}, splat (i8 15)')} to <16 x float>")
+            m = f(f"uitofp <16 x i8> {f(f'lshr <16 x i8> {raw}, splat (i8 4)')} to <16 x float>")
+            dmin = _splat(f, "float", half_to_float(f, f.gep(sb, lay.dmin, "i8"), self.f16c), n)
+            return f(f"fmul <16 x float> {d}, {sc}", "ds"), f(f"fmul <16 x float> {dmin}, {m}")
         if self.fmt.name == "q3_k":  # sixteen 6-bit scales, less 32
             scf = f(f"sitofp <16 x i8> {self.q3_scales(sb)} to <16 x float>", "sc")
             return f(f"fmul <16 x float> {d}, {scf}", "ds"), None
@@ -132,10 +138,12 @@ class SuperBlock:
         (without `offset`: Q6_K's q, 0..63, Q3_K's, 0..7)."""
         f, lay = self.f, self.lay
         v = "<32 x i8>"
-        if self.fmt.name == "q3_k":  # 2-bit pairs of 128-halves, a third bit per element
+        if self.fmt.name in ("q2_k", "q3_k"):  # 2-bit pairs of 128-halves (Q3_K: a third bit)
             half, part = divmod(j, 4)
             ql = f.load(v, f.gep(sb, lay.qs + QK * half, "i8"), 1)
             lo = f(f"and {v} {f(f'lshr {v} {ql}, splat (i8 {2 * part})')}, splat (i8 3)")
+            if self.fmt.name == "q2_k":
+                return lo
             qh = f.load(v, f.gep(sb, lay.qh, "i8"), 1)
             hi = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {j})')}, splat (i8 1)")
             q = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 2)')}", "q3")
@@ -164,12 +172,12 @@ class SuperBlock:
         f, v = self.f, "<32 x float>"
         ds, dm = scales
         q = f(f"{'uitofp' if self.mins else 'sitofp'} <32 x i8> {self.quants(sb, j)} to {v}")
+        st = _vec(self.scale_lanes, "float")
+        idx = [j] * 32 if self.scale_lanes == 8 else [2 * j] * 16 + [2 * j + 1] * 16
+        y = f(f"fmul {v} {q}, {_shuffle(f, st, ds, 'poison', idx, 's')}", "x")
         if self.mins:
-            s = _shuffle(f, "<8 x float>", ds, "poison", [j] * 32, "s")
-            m = _shuffle(f, "<8 x float>", dm, "poison", [j] * 32, "m")
-            return f(f"fsub {v} {f(f'fmul {v} {q}, {s}')}, {m}", "x")
-        s = _shuffle(f, "<16 x float>", ds, "poison", [2 * j] * 16 + [2 * j + 1] * 16, "s")
-        return f(f"fmul {v} {q}, {s}", "x")
+            y = f(f"fsub {v} {y}, {_shuffle(f, st, dm, 'poison', idx, 'm')}", "x")
+        return y
 
 
 def kembed(fmt: str, vocab: int, dim: int, host: HostCPU) -> Kernel:
@@ -236,11 +244,21 @@ class Plan:
         -zero·Σq_x."""
         return self.vnni and K_LAYOUTS[self.fmt.name].dmin is None
 
+    @property
+    def sigmas(self) -> int:
+        """σ per piece: one (d_x·Σq_x), or Q2_K's two (each 16-half's, for its mins)."""
+        return 2 if self.fmt.name == "q2_k" else 1
+
     def offsets(self) -> dict[str, int]:
         """One token's scratch: q_x, d_x per piece, σ = d_x·Σq_x per piece, VNNI Q6_K's lane
         corrections (8 i32 per piece), and the `stride` between tokens."""
         b = self.blocks
-        sizes = {"q": QK * b, "dx": 4 * b, "sigma": 4 * b, "corr": 32 * b if self.corrected else 0}
+        sizes = {
+            "q": QK * b,
+            "dx": 4 * b,
+            "sigma": 4 * b * self.sigmas,
+            "corr": 32 * b if self.corrected else 0,
+        }
         out, at = {}, 0
         for name, size in sizes.items():
             out[name] = at
@@ -331,9 +349,19 @@ class _KWriter:
             q, q32, d = quantize_block(f, x, b)
             f.store("<32 x i8>", q, f.gep(s, f.mul(b, QK), "i8"), 16)
             f.store("float", d, self.region(s, "dx", b, 4))
-            qsum = f.intrinsic("i32", "llvm.vector.reduce.add.v32i32", [("<32 x i32>", q32)])
-            sigma = f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
-            f.store("float", sigma, self.region(s, "sigma", b, 4))
+            halves = (
+                [q32]
+                if self.p.sigmas == 1
+                else [_shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)) for h in (0, 16)]
+            )
+            for h, part in enumerate(halves):
+                n = 32 // len(halves)
+                qsum = f.intrinsic(
+                    "i32", f"llvm.vector.reduce.add.v{n}i32", [(f"<{n} x i32>", part)]
+                )
+                sigma = f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
+                at = f.add(f.mul(b, self.p.sigmas), h)
+                f.store("float", sigma, self.region(s, "sigma", at, 4))
             if self.p.corrected:  # lane l of vpdpbusd multiplies elements 4l..4l+3
                 parts = [
                     _shuffle(f, "<32 x i32>", q32, "poison", range(i, 32, 4)) for i in range(4)
@@ -402,13 +430,21 @@ class _KWriter:
         cs, mins = [], []
         for tok in toks:
             dx = f.load("<8 x float>", self.region(tok, "dx", b0, 4), 4)
-            if blocks.mins:
+            if blocks.scale_lanes == 8:
                 cs.append(f(f"fmul <8 x float> {ds}, {dx}", "c"))
-                sig = f.load("<8 x float>", self.region(tok, "sigma", b0, 4), 4)
-                mins.append(f(f"fmul <8 x float> {dm}, {sig}", "mt"))
             else:  # 16 scales: piece j's two halves take d_x,j each
                 dxx = _shuffle(f, "<8 x float>", dx, "poison", [i // 2 for i in range(16)])
                 cs.append(f(f"fmul <16 x float> {ds}, {dxx}", "c"))
+            if blocks.mins and blocks.scale_lanes == 8:
+                sig = f.load("<8 x float>", self.region(tok, "sigma", b0, 4), 4)
+                mins.append(f(f"fmul <8 x float> {dm}, {sig}", "mt"))
+            elif blocks.mins:  # Q2_K: min terms per 16, added in pairs to one per piece
+                sig = f.load("<16 x float>", self.region(tok, "sigma", f.mul(b0, 2), 4), 4)
+                m16 = f(f"fmul <16 x float> {dm}, {sig}", "mt")
+                even, odd = (
+                    _shuffle(f, "<16 x float>", m16, "poison", range(i, 16, 2)) for i in (0, 1)
+                )
+                mins.append(f(f"fadd <8 x float> {even}, {odd}", "mt"))
         start, step = 0, p.step
         bt = _vec(QK * step, "i8")
         for j0 in range(0, PIECES, step):
@@ -444,7 +480,7 @@ class _KWriter:
         first half of a piece's lanes its first 16 elements')."""
         f, n = self.f, self.p.lanes
         per = n // self.p.step  # lanes per piece
-        if self.sb.mins:
+        if self.sb.scale_lanes == 8:
             return _shuffle(f, "<8 x float>", c, "poison", [j + i // per for i in range(n)], "cj")
         idx = [2 * j + i // (per // 2) for i in range(n)]
         return _shuffle(f, "<16 x float>", c, "poison", idx, "cj")
