@@ -1,6 +1,7 @@
 """Predictions vs runs: decode seconds per token of SmolLM2-135M measured on local ranks and
 predicted for this machine (`ckeir.runtime.machine.run_prediction`: measured read bandwidth,
-matmul kernel rates, barrier, dispatch and transport costs, and the links as simulated), for
+the rates of the matmul kernels the programs run, barrier, dispatch and transport costs, each
+collective as the ranks run it in native code, and the links as simulated), for
 three placements (pipeline and tensor parallel on 2 ranks, and one rank) each at the spec's
 link and at 1 Gbit/s + 1 ms.
 
@@ -123,13 +124,22 @@ def _basis_note(basis: dict) -> str:
     )
     over = basis.get("overheads", {})
     shared = basis.get("rank 0", {}).get("shared", 1.0)
+    native = basis.get("collective_seconds")
+    collectives = (
+        "collectives in native code, one call per token: "
+        + ", ".join(
+            f"{sig.split('(')[0]} {sig.split('bytes = ')[1].split(' ')[0]} B {t * 1e6:.1f} us"
+            for sig, t in sorted(native.items())
+        )
+        if native
+        else f"segment dispatch {over.get('segment', 0) * 1e6:.1f} us, all-reduce step "
+        f"{over.get('collective', 0) * 1e6:.1f} us (from Python)"
+    )
     return (
         f"{basis['threads_per_rank']} thread(s) a rank; matmul kernels {rates}"
         + (f" (x {shared:.2f}: ranks streaming at once)" if shared < 1 else "")
-        + f"; segment dispatch {over.get('segment', 0) * 1e6:.1f} us, barrier "
-        f"{basis.get('barrier_seconds', 0) * 1e6:.2f} us, message "
-        f"{over.get('message', 0) * 1e6:.1f} us, all-reduce step "
-        f"{over.get('collective', 0) * 1e6:.1f} us (local shared memory)"
+        + f"; barrier {basis.get('barrier_seconds', 0) * 1e6:.2f} us, message "
+        f"{over.get('message', 0) * 1e6:.1f} us; {collectives} (local shared memory)"
     )
 
 
