@@ -304,6 +304,43 @@ def widen_halves(
     return f(f"bitcast {ht} {wide} to <{w} x float>", "bf")
 
 
+# ---- vector snippets shared by the integer kernels ----------------------------------------
+
+
+def vec(n: int, ty: str) -> str:
+    """The vector type `<n x ty>`."""
+    return f"<{n} x {ty}>"
+
+
+def shuffle_mask(idx: Sequence[int]) -> str:
+    return f"<{len(idx)} x i32> <" + ", ".join(f"i32 {i}" for i in idx) + ">"
+
+
+def shuffle(f: FunctionWriter, ty: str, a: str, b: str, idx: Sequence[int], hint: str = "sh"):
+    return f(f"shufflevector {ty} {a}, {ty} {b}, {shuffle_mask(idx)}", hint)
+
+
+def splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
+    one = f(f"insertelement <1 x {ty}> poison, {ty} {scalar}, i64 0")
+    return shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
+
+
+def quantize_block(f: FunctionWriter, x: str, b: str | int) -> tuple[str, str, str]:
+    """Block b of an f32 row quantized as `ckeir.quant.quantize_activations` does: (q <32 x
+    i8>, q as <32 x i32>, d_x)."""
+    v32 = vec(32, "float")
+    xv = f.load(v32, f.gep(x, f.mul(b, 32)))
+    ax = f.intrinsic(v32, "llvm.fabs.v32f32", [(v32, xv)])
+    amax = f.intrinsic("float", "llvm.vector.reduce.fmax.v32f32", [(v32, ax)], "nnan")
+    d = f(f"fdiv float {amax}, {f32(127.0)}", "dx")
+    inv = f(f"fdiv float {f32(1.0)}, {d}", "inv")
+    inv = f(f"select i1 {f(f'fcmp oeq float {d}, 0.0')}, float 0.0, float {inv}", "id")
+    scaled = f(f"fmul {v32} {xv}, {splat(f, 'float', inv, 32)}", "sx")
+    rounded = f.intrinsic(v32, "llvm.round.v32f32", [(v32, scaled)])  # halves away from 0
+    q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
+    return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
+
+
 def fifth_bits(f: FunctionWriter, ty: str, mask: str, n: int) -> str:
     """`<n x i8>` holding 16 where bit j of an n-bit `mask` (of type `ty`: `i32`, `<8 x i8>`)
     is set, else 0: the fifth bits of q5 quants, to OR onto their nibbles."""

@@ -36,6 +36,10 @@ from ckeir.backends.llvm.kernels.common import (
     finish_kernel,
     half_to_float,
     kernel_writer,
+    quantize_block,
+    shuffle,
+    splat,
+    vec,
 )
 from ckeir.formats import FORMATS, K_LAYOUTS, QK_K, Format
 
@@ -44,23 +48,6 @@ PIECES = QK_K // QK  # 32-element pieces per super-block
 TOKENS = 4  # token rows sharing each weight super-block in prefill
 SCRATCH_BYTES = 96 * 1024  # per thread, on its stack
 K_FORMATS = tuple(K_LAYOUTS)
-
-
-def _vec(n: int, ty: str) -> str:
-    return f"<{n} x {ty}>"
-
-
-def _mask(idx) -> str:
-    return f"<{len(idx)} x i32> <" + ", ".join(f"i32 {i}" for i in idx) + ">"
-
-
-def _shuffle(f: FunctionWriter, ty: str, a: str, b: str, idx, hint: str = "sh") -> str:
-    return f(f"shufflevector {ty} {a}, {ty} {b}, {_mask(list(idx))}", hint)
-
-
-def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
-    one = f(f"insertelement <1 x {ty}> poison, {ty} {scalar}, i64 0")
-    return _shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
 
 
 class SuperBlock:
@@ -83,12 +70,12 @@ class SuperBlock:
         product as gguf forms it."""
         f, lay = self.f, self.lay
         n = self.scale_lanes
-        d = _splat(f, "float", half_to_float(f, f.gep(sb, lay.d, "i8"), self.f16c), n)
+        d = splat(f, "float", half_to_float(f, f.gep(sb, lay.d, "i8"), self.f16c), n)
         if self.fmt.name == "q2_k":  # sixteen bytes: 4-bit scale (low), 4-bit min (high)
             raw = f.load("<16 x i8>", f.gep(sb, lay.scales, "i8"), 1)
             sc = f(f"uitofp <16 x i8> {f(f'and <16 x i8> {raw}, splat (i8 15)')} to <16 x float>")
             m = f(f"uitofp <16 x i8> {f(f'lshr <16 x i8> {raw}, splat (i8 4)')} to <16 x float>")
-            dmin = _splat(f, "float", half_to_float(f, f.gep(sb, lay.dmin, "i8"), self.f16c), n)
+            dmin = splat(f, "float", half_to_float(f, f.gep(sb, lay.dmin, "i8"), self.f16c), n)
             return f(f"fmul <16 x float> {d}, {sc}", "ds"), f(f"fmul <16 x float> {dmin}, {m}")
         if self.fmt.name == "q3_k":  # sixteen 6-bit scales, less 32
             scf = f(f"sitofp <16 x i8> {self.q3_scales(sb)} to <16 x float>", "sc")
@@ -99,16 +86,16 @@ class SuperBlock:
             return f(f"fmul <16 x float> {d}, {scf}", "ds"), None
         raw = f.load("<12 x i8>", f.gep(sb, lay.scales, "i8"), 1)
         v4 = "<4 x i8>"
-        dq, mq, mdq = (_shuffle(f, "<12 x i8>", raw, "poison", range(i, i + 4)) for i in (0, 4, 8))
+        dq, mq, mdq = (shuffle(f, "<12 x i8>", raw, "poison", range(i, i + 4)) for i in (0, 4, 8))
 
         def op(o: str, a: str, c: int) -> str:
             return f(f"{o} {v4} {a}, splat (i8 {c})")
 
         hi_sc = f(f"or {v4} {op('and', mdq, 15)}, {op('and', op('lshr', dq, 2), 48)}")
         hi_m = f(f"or {v4} {op('lshr', mdq, 4)}, {op('and', op('lshr', mq, 2), 48)}")
-        sc = _shuffle(f, v4, op("and", dq, 63), hi_sc, range(8), "sc")
-        m = _shuffle(f, v4, op("and", mq, 63), hi_m, range(8), "m")
-        dmin = _splat(f, "float", half_to_float(f, f.gep(sb, lay.dmin, "i8"), self.f16c), 8)
+        sc = shuffle(f, v4, op("and", dq, 63), hi_sc, range(8), "sc")
+        m = shuffle(f, v4, op("and", mq, 63), hi_m, range(8), "m")
+        dmin = splat(f, "float", half_to_float(f, f.gep(sb, lay.dmin, "i8"), self.f16c), 8)
         ds = f(f"fmul <8 x float> {d}, {f(f'uitofp <8 x i8> {sc} to <8 x float>')}", "ds")
         dm = f(f"fmul <8 x float> {dmin}, {f(f'uitofp <8 x i8> {m} to <8 x float>')}", "dm")
         return ds, dm
@@ -119,15 +106,15 @@ class SuperBlock:
         4."""
         f, v = self.f, "<16 x i8>"
         raw = f.load("<12 x i8>", f.gep(sb, self.lay.scales, "i8"), 1)
-        lo8 = _shuffle(f, "<12 x i8>", raw, "poison", range(8))
-        lo = _shuffle(
+        lo8 = shuffle(f, "<12 x i8>", raw, "poison", range(8))
+        lo = shuffle(
             f,
             "<8 x i8>",
             f(f"and <8 x i8> {lo8}, splat (i8 15)"),
             f(f"lshr <8 x i8> {lo8}, splat (i8 4)"),
             range(16),
         )
-        hi = _shuffle(f, "<12 x i8>", raw, "poison", [8 + i % 4 for i in range(16)])
+        hi = shuffle(f, "<12 x i8>", raw, "poison", [8 + i % 4 for i in range(16)])
         shifts = "<" + ", ".join(f"i8 {2 * (i // 4)}" for i in range(16)) + ">"
         hi = f(f"and {v} {f(f'lshr {v} {hi}, {shifts}')}, splat (i8 3)")
         sc = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 4)')}")
@@ -172,11 +159,11 @@ class SuperBlock:
         f, v = self.f, "<32 x float>"
         ds, dm = scales
         q = f(f"{'uitofp' if self.mins else 'sitofp'} <32 x i8> {self.quants(sb, j)} to {v}")
-        st = _vec(self.scale_lanes, "float")
+        st = vec(self.scale_lanes, "float")
         idx = [j] * 32 if self.scale_lanes == 8 else [2 * j] * 16 + [2 * j + 1] * 16
-        y = f(f"fmul {v} {q}, {_shuffle(f, st, ds, 'poison', idx, 's')}", "x")
+        y = f(f"fmul {v} {q}, {shuffle(f, st, ds, 'poison', idx, 's')}", "x")
         if self.mins:
-            y = f(f"fsub {v} {y}, {_shuffle(f, st, dm, 'poison', idx, 'm')}", "x")
+            y = f(f"fsub {v} {y}, {shuffle(f, st, dm, 'poison', idx, 'm')}", "x")
         return y
 
 
@@ -342,8 +329,6 @@ class _KWriter:
         return f.gep(tok, f.add(self.at[name], f.mul(b, per)), "i8")
 
     def quantize(self, x: str, s: str) -> None:
-        from ckeir.backends.llvm.kernels.quant_matmul import quantize_block
-
         f = self.f
         with f.loop(0, self.p.blocks, 1, "qb") as b:
             q, q32, d = quantize_block(f, x, b)
@@ -352,7 +337,7 @@ class _KWriter:
             halves = (
                 [q32]
                 if self.p.sigmas == 1
-                else [_shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)) for h in (0, 16)]
+                else [shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)) for h in (0, 16)]
             )
             for h, part in enumerate(halves):
                 n = 32 // len(halves)
@@ -363,9 +348,7 @@ class _KWriter:
                 at = f.add(f.mul(b, self.p.sigmas), h)
                 f.store("float", sigma, self.region(s, "sigma", at, 4))
             if self.p.corrected:  # lane l of vpdpbusd multiplies elements 4l..4l+3
-                parts = [
-                    _shuffle(f, "<32 x i32>", q32, "poison", range(i, 32, 4)) for i in range(4)
-                ]
+                parts = [shuffle(f, "<32 x i32>", q32, "poison", range(i, 32, 4)) for i in range(4)]
                 a = f(f"add <8 x i32> {parts[0]}, {parts[1]}")
                 c = f(f"add <8 x i32> {parts[2]}, {parts[3]}")
                 zero = K_LAYOUTS[self.p.fmt.name].zero
@@ -378,7 +361,7 @@ class _KWriter:
         f, p = self.f, self.p
         row = f.gep("%a1", f.mul(r, self.row_bytes), "i8")
         toks = [self.token(f.add(t, j)) for j in range(ntok)]
-        lt = _vec(p.lanes, "float")
+        lt = vec(p.lanes, "float")
         acc = [[f.var(lt, "zeroinitializer", "acc") for _ in range(p.accumulators)] for _ in toks]
         fold = [f.var("float", "-0.0", "fold") for _ in toks] if p.chunk else None
         nsb = p.k // QK_K
@@ -433,7 +416,7 @@ class _KWriter:
             if blocks.scale_lanes == 8:
                 cs.append(f(f"fmul <8 x float> {ds}, {dx}", "c"))
             else:  # 16 scales: piece j's two halves take d_x,j each
-                dxx = _shuffle(f, "<8 x float>", dx, "poison", [i // 2 for i in range(16)])
+                dxx = shuffle(f, "<8 x float>", dx, "poison", [i // 2 for i in range(16)])
                 cs.append(f(f"fmul <16 x float> {ds}, {dxx}", "c"))
             if blocks.mins and blocks.scale_lanes == 8:
                 sig = f.load("<8 x float>", self.region(tok, "sigma", b0, 4), 4)
@@ -442,14 +425,14 @@ class _KWriter:
                 sig = f.load("<16 x float>", self.region(tok, "sigma", f.mul(b0, 2), 4), 4)
                 m16 = f(f"fmul <16 x float> {dm}, {sig}", "mt")
                 even, odd = (
-                    _shuffle(f, "<16 x float>", m16, "poison", range(i, 16, 2)) for i in (0, 1)
+                    shuffle(f, "<16 x float>", m16, "poison", range(i, 16, 2)) for i in (0, 1)
                 )
                 mins.append(f(f"fadd <8 x float> {even}, {odd}", "mt"))
         start, step = 0, p.step
-        bt = _vec(QK * step, "i8")
+        bt = vec(QK * step, "i8")
         for j0 in range(0, PIECES, step):
             ws = [blocks.quants(sb, j0 + i, offset=not p.corrected) for i in range(step)]
-            w = ws[0] if step == 1 else _shuffle(f, "<32 x i8>", *ws, range(64), "w2")
+            w = ws[0] if step == 1 else shuffle(f, "<32 x i8>", *ws, range(64), "w2")
             for k, tok in enumerate(toks):
                 x = f.load(bt, f.gep(tok, f.mul(f.add(b0, j0), QK), "i8"), 16)
                 lanes = self.dot(w, x, tok, f.add(b0, j0))
@@ -460,8 +443,8 @@ class _KWriter:
                 if mins:  # minus the min terms of pieces start..j
                     for k in range(len(toks)):
                         idx = [i if start <= i <= j else 8 for i in range(p.lanes)]
-                        m = _shuffle(f, "<8 x float>", mins[k], "zeroinitializer", idx, "mins")
-                        lt = _vec(p.lanes, "float")
+                        m = shuffle(f, "<8 x float>", mins[k], "zeroinitializer", idx, "mins")
+                        lt = vec(p.lanes, "float")
                         f.set(acc[k][0], f(f"fsub {lt} {f.get(acc[k][0])}, {m}", "acc"))
                 if at_end is not None:
                     at_end(ends.index(j))
@@ -469,7 +452,7 @@ class _KWriter:
 
     def total(self, accs: list) -> str:
         """A token's accumulators summed: pairwise, then the lanes in a halving tree."""
-        f, lt = self.f, _vec(self.p.lanes, "float")
+        f, lt = self.f, vec(self.p.lanes, "float")
         vs = [f.get(a) for a in accs]
         while len(vs) > 1:
             vs = [f(f"fadd {lt} {a}, {b}", "t") for a, b in zip(vs[::2], vs[1::2], strict=True)]
@@ -481,13 +464,13 @@ class _KWriter:
         f, n = self.f, self.p.lanes
         per = n // self.p.step  # lanes per piece
         if self.sb.scale_lanes == 8:
-            return _shuffle(f, "<8 x float>", c, "poison", [j + i // per for i in range(n)], "cj")
+            return shuffle(f, "<8 x float>", c, "poison", [j + i // per for i in range(n)], "cj")
         idx = [2 * j + i // (per // 2) for i in range(n)]
-        return _shuffle(f, "<16 x float>", c, "poison", idx, "cj")
+        return shuffle(f, "<16 x float>", c, "poison", idx, "cj")
 
     def fma(self, acc, lanes: str, c: str) -> str:
         f, n = self.f, self.p.lanes
-        t = _vec(n, "float")
+        t = vec(n, "float")
         return f.intrinsic(t, f"llvm.fmuladd.v{n}f32", [(t, lanes), (t, c), (t, f.get(acc))])
 
     def dot(self, w: str, x: str, tok: str, b) -> str:
@@ -496,17 +479,17 @@ class _KWriter:
         f = self.f
         if self.p.vnni:
             n, bits = self.p.lanes, 32 * self.p.lanes
-            it, bt = _vec(n, "i32"), _vec(4 * n, "i8")
+            it, bt = vec(n, "i32"), vec(4 * n, "i8")
             init = "zeroinitializer"
             if self.p.corrected:
                 init = f.load(it, self.region(tok, "corr", b, 32), 16)
             fn = f"llvm.x86.avx512.vpdpbusd.{bits}"
             s = f.intrinsic(it, fn, [(it, init), (bt, w), (bt, x)])
-            return f(f"sitofp {it} {s} to {_vec(n, 'float')}", "df")
+            return f(f"sitofp {it} {s} to {vec(n, 'float')}", "df")
         w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
         x32 = f(f"sext <32 x i8> {x} to <32 x i32>", "x32")
         prod = f(f"mul nsw <32 x i32> {w32}, {x32}", "prod")
-        even, odd = (_shuffle(f, "<32 x i32>", prod, "poison", range(i, 32, 2)) for i in (0, 1))
+        even, odd = (shuffle(f, "<32 x i32>", prod, "poison", range(i, 32, 2)) for i in (0, 1))
         pairs = f(f"add nsw <16 x i32> {even}, {odd}", "pairs")
         return f(f"sitofp <16 x i32> {pairs} to <16 x float>", "df")
 
@@ -515,8 +498,8 @@ def _lane_sum(f: FunctionWriter, v: str, n: int) -> str:
     """The lanes of an n-lane vector summed in a halving tree (a fixed order)."""
     while n > 1:
         half = n // 2
-        t = _vec(n, "float")
-        lo = _shuffle(f, t, v, "poison", range(half), "h")
-        hi = _shuffle(f, t, v, "poison", range(half, n), "h")
+        t = vec(n, "float")
+        lo = shuffle(f, t, v, "poison", range(half), "h")
+        hi = shuffle(f, t, v, "poison", range(half, n), "h")
         v, n = f(f"fadd <{half} x float> {lo}, {hi}", "hs"), half
     return f(f"extractelement <1 x float> {v}, i64 0", "sum")

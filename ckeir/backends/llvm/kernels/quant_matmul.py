@@ -38,8 +38,6 @@ reaches ~0.65-0.8 of a plain read loop's bandwidth on one thread (benchmarks/gem
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import attrs
 
 from ckeir.backends.llvm.host import HostCPU
@@ -47,11 +45,14 @@ from ckeir.backends.llvm.kernels.common import (
     FunctionWriter,
     Kernel,
     ceil_to,
-    f32,
     fifth_bits,
     finish_kernel,
     halves_to_floats,
     kernel_writer,
+    quantize_block,
+    shuffle,
+    splat,
+    vec,
 )
 from ckeir.backends.llvm.kernels.kquant import K_FORMATS, kqmatmul
 from ckeir.formats import FORMATS, QUANT_FORMATS, Format
@@ -240,23 +241,6 @@ def qmatmul(
 # ---- IR snippets --------------------------------------------------------------------------
 
 
-def _vec(n: int, ty: str) -> str:
-    return f"<{n} x {ty}>"
-
-
-def _mask(idx: Sequence[int]) -> str:
-    return f"<{len(idx)} x i32> <" + ", ".join(f"i32 {i}" for i in idx) + ">"
-
-
-def _shuffle(f: FunctionWriter, ty: str, a: str, b: str, idx: Sequence[int], hint: str = "sh"):
-    return f(f"shufflevector {ty} {a}, {ty} {b}, {_mask(idx)}", hint)
-
-
-def _splat(f: FunctionWriter, ty: str, scalar: str, n: int) -> str:
-    one = f(f"insertelement <1 x {ty}> poison, {ty} {scalar}, i64 0")
-    return _shuffle(f, f"<1 x {ty}>", one, "poison", [0] * n, "splat")
-
-
 def opaque(f: FunctionWriter, value: str | int, ty: str = "ptr") -> str:
     """`value`, through an empty asm statement LLVM cannot see through or move."""
     return f(f'call {ty} asm sideeffect "", "=r,0"({ty} {value})', "opq")
@@ -276,31 +260,15 @@ def block_scales(
     if nb * bb >= 64 and (nb - 1) * bb + 2 * lpb <= 64:
         idx = [i * bb + j for i in range(nb) for j in range(2 * lpb)]
         wide = f.load("<64 x i8>", opaque(f, start), 1)
-        halves, ty = _shuffle(f, "<64 x i8>", wide, "poison", idx, "hb"), _vec(2 * n, "i8")
+        halves, ty = shuffle(f, "<64 x i8>", wide, "poison", idx, "hb"), vec(2 * n, "i8")
     else:
         it = "i32" if lpb == 2 else "i16"
-        halves, ty = "poison", _vec(nb, it)
+        halves, ty = "poison", vec(nb, it)
         for j in range(nb):
             h = f.load(it, f.gep(start, j * bb, "i8"), 2)
             halves = f(f"insertelement {ty} {halves}, {it} {h}, i64 {j}", "hs")
-    halves = f(f"bitcast {ty} {halves} to {_vec(n, 'i16')}", "hs")
+    halves = f(f"bitcast {ty} {halves} to {vec(n, 'i16')}", "hs")
     return halves_to_floats(f, halves, n, f16c)
-
-
-def quantize_block(f: FunctionWriter, x: str, b: str | int) -> tuple[str, str, str]:
-    """Block b of an f32 row quantized as `ckeir.quant.quantize_activations` does: (q <32 x
-    i8>, q as <32 x i32>, d_x)."""
-    v32 = _vec(32, "float")
-    xv = f.load(v32, f.gep(x, f.mul(b, QK)))
-    ax = f.intrinsic(v32, "llvm.fabs.v32f32", [(v32, xv)])
-    amax = f.intrinsic("float", "llvm.vector.reduce.fmax.v32f32", [(v32, ax)], "nnan")
-    d = f(f"fdiv float {amax}, {f32(127.0)}", "dx")
-    inv = f(f"fdiv float {f32(1.0)}, {d}", "inv")
-    inv = f(f"select i1 {f(f'fcmp oeq float {d}, 0.0')}, float 0.0, float {inv}", "id")
-    scaled = f(f"fmul {v32} {xv}, {_splat(f, 'float', inv, 32)}", "sx")
-    rounded = f.intrinsic(v32, "llvm.round.v32f32", [(v32, scaled)])  # halves away from 0
-    q = f(f"fptosi {v32} {rounded} to <32 x i8>", "q")
-    return q, f(f"sext <32 x i8> {q} to <32 x i32>", "q32"), d
 
 
 # ---- the kernel's structure ---------------------------------------------------------------
@@ -353,7 +321,7 @@ class _Writer:
         # opaque to LLVM: otherwise, once it unrolls a short K loop, it hoists every
         # activation load out of the row loop and spills them (slower than reloading)
         toks = [opaque(f, self.token(f.add(t, j))) for j in range(ntok)]
-        ft = _vec(nrow * ntok, "float")
+        ft = vec(nrow * ntok, "float")
         if not self.p.chunk:  # lane i*ntok + j: output row r+i of token t+j
             self.store(self.path.dots(wrows, toks), r, nrow, tg, t, ntok, "%a2")
             return
@@ -393,15 +361,15 @@ class _Writer:
     def store(self, sums: str, r: str, nrow: int, tg: str, t: str, ntok: int, out0: str) -> None:
         """Lane i*ntok + j of `sums` to out0[tg+t+j, r+i]."""
         f = self.f
-        ft = _vec(nrow * ntok, "float")
+        ft = vec(nrow * ntok, "float")
         for j in range(ntok):
             out = f.gep(out0, f.add(f.mul(f.add(f.add(tg, t), j), self.n_out), r))
             if nrow == 1:
                 f.store("float", f(f"extractelement {ft} {sums}, i64 {j}"), out)
             else:
                 lanes = [i * ntok + j for i in range(nrow)]
-                row = sums if ntok == 1 else _shuffle(f, ft, sums, "poison", lanes, "o")
-                f.store(_vec(nrow, "float"), row, out)
+                row = sums if ntok == 1 else shuffle(f, ft, sums, "poison", lanes, "o")
+                f.store(vec(nrow, "float"), row, out)
 
 
 class _Path:
@@ -518,14 +486,14 @@ class _Vnni(_Path):
             f.store("<32 x i8>", q, f.gep(s, lo, "i8"), 16)
         else:
             for off, first in ((lo, 0), (hi, 16)):
-                half = _shuffle(f, "<32 x i8>", q, "poison", range(first, first + 16), "qh")
+                half = shuffle(f, "<32 x i8>", q, "poison", range(first, first + 16), "qh")
                 f.store("<16 x i8>", half, f.gep(s, off, "i8"), 16)
         lanes = p.dot_lanes
         if p.correction:
-            corr = f(f"mul {_vec(lanes, 'i32')} {self.lane_sums(q32)}, splat (i32 {p.correction})")
-            f.store(_vec(lanes, "i32"), corr, self.region(s, "corr", b, 4 * lanes), 16)
-        pattern = _splat(f, "float", d, lanes)
-        f.store(_vec(lanes, "float"), pattern, self.region(s, "pattern", b, 4 * lanes), 16)
+            corr = f(f"mul {vec(lanes, 'i32')} {self.lane_sums(q32)}, splat (i32 {p.correction})")
+            f.store(vec(lanes, "i32"), corr, self.region(s, "corr", b, 4 * lanes), 16)
+        pattern = splat(f, "float", d, lanes)
+        f.store(vec(lanes, "float"), pattern, self.region(s, "pattern", b, 4 * lanes), 16)
         if p.scale_lanes == 1:
             f.store("float", d, self.region(s, "dxs", b, 4))
             return
@@ -540,7 +508,7 @@ class _Vnni(_Path):
         f, p = self.f, self.p
         lo, hi = self.q_offsets(b)
         for off in (lo,) if hi == 0 else (lo, hi):
-            f.store(_vec(16 if p.nibbles else 32, "i8"), "zeroinitializer", f.gep(s, off, "i8"), 16)
+            f.store(vec(16 if p.nibbles else 32, "i8"), "zeroinitializer", f.gep(s, off, "i8"), 16)
         for region, size in (
             ("corr", 4 * p.dot_lanes if p.correction else 0),
             ("dxs", 4 * p.scale_lanes),
@@ -549,14 +517,14 @@ class _Vnni(_Path):
         ):
             if size:
                 ptr = self.region(s, region, b, size)
-                f.store(_vec(size, "i8"), "zeroinitializer", ptr, 4)
+                f.store(vec(size, "i8"), "zeroinitializer", ptr, 4)
 
     def lane_sums(self, q32: str) -> str:
         """Σq_x over the bytes each dot lane of the block multiplies: q8_0 lane l has
         values 4l..4l+3; a q4 lane has 4l..4l+3 (low nibbles) and 16+4l..16+4l+3 (high)."""
         f, lanes = self.f, self.p.dot_lanes
         parts = [
-            _shuffle(
+            shuffle(
                 f,
                 "<32 x i32>",
                 q32,
@@ -567,7 +535,7 @@ class _Vnni(_Path):
         ]
         while len(parts) > 1:
             parts = [
-                f(f"add {_vec(lanes, 'i32')} {a}, {b}", "ls")
+                f(f"add {vec(lanes, 'i32')} {a}, {b}", "ls")
                 for a, b in zip(parts[::2], parts[1::2], strict=True)
             ]
         return parts[0]
@@ -584,7 +552,7 @@ class _Vnni(_Path):
             init = f.load("<16 x i32>", self.region(tok, "corr", g0, 4 * p.dot_lanes), 16)
         if decode:
             nl = p.group_blocks * p.scale_lanes
-            scale = f.load(_vec(nl, "float"), self.region(tok, "dxs", g0, 4 * p.scale_lanes), 4)
+            scale = f.load(vec(nl, "float"), self.region(tok, "dxs", g0, 4 * p.scale_lanes), 4)
         else:
             scale = f.load("<16 x float>", self.region(tok, "pattern", g0, 4 * p.dot_lanes), 16)
         return _Acts(x, init, scale)
@@ -592,12 +560,12 @@ class _Vnni(_Path):
     def sigmas(self, toks: list[str], g0: str | int, width: int) -> str:
         """<width x float>: lane j·G + i is σ of block g0+i for token j (G = group_blocks)."""
         f, gm = self.f, self.p.group_blocks
-        parts = [f.load(_vec(gm, "float"), self.region(tok, "sigma", g0, 4), 4) for tok in toks]
+        parts = [f.load(vec(gm, "float"), self.region(tok, "sigma", g0, 4), 4) for tok in toks]
         parts += ["zeroinitializer"] * (width // gm - len(parts))
         n = gm
         while len(parts) > 1:
             parts = [
-                _shuffle(f, _vec(n, "float"), a, b, range(2 * n), "sig")
+                shuffle(f, vec(n, "float"), a, b, range(2 * n), "sig")
                 for a, b in zip(parts[::2], parts[1::2], strict=True)
             ]
             n *= 2
@@ -627,7 +595,7 @@ class _Vnni(_Path):
 
         head, per = p.fmt.quants_at, 16 if p.nibbles else 32
         idx = [at(i * bb + head + j) for i in range(gm) for j in range(per)]
-        quants = _shuffle(f, bt, a, b, idx, "wq")
+        quants = shuffle(f, bt, a, b, idx, "wq")
         if p.nibbles:
             ops = (
                 f(f"and {bt} {quants}, splat (i8 15)", "lo"),
@@ -644,7 +612,7 @@ class _Vnni(_Path):
         nh = gm * p.scale_lanes
         idx = [at(i * bb + j) for i in range(gm) for j in range(2 * p.scale_lanes)]
         halves = f(
-            f"bitcast {_vec(2 * nh, 'i8')} {_shuffle(f, bt, a, b, idx, 'hb')} to {_vec(nh, 'i16')}",
+            f"bitcast {vec(2 * nh, 'i8')} {shuffle(f, bt, a, b, idx, 'hb')} to {vec(nh, 'i16')}",
             "hs",
         )
         return ops, halves_to_floats(f, halves, nh, p.f16c)
@@ -664,7 +632,7 @@ class _Vnni(_Path):
         mask bytes at offset `first` of each block, as 64 bits."""
         f, bb = self.f, self.bb
         idx = [at(i * bb + first + j) for i in range(self.p.group_blocks) for j in (0, 1)]
-        return fifth_bits(f, "<8 x i8>", _shuffle(f, "<64 x i8>", a, b, idx, "qhb"), 64)
+        return fifth_bits(f, "<8 x i8>", shuffle(f, "<64 x i8>", a, b, idx, "qhb"), 64)
 
     def dot(self, w: tuple[str, ...], acts: _Acts) -> str:
         """The group's exact partial sums (16 i32 lanes) as floats."""
@@ -720,8 +688,8 @@ class _Vnni(_Path):
                     where = {b // cb * lanes + b % cb: src[b] for b in range(gm)}
                     acc.place(i, j, mins.get(i, j if decode else 0), mins.width, where)
         sums, n, per = acc.group_totals(lanes), len(wrows) * len(toks), 16 // lanes
-        ty = _vec(n * per, "float")
-        return [_shuffle(f, ty, sums, "poison", range(q, n * per, per)) for q in range(nb // cb)]
+        ty = vec(n * per, "float")
+        return [shuffle(f, ty, sums, "poison", range(q, n * per, per)) for q in range(nb // cb)]
 
     def group(
         self,
@@ -741,12 +709,12 @@ class _Vnni(_Path):
         spread = decode and len(toks) > 1 and mins is None
         acts = [self.activations(tok, sb, decode and not spread) for tok in toks]
         per_lane = [b * lpb for b in range(gm) for _ in range(p.dot_lanes)]  # scale of each lane
-        ht = _vec(gm * lpb, "float")
+        ht = vec(gm * lpb, "float")
         sig = None if decode or mins is None else self.sigmas(toks, sb, mins.width)
         for i, row in wrows:
             w, hv = self.weights(row, wb, span)
             if spread:
-                dw = _shuffle(f, ht, hv, "poison", per_lane, "dw")
+                dw = shuffle(f, ht, hv, "poison", per_lane, "dw")
                 for j, a in enumerate(acts):
                     c = f(f"fmul <16 x float> {dw}, {a.scale}", "c")
                     acc.fma(i, j, self.dot(w, a), c, 16)
@@ -754,18 +722,18 @@ class _Vnni(_Path):
             if decode:  # c = d_w·d_x per block (q4_1: interleaved with m_w·σ)
                 for j, a in enumerate(acts):
                     c = f(f"fmul {ht} {hv}, {a.scale}", "c")
-                    acc.fma(i, j, self.dot(w, a), _shuffle(f, ht, c, "poison", per_lane), 16)
+                    acc.fma(i, j, self.dot(w, a), shuffle(f, ht, c, "poison", per_lane), 16)
                     if mins is not None:
                         mins.add(i, j, c, mins.width)
                 continue
-            dw = _shuffle(f, ht, hv, "poison", per_lane, "dw")
+            dw = shuffle(f, ht, hv, "poison", per_lane, "dw")
             for j, a in enumerate(acts):
                 acc.fma(i, j, f(f"fmul <16 x float> {self.dot(w, a)}, {a.scale}", "sd"), dw, 16)
             if mins is not None:  # lane j·G + b: m_w of block b (times σ of token j)
                 idx = [
                     2 * (k % gm) + 1 if k // gm < len(toks) else 2 * gm for k in range(mins.width)
                 ]
-                mw = _shuffle(f, ht, hv, "zeroinitializer", idx, "mw")
+                mw = shuffle(f, ht, hv, "zeroinitializer", idx, "mw")
                 mins.fma(i, 0, mw, sig, mins.width)
 
 
@@ -820,7 +788,7 @@ class _Generic(_Path):
         scales = [self.scales(w, b0, nb) for _, w in wrows]
         weights = [[self.block(w, f.add(b0, j)) for j in range(nb)] for _, w in wrows]
         for j, tok in enumerate(toks):
-            xs = f.load(_vec(nl, "float"), self.region(tok, "dxs", b0, 4 * lpb))
+            xs = f.load(vec(nl, "float"), self.region(tok, "dxs", b0, 4 * lpb))
             acts = [
                 f(
                     f"sext <32 x i8> {f.load('<32 x i8>', f.gep(tok, f.mul(f.add(b0, i), QK), 'i8'), 16)} to <32 x i32>",
@@ -829,11 +797,11 @@ class _Generic(_Path):
                 for i in range(nb)
             ]
             for k, (i, _) in enumerate(wrows):
-                c = f(f"fmul {_vec(nl, 'float')} {scales[k]}, {xs}", "c")
+                c = f(f"fmul {vec(nl, 'float')} {scales[k]}, {xs}", "c")
                 for b, (w, x32) in enumerate(zip(weights[k], acts, strict=True)):
                     lanes = f(f"sitofp <8 x i32> {self.partial_sums(w, x32)} to <8 x float>", "sf")
                     acc.fma(
-                        i, j, lanes, _shuffle(f, _vec(nl, "float"), c, "poison", [b * lpb] * 8), 8
+                        i, j, lanes, shuffle(f, vec(nl, "float"), c, "poison", [b * lpb] * 8), 8
                     )
                 if mins is not None:
                     mins.add(i, j, c, nl)
@@ -844,9 +812,9 @@ class _Generic(_Path):
         f = self.f
         w32 = f(f"sext <32 x i8> {w} to <32 x i32>", "w32")
         prod = f(f"mul nsw <32 x i32> {w32}, {x32}", "prod")
-        even, odd = (_shuffle(f, "<32 x i32>", prod, "poison", range(k, 32, 2)) for k in (0, 1))
+        even, odd = (shuffle(f, "<32 x i32>", prod, "poison", range(k, 32, 2)) for k in (0, 1))
         pairs = f(f"add nsw <16 x i32> {even}, {odd}", "pairs")
-        lo, hi = (_shuffle(f, "<16 x i32>", pairs, "poison", range(k, k + 8)) for k in (0, 8))
+        lo, hi = (shuffle(f, "<16 x i32>", pairs, "poison", range(k, k + 8)) for k in (0, 8))
         return f(f"add nsw <8 x i32> {lo}, {hi}", "ps")
 
     def scales(self, row: str, b0: str | int, nb: int) -> str:
@@ -862,7 +830,7 @@ class _Generic(_Path):
         raw = f.load("<16 x i8>", start, 1)
         lo = f(f"and <16 x i8> {raw}, splat (i8 15)", "lo")
         hi = f(f"lshr <16 x i8> {raw}, splat (i8 4)", "hi")
-        q = _shuffle(f, "<16 x i8>", lo, hi, range(32), "wq")
+        q = shuffle(f, "<16 x i8>", lo, hi, range(32), "wq")
         if fmt.high_bits:
             qh = f.load("i32", f.gep(block, fmt.head, "i8"), 1)
             q = f(f"or <32 x i8> {q}, {fifth_bits(f, 'i32', qh, 32)}", "q5")
@@ -876,7 +844,7 @@ class _Sums:
     """One `<width x float>` accumulator per (row, token)."""
 
     def __init__(self, f: FunctionWriter, width: int, nrow: int, ntok: int, hint: str):
-        self.f, self.width, self.ty = f, width, _vec(width, "float")
+        self.f, self.width, self.ty = f, width, vec(width, "float")
         self.vars = [
             [f.var(self.ty, "zeroinitializer", hint) for _ in range(ntok)] for _ in range(nrow)
         ]
@@ -892,14 +860,14 @@ class _Sums:
         if n == self.width:
             return v
         idx = list(range(n)) + [n] * (self.width - n)
-        return _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "wide")
+        return shuffle(self.f, vec(n, "float"), v, "zeroinitializer", idx, "wide")
 
     def add(self, i: int, j: int, v: str, n: int) -> None:
         self.set(i, j, self.f(f"fadd {self.ty} {self.get(i, j)}, {self.widen(v, n)}", "acc"))
 
     def fma(self, i: int, j: int, a: str, b: str, n: int) -> None:
         """acc += a*b (n lanes; fused when they fill the accumulator)."""
-        t = _vec(n, "float")
+        t = vec(n, "float")
         if n != self.width:
             self.add(i, j, self.f(f"fmul {t} {a}, {b}", "prod"), n)
             return
@@ -910,7 +878,7 @@ class _Sums:
         """acc lane t += lane where[t] of an n-lane vector v (the other lanes += 0)."""
         idx = [where.get(t, n) for t in range(self.width)]
         self.add(
-            i, j, _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "pl"), self.width
+            i, j, shuffle(self.f, vec(n, "float"), v, "zeroinitializer", idx, "pl"), self.width
         )
 
     def group_totals(self, lanes: int) -> str:
@@ -926,7 +894,7 @@ class _Sums:
         n = batch * per
         while len(parts) > 1:  # concatenated, in order
             parts = [
-                _shuffle(f, _vec(n, "float"), a, b, range(2 * n), "cat")
+                shuffle(f, vec(n, "float"), a, b, range(2 * n), "cat")
                 for a, b in zip(parts[::2], parts[1::2], strict=True)
             ]
             n *= 2
@@ -936,7 +904,7 @@ class _Sums:
         """acc += the `lanes` of an n-lane vector v (in the low lanes, the rest zero)."""
         idx = list(lanes) + [n] * (self.width - len(lanes))
         self.add(
-            i, j, _shuffle(self.f, _vec(n, "float"), v, "zeroinitializer", idx, "fold"), self.width
+            i, j, shuffle(self.f, vec(n, "float"), v, "zeroinitializer", idx, "fold"), self.width
         )
 
     def totals(self, exact: bool = False) -> str:
@@ -958,7 +926,7 @@ def _hsums(
     merge into one whose lane groups add each input group's halves (a transpose-and-add
     tree), then each group left sums within itself.  Every group's sum is the same halving
     tree, whichever group or vector it is."""
-    n, ty = len(vs), _vec(width, "float")
+    n, ty = len(vs), vec(width, "float")
     lanes = group or width
     assert n & (n - 1) == 0 and n * (width // lanes) <= width, n
     n *= width // lanes
@@ -972,8 +940,8 @@ def _hsums(
         merged = []
         for a, b in zip(vs[::2], vs[1::2], strict=True):
             x, y = (
-                _shuffle(f, ty, a, b, lo, "lo"),
-                _shuffle(f, ty, a, b, [m + half for m in lo], "hi"),
+                shuffle(f, ty, a, b, lo, "lo"),
+                shuffle(f, ty, a, b, [m + half for m in lo], "hi"),
             )
             merged.append(f(f"fadd{flags} {ty} {x}, {y}", "hs"))
         vs, lanes = merged, half
@@ -981,6 +949,6 @@ def _hsums(
     while lanes > 1:
         half = lanes // 2
         idx = [i + half if i % lanes < half else i for i in range(width)]
-        v = f(f"fadd{flags} {ty} {v}, {_shuffle(f, ty, v, 'poison', idx, 'sw')}", "hs")
+        v = f(f"fadd{flags} {ty} {v}, {shuffle(f, ty, v, 'poison', idx, 'sw')}", "hs")
         lanes = half
-    return _shuffle(f, ty, v, "poison", [g * (width // n) for g in range(n)], "sums")
+    return shuffle(f, ty, v, "poison", [g * (width // n) for g in range(n)], "sums")
