@@ -6,6 +6,7 @@ three placements (pipeline and tensor parallel on 2 ranks, and one rank) each at
 link and at 1 Gbit/s + 1 ms.
 
     python benchmarks/predictions.py [--tokens 48] [--repeat 3] [--measure-now] [--json F]
+                                     [--placement tensor] ...
 
 The cells are run in turns (every cell once per round) and each keeps its best round: the
 machine is shared, and a round slowed by another process says nothing about the model.
@@ -56,6 +57,11 @@ def main(argv=None) -> None:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--measure-now", action="store_true", help="measure the machine afresh")
+    p.add_argument(
+        "--placement",
+        action="append",
+        help="only the placements whose name contains this (repeatable; default: all three)",
+    )
     args = p.parse_args(argv)
     if args.measure_now:
         os.environ["CKEIR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ckeir-predictions-")
@@ -65,7 +71,12 @@ def main(argv=None) -> None:
     host = host_description()
     repeat = args.repeat or 3
     cells = []
-    for name, spec in PLACEMENTS:
+    chosen = [
+        (name, spec)
+        for name, spec in PLACEMENTS
+        if not args.placement or any(w in name for w in args.placement)
+    ]
+    for name, spec in chosen:
         prog = ckeir.compile(ROOT / spec, backend="reference")
         for link_name, links in link_settings(prog):
             cells.append({"placement": name, "link": link_name, "prog": prog, "links": links})
