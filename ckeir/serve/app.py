@@ -12,6 +12,7 @@ while the model loads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from ckeir.serve.model import Generation, ServedModel, check_prompt
 from ckeir.serve.openai import Answer, APIError, parse_request, usage
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+HANG_UP_POLL_S = 0.1  # how often a plain request looks whether its client is still there
 
 
 def create_app(model: ServedModel, on_failure=None) -> Starlette:
@@ -99,7 +101,11 @@ def create_app(model: ServedModel, on_failure=None) -> Starlette:
         answer = Answer(chat, m.name)
         if req.stream:
             return EventSourceResponse(_events(gen, answer, req), ping=15, sep="\n")
-        text = "".join([piece async for piece in gen.pieces()])
+        watch = asyncio.create_task(_cancel_on_hang_up(request, gen))
+        try:
+            text = "".join([piece async for piece in gen.pieces()])
+        finally:
+            watch.cancel()
         return JSONResponse(
             answer.whole(text, gen.finish_reason, usage(len(ids), gen.completion_tokens))
         )
@@ -159,6 +165,15 @@ async def _events(gen: Generation, answer: Answer, req):
     finally:
         if not gen.seq.done:
             gen.seq.cancel()
+
+
+async def _cancel_on_hang_up(request: Request, gen: Generation) -> None:
+    """A plain request's client that hangs up before its answer frees the slot too."""
+    while not gen.seq.done:
+        if await request.is_disconnected():
+            gen.seq.cancel()
+            return
+        await asyncio.sleep(HANG_UP_POLL_S)
 
 
 def _data(obj: dict) -> dict:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,27 @@ import urllib.request
 from cli_runner import command, start_ckec
 
 LOAD_SECONDS = 600  # a cold compile on a loaded machine; the tests wait for "finishes"
+
+
+def streamed_text(client, prompt, **options) -> str:
+    """A streamed completion's text, its chunks joined."""
+    stream = client.completions.create(model="smollm2", prompt=prompt, stream=True, **options)
+    return "".join(c.choices[0].text for c in stream)
+
+
+def streamed_together(client, prompts, **options) -> list[str]:
+    """Each prompt's streamed completion, all at once (a thread each)."""
+    texts: list[str | None] = [None] * len(prompts)
+
+    def run(i):
+        texts[i] = streamed_text(client, prompts[i], **options)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return texts
 
 
 def free_port() -> int:

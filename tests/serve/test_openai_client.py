@@ -7,11 +7,10 @@ module (started once, 4 slots)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
-from server import Server
+from server import Server, streamed_text, streamed_together
 from smollm2 import SPEC, needs_smollm2
 
 import ckeir
@@ -72,7 +71,7 @@ def test_greedy_completion_is_generate(client, prog):
     assert r.choices[0].text == tk.decode(prog.generate(ids, 12))
 
 
-def test_chat_plain_is_chat_streamed(client, prog):
+def test_chat_plain_is_chatstreamed_text(client, prog):
     tk = prog.tokenizer
     plain = client.chat.completions.create(
         model="smollm2", messages=CHAT, max_tokens=40, temperature=0
@@ -103,11 +102,6 @@ def test_chat_plain_is_chat_streamed(client, prog):
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def _streamed(client, prompt, **options) -> str:
-    stream = client.completions.create(model="smollm2", prompt=prompt, stream=True, **options)
-    return "".join(c.choices[0].text for c in stream)
-
-
 def test_concurrent_streams_each_give_what_they_give_alone(server, client):
     options = dict(max_tokens=24, temperature=0)
     alone = [
@@ -115,16 +109,7 @@ def test_concurrent_streams_each_give_what_they_give_alone(server, client):
         for p in PROMPTS
     ]
     before = server.metrics()
-    together: list[str | None] = [None] * len(PROMPTS)
-
-    def run(i):
-        together[i] = _streamed(client, PROMPTS[i], **options)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    together = streamed_together(client, PROMPTS, **options)
     assert together == alone
     after = server.metrics()
     steps = after["ckeir_steps_total"] - before["ckeir_steps_total"]
@@ -137,7 +122,7 @@ def test_concurrent_streams_each_give_what_they_give_alone(server, client):
 
 def test_same_seed_same_text_other_seed_other_text(client):
     def draw(seed):
-        return _streamed(client, PROMPTS[1], max_tokens=24, temperature=1.0, seed=seed)
+        return streamed_text(client, PROMPTS[1], max_tokens=24, temperature=1.0, seed=seed)
 
     first = draw(7)
     assert draw(7) == first
@@ -158,7 +143,7 @@ def test_stop_strings_are_left_out(client):
     )
     assert r.choices[0].text == greedy.text[: greedy.text.index(stop)]
     assert r.choices[0].finish_reason == "stop"
-    streamed = _streamed(client, PROMPTS[1], max_tokens=24, temperature=0, stop=stop)
+    streamed = streamed_text(client, PROMPTS[1], max_tokens=24, temperature=0, stop=stop)
     assert streamed == r.choices[0].text
 
 
@@ -200,22 +185,28 @@ def test_bad_chat_requests_through_the_client(client):
     assert r.usage.completion_tokens <= 3
 
 
-def test_a_client_that_hangs_up_frees_its_slot(server, client):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_frees_its_slot(server, client, stream):
+    import openai
+
     before = server.metrics()
-    stream = client.completions.create(
-        model="smollm2", prompt=PROMPTS[2], max_tokens=4000, temperature=0, stream=True
-    )
-    for i, _ in enumerate(stream):
-        if i == 3:
-            break
-    stream.close()  # the connection goes; the sequence should too
+    options = dict(model="smollm2", prompt=PROMPTS[2], max_tokens=4000, temperature=0)
+    if stream:
+        chunks = client.completions.create(stream=True, **options)
+        for i, _ in enumerate(chunks):
+            if i == 3:
+                break
+        chunks.close()  # the connection goes; the sequence should too
+    else:
+        with pytest.raises(openai.APITimeoutError):  # the client gives up waiting
+            client.with_options(timeout=1.0).completions.create(**options)
     cancelled = 'ckeir_requests_finished_total{reason="cancelled"}'
     for _ in range(6000):  # polls until the server has seen it (bounded: it must finish)
         m = server.metrics()
         if m[cancelled] > before[cancelled]:
             break
         time.sleep(0.02)
-    assert m["ckeir_busy_slots"] == 0
+    assert m[cancelled] == before[cancelled] + 1 and m["ckeir_busy_slots"] == 0
     generated = m["ckeir_generated_tokens_total"] - before["ckeir_generated_tokens_total"]
     assert generated < 4000  # it stopped long before its max_tokens
 

@@ -5,12 +5,11 @@ SIGTERM to the launcher stops every rank cleanly; under mpiexec too."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 from needs import needs_mpi
-from server import Server
+from server import Server, streamed_together
 from smollm2 import SPEC, needs_smollm2
 
 import ckeir
@@ -38,20 +37,13 @@ def test_greedy_text_is_one_rank_generate(server):
 
 
 def test_concurrent_sampled_streams_each_as_alone(server):
-    options = dict(model="smollm2", max_tokens=20, temperature=0.9, seed=11)
+    options = dict(max_tokens=20, temperature=0.9, seed=11)
     with server.client() as client:
-        alone = [client.completions.create(prompt=p, **options).choices[0].text for p in PROMPTS]
-        together = [None] * len(PROMPTS)
-
-        def run(i):
-            stream = client.completions.create(prompt=PROMPTS[i], stream=True, **options)
-            together[i] = "".join(c.choices[0].text for c in stream)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        alone = [
+            client.completions.create(model="smollm2", prompt=p, **options).choices[0].text
+            for p in PROMPTS
+        ]
+        together = streamed_together(client, PROMPTS, **options)
     assert together == alone
     m = server.metrics()
     assert m["ckeir_slots"] == 4 and m["ckeir_busy_slots"] == 0
