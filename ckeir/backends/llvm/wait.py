@@ -270,13 +270,24 @@ def _sleep_until_ready(f: FunctionWriter, ready, ok, sleep: Sleep, out: str) -> 
     f.start(f.label("unreachable"))
 
 
-def wait_for_time(f: FunctionWriter, due_ns: str, word: str, shared: bool) -> None:
+def wait_for_time(
+    f: FunctionWriter,
+    due_ns: str,
+    word: str,
+    shared: bool,
+    abandon: Callable[[], str] | None = None,
+) -> None:
     """Return once CLOCK_MONOTONIC reaches `due_ns` (an i64 value), to about a microsecond:
     asleep on the futex `word` (any change of it wakes the waiter early, which then goes
-    back to sleep) until `DEADLINE_SPIN_S` before the moment, then spinning."""
+    back to sleep) until `DEADLINE_SPIN_S` before the moment, then spinning; or as soon as
+    `abandon()` (emits IR, returns an i1) holds, checked at every wake-up."""
     head, nap, pause, out = (f.label(x) for x in ("due_head", "due_nap", "due_pause", "due_out"))
     f.br(head)
     f.start(head)
+    if abandon is not None:
+        go_on = f.label("due_go_on")
+        f.cbr(abandon(), out, go_on)
+        f.start(go_on)
     now = now_ns(f)
     left = f(f"sub i64 {due_ns}, {now}", "left")
     f.cbr(f(f"icmp sle i64 {left}, 0"), out, pause)

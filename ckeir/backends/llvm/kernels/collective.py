@@ -258,14 +258,21 @@ def send_helper() -> Kernel:
 def _hold_for_link(f: FunctionWriter, total: str) -> None:
     """Over a simulated link, hold the message until the link would deliver it: the step's
     start (its record's t0) + latency + bytes / bandwidth, as the transport's own sends do
-    (`transport.base.Link.delay`); the receiver sees it from then on."""
+    (`transport.base.Link.delay`); the receiver sees it from then on.  A world that fails
+    meanwhile ends the hold (the wait that follows reports it)."""
     latency = _peer(f, "%comm", "%peer", P_LINK_NS, "i64")
     with f.if_(f(f"icmp sge i64 {latency}, 0", "shaped")):
         ps = _peer(f, "%comm", "%peer", P_LINK_PS, "i64")
         wire = f(f"sdiv i64 {f.mul(total, ps)}, 1000", "wire")
         t0 = f.load("i64", _record(f, "%comm", "%step", R_T0), 8)
         due = f.add(t0, f.add(latency, wire))
-        wait.wait_for_time(f, due, _word(f, "%comm", C_BELL, "ptr"), True)
+        failed = _word(f, "%comm", C_FAILED, "ptr")
+
+        def world_failed() -> str:  # the launcher or a rank rings every bell then
+            word = f(f"load atomic i32, ptr {failed} acquire, align 4")
+            return f(f"icmp ne i32 {word}, 0")
+
+        wait.wait_for_time(f, due, _word(f, "%comm", C_BELL, "ptr"), True, world_failed)
 
 
 def await_helper() -> Kernel:
