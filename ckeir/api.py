@@ -27,6 +27,7 @@ from ckeir.runtime.batching import (
 from ckeir.runtime.generate import GenerationStats, check_request, generate_stream
 from ckeir.runtime.memory import Region, huge_pages_wanted
 from ckeir.runtime.sampling import Sampler, Sampling
+from ckeir.runtime.tokenizer import TextStream, check_stop
 from ckeir.runtime.weights import dequantize_rows, file_weights, pack, random_weights
 
 
@@ -308,38 +309,66 @@ class Program:
         **sampling,
     ):
         """Yield token ids as they are generated: greedy, or sampled as `sampling` says
-        (see `sampler`).  `pin`: the pool threads on CPUs of their own while generating
-        (None: the Program's choice, see `wants_pinning`)."""
+        (see `sampler`); `stop=[text, ...]` ends the stream with the id whose text reaches
+        one of the strings (see `text_stream`).  `pin`: the pool threads on CPUs of their
+        own while generating (None: the Program's choice, see `wants_pinning`)."""
         ids = self.check_request(ids, max_new_tokens)
         options = dict(sampling or self.generation_options)
         stop_when = options.pop("stop_when", None)
+        text = self.text_stream(options.pop("stop", None))
         sampler = self.sampler(**options)
         engine = self.engine
         tokens = generate_stream(
             engine, ids, max_new_tokens, self.config.vocab, stats, on_logits, sampler
         )
-        return self._pinned_stream(tokens, pin, stop_when)
+        return self._pinned_stream(tokens, pin, stop_when, text)
 
-    def _pinned_stream(self, tokens, pin: bool | None, stop_when=None):
+    def _pinned_stream(self, tokens, pin: bool | None, stop_when=None, text=None):
         with self.pinned_threads(pin):
             for token in tokens:
                 yield token
-                if stop_when is not None and stop_when():
+                if text is not None:
+                    text.push(token)
+                if (stop_when is not None and stop_when()) or (text and text.stopped):
                     tokens.close()  # the generation ends here (stats count what was made)
                     return
+
+    def text_stream(self, stop=None) -> TextStream | None:
+        """Generated ids to text for stop strings (`tokenizer.TextStream`); None without
+        any.  Stop strings are text: the model file must carry a tokenizer."""
+        stop = check_stop(stop)
+        if not stop:
+            return None
+        if self.tokenizer is None:
+            raise CkeError("stop strings are text, and this model's file has no tokenizer")
+        return TextStream(self.tokenizer, stop)
+
+    def cut_at_stop(self, ids: list[int], stop=None) -> list[int]:
+        """`ids` up to the one whose text reaches a stop string (all of them if none does)."""
+        text = self.text_stream(stop)
+        if text is None:
+            return ids
+        for n, token in enumerate(ids, 1):
+            text.push(token)
+            if text.stopped:
+                return ids[:n]
+        return ids
 
     def generate(
         self, ids, max_new_tokens: int = 16, *, pin: bool | None = None, **sampling
     ) -> list[int]:
         """The continuation of `ids` (a list of token ids): the new token ids, greedy unless
         `sampling` says otherwise (temperature, top_k, top_p, min_p, seed, penalties: see
-        `sampler`; the same seed gives the same ids).  A schedule over several nodes runs
+        `sampler`; the same seed gives the same ids; `stop`: as for `stream`).  A schedule
+        over several nodes runs
         here as local ranks (one process each), unless this Program is already one rank of
         a running world.  `pin`: as for `stream`."""
         if self.world_size > 1 and self.transport is None:
             ids = self.check_request(ids, max_new_tokens)
+            stop = sampling.pop("stop", None)
             self.sampler(**sampling)  # refused unless greedy
-            return run_local(self, ids, max_new_tokens, pin=pin)["tokens"]
+            tokens = run_local(self, ids, max_new_tokens, pin=pin)["tokens"]
+            return self.cut_at_stop(tokens, stop)
         return list(self.stream(ids, max_new_tokens, pin=pin, **sampling))
 
     def memory_regions(self) -> list[Region]:
@@ -412,21 +441,34 @@ class Program:
         alone with the same `sampling` options (each prompt samples with a random state of
         its own, seeded by `seed` if given; a continuation that would pass the context stops
         there).  More prompts than `slots` wait for a free slot.  Every prompt is checked
-        before any runs; an error names the prompt.
+        before any runs; an error names the prompt.  `stop`: as for `stream`, each
+        sequence ending at its own stop string.
 
         A `batch N` schedule over pipeline stages runs here on local ranks (rank 0 schedules
         over `PipelineSlots`, greedy for now).  `report`: also return the run's report
         (`reports.run.many_report`), as (ids, report)."""
+        stop = sampling.pop("stop", None)
+        self.text_stream(stop)  # checked before any work
         options = Sampling.of(**sampling)
         c = self.config
         prompts = check_prompts(  # refused before any rank starts
             prompts, lambda ids: check_batched_request(ids, max_new_tokens, c.vocab, c.context)
         )
         if report or (self.world_size > 1 and self.transport is None):
-            return self._many_on_ranks(prompts, max_new_tokens, options, report)
+            out = self._many_on_ranks(prompts, max_new_tokens, options, report)
+            ids = out[0] if report else out
+            ids = [self.cut_at_stop(t, stop) for t in ids]
+            return (ids, out[1]) if report else ids
         engine = self.slot_engine(slots)
         with Scheduler(engine) as scheduler:
-            seqs = [scheduler.submit(ids, max_new_tokens, pick=options.pick()) for ids in prompts]
+            seqs = []
+            for ids in prompts:
+                stopper = _Stopper(self.text_stream(stop))
+                seq = scheduler.submit(
+                    ids, max_new_tokens, pick=options.pick(), on_token=stopper.on_token
+                )
+                stopper.seq = seq
+                seqs.append(seq)
             scheduler.run()
             return [seq.result() for seq in seqs]
 
@@ -479,6 +521,20 @@ class Program:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Stopper:
+    """A scheduler sequence's `on_token` that ends it (cancelled, its ids kept) once its
+    text reaches a stop string."""
+
+    def __init__(self, text: TextStream | None):
+        self.text, self.seq = text, None
+
+    def on_token(self, token: int) -> None:
+        if self.text is not None:
+            self.text.push(token)
+            if self.text.stopped and self.seq is not None:
+                self.seq.cancel()
 
 
 def compile(spec_path, **options) -> Program:  # noqa: A001
