@@ -52,7 +52,7 @@ def _rope(x, pos, theta, head_dim, style):
     return _f32(out.reshape(t, width))
 
 
-def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer):
+def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer, window=0):
     t = q.shape[0]
     kcache[layer, pos : pos + t] = k
     vcache[layer, pos : pos + t] = v
@@ -65,14 +65,18 @@ def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer):
     for h in range(heads):
         g = h // group
         s = qh[:, h, :] @ keys[:, g, :].T / np.sqrt(head_dim)  # (t, n)
-        s[np.arange(n)[None, :] > (pos + np.arange(t))[:, None]] = -np.inf
+        at = (pos + np.arange(t))[:, None]  # each row's position; it sees keys at..at-W+1
+        keys_at = np.arange(n)[None, :]
+        s[(keys_at > at) | ((keys_at <= at - window) if window else False)] = -np.inf
         p = np.exp(s - s.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         out[:, h, :] = p @ vals[:, g, :]
     return _f32(out.reshape(t, heads * head_dim))
 
 
-def _batched_attention(q, k, v, kcache, vcache, pos, slots, heads, kv_heads, head_dim, layer):
+def _batched_attention(
+    q, k, v, kcache, vcache, pos, slots, heads, kv_heads, head_dim, layer, window=0
+):
     """Row t in slot slots[t] at position pos[t]: one sequence's one-row attention on its
     slot's cache."""
     out = [
@@ -87,6 +91,7 @@ def _batched_attention(q, k, v, kcache, vcache, pos, slots, heads, kv_heads, hea
             kv_heads,
             head_dim,
             layer,
+            window,
         )  # fmt: skip
         for t, (p, s) in enumerate(zip(pos, slots, strict=True))
     ]
@@ -94,7 +99,7 @@ def _batched_attention(q, k, v, kcache, vcache, pos, slots, heads, kv_heads, hea
 
 
 def _attention_op(o, a, env):
-    shape = (a["heads"], a["kv_heads"], a["head_dim"], a["layer"])
+    shape = (a["heads"], a["kv_heads"], a["head_dim"], a["layer"], a.get("window", 0))
     if len(o) == 7:
         return _batched_attention(*o[:5], o[5], o[6], *shape)
     return _attention(*o[:5], int(o[5]), *shape)
@@ -116,9 +121,25 @@ def _requant(x, fmt):
     return _f32(quants.dequantize(quants.quantize(_f32(x), t), t))
 
 
-def _rmsnorm(x, w, eps):
+def _rmsnorm(x, w, eps, head_dim=None):
+    """Each row, or with head_dim each head_dim-wide head of a row, normed alone."""
     x64 = x.astype(np.float64)
-    return _f32(x64 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + eps) * w)
+    if head_dim is not None:
+        x64 = x64.reshape(-1, head_dim)
+    out = x64 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + eps) * w
+    return _f32(out.reshape(x.shape))
+
+
+def _gelu_mul(g, u):
+    """GELU's tanh form of the gate, times up."""
+    g64 = g.astype(np.float64)
+    inner = np.sqrt(2.0 / np.pi) * (g64 + 0.044715 * g64**3)
+    return _f32(0.5 * g64 * (1.0 + np.tanh(inner)) * u)
+
+
+def _embed(ids, table, scale):
+    rows = table[ids]
+    return _f32(rows if scale is None else rows.astype(np.float64) * scale)
 
 
 def _silu_mul(g, u):
@@ -128,12 +149,13 @@ def _silu_mul(g, u):
 
 # op name -> (operands, attributes, env) -> result
 SEMANTICS: dict[str, Callable] = {
-    "cke.embed": lambda o, a, env: _f32(o[1][o[0]]),
-    "cke.rmsnorm": lambda o, a, env: _rmsnorm(o[0], o[1], a["eps"]),
+    "cke.embed": lambda o, a, env: _embed(o[0], o[1], a.get("scale")),
+    "cke.rmsnorm": lambda o, a, env: _rmsnorm(o[0], o[1], a["eps"], a.get("head_dim")),
     "cke.matmul": lambda o, a, env: _matmul(o[0], o[1], a.get("act")),
     "cke.rope": lambda o, a, env: _rope(o[0], o[1], a["theta"], a["head_dim"], a["style"]),
     "cke.attention": _attention_op,
     "cke.silu_mul": lambda o, a, env: _silu_mul(o[0], o[1]),
+    "cke.gelu_mul": lambda o, a, env: _gelu_mul(o[0], o[1]),
     "cke.add": lambda o, a, env: _f32(o[0].astype(np.float64) + o[1]),
     "cke.last_token": lambda o, a, env: o[0][-1:],
     "cke.argmax": lambda o, a, env: np.argmax(o[0], axis=1).astype(np.int32),

@@ -243,10 +243,18 @@ def _check_embed(op: Operation) -> None:
 
 
 def _check_rowwise(op: Operation) -> None:
-    """rmsnorm: x [T, D], w [D]."""
+    """rmsnorm: x [T, D], w [D]; with head_dim, each head_dim-wide head of a row is normed
+    alone and w is [head_dim]."""
     x, w = _ranked(op, 0, 2), _ranked(op, 1, 1)
-    if x is not None and w is not None:
-        _dims_match(op, "weight length vs row length", w.shape[0], x.shape[1])
+    hd = op.attr("head_dim")
+    if hd is None:
+        if x is not None and w is not None:
+            _dims_match(op, "weight length vs row length", w.shape[0], x.shape[1])
+        return
+    if w is not None:
+        _dims_match(op, "weight length vs head_dim", w.shape[0], hd)
+    if x is not None and x.shape[1] is not None and x.shape[1] % hd:
+        fail(op, f"row length {x.shape[1]} is not a multiple of head_dim {hd}")
 
 
 def _infer_matmul(op: Operation):
@@ -330,6 +338,11 @@ def _check_attention(op: Operation) -> None:
         layers = c.shape[-3]
         if layers is not None and not 0 <= op.attr("layer") < layers:
             fail(op, f"layer {op.attr('layer')} outside the cache's {layers} layers")
+    window = op.attr("window")
+    if window is not None:
+        context = op.operands[3].type.shape[-2]
+        if context is not None and window >= context:
+            fail(op, f"window {window} is not shorter than the cache's context of {context}")
     pos = op.operands[5].type
     if not batched:
         if not isinstance(pos, IntegerType):
@@ -420,20 +433,21 @@ DEFS = [
     ),
     OpDef(
         "cke.embed",
-        "out[t] = table[ids[t]].",
+        "out[t] = table[ids[t]] (times `scale` if given: Gemma's sqrt(hidden)).",
         operands=("ids", "table"),
         results=("out",),
-        optional=PLACED,
+        optional={**PLACED, "scale": Float(1e-6, float(L.MAX_HIDDEN))},
         check=_both(_check_embed),
         infer=_infer_embed,
     ),
     OpDef(
         "cke.rmsnorm",
-        "out = x / sqrt(mean(x^2) + eps) * w, row by row.",
+        "out = x / sqrt(mean(x^2) + eps) * w, row by row; with head_dim, each "
+        "head_dim-wide head of a row alone (w: one head's gains; Gemma's Q/K norms).",
         operands=("x", "w"),
         results=("out",),
         attributes={"eps": Float(L.MIN_NORM_EPS, L.MAX_NORM_EPS)},
-        optional=PLACED,
+        optional={**PLACED, "head_dim": Int(1, L.MAX_HIDDEN)},
         check=_both(_check_rowwise),
         infer=_same_as(0),
     ),
@@ -476,7 +490,8 @@ DEFS = [
         "Stores k, v at rows pos.. of the layer's KV cache, then causal "
         "grouped-query attention of q over cache rows 0..pos+t.  With slots (rank-4 "
         "caches, per-row pos): row t stores at cache[slots[t], layer, pos[t]] and attends "
-        "over cache[slots[t], layer, 0..pos[t]], its own sequence only.",
+        "over cache[slots[t], layer, 0..pos[t]], its own sequence only.  With window W "
+        "(sliding-window attention) row t at position p attends to keys p-W+1..p only.",
         operands=("q", "k", "v", "kcache", "vcache", "pos", "*slots"),
         results=("out",),
         attributes={
@@ -485,13 +500,23 @@ DEFS = [
             "head_dim": Int(1, L.MAX_HIDDEN),
             "layer": LAYER,
         },
-        optional={"offset": PLACED["offset"]},
+        optional={"offset": PLACED["offset"], "window": Int(1, L.MAX_CONTEXT)},
         check=_both(_check_attention),
         infer=_same_as(0),
     ),
     OpDef(
         "cke.silu_mul",
         "out = silu(gate) * up (SwiGLU).",
+        operands=("gate", "up"),
+        results=("out",),
+        optional=PLACED,
+        check=_both(_check_same_shapes),
+        infer=_same_as(0),
+    ),
+    OpDef(
+        "cke.gelu_mul",
+        "out = gelu(gate) * up, GELU's tanh form (GeGLU, Gemma's FFN): "
+        "gelu(x) = x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).",
         operands=("gate", "up"),
         results=("out",),
         optional=PLACED,

@@ -39,7 +39,7 @@ from ckeir.frontend.ast import (
 )
 from ckeir.frontend.parser import parse
 
-KNOWN_FAMILIES = ("llama",)
+KNOWN_FAMILIES = ("gemma3", "llama")  # one module each in ckeir/models (FAMILY)
 
 # With random weights nothing can come from a file, so these must be stated.
 REQUIRED_WITH_RANDOM_WEIGHTS = ("family", "vocab", "hidden", "layers", "heads", "ffn", "context")

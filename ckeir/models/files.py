@@ -44,7 +44,8 @@ from ckeir.limits import (
     MIN_NORM_EPS,
     MIN_ROPE_THETA,
 )
-from ckeir.models.llama import LlamaConfig
+from ckeir.models.family import by_arch, known_families
+from ckeir.models.transformer import ModelConfig
 
 
 @attrs.frozen
@@ -130,7 +131,12 @@ class ModelFile:
         found = (_LAYER.match(name) for name in self.tensors)
         return max((int(m[1]) + 1 for m in found if m), default=0)
 
-    def check_config(self, cfg: LlamaConfig) -> None:
+    def family_params(self) -> dict:
+        """What the config takes from the file beyond the spec's hyper-parameters (a GGUF
+        gemma3's head width, sliding window and local RoPE base); {} for a llama."""
+        return {}
+
+    def check_config(self, cfg: ModelConfig) -> None:
         """The file holds every tensor `cfg` needs, in the shape it needs, and no more layers.
         Cheap (the tensor table only), so it runs before any IR is built or weight read: a
         layer count or a width the tensors contradict never sizes any work."""
@@ -430,11 +436,7 @@ def _tensor_ok(t, size: int) -> bool:
 
 
 _REQUIRED = object()
-_HEAD_DIM_KEYS = (
-    "llama.rope.dimension_count",
-    "llama.attention.key_length",
-    "llama.attention.value_length",
-)
+_HEAD_DIM_KEYS = ("rope.dimension_count", "attention.key_length", "attention.value_length")
 
 
 class GGUFFile(ModelFile):
@@ -546,36 +548,59 @@ class GGUFFile(ModelFile):
 
     # ---- hyper-parameters ---------------------------------------------------------------------
 
-    def params(self) -> dict:
+    def family(self):
+        """The family of `general.architecture` (ckeir.models.family)."""
         arch = self.text("general.architecture")
-        if arch != "llama":
-            raise ModelFileError(f"{self.path}: architecture '{arch}' is not supported (llama)")
+        fam = by_arch(arch)
+        if fam is None:
+            raise ModelFileError(
+                f"{self.path}: architecture '{arch}' (metadata 'general.architecture') is "
+                f"not one ckeir runs (families: {', '.join(known_families())})"
+            )
+        return fam
+
+    def params(self) -> dict:
+        fam = self.family()
+        a = fam.gguf_arch + "."  # every hyper-parameter key is prefixed by the architecture
         emb = self.require("token_embd.weight")
-        heads = self.integer("llama.attention.head_count", 1, MAX_HEADS)
+        heads = self.integer(a + "attention.head_count", 1, MAX_HEADS)
         p = {
-            "family": "llama",
-            "vocab": self.integer("llama.vocab_size", 1, MAX_VOCAB, default=emb.shape[0]),
-            "hidden": self.integer("llama.embedding_length", 1, MAX_HIDDEN),
-            "layers": self.integer("llama.block_count", 1, MAX_LAYERS),
+            "family": fam.name,
+            "vocab": self.integer(a + "vocab_size", 1, MAX_VOCAB, default=emb.shape[0]),
+            "hidden": self.integer(a + "embedding_length", 1, MAX_HIDDEN),
+            "layers": self.integer(a + "block_count", 1, MAX_LAYERS),
             "heads": heads,
-            "kv_heads": self.integer("llama.attention.head_count_kv", 1, heads, default=heads),
-            "ffn": self.integer("llama.feed_forward_length", 1, MAX_FFN),
-            "context": self.integer("llama.context_length", 1, MAX_CONTEXT),
+            "kv_heads": self.integer(a + "attention.head_count_kv", 1, heads, default=heads),
+            "ffn": self.integer(a + "feed_forward_length", 1, MAX_FFN),
+            "context": self.integer(a + "context_length", 1, MAX_CONTEXT),
             "norm_eps": self.real(
-                "llama.attention.layer_norm_rms_epsilon", MIN_NORM_EPS, MAX_NORM_EPS
+                a + "attention.layer_norm_rms_epsilon", MIN_NORM_EPS, MAX_NORM_EPS
             ),
             # only an absent key takes the usual base; a stated 0 is an error, not a default
             "rope_theta": self.real(
-                "llama.rope.freq_base", MIN_ROPE_THETA, MAX_ROPE_THETA, default=10000.0
+                a + "rope.freq_base", MIN_ROPE_THETA, MAX_ROPE_THETA, default=10000.0
             ),
             "tie_embeddings": "output.weight" not in self.tensors,
-            "rope_style": "interleaved",
+            "rope_style": fam.gguf_rope_style,
         }
-        self._check_params(p)
-        self.check_config(LlamaConfig(**{k: v for k, v in p.items() if k != "family"}))
+        self._check_params(p, a)
+        config = {k: v for k, v in p.items()} | self.family_params()
+        self.check_config(ModelConfig(**config))
         return p
 
-    def _check_params(self, p: dict) -> None:
+    def family_params(self) -> dict:
+        fam = self.family()
+        if fam.name == "llama":
+            return {}
+        a = fam.gguf_arch + "."
+        hd = self.integer(a + "attention.key_length", 1, MAX_HIDDEN)
+        self.integer(a + "attention.value_length", hd, hd, default=None)
+        extra = {"key_length": hd}
+        if fam.sliding_period:
+            extra["window"] = self.integer(a + "attention.sliding_window", 1, MAX_CONTEXT)
+        return extra
+
+    def _check_params(self, p: dict, a: str) -> None:
         """The hyper-parameters agree with each other and with the tensors present."""
         if not 1 <= p["vocab"] <= MAX_VOCAB:
             raise ModelFileError(
@@ -583,14 +608,12 @@ class GGUFFile(ModelFile):
                 f"more than the {MAX_VOCAB} tokens ckeir reads"
             )
         pairs = [
-            ("llama.embedding_length", p["hidden"], "llama.attention.head_count", p["heads"]),
-            (
-                "llama.attention.head_count",
-                p["heads"],
-                "llama.attention.head_count_kv",
-                p["kv_heads"],
-            ),
+            (a + "attention.head_count", p["heads"], a + "attention.head_count_kv", p["kv_heads"])
         ]
+        if p["family"] == "llama":  # a llama's heads are hidden / heads wide
+            pairs.insert(
+                0, (a + "embedding_length", p["hidden"], a + "attention.head_count", p["heads"])
+            )
         for whole_key, whole, part_key, part in pairs:
             if whole % part:
                 raise ModelFileError(
@@ -599,12 +622,14 @@ class GGUFFile(ModelFile):
                 )
         # ckeir rotates and attends over whole heads: a partial RoPE or a head width other
         # than hidden / heads would run, and compute something else
-        for key in _HEAD_DIM_KEYS:
-            self.integer(key, p["hidden"] // p["heads"], p["hidden"] // p["heads"], default=None)
+        if p["family"] == "llama":
+            for key in _HEAD_DIM_KEYS:
+                hd = p["hidden"] // p["heads"]
+                self.integer(a + key, hd, hd, default=None)
         present = self.layer_count()
         if p["layers"] != present:
             raise ModelFileError(
-                f"{self.path}: metadata 'llama.block_count' is {p['layers']}, but the file "
+                f"{self.path}: metadata '{a}block_count' is {p['layers']}, but the file "
                 f"holds tensors for {present} layers"
             )
 

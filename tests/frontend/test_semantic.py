@@ -77,7 +77,7 @@ def test_a_model_needs_weights():
 
 def test_unknown_family():
     err = error(MODEL.replace("family llama", "family gpt2"))
-    assert err.message == "unknown model family 'gpt2'" and err.hint == "known families: llama"
+    assert err.message == "unknown model family 'gpt2'" and err.hint == "known families: gemma3, llama"
     assert err.loc.col == 3
 
 

@@ -59,6 +59,10 @@ VALID = {
         ["tensor<2x128xf32>", "tensor<2x128xf32>"],
         '%r = "cke.silu_mul"(%a0, %a1) : (tensor<2x128xf32>, tensor<2x128xf32>) -> tensor<2x128xf32>',
     ),
+    "cke.gelu_mul": (
+        ["tensor<2x128xf32>", "tensor<2x128xf32>"],
+        '%r = "cke.gelu_mul"(%a0, %a1) : (tensor<2x128xf32>, tensor<2x128xf32>) -> tensor<2x128xf32>',
+    ),
     "cke.add": (
         ["tensor<2x64xf32>", "tensor<2x64xf32>"],
         '%r = "cke.add"(%a0, %a1) : (tensor<2x64xf32>, tensor<2x64xf32>) -> tensor<2x64xf32>',
@@ -446,6 +450,43 @@ SHAPE_ERRORS = [
         ["tensor<2x128xf32>", "tensor<2x64xf32>"],
         '%r = "cke.silu_mul"(%a0, %a1) : (tensor<2x128xf32>, tensor<2x64xf32>) -> tensor<2x128xf32>',
         "operands must have the same type",
+    ),
+    (
+        "gelu_mul of different shapes",
+        ["tensor<2x128xf32>", "tensor<2x64xf32>"],
+        '%r = "cke.gelu_mul"(%a0, %a1) : (tensor<2x128xf32>, tensor<2x64xf32>) -> tensor<2x128xf32>',
+        "operands must have the same type",
+    ),
+    (
+        "per-head rmsnorm gains of another width than a head",
+        ["tensor<2x64xf32>", "tensor<32xf32>"],
+        '%r = "cke.rmsnorm"(%a0, %a1) {eps = 1.000000e-05 : f64, head_dim = 16 : i64} : (tensor<2x64xf32>, tensor<32xf32>) -> tensor<2x64xf32>',
+        "weight length vs head_dim: 32 != 16",
+    ),
+    (
+        "per-head rmsnorm of rows that are not whole heads",
+        ["tensor<2x72xf32>", "tensor<16xf32>"],
+        '%r = "cke.rmsnorm"(%a0, %a1) {eps = 1.000000e-05 : f64, head_dim = 16 : i64} : (tensor<2x72xf32>, tensor<16xf32>) -> tensor<2x72xf32>',
+        "row length 72 is not a multiple of head_dim 16",
+    ),
+    (
+        "attention window as long as the cache",
+        [
+            "tensor<2x64xf32>",
+            "tensor<2x32xf32>",
+            "tensor<2x32xf32>",
+            "memref<2x8x32xf32>",
+            "memref<2x8x32xf32>",
+            "i64",
+        ],
+        '%r = "cke.attention"(%a0, %a1, %a2, %a3, %a4, %a5) {head_dim = 16 : i64, heads = 4 : i64, kv_heads = 2 : i64, layer = 1 : i64, window = 8 : i64} : (tensor<2x64xf32>, tensor<2x32xf32>, tensor<2x32xf32>, memref<2x8x32xf32>, memref<2x8x32xf32>, i64) -> tensor<2x64xf32>',
+        "window 8 is not shorter than the cache's context of 8",
+    ),
+    (
+        "embed scale of zero",
+        ["tensor<2xi32>", "tensor<10x64xf32>"],
+        '%r = "cke.embed"(%a0, %a1) {scale = 0.000000e+00 : f64} : (tensor<2xi32>, tensor<10x64xf32>) -> tensor<2x64xf32>',
+        "attribute 'scale' must be a float in",
     ),
     (
         "argmax of integers",

@@ -33,6 +33,7 @@ from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels import collective as C
 from ckeir.backends.llvm.kernels.common import FunctionWriter, Kernel
+from ckeir.backends.llvm.kernels.elementwise import gelu_mul, scale
 from ckeir.backends.llvm.kernels.quant_embed import qembed
 from ckeir.backends.llvm.kernels.transfer import q8_0_dequantize, q8_0_quantize, q8_0_requant
 from ckeir.backends.llvm.lower_attention import lower_attention
@@ -352,11 +353,20 @@ def _lower_embed(low: _Lowering, op: Operation) -> None:
     fmt = element_format(op.operands[1].type.element).name
     kern = K.embed(v, d, low.host) if fmt == "f32" else qembed(fmt, v, d, low.host)
     low.call(kern, _io(low, op), low.rows(op.operands[0]))
+    factor = op.attr("scale")
+    if factor is not None:  # Gemma's sqrt(hidden), on the rows just gathered
+        low.sync()
+        out = low.value_ptr(op.results[0])
+        low.call(scale(d, factor, low.host), [out, out], low.rows(op.operands[0]))
 
 
 def _lower_rmsnorm(low: _Lowering, op: Operation) -> None:
+    """Row by row; with head_dim, as rows of one head each (a row of H heads is H rows)."""
     d = _dims(op.operands[1])[0]
-    low.call(K.rmsnorm(d, op.attr("eps"), low.host), _io(low, op), low.rows(op.operands[0]))
+    rows = low.rows(op.operands[0])
+    if op.attr("head_dim") is not None:
+        rows = low.f.mul(rows, _dims(op.operands[0])[1] // d)
+    low.call(K.rmsnorm(d, op.attr("eps"), low.host), _io(low, op), rows)
 
 
 def _lower_matmul(low: _Lowering, op: Operation) -> None:
@@ -442,6 +452,7 @@ LOWER = {
     "cke.rope": _lower_rope,
     "cke.attention": lower_attention,
     "cke.silu_mul": _lower_elementwise(K.silu_mul),
+    "cke.gelu_mul": _lower_elementwise(gelu_mul),
     "cke.add": _lower_elementwise(K.add),
     "cke.last_token": _lower_last_token,
     "cke.argmax": _lower_argmax,

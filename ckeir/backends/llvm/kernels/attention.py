@@ -191,14 +191,15 @@ def attention(heads: int, kv_heads: int, head_dim: int, context: int, host: Host
 
 
 def attention_parts(
-    heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU
+    heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU, window: int = 0
 ) -> Kernel:
     """Split by keys: items (row, kv head, chunk of `split`); each leaves the partials of
     every query head of its kv head in `partials`, or, when the row has one chunk, the
-    output."""
+    output.  With a `window`, row t reads keys from pos+t+1-window only (`_window`)."""
     whole = _shape(heads, kv_heads, head_dim, host, group_size)
     chunk = _shape(heads, kv_heads, head_dim, host, register_group)
     name = f"attention_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{whole.w}"
+    name += f"_w{window}" if window else ""
     f = kernel_writer(name, 5)
     v = Vec(f, whole.w)
     span, count = _split(f)
@@ -208,20 +209,40 @@ def attention_parts(
         rest = f(f"sdiv i64 {item}, {count}", "tg")
         t, g = f(f"sdiv i64 {rest}, {kv_heads}", "t"), f(f"srem i64 {rest}, {kv_heads}", "g")
         keys = f.add(f.add("%pos", t), 1)
+        first = _window(f, keys, window)
         with f.if_(f(f"icmp eq i64 {count}, 1", "whole")):
 
             def output(head: _Head, row_head: str) -> None:
                 _store_output(f, v, whole, head, row_head, "%a4")
 
-            _attend_kv_head(f, v, whole, t, g, 0, keys, output)
+            _attend_kv_head(f, v, whole, t, g, first, keys, output)
         with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
-            lo = f.min(f.mul(c, span), keys)
+            lo, hi = _chunk_keys(f, c, span, keys, first)
 
             def partial(head: _Head, row_head: str) -> None:
                 _store_partial(f, v, chunk, head, _partial(f, chunk, "%a3", row_head, count, c))
 
-            _attend_kv_head(f, v, chunk, t, g, lo, f.min(f.add(lo, span), keys), partial)
+            _attend_kv_head(f, v, chunk, t, g, lo, hi, partial)
     return finish_kernel(f, ("q", "kcache", "vcache", "partials", "out"))
+
+
+def _window(f: FunctionWriter, keys: str, window: int) -> str | int:
+    """The first key a row with `keys` keys (0..keys-1) attends to: keys - window, or 0."""
+    if not window:
+        return 0
+    late = f.sub(keys, window)
+    return f(f"select i1 {f(f'icmp sgt i64 {late}, 0')}, i64 {late}, i64 0", "first")
+
+
+def _chunk_keys(f: FunctionWriter, c: str, span: str, keys: str, first) -> tuple[str, str]:
+    """Chunk c's keys [lo, hi): its share of 0..keys-1 from `first` on (a chunk wholly
+    before the window is empty: lo = hi, and its partials weigh nothing in the merge)."""
+    lo = f.min(f.mul(c, span), keys)
+    hi = f.min(f.add(lo, span), keys)
+    if first == 0:
+        return lo, hi
+    late = f(f"select i1 {f(f'icmp sgt i64 {first}, {lo}')}, i64 {first}, i64 {lo}", "lo")
+    return f.min(late, hi), hi
 
 
 def _attend_kv_head(
@@ -289,7 +310,13 @@ def _merge(
 
 
 def attention_rows_parts(
-    heads: int, kv_heads: int, head_dim: int, layers: int, context: int, host: HostCPU
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    layers: int,
+    context: int,
+    host: HostCPU,
+    window: int = 0,
 ) -> Kernel:
     """Batched decode, split by keys: row t (one sequence's token) reads the cache of slot
     slots[t] (kcache/vcache: this layer of slot 0; slots are L·C·KVD floats apart) over
@@ -300,7 +327,7 @@ def attention_rows_parts(
     chunk = _shape(heads, kv_heads, head_dim, host, register_group)
     name = (
         f"attention_rows_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_l{layers}_c{context}"
-        f"_v{whole.w}"
+        f"_v{whole.w}" + (f"_w{window}" if window else "")
     )
     f = kernel_writer(name, 7)
     v = Vec(f, whole.w)
@@ -315,22 +342,22 @@ def attention_rows_parts(
         slot = f(f"sext i32 {f.load('i32', f.gep('%a4', t, 'i32'))} to i64", "slot")
         base = f.mul(slot, slot_floats)
         caches = (f.gep("%a1", base), f.gep("%a2", base))
+        first = _window(f, keys, window)
         with f.if_(f(f"icmp eq i64 {count}, 1", "whole")):
             with f.if_(f(f"icmp eq i64 {c}, 0", "first")):
 
                 def output(head: _Head, row_head: str) -> None:
                     _store_output(f, v, whole, head, row_head, "%a6")
 
-                _attend_kv_head(f, v, whole, t, g, 0, keys, output, caches)
+                _attend_kv_head(f, v, whole, t, g, first, keys, output, caches)
         with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
             with f.if_(f(f"icmp slt i64 {c}, {count}", "mine")):
-                lo = f.min(f.mul(c, span), keys)
+                lo, hi = _chunk_keys(f, c, span, keys, first)
 
                 def partial(head: _Head, row_head: str) -> None:
                     dst = _partial(f, chunk, "%a5", row_head, MAX_CHUNKS, c)
                     _store_partial(f, v, chunk, head, dst)
 
-                hi = f.min(f.add(lo, span), keys)
                 _attend_kv_head(f, v, chunk, t, g, lo, hi, partial, caches)
     return finish_kernel(f, ("q", "kcache", "vcache", "positions", "slots", "partials", "out"))
 

@@ -1,4 +1,5 @@
-"""Row- and element-wise kernels: embed, rmsnorm, rope, kv_store, silu_mul, add, argmax.
+"""Row- and element-wise kernels: embed, rmsnorm, rope, kv_store, silu_mul, gelu_mul, scale,
+add, argmax.  A per-head RMSNorm (Gemma's Q/K norms) is `rmsnorm` over rows of one head.
 
 Batched decode (each row one sequence's token, at its own position in its own cache slot)
 has per-row variants: `rope(..., per_row=True)` reads each row's position from an i64
@@ -118,6 +119,31 @@ def silu_mul(dim: int, host: HostCPU) -> Kernel:
 
     f = _flat_map(f"silu_mul_f32_d{dim}_v{host.vector_width}", 2, dim, host, fn)
     return finish_kernel(f, ("g", "u", "out"))
+
+
+GELU_K = float(np.sqrt(2.0 / np.pi))
+
+
+def gelu_mul(dim: int, host: HostCPU) -> Kernel:
+    """out = gelu(g) * u, GELU's tanh form written as g * sigmoid(2·sqrt(2/π)·(g + 0.044715·g³))
+    (the same function: 1 + tanh(y) = 2·sigmoid(2y)), which saturates without overflow."""
+
+    def fn(v: Vec, ins: list[str]) -> str:
+        g, u = ins
+        cube = v.mul(v.mul(g, g), g)
+        inner = v.mul(v.const(2.0 * GELU_K), v.fma(v.const(0.044715), cube, g))
+        sig = v.div(v.const(1.0), v.add(v.const(1.0), v.exp(v.sub(v.zero, inner))))
+        return v.mul(v.mul(g, sig), u)
+
+    f = _flat_map(f"gelu_mul_f32_d{dim}_v{host.vector_width}", 2, dim, host, fn)
+    return finish_kernel(f, ("g", "u", "out"))
+
+
+def scale(dim: int, factor: float, host: HostCPU) -> Kernel:
+    """out = x * factor elementwise over n*dim (in place when out is x)."""
+    name = f"scale_f32_d{dim}_s{float_tag(factor)}_v{host.vector_width}"
+    f = _flat_map(name, 1, dim, host, lambda v, ins: v.mul(ins[0], v.const(factor)))
+    return finish_kernel(f, ("x", "out"))
 
 
 def add(dim: int, host: HostCPU) -> Kernel:
