@@ -9,6 +9,7 @@ with 503; requests become scheduler sequences, each with its own sampler
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 
@@ -62,6 +63,8 @@ def serve(
         timeout_graceful_shutdown=5,
     )
     server = _quiet_exit_server(uvicorn)(config)
+    sock = listening_socket(host, port)
+    port = sock.getsockname()[1]  # the one the system chose for port 0
     threading.Thread(target=announce_ready, daemon=True).start()
     if stop_event is not None:  # the launcher of local ranks was told to stop
 
@@ -71,11 +74,31 @@ def serve(
 
         threading.Thread(target=stop_when_told, daemon=True).start()
     log(f"ckec serve: listening on http://{host}:{port} (loading {spec})")
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if model.error is not None:
         raise model.error
     if not server.started:
         raise CkeError(f"ckec serve: could not listen on {host}:{port}")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything loads: an address in use is a CkeError
+    at once, not a log line after the model compiled."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CkeError(
+            f"ckec serve cannot listen on {host}:{port}: {e.strerror or e}",
+            hint="choose another --port (0: any free one), or stop what listens there",
+        ) from None
+    return sock
 
 
 def _quiet_exit_server(uvicorn):

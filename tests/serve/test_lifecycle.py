@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cli_runner import ckec
 from server import Server
 from smollm2 import SPEC, needs_smollm2
 
@@ -64,3 +65,19 @@ def test_a_bad_spec_is_refused_before_listening(tmp_path):
     code = server.proc.wait(120)
     out, err = server.proc.communicate()
     assert code == 1 and "bad.cke:" in err and "listening" not in err
+
+
+def test_an_address_in_use_is_refused_before_loading(tmp_path):
+    import socket
+
+    from widths import TWO_CORES_SPEC
+
+    spec = tmp_path / "m.cke"
+    spec.write_text(TWO_CORES_SPEC)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = ckec("serve", spec, "--port", port, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "loading" not in r.stderr

@@ -203,7 +203,7 @@ def test_a_client_that_hangs_up_frees_its_slot(server, client, stream):
     cancelled = 'ckeir_requests_finished_total{reason="cancelled"}'
     for _ in range(6000):  # polls until the server has seen it (bounded: it must finish)
         m = server.metrics()
-        if m[cancelled] > before[cancelled]:
+        if m[cancelled] > before[cancelled] and m["ckeir_busy_slots"] == 0:
             break
         time.sleep(0.02)
     assert m[cancelled] == before[cancelled] + 1 and m["ckeir_busy_slots"] == 0
