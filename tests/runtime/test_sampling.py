@@ -151,3 +151,19 @@ def test_penalties_lower_seen_ids_only(x, history, penalty):
             assert out[i] <= x[i] - 0.5 - 0.25 * count + 1e-9
         else:
             assert out[i] == x[i]
+
+
+@pytest.mark.parametrize("backend", ["llvm", "reference"])
+def test_same_seed_same_ids_on_the_batched_engine(tmp_path, backend):
+    """`batch 3`: the batched decode program draws what the one-sequence loop draws."""
+    path = tmp_path / "b.cke"
+    path.write_text(
+        TWO_CORES_SPEC.replace("quantize weights q8_0", "quantize weights q8_0; batch 3")
+    )
+    options = dict(temperature=1.1, top_k=40, min_p=0.02, repeat_penalty=1.3, seed=77)
+    prompts = [PROMPT, [7, 7], [200, 100, 50], PROMPT]
+    with ckeir.compile(path, backend=backend, threads=2) as p:
+        alone = [p.generate(ids, 14, **options) for ids in prompts]
+        assert alone != [p.generate(ids, 14) for ids in prompts]
+        assert p.generate_many(prompts, 14, **options) == alone
+        assert p.slot_engine().slots == 3
