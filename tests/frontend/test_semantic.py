@@ -77,7 +77,9 @@ def test_a_model_needs_weights():
 
 def test_unknown_family():
     err = error(MODEL.replace("family llama", "family gpt2"))
-    assert err.message == "unknown model family 'gpt2'" and err.hint == "known families: gemma3, llama"
+    assert (
+        err.message == "unknown model family 'gpt2'" and err.hint == "known families: gemma3, llama"
+    )
     assert err.loc.col == 3
 
 
@@ -345,6 +347,18 @@ def test_with_model_params_completes_the_model_and_checks_again():
     assert where(err) == "hidden 64; norm_eps 1e-5 }"
     err = error(with_model_params, s, "m", dict(params, heads=3), "m.gguf")
     assert err.message.startswith("heads 3 does not divide hidden 64")
+
+
+def test_a_context_shorter_than_the_files_sizes_the_cache_a_longer_one_is_refused():
+    text = (
+        f'model m {{ weights gguf("m.gguf"); context 4096 }}\n{CLUSTER}schedule s {{ run m on c }}'
+    )
+    s = parse_spec(text, "t.cke")
+    params = dict(hidden=64, heads=4, kv_heads=2, layers=3, vocab=10)
+    done = with_model_params(s, "m", dict(params, context=32768), "m.gguf")
+    assert done.models["m"].context == 4096
+    err = error(with_model_params, s, "m", dict(params, context=2048), "m.gguf")
+    assert err.message == "context 4096 disagrees with m.gguf, which has 2048"
 
 
 def test_schedule_lookup():
