@@ -134,3 +134,20 @@ def test_the_shipped_spec_runs_on_8_bit_blocks(tmp_path):
 def _attention_ops(program):
     decode = next(f for f in program.module.regions[0].entry.ops if f.attr("sym_name") == "decode")
     return [op for op in decode.regions[0].entry.ops if op.name == "cke.attention"]
+
+
+def test_a_two_stage_pipeline_gives_one_ranks_ids():
+    """specs/gemma3-tiny-pipeline.cke on 2 local ranks: stage 1 holds the global layer and
+    the tied LM head (its own copy of the embedding table); the ids are one rank's, and
+    each token's hidden row crossed from rank 0 to rank 1 (96 floats a decode step)."""
+    from ckeir.ranks import run_local
+
+    with ckeir.compile(SPEC, threads=1) as one:
+        want = one.generate(PROMPT, max_new_tokens=12)
+    with ckeir.compile(SPEC.with_name("gemma3-tiny-pipeline.cke"), schedule="pipeline") as two:
+        assert two.world_size == 2
+        run = run_local(two, PROMPT, 12)
+    assert run["tokens"] == want and len(want) == 12
+    rank0, rank1 = run["ranks"]
+    hidden_rows = len(PROMPT) + 11  # the prompt's rows, then one a decode step
+    assert rank0["bytes_sent"] >= hidden_rows * 96 * 4 and rank1["bytes_received"] > 0
