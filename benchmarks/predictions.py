@@ -143,8 +143,12 @@ def _basis_note(basis: dict) -> str:
             for sig, t in sorted(native.items())
         )
         if native
-        else f"segment dispatch {over.get('segment', 0) * 1e6:.1f} us, all-reduce step "
-        f"{over.get('collective', 0) * 1e6:.1f} us (from Python)"
+        else f"segment dispatch {over.get('segment', 0) * 1e6:.1f} us"
+        + (
+            f", all-reduce step {over['collective'] * 1e6:.1f} us (from Python)"
+            if over.get("collective")
+            else ""
+        )
     )
     return (
         f"{basis['threads_per_rank']} thread(s) a rank; matmul kernels {rates}"
