@@ -10,7 +10,9 @@ instead of read from the spec —
   program's own shapes and tiles, from weights far larger than L3, on the rank's threads;
 - the arithmetic rate of the largest of those kernels on a prompt-sized block (prefill);
 - the fixed costs: one dispatch of the thread pool (a native segment), one message and one
-  all-reduce of a decode row between two local ranks over shared memory;
+  all-reduce of a decode row between two local ranks over shared memory from Python, and
+  each collective of the programs as local ranks run it in native code (one call per token:
+  `native_collectives`, `collective_times`);
 - the links as the run simulated them (`--simulate-links`), or none between local ranks.
 
 Every figure is remembered per machine in the disk cache (`bandwidth.remembered`: the best
