@@ -151,3 +151,39 @@ def test_a_two_stage_pipeline_gives_one_ranks_ids():
     rank0, rank1 = run["ranks"]
     hidden_rows = len(PROMPT) + 11  # the prompt's rows, then one a decode step
     assert rank0["bytes_sent"] >= hidden_rows * 96 * 4 and rank1["bytes_received"] > 0
+
+
+TP = """
+cluster pair {
+  node n0 { cores 1; dram 8GiB; dram_bw 20GB/s; l2 1MiB; l3 32MiB }
+  node n1 { like n0 }
+  link n0 <-> n1 { bw 10Gbit/s; latency 50us }
+}
+schedule tp {
+  run gemma3tiny on pair
+  quantize weights f32
+  phase prefill { stage [n0, n1] layers 0..6 }
+  phase decode  { stage [n0, n1] layers 0..6 }
+}
+"""
+
+
+@pytest.mark.slow
+def test_tensor_parallel_ranks_norm_their_own_heads(tmp_path, window):
+    """Two KV heads on two ranks: each rank's Q/K norms and windowed attention run on its
+    own heads (the gains are one head's, shared), the post-attention norm after the
+    all-reduce; the ids are the reference's on one rank."""
+    window(16)
+    spec = tmp_path / "tp.cke"
+    spec.write_text(SPEC.read_text().replace("kv_heads   1", "kv_heads   2") + TP)
+    want = ckeir.compile(spec, schedule="tp", backend="reference").generate(PROMPT, 8)
+    with ckeir.compile(spec, schedule="tp") as two:
+        assert two.world_size == 2
+        per_rank = [
+            [op.attr("heads") for op in f.regions[0].entry.ops if op.name == "cke.attention"]
+            for f in two.module.regions[0].entry.ops
+            if f.attr("phase") == "decode"
+        ]
+        got = two.generate(PROMPT, max_new_tokens=8)
+    assert per_rank == [[2] * 7, [2] * 7]
+    assert got == want and len(got) == 8
