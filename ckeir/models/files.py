@@ -28,7 +28,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ckeir import cache
 from ckeir.errors import ModelFileError
-from ckeir.formats import FORMATS
+from ckeir.formats import COMPUTED, FORMATS, TARGETS
 from ckeir.limits import (
     MAX_CONTEXT,
     MAX_FFN,
@@ -135,6 +135,24 @@ class ModelFile:
         """What the config takes from the file beyond the spec's hyper-parameters (a GGUF
         gemma3's head width, sliding window and local RoPE base); {} for a llama."""
         return {}
+
+    def check_formats(self, weight_format: str = "keep", excepted=()) -> None:
+        """Every matrix the schedule leaves as stored (all under `keep`, the `excepted` ones
+        otherwise) is in a type ckeir computes on: one it has no kernels for (IQ2_XXS,
+        TQ1_0, ...) is named with this file before anything is built or compiled, with what
+        to schedule instead.  Cheap: the tensor table only."""
+        names = {n for e in excepted for n in (e, e + ".weight", e.removesuffix(".weight"))}
+        for name, info in self.tensors.items():
+            if len(info.shape) != 2 or weight_format != "keep" and name not in names:
+                continue
+            fmt = FORMATS.get(info.format)
+            if fmt is None or not fmt.computes:
+                raise ModelFileError(
+                    f"{self.path}: tensor '{name}' is stored as {info.format.upper()}, which "
+                    "ckeir cannot compute on",
+                    hint=f"schedule 'quantize weights q8_0' (or one of {', '.join(TARGETS)}) to "
+                    f"convert it at load; ckeir computes as stored on {', '.join(COMPUTED)}",
+                )
 
     def check_config(self, cfg: ModelConfig) -> None:
         """The file holds every tensor `cfg` needs, in the shape it needs, and no more layers.

@@ -11,7 +11,7 @@ from cli_runner import ckec
 from ggufgen import spec_for, write_gguf
 
 import ckeir
-from ckeir.errors import CkeError
+from ckeir.errors import CkeError, ModelFileError
 from ckeir.formats import FORMATS
 from ckeir.models.files import GGUFFile
 from ckeir.models.llama import LlamaConfig
@@ -104,6 +104,12 @@ def test_a_type_without_kernels_is_named_before_compiling(tmp_path):
         if int.from_bytes(data[tfield : tfield + 4], "little") == q4_0:
             data[tfield : tfield + 4] = iq4_nl.to_bytes(4, "little")
     path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as e:  # what `resolve` can ask before any IR exists
+        GGUFFile(path).check_formats("keep")
+    assert str(path) in str(e.value) and "is stored as IQ4_NL" in str(e.value)
+    GGUFFile(path).check_formats("q8_0")  # converted at load: nothing to refuse
+    with pytest.raises(ModelFileError, match="token_embd.weight"):
+        GGUFFile(path).check_formats("q8_0", ["token_embd"])
     r = ckec(spec_for(path, tmp_path), "--emit=mlir")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "is stored as IQ4_NL, which ckeir cannot compute on" in r.stderr, r.stderr
