@@ -630,9 +630,14 @@ class _Vnni(_Path):
     def fifth_bits(self, a: str, b: str, at, first: int) -> str:
         """16 where the group's blocks' q5 mask bits are set, for 16 quants per block: the two
         mask bytes at offset `first` of each block, as 64 bits."""
-        f, bb = self.f, self.bb
-        idx = [at(i * bb + first + j) for i in range(self.p.group_blocks) for j in (0, 1)]
-        return fifth_bits(f, "<8 x i8>", shuffle(f, "<64 x i8>", a, b, idx, "qhb"), 64)
+        f, bb, bt = self.f, self.bb, "<64 x i8>"
+        # quant j of block i takes mask byte j // 8 (one byte shuffle), tested at bit j % 8:
+        # a vptestmb into a mask register, no trip of the bits through memory
+        idx = [at(i * bb + first + j // 8) for i in range(self.p.group_blocks) for j in range(16)]
+        bits = "<" + ", ".join(f"i8 {1 << (j % 8)}" for _ in range(4) for j in range(16)) + ">"
+        each = f(f"and {bt} {shuffle(f, bt, a, b, idx, 'qhb')}, {bits}", "qhb")
+        on = f(f"icmp ne {bt} {each}, zeroinitializer", "qh")
+        return f(f"select <64 x i1> {on}, {bt} splat (i8 16), {bt} zeroinitializer", "q5h")
 
     def dot(self, w: tuple[str, ...], acts: _Acts) -> str:
         """The group's exact partial sums (16 i32 lanes) as floats."""
