@@ -105,6 +105,7 @@ def resolve(spec_path, schedule: str | None = None) -> Job:
     config = config_from_decl(model, model_file)
     if model_file is not None:  # before any IR is built: the tensors bound the sizes stated
         model_file.check_config(config)
+        model_file.check_formats(sched.weight_format or "keep", sched.weight_except)
     return Job(path, spec, sched, model, cluster, config, target_of(cluster.nodes[0]), model_file)
 
 

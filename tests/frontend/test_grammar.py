@@ -241,8 +241,9 @@ def test_unexpected_character():
 
 
 def test_choices_are_listed():
-    err = syntax_error("schedule s { quantize weights q5_0 }")
-    assert err.message == "unexpected 'q5_0'; expected 'keep', 'f32', 'q8_0', 'q4_0' or 'q4_1'"
+    err = syntax_error("schedule s { quantize weights iq4_nl }")
+    assert err.message.startswith("unexpected 'iq4_nl'; expected 'keep', 'f32', 'f16', 'bf16', ")
+    assert err.message.endswith("'q5_k' or 'q6_k'")
     err = syntax_error("schedule s { phase warmup { auto } }")
     assert err.message == "unexpected 'warmup'; expected 'prefill' or 'decode'"
 

@@ -114,6 +114,7 @@ def test_a_type_without_kernels_is_named_before_compiling(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "is stored as IQ4_NL, which ckeir cannot compute on" in r.stderr, r.stderr
     assert "quantize weights q8_0" in r.stderr
+    assert str(path) in r.stderr  # named with its file before any IR is built
     with pytest.raises(CkeError, match="IQ4_NL"):
         ckeir.compile(spec_for(path, tmp_path), backend="reference")
     prog = ckeir.compile(spec_for(path, tmp_path, "q8_0"), threads=1)
