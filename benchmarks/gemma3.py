@@ -34,18 +34,8 @@ PARAGRAPH = [
 
 def ckeir_program(threads: int, spec: Path):
     import ckeir
-    from ckeir import driver
-    from ckeir.models import transformer
 
-    # the driver builds gemma3 configs once it takes them from ckeir.models.transformer
-    driver.config_from_decl = transformer.config_from_decl
-    text = spec.read_text().replace("~/.cache", str(Path.home() / ".cache"))
-    local = spec.with_name(".gemma3-bench.cke")
-    local.write_text(text)
-    try:
-        return ckeir.compile(local, threads=threads)
-    finally:
-        local.unlink()
+    return ckeir.compile(spec, threads=threads)
 
 
 def one_run(engine, prompt: list[int], tokens: int, vocab: int) -> tuple[GenerationStats, list]:

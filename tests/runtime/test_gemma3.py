@@ -21,8 +21,6 @@ import pytest
 from needs import needs_gemma3
 
 import ckeir
-from ckeir import driver
-from ckeir.models import transformer
 
 pytestmark = [pytest.mark.slow, needs_gemma3]
 
@@ -313,17 +311,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def gemma3(tmp_path_factory):
-    """specs/gemma3-270m.cke compiled natively on 2 threads (the spec's `~` spelled out)."""
-    spec = tmp_path_factory.mktemp("gemma3") / "gemma3-270m.cke"
-    shipped = (Path(__file__).parents[2] / "specs" / "gemma3-270m.cke").read_text()
-    spec.write_text(shipped.replace("~/.cache", str(Path.home() / ".cache")))
-    mp = pytest.MonkeyPatch()
-    mp.setattr(driver, "config_from_decl", transformer.config_from_decl)
-    try:
-        with ckeir.compile(spec, threads=2) as program:
-            yield program
-    finally:
-        mp.undo()
+    """specs/gemma3-270m.cke compiled natively on 2 threads."""
+    with ckeir.compile(Path(__file__).parents[2] / "specs" / "gemma3-270m.cke", threads=2) as p:
+        yield p
 
 
 def forced(engine, case: Case) -> list[int]:

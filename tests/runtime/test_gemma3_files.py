@@ -11,17 +11,8 @@ from gemma3gen import gemma3_spec, write_gemma3
 from gguf import GGUFValueType as V
 
 import ckeir
-from ckeir import driver
 from ckeir.errors import CkeError, ModelFileError
-from ckeir.models import transformer
 from ckeir.models.files import GGUFFile
-
-
-@pytest.fixture(autouse=True)
-def families(monkeypatch):
-    """The driver builds configs of every family (until ckeir.driver.config_from_decl is
-    `ckeir.models.transformer.config_from_decl`)."""
-    monkeypatch.setattr(driver, "config_from_decl", transformer.config_from_decl)
 
 
 def test_a_gemma3_file_gives_its_family_head_width_and_window(tmp_path):

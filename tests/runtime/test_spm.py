@@ -100,15 +100,11 @@ GEMMA3_CASES = [
 
 @pytest.fixture(scope="module")
 def gemma3_tokenizer():
+    """The file's tokenizer as a run reads it (`tokenizer.ggml.model` "llama")."""
     from ckeir.models.files import GGUFFile
+    from ckeir.runtime.tokenizer import GGUFTokenizer
 
-    f = GGUFFile(GEMMA3_GGUF)
-    return SpmTokenizer(
-        f.metadata("tokenizer.ggml.tokens"),
-        f.metadata("tokenizer.ggml.scores"),
-        f.metadata("tokenizer.ggml.token_type"),
-        bool(f.metadata("tokenizer.ggml.add_space_prefix")),
-    )
+    return GGUFTokenizer(GGUFFile(GEMMA3_GGUF))
 
 
 @pytest.mark.slow
