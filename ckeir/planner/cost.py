@@ -126,10 +126,15 @@ def op_bytes(op: Operation, tokens: int, context: int) -> int:
 
 def _attended(op: Operation, tokens: int, context: int) -> int:
     """Cache rows one attention reads and writes for `tokens` rows: a sequence's context and
-    its new rows; a batched attention's rows are each one token of its own sequence."""
+    its new rows; a batched attention's rows are each one token of its own sequence.  With
+    a sliding window W a row sees its last W keys only: the rows read span at most W - 1
+    keys before the first new row."""
+    window = op.attr("window")
     if len(op.operands) == 7:  # slots: each row reads its own context (ckeir.dialects.cke)
-        return tokens * (context + 1)
-    return context + tokens
+        return tokens * (context + 1 if window is None else min(context + 1, window))
+    if window is None:
+        return context + tokens
+    return min(context, window - 1) + tokens
 
 
 def op_flops(op: Operation, tokens: int, context: int) -> float:
