@@ -94,6 +94,7 @@ class ModelDecl:
     kv_heads: int | None = None
     ffn: int | None = None
     context: int | None = None
+    window: int | None = None  # sliding-window layers' keys (families that have them)
     norm_eps: float | None = None
     rope_theta: float | None = None
     tie_embeddings: bool | None = None

@@ -59,6 +59,7 @@ INT_LIMITS = {
     "kv_heads": limits.MAX_HEADS,
     "ffn": limits.MAX_FFN,
     "context": limits.MAX_CONTEXT,
+    "window": limits.MAX_CONTEXT,
 }
 REAL_LIMITS = {
     "norm_eps": (limits.MIN_NORM_EPS, limits.MAX_NORM_EPS),
@@ -232,6 +233,8 @@ def check_model(m: ModelDecl) -> ModelDecl:
         raise bad("heads", f"the head size hidden/heads = {m.head_dim} must be even for RoPE")
     if m.heads and m.kv_heads and m.heads % m.kv_heads:
         raise bad("kv_heads", f"kv_heads {m.kv_heads} does not divide heads {m.heads} in {where}")
+    if m.window is not None and (m.family or "llama") == "llama":
+        raise bad("window", f"{where}: family llama has no sliding-window layers")
     return m
 
 

@@ -254,6 +254,15 @@ def config_from_decl(model, model_file=None, **overrides) -> ModelConfig:
             else fam.tied_by_default
         )
     extra = model_file.family_params() if model_file is not None else {}
+    if model.window is not None:  # the spec's window, where the file has one it must agree
+        if extra.get("window", model.window) != model.window:
+            raise CkeError(
+                f"window {model.window} disagrees with {model_file.path}, which has "
+                f"{extra['window']}",
+                loc=model.key_locs.get("window", model.loc),
+                hint=f"remove 'window' from model {model.name} or make it match the file",
+            )
+        extra = extra | {"window": model.window}
     fields = dict(
         vocab=model.vocab,
         hidden=model.hidden,

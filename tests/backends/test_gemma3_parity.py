@@ -4,8 +4,8 @@ numbers on both, in prefill (one chunk of keys per row), in decode once a row's 
 into chunks (the window starting inside a chunk, and whole chunks before it), and in a
 batched decode step (each row's window in its own slot).
 
-`specs/gemma3-tiny.cke` states no window (the spec language has no `window` yet): the tests
-give the config one through `config_from_decl`'s overrides."""
+`specs/gemma3-tiny.cke` states a window of 32; the tests that vary it (and give heads 64
+wide, which the spec language cannot state) do so through `config_from_decl`'s overrides."""
 
 from __future__ import annotations
 

@@ -91,12 +91,19 @@ def test_unknown_family():
         ("heads 2", "heads 32", "the head size hidden/heads = 1 must be even for RoPE"),
         ("layers 4", "layers 0", "layers of model m must be between 1 and 4096, not 0"),
         ("context 16", "context 0", "context of model m must be between 1 and 16777216, not 0"),
+        ("context 16", "context 16; window 8", "model m: family llama has no sliding-window"),
+        ("llama", "gemma3; window 0", "window of model m must be between 1 and 16777216, not 0"),
     ],
 )
 def test_model_consistency_is_checked_at_the_offending_key(old, new, message):
     err = error(MODEL.replace(old, new))
     assert err.message.startswith(message)
     assert new.endswith(where(err).split(";")[0])
+
+
+def test_a_gemma3_model_states_its_window():
+    m = spec(model=MODEL.replace("llama", "gemma3; window 8")).models["m"]
+    assert m.window == 8 and m.key_locs["window"].line == 2
 
 
 def test_norm_eps_must_be_positive():

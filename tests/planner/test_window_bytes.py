@@ -3,34 +3,29 @@ min(context, W - 1) cached rows before a token's own, where a global layer count
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-from ckeir import driver
 from ckeir.driver import build_ir, resolve, run_passes
-from ckeir.models import transformer
 from ckeir.passes.manager import funcs
 from ckeir.planner import cost
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "gemma3-tiny.cke"
 
 
-def attentions(monkeypatch):
-    # the spec states no window (the file does, for the real model): give it one of 16
-    config = functools.partial(transformer.config_from_decl, window=16, key_length=64)
-    monkeypatch.setattr(driver, "config_from_decl", config)
-    job = resolve(SPEC)
+def attentions():
+    job = resolve(SPEC)  # `window 32`
     module, _, _ = run_passes(build_ir(job), job)
     decode = next(f for f in funcs(module) if f.attr("phase") == "decode")
     return [op for op in decode.regions[0].entry.ops if op.name == "cke.attention"]
 
 
-def test_a_window_bounds_the_cache_rows_a_token_reads(monkeypatch):
-    ops = attentions(monkeypatch)
+def test_a_window_bounds_the_cache_rows_a_token_reads():
+    ops = attentions()
     windowed = [op for op in ops if op.attr("window") is not None]
     full = [op for op in ops if op.attr("window") is None]
     assert windowed and full
     w = windowed[0].attr("window")
+    assert w == 32 and len(windowed) == 6  # layers 0-4 and 6; layer 5 is global
     kvd = windowed[0].operands[3].type.shape[-1]
     row = 2 * kvd * 4  # a cached position's K and V, f32
     for context in (0, w // 2, w - 1, w, 3 * w):

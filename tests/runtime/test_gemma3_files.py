@@ -90,6 +90,16 @@ def test_a_spec_of_another_family_than_its_file_is_refused(tmp_path):
     assert "family llama disagrees with" in str(e.value) and "gemma3" in str(e.value)
 
 
+def test_a_spec_window_must_agree_with_the_files(tmp_path):
+    path = write_gemma3(tmp_path / "g.gguf")  # its sliding window: 16 keys
+    with pytest.raises(CkeError) as e:
+        ckeir.compile(gemma3_spec(path, tmp_path, extra="window 8"), backend="reference")
+    assert e.value.message == f"window 8 disagrees with {path}, which has 16"
+    assert e.value.loc.line == 2
+    with ckeir.compile(gemma3_spec(path, tmp_path, extra="window 16"), backend="reference") as p:
+        assert p.config.window == 16
+
+
 def test_the_cli_names_a_missing_norm_without_a_traceback(tmp_path):
     path = write_gemma3(tmp_path / "g.gguf", drop=("blk.1.post_attention_norm.weight",))
     r = ckec("run", gemma3_spec(path, tmp_path), "--ids", "1", "-n", "1", timeout=120)
