@@ -126,9 +126,6 @@ class Program:
         self._weights = None
         self._engine = None
         self._slots = None  # generate_many's sequence slots (batching.OneSequenceSlots)
-        # what `stream` does when a call gives no options of its own (ckec run sets them
-        # from its flags): sampling options, and `stop_when()`, asked after each id is taken
-        self.generation_options: dict = {}
         self.lowered = self.compiled = None
         self.cache_hits: dict[str, bool] = {}
         # A launcher of local ranks compiles nothing itself: every rank compiles its programs.
@@ -287,16 +284,9 @@ class Program:
     def sampler(self, **sampling) -> Sampler | None:
         """A sampler of these options (`sampling.Sampling`: temperature, top_k, top_p, min_p,
         seed, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty), checked
-        before any work; None when they choose greedily (the engine's argmax)."""
-        options = Sampling.of(**sampling)
-        if options.greedy:
-            return None
-        if self.world_size > 1:
-            raise CkeError(
-                f"this schedule runs on {self.world_size} ranks, which decode greedily for "
-                "now: leave out temperature and the penalties (or run a one-rank schedule)"
-            )
-        return options.sampler()
+        before any work; None when they choose greedily (the engine's argmax).  Over several
+        ranks, the root rank (the last stage's first) draws and every rank follows."""
+        return Sampling.of(**sampling).pick()
 
     def stream(
         self,
@@ -311,25 +301,25 @@ class Program:
         """Yield token ids as they are generated: greedy, or sampled as `sampling` says
         (see `sampler`); `stop=[text, ...]` ends the stream with the id whose text reaches
         one of the strings (see `text_stream`).  `pin`: the pool threads on CPUs of their
-        own while generating (None: the Program's choice, see `wants_pinning`)."""
+        own while generating (None: the Program's choice, see `wants_pinning`).  One rank of
+        a world ends at a stop string where every rank does: each sees the same ids."""
         ids = self.check_request(ids, max_new_tokens)
-        options = dict(sampling or self.generation_options)
-        stop_when = options.pop("stop_when", None)
+        options = dict(sampling)
         text = self.text_stream(options.pop("stop", None))
         sampler = self.sampler(**options)
         engine = self.engine
         tokens = generate_stream(
             engine, ids, max_new_tokens, self.config.vocab, stats, on_logits, sampler
         )
-        return self._pinned_stream(tokens, pin, stop_when, text)
+        return self._pinned_stream(tokens, pin, text)
 
-    def _pinned_stream(self, tokens, pin: bool | None, stop_when=None, text=None):
+    def _pinned_stream(self, tokens, pin: bool | None, text=None):
         with self.pinned_threads(pin):
             for token in tokens:
                 yield token
                 if text is not None:
                     text.push(token)
-                if (stop_when is not None and stop_when()) or (text and text.stopped):
+                if text is not None and text.stopped:
                     tokens.close()  # the generation ends here (stats count what was made)
                     return
 
@@ -365,10 +355,9 @@ class Program:
         a running world.  `pin`: as for `stream`."""
         if self.world_size > 1 and self.transport is None:
             ids = self.check_request(ids, max_new_tokens)
-            stop = sampling.pop("stop", None)
-            self.sampler(**sampling)  # refused unless greedy
-            tokens = run_local(self, ids, max_new_tokens, pin=pin)["tokens"]
-            return self.cut_at_stop(tokens, stop)
+            self.text_stream(sampling.get("stop"))  # checked before any rank starts
+            self.sampler(**{k: v for k, v in sampling.items() if k != "stop"})
+            return run_local(self, ids, max_new_tokens, pin=pin, sampling=sampling)["tokens"]
         return list(self.stream(ids, max_new_tokens, pin=pin, **sampling))
 
     def memory_regions(self) -> list[Region]:

@@ -205,6 +205,12 @@ def _sampling(args) -> dict:
     }
 
 
+def _stream_options(args) -> dict:
+    """`Program.stream`'s options from the flags: sampling, and the stop strings (every rank
+    is given them: each ends the run at the id whose text reaches one)."""
+    return _sampling(args) | ({"stop": args.stop} if args.stop else {})
+
+
 def _opt_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ckec opt", description="Run passes over an IR file.")
     p.add_argument("input", help="IR in MLIR generic syntax ('-' for stdin)")
@@ -528,9 +534,15 @@ def _run_here(args, prog, ids, transport, progress) -> int:
     _ = prog.engine  # loads weights and starts the threads under the progress display
     progress.done()
     out = _TokenPrinter(args, prog, quiet=transport is not None and transport.rank != 0)
-    prog.generation_options = dict(_sampling(args), stop_when=out.stopped)
     figures = run_rank(
-        prog, ids, args.max_new_tokens, transport, args.check_parity, out.push, pin=args.pin
+        prog,
+        ids,
+        args.max_new_tokens,
+        transport,
+        args.check_parity,
+        out.push,
+        pin=args.pin,
+        sampling=_stream_options(args),
     )
     out.finish()
     gathered = transport.gather_object(figures) if transport is not None else [figures]
@@ -563,10 +575,6 @@ class _TokenPrinter:
         if self.text is not None:
             sys.stdout.write(self.text.push(token))
             sys.stdout.flush()
-
-    def stopped(self) -> bool:
-        """Whether the text reached a stop string (the generation ends there)."""
-        return self.text is not None and self.text.stopped is not None
 
     def finish(self) -> None:
         if self.quiet:
@@ -602,6 +610,7 @@ def _run_local_ranks(args, prog, ids, progress) -> int:
         collect_logits=args.check_parity,
         watchdog=args.watchdog,
         pin=args.pin,
+        sampling=_stream_options(args),
     )
     tokens = result["tokens"]
     if args.prompt is not None:
@@ -822,10 +831,10 @@ def cmd_serve(argv: list[str]) -> int:
         check_ranks_servable(plan, args.parallel)
         if args.backend != "llvm":
             raise CkeError("ckec serve on several ranks runs native code: --backend llvm")
-        from ckeir.ranks import _rank_options
+        from ckeir.ranks import rank_options
 
         # each rank compiles natively, and the ranks share this machine's CPUs
-        serve_local(args.spec, plan.world_size, _rank_options(plan), http)
+        serve_local(args.spec, plan.world_size, rank_options(plan), http)
         return 0
     serve(
         args.spec,

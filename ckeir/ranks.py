@@ -28,6 +28,7 @@ def rank_main(
     prompt=None,
     collect_logits: bool = False,
     pin: bool | None = None,
+    sampling: dict | None = None,
 ):
     """The body of one local rank: compile (`make_program(spec_path, transport=...,
     **options)`), generate, and gather every rank's figures (`run_rank`) on rank 0, which
@@ -35,7 +36,9 @@ def rank_main(
     with make_program(spec_path, transport=transport, **options) as prog:
         if prompt is not None:
             ids = prog.tokenizer.encode(prompt)
-        figures = run_rank(prog, ids, max_new_tokens, transport, collect_logits, pin=pin)
+        figures = run_rank(
+            prog, ids, max_new_tokens, transport, collect_logits, pin=pin, sampling=sampling
+        )
         return transport.gather_object(figures)
 
 
@@ -47,6 +50,7 @@ def run_rank(
     collect_logits=False,
     on_token=None,
     pin: bool | None = None,
+    sampling: dict | None = None,
 ) -> dict:
     """Generate on this rank (every rank of a world calls it: local ranks and MPI ranks
     alike) and return what it observed, the figures `ckeir.reports.run.run_report` reads.
@@ -54,7 +58,9 @@ def run_rank(
     that rank 0 can put every rank's records on its own clock.  `on_token(id)` sees each
     token as it comes.  `pin`: pool threads on CPUs of their own (None: as the Program and
     then the schedule say, else `linux.PIN_DEFAULT`: `Program.pinned_threads`); the Linux
-    side is sampled around each phase."""
+    side is sampled around each phase.  `sampling`: `Program.stream`'s options (temperature,
+    seed, ..., stop), the same on every rank: the root rank draws each token and every rank
+    follows it, and every rank ends at the id whose text reaches a stop string."""
     from ckeir.runtime import linux
     from ckeir.runtime.transport.base import ClockOffset
 
@@ -76,7 +82,7 @@ def run_rank(
 
         tokens = []
         watch.mark("start")
-        for token in prog.stream(ids, max_new_tokens, stats, on_logits=keep):
+        for token in prog.stream(ids, max_new_tokens, stats, on_logits=keep, **(sampling or {})):
             if not tokens:
                 watch.mark("prefill")  # the first token comes out of prefill
             tokens.append(token)
@@ -176,7 +182,7 @@ def spec_links(program):
     return LinkModel(links)
 
 
-def _rank_options(program) -> dict:
+def rank_options(program) -> dict:
     """Each local rank compiles natively; unless told otherwise, the ranks share this
     machine's CPUs instead of each taking its node's cores (threads spinning at barriers on
     an oversubscribed CPU cost more than they give)."""
@@ -197,9 +203,10 @@ def run_local(
     collect_logits: bool = False,
     watchdog: float | None = None,
     pin: bool | None = None,
+    sampling: dict | None = None,
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
-    every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is
+    every rank's in `ranks`.  `sampling`: as for `run_rank`.  `watchdog`: seconds without a heartbeat after which a rank is
     taken for stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never).
     `pin`: as for `run_rank` (None: the Program's `pin`, then the schedule's choice)."""
     from ckeir.runtime.transport.local import launch_local
@@ -211,12 +218,13 @@ def run_local(
         args=(
             type(program),
             program.spec_path,
-            _rank_options(program),
+            rank_options(program),
             ids,
             max_new_tokens,
             prompt,
             collect_logits,
             pin,
+            sampling,
         ),
         link_model=links,
         watchdog=watchdog,
@@ -376,7 +384,7 @@ def run_local_many(
         args=(
             type(program),
             program.spec_path,
-            _rank_options(program),
+            rank_options(program),
             [list(p) for p in prompts],
             max_new_tokens,
             token_budget,

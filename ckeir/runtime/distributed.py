@@ -126,6 +126,9 @@ class RankEngine:
         self._fault = injected_fault(rank)
         self._steps = 0
         self._padding: dict = {}  # allgather step -> its padded send and receive buffers
+        # the root rank's choice of the token from its row's logits before the broadcast
+        # (`pick(argmax, logits) -> id`: a request's sampler); None: the argmax
+        self.pick = None
 
     # -- native collectives ------------------------------------------------------------------
     def _attach_comm(self, prog, compiled) -> None:
@@ -168,7 +171,7 @@ class RankEngine:
     # -- one phase step ---------------------------------------------------------------------
     def _run(self, phase: str, ids: np.ndarray, pos: int):
         """One sequence's step (SPMD): this rank's program, then the token broadcast from
-        the last stage to every rank.  A batched decode program runs it as its slot 0."""
+        the last stage to every rank (the root's argmax, or its `pick`).  A batched decode program runs it as its slot 0."""
         token, logits = -1, None
         entry = self.programs.get(phase)
         if entry is not None:
@@ -182,6 +185,8 @@ class RankEngine:
                 token = int(prog.output(0, np.int32)[0])
                 logits = prog.output(1, np.float32)[: self.config.vocab]
         root = _root(self.placement[phase])
+        if self.pick is not None and self.rank == root:
+            token = self.pick(token, logits)  # every rank follows the root's choice
         buf = np.array([token], dtype=np.int32)
         self.transport.broadcast(buf, root, self.world)
         if phase == "prefill" and self.handoff is not None:

@@ -86,7 +86,9 @@ def generate_stream(
     sampler: Sampler | None = None,
 ) -> Iterator[int]:
     """Yield tokens one by one, each the engine's argmax or `sampler`'s choice from the
-    row's logits; the KV cache starts empty."""
+    row's logits; the KV cache starts empty.  An engine with a `pick` hook (one rank of a
+    world: `distributed.RankEngine`) is handed the sampler's choice: its root rank chooses
+    before the token broadcast, so every rank follows the same id."""
     prompt = np.asarray(check_request(ids, max_new_tokens, vocab, engine.context), np.int32)
     history = prompt.tolist()  # what the sampler's penalties look back on
     stats = stats if stats is not None else GenerationStats()
@@ -94,24 +96,36 @@ def generate_stream(
     engine.reset()
     if max_new_tokens <= 0:
         return
-    t0 = time.perf_counter()
-    pos = 0
-    for start in range(0, len(prompt), engine.max_prefill):
-        chunk = prompt[start : start + engine.max_prefill]
-        token, logits = engine.prefill(chunk, pos)
-        pos += len(chunk)
-    stats.prefill_seconds = time.perf_counter() - t0
-    for step in range(max_new_tokens):
-        if on_logits is not None:
-            on_logits(step, logits)
-        if sampler is not None:
-            token = sampler.choose(logits, history, token)
-            history.append(token)
-        stats.generated_tokens += 1
-        yield token
-        if step + 1 == max_new_tokens:
-            break
+    ranked = sampler is not None and hasattr(engine, "pick")
+
+    def pick(argmax: int, logits: np.ndarray) -> int:
+        return sampler.choose(logits, history, argmax)
+
+    try:
         t0 = time.perf_counter()
-        token, logits = engine.decode(token, pos)
-        stats.decode_seconds += time.perf_counter() - t0
-        pos += 1
+        pos = 0
+        for start in range(0, len(prompt), engine.max_prefill):
+            chunk = prompt[start : start + engine.max_prefill]
+            if ranked and start + len(chunk) == len(prompt):
+                engine.pick = pick  # the last chunk's row: one draw, as on one rank
+            token, logits = engine.prefill(chunk, pos)
+            pos += len(chunk)
+        stats.prefill_seconds = time.perf_counter() - t0
+        for step in range(max_new_tokens):
+            if on_logits is not None:
+                on_logits(step, logits)
+            if sampler is not None:
+                if not ranked:
+                    token = sampler.choose(logits, history, token)
+                history.append(token)
+            stats.generated_tokens += 1
+            yield token
+            if step + 1 == max_new_tokens:
+                break
+            t0 = time.perf_counter()
+            token, logits = engine.decode(token, pos)
+            stats.decode_seconds += time.perf_counter() - t0
+            pos += 1
+    finally:
+        if ranked:
+            engine.pick = None
