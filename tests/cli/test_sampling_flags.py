@@ -1,5 +1,6 @@
-"""`ckec run`'s sampling flags: the ids the API draws with the same options, a seed that
-repeats them, --stop that cuts the text and ends the run there, and flags refused by name."""
+"""`ckec run`'s sampling flags: the ids the API draws with the same options (on one rank and
+on local ranks), a seed that repeats them, --stop that cuts the text and ends the run there
+(on every rank), and flags refused by name."""
 
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from smollm2 import needs_smollm2  # noqa: E402
 from widths import TWO_CORES_SPEC  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "specs" / "tiny.cke"
+SMOLLM2_PIPELINE = Path(__file__).resolve().parents[2] / "specs" / "smollm2-pipeline.cke"
 IDS = [3, 1, 4, 1, 5, 9]
 
 
@@ -58,21 +60,30 @@ def test_bad_flags_are_refused(spec, flags, words):
     assert words in r.stderr, r.stderr
 
 
-def test_several_ranks_decode_greedily_for_now():
-    r = ckec("run", TINY, "--ids", "1,2", "--temperature", "1")
-    assert r.returncode == 1 and "decode greedily for now" in r.stderr, r.stderr
+def test_local_ranks_draw_seeded_ids():
+    """specs/tiny.cke on two local ranks (prefill tensor parallel, decode pipelined): the
+    root rank draws, every rank follows; the API draws the same ids with the same seed."""
+    flags = ("--temperature", "1.2", "--top-k", "50", "--seed", "3")
+    r = ckec("run", TINY, "--ids", "1,2,3", "-n", "10", *flags)
+    assert r.returncode == 0, r.stderr
+    assert "2 local ranks" in r.stderr
+    drawn = [int(i) for i in r.stdout.strip().split(",")]
+    with ckeir.compile(TINY) as prog:
+        assert prog.generate([1, 2, 3], 10, temperature=1.2, top_k=50, seed=3) == drawn
+        assert prog.generate([1, 2, 3], 10) != drawn
 
 
 @needs_smollm2
-def test_stop_cuts_the_text_and_ends_the_run():
+@pytest.mark.parametrize("spec", [SMOLLM2, SMOLLM2_PIPELINE], ids=["one rank", "pipeline"])
+def test_stop_cuts_the_text_and_ends_the_run(spec):
     prompt = "List three colors: red, green,"
-    r = ckec("run", SMOLLM2, "--prompt", prompt, "-n", "40")
+    r = ckec("run", spec, "--prompt", prompt, "-n", "40")
     assert r.returncode == 0, r.stderr
     full = r.stdout[len(prompt) :].rstrip("\n")
     stop = full[len(full) // 3 : len(full) // 3 + 3]  # a piece of what greedy writes
     assert stop and full.index(stop) > 0
-    r = ckec("run", SMOLLM2, "--prompt", prompt, "-n", "40", "--stop", stop)
+    r = ckec("run", spec, "--prompt", prompt, "-n", "40", "--stop", stop)
     assert r.returncode == 0, r.stderr
     assert r.stdout == prompt + full[: full.index(stop)] + "\n"
     generated = int(r.stderr.split("generated ")[1].split()[0])
-    assert generated < 40  # the run ended at the stop string
+    assert generated < 40  # the run ended at the stop string (on every rank)

@@ -12,7 +12,7 @@ from ckeir.ranks import run_local
 MODEL = """
 model m {
   family llama; vocab 384; hidden 128; layers 4; heads 4; kv_heads 2; ffn 256
-  context 96; weights random(seed = 5)
+  context 320; weights random(seed = 5)
 }
 cluster c {
   node n0 { cores 1; dram 8GiB; dram_bw 20GB/s; l2 1MiB; l3 32MiB }
@@ -30,6 +30,8 @@ PHASES = {
   phase decode  { stage [n0, n1] layers 0..3 }""",
 }
 PROMPT = [3, 14, 15, 92, 65, 35]
+# longer than a prefill call's 256 rows: two chunks, one draw after the last
+LONG = [(7 * i + 3) % 384 for i in range(270)]
 N = 24
 # a draw that truncates and penalizes: every stage of the chain has its say
 SAMPLED = dict(temperature=1.3, top_k=60, top_p=0.95, min_p=0.01, repeat_penalty=1.1, seed=99)
@@ -48,11 +50,11 @@ def specs(tmp_path_factory):
     return out
 
 
-def ranks_run(spec, **sampling):
+def ranks_run(spec, prompt=PROMPT, **sampling):
     """Every rank's ids of one run on local ranks, after checking they agree."""
     with ckeir.compile(spec, backend="reference") as prog:
         assert prog.world_size == 2
-        out = run_local(prog, PROMPT, N, sampling=sampling)
+        out = run_local(prog, prompt, N, sampling=sampling)
     ids = [r["tokens"] for r in out["ranks"]]
     assert ids[0] == ids[1] == out["tokens"]
     assert len(out["tokens"]) == N
@@ -65,6 +67,7 @@ def one_rank(specs):
         return {
             "greedy": prog.generate(PROMPT, N),
             "sampled": prog.generate(PROMPT, N, **SAMPLED),
+            "long": prog.generate(LONG, N, **SAMPLED),
         }
 
 
@@ -73,6 +76,7 @@ def test_pipeline_draws_the_one_rank_ids(specs, one_rank):
     assert ranks_run(specs["pipeline"], **SAMPLED) == one_rank["sampled"]
     other = ranks_run(specs["pipeline"], **(SAMPLED | {"seed": 100}))
     assert other != one_rank["sampled"]
+    assert ranks_run(specs["pipeline"], LONG, **SAMPLED) == one_rank["long"]
 
 
 def test_tensor_parallel_draws_are_seeded_and_temperature_0_is_greedy(specs, one_rank):
