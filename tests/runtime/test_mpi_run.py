@@ -187,3 +187,39 @@ def test_mpi_ranks_on_one_machine_share_its_cpus(tmp_path):
         "0": max(1, usable_cpus() // 2),
         "1": max(1, usable_cpus() // 2),
     }
+
+
+def test_mpi_ranks_draw_the_local_ranks_ids(tmp_path):
+    """Sampled on a two-stage pipeline under mpiexec: rank 1 (the last stage) draws each id
+    before the token broadcast, and the seed draws what local ranks draw."""
+    spec = pipeline_spec(tmp_path)
+    args = ("run", spec, "--ids", "1,2,3", "-n", "12")
+    flags = ("--temperature", "1.3", "--top-p", "0.9", "--repeat-penalty", "1.2", "--seed", "8")
+    a = mpirun(2, *args, *flags, "--transport", "mpi")
+    b = local(*args, *flags)
+    greedy = local(*args)
+    assert a.returncode == 0, a.output
+    assert b.returncode == 0 and greedy.returncode == 0, b.stderr + greedy.stderr
+    assert a.stdout.strip() == b.stdout.strip() != greedy.stdout.strip()
+    assert len(a.stdout.strip().split(",")) == 12
+    assert a.leftovers == [] and a.leaked == []
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_stop_ends_the_run_on_every_mpi_rank():
+    """--stop under mpiexec: every rank ends at the id whose text reaches the stop string
+    (rank 0 alone stopping would leave rank 1 waiting for its next row)."""
+    prompt = "List three colors: red, green,"
+    r = local("run", ROOT / "specs/smollm2-135m.cke", "--prompt", prompt, "-n", "30")
+    assert r.returncode == 0, r.stderr
+    full = r.stdout[len(prompt) :].rstrip("\n")
+    stop = full[len(full) // 3 : len(full) // 3 + 3]
+    assert stop and full.index(stop) > 0
+    spec = ROOT / "specs/smollm2-pipeline.cke"
+    args = ("run", spec, "--prompt", prompt, "-n", "30", "--stop", stop, "--transport", "mpi")
+    r = mpirun(2, *args, timeout=600)
+    assert r.returncode == 0, r.output
+    assert r.stdout == prompt + full[: full.index(stop)] + "\n"
+    assert int(r.output.split("generated ")[1].split()[0]) < 30
+    assert r.leftovers == [] and r.leaked == []
