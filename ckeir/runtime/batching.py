@@ -539,11 +539,12 @@ class Scheduler:
             return list(self._running)
 
     def _release_over(self) -> None:
-        """Free the slots of sequences that are done or asked to stop."""
+        """Free the slots of sequences that are done or asked to stop.  One asked to stop
+        is counted "cancelled" as its slot is freed, under one lock: the metrics never
+        show it both finished and holding its slot."""
         with self._lock:
             over = [s for s in self._running if (s.done or s.cancel_requested) and not s.in_flight]
         for seq in over:
-            self._retire(seq, "cancelled")  # a no-op for the finished ones
             try:
                 if seq.started:  # a slot never given the sequence has nothing to release
                     self.engine.release(seq.slot)
@@ -553,6 +554,10 @@ class Scheduler:
                 self._running.remove(seq)
                 self._free.append(seq.slot)
                 self._free.sort()
+                ended = seq._finish("cancelled")  # False for the finished ones
+                self._finished["cancelled"] += ended
+            if ended:
+                seq._announce()
 
     def _plan(self, running: list[Sequence]) -> _Plan:
         reading = [s for s in running if s.prefilled < len(s.prompt)]
