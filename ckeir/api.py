@@ -434,7 +434,7 @@ class Program:
         sequence ending at its own stop string.
 
         A `batch N` schedule over pipeline stages runs here on local ranks (rank 0 schedules
-        over `PipelineSlots`, greedy for now).  `report`: also return the run's report
+        over `PipelineSlots` and draws each sequence's ids).  `report`: also return the run's report
         (`reports.run.many_report`), as (ids, report)."""
         stop = sampling.pop("stop", None)
         self.text_stream(stop)  # checked before any work
@@ -444,7 +444,7 @@ class Program:
             prompts, lambda ids: check_batched_request(ids, max_new_tokens, c.vocab, c.context)
         )
         if report or (self.world_size > 1 and self.transport is None):
-            out = self._many_on_ranks(prompts, max_new_tokens, options, report)
+            out = self._many_on_ranks(prompts, max_new_tokens, sampling, report)
             ids = out[0] if report else out
             ids = [self.cut_at_stop(t, stop) for t in ids]
             return (ids, out[1]) if report else ids
@@ -461,17 +461,12 @@ class Program:
             scheduler.run()
             return [seq.result() for seq in seqs]
 
-    def _many_on_ranks(self, prompts, max_new_tokens: int, options: Sampling, report: bool):
+    def _many_on_ranks(self, prompts, max_new_tokens: int, sampling: dict, report: bool):
         """generate_many through `ranks.run_many` (one rank) or `ranks.run_local_many`
         (a batched pipeline's local ranks), with the figures its report reads."""
         from ckeir.ranks import run_local_many, run_many
         from ckeir.reports.run import many_report
 
-        if not options.greedy:
-            raise CkeError(
-                "generate_many with report=True, or over several ranks, decodes greedily for "
-                "now: leave out temperature and the penalties"
-            )
         if self.world_size > 1 and self.job.schedule.batch < 2:
             raise CkeError(
                 f"this schedule runs on {self.world_size} ranks: generate_many runs several "
@@ -479,10 +474,10 @@ class Program:
                 "call generate for each prompt"
             )
         if self.world_size > 1 and self.transport is None:
-            out = run_local_many(self, prompts, max_new_tokens)
+            out = run_local_many(self, prompts, max_new_tokens, sampling=sampling)
             figures = out["ranks"]
         else:
-            out = run_many(self, prompts, max_new_tokens)  # one rank: its slot engine
+            out = run_many(self, prompts, max_new_tokens, sampling=sampling)  # its slot engine
             figures = [out]
         ids = out["tokens"]
         return (ids, many_report(self, figures)) if report else ids

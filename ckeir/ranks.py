@@ -247,26 +247,35 @@ def many_main(
     max_new_tokens: int,
     token_budget: int | None = None,
     depth: int | None = None,
+    sampling: dict | None = None,
 ):
     """The body of one local rank of a `generate_many` run: rank 0 drives the pipeline's
     slots with the continuous-batching scheduler (`run_many`), the other ranks serve its
     steps; rank 0 returns every rank's figures in rank order (the others None)."""
     with make_program(spec_path, transport=transport, **options) as prog:
-        figures = run_many(prog, prompts, max_new_tokens, transport, token_budget, depth)
+        figures = run_many(prog, prompts, max_new_tokens, transport, token_budget, depth, sampling)
         return transport.gather_object(figures)
 
 
 def run_many(
-    prog, prompts, max_new_tokens: int, transport=None, token_budget=None, depth=None
+    prog,
+    prompts,
+    max_new_tokens: int,
+    transport=None,
+    token_budget=None,
+    depth=None,
+    sampling: dict | None = None,
 ) -> dict:
-    """Greedy continuations of `prompts` through the continuous-batching scheduler, on this
+    """Continuations of `prompts` through the continuous-batching scheduler, on this
     rank: one process over the Program's slot engine (`transport` None), or every rank of a
     batched pipeline, rank 0 scheduling over `PipelineSlots` (up to one step in flight per
     stage) while the others run `serve_steps`.  Returns this rank's figures as `run_rank`
     does, `tokens` holding one id list per prompt on the scheduling rank, and `many` what
     the scheduler did (sequences, slots, steps, decode steps and rows, seconds; the report
     of `reports.run.many_report`).  `depth`: steps in flight at most (default: the
-    planner's choice, `bubbles.chosen_depth`; 1 runs the batch one step at a time)."""
+    planner's choice, `bubbles.chosen_depth`; 1 runs the batch one step at a time).
+    `sampling`: `sampling.Sampling`'s options (greedy without), each sequence drawing with
+    a sampler of its own on the scheduling rank."""
     from ckeir.runtime.pipeline_slots import PipelineSlots, serve_steps
     from ckeir.runtime.transport.base import ClockOffset
 
@@ -282,7 +291,7 @@ def run_many(
             slots = PipelineSlots(prog.engine, transport, depth)
         else:
             slots = prog.slot_engine()
-        many |= _schedule(slots, prompts, max_new_tokens, token_budget, started)
+        many |= _schedule(slots, prompts, max_new_tokens, token_budget, started, sampling)
         if transport is not None:
             slots.close()  # the other ranks leave serve_steps
         tokens = many.pop("tokens")
@@ -300,14 +309,19 @@ def run_many(
     return figures
 
 
-def _schedule(slots, prompts, max_new_tokens: int, token_budget, started: float) -> dict:
+def _schedule(
+    slots, prompts, max_new_tokens: int, token_budget, started: float, sampling=None
+) -> dict:
     """The scheduler's run of `prompts` over a slot engine (closed on failure): their ids
     and what the scheduler counted."""
     from ckeir.runtime.batching import Scheduler, check_batched_request, check_prompts
+    from ckeir.runtime.sampling import Sampling
 
-    options = {} if token_budget is None else {"token_budget": token_budget}
+    options = Sampling.of(**(sampling or {}))
+
+    budget = {} if token_budget is None else {"token_budget": token_budget}
     try:
-        with Scheduler(slots, **options) as scheduler:
+        with Scheduler(slots, **budget) as scheduler:
             prompts = check_prompts(
                 prompts,
                 lambda ids: check_batched_request(ids, max_new_tokens, slots.vocab, slots.context),
@@ -328,7 +342,7 @@ def _schedule(slots, prompts, max_new_tokens: int, token_budget, started: float)
                 return seen
 
             seqs = [
-                scheduler.submit(ids, max_new_tokens, on_token=first_id(i))
+                scheduler.submit(ids, max_new_tokens, on_token=first_id(i), pick=options.pick())
                 for i, ids in enumerate(prompts)
             ]
             scheduler.run()
@@ -373,6 +387,7 @@ def run_local_many(
     token_budget: int | None = None,
     watchdog: float | None = None,
     depth: int | None = None,
+    sampling: dict | None = None,
 ) -> dict:
     """`prompts` through `program`'s batched pipeline on local ranks (`run_many`); returns
     rank 0's figures, `tokens` one id list per prompt, with every rank's in `ranks`."""
@@ -389,6 +404,7 @@ def run_local_many(
             max_new_tokens,
             token_budget,
             depth,
+            sampling,
         ),
         link_model=links,
         watchdog=watchdog,
