@@ -416,6 +416,11 @@ def _check_sampling(args, prog) -> None:
         prog.sampler(**_sampling(args))
     except CkeError as e:
         raise CkeError(f"sampling flags: {e.message}", hint=e.hint) from None
+    if args.check_parity and args.seed is None and prog.sampler(**_sampling(args)):
+        raise CkeError(
+            "--check-parity compares the ranks' draws with one rank's: give --seed so both "
+            "draw from the same random state"
+        )
     if args.stop:
         from ckeir.runtime.tokenizer import check_stop
 
@@ -667,7 +672,8 @@ def _evidence(args, prog, ids, figures: list[dict], links, where: str) -> None:
 
 def _parity(args, ids, figures: list[dict]) -> dict:
     """Tokens and logits of the distributed run (from whichever rank computed each step's)
-    against the spec's single-rank twin, run here."""
+    against the spec's single-rank twin, run here with the same options (a seeded draw
+    draws the ranks' ids where the logits agree)."""
     from ckeir.api import Program
     from ckeir.reports.parity import compare, describe
 
@@ -677,7 +683,12 @@ def _parity(args, ids, figures: list[dict]) -> dict:
     ref_logits = []
     with Program(args.spec, schedule=args.schedule, isa=args.isa, single_rank=True) as one:
         ref = list(
-            one.stream(ids, args.max_new_tokens, on_logits=lambda i, x: ref_logits.append(x.copy()))
+            one.stream(
+                ids,
+                args.max_new_tokens,
+                on_logits=lambda i, x: ref_logits.append(x.copy()),
+                **_stream_options(args),
+            )
         )
     parity = compare(figures[0]["tokens"], logits, ref, ref_logits)
     print(describe(parity), file=sys.stderr)

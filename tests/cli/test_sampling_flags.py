@@ -12,6 +12,7 @@ import ckeir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+from run_evidence import pipeline_spec  # noqa: E402
 from smollm2 import SPEC as SMOLLM2  # noqa: E402
 from smollm2 import needs_smollm2  # noqa: E402
 from widths import TWO_CORES_SPEC  # noqa: E402
@@ -71,6 +72,20 @@ def test_local_ranks_draw_seeded_ids():
     with ckeir.compile(TINY) as prog:
         assert prog.generate([1, 2, 3], 10, temperature=1.2, top_k=50, seed=3) == drawn
         assert prog.generate([1, 2, 3], 10) != drawn
+
+
+def test_parity_of_a_seeded_draw_on_a_pipeline(tmp_path):
+    """--check-parity runs the single-rank twin with the same flags: on a two-stage pipeline
+    the seed draws the same ids from bitwise-equal logits; an unseeded draw is refused."""
+    spec = pipeline_spec(tmp_path)
+    args = ("run", spec, "--ids", "1,2,3", "-n", "8", "--temperature", "1.4", "--top-p", "0.95")
+    r = ckec(*args, "--seed", "5", "--check-parity")
+    assert r.returncode == 0, r.stderr
+    assert "parity vs single rank: tokens identical (8)" in r.stderr, r.stderr
+    assert "logits bitwise identical" in r.stderr
+    assert r.stdout != ckec("run", spec, "--ids", "1,2,3", "-n", "8").stdout  # not greedy
+    r = ckec(*args, "--check-parity")
+    assert r.returncode == 1 and "give --seed" in r.stderr, r.stderr
 
 
 @needs_smollm2
