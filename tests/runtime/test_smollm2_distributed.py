@@ -64,6 +64,36 @@ def test_tensor_parallel_int8_under_mpiexec():
     assert BITWISE in r.output, r.output
 
 
+SAMPLED = ("--temperature", "0.9", "--top-p", "0.95", "--repeat-penalty", "1.1", "--seed", "17")
+
+
+@pytest.mark.parametrize("kind", ["pipeline", "tp"])
+def test_seeded_draws_on_ranks_are_the_single_ranks(kind):
+    """Sampled with a seed: the root rank draws from logits that are the single-rank twin's
+    bit for bit, so the ranks' ids are the twin's (--check-parity runs it with the same
+    flags), and not the greedy ones."""
+    spec = ROOT / "specs" / f"smollm2-{kind}.cke"
+    r = ckec("run", spec, *IDS, *SAMPLED, "--check-parity", timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert BITWISE in r.stderr, r.stderr
+    assert len(r.stdout.strip().split(",")) == 10 and r.stdout.strip() != EXPECTED
+
+
+@needs_mpi
+def test_seeded_draws_under_mpiexec_are_the_local_ranks():
+    """Two MPI ranks, tensor parallel, sampled: the local ranks' ids for the same seed."""
+    sys.path.insert(0, str(Path(__file__).parent / "transport"))
+    from mpirun import mpiexec
+
+    spec = ROOT / "specs/smollm2-tp.cke"
+    argv = ["-n", "2", *command("run", spec, *IDS, *SAMPLED, mpi=True), "--transport", "mpi"]
+    r = mpiexec(argv, {"MPIEXEC_TIMEOUT": "600"}, timeout=900)
+    assert r.returncode == 0, r.output
+    local = ckec("run", spec, *IDS, *SAMPLED, timeout=900)
+    assert local.returncode == 0, local.stderr
+    assert r.stdout.strip() == local.stdout.strip() != EXPECTED
+
+
 def test_uneven_nodes_get_uneven_shards(tmp_path):
     """n0 has twice n1's bandwidth: it gets two of the three key/value heads in decode and
     two thirds of the FFN (in 512-wide units, whole reduction chunks)."""
