@@ -206,9 +206,10 @@ def run_local(
     sampling: dict | None = None,
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
-    every rank's in `ranks`.  `sampling`: as for `run_rank`.  `watchdog`: seconds without a heartbeat after which a rank is
+    every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is
     taken for stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never).
-    `pin`: as for `run_rank` (None: the Program's `pin`, then the schedule's choice)."""
+    `pin`: as for `run_rank` (None: the Program's `pin`, then the schedule's choice).
+    `sampling`: as for `run_rank` (the same options reach every rank)."""
     from ckeir.runtime.transport.local import launch_local
 
     pin = pin if pin is not None else getattr(program, "pin", None)
