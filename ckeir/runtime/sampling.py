@@ -183,22 +183,40 @@ def penalize(x: np.ndarray, history: Ids[int], o: Sampling) -> None:
 
 def truncate(x: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
     """The ids (ascending) left after top_k, top_p and min_p, as llama.cpp applies them one
-    after another; the likeliest id always stays."""
-    order = np.argsort(-x, kind="stable")  # likeliest first, ties by id
-    if 0 < top_k < len(order):
-        order = order[:top_k]
-    if top_p < 1.0 or min_p > 0.0:
+    after another; the likeliest id always stays.  Sorts only the likeliest ids the filters
+    can keep (a vocabulary-wide sort costs more than a small model's decode step)."""
+    n = len(x)
+    if not 0 < top_k < n and top_p >= 1.0 and min_p <= 0.0:
+        return np.arange(n)
+    # the filters see probabilities over the top_k ids, or over the whole vocabulary
+    k = top_k if 0 < top_k < n else min(n, 64)
+    total = None if 0 < top_k < n else np.exp(x - x.max()).sum()
+    while True:
+        order = _likeliest(x, k)[:top_k] if total is None else _likeliest(x, k)
         z = x[order]
         p = np.exp(z - z[0])
-        p /= p.sum()
+        p /= p.sum() if total is None else total
         keep = len(order)
         if top_p < 1.0:
             # the smallest prefix whose mass reaches top_p
             keep = min(keep, int(np.searchsorted(np.cumsum(p), top_p, side="left")) + 1)
         if min_p > 0.0:
             keep = min(keep, max(1, int(np.count_nonzero(p[:keep] >= min_p * p[0]))))
-        order = order[:keep]
-    return np.sort(order)
+        # enough ids sorted: the filters stop inside them, or every id is in
+        if total is None or keep < len(order) or len(order) == n:
+            return np.sort(order[:keep])
+        k = min(n, 4 * k)
+
+
+def _likeliest(x: np.ndarray, k: int) -> np.ndarray:
+    """The k likeliest ids, likeliest first, ties by id (a prefix of a stable descending
+    sort of all of them; ties with the k-th value come along)."""
+    if k < len(x):
+        threshold = np.partition(x, len(x) - k)[len(x) - k]
+        ids = np.flatnonzero(x >= threshold)
+    else:
+        ids = np.arange(len(x))
+    return ids[np.argsort(-x[ids], kind="stable")]
 
 
 def kept(x: np.ndarray, o: Sampling) -> tuple[np.ndarray, np.ndarray]:

@@ -112,6 +112,43 @@ def test_top_k_one_is_the_argmax(x, seed, temperature):
     assert s.choose(x, []) == int(np.argmax(x))
 
 
+def sorted_truncation(x, top_k, top_p, min_p):
+    """truncate's definition: every id sorted, likeliest first (ties by id), then top_k, the
+    smallest prefix reaching top_p, the ids at least min_p of the likeliest; probabilities
+    over the top_k ids, or over the whole vocabulary."""
+    order = np.argsort(-x, kind="stable")
+    topk = 0 < top_k < len(x)
+    if topk:
+        order = order[:top_k]
+    p = np.exp(x[order] - x[order[0]])
+    p /= p.sum() if topk else np.exp(x - x.max()).sum()
+    keep = len(order)
+    if top_p < 1.0:
+        keep = min(keep, int(np.searchsorted(np.cumsum(p), top_p, side="left")) + 1)
+    if min_p > 0.0:
+        keep = min(keep, max(1, int(np.count_nonzero(p[:keep] >= min_p * p[0]))))
+    return np.sort(order[:keep])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 3000),
+    st.integers(0, 5),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 300),
+    st.sampled_from([1.0, 0.999, 0.95, 0.5, 0.01]),
+    st.sampled_from([0.0, 1e-4, 0.05, 0.5]),
+)
+def test_truncation_sorts_only_what_it_keeps_and_keeps_what_a_full_sort_keeps(
+    n, levels, seed, top_k, top_p, min_p
+):
+    rng = np.random.default_rng(seed)
+    # few distinct values (levels > 0) make ties at every cut
+    x = rng.integers(0, levels, n) * 1.5 if levels else rng.standard_normal(n) * 3
+    got = truncate(x.astype(np.float64), top_k, top_p, min_p)
+    assert got.tolist() == sorted_truncation(x.astype(np.float64), top_k, top_p, min_p).tolist()
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     LOGITS,
