@@ -516,7 +516,7 @@ def _run(args, ids, transport) -> int:
                         "--prompt needs a tokenizer from the model file; this model "
                         "has none (give --ids)"
                     )
-                ids = prog.tokenizer.encode(args.prompt)
+                ids = prog.tokenizer.encode_prompt(args.prompt)  # BOS where the file asks
             ids = _checked_request(args, prog, ids)  # before any rank starts
             _check_sampling(args, prog)
             _check_measured(args, prog)

@@ -35,7 +35,7 @@ def rank_main(
     returns them in rank order (the other ranks return None)."""
     with make_program(spec_path, transport=transport, **options) as prog:
         if prompt is not None:
-            ids = prog.tokenizer.encode(prompt)
+            ids = prog.tokenizer.encode_prompt(prompt)
         figures = run_rank(
             prog, ids, max_new_tokens, transport, collect_logits, pin=pin, sampling=sampling
         )

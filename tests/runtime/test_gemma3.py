@@ -362,3 +362,14 @@ def test_generate_follows_llama_cpp_up_to_its_first_near_tie(gemma3):
     first_tie = next(i for i, m in enumerate(case.margins) if m < NEAR_TIE)
     got = gemma3.generate(case.prompt, max_new_tokens=first_tie)
     assert got == case.ids[:first_tie]
+
+
+def test_a_text_prompt_starts_with_bos_as_the_file_asks():
+    """`ckec run --prompt` on the file: BOS (id 2) first, as llama.cpp tokenizes a Gemma
+    prompt; without it the model rambles ("France of France of ...")."""
+    from cli_runner import ckec
+
+    spec = Path(__file__).parents[2] / "specs" / "gemma3-270m.cke"
+    r = ckec("run", spec, "--prompt", "The capital of France is", "-n", "1", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "prompt 6 tokens" in r.stdout + r.stderr  # <bos> The capital of France is
