@@ -4,11 +4,11 @@ four norms a layer and the per-head Q/K norms, no output.weight (tied)."""
 
 from __future__ import annotations
 
-import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGUFWriter
+from ggufgen import write_file
 
 from ckeir.models.transformer import ModelConfig
-from ckeir.runtime.weights import quantize_rows, random_weights
+from ckeir.runtime.weights import random_weights
 
 CFG = ModelConfig(
     vocab=256, hidden=96, layers=7, heads=4, kv_heads=1, ffn=128, context=64,
@@ -36,26 +36,7 @@ def write_gemma3(path, cfg=CFG, fmt="q8_0", arch="gemma3", drop=(), reshape=None
         a + "attention.sliding_window": lambda: w.add_sliding_window(cfg.window),
         a + "rope.freq_base": lambda: w.add_rope_freq_base(cfg.rope_theta),
     }
-    for key, add in adds.items():
-        if key not in meta:
-            add()
-    for key, value in meta.items():
-        if value is not None:
-            w.add_key_value(key, *value)
-    for name, arr in random_weights(cfg, 0).items():
-        if name in drop:
-            continue
-        if reshape and name in reshape:
-            arr = np.ones(reshape[name], np.float32)
-        if arr.ndim == 2 and fmt != "f32":
-            q = quantize_rows(arr, fmt)
-            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=GGMLQuantizationType[fmt.upper()])
-        else:
-            w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_file(w, adds, meta, random_weights(cfg, 0), fmt, drop, reshape, 1.0)
     return path
 
 

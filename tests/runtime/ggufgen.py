@@ -57,17 +57,25 @@ def write_gguf(
             "tokenizer.ggml.tokens": lambda: w.add_token_list(tokens),
             "tokenizer.ggml.merges": lambda: w.add_token_merges([]),
         }
+    write_file(w, adds, meta, random_weights(cfg, seed), fmt, drop, reshape, 0.0)
+    return path
+
+
+def write_file(w, adds, meta, weights, fmt, drop=(), reshape=None, fill=0.0) -> None:
+    """Finish a GGUF `w`: each metadata key of `adds` (key -> its writer call) that `meta`
+    does not replace, then `meta`'s (None: left out), then the tensors in `fmt` (matrices
+    packed), less `drop`, those in `reshape` given that shape filled with `fill`."""
     for key, add in adds.items():
         if key not in meta:
             add()
     for key, value in meta.items():
         if value is not None:
             w.add_key_value(key, *value)
-    for name, arr in random_weights(cfg, seed).items():
+    for name, arr in weights.items():
         if name in drop:
             continue
         if reshape and name in reshape:
-            arr = np.zeros(reshape[name], np.float32)
+            arr = np.full(reshape[name], fill, np.float32)
         if arr.ndim == 2 and fmt != "f32":
             q = quantize_rows(arr, fmt)
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=GGMLQuantizationType[fmt.upper()])
@@ -77,7 +85,6 @@ def write_gguf(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
 
 
 def spec_for(path, tmp_path, quantize="keep", extra=""):
