@@ -5,8 +5,12 @@ in `ctx.options` ("schedule", "cluster"); runs once (a module whose funcs carry 
 refused), and every stage gets at least one layer, head group and FFN block.  Ranks are the cluster's nodes that any phase uses,
 in declaration order.  A phase is a list of stages (layer ranges); a stage of k nodes is
 tensor parallel: attention splits by key/value-head groups (with their query heads), the FFN
-column-then-row by 32-wide blocks, the LM head by vocabulary; shares follow the nodes'
-resources (DRAM bandwidth for decode, cores for prefill).  Several stages make a pipeline:
+column-then-row by whole reduction chunks, the LM head by vocabulary; shares follow the nodes'
+resources (DRAM bandwidth for decode, cores for prefill) segment by segment: every
+collective waits for the stage's slowest rank, so a token costs the sum over the segments
+between collectives (attention, FFN, LM head) of the slowest rank's time, and each segment is
+shared by the speeds alone (whole key/value heads round unevenly; the FFN does not make up for
+them, since it is a segment of its own).  Several stages make a pipeline:
 the embedding lives on the first, the final norm and LM head on the last.  `auto` phases
 take the candidate with the lowest predicted latency that fits every node's memory.
 
@@ -45,8 +49,10 @@ from ckeir.planner.predict import check_memory, fits, predict
 
 FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks ...
 FFN_CHUNKS = (512, 256, 128, 64)  # ... and whole reduction chunks: the first of these that
-# cuts the FFN into at least kv_heads chunks (a stage has at most kv_heads nodes); 512 and 256
-# are whole VNNI groups of q4 blocks (4 x 32 values each)
+# cuts the FFN into a multiple of every stage size 2..kv_heads (equal nodes get equal shares:
+# SmolLM2's 1536 over 2 nodes is 768 + 768, six chunks of 256, where 512 could only give
+# 512 + 1024), else the first that cuts it into at least kv_heads chunks (a stage has at most
+# kv_heads nodes); 512 and 256 are whole VNNI groups of q4 blocks (4 x 32 values each)
 SPLIT_ALONG_K = ("attn_output", "ffn_down")
 
 
@@ -103,10 +109,11 @@ class Shape:
     @property
     def ffn_unit(self) -> int:
         """The FFN's split unit and reduction chunk (see FFN_CHUNKS; FFN_UNIT when none)."""
-        return next(
-            (c for c in FFN_CHUNKS if self.ffn % c == 0 and self.ffn // c >= self.kv_heads),
-            FFN_UNIT,
+        fit = [c for c in FFN_CHUNKS if self.ffn % c == 0 and self.ffn // c >= self.kv_heads]
+        even = (
+            c for c in fit if all((self.ffn // c) % k == 0 for k in range(2, self.kv_heads + 1))
         )
+        return next(even, fit[0] if fit else FFN_UNIT)
 
     @property
     def head_chunk(self) -> int:
@@ -188,46 +195,15 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             f"stage [{', '.join(nodes)}]: FFN width {shape.ffn} cannot be split "
             f"into {k} shards of whole {unit}-blocks"
         )
-    ffn = _ranges(cost.share(shape.ffn, ffn_weights(shape, heads, speed), unit))
+    # each segment between two collectives by the speeds alone (see the module docstring)
+    ffn = _ranges(cost.share(shape.ffn, speed, unit))
     if not cost.fits_shares(shape.vocab, k):
         raise PassError(
             f"stage [{', '.join(nodes)}]: a vocab of {shape.vocab} has fewer rows "
             f"than the stage's {k} nodes"
         )
-    vocab_weights = speed
-    if last == shape.layers - 1:  # the stage computes the LM head: it evens out the rest
-        layer_work = [
-            (last - first + 1) * layer_work_of(shape, h, f1 - f0)
-            for h, (f0, f1) in zip(heads, ffn, strict=True)
-        ]
-        vocab_weights = _make_up(layer_work, shape.vocab * shape.head_bytes, speed)
-    vocab = _ranges(cost.share(shape.vocab, vocab_weights))
+    vocab = _ranges(cost.share(shape.vocab, speed))
     return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab)
-
-
-def layer_work_of(shape: Shape, heads: int, ffn: int) -> float:
-    """The weight bytes per hidden unit of one layer's share of `heads` key/value heads and
-    `ffn` FFN columns: a key/value head carries its g query heads' Q and O rows and its K and
-    V rows, (2g + 2) * head_dim elements; an FFN column its gate, up and down rows, 3."""
-    per_head = (2 * shape.heads // shape.kv_heads + 2) * shape.head_dim
-    return (heads * per_head + 3 * ffn) * shape.layer_bytes
-
-
-def ffn_weights(shape: Shape, heads: list[int], speed: list[float]) -> list[float]:
-    """How to share the FFN's columns so that each rank's layer work (its key/value heads'
-    attention weights plus its FFN columns') is proportional to its speed: whole heads round
-    unevenly (SmolLM2's 3 over 2 equal nodes: 2 + 1), and the FFN makes up for it (1 + 2
-    chunks of 512, not 2 + 1)."""
-    attention = [layer_work_of(shape, h, 0) for h in heads]
-    return _make_up(attention, layer_work_of(shape, 0, shape.ffn), speed)
-
-
-def _make_up(work: list[float], rest: float, speed: list[float]) -> list[float]:
-    """Weights to share `rest` by so that each rank's `work` plus its share of `rest`
-    follows `speed` (a rank already above its part gets the least, one unit)."""
-    total = sum(work) + rest
-    scale = sum(speed)
-    return [max(total * s / scale - w, 0.0) for s, w in zip(speed, work, strict=True)]
 
 
 def _ranges(sizes: list[int]) -> tuple[tuple[int, int], ...]:

@@ -58,28 +58,33 @@ def test_a_skew_of_1e30_leaves_every_shard_non_empty():
     assert stage.ffn[1] == (128, 256)
 
 
-def test_the_ffn_and_the_lm_head_make_up_for_unevenly_rounded_heads():
-    """SmolLM2 on two equal nodes (Q4_1 layers, a Q8_0 LM head): 3 key/value heads round to
-    2 + 1, so the FFN's three 512-wide chunks go 1 + 2 (layer weights within 17% of half; 2 + 1
-    left rank 0 a third above half) and the LM head's rows even out the rest (within 0.1%);
-    on nodes of speeds 2 : 1 every share follows the speeds."""
+def test_each_segment_between_collectives_follows_the_speeds():
+    """SmolLM2 on two equal nodes (Q4_1 layers, a Q8_0 LM head): every collective waits for
+    the slowest rank, so each segment is shared by the speeds alone.  3 key/value heads round
+    to 2 + 1 (inherent), but the FFN, a segment of its own, goes 768 + 768 (six chunks of 256:
+    512-wide chunks could only give 512 + 1024), and the LM head's rows 24,576 + 24,576; on
+    nodes of speeds 2 : 1 every share follows the speeds."""
     shape = Shape(30, 9, 3, 64, 1536, 49152, layer_bytes=0.625, head_bytes=1.0625)
+    assert shape.ffn_unit == 256 and shape.k_chunk("ffn_down") == 256
     even = make_stage(0, ["a", "b"], [0, 1], 0, 29, shape, [1.0, 1.0])
-    assert even.kv_heads == ((0, 2), (2, 3)) and even.ffn == ((0, 512), (512, 1536))
-    per_head, per_col = (2 * 3 + 2) * 64 * 0.625, 3 * 0.625
-    layers = [
-        30 * ((h1 - h0) * per_head + (f1 - f0) * per_col)
-        for (h0, h1), (f0, f1) in zip(even.kv_heads, even.ffn, strict=True)
-    ]
-    assert max(layers) / (sum(layers) / 2) < 1.17
-    work = [w + (v1 - v0) * 1.0625 for w, (v0, v1) in zip(layers, even.vocab, strict=True)]
-    assert max(work) / (sum(work) / 2) < 1.001
+    assert even.kv_heads == ((0, 2), (2, 3))
+    assert even.ffn == ((0, 768), (768, 1536))
+    assert even.vocab == ((0, 24576), (24576, 49152))
     skewed = make_stage(0, ["a", "b"], [0, 1], 0, 29, shape, [2.0, 1.0])
     assert skewed.kv_heads == ((0, 2), (2, 3)) and skewed.ffn == ((0, 1024), (1024, 1536))
     assert skewed.vocab == ((0, 32768), (32768, 49152))
-    # a stage without the last layer has no LM head to even out with: speeds alone
-    first = make_stage(0, ["a", "b"], [0, 1], 0, 14, shape, [1.0, 1.0])
-    assert first.vocab == ((0, 24576), (24576, 49152))
+    # three equal nodes: a head each, two chunks each
+    three = make_stage(0, ["a", "b", "c"], [0, 1, 2], 0, 29, shape, [1.0, 1.0, 1.0])
+    assert three.ffn == ((0, 512), (512, 1024), (1024, 1536))
+
+
+def test_the_ffn_chunk_is_the_widest_that_equal_nodes_can_share_evenly():
+    # a multiple of every stage size 2..kv_heads when one of FFN_CHUNKS gives it ...
+    assert Shape(30, 9, 3, 64, 1536, 512).ffn_unit == 256  # 6 chunks, not 3 of 512
+    assert Shape(4, 4, 2, 32, 256, 512).ffn_unit == 128
+    assert Shape(18, 4, 1, 256, 2048, 512).ffn_unit == 512
+    # ... else the widest that gives every node of a kv_heads-wide stage one chunk
+    assert Shape(16, 32, 8, 64, 8192, 512).ffn_unit == 512
 
 
 def test_a_pipeline_needs_a_layer_per_node():
