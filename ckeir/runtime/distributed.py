@@ -20,6 +20,7 @@ import signal
 import time
 from collections import defaultdict
 
+import attrs
 import numpy as np
 
 from ckeir.backends.llvm.engine import _Program, lazy_zeros
@@ -75,6 +76,7 @@ class RankEngine:
         events=None,
         huge_pages: bool | None = None,
         adaptive: bool | None = None,
+        trace_collectives: bool = True,
     ):
         self.rank, self.transport, self.config = rank, transport, config
         self.placement = placement
@@ -129,6 +131,9 @@ class RankEngine:
         # the root rank's choice of the token from its row's logits before the broadcast
         # (`pick(argmax, logits) -> id`: a request's sampler); None: the argmax
         self.pick = None
+        # one event per collective of a fused call (for traces); without, they are counted
+        # per kind in bulk and only the call's own time is an event
+        self.trace_collectives = trace_collectives
 
     # -- native collectives ------------------------------------------------------------------
     def _attach_comm(self, prog, compiled) -> None:
@@ -148,23 +153,49 @@ class RankEngine:
 
     def _run_fused(self, fused: _Fused, n: int, width: int) -> float:
         """The whole program in one native call; then its collectives' records are checked
-        against the IR and counted as the transport would count its own.  Returns the
-        seconds spent computing (the call less its collectives' waits)."""
-        prog, comm = fused.prog, fused.comm
+        against the IR and counted as the transport would count its own, all at once (the
+        ranks wait for each other's bookkeeping at the next token's first collective).
+        Returns the seconds spent computing (the call less its collectives' waits)."""
+        prog, comm, records = fused.prog, fused.comm, fused.records
         comm[C.C_STATUS] = C.OK
         t0 = time.perf_counter()
         self.pool.run(fused.address, prog.ctx.ctypes.data, width=width)
         dt = time.perf_counter() - t0
         if comm[C.C_STATUS] != C.OK:
             raise fused.failure(n)
+        book = fused.book(n)
+        sent = records[:, C.R_SENT]
+        if not np.array_equal(sent, book.sent):
+            i = int(np.flatnonzero(sent != book.sent)[0])
+            self._checked(prog.abi.comm_steps[i], n, int(sent[i]))  # raises, naming the step
+            raise AssertionError("unreachable")  # pragma: no cover
+        # CLOCK_MONOTONIC: time.perf_counter's clock
+        c0 = records[:, C.R_T0] * 1e-9
+        waits = records[:, C.R_T1] * 1e-9 - c0
         waited = 0.0
-        for st, (r0, r1, sent, _) in zip(prog.abi.comm_steps, fused.records, strict=True):
-            c0, c1 = r0 * 1e-9, r1 * 1e-9  # CLOCK_MONOTONIC: time.perf_counter's clock
-            moved = self._checked(st, n, int(sent))
-            payload = st.nbytes(n) if st.kind == "allreduce" else moved * len(st.group)
-            self.transport.count_collective(st.kind, st.group, payload, moved, c0, c1)
-            self._record(st, moved, c0, c1 - c0)
-            waited += c1 - c0
+        for kind, group, steps, payload, message in book.counts:
+            seconds = float(waits[steps].sum())
+            if self.transport.on_event is not None:  # the hook sees each operation
+                for i in steps.tolist():
+                    r0, r1 = records[i, C.R_T0].item(), records[i, C.R_T1].item()
+                    self.transport.count_collective(
+                        kind, group, book.payloads[i], int(sent[i]), r0 * 1e-9, r1 * 1e-9
+                    )
+            else:
+                self.transport.count_collectives(kind, group, len(steps), payload, message, seconds)
+            self.stats[kind] += seconds
+            waited += seconds
+        if self.trace_collectives:
+            self.events.extend(
+                zip(
+                    book.kinds,
+                    book.peers,
+                    book.sent.tolist(),
+                    c0.tolist(),
+                    waits.tolist(),
+                    strict=True,
+                )
+            )
         self._record(_NATIVE, 0, t0, dt - waited)
         return dt - waited
 
@@ -418,6 +449,7 @@ class _Fused:
         self.records = np.zeros((len(prog.abi.comm_steps), C.RECORD_WORDS), np.int64)
         self.comm = transport.comm_block(self.records)
         self._fits: dict[int, bool] = {}
+        self._books: dict[int, _Book] = {}
 
     def fits(self, n: int) -> bool:
         """Whether a call of n rows runs as one native call: every collective's messages
@@ -429,6 +461,13 @@ class _Fused:
                 for st in self.prog.abi.comm_steps
             )
         return fits
+
+    def book(self, n: int) -> _Book:
+        """What a call of n rows must record and counts (see `_Book`), made once per n."""
+        book = self._books.get(n)
+        if book is None:
+            book = self._books[n] = _Book.of(self.prog.abi.comm_steps, n)
+        return book
 
     def failure(self, n: int) -> TransportError:
         """The error of a call whose comm block's status is not OK."""
@@ -442,6 +481,54 @@ class _Fused:
 
 
 _NATIVE = Step("native")  # a fused call's own time, without its collectives
+
+
+@attrs.frozen
+class _Book:
+    """A fused call's collectives at n rows: the bytes each must record as sent (the IR's
+    message bytes; -1 where the IR's bytes do not make whole bytes for n rows, which no
+    record matches), and per (kind, group) the steps, payload and message bytes in all."""
+
+    sent: np.ndarray
+    counts: tuple[tuple[str, tuple[int, ...], np.ndarray, int, int], ...]
+    payloads: tuple[int, ...]  # per step, for the transport's event hook
+    kinds: tuple[str, ...]  # per step, for the trace's events
+    peers: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, steps, n: int) -> _Book:
+        sent = np.array(
+            [
+                st.ir_bytes * st.row_count(n) // st.ir_rows
+                if st.ir_bytes * st.row_count(n) % st.ir_rows == 0
+                else -1
+                for st in steps
+            ],
+            np.int64,
+        )
+        by: dict = {}
+        for i, st in enumerate(steps):
+            by.setdefault((st.kind, tuple(st.group)), []).append(i)
+        counts = []
+        for (kind, group), idx in by.items():
+            message = int(sent[idx].sum())
+            payload = (
+                sum(steps[i].nbytes(n) for i in idx)
+                if kind == "allreduce"
+                else message * len(group)
+            )
+            counts.append((kind, group, np.array(idx, np.intp), payload, message))
+        payloads = tuple(
+            st.nbytes(n) if st.kind == "allreduce" else int(sent[i]) * len(st.group)
+            for i, st in enumerate(steps)
+        )
+        return cls(
+            sent,
+            tuple(counts),
+            payloads,
+            tuple(st.kind for st in steps),
+            tuple(st.group for st in steps),
+        )
 
 
 def _message_bytes(st, n: int) -> int:

@@ -156,3 +156,37 @@ def test_stopped_rank_is_ended_by_the_watchdog_while_its_peer_waits_natively(tmp
     assert r.returncode == 1, r.stderr
     assert "rank 1 made no progress for 2 s (it is stopped" in r.stderr, r.stderr
     assert "(native) abandoned" in r.stderr, r.stderr
+
+
+def _rank_without_collective_events(transport, path):
+    """A rank run as `run_local` runs one, its engine asked for no per-collective events."""
+    from ckeir.api import Program
+
+    prog = Program(path, transport=transport, threads=1)
+    try:
+        prog.engine.trace_collectives = False
+        tokens = prog.generate(PROMPT, N)
+        return tokens, transport.stats.as_dict(), list(prog.engine.events)
+    finally:
+        prog.close()
+
+
+def test_a_run_without_a_trace_counts_its_collectives_in_bulk(both_paths, tmp_path):
+    """Without a trace asking for them, a fused call's collectives are checked and counted
+    per kind at once (`Transport.count_collectives`) and leave no event each: the counters
+    are the Python path's, the events the native calls alone."""
+    from ckeir.runtime.transport.local import launch_local
+
+    _, python = both_paths()
+    got = launch_local(2, _rank_without_collective_events, args=(tp_spec(tmp_path),))
+    for (tokens, stats, events), theirs in zip(got, python["ranks"], strict=True):
+        assert tokens == python["tokens"]
+        for kind in ("allreduce", "allgather"):
+            ours, want = stats["ops"][kind], theirs["transport"]["ops"][kind]
+            assert (ours["count"], ours["bytes"]) == (want["count"], want["bytes"])
+            assert ours["seconds"] > 0
+        for peer, ours in stats["peers"].items():
+            want = theirs["transport"]["peers"][peer]
+            for key in ("bytes_sent", "bytes_received", "messages_sent", "messages_received"):
+                assert ours[key] == want[key], key
+        assert {e[0] for e in events} == {"native"} and len(events) == N

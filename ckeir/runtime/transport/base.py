@@ -485,6 +485,32 @@ class Transport(abc.ABC):
                 self.stats.peer(p).count("recv", message, t1 - t0)
         self._count(kind, payload, t0, t1)
 
+    def count_collectives(
+        self,
+        kind: str,
+        group: Sequence[int],
+        calls: int,
+        payload: int,
+        message: int,
+        seconds: float,
+    ) -> None:
+        """Count `calls` collectives of one kind over one group at once, as `calls` calls of
+        `count_collective` would: `message` bytes each way with every other member and
+        `payload` bytes for the operations in all, `seconds` inside them in all.  Without the
+        `on_event` hook's records (one per operation): a caller with a hook counts each."""
+        for p in self._group(group):
+            if p != self.rank:
+                peer = self.stats.peer(p)
+                peer.bytes_sent += message
+                peer.bytes_received += message
+                peer.messages_sent += calls
+                peer.messages_received += calls
+                peer.wait_s += 2 * seconds  # a send and a receive each, as count_collective
+        op = self.stats.op(kind)
+        op.count += calls
+        op.bytes += payload
+        op.seconds += seconds
+
     def _exchange_one(self, kind: str, peer: int, buf: np.ndarray, tag: int) -> None:
         """One message of a collective built here (not counted as a user send or receive)."""
         msg = self._message(kind, peer, buf, tag, time.perf_counter())
