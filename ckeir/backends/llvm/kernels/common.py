@@ -563,5 +563,16 @@ def ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+def scratch_layout(sizes: dict[str, int], align: int = 64) -> dict[str, int]:
+    """Byte offsets of scratch regions laid one after another, each starting on an `align`
+    boundary (a cache line), and the `stride` from one token's scratch to the next."""
+    out, at = {}, 0
+    for name, size in sizes.items():
+        out[name] = at
+        at += ceil_to(size, align)
+    out["stride"] = at
+    return out
+
+
 def rsqrt_const(x: int) -> float:
     return 1.0 / math.sqrt(x)

@@ -32,11 +32,11 @@ from ckeir.backends.llvm.host import HostCPU
 from ckeir.backends.llvm.kernels.common import (
     FunctionWriter,
     Kernel,
-    ceil_to,
     finish_kernel,
     half_to_float,
     kernel_writer,
     quantize_block,
+    scratch_layout,
     shuffle,
     splat,
     vec,
@@ -246,12 +246,7 @@ class Plan:
             "sigma": 4 * b * self.sigmas,
             "corr": 32 * b if self.corrected else 0,
         }
-        out, at = {}, 0
-        for name, size in sizes.items():
-            out[name] = at
-            at += ceil_to(size, 64)
-        out["stride"] = at
-        return out
+        return scratch_layout(sizes)
 
 
 def plan(

@@ -50,6 +50,7 @@ from ckeir.backends.llvm.kernels.common import (
     halves_to_floats,
     kernel_writer,
     quantize_block,
+    scratch_layout,
     shuffle,
     splat,
     vec,
@@ -151,12 +152,7 @@ class Plan:
             "pattern": 4 * self.dot_lanes * b if vnni else 0,
             "sigma": 4 * b if vnni and self.scale_lanes == 2 else 0,
         }
-        out, at = {}, 0
-        for name, size in sizes.items():
-            out[name] = at
-            at += ceil_to(size, 64)
-        out["stride"] = at
-        return out
+        return scratch_layout(sizes)
 
 
 def plan(
