@@ -52,21 +52,30 @@ def _rope(x, pos, theta, head_dim, style):
     return _f32(out.reshape(t, width))
 
 
-def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer, window=0):
+def _attention(
+    q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer, window=0, kv_row=None, ring=0
+):
+    """Store k, v at positions pos.. of the layer's cache, then attend (see cke.attention):
+    the layer is `kcache[layer]` of an (L, C, KVD) cache, or the rows from `kv_row` on of a
+    packed one, where a `ring` of R rows keeps position p in row p mod R."""
     t = q.shape[0]
-    kcache[layer, pos : pos + t] = k
-    vcache[layer, pos : pos + t] = v
+    kc, vc = (c[layer] if kv_row is None else c[kv_row:] for c in (kcache, vcache))
     n = pos + t
-    keys = kcache[layer, :n].reshape(n, kv_heads, head_dim).astype(np.float64)
-    vals = vcache[layer, :n].reshape(n, kv_heads, head_dim).astype(np.float64)
+    stored = pos + np.arange(t)
+    first = max(0, pos - window + 1) if ring else 0  # a ring keeps only the window's keys
+    seen = np.arange(first, n)  # positions of the keys read
+    rows = (stored % ring, seen % ring) if ring else (stored, seen)
+    kc[rows[0]], vc[rows[0]] = k, v
+    keys = kc[rows[1]].reshape(n - first, kv_heads, head_dim).astype(np.float64)
+    vals = vc[rows[1]].reshape(n - first, kv_heads, head_dim).astype(np.float64)
     group = heads // kv_heads
     qh = q.reshape(t, heads, head_dim).astype(np.float64)
     out = np.empty((t, heads, head_dim))
     for h in range(heads):
         g = h // group
-        s = qh[:, h, :] @ keys[:, g, :].T / np.sqrt(head_dim)  # (t, n)
-        at = (pos + np.arange(t))[:, None]  # each row's position; it sees keys at..at-W+1
-        keys_at = np.arange(n)[None, :]
+        s = qh[:, h, :] @ keys[:, g, :].T / np.sqrt(head_dim)  # (t, keys read)
+        at = stored[:, None]  # each row's position; it sees keys at..at-W+1
+        keys_at = seen[None, :]
         s[(keys_at > at) | ((keys_at <= at - window) if window else False)] = -np.inf
         p = np.exp(s - s.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
@@ -74,25 +83,11 @@ def _attention(q, k, v, kcache, vcache, pos, heads, kv_heads, head_dim, layer, w
     return _f32(out.reshape(t, heads * head_dim))
 
 
-def _batched_attention(
-    q, k, v, kcache, vcache, pos, slots, heads, kv_heads, head_dim, layer, window=0
-):
+def _batched_attention(q, k, v, kcache, vcache, pos, slots, *shape):
     """Row t in slot slots[t] at position pos[t]: one sequence's one-row attention on its
     slot's cache."""
     out = [
-        _attention(
-            q[t : t + 1],
-            k[t : t + 1],
-            v[t : t + 1],
-            kcache[s],
-            vcache[s],
-            int(p),
-            heads,
-            kv_heads,
-            head_dim,
-            layer,
-            window,
-        )  # fmt: skip
+        _attention(q[t : t + 1], k[t : t + 1], v[t : t + 1], kcache[s], vcache[s], int(p), *shape)
         for t, (p, s) in enumerate(zip(pos, slots, strict=True))
     ]
     return np.concatenate(out) if out else _f32(np.zeros(q.shape))
@@ -100,6 +95,7 @@ def _batched_attention(
 
 def _attention_op(o, a, env):
     shape = (a["heads"], a["kv_heads"], a["head_dim"], a["layer"], a.get("window", 0))
+    shape += (a.get("kv_row"), a.get("kv_rows", 0))
     if len(o) == 7:
         return _batched_attention(*o[:5], o[5], o[6], *shape)
     return _attention(*o[:5], int(o[5]), *shape)
@@ -209,9 +205,12 @@ class ReferenceEngine:
     def __init__(self, module: Operation, weights: dict[str, np.ndarray], cache_shape):
         self.funcs = _funcs(module)
         self.weights = weights
+        self.context = cache_shape[1]
+        rows = self.funcs["prefill"].attr("kv_rows")  # plan-memory packed it (rings)
+        if rows is not None:
+            cache_shape = (rows, cache_shape[-1])
         self.kcache = np.zeros(cache_shape, dtype=np.float32)
         self.vcache = np.zeros(cache_shape, dtype=np.float32)
-        self.context = cache_shape[1]
         self.max_prefill = self.funcs["prefill"].attr("max_tokens", self.context)
 
     def _run(self, name, ids, pos):
@@ -257,10 +256,12 @@ class ReferenceSlots:
                 "the module's decode program is not batched (no `slots`): build it with a "
                 "schedule's `batch N`, N > 1"
             )
-        cache = decode.regions[0].entry.args[2].type
-        self.kcache = np.zeros(cache.shape, dtype=np.float32)
-        self.vcache = np.zeros(cache.shape, dtype=np.float32)
-        self.context = cache.shape[2]
+        shape = decode.regions[0].entry.args[2].type.shape  # (B, L, C, KVD)
+        self.context = shape[2]
+        if decode.attr("kv_rows") is not None:  # plan-memory packed it (rings)
+            shape = (shape[0], decode.attr("kv_rows"), shape[3])
+        self.kcache = np.zeros(shape, dtype=np.float32)
+        self.vcache = np.zeros(shape, dtype=np.float32)
         self.max_prefill = self.funcs["prefill"].attr("max_tokens", self.context)
         self.vocab = decode.regions[0].entry.terminator.operands[1].type.shape[1]
         self.weights = weights

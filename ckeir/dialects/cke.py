@@ -111,6 +111,37 @@ def _check_func(op: Operation) -> None:
     if group is not None and op.attr("rank", 0) not in group:
         fail(op, f"group {group} does not include its rank {op.attr('rank', 0)}")
     _check_arena_offsets(op)
+    _check_kv_layout(op)
+
+
+def _check_kv_layout(func: Operation) -> None:
+    """A packed KV cache (`kv_rows` on the func, set by plan-memory): every attention op has
+    its extent (`kv_row`, and `kv_rows` on a ring, else the context), the extents lie apart
+    in the func's rows; a ring holds the window and a call's rows (see the attention op)."""
+    attns = [op for op in func.regions[0].entry.ops if op.name == "cke.attention"]
+    total = func.attr("kv_rows")
+    if total is None:
+        for op in attns:
+            if op.attr("kv_row") is not None or op.attr("kv_rows") is not None:
+                fail(op, "kv_row and kv_rows need the func's kv_rows (a packed KV cache)")
+        return
+    context = func.regions[0].entry.args[2].type.shape[-2]
+    extents = []
+    for op in attns:
+        first = op.attr("kv_row")
+        if first is None:
+            fail(op, f"needs kv_row: its func packs the KV cache in {total} rows")
+        rows = op.attr("kv_rows", context)
+        if rows > context:
+            fail(op, f"kv_rows {rows} exceed the cache's context of {context}")
+        extents.append((first, first + rows, op))
+    end = 0
+    for lo, hi, op in sorted(extents, key=lambda e: e[0]):
+        if lo < end:
+            fail(op, f"KV rows {lo}..{hi - 1} overlap another layer's (up to row {end - 1})")
+        end = hi
+    if end > total:
+        fail(func, f"kv_rows {total} is fewer than its layers' KV rows ({end})")
 
 
 def _check_signature(func: Operation) -> None:
@@ -343,6 +374,7 @@ def _check_attention(op: Operation) -> None:
         context = op.operands[3].type.shape[-2]
         if context is not None and window >= context:
             fail(op, f"window {window} is not shorter than the cache's context of {context}")
+    _check_ring(op, window)
     pos = op.operands[5].type
     if not batched:
         if not isinstance(pos, IntegerType):
@@ -356,6 +388,25 @@ def _check_attention(op: Operation) -> None:
     if q is not None:
         _dims_match(op, "rows of q vs positions", q.shape[0], pos.shape[0])
         _dims_match(op, "rows of q vs slots", q.shape[0], slots.shape[0])
+
+
+def _check_ring(op: Operation, window: int | None) -> None:
+    """A ring (`kv_rows` R) holds a sliding-window layer's keys: a call of T rows stores
+    positions p..p+T-1 while its first row still reads p-W+1, so R >= W + T - 1 (T: the
+    func's row bound, 1 a slot in a batched func)."""
+    rows = op.attr("kv_rows")
+    if rows is None:
+        return
+    if window is None:
+        fail(op, f"kv_rows {rows} (a ring) needs a window: a global layer keeps its context")
+    func = op.parent_op
+    calls = 1 if func is None or func.attr("slots") else func.attr("max_tokens", 1)
+    if rows < window + calls - 1:
+        fail(
+            op,
+            f"kv_rows {rows} cannot hold a window of {window} keys and a call of {calls} "
+            f"rows (needs {window + calls - 1}): a chunk would overwrite keys it still reads",
+        )
 
 
 def _check_same_shapes(op: Operation) -> None:
@@ -414,6 +465,7 @@ DEFS = [
             "max_tokens": Int(1, L.MAX_CONTEXT),
             "slots": Int(1, L.MAX_BATCH),
             "arena_bytes": Int(0, L.MAX_BYTES),
+            "kv_rows": Int(1, L.MAX_CONTEXT * L.MAX_LAYERS),  # a packed KV cache's rows
         },
         check=_check_func,
     ),
@@ -491,7 +543,9 @@ DEFS = [
         "grouped-query attention of q over cache rows 0..pos+t.  With slots (rank-4 "
         "caches, per-row pos): row t stores at cache[slots[t], layer, pos[t]] and attends "
         "over cache[slots[t], layer, 0..pos[t]], its own sequence only.  With window W "
-        "(sliding-window attention) row t at position p attends to keys p-W+1..p only.",
+        "(sliding-window attention) row t at position p attends to keys p-W+1..p only.  "
+        "With kv_row (a packed cache, the func's kv_rows) the layer's rows start at that "
+        "row of the cache; with kv_rows R (a ring, plan-memory) position p is row p mod R.",
         operands=("q", "k", "v", "kcache", "vcache", "pos", "*slots"),
         results=("out",),
         attributes={
@@ -500,7 +554,12 @@ DEFS = [
             "head_dim": Int(1, L.MAX_HIDDEN),
             "layer": LAYER,
         },
-        optional={"offset": PLACED["offset"], "window": Int(1, L.MAX_CONTEXT)},
+        optional={
+            "offset": PLACED["offset"],
+            "window": Int(1, L.MAX_CONTEXT),
+            "kv_row": Int(0, L.MAX_CONTEXT * L.MAX_LAYERS),
+            "kv_rows": Int(1, L.MAX_CONTEXT),
+        },
         check=_both(_check_attention),
         infer=_same_as(0),
     ),

@@ -8,6 +8,17 @@ aligned to 64 bytes.  Sets `offset` on every op that defines an intermediate, `a
 the func, and puts a `mem.arena` op (bytes, alignment, buffer count) at the top of the body.
 After place (ranks known), each rank's weights, KV cache of every slot and arenas must fit its
 node's dram, as place checked without the arenas.
+
+It also lays out the KV cache.  A sliding-window layer (`window` W) needs only the keys of its
+last W positions, so where W + T - 1 rows are fewer than the context it keeps a ring of that
+many (`kv_ring_rows`; T: the most rows of one sequence a call of any func of the module
+stores, so that a prefill chunk never overwrites keys its own first rows still read); the
+keys and values of position p sit in row p mod R.  Then each layer the func attends in gets
+its extent of one packed cache, in layer order: `kv_row` (its first row) and, on a ring,
+`kv_rows` (R) on the attention op, and the rows of one sequence's cache, `kv_rows`, on the
+func; the runtime allocates that many rows (per slot) instead of layers x context.  Every
+func of a module sees the same T, so the prefill and decode programs that share a cache lay
+it out alike.  A module without a ring layer keeps its (L, C, KVD) cache, unannotated.
 """
 
 from __future__ import annotations
@@ -79,6 +90,46 @@ def _span(b: Buffer) -> range:
     return range(b.start, b.end + 1)
 
 
+def kv_ring_rows(window: int, context: int, rows: int) -> int:
+    """Cache rows of a layer that attends to its last `window` keys, when a call stores up to
+    `rows` rows: W + rows - 1 (the first row of a call reads back to p - W + 1 while its last
+    stores at p + rows - 1), or the whole context when that is no fewer."""
+    return min(context, window + rows - 1) if window else context
+
+
+def sequence_rows(module: Operation) -> int:
+    """The most rows of one sequence a call of any func of the module stores: a func's
+    `max_tokens`, or 1 for a batched decode func (one row per slot)."""
+    return max(
+        (1 if f.attr("slots") else f.attr("max_tokens", 1) for f in funcs(module)), default=1
+    )
+
+
+def plan_kv_cache(func: Operation, rows: int, rewriter: Rewriter) -> int | None:
+    """Lay out the func's KV cache (see the module docstring); returns its rows per sequence,
+    or None when no layer keeps a ring (the cache stays layers x context)."""
+    attns = [op for op in func.regions[0].entry.ops if op.name == "cke.attention"]
+    context = func.regions[0].entry.args[2].type.shape[-2]
+    extents = [kv_ring_rows(op.attr("window", 0), context, rows) for op in attns]
+    ringed = any(r < context for r in extents)
+    top = 0
+    for op, r in zip(attns, extents, strict=True):
+        for name in ("kv_row", "kv_rows"):
+            if op.attr(name) is not None:
+                rewriter.remove_attr(op, name)
+        if ringed:
+            rewriter.set_attr(op, "kv_row", top)
+            if r < context:
+                rewriter.set_attr(op, "kv_rows", r)
+        top += r
+    if func.attr("kv_rows") is not None:
+        rewriter.remove_attr(func, "kv_rows")
+    if not ringed:
+        return None
+    rewriter.set_attr(func, "kv_rows", top)
+    return top
+
+
 @register_pass
 class PlanMemory(Pass):
     name = "plan-memory"
@@ -86,7 +137,11 @@ class PlanMemory(Pass):
 
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
         require_ranked(module, self.name)  # an unranked value would get no buffer
+        rows = sequence_rows(module)
         for func in funcs(module):
+            kv = plan_kv_cache(func, rows, rewriter)
+            if kv is not None:
+                ctx.stats.setdefault("kv_rows", {})[func.attr("sym_name")] = kv
             block = func.regions[0].entry
             for old in [op for op in block.ops if op.name == "mem.arena"]:
                 rewriter.erase(old)

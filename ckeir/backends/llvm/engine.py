@@ -122,6 +122,14 @@ def is_batched(lowered: LoweredModule) -> bool:
     return decode is not None and "positions" in decode.slots
 
 
+def allocated_cache_shape(lowered, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The K (and V) cache the module's programs share: a batched decode program's (slot-major),
+    else any program's (plan-memory lays out every func of a module alike), else `shape`."""
+    abis = list(lowered.programs.values())
+    batched = [a for a in abis if "positions" in a.slots]
+    return next((a.cache_shape for a in batched or abis if a.cache_shape), tuple(shape))
+
+
 def _programs(lowered, compiled, weights, kcache, vcache, huge_pages) -> dict[str, _Program]:
     """Each program of the module over the caches: a batched decode program over all of
     slot-major caches, every other program over slot 0's region of them (or over them
@@ -185,11 +193,12 @@ class NativeEngine(_Engine):
         pool: Pool | None = None,
     ):
         self.compiled = compiled  # keeps the machine code alive
-        if is_batched(lowered):
-            cache_shape = lowered.programs["decode"].cache_shape
+        self.context = cache_shape[-2]
+        # the cache as the programs lay it out: (L, C, KVD), or plan-memory's packed rows
+        # (sliding-window layers in rings), slot-major for a batched decode program
+        cache_shape = allocated_cache_shape(lowered, cache_shape)
         self.kcache = lazy_zeros(cache_shape)
         self.vcache = lazy_zeros(cache_shape)
-        self.context = cache_shape[-2]
         # engines of one process's sequence slots share one pool (and close it with theirs)
         self._owns_pool = pool is None
         self.pool = Pool(threads, host) if pool is None else pool
@@ -257,7 +266,7 @@ class NativeSlots(_Engine):
                 hint="compile a spec whose schedule says `batch N` with N > 1",
             )
         self.compiled = compiled
-        self.slots, layers, self.context, kvd = decode.cache_shape
+        self.slots, self.context = decode.cache_shape[0], decode.context
         self.kcache = lazy_zeros(decode.cache_shape)
         self.vcache = lazy_zeros(decode.cache_shape)
         self._owns_pool = pool is None

@@ -123,12 +123,15 @@ class ProgramABI:
     # weight slot -> (row0, row1, col0, col1, block, block bytes): the rank's slice of the
     # full tensor, in elements (columns in whole blocks for quantized formats)
     shards: dict = attrs.field(factory=dict)
+    # the K (and V) cache the runtime allocates: (L, C, KVD), or (rows, KVD) when plan-memory
+    # packed it (`kv_rows`), slot-major (a leading B) for a batched decode program
     cache_shape: tuple[int, ...] = ()
     # The whole program in one entry whose collectives run in native code over the local
     # transport's shared memory (`kernels.collective`; the `comm` slot says where), or ""
     # when its communication cannot: `steps` without the native ones, in order, are the
     # collectives it runs (a step's index there is its record in the comm block).
     fused: str = ""
+    context: int = 0  # positions a sequence may reach (the cache's logical C)
 
     @property
     def comm_steps(self) -> tuple[Step, ...]:
@@ -332,11 +335,12 @@ class _Lowering:
         self.schedule.sync()
 
     def cache_layer(self, cache: str, op: Operation, operand: int) -> str:
-        """The op's layer in `cache` ((L, C, KVD), or slot 0's of a slot-major cache)."""
+        """The op's layer in `cache` ((L, C, KVD), or slot 0's of a slot-major cache; in a
+        packed cache (plan-memory's `kv_row`), its extent's first row)."""
         c = op.operands[operand].type
-        layer_bytes = c.shape[-2] * c.shape[-1] * 4
+        row = op.attr("kv_row", op.attr("layer") * c.shape[-2])
         return self.f(
-            f"getelementptr inbounds i8, ptr {cache}, i64 {op.attr('layer') * layer_bytes}", "layer"
+            f"getelementptr inbounds i8, ptr {cache}, i64 {row * c.shape[-1] * 4}", "layer"
         )
 
 
@@ -634,9 +638,17 @@ def _abi(low: _Lowering) -> ProgramABI:
         tuple(outputs),
         tuple(low.steps),
         shards,
-        tuple(low.block.args[2].type.shape),
+        cache_shape(func),
         low.fused,
+        low.block.args[2].type.shape[-2],
     )
+
+
+def cache_shape(func: Operation) -> tuple[int, ...]:
+    """The shape of the func's K (and V) cache as allocated (see `ProgramABI.cache_shape`)."""
+    shape = tuple(func.regions[0].entry.args[2].type.shape)
+    rows = func.attr("kv_rows")
+    return shape if rows is None else (*shape[:-3], rows, shape[-1])
 
 
 def lower_module(module: Operation, host: HostCPU, rank: int | None = None) -> LoweredModule:

@@ -5,6 +5,10 @@ softmax partials in arena scratch, and after a sync `attention_combine` merges t
 scratch holds the partials of a call of the func's row bound (at most `SPLIT_ROWS` rows:
 longer calls have one chunk per row and need none); every attention op of the func uses
 the same block, one op after another.
+
+A sliding-window layer in a ring (plan-memory's `kv_rows` R) stores position p at row p mod R
+of its extent (`ring_store`) and reads key j from row j mod R; the chunks and the order of
+the keys stay those of a whole cache, so the outputs are its bits.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from ckeir.backends.llvm.kernels.attention import (
     attention_parts,
     attention_rows_combine,
     attention_rows_parts,
+    ring_store,
+    ring_store_rows,
     rows_scratch_bytes,
     scratch_bytes,
 )
@@ -30,13 +36,15 @@ def lower_attention(low, op: Operation) -> None:
     kc, vc = low.cache_layer(kc, op, 3), low.cache_layer(vc, op, 4)
     context, kvd = tuple(op.operands[3].type.shape)[1:]
     rows = low.rows(op.operands[0])
-    low.call(K.kv_store(kvd, context, low.host), [k, v, kc, vc], rows)
+    ring = op.attr("kv_rows", 0)
+    store = ring_store(kvd, ring, low.host) if ring else K.kv_store(kvd, context, low.host)
+    low.call(store, [k, v, kc, vc], rows)
     low.sync()
     heads, hd = op.attr("heads"), op.attr("head_dim")
     out = low.value_ptr(op.results[0])
     partials = low.scratch("attention", scratch_bytes(heads, hd, _row_bound(low, op)))
     window = op.attr("window", 0)
-    parts = attention_parts(heads, op.attr("kv_heads"), hd, context, low.host, window)
+    parts = attention_parts(heads, op.attr("kv_heads"), hd, context, low.host, window, ring)
     low.call(parts, [q, kc, vc, partials, out], rows)
     low.sync()
     low.call(attention_combine(heads, hd, low.host), [partials, out], rows)
@@ -56,14 +64,21 @@ def _lower_batched(low, op: Operation) -> None:
     kc, vc = low.cache_layer(kc, op, 3), low.cache_layer(vc, op, 4)
     _, layers, context, kvd = op.operands[3].type.shape
     rows = low.rows(op.operands[0])
-    store = K.kv_store_rows(kvd, layers, context, low.host)
+    ring, packed = op.attr("kv_rows", 0), low.func.attr("kv_rows", 0)  # packed: rows a slot
+    store = (
+        ring_store_rows(kvd, packed, ring, low.host)
+        if packed
+        else K.kv_store_rows(kvd, layers, context, low.host)
+    )
     low.call(store, [k, v, positions, slots, kc, vc], rows)
     low.sync()
     heads, hd = op.attr("heads"), op.attr("head_dim")
     out = low.value_ptr(op.results[0])
     partials = low.scratch("attention", rows_scratch_bytes(heads, hd, _row_bound(low, op)))
     window = op.attr("window", 0)
-    parts = attention_rows_parts(heads, op.attr("kv_heads"), hd, layers, context, low.host, window)
+    parts = attention_rows_parts(
+        heads, op.attr("kv_heads"), hd, layers, context, low.host, window, ring, packed
+    )
     low.call(parts, [q, kc, vc, positions, slots, partials, out], rows)
     low.sync()
     low.call(attention_rows_combine(heads, hd, low.host), [positions, partials, out], rows)

@@ -114,6 +114,7 @@ class _Keys:
     vbase: str
     kvd: int
     last: str  # index of the last key the item may read
+    ring: int = 0  # rows of a ring cache (key j in row j mod ring), or 0: key j in row j
 
 
 @attrs.frozen
@@ -191,15 +192,23 @@ def attention(heads: int, kv_heads: int, head_dim: int, context: int, host: Host
 
 
 def attention_parts(
-    heads: int, kv_heads: int, head_dim: int, context: int, host: HostCPU, window: int = 0
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    context: int,
+    host: HostCPU,
+    window: int = 0,
+    ring: int = 0,
 ) -> Kernel:
     """Split by keys: items (row, kv head, chunk of `split`); each leaves the partials of
     every query head of its kv head in `partials`, or, when the row has one chunk, the
-    output.  With a `window`, row t reads keys from pos+t+1-window only (`_window`)."""
+    output.  With a `window`, row t reads keys from pos+t+1-window only (`_window`); with a
+    `ring` (rows of the layer's cache), key j from row j mod ring.  Chunks are cut over the
+    keys' positions either way, so a ring gives the bits of a whole cache."""
     whole = _shape(heads, kv_heads, head_dim, host, group_size)
     chunk = _shape(heads, kv_heads, head_dim, host, register_group)
     name = f"attention_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_c{context}_v{whole.w}"
-    name += f"_w{window}" if window else ""
+    name += (f"_w{window}" if window else "") + (f"_r{ring}" if ring else "")
     f = kernel_writer(name, 5)
     v = Vec(f, whole.w)
     span, count = _split(f)
@@ -215,14 +224,14 @@ def attention_parts(
             def output(head: _Head, row_head: str) -> None:
                 _store_output(f, v, whole, head, row_head, "%a4")
 
-            _attend_kv_head(f, v, whole, t, g, first, keys, output)
+            _attend_kv_head(f, v, whole, t, g, first, keys, output, ring=ring)
         with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
             lo, hi = _chunk_keys(f, c, span, keys, first)
 
             def partial(head: _Head, row_head: str) -> None:
                 _store_partial(f, v, chunk, head, _partial(f, chunk, "%a3", row_head, count, c))
 
-            _attend_kv_head(f, v, chunk, t, g, lo, hi, partial)
+            _attend_kv_head(f, v, chunk, t, g, lo, hi, partial, ring=ring)
     return finish_kernel(f, ("q", "kcache", "vcache", "partials", "out"))
 
 
@@ -255,10 +264,12 @@ def _attend_kv_head(
     hi,
     store,
     caches: tuple[str, str] = ("%a1", "%a2"),
+    ring: int = 0,
 ) -> None:
     """Every query head of row t that reads kv head g over keys lo .. hi-1 of `caches` (K,
-    V), group after group; `store(head, row_head)` keeps each head's result."""
-    kv = _keys(f, s, g, hi, caches)
+    V; a ring of `ring` rows, or 0), group after group; `store(head, row_head)` keeps each
+    head's result."""
+    kv = _keys(f, s, g, hi, caches, ring)
     with f.loop(0, s.rep // s.gq, 1, "grp") as grp:
         h0 = f.add(f.mul(g, s.rep), f.mul(grp, s.gq))
         group = _group(f, v, s, t, h0)
@@ -317,21 +328,27 @@ def attention_rows_parts(
     context: int,
     host: HostCPU,
     window: int = 0,
+    ring: int = 0,
+    slot_rows: int = 0,
 ) -> Kernel:
     """Batched decode, split by keys: row t (one sequence's token) reads the cache of slot
-    slots[t] (kcache/vcache: this layer of slot 0; slots are L·C·KVD floats apart) over
-    keys 0..positions[t]; items (row, kv head, chunk of MAX_CHUNKS), each doing what the
-    item of a one-row call at positions[t] does (the output when the row has one chunk,
-    else its partials, at chunk slot c of the row-head's MAX_CHUNKS)."""
+    slots[t] (kcache/vcache: this layer of slot 0; slots are L·C·KVD floats apart, or
+    `slot_rows`·KVD in a packed cache) over keys 0..positions[t] (a `ring`: key j in row
+    j mod ring); items (row, kv head, chunk of MAX_CHUNKS), each doing what the item of a
+    one-row call at positions[t] does (the output when the row has one chunk, else its
+    partials, at chunk slot c of the row-head's MAX_CHUNKS)."""
     whole = _shape(heads, kv_heads, head_dim, host, group_size)
     chunk = _shape(heads, kv_heads, head_dim, host, register_group)
     name = (
         f"attention_rows_parts_f32_h{heads}_kv{kv_heads}_d{head_dim}_l{layers}_c{context}"
-        f"_v{whole.w}" + (f"_w{window}" if window else "")
+        f"_v{whole.w}"
+        + (f"_w{window}" if window else "")
+        + (f"_r{ring}" if ring else "")
+        + (f"_s{slot_rows}" if slot_rows else "")
     )
     f = kernel_writer(name, 7)
     v = Vec(f, whole.w)
-    slot_floats = layers * context * kv_heads * head_dim
+    slot_floats = (slot_rows or layers * context) * kv_heads * head_dim
     items = f.mul(f.mul("%n", kv_heads), MAX_CHUNKS)
     with f.loop(f.i64("%tid"), items, f.i64("%nth"), "item") as item:
         c = f(f"srem i64 {item}, {MAX_CHUNKS}", "c")
@@ -349,7 +366,7 @@ def attention_rows_parts(
                 def output(head: _Head, row_head: str) -> None:
                     _store_output(f, v, whole, head, row_head, "%a6")
 
-                _attend_kv_head(f, v, whole, t, g, first, keys, output, caches)
+                _attend_kv_head(f, v, whole, t, g, first, keys, output, caches, ring)
         with f.if_(f(f"icmp sgt i64 {count}, 1", "split")):
             with f.if_(f(f"icmp slt i64 {c}, {count}", "mine")):
                 lo, hi = _chunk_keys(f, c, span, keys, first)
@@ -358,8 +375,40 @@ def attention_rows_parts(
                     dst = _partial(f, chunk, "%a5", row_head, MAX_CHUNKS, c)
                     _store_partial(f, v, chunk, head, dst)
 
-                _attend_kv_head(f, v, chunk, t, g, lo, hi, partial, caches)
+                _attend_kv_head(f, v, chunk, t, g, lo, hi, partial, caches, ring)
     return finish_kernel(f, ("q", "kcache", "vcache", "positions", "slots", "partials", "out"))
+
+
+def ring_store(kv_dim: int, ring: int, host: HostCPU) -> Kernel:
+    """kcache[(pos+t) mod ring] = k[t], vcache likewise: a call's rows into a layer's ring
+    (plan-memory makes it hold them beside the window: no row overwrites one the call
+    reads); threads split the rows."""
+    f = kernel_writer(f"kv_ring_store_f32_d{kv_dim}_r{ring}", 4)
+    lo, hi = f.share("%n", 1)
+    with f.loop(lo, hi, 1, "t") as t:
+        at = f.mul(f(f"urem i64 {f.add('%pos', t)}, {ring}", "row"), kv_dim)
+        src = f.mul(t, kv_dim)
+        f.memcpy(f.gep("%a2", at), f.gep("%a0", src), kv_dim * 4)
+        f.memcpy(f.gep("%a3", at), f.gep("%a1", src), kv_dim * 4)
+    return finish_kernel(f, ("k", "v", "kcache", "vcache"))
+
+
+def ring_store_rows(kv_dim: int, slot_rows: int, ring: int, host: HostCPU) -> Kernel:
+    """Batched decode into a packed cache: row t's k and v to row positions[t] mod `ring`
+    (or positions[t], with no ring) of this layer in slot slots[t] (kcache/vcache: the
+    layer's extent in slot 0; slots are slot_rows·kv_dim floats apart); threads split the
+    rows."""
+    f = kernel_writer(f"kv_ring_store_rows_f32_d{kv_dim}_s{slot_rows}_r{ring}", 6)
+    lo, hi = f.share("%n", 1)
+    with f.loop(lo, hi, 1, "t") as t:
+        slot = f(f"sext i32 {f.load('i32', f.gep('%a3', t, 'i32'))} to i64", "slot")
+        pos = f.load("i64", f.gep("%a2", t, "i64"), 8)
+        row = f(f"urem i64 {pos}, {ring}", "row") if ring else pos
+        at = f.add(f.mul(slot, slot_rows * kv_dim), f.mul(row, kv_dim))
+        src = f.mul(t, kv_dim)
+        f.memcpy(f.gep("%a4", at), f.gep("%a0", src), kv_dim * 4)
+        f.memcpy(f.gep("%a5", at), f.gep("%a1", src), kv_dim * 4)
+    return finish_kernel(f, ("k", "v", "positions", "slots", "kcache", "vcache"))
 
 
 def attention_rows_combine(heads: int, head_dim: int, host: HostCPU) -> Kernel:
@@ -411,13 +460,19 @@ def _fmul(f: FunctionWriter, a: str, b: str) -> str:
 
 
 def _keys(
-    f: FunctionWriter, s: _Shape, g: str, end: str, caches: tuple[str, str] = ("%a1", "%a2")
+    f: FunctionWriter,
+    s: _Shape,
+    g: str,
+    end: str,
+    caches: tuple[str, str] = ("%a1", "%a2"),
+    ring: int = 0,
 ) -> _Keys:
     """kv head g's keys and values in `caches` (K, V), of which the item reads keys below
-    `end`."""
+    `end` (in a ring of `ring` rows: key j in row j mod ring)."""
     col = f.mul(g, s.head_dim)
     kc, vc = caches
-    return _Keys(s.chunks, f.gep(kc, col), f.gep(vc, col), s.kv_heads * s.head_dim, f.sub(end, 1))
+    kvd = s.kv_heads * s.head_dim
+    return _Keys(s.chunks, f.gep(kc, col), f.gep(vc, col), kvd, f.sub(end, 1), ring)
 
 
 def _group(f: FunctionWriter, v: Vec, s: _Shape, t: str, h0: str) -> list[_Head]:
@@ -476,6 +531,8 @@ def _step(
 ) -> None:
     """Fold keys j0 .. j0 + subs*W - 1 (those < j0+left) into every head of the group."""
     rows = [[f.min(f.add(j0, u * v.w + jj), kv.last) for jj in range(v.w)] for u in range(subs)]
+    if kv.ring:  # the same keys in the same order, from their ring rows: the same bits
+        rows = [[f(f"urem i64 {j}, {kv.ring}", "ring") for j in sub] for sub in rows]
     valid = [v.lane_mask(f.sub(left, u * v.w)) for u in range(subs)]
     krows = [[f.gep(kv.kbase, f.mul(j, kv.kvd)) for j in sub] for sub in rows]
     vrows = [[f.gep(kv.vbase, f.mul(j, kv.kvd)) for j in sub] for sub in rows]
