@@ -21,9 +21,12 @@ Faults end the run on every rank (most within milliseconds), never hang it:
   a waiting peer (its pid is gone or a zombie), which records "rank r was killed by SIGKILL
   during recv from rank p (tag t)" and fails the world the same way;
 - a rank that returned while a peer still waits for it fails that peer's operation;
-- a rank that stops (SIGSTOP, a debugger, a frozen cgroup) stops its heartbeat: the
-  launcher's watchdog kills it after `watchdog` seconds (default 30) and fails the world
-  with "rank r made no progress for 30 s (it is stopped …)";
+- a rank that stops (SIGSTOP, a debugger) stops its heartbeat: the launcher's watchdog
+  kills it after `watchdog` seconds (default 30) and fails the world with "rank r made no
+  progress for 30 s (it is stopped …)", naming what each of its threads was in.  A still
+  heartbeat alone is not enough: a rank asleep in a system call (a lock, a pipe, a futex
+  waiting for the GIL) or starved of a CPU runs again by itself and is left alone — only a
+  rank whose every thread /proc shows stopped (T, t) is;
 - ranks still computing `grace` seconds after a failure are killed by the launcher, which
   raises a `TransportError` naming the rank that failed first, its error and traceback,
   and what every other rank was doing; a `timeout` fails the world the same way;
@@ -766,9 +769,12 @@ def _die_with_launcher(launcher: int) -> None:
 class _Heartbeat:
     """Bumps this rank's heartbeat counter every `interval` seconds from a thread of its
     own, whatever the rank's main thread is doing — computing, compiling, or blocked in a
-    native wait (GIL released).  Only a process that does not run at all (SIGSTOP, a
-    debugger, a frozen cgroup) leaves it still, and that is what the launcher's watchdog
-    looks for: every thread of a stopped process stands still."""
+    native wait (GIL released).  A process that does not run at all (SIGSTOP, a debugger)
+    leaves it still; so does one whose main thread holds the GIL (a long call, a system call
+    made without releasing it) or that a busy machine starves of a CPU, and one still
+    starting (the heartbeat begins once the segment is mapped, and a spawned rank compiles
+    its native helpers first).  The launcher's watchdog tells them apart by what /proc says
+    of the threads (`_stopped`)."""
 
     def __init__(self, world: World, rank: int, interval: float):
         self._world, self._rank, self._interval = world, rank, interval
@@ -812,29 +818,93 @@ def watchdog_seconds(value: float | None = None) -> float | None:
     return float(value)
 
 
-def _runnable(pid: int) -> bool:
-    """Some thread of process `pid` is running, waiting for a CPU (state R) or for the disk
-    (D): a heartbeat that stands still then means a starved rank on a busy machine, one
-    holding the GIL in a long call, or one still reading its modules from a cold disk at
-    start-up (its main thread faulting pages in, D, while the heartbeat thread waits for the
-    GIL; a fresh venv's suite on a loaded machine once saw a rank killed 1.5 s into its
-    start-up, before its first transport call, with a 1.5 s watchdog) — slow, not stopped.  (A task frozen by a cgroup-v1 freezer also shows D: such a rank is found by
-    the launcher's time-out instead; the v2 freezer, a SIGSTOP and a debugger do not.)"""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        with contextlib.suppress(OSError, ValueError):
-            text = stat.read_bytes()
-            if text[text.rindex(b")") + 2 : text.rindex(b")") + 3] in (b"R", b"D"):
-                return True
-    return False
+# ---- what /proc says of a rank's threads: the watchdog's evidence -------------------------------
+
+# x86-64 numbers of the system calls a waiting thread is most often found in (elsewhere, and for
+# any other call, the message gives the number)
+_SYSCALLS = {
+    0: "read", 1: "write", 7: "poll", 17: "pread64", 23: "select", 35: "nanosleep",
+    45: "recvfrom", 47: "recvmsg", 61: "wait4", 62: "kill", 72: "fcntl", 73: "flock", 202: "futex",
+    230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6", 271: "ppoll",
+    281: "epoll_pwait",
+} if os.uname().machine == "x86_64" else {}  # fmt: skip
+MAX_THREADS_NAMED = 6  # a message names this many of a rank's threads, then counts the rest
 
 
-def _stalled(world: World, r: int, pid: int, seconds: float) -> str:
-    """The watchdog's verdict on rank r (process `pid`), with what /proc says of it."""
-    state = _proc_state(pid)
-    why = "it is stopped: SIGSTOP or a debugger" if state in (b"T", b"t") else "is it stopped?"
+@attrs.frozen
+class ThreadState:
+    """One thread of a rank as /proc shows it: `state` is the kernel's letter (R running or
+    waiting for a CPU, S asleep, D waiting for the disk, T stopped by a signal, t stopped by a
+    debugger), `syscall` the system call it waits in and `wchan` the kernel function it
+    sleeps in ("" when it is in none)."""
+
+    tid: int
+    state: str
+    syscall: str = ""
+    wchan: str = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self.state in ("T", "t")
+
+    def __str__(self) -> str:
+        where = f" in {self.syscall}" if self.syscall else ""
+        if self.wchan:
+            where += f" ({self.wchan})" if where else f" in {self.wchan}"
+        return f"{self.tid} {self.state}{where}"
+
+
+def _read_proc(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _thread_state(task: Path) -> ThreadState | None:
+    stat = _read_proc(task / "stat")
+    if ")" not in stat:
+        return None  # the thread ended
+    call = _read_proc(task / "syscall").split(" ", 1)[0]  # "running", or -1 between calls
+    syscall = _SYSCALLS.get(int(call), f"syscall {call}") if call.isdigit() else ""
+    wchan = _read_proc(task / "wchan")
+    state = stat[stat.rindex(")") + 2 : stat.rindex(")") + 3]
+    return ThreadState(int(task.name), state, syscall, "" if wchan == "0" else wchan)
+
+
+def thread_states(pid: int) -> list[ThreadState]:
+    """Every thread of process `pid`, main thread first ([] once the process is gone)."""
+    try:
+        tids = sorted(int(t.name) for t in Path(f"/proc/{pid}/task").iterdir())
+    except (OSError, ValueError):
+        return []
+    tids.sort(key=lambda tid: tid != pid)  # stable: the main thread, then the others in order
+    states = (_thread_state(Path(f"/proc/{pid}/task/{tid}")) for tid in tids)
+    return [t for t in states if t is not None]
+
+
+def _threads_text(threads: list[ThreadState]) -> str:
+    named = ", ".join(map(str, threads[:MAX_THREADS_NAMED]))
+    more = len(threads) - MAX_THREADS_NAMED
+    return named + (f" and {more} more" if more > 0 else "")
+
+
+def _stopped(threads: list[ThreadState]) -> bool:
+    """The process cannot run: every thread is stopped (SIGSTOP, SIGTSTP, a debugger).  A
+    thread asleep in a system call (a lock, a pipe from a child, a futex waiting for the GIL),
+    waiting for the disk or for a CPU on a busy machine runs again by itself: slow, not
+    stopped.  (A task frozen by a cgroup freezer is not taken for stopped either: a v1-frozen
+    task does not even die of SIGKILL until it is thawed, so killing it would not end the
+    run.)"""
+    return bool(threads) and all(t.stopped for t in threads)
+
+
+def _stalled(world: World, r: int, seconds: float, threads: list[ThreadState]) -> str:
+    """The watchdog's verdict on rank r, with what /proc says of its threads."""
     return (
-        f"rank {r} made no progress for {seconds:g} s ({why}) while {world.doing(r)};"
-        f" the watchdog killed it (set {WATCHDOG_ENV} to change the period, 0 to turn it off)"
+        f"rank {r} made no progress for {seconds:g} s (it is stopped: SIGSTOP or a debugger)"
+        f" while {world.doing(r)}; the watchdog killed it (set {WATCHDOG_ENV} to change the"
+        f" period, 0 to turn it off); its threads: {_threads_text(threads)}"
     )
 
 
@@ -972,6 +1042,7 @@ class _Supervisor:
         self.finished: set[int] = set()
         self.killed: dict[int, str] = {}  # rank -> what it was doing when the launcher killed it
         self.stalled: dict[int, str] = {}  # rank -> the watchdog's verdict (it was killed)
+        self.halted: dict[int, float] = {}  # rank -> since when every check saw it stopped
         self.unlinked = False
         now = time.monotonic()
         self.beats = {r: (-1, now) for r in range(n)}  # rank -> (last count, when it moved)
@@ -1004,7 +1075,9 @@ class _Supervisor:
                 failed_at = now
             if failed_at is not None and now - failed_at > self.grace:
                 for r in sorted(running):
-                    self.killed[r] = self.world.doing(r)
+                    if r not in self.killed:  # what it was doing, not what its corpse is
+                        threads = _threads_text(thread_states(self.procs[r].pid))
+                        self.killed[r] = f"{self.world.doing(r)}; its threads: {threads}"
                     self.procs[r].kill()
         if self.world.failure() is not None or self.outcome:
             raise self._error()
@@ -1012,20 +1085,27 @@ class _Supervisor:
 
     def _watch(self, running: set[int], now: float) -> None:
         """Kill (SIGKILL: a stopped process ignores everything else) the first rank whose
-        heartbeat has not moved for the watchdog period while none of its threads could
-        run, and fail the world naming it."""
+        heartbeat has not moved for the watchdog period and whose threads have all been
+        stopped for the last half of it, and fail the world naming it.  A rank asleep in a
+        system call or starved of a CPU (its heartbeat thread cannot beat either) is left
+        alone, however long its heartbeat stands still: it runs again by itself."""
         if self.watchdog is None:
             return
         for r in sorted(running):
             count, since = self.beats[r]
             if (now_count := self.world.beats(r)) != count:
                 self.beats[r] = (now_count, now)
-            elif (
-                now - since > self.watchdog
-                and self.world.state(r) in (STARTING, RUNNING)
-                and not _runnable(pid := self.procs[r].pid)
-            ):
-                self.stalled[r] = text = _stalled(self.world, r, pid, self.watchdog)
+                self.halted.pop(r, None)
+                continue
+            if now - since <= self.watchdog / 2 or self.world.state(r) not in (STARTING, RUNNING):
+                continue
+            threads = thread_states(self.procs[r].pid)
+            if not _stopped(threads):
+                self.halted.pop(r, None)
+                continue
+            first = self.halted.setdefault(r, now)
+            if now - since > self.watchdog and now - first >= self.watchdog / 2:
+                self.stalled[r] = text = _stalled(self.world, r, self.watchdog, threads)
                 self.procs[r].kill()
                 self.world.fail(r, text)
                 return

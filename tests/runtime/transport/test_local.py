@@ -244,6 +244,41 @@ def test_busy_holding_the_gil_is_not_stopped():
     assert launch_local(2, tp.prog_hold_gil, (2.5,), timeout=30, watchdog=1.0) == [True, True]
 
 
+@pytest.mark.parametrize("how", ["read", "flock"])
+def test_asleep_holding_the_gil_is_not_stopped(how, tmp_path):
+    """A rank asleep in a system call (a pipe from a slow child, a lock another rank holds)
+    for 2.5 watchdog periods while keeping the GIL: its heartbeat stands still (it moves at
+    most once in the whole wait, where it would beat 50 times) and none of its threads is
+    runnable, yet it is not stopped — it wakes by itself, and the run succeeds.  (A loaded
+    suite once saw a spawned rank killed so while it waited for `ldconfig`.)"""
+    lock = str(tmp_path / "lock")
+    results = launch_local(
+        2, tp.prog_asleep_holding_the_gil, (2.5, how, lock), timeout=60, watchdog=1.0
+    )
+    asleep = results[1]
+    assert asleep["ok"] and asleep["waited"] >= 2.5, asleep
+    assert asleep["beats"] <= 1, asleep
+
+
+def test_stopped_rank_names_its_threads():
+    """The watchdog's message says what /proc saw: every thread of the stopped rank in T."""
+    err = failure(2, tp.prog_stop, watchdog=1.0)
+    threads = err.message.split("its threads: ", 1)[1].split("\n", 1)[0]
+    assert threads and all(" T" in t for t in threads.split(", ")), err.message
+
+
+def test_timeout_names_what_each_rank_waits_in():
+    """A run ended by the launcher's time-out says what each rank it had to kill was doing
+    and what its threads were in: here both ranks' main threads sleep in Python's time.sleep
+    (a system call, state S)."""
+    err = failure(2, tp.prog_sleep_forever, timeout=4, grace=0.5)
+    for r in range(2):
+        killed = f"  rank {r} was still running 0.5 s after the failure and was killed (it was"
+        line = next((ln for ln in err.message.splitlines() if ln.startswith(killed)), "")
+        main = line.partition("its threads: ")[2].split(", ")[0]  # the main thread comes first
+        assert " S in " in main, err.message
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_no_rank_outlives_a_killed_launcher(tmp_path, sig):
     """Kill the launcher of a running job (one rank stopped, one blocked in a receive): both

@@ -171,6 +171,11 @@ def prog_deadlock(t) -> None:
     t.recv(np.zeros(4, np.float32), (t.rank + 1) % t.size, tag=7)
 
 
+def prog_sleep_forever(t) -> None:
+    """Every rank sleeps (outside the transport) until the launcher's time-out ends the run."""
+    time.sleep(3600)
+
+
 def prog_exit_without_close(t) -> None:
     """Rank 1 leaves with sys.exit(3) (as a CLI does after printing an error) while rank 0
     waits for it."""
@@ -220,6 +225,49 @@ def prog_hold_gil(t, seconds: float) -> bool:
         sys.setswitchinterval(0.005)
     t.barrier()
     return True
+
+
+def prog_asleep_holding_the_gil(t, seconds: float, how: str, lock: str) -> dict:
+    """Rank 1's main thread sleeps in a system call for `seconds` without releasing the GIL
+    (a C call through `ctypes.PyDLL`, as an extension that forgets to release it makes): its
+    heartbeat thread waits for the GIL and cannot beat, and none of its threads is runnable.
+    `how`: 'read' waits for a pipe from a child process that writes after `seconds` (a
+    spawned rank waits so for the `ldconfig` its start-up runs, which a busy machine
+    starves); 'flock' waits for the lock file `lock`, which rank 0 holds until rank 1 has
+    waited for it that long (/proc/locks shows the waiter).  Asleep
+    is not stopped: the rank wakes by itself.  Returns how long rank 1 waited and how far
+    its heartbeat moved meanwhile."""
+    import ctypes
+    import fcntl
+    import subprocess
+
+    libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: calls keep the GIL
+    with open(lock, "a+b") as f:
+        if t.rank == 0:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        t.barrier()
+        out = {"rank": t.rank}
+        if t.rank == 1:
+            beats, t0 = t._world.beats(1), time.monotonic()
+            if how == "read":
+                code = f"import time; time.sleep({seconds}); print('x', flush=True)"
+                child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+                got = libc.read(child.stdout.fileno(), ctypes.create_string_buffer(1), 1)
+                child.wait()
+            else:
+                got = libc.flock(f.fileno(), fcntl.LOCK_EX)
+            out |= {"waited": time.monotonic() - t0, "beats": t._world.beats(1) - beats}
+            out["ok"] = got == (1 if how == "read" else 0)
+        elif t.rank == 0 and how == "flock":
+            queued = f" {t._world.pid(1)} "  # rank 1 waits for the lock: a "->" line
+            while not any(
+                "->" in ln and queued in ln for ln in open("/proc/locks").read().splitlines()
+            ):
+                time.sleep(0.01)
+            time.sleep(seconds)
+            fcntl.flock(f, fcntl.LOCK_UN)
+        t.barrier()
+    return out
 
 
 def prog_pid_then_wait(t, folder: str) -> None:
