@@ -164,7 +164,8 @@ def _run_parser() -> argparse.ArgumentParser:
         "--watchdog",
         type=_seconds_in(0, limits.MAX_WATCHDOG_S),
         metavar="SECONDS",
-        help="local ranks: end the run when a rank shows no sign of life for this long "
+        help="local ranks: end the run when a rank is stopped (SIGSTOP, a debugger: none of "
+        "its threads can run) for this long; a rank asleep or starved of a CPU is left alone "
         "(default: $CKEIR_WATCHDOG_SECONDS, else 30; 0 turns it off)",
     )
     return p

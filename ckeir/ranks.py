@@ -206,8 +206,9 @@ def run_local(
     sampling: dict | None = None,
 ) -> dict:
     """Run `program`'s spec on local ranks; returns rank 0's figures (`run_rank`) with
-    every rank's in `ranks`.  `watchdog`: seconds without a heartbeat after which a rank is
-    taken for stopped and the run ends (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never).
+    every rank's in `ranks`.  `watchdog`: seconds a rank may stay stopped (no heartbeat, and
+    /proc shows every thread stopped: SIGSTOP, a debugger) before the run ends naming it
+    (None: $CKEIR_WATCHDOG_SECONDS, else 30; 0: never).
     `pin`: as for `run_rank` (None: the Program's `pin`, then the schedule's choice).
     `sampling`: as for `run_rank` (the same options reach every rank)."""
     from ckeir.runtime.transport.local import launch_local

@@ -33,12 +33,17 @@ def _init_llvm() -> None:
     llvm.initialize_native_asmprinter()
     # Compiler builtins LLVM may call (f16 conversions, 128-bit division, ...): MCJIT looks
     # them up in the process, where libgcc_s is not necessarily loaded.
-    lib = ctypes.util.find_library("gcc_s")
-    if lib:
-        try:
-            llvm.load_library_permanently(lib)
-        except RuntimeError:
-            pass
+    # By soname first: dlopen finds it without ctypes.util.find_library's ldconfig
+    # subprocess, which is slow on a busy machine and ran again in every spawned rank.
+    try:
+        llvm.load_library_permanently("libgcc_s.so.1")
+    except RuntimeError:
+        lib = ctypes.util.find_library("gcc_s")
+        if lib:
+            try:
+                llvm.load_library_permanently(lib)
+            except RuntimeError:
+                pass
 
 
 def target_machine(host: HostCPU, opt: int = 3) -> llvm.TargetMachine:
