@@ -10,7 +10,7 @@ timed in turns with `benchmarks.stream`'s native read kernel on the same pool
 (`time_interleaved`, best of N rounds): the share of read bandwidth is a ratio measured side
 by side.  One type's copies at a time are held.
 
-    python -m benchmarks.gemv_types [--threads 2] [--types q4_k,q6_k] [--shape 4096x2048]
+    python -m benchmarks.gemv_types [--threads 1,2] [--types q4_k,q6_k] [--shape 4096x2048]
                                     [--isa avx512|avx2|generic] [--repeat 5] [--quick]
 """
 
@@ -81,9 +81,33 @@ def run(types: list[str], shape: tuple[int, int], repeat: int, threads: list[int
     return results
 
 
+def table_rows(results: list[dict], threads: list[int]) -> list[list[str]]:
+    """One row per type: its kernel and stored bytes, then per thread count the GEMV's GB/s
+    and its share of the read kernel's bandwidth (the read GB/s it was timed beside)."""
+    cell = {(r["type"], r["threads"]): r for r in results}
+    rows = []
+    for t in dict.fromkeys(r["type"] for r in results):
+        first = cell[t, threads[0]]
+        name = first["kernel"]  # e.g. kqmatmul_q4_k_n4096_k2048_vnni: kernel and code path
+        row = [
+            t,
+            "int8" if activation(t) else "f32",
+            f"{name.split('_')[0]} {name.rsplit('_')[-1]}",
+        ]
+        row.append(fmt(first["matrix_bytes"] / 1e6, 2))
+        for nth in threads:
+            r = cell[t, nth]
+            row += [
+                f"{fmt(r['gb_per_s'])} / {fmt(r['read_gb_per_s'])}",
+                f"{r['fraction_of_read']:.2f}",
+            ]
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> None:
     p = common_args(__doc__.split("\n\n")[0])
-    p.add_argument("--threads", default="2", help="comma-separated thread counts (default 2)")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--types", default=",".join(TYPES), help="comma-separated weight types")
     p.add_argument("--shape", default="4096x2048", help="N x K of the matrix")
     p.add_argument("--isa", help="narrow the host to generic, avx2 or avx512")
@@ -96,28 +120,16 @@ def main(argv=None) -> None:
     repeat = args.repeat or (2 if args.quick else 5)
     log(f"gemv_types: {len(types)} types, {shape[0]}x{shape[1]}, threads {threads}")
     results = run(types, shape, repeat, threads, host)
-    rows = []
-    for r in results:
-        rows.append(
-            [
-                r["type"],
-                "int8" if activation(r["type"]) else "f32",
-                r["threads"],
-                fmt(r["matrix_bytes"] / 1e6, 2),
-                fmt(r["swept_bytes"] / 1e6, 0),
-                fmt(r["read_gb_per_s"]),
-                fmt(r["gb_per_s"]),
-                f"{r['fraction_of_read']:.2f}",
-            ]
-        )
     print_table(
-        f"Decode GEMV (n = 1) per weight type from DRAM (best of {repeat} interleaved rounds)",
-        ["type", "act", "threads", "matrix MB", "swept MB", "read GB/s", "GEMV GB/s", "of read"],
-        rows,
+        f"Decode GEMV (n = 1, {shape[0]} x {shape[1]}) per weight type from DRAM "
+        f"(best of {repeat} interleaved rounds)",
+        ["type", "act", "kernel", "matrix MB"]
+        + [c for nth in threads for c in (f"{nth} thr GB/s", "of read")],
+        table_rows(results, threads),
         notes=[
             f"host: {host_line()}; kernels for {host.isa}{' + VNNI' if host.has_vnni else ''}",
-            "GB/s of the type's stored bytes; 'of read' = GEMV ÷ the stream read kernel, "
-            "timed in turns on the same threads.",
+            "GB/s of the type's stored bytes; 'of read' = GEMV ÷ the stream read kernel "
+            "(read GB/s in each type's row), timed in turns on the same threads.",
         ],
     )
     if args.json:

@@ -35,6 +35,7 @@ from ckeir.backends.llvm.kernels.common import (
     finish_kernel,
     half_to_float,
     kernel_writer,
+    prefetch_ahead,
     quantize_block,
     scratch_layout,
     shuffle,
@@ -403,6 +404,8 @@ class _KWriter:
         its min terms are in and `at_end(its index in ends)` runs."""
         f, p, blocks = self.f, self.p, self.sb
         sb = f.gep(row, f.mul(s, p.fmt.block_bytes), "i8")
+        if len(toks) == 1:
+            prefetch_ahead(f, sb, p.fmt.block_bytes)
         ds, dm = blocks.scales(sb)
         b0 = f.mul(s, PIECES)
         cs, mins = [], []

@@ -49,6 +49,7 @@ from ckeir.backends.llvm.kernels.common import (
     finish_kernel,
     halves_to_floats,
     kernel_writer,
+    prefetch_ahead,
     quantize_block,
     scratch_layout,
     shuffle,
@@ -713,6 +714,8 @@ class _Vnni(_Path):
         ht = vec(gm * lpb, "float")
         sig = None if decode or mins is None else self.sigmas(toks, sb, mins.width)
         for i, row in wrows:
+            if decode and len(toks) == 1:
+                prefetch_ahead(f, f.gep(row, f.mul(wb, self.bb), "i8"), span)
             w, hv = self.weights(row, wb, span)
             if spread:
                 dw = shuffle(f, ht, hv, "poison", per_lane, "dw")
