@@ -248,7 +248,7 @@ def test_busy_holding_the_gil_is_not_stopped():
 def test_asleep_holding_the_gil_is_not_stopped(how, tmp_path):
     """A rank asleep in a system call (a pipe from a slow child, a lock another rank holds)
     for 2.5 watchdog periods while keeping the GIL: its heartbeat stands still (it moves at
-    most once in the whole wait, where it would beat 50 times) and none of its threads is
+    most once during the call, where it would beat 50 times) and none of its threads is
     runnable, yet it is not stopped — it wakes by itself, and the run succeeds.  (A loaded
     suite once saw a spawned rank killed so while it waited for `ldconfig`.)"""
     lock = str(tmp_path / "lock")

@@ -248,16 +248,21 @@ def prog_asleep_holding_the_gil(t, seconds: float, how: str, lock: str) -> dict:
         t.barrier()
         out = {"rank": t.rank}
         if t.rank == 1:
-            beats, t0 = t._world.beats(1), time.monotonic()
+            t0, buf = time.monotonic(), ctypes.create_string_buffer(1)
             if how == "read":
                 code = f"import time; time.sleep({seconds}); print('x', flush=True)"
                 child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-                got = libc.read(child.stdout.fileno(), ctypes.create_string_buffer(1), 1)
-                child.wait()
+            sys.setswitchinterval(1000)  # from here to the count after the call: no beat but
+            beats = t._world.beats(1)  # in the call itself (the main thread keeps the GIL)
+            if how == "read":
+                got = libc.read(child.stdout.fileno(), buf, 1) == 1
             else:
-                got = libc.flock(f.fileno(), fcntl.LOCK_EX)
-            out |= {"waited": time.monotonic() - t0, "beats": t._world.beats(1) - beats}
-            out["ok"] = got == (1 if how == "read" else 0)
+                got = libc.flock(f.fileno(), fcntl.LOCK_EX) == 0
+            beats = t._world.beats(1) - beats
+            sys.setswitchinterval(0.005)
+            if how == "read":
+                child.wait()
+            out |= {"waited": time.monotonic() - t0, "beats": beats, "ok": got}
         elif t.rank == 0 and how == "flock":
             queued = f" {t._world.pid(1)} "  # rank 1 waits for the lock: a "->" line
             while not any(
