@@ -270,19 +270,24 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return _proc_state(pid) not in (b"", b"Z", b"X")
+    return _proc_state(pid) not in ("", "Z", "X")
 
 
-def _proc_state(pid: int) -> bytes:
-    """The state letter of /proc/PID/stat (R, S, T, Z, ...); b"" if the process is gone,
-    b"?" if it cannot be read."""
+def _proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...); "" if the process is gone,
+    "?" if it cannot be read."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return _state_letter(Path(f"/proc/{pid}/stat").read_text(errors="replace"))
     except FileNotFoundError:
-        return b""
+        return ""
     except OSError:
-        return b"?"
-    at = stat.rindex(b")") + 2
+        return "?"
+
+
+def _state_letter(stat: str) -> str:
+    """The state field of a /proc stat line (after the command name, which may hold
+    anything, ')' included)."""
+    at = stat.rindex(")") + 2
     return stat[at : at + 1]
 
 
@@ -868,8 +873,7 @@ def _thread_state(task: Path) -> ThreadState | None:
     call = _read_proc(task / "syscall").split(" ", 1)[0]  # "running", or -1 between calls
     syscall = _SYSCALLS.get(int(call), f"syscall {call}") if call.isdigit() else ""
     wchan = _read_proc(task / "wchan")
-    state = stat[stat.rindex(")") + 2 : stat.rindex(")") + 3]
-    return ThreadState(int(task.name), state, syscall, "" if wchan == "0" else wchan)
+    return ThreadState(int(task.name), _state_letter(stat), syscall, "" if wchan == "0" else wchan)
 
 
 def thread_states(pid: int) -> list[ThreadState]:
