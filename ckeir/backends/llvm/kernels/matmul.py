@@ -13,8 +13,9 @@ in prefill, quantized weights are dequantized in registers exactly as
 masked tail.
 
 - n == 1 (decode GEMV): f32 weights `GEMV_ROWS` rows per step, streamed once; GGML blocks
-  by `_BlockGemv`, which sums each block's integer weights times x before scaling it once
-  (dequantizing every element first cost 3x the int8 path's time per token).
+  by `_BlockGemv` and K-quant super-blocks by `_KGemv`, which sum each block's (scale
+  unit's) integer weights times x before scaling it once (dequantizing every element first
+  cost 3x the int8 path's time per token on q4_1, 2x on Q4_K and Q6_K).
 - n > 1 (prefill GEMM): the thread's rows in tiles of tile_n rows × tile_k columns; each tile
   is swept by every token, `GEMM_ROWS` rows × `gemm_tokens` tokens at a time, so it is read
   from DRAM once and reused from cache.  Partial sums over the k-tiles accumulate in `out`.
@@ -33,6 +34,8 @@ from ckeir.backends.llvm.kernels.common import (
     half_to_float,
     kernel_writer,
     prefetch_ahead,
+    shuffle,
+    vec,
     widen_halves,
 )
 from ckeir.backends.llvm.kernels.kquant import K_FORMATS, SuperBlock
@@ -235,7 +238,10 @@ def _gemv(
     f: FunctionWriter, rows: _Rows, lo: str, hi: str, x: str = "%a0", out: str = "%a2"
 ) -> None:
     """out[r] = w[r] · x for rows lo..hi-1."""
-    if rows.fmt.block > 1 and not rows.fmt.super_block:
+    if rows.fmt.super_block:
+        _KGemv(f, rows.fmt, rows.k, rows.f16c, x, out).run(lo, hi)
+        return
+    if rows.fmt.block > 1:
         _BlockGemv(f, rows.fmt, rows.k, rows.f16c, x, out).run(lo, hi)
         return
 
@@ -368,6 +374,98 @@ class _BlockGemv:
                 "mterm",
             )
         f.set(mins, f(f"fadd <{2 * GROUP} x float> {f.get(mins)}, {terms}", "accm"))
+
+
+class _KGemv:
+    """Decode GEMV on K-quant super-blocks with float activations, shaped as `_BlockGemv`:
+    per scale unit u (a 32-piece, or a 16-half where the scales are per 16) the integer
+    weights (exact in f32, Q6_K's and Q3_K's less their zero) times x summed first, then
+    scaled once by d·sc_u into one of four accumulators (piece j's into j mod 4); the mins
+    formats' dmin·m_u·Σx_u terms are one product per super-block of the dmin·m vector with
+    the units' sums of x (made once per call), accumulated apart and subtracted at the end.
+    Rows are streamed one after the other, each step prefetching ahead (as the int8 path)."""
+
+    def __init__(
+        self, f: FunctionWriter, fmt: Format, k: int, f16c: bool, x: str = "%a0", out: str = "%a2"
+    ):
+        self.f, self.v, self.fmt, self.k = f, Vec(f, 16), fmt, k
+        self.xrow, self.out = x, out
+        self.sb = SuperBlock(f, fmt, f16c)
+        self.lanes = self.sb.scale_lanes  # scale units per super-block: 8 or 16
+        self.unit = QK_K // self.lanes
+        self.row_bytes = fmt.row_bytes(k)
+        if self.sb.mins:  # Σx per scale unit, in super-block order
+            self.sums = f.var(f"[{k // self.unit} x float]", hint="xsums", align=64).ptr
+        self.slot = f.var(f"<{self.lanes} x float>", hint="scales", align=64).ptr
+
+    def run(self, lo: str, hi: str) -> None:
+        f, v = self.f, self.v
+        if self.sb.mins:
+            with f.loop(0, self.k // 32, 1, "xs") as b:
+                x0, x1 = self.x(b)
+                if self.unit == 32:
+                    f.store("float", _lane_sum(v, v.add(x0, x1)), f.gep(self.sums, b))
+                else:
+                    for h, xh in enumerate((x0, x1)):
+                        f.store("float", _lane_sum(v, xh), f.gep(self.sums, f.add(f.mul(b, 2), h)))
+        with f.loop(lo, hi, 1, "r") as r:
+            row = f.gep("%a1", f.mul(r, self.row_bytes), "i8")
+            f.store("float", self.row(row), f.gep(self.out, r))
+
+    def x(self, b: str | int) -> list[str]:
+        """32-piece b of the activation row as two 16-lane vectors."""
+        base = self.f.mul(b, 32)
+        return [self.v.load(self.xrow, self.f.add(base, i)) for i in (0, 16)]
+
+    def row(self, row: str) -> str:
+        f, v = self.f, self.v
+        accs = [f.var(v.t, v.zero, "acc") for _ in range(4)]
+        mt = vec(self.lanes, "float")
+        mins = f.var(mt, "zeroinitializer", "accm") if self.sb.mins else None
+        # an opaque trip count: LLVM would unroll short rows fully and interleave them
+        with f.loop(0, opaque(f, self.k // QK_K, "i64"), 1, "ks") as s:
+            self.step(f.gep(row, f.mul(s, self.fmt.block_bytes), "i8"), s, accs, mins)
+        total = _tree(v.add, [f.get(a) for a in accs])
+        if mins is not None:
+            m = f.get(mins)
+            if self.lanes < 16:
+                idx = [i if i < self.lanes else self.lanes for i in range(16)]
+                m = shuffle(f, mt, m, "zeroinitializer", idx, "m")
+            total = v.sub(total, m)
+        return _lane_sum(v, total)
+
+    def step(self, sb: str, s: str, accs: list[Var], mins: Var | None) -> None:
+        f, v, blocks = self.f, self.v, self.sb
+        prefetch_ahead(f, sb, self.fmt.block_bytes)
+        ds, dm = blocks.scales(sb)
+        mt = vec(self.lanes, "float")
+        # each scale read back from memory as its FMA's broadcast operand (see _BlockGemv)
+        f.store(mt, ds, self.slot)
+        slot = opaque(f, self.slot)
+        conv = "uitofp" if blocks.mins else "sitofp"
+        for j in range(QK_K // 32):
+            q = blocks.quants(sb, j)
+            qs = [
+                f(
+                    f"{conv} <16 x i8> {shuffle(f, '<32 x i8>', q, 'poison', range(h, h + 16))}"
+                    f" to {v.t}",
+                    "qf",
+                )
+                for h in (0, 16)
+            ]
+            xs = self.x(f.add(f.mul(s, QK_K // 32), j))
+            acc = f.get(accs[j % 4])
+            if self.unit == 32:
+                d = v.splat(f.load("float", f.gep(slot, j)))
+                acc = v.fma(v.fma(qs[1], xs[1], v.mul(qs[0], xs[0])), d, acc)
+            else:
+                for h in (0, 1):
+                    d = v.splat(f.load("float", f.gep(slot, 2 * j + h)))
+                    acc = v.fma(v.mul(qs[h], xs[h]), d, acc)
+            f.set(accs[j % 4], acc)
+        if mins is not None:
+            sums = f.load(mt, f.gep(self.sums, f.mul(s, self.lanes)))
+            f.set(mins, f(f"fadd {mt} {f.get(mins)}, {f(f'fmul {mt} {dm}, {sums}')}", "accm"))
 
 
 def _tree(add, vs: list[str]) -> str:
