@@ -118,8 +118,17 @@ K_LAYOUTS = {
     "q2_k": KLayout(d=80, dmin=82, scales=0, qh=None, qs=16, sub=16),
 }
 
-# A tensor-parallel FFN shard is a whole number of quantization blocks (rows stay packable).
+# A tensor-parallel shard along K is a whole number of quantization blocks (rows stay
+# packable) and of int8 activation blocks: at least 32 elements, whatever the weights' type.
 FFN_SHARD_UNIT = 32
+
+
+def split_unit(fmt: Format) -> int:
+    """Elements along K a tensor-parallel column shard of a matrix stored in `fmt` is made of:
+    its block (256 for a K-quant's super-block), and never fewer than FFN_SHARD_UNIT (the
+    int8 activations' blocks; F32, F16 and BF16 have one-element "blocks")."""
+    return max(FFN_SHARD_UNIT, fmt.block)
+
 
 Q4_K = _ggml("q4_k", computes=True)
 Q5_K = _ggml("q5_k", computes=True)

@@ -307,6 +307,9 @@ def _check_matmul(op: Operation) -> None:
             fail(op, f"k_chunk {chunk} is not a multiple of {FFN_SHARD_UNIT}")
         if w is not None and w.shape[1] % chunk:
             fail(op, f"k_chunk {chunk} does not divide the contraction size {w.shape[1]}")
+        block = element_format(w.element).block if w is not None else 1
+        if chunk % block and block % chunk:  # a K-quant: whole super-blocks, or 32s of one
+            fail(op, f"k_chunk {chunk} cuts the weight's {block}-element blocks")
     if op.attr("tp") == "vocab":
         _check_vocab_split(op, w)
     elif op.attr("vocab_slice") is not None or op.attr("vocab_bounds") is not None:

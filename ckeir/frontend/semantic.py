@@ -503,24 +503,24 @@ def _check_weight_except(s: ScheduleDecl, model: ModelDecl) -> None:
 
 
 def _check_tensor_parallel(stage: StageDecl, model: ModelDecl, cluster: ClusterDecl) -> None:
-    """A stage on several nodes splits attention by key/value heads and the LM head by
-    vocabulary rows: each node needs at least one of each, at comparable speeds."""
+    """A stage on several nodes splits attention by key/value heads (or shares one's query
+    heads) and the LM head by vocabulary rows: each node needs at least one of each, at
+    comparable speeds."""
     k = len(stage.nodes)
     if k == 1:
         return
     kv_heads = model.kv_heads or model.heads
-    for count, one, many in (
-        (kv_heads, "key/value head", "key/value heads"),
-        (model.vocab, "vocabulary entry", "vocabulary entries"),
-    ):
-        if count is not None and count < k:
-            raise SpecError(
-                f"stage [{', '.join(stage.nodes)}] has {k} nodes but model {model.name} has "
-                f"only {count} {one if count == 1 else many}: tensor parallelism gives each "
-                "node at least one",
-                loc=stage.loc,
-                hint="use fewer nodes in this stage, or split the layers into pipeline stages",
-            )
+    if kv_heads is not None and model.heads is not None and k > kv_heads:
+        _check_shared_heads(stage, model, kv_heads)
+    if model.vocab is not None and model.vocab < k:
+        entries = "entry" if model.vocab == 1 else "entries"
+        raise SpecError(
+            f"stage [{', '.join(stage.nodes)}] has {k} nodes but model {model.name} has "
+            f"only {model.vocab} vocabulary {entries}: tensor parallelism gives each node at "
+            "least one",
+            loc=stage.loc,
+            hint="use fewer nodes in this stage, or split the layers into pipeline stages",
+        )
     unit = FFN_SHARD_UNIT
     if model.ffn is not None and (model.ffn % unit or model.ffn // unit < k):
         raise SpecError(
@@ -532,6 +532,22 @@ def _check_tensor_parallel(stage: StageDecl, model: ModelDecl, cluster: ClusterD
         )
     nodes = [cluster.node(n) for n in stage.nodes]
     _check_rate_skew(nodes, stage.loc, "the nodes of this stage")
+
+
+def _check_shared_heads(stage: StageDecl, model: ModelDecl, kv_heads: int) -> None:
+    """More nodes than key/value heads: each key/value head goes to as many nodes, each
+    holding it and some of its query heads (as place shares them)."""
+    k, group = len(stage.nodes), model.heads // kv_heads
+    if k % kv_heads == 0 and group >= k // kv_heads:
+        return
+    raise SpecError(
+        f"stage [{', '.join(stage.nodes)}] has {k} nodes but model {model.name} has "
+        f"{kv_heads} key/value head{'s' if kv_heads > 1 else ''} of {group} query heads each: "
+        "tensor parallelism gives each node whole key/value heads, or gives each key/value "
+        "head the same number of nodes and each of them at least one of its query heads",
+        loc=stage.loc,
+        hint="use fewer nodes in this stage, or split the layers into pipeline stages",
+    )
 
 
 def _check_rate_skew(nodes, loc: SourceLoc | None, which: str) -> None:

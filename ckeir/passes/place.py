@@ -33,7 +33,7 @@ from __future__ import annotations
 import attrs
 
 from ckeir.errors import PassError
-from ckeir.formats import FFN_SHARD_UNIT, FORMATS
+from ckeir.formats import FFN_SHARD_UNIT, FORMATS, split_unit
 from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Operation, OpResult, Rewriter, clone
 from ckeir.ir.types import (
@@ -48,11 +48,12 @@ from ckeir.planner import cost
 from ckeir.planner.predict import check_memory, fits, predict
 
 FFN_UNIT = FFN_SHARD_UNIT  # FFN shards are whole quantization blocks ...
-FFN_CHUNKS = (512, 256, 128, 64)  # ... and whole reduction chunks: the first of these that
-# cuts the FFN into a multiple of every stage size 2..kv_heads (equal nodes get equal shares:
-# SmolLM2's 1536 over 2 nodes is 768 + 768, six chunks of 256, where 512 could only give
-# 512 + 1024), else the first that cuts it into at least kv_heads chunks (a stage has at most
-# kv_heads nodes); 512 and 256 are whole VNNI groups of q4 blocks (4 x 32 values each)
+FFN_CHUNKS = (512, 256, 128, 64)  # ... and whole reduction chunks: the first of these (whole
+# blocks of ffn_down as stored) that cuts the FFN into a multiple of every stage size
+# 2..max(kv_heads, 2) (equal nodes get equal shares: SmolLM2's 1536 over 2 nodes is
+# 768 + 768, six chunks of 256, where 512 could only give 512 + 1024), else the first that
+# cuts it into at least that many chunks (a stage has at most kv_heads nodes, or two sharing
+# one key/value head); 512 and 256 are whole VNNI groups of q4 blocks (4 x 32 values each)
 SPLIT_ALONG_K = ("attn_output", "ffn_down")
 
 
@@ -66,6 +67,22 @@ class StagePlan:
     kv_heads: tuple[tuple[int, int], ...]  # per rank [kv0, kv1)
     ffn: tuple[tuple[int, int], ...]  # per rank [f0, f1)
     vocab: tuple[tuple[int, int], ...]  # per rank [v0, v1) of the LM head
+    # per rank [h0, h1) of the query heads: its key/value heads' groups, or, where the
+    # stage has more nodes than key/value heads, a share of one group (its key/value head
+    # then held by every rank of the group); () for whole groups
+    heads: tuple[tuple[int, int], ...] = ()
+
+    def query_heads(self, j: int, group: int) -> tuple[int, int]:
+        """Rank j's query heads, `group` of them per key/value head."""
+        if self.heads:
+            return self.heads[j]
+        kv0, kv1 = self.kv_heads[j]
+        return kv0 * group, kv1 * group
+
+    @property
+    def replicated(self) -> bool:
+        """Whether ranks of the stage hold the same key/value heads (each a copy)."""
+        return len(set(self.kv_heads)) < len(self.kv_heads)
 
 
 @attrs.frozen
@@ -92,6 +109,20 @@ class PhasePlan:
 
 
 @attrs.frozen
+class ColumnSplit:
+    """Of the matrices of one kind a tensor-parallel stage splits along K (attn_output,
+    ffn_down), the one whose stored blocks are widest: every column shard is whole blocks of
+    `unit` elements (`formats.split_unit`)."""
+
+    name: str
+    format: str
+    unit: int = FFN_SHARD_UNIT
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.format}: blocks of {self.unit} along K)"
+
+
+@attrs.frozen
 class Shape:
     """The model dimensions place needs, read from the IR."""
 
@@ -105,21 +136,32 @@ class Shape:
     # SmolLM2's Q4_1 layers 0.625, its Q8_0 head 1.0625); they weigh the shares' work
     layer_bytes: float = 1.0
     head_bytes: float = 1.0
+    attn_split: ColumnSplit = ColumnSplit("attn_output", "f32")
+    ffn_split: ColumnSplit = ColumnSplit("ffn_down", "f32")
 
     @property
     def ffn_unit(self) -> int:
-        """The FFN's split unit and reduction chunk (see FFN_CHUNKS; FFN_UNIT when none)."""
-        fit = [c for c in FFN_CHUNKS if self.ffn % c == 0 and self.ffn // c >= self.kv_heads]
-        even = (
-            c for c in fit if all((self.ffn // c) % k == 0 for k in range(2, self.kv_heads + 1))
-        )
-        return next(even, fit[0] if fit else FFN_UNIT)
+        """The FFN's split unit and reduction chunk (see FFN_CHUNKS; whole blocks of ffn_down
+        as stored, the widest when none fits: a K-quant's 256)."""
+        block = self.ffn_split.unit
+        most = max(self.kv_heads, 2)  # nodes a stage has at most: one per key/value head, or
+        # (fewer heads) two sharing one, as for Gemma 3 270M
+        fit = [
+            c for c in FFN_CHUNKS if c % block == 0 and self.ffn % c == 0 and self.ffn // c >= most
+        ]
+        even = (c for c in fit if all((self.ffn // c) % k == 0 for k in range(2, most + 1)))
+        return next(even, fit[0] if fit else max(block, FFN_UNIT))
 
     @property
     def head_chunk(self) -> int:
         """The attention output's reduction chunk: one query head's columns (a stage's
         share, whole key/value heads with their query heads, is whole heads)."""
         return self.head_dim
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.heads // self.kv_heads
 
     def k_chunk(self, kind: str) -> int:
         return self.head_chunk if kind == "attn_output" else self.ffn_unit
@@ -157,7 +199,21 @@ def model_shape(func: Operation) -> Shape:
         head.operands[1].type.shape[0],
         _element_bytes(gate.results[0].type),
         _element_bytes(head.operands[1].type),
+        _widest_blocks(ops, "attn_output"),
+        _widest_blocks(ops, "ffn_down"),
     )
+
+
+def _widest_blocks(ops, kind: str) -> ColumnSplit:
+    """The `kind` weight whose stored blocks are widest along K (the first such: a Q4_K_M
+    file mixes Q4_K and Q6_K, both 256 wide)."""
+    found = None
+    for op in ops:
+        if op.name == "cke.weight" and _layer_weight_kind(op.attr("name") or "") == kind:
+            fmt = element_format(op.results[0].type.element)
+            if found is None or split_unit(fmt) > found.unit:
+                found = ColumnSplit(op.attr("name"), fmt.name, split_unit(fmt))
+    return found or ColumnSplit(kind, "f32")
 
 
 def _element_bytes(t: ShapedType) -> float:
@@ -168,7 +224,11 @@ def _element_bytes(t: ShapedType) -> float:
 # --- choosing the plan ----------------------------------------------------------------------
 
 
-def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float]) -> StagePlan:
+def make_stage(
+    index, nodes, ranks, first, last, shape: Shape, speed: list[float], loc=None
+) -> StagePlan:
+    """The shares of a stage on `nodes`; a PassError at `loc` (the stage's line) when the
+    model cannot be split over them in whole heads and whole stored blocks."""
     k = len(nodes)
     if k == 1:
         whole = lambda n: ((0, n),)  # noqa: E731
@@ -182,18 +242,18 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             whole(shape.ffn),
             whole(shape.vocab),
         )
-    if k > shape.kv_heads:
-        raise PassError(
-            f"stage [{', '.join(nodes)}] has {k} nodes but the model has {shape.kv_heads} "
-            "key/value heads: tensor parallelism splits attention by key/value heads"
-        )
-    heads = cost.share(shape.kv_heads, speed)
-    kv = _ranges(heads)
+    where = f"stage [{', '.join(nodes)}]"
+    kv, heads = _attention_shares(shape, speed, where, loc)
+    _check_whole_blocks(
+        shape, heads or [(a * shape.group, b * shape.group) for a, b in kv], where, loc
+    )
     unit = shape.ffn_unit
     if shape.ffn % unit or shape.ffn // unit < k:
         raise PassError(
-            f"stage [{', '.join(nodes)}]: FFN width {shape.ffn} cannot be split "
-            f"into {k} shards of whole {unit}-blocks"
+            f"{where}: FFN width {shape.ffn} cannot be split into {k} shards of whole "
+            f"{unit}-column chunks (the blocks of {shape.ffn_split.describe()})",
+            loc=loc,
+            hint="use fewer nodes in this stage, or split the layers into pipeline stages",
         )
     # each segment between two collectives by the speeds alone (see the module docstring)
     ffn = _ranges(cost.share(shape.ffn, speed, unit))
@@ -203,7 +263,50 @@ def make_stage(index, nodes, ranks, first, last, shape: Shape, speed: list[float
             f"than the stage's {k} nodes"
         )
     vocab = _ranges(cost.share(shape.vocab, speed))
-    return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab)
+    return StagePlan(index, tuple(nodes), tuple(ranks), first, last, kv, ffn, vocab, heads)
+
+
+def _attention_shares(shape: Shape, speed: list[float], where: str, loc) -> tuple:
+    """(key/value heads, query heads) per rank: whole key/value heads with their query heads
+    when the stage has at most kv_heads nodes (query heads `()`: whole groups); otherwise each
+    key/value head on kv_heads-th of the nodes, held by each of them, its query heads shared
+    among them (Gemma 3 270M's one key/value head and four query heads over two nodes: two
+    query heads each)."""
+    k, kv_heads, g = len(speed), shape.kv_heads, shape.group
+    if k <= kv_heads:
+        return _ranges(cost.share(kv_heads, speed)), ()
+    per = k // kv_heads
+    if k % kv_heads or g < per:
+        raise PassError(
+            f"{where} has {k} nodes but the model has {kv_heads} key/value "
+            f"head{'s' if kv_heads > 1 else ''} of {g} query heads each: tensor parallelism "
+            "gives each node whole key/value heads, or an equal number of nodes to each "
+            "key/value head and at least one of its query heads to each",
+            loc=loc,
+            hint="use fewer nodes in this stage, or split the layers into pipeline stages",
+        )
+    kv, heads = [], []
+    for h in range(kv_heads):
+        for q0, q1 in _ranges(cost.share(g, speed[h * per : (h + 1) * per])):
+            kv.append((h, h + 1))
+            heads.append((h * g + q0, h * g + q1))
+    return tuple(kv), tuple(heads)
+
+
+def _check_whole_blocks(shape: Shape, heads, where: str, loc) -> None:
+    """Each rank's query heads are columns of attn_output (split along K): they must be whole
+    blocks of it as stored (a K-quant's 256-wide super-blocks cannot be cut)."""
+    split, hd = shape.attn_split, shape.head_dim
+    for h0, h1 in heads:
+        if (h0 * hd) % split.unit or (h1 * hd) % split.unit:
+            raise PassError(
+                f"{where}: a node's query heads {h0}..{h1 - 1} are columns "
+                f"{h0 * hd}..{h1 * hd} of {split.describe()}, which cuts its blocks: "
+                "tensor parallelism splits the attention output along K in whole blocks",
+                loc=loc,
+                hint=f"split the layers into pipeline stages, or store {split.name} in a "
+                "32-wide type (e.g. `quantize weights q8_0`)",
+            )
 
 
 def _ranges(sizes: list[int]) -> tuple[tuple[int, int], ...]:
@@ -218,11 +321,14 @@ def _speed(node: cost.NodeModel, phase: str) -> float:
     return node.dram_bw if phase == "decode" else float(node.cores)
 
 
-def plan_from_stages(phase: str, stages, rank_of, nodes, shape: Shape) -> PhasePlan:
+def plan_from_stages(phase: str, stages, rank_of, nodes, shape: Shape, locs=()) -> PhasePlan:
+    """The plan of stages (names, first, last); `locs`: their lines in the spec, if any."""
     plans = []
     for i, (names, first, last) in enumerate(stages):
         speed = [_speed(nodes[n], phase) for n in names]
-        plans.append(make_stage(i, names, [rank_of[n] for n in names], first, last, shape, speed))
+        loc = locs[i] if i < len(locs) else None
+        ranks = [rank_of[n] for n in names]
+        plans.append(make_stage(i, names, ranks, first, last, shape, speed, loc))
     return PhasePlan(phase, tuple(plans))
 
 
@@ -411,18 +517,19 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
     """Shrink this rank's weights, attention heads and KV caches to its share."""
     if len(stage.ranks) == 1:
         return
-    g, hd = shape.heads // shape.kv_heads, shape.head_dim
+    hd = shape.head_dim
     kv0, kv1 = stage.kv_heads[j]
+    h0, h1 = stage.query_heads(j, shape.group)
     f0, f1 = stage.ffn[j]
     v0, v1 = stage.vocab[j]
     rows = {
-        "attn_q": (kv0 * g * hd, kv1 * g * hd),
+        "attn_q": (h0 * hd, h1 * hd),
         "attn_k": (kv0 * hd, kv1 * hd),
         "attn_v": (kv0 * hd, kv1 * hd),
         "ffn_gate": (f0, f1),
         "ffn_up": (f0, f1),
     }
-    cols = {"attn_output": (kv0 * g * hd, kv1 * g * hd), "ffn_down": (f0, f1)}
+    cols = {"attn_output": (h0 * hd, h1 * hd), "ffn_down": (f0, f1)}
     block = func.regions[0].entry
     matmuls = [op for op in block.ops if op.name == "cke.matmul"]
     head = (
@@ -452,7 +559,7 @@ def _shard(func: Operation, stage: StagePlan, j: int, shape: Shape, rw: Rewriter
                 rw.set_attr(user, "tp", "partial")
     for op in block.ops:
         if op.name == "cke.attention":
-            rw.set_attr(op, "heads", (kv1 - kv0) * g)
+            rw.set_attr(op, "heads", h1 - h0)
             rw.set_attr(op, "kv_heads", kv1 - kv0)
     for arg in block.args[2:4]:
         t = arg.type
@@ -554,6 +661,7 @@ class Place(Pass):
             for rank in plan.ranks:
                 rewriter.insert_before(func, rank_program(func, plan, rank, shape, transfer))
             rewriter.erase(func)
+        _check_shared_kv_handoff(placement)
         ctx.artifacts["ranks"] = {r: n for n, r in rank_of.items()}
         check_memory(module, ctx.artifacts["ranks"], nodes, sched)
 
@@ -581,6 +689,25 @@ def _check_batch_stages(func: Operation, plan: PhasePlan) -> None:
             f"ranks ({plan.describe()}); batched programs run on stages of one rank each",
             loc=func.loc,
             hint="give each stage one node, or build the program with batch 1",
+        )
+
+
+def _check_shared_kv_handoff(placement: dict[str, PhasePlan]) -> None:
+    """A key/value head several ranks hold (see `_attention_shares`) is written by each of
+    them in prefill; handing a prefill's cache over to a decode placed otherwise moves each
+    head from one owner to one owner, which would leave the other holders' copies empty."""
+    pre, dec = placement.get("prefill"), placement.get("decode")
+    held = lambda p: [(s.nodes, s.first, s.last, s.kv_heads) for s in p.stages]  # noqa: E731
+    if pre is None or dec is None or held(pre) == held(dec):
+        return
+    shared = [s for p in (pre, dec) for s in p.stages if s.replicated]
+    if shared:
+        raise PassError(
+            f"place: stage [{', '.join(shared[0].nodes)}] holds a key/value head on several "
+            f"nodes, and phases prefill ({pre.describe()}) and decode ({dec.describe()}) "
+            "place the layers differently: the KV cache cannot be handed over to several "
+            "holders yet",
+            hint="give phase prefill the stages of phase decode",
         )
 
 
@@ -633,7 +760,8 @@ def choose(decl, phase, shape, rank_of, nodes, func, ctx) -> PhasePlan:
             for s in decl.stages
         ]
         check_coverage(phase, stages, shape.layers)
-        return plan_from_stages(phase, stages, rank_of, nodes, shape)
+        locs = [s.loc for s in decl.stages]
+        return plan_from_stages(phase, stages, rank_of, nodes, shape, locs)
     return auto_plan(phase, shape, rank_of, nodes, func, ctx)
 
 
