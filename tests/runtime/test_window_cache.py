@@ -4,7 +4,7 @@ cache computes, bit for bit, once positions wrap around the ring many times.
 
 `specs/gemma3-tiny.cke` with a context of 512 and a window of 16; the prefill chunk (T) is
 made 8 so that the rings hold 23 rows and a 40-id prompt and 30 decode steps (positions to
-70, past 4 windows) wrap them three times.  The whole cache to compare with is the same
+70, past 4 windows) wrap them three times (a window of 4: rings of 11 rows, six times).  The whole cache to compare with is the same
 spec compiled with `plan_memory.kv_ring_rows` giving every layer its context."""
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ def tiny_spec(tmp_path, context=512, batch=1, name="gemma3-tiny.cke") -> Path:
     return path
 
 
+def use_window(monkeypatch, window: int, chunk: int = 8) -> None:
+    """gemma3 specs get this window and prefill calls of `chunk` rows."""
+    monkeypatch.setattr(driver, "PREFILL_CHUNK", chunk)
+    monkeypatch.setattr(
+        driver, "config_from_decl", functools.partial(transformer.config_from_decl, window=window)
+    )
+
+
 @pytest.fixture
 def small_rings(monkeypatch):
     """Window 16 and prefill calls of 8 rows: rings of 23 rows."""
-    monkeypatch.setattr(driver, "PREFILL_CHUNK", 8)
-    monkeypatch.setattr(
-        driver, "config_from_decl", functools.partial(transformer.config_from_decl, window=16)
-    )
+    use_window(monkeypatch, 16)
 
 
 def whole_cache(monkeypatch) -> None:
@@ -73,13 +78,17 @@ def kv_bytes(prog) -> int:
     return sum(r.length for r in prog.engine.memory_regions() if r.name == "kv_cache")
 
 
-def test_rings_give_the_whole_caches_bits_past_the_window(tmp_path, small_rings, monkeypatch):
+@pytest.mark.parametrize("window", [16, 4])  # rings of 23 rows, and of 11 (< a step's 16 keys)
+def test_rings_give_the_whole_caches_bits_past_the_window(tmp_path, monkeypatch, window):
+    use_window(monkeypatch, window)
+    ring_rows = window + 8 - 1
     spec = tiny_spec(tmp_path)
     with ckeir.compile(spec, threads=2) as ring:
-        assert ring.engine.kcache.shape == (6 * 23 + 512, KVD)  # 6 sliding layers, 1 global
+        # 6 sliding layers, 1 global
+        assert ring.engine.kcache.shape == (6 * ring_rows + 512, KVD)
         got = steps(ring.engine, PROMPT, 30)
         ref = ckeir.compile(spec, backend="reference")
-        assert ref.engine.kcache.shape == (6 * 23 + 512, KVD)
+        assert ref.engine.kcache.shape == (6 * ring_rows + 512, KVD)
         ref_ids = [t for t, _ in steps(ref.engine, PROMPT, 30)]
     whole_cache(monkeypatch)
     with ckeir.compile(spec, threads=2) as whole:

@@ -530,9 +530,11 @@ def _step(
     f: FunctionWriter, v: Vec, kv: _Keys, group: list[_Head], j0: str, left: str, subs: int
 ) -> None:
     """Fold keys j0 .. j0 + subs*W - 1 (those < j0+left) into every head of the group."""
-    rows = [[f.min(f.add(j0, u * v.w + jj), kv.last) for jj in range(v.w)] for u in range(subs)]
     if kv.ring:  # the same keys in the same order, from their ring rows: the same bits
-        rows = [[f(f"urem i64 {j}, {kv.ring}", "ring") for j in sub] for sub in rows]
+        rows = _ring_rows(f, kv, j0, subs * v.w)
+        rows = [rows[u * v.w : (u + 1) * v.w] for u in range(subs)]
+    else:
+        rows = [[f.min(f.add(j0, u * v.w + jj), kv.last) for jj in range(v.w)] for u in range(subs)]
     valid = [v.lane_mask(f.sub(left, u * v.w)) for u in range(subs)]
     krows = [[f.gep(kv.kbase, f.mul(j, kv.kvd)) for j in sub] for sub in rows]
     vrows = [[f.gep(kv.vbase, f.mul(j, kv.kvd)) for j in sub] for sub in rows]
@@ -544,6 +546,22 @@ def _step(
                 f(f"select <{v.w} x i1> {ok}, {v.t} {s}, {v.t} splat (float {NEG_INF})", "s")
             )
         _fold(f, v, kv, head, scores, vrows)
+
+
+def _ring_rows(f: FunctionWriter, kv: _Keys, j0: str, keys: int) -> list[str]:
+    """Ring rows of keys j0 .. j0+keys-1, each clamped to the last key as in a whole cache:
+    one division a step (j0 mod ring), then row + i, wrapped by one subtraction (a ring of
+    fewer rows than a step takes a division a key)."""
+    if kv.ring < keys:
+        return [f(f"urem i64 {f.min(f.add(j0, i), kv.last)}, {kv.ring}") for i in range(keys)]
+    r0 = f(f"urem i64 {j0}, {kv.ring}", "r0")
+    room = f.sub(kv.last, j0)  # keys past the last read it again
+    rows = []
+    for i in range(keys):
+        r = f.add(r0, f.min(i, room) if i else 0)
+        over = f(f"icmp sge i64 {r}, {kv.ring}")
+        rows.append(f(f"select i1 {over}, i64 {f.sub(r, kv.ring)}, i64 {r}", "row"))
+    return rows
 
 
 def _qk(f: FunctionWriter, v: Vec, kv: _Keys, head: _Head, krow: str) -> str:
