@@ -106,11 +106,12 @@ def sequence_rows(module: Operation) -> int:
 
 
 def plan_kv_cache(func: Operation, rows: int, rewriter: Rewriter) -> int | None:
-    """Lay out the func's KV cache (see the module docstring); returns its rows per sequence,
-    or None when no layer keeps a ring (the cache stays layers x context)."""
+    """Lay out the func's KV cache for calls of up to `rows` rows (0: no rings), see the
+    module docstring; returns its rows per sequence, or None when no layer keeps a ring (the
+    cache stays layers x context)."""
     attns = [op for op in func.regions[0].entry.ops if op.name == "cke.attention"]
     context = func.regions[0].entry.args[2].type.shape[-2]
-    extents = [kv_ring_rows(op.attr("window", 0), context, rows) for op in attns]
+    extents = [kv_ring_rows(op.attr("window", 0) if rows else 0, context, rows) for op in attns]
     ringed = any(r < context for r in extents)
     top = 0
     for op, r in zip(attns, extents, strict=True):
@@ -138,8 +139,12 @@ class PlanMemory(Pass):
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
         require_ranked(module, self.name)  # an unranked value would get no buffer
         rows = sequence_rows(module)
+        # Prefill and decode placed apart hand the KV rows over in (L, C, KVD) caches
+        # (runtime.distributed's handoff): such a module keeps whole caches.
+        plans = (ctx.artifacts.get("placement") or {}).values()
+        rings = len({p.describe() for p in plans}) <= 1
         for func in funcs(module):
-            kv = plan_kv_cache(func, rows, rewriter)
+            kv = plan_kv_cache(func, rows if rings else 0, rewriter)
             if kv is not None:
                 ctx.stats.setdefault("kv_rows", {})[func.attr("sym_name")] = kv
             block = func.regions[0].entry

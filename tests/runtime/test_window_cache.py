@@ -162,3 +162,48 @@ def test_the_verifier_refuses_a_ring_too_small_for_a_call(tmp_path, small_rings)
     attn.attributes["kv_rows"] = type(attn.attributes["kv_rows"])(40)  # into layer 1's rows
     with pytest.raises(CkeError, match="overlap"):
         verify(module)
+
+
+TWO_NODES = """import "gemma3-tiny.cke"
+cluster pair {
+  node n0 { cores 1; dram 8GiB; dram_bw 20GB/s; l2 1MiB; l3 32MiB }
+  node n1 { like n0 }
+  link n0 <-> n1 { bw 10Gbit/s; latency 50us }
+}
+schedule tensor {
+  run gemma3tiny on pair
+  quantize weights q8_0 except [token_embd]
+  phase prefill { stage [n0, n1] layers 0..6 }
+  phase decode  { stage [n0, n1] layers 0..6 }
+}
+schedule mixed {
+  run gemma3tiny on pair
+  quantize weights q8_0 except [token_embd]
+  phase prefill { stage [n0, n1] layers 0..6 }
+  phase decode  { stage n0 layers 0..3; stage n1 layers 4..6 }
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("schedule", "rows"),
+    [("tensor", 6 * 287 + 512), ("mixed", None)],  # mixed: the handoff's whole caches
+)
+def test_tensor_parallel_ranks_with_rings_give_one_ranks_ids(tmp_path, schedule, rows):
+    """gemma3-tiny with 2 KV heads of 32 (one a rank) at context 512: tensor parallel ranks
+    keep rings of 287 rows; prefill and decode placed apart keep whole caches (the KV
+    handoff copies (L, C, KVD) rows); both give one rank's ids past row 287."""
+    from ckeir.ranks import run_local
+
+    spec = tiny_spec(tmp_path)
+    text = spec.read_text().replace("hidden     96", "hidden     128")
+    spec.write_text(text.replace("kv_heads   1", "kv_heads   2"))
+    (tmp_path / "pair.cke").write_text(TWO_NODES)
+    prompt = [int(i * 53 % 500) for i in range(300)]
+    with ckeir.compile(spec, threads=1) as one:
+        want = one.generate(prompt, max_new_tokens=12)
+    with ckeir.compile(tmp_path / "pair.cke", schedule=schedule) as two:
+        assert {f.attr("kv_rows") for f in _funcs(two.module)} == {rows}
+        run = run_local(two, prompt, 12)
+    assert run["tokens"] == want
