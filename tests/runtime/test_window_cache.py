@@ -10,10 +10,12 @@ spec compiled with `plan_memory.kv_ring_rows` giving every layer its context."""
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import ckec
 
 import ckeir
 from ckeir import driver
@@ -113,6 +115,18 @@ def test_the_kv_cache_held_at_a_long_context_is_the_rings(tmp_path):
         resident = sum(resident_bytes(r.address, r.length) for r in held)
         assert resident <= 2 * rows * KVD * 4
     assert 2 * rows * KVD * 4 < 2 * 7 * 4096 * KVD * 4 / 4  # under a quarter of the whole
+
+
+def test_the_run_report_holds_the_rings(tmp_path):
+    """`ckec run --report` at context 4096: the KV cache the rank holds (linux.huge_pages)
+    is the rings' and the global layer's rows, not 7 x 4096."""
+    spec = tiny_spec(tmp_path, context=4096)
+    report = tmp_path / "run.json"
+    done = ckec("run", spec, "--ids", "1,2,3", "-n", "4", "--report", report)
+    assert done.returncode == 0, done.stderr
+    held = json.loads(report.read_text())["linux"]["huge_pages"]["0"]["kv_cache"]
+    assert held["bytes"] == 2 * (6 * 287 + 4096) * KVD * 4
+    assert held["resident_bytes"] <= held["bytes"]
 
 
 def test_batched_slots_in_rings_give_each_prompts_whole_cache_ids(
