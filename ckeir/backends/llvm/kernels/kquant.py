@@ -124,35 +124,57 @@ class SuperBlock:
     def quants(self, sb: str, j: int, offset: bool = True) -> str:
         """Piece j's 32 quants as <32 x i8>: Q4_K 0..15, Q5_K 0..31, Q6_K q - 32, Q3_K q - 4
         (without `offset`: Q6_K's q, 0..63, Q3_K's, 0..7)."""
-        f, lay = self.f, self.lay
-        v = "<32 x i8>"
-        if self.fmt.name in ("q2_k", "q3_k"):  # 2-bit pairs of 128-halves (Q3_K: a third bit)
-            half, part = divmod(j, 4)
-            ql = f.load(v, f.gep(sb, lay.qs + QK * half, "i8"), 1)
-            lo = f(f"and {v} {f(f'lshr {v} {ql}, splat (i8 {2 * part})')}, splat (i8 3)")
-            if self.fmt.name == "q2_k":
-                return lo
-            qh = f.load(v, f.gep(sb, lay.qh, "i8"), 1)
-            hi = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {j})')}, splat (i8 1)")
-            q = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 2)')}", "q3")
-            return f(f"sub {v} {q}, splat (i8 4)", "q3") if offset else q
-        if self.mins:  # Q4_K, Q5_K: the pair of pieces j//2 shares 32 bytes
-            raw = f.load(v, f.gep(sb, lay.qs + QK * (j // 2), "i8"), 1)
-            q = f(
-                f"and {v} {raw}, splat (i8 15)" if j % 2 == 0 else f"lshr {v} {raw}, splat (i8 4)"
-            )
+        return self.pieces(sb, j, 1, offset)
+
+    def pair(self, sb: str, j: int, offset: bool = True) -> str:
+        """Pieces j and j+1 (j even) as one <64 x i8>, as `quants` gives each."""
+        return self.pieces(sb, j, 2, offset)
+
+    def pieces(self, sb: str, j: int, n: int, offset: bool) -> str:
+        """Pieces j..j+n-1 (n = 1, or 2 from an even j) as <32n x i8>.  A pair's bytes are
+        one load (its pieces share their packed bytes, or lie side by side: Q6_K's), and
+        each piece's bit field is one 16-bit shift (by each half's own count) and one byte
+        mask: no extraction per piece and insertion of the two."""
+        f, lay, name = self.f, self.lay, self.fmt.name
+        b = vec(QK * n, "i8")
+
+        def load(at: int, side_by_side: bool = False) -> str:  # each piece's 32 bytes
+            if n == 1 or side_by_side:
+                return f.load(b, f.gep(sb, at, "i8"), 1)
+            v = f.load("<32 x i8>", f.gep(sb, at, "i8"), 1)
+            return shuffle(f, "<32 x i8>", v, "poison", [*range(32), *range(32)], "two")
+
+        def field(v: str, shift, mask: int) -> str:
+            """(byte >> shift(piece)) & mask: 16-bit shifts, whose bits from the next
+            byte the mask clears."""
+            counts = [shift(j + i) for i in range(n)]
+            if any(counts):
+                h = vec(16 * n, "i16")
+                cv = "<" + ", ".join(f"i16 {counts[i // 16]}" for i in range(16 * n)) + ">"
+                w = f(f"lshr {h} {f(f'bitcast {b} {v} to {h}')}, {cv}")
+                v = f(f"bitcast {h} {w} to {b}")
+            return f(f"and {b} {v}, splat (i8 {mask})", "fld")
+
+        def with_high(q: str, hi: str, at: int, hint: str) -> str:
+            return f(f"or {b} {q}, {f(f'shl {b} {hi}, splat (i8 {at})')}", hint)
+
+        if name in ("q2_k", "q3_k"):  # 2-bit pairs of 128-halves (Q3_K: a third bit)
+            q = field(load(lay.qs + QK * (j // 4)), lambda i: 2 * (i % 4), 3)
+            if name == "q2_k":
+                return q
+            q = with_high(q, field(load(lay.qh), lambda i: i, 1), 2, "q3")
+            return f(f"sub {b} {q}, splat (i8 4)", "q3") if offset else q
+        if self.mins:  # Q4_K, Q5_K: the pair of pieces 2i, 2i+1 shares 32 bytes
+            q = field(load(lay.qs + QK * (j // 2)), lambda i: 4 * (i % 2), 15)
             if lay.qh is not None:
-                qh = f.load(v, f.gep(sb, lay.qh, "i8"), 1)
-                bit = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {j})')}, splat (i8 1)")
-                q = f(f"or {v} {q}, {f(f'shl {v} {bit}, splat (i8 4)')}", "q5")
+                q = with_high(q, field(load(lay.qh), lambda i: i, 1), 4, "q5")
             return q
-        half, part = divmod(j, 4)  # Q6_K: 128-element halves, 32-element parts of them
-        ql = f.load(v, f.gep(sb, lay.qs + 64 * half + QK * (part % 2), "i8"), 1)
-        lo = f(f"and {v} {ql}, splat (i8 15)" if part < 2 else f"lshr {v} {ql}, splat (i8 4)")
-        qh = f.load(v, f.gep(sb, lay.qh + QK * half, "i8"), 1)
-        hi = f(f"and {v} {f(f'lshr {v} {qh}, splat (i8 {2 * part})')}, splat (i8 3)")
-        q = f(f"or {v} {lo}, {f(f'shl {v} {hi}, splat (i8 4)')}", "q6")
-        return f(f"sub {v} {q}, splat (i8 32)", "q6") if offset else q
+        # Q6_K: 128-element halves; parts p, p+1 (p even) of a half are 64 bytes side by side
+        half, part = divmod(j, 4)
+        ql = load(lay.qs + 64 * half + QK * (part % 2), side_by_side=True)
+        lo = field(ql, lambda i: 4 * (i % 4 >= 2), 15)
+        q = with_high(lo, field(load(lay.qh + QK * half), lambda i: 2 * (i % 4), 3), 4, "q6")
+        return f(f"sub {b} {q}, splat (i8 32)", "q6") if offset else q
 
     def values(self, sb: str, j: int, scales: tuple[str, str | None]) -> str:
         """Piece j dequantized as <32 x float>, bit-exact with `gguf.quants`: (d·sc)·q -
@@ -429,8 +451,10 @@ class _KWriter:
         start, step = 0, p.step
         bt = vec(QK * step, "i8")
         for j0 in range(0, PIECES, step):
-            ws = [blocks.quants(sb, j0 + i, offset=not p.corrected) for i in range(step)]
-            w = ws[0] if step == 1 else shuffle(f, "<32 x i8>", *ws, range(64), "w2")
+            if step == 2:
+                w = blocks.pair(sb, j0, offset=not p.corrected)
+            else:
+                w = blocks.quants(sb, j0, offset=not p.corrected)
             for k, tok in enumerate(toks):
                 x = f.load(bt, f.gep(tok, f.mul(f.add(b0, j0), QK), "i8"), 16)
                 lanes = self.dot(w, x, tok, f.add(b0, j0))
