@@ -137,10 +137,13 @@ def test_batched_slots_in_rings_give_each_prompts_whole_cache_ids(
     with ckeir.compile(spec, threads=2) as ring:
         assert ring.lowered.programs["decode"].cache_shape == (2, 6 * 23 + 512, KVD)
         got = ring.generate_many(prompts, max_new_tokens=30)
+    ref = ckeir.compile(spec, backend="reference")
+    assert ref.slot_engine().kcache.shape == (2, 6 * 23 + 512, KVD)
+    ref_ids = ref.generate_many(prompts, max_new_tokens=30)
     whole_cache(monkeypatch)
     with ckeir.compile(tiny_spec(tmp_path), threads=2) as whole:
         want = [whole.generate(p, max_new_tokens=30) for p in prompts]
-    assert got == want
+    assert got == want == ref_ids
 
 
 @pytest.mark.slow
