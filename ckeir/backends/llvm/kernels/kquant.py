@@ -16,6 +16,9 @@ hosts, by one 256-bit `vpdpbusd` (Q6_K's weights are offset to q ≥ 0 and the l
 -32·Σq_x, which the quantizer stored).  The dmin·m·σ terms of a super-block (σ_j = d_x,j·Σq_x)
 are one 8-lane product.
 
+A step of two pieces takes both as one 64-byte operand (`SuperBlock.pair`); in decode each
+super-block also prefetches the lines `common.PREFETCH` bytes ahead of it.
+
 Work split: threads take disjoint output rows (multiples of 16).  Token rows are quantized a
 batch at a time; each weight row is then swept by `TOKENS` token rows at a time (one in
 decode), each token row summed in the same order whatever its group: a batched decode step

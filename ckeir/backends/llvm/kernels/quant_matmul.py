@@ -29,7 +29,8 @@ swept in tiles of TN rows, each tile by `tokens` token rows at a time, so a tile
 from DRAM once per batch and reused from cache (prefill, `prefill_rows` rows interleaved
 per register block).  n == 1 (decode GEMV) is the same structure with one token: `rows`
 rows streamed one after the other (one sequential stream for the prefetchers), their sums
-reduced together; per block the scales combine as c = d_w·d_x, q4_1's min terms on the side.
+reduced together; per block the scales combine as c = d_w·d_x, q4_1's min terms on the side;
+each group prefetches the row's lines `common.PREFETCH` bytes ahead of it.
 
 Measured (Zen 4, 1 thread, weights in L2): decode 2.2-2.6 cycles per q4 block, 3.6-3.9 per
 q8_0 block; prefill (16 tokens) 1.5-1.8 cycles per q4 block and token.  From DRAM, decode
@@ -391,10 +392,11 @@ class _Path:
     def sweep(self, wrows: list[str], toks: list[str], per_step: int, step, wb0=0, sb0=0) -> None:
         """step(rows, wb, sb, nb) over one chunk of K (all of it, unchunked) in steps of
         `per_step` blocks (the last may be short): weight block wb0 + o, scratch block
-        sb0 + o; rows are (index, pointer) pairs.  Decode streams the rows one after the other: a
-        single sequential stream is what the hardware prefetchers follow at full DRAM
-        speed (4 rows interleaved ran at half of it), and the opaque trip count keeps LLVM
-        from unrolling the loops fully and interleaving the rows again.  Prefill
+        sb0 + o; rows are (index, pointer) pairs.  Decode streams the rows one after the
+        other: a single sequential stream is what the hardware prefetchers follow at full
+        DRAM speed (4 rows interleaved ran at half of it on Zen 4; on Ice Lake, prefetching,
+        q8_0 at 0.75 of the read kernel's bandwidth against 0.95), and the opaque trip
+        count keeps LLVM from unrolling the loops fully and interleaving the rows again.  Prefill
         interleaves its rows, each weight step shared by several token rows."""
         f, decode = self.f, len(toks) == 1
         whole, rest = divmod(self.p.chunk_blocks, per_step)
