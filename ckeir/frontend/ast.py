@@ -94,6 +94,7 @@ class ModelDecl:
     kv_heads: int | None = None
     ffn: int | None = None
     context: int | None = None
+    stated_head_dim: int | None = None  # `head_dim N`: one head's width, when stated
     window: int | None = None  # sliding-window layers' keys (families that have them)
     norm_eps: float | None = None
     rope_theta: float | None = None
@@ -111,6 +112,9 @@ class ModelDecl:
 
     @property
     def head_dim(self) -> int | None:
+        """One head's width: `head_dim` where stated, else hidden / heads (None: unknown)."""
+        if self.stated_head_dim is not None:
+            return self.stated_head_dim
         return self.hidden // self.heads if self.hidden and self.heads else None
 
     def weights_path(self, spec_dir: str | Path | None = None) -> Path | None:

@@ -152,9 +152,10 @@ class _ToAst(Transformer):
         return WeightsDecl(kind, path=path, package=package, loc=self.at(meta))
 
     def model(self, meta, name, *settings):
-        return ModelDecl(
-            name=str(name), **self._block(settings, f"model {name}"), loc=self.at(name)
-        )
+        block = self._block(settings, f"model {name}")
+        if "head_dim" in block:  # `head_dim` is the width in effect (ModelDecl.head_dim)
+            block["stated_head_dim"] = block.pop("head_dim")
+        return ModelDecl(name=str(name), **block, loc=self.at(name))
 
     # cluster
     def node(self, meta, name, *settings):

@@ -227,15 +227,36 @@ def check_model(m: ModelDecl) -> ModelDecl:
         return SpecError(message, loc=m.key_locs.get(key, m.loc))
 
     _check_model_ranges(m, bad)
-    if m.hidden and m.heads and m.hidden % m.heads:
+    stated = m.stated_head_dim is not None
+    if not stated and m.hidden and m.heads and m.hidden % m.heads:
         raise bad("heads", f"heads {m.heads} does not divide hidden {m.hidden} in {where}")
-    if m.head_dim and m.head_dim % 2:
-        raise bad("heads", f"the head size hidden/heads = {m.head_dim} must be even for RoPE")
+    _check_head_size(m, bad, stated)
     if m.heads and m.kv_heads and m.heads % m.kv_heads:
         raise bad("kv_heads", f"kv_heads {m.kv_heads} does not divide heads {m.heads} in {where}")
     if m.window is not None and (m.family or "llama") == "llama":
         raise bad("window", f"{where}: family llama has no sliding-window layers")
     return m
+
+
+def _check_head_size(m: ModelDecl, bad: Callable[[str, str], SpecError], stated: bool) -> None:
+    """A head is an even number of lanes (RoPE turns pairs), and the query heads together
+    (heads x head_dim: the width of attn_q's rows) stay within the widths ckeir builds."""
+    hd, where = m.head_dim, f"model {m.name}"
+    if hd is None:
+        return
+    if stated and not limits.in_int_range(hd, 1, limits.MAX_HIDDEN):
+        raise bad(
+            "head_dim", limits.range_message(f"head_dim of {where}", hd, 1, limits.MAX_HIDDEN)
+        )
+    what = f"head_dim {hd}" if stated else f"the head size hidden/heads = {hd}"
+    if hd % 2:
+        raise bad("head_dim" if stated else "heads", f"{what} must be even for RoPE")
+    if m.heads and hd * m.heads > limits.MAX_HIDDEN:
+        raise bad(
+            "head_dim" if stated else "heads",
+            f"{what} times {m.heads} heads is {hd * m.heads} query lanes in {where}, more "
+            f"than the {limits.MAX_HIDDEN} ckeir builds",
+        )
 
 
 def _check_model_ranges(m: ModelDecl, bad: Callable[[str, str], SpecError]) -> None:

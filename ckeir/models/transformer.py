@@ -16,6 +16,7 @@ import math
 import attrs
 import numpy as np
 
+from ckeir.errors import CkeError
 from ckeir.ir.attributes import to_attr
 from ckeir.ir.core import Block, Builder, Operation, Region, module_op
 from ckeir.ir.types import DYN, MemRefType, TensorType, UnrankedTensorType, f32, i32, i64
@@ -226,8 +227,6 @@ def config_from_decl(model, model_file=None, **overrides) -> ModelConfig:
     """The config a model declaration states (random weights: all of it), with what only a
     family's file says (a head width other than hidden / heads, the sliding window, the
     local RoPE base: `ModelFile.family_params`) and `overrides` on top."""
-    from ckeir.errors import CkeError
-
     name = model.family or "llama"
     try:
         fam = family(name)
@@ -263,6 +262,8 @@ def config_from_decl(model, model_file=None, **overrides) -> ModelConfig:
                 hint=f"remove 'window' from model {model.name} or make it match the file",
             )
         extra = extra | {"window": model.window}
+    if model.stated_head_dim is not None:
+        extra = extra | {"key_length": _stated_head_dim(model, model_file, extra)}
     fields = dict(
         vocab=model.vocab,
         hidden=model.hidden,
@@ -278,3 +279,18 @@ def config_from_decl(model, model_file=None, **overrides) -> ModelConfig:
         family=fam.name,
     )
     return ModelConfig(**(fields | extra | overrides))
+
+
+def _stated_head_dim(model, model_file, extra: dict) -> int:
+    """The spec's `head_dim`; a weights file's heads (its key_length, or hidden / heads) must
+    be that wide."""
+    if model_file is not None:
+        has = extra.get("key_length") or model.hidden // model.heads
+        if has != model.stated_head_dim:
+            raise CkeError(
+                f"head_dim {model.stated_head_dim} disagrees with {model_file.path}, whose heads are "
+                f"{has} wide",
+                loc=model.key_locs.get("head_dim", model.loc),
+                hint=f"remove 'head_dim' from model {model.name} or make it match the file",
+            )
+    return model.stated_head_dim
