@@ -271,7 +271,7 @@ def _op_func(op, copies: int, name: str = "bench"):
     return Operation("cke.func", (), (), attributes, [Region([block])]), weights
 
 
-PLACEMENT_ATTRS_TO_DROP = ("offset",)  # plan-memory gives the copies places of their own
+PLACEMENT_ATTRS_TO_DROP = ("offset", "kv_row", "kv_rows")  # plan-memory lays these out anew
 
 
 def _activation(b, ids, t, weights: dict):
