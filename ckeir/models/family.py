@@ -28,6 +28,13 @@ class Family:
     local_rope_theta: float = 10000.0  # the RoPE base of the sliding-window layers
     gguf_rope_style: str = "interleaved"  # how its GGUF files pair RoPE lanes
     tied_by_default: bool = False
+    # Hugging Face safetensors: the layer tensors' names (`model.layers.N.<name>.weight`) ->
+    # GGUF's (`blk.N.<name>.weight`) where they differ from llama's, a name only this
+    # family's files hold (how a file says which family it is), and what is added to every
+    # stored norm weight (Gemma's RMSNorm computes with 1 + w; GGUF files hold 1 + w)
+    hf_layer_names: tuple[tuple[str, str], ...] = ()
+    hf_marker: str | None = None
+    hf_norm_shift: float = 0.0
 
     def sliding(self, layer: int) -> bool:
         p = self.sliding_period
@@ -56,6 +63,16 @@ def known_families() -> tuple[str, ...]:
         if isinstance(getattr(module, "FAMILY", None), Family):
             names.append(info.name)
     return tuple(sorted(names))
+
+
+def by_hf_names(names) -> Family:
+    """The family whose Hugging Face tensor names `names` (a safetensors header's) are:
+    the first whose marker name appears among them, else llama."""
+    for name in known_families():
+        fam = family(name)
+        if fam.hf_marker and any(f".{fam.hf_marker}." in n for n in names):
+            return fam
+    return family("llama")
 
 
 def by_arch(arch: str) -> Family | None:

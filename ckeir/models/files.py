@@ -44,7 +44,7 @@ from ckeir.limits import (
     MIN_NORM_EPS,
     MIN_ROPE_THETA,
 )
-from ckeir.models.family import by_arch, known_families
+from ckeir.models.family import by_arch, by_hf_names, known_families
 from ckeir.models.transformer import ModelConfig
 
 
@@ -670,12 +670,18 @@ class SafetensorsFile(ModelFile):
             ) from None
         self.tensors, self._offsets = {}, {}
         header, start = self._header()
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            name = _hf_to_gguf(key)
+        keys = [k for k in header if k != "__metadata__"]
+        self.hf_family = by_hf_names(keys)
+        layer_names = {**_HF_LAYER, **dict(self.hf_family.hf_layer_names)}
+        self._shifted: dict[str, str] = {}  # norm weights read as stored + the shift: format
+        for key in keys:
+            entry = header[key]
+            name = _hf_to_gguf(key, layer_names)
             begin, end = entry["data_offsets"]
-            self.tensors[name] = TensorInfo(name, tuple(entry["shape"]), _st_format(entry["dtype"]))
+            fmt = _st_format(entry["dtype"])
+            if self.hf_family.hf_norm_shift and key.endswith("norm.weight"):
+                self._shifted[name], fmt = fmt, "f32"
+            self.tensors[name] = TensorInfo(name, tuple(entry["shape"]), fmt)
             self._offsets[name] = (start + begin, end - begin)
 
     def _header(self) -> tuple[dict, int]:
@@ -689,6 +695,39 @@ class SafetensorsFile(ModelFile):
             f"{self.path}: safetensors carry no hyper-parameters; state them "
             "in the model (vocab, hidden, layers, heads, kv_heads, ffn, context)"
         )
+
+    def data(self, name: str) -> np.ndarray:
+        """As stored, but a norm weight of a family whose RMSNorm computes with w + shift
+        (Gemma: 1 + w) is read as f32 w + shift, what GGUF files of the family hold."""
+        stored = self._shifted.get(name)
+        if stored is None:
+            return super().data(name)
+        offset, nbytes = self._offsets[name]
+        raw = self._bytes()[offset : offset + nbytes]
+        if len(raw) != nbytes:  # the file shrank since it was opened
+            raise ModelFileError(f"{self.path}: tensor '{name}' is truncated")
+        if stored not in ("f32", "f16", "bf16"):
+            raise ModelFileError(
+                f"{self.path}: norm tensor '{name}' is {stored.upper()}: F32, F16 or BF16 expected"
+            )
+        if stored == "bf16":
+            w = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            w = raw.view(np.float32 if stored == "f32" else np.float16).astype(np.float32)
+        shape = self.tensors[name].shape
+        return (w + np.float32(self.hf_family.hf_norm_shift)).reshape(shape)
+
+    def check_config(self, cfg: ModelConfig) -> None:
+        """As for any file, and the checkpoint's family is the model's: Gemma 3's norms
+        under a llama would be read by another graph (and without their +1)."""
+        if self.hf_family.hf_marker and cfg.family != self.hf_family.name:
+            raise ModelFileError(
+                f"{self.path}: the checkpoint holds {self.hf_family.name}'s tensors "
+                f"(model.layers.N.{self.hf_family.hf_marker}), but the model is family "
+                f"{cfg.family}",
+                hint=f"state `family {self.hf_family.name}` in the model",
+            )
+        super().check_config(cfg)
 
 
 _HF = {
@@ -709,14 +748,14 @@ _HF_LAYER = {
 }
 
 
-def _hf_to_gguf(name: str) -> str:
+def _hf_to_gguf(name: str, layer_names: dict[str, str] = _HF_LAYER) -> str:
     if name in _HF:
         return _HF[name]
     parts = name.split(".")
     if len(parts) >= 5 and parts[:2] == ["model", "layers"]:
         inner = ".".join(parts[3:-1])
-        if inner in _HF_LAYER:
-            return f"blk.{parts[2]}.{_HF_LAYER[inner]}.weight"
+        if inner in layer_names:
+            return f"blk.{parts[2]}.{layer_names[inner]}.weight"
     return name
 
 

@@ -282,9 +282,9 @@ def config_from_decl(model, model_file=None, **overrides) -> ModelConfig:
 
 
 def _stated_head_dim(model, model_file, extra: dict) -> int:
-    """The spec's `head_dim`; a weights file's heads (its key_length, or hidden / heads) must
-    be that wide."""
-    if model_file is not None:
+    """The spec's `head_dim`; a GGUF file's heads (its key_length, or hidden / heads) must
+    be that wide (a safetensors file states no widths: its tensors' shapes are checked)."""
+    if model_file is not None and model.weights.kind == "gguf":
         has = extra.get("key_length") or model.hidden // model.heads
         if has != model.stated_head_dim:
             raise CkeError(
