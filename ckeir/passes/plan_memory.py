@@ -90,13 +90,6 @@ def _span(b: Buffer) -> range:
     return range(b.start, b.end + 1)
 
 
-def kv_ring_rows(window: int, context: int, rows: int) -> int:
-    """Cache rows of a layer that attends to its last `window` keys, when a call stores up to
-    `rows` rows: W + rows - 1 (the first row of a call reads back to p - W + 1 while its last
-    stores at p + rows - 1), or the whole context when that is no fewer."""
-    return min(context, window + rows - 1) if window else context
-
-
 def sequence_rows(module: Operation) -> int:
     """The most rows of one sequence a call of any func of the module stores: a func's
     `max_tokens`, or 1 for a batched decode func (one row per slot)."""
@@ -111,7 +104,9 @@ def plan_kv_cache(func: Operation, rows: int, rewriter: Rewriter) -> int | None:
     cache stays layers x context)."""
     attns = [op for op in func.regions[0].entry.ops if op.name == "cke.attention"]
     context = func.regions[0].entry.args[2].type.shape[-2]
-    extents = [kv_ring_rows(op.attr("window", 0) if rows else 0, context, rows) for op in attns]
+    extents = [
+        cost.kv_ring_rows(op.attr("window", 0) if rows else 0, context, rows) for op in attns
+    ]
     ringed = any(r < context for r in extents)
     top = 0
     for op, r in zip(attns, extents, strict=True):

@@ -342,10 +342,21 @@ def func_kv_slots(func: Operation) -> int:
     return cache.shape[0] if cache.rank == 4 else 1
 
 
+def kv_ring_rows(window: int, context: int, rows: int) -> int:
+    """Cache rows of a layer that attends to its last `window` keys, when a call stores up to
+    `rows` rows: W + rows - 1 (the first row of a call reads back to p - W + 1 while its last
+    stores at p + rows - 1), or the whole context when that is no fewer."""
+    return min(context, window + rows - 1) if window else context
+
+
 def func_kv_slot_bytes(func: Operation) -> int:
-    """One sequence's KV cache in a rank's program: its own layers (`layers`, else every
-    layer of its cache argument) at the full context."""
+    """One sequence's KV cache in a rank's program: the rows plan-memory packed it in
+    (`kv_rows`: sliding-window layers in rings of `kv_ring_rows`), else its own layers
+    (`layers`, else every layer of its cache argument) at the full context."""
     layers, context, kv_dim = func.regions[0].entry.args[2].type.shape[-3:]
+    rows = func.attr("kv_rows")
+    if rows is not None:
+        return 2 * rows * kv_dim * F32
     first, last = func.attr("layers", (0, layers - 1))
     return kv_cache_bytes(last - first + 1, context, kv_dim)
 

@@ -5,7 +5,7 @@ cache computes, bit for bit, once positions wrap around the ring many times.
 `specs/gemma3-tiny.cke` with a context of 512 and a window of 16; the prefill chunk (T) is
 made 8 so that the rings hold 23 rows and a 40-id prompt and 30 decode steps (positions to
 70, past 4 windows) wrap them three times (a window of 4: rings of 11 rows, six times).  The whole cache to compare with is the same
-spec compiled with `plan_memory.kv_ring_rows` giving every layer its context."""
+spec compiled with `cost.kv_ring_rows` giving every layer its context."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ckeir import driver
 from ckeir.errors import CkeError
 from ckeir.ir.verifier import verify
 from ckeir.models import transformer
-from ckeir.passes import plan_memory
+from ckeir.planner import cost
 from ckeir.runtime.memory import resident_bytes
 
 SPECS = Path(__file__).parents[2] / "specs"
@@ -58,7 +58,7 @@ def small_rings(monkeypatch):
 
 def whole_cache(monkeypatch) -> None:
     """Programs compiled from here on keep every layer's whole context (no ring)."""
-    monkeypatch.setattr(plan_memory, "kv_ring_rows", lambda window, context, rows: context)
+    monkeypatch.setattr(cost, "kv_ring_rows", lambda window, context, rows: context)
 
 
 def steps(engine, prompt, n_new):

@@ -33,3 +33,27 @@ def test_timing_program_of_a_ring_attention(tmp_path):
     # the copies' cache laid out by plan-memory for the timing program: ring after ring
     ring = ringed[0].attr("kv_rows")
     assert [(op.attr("kv_row"), op.attr("kv_rows")) for op in copies] == [(0, ring), (ring, ring)]
+
+
+def test_the_plan_counts_the_kv_cache_the_engine_holds(tmp_path):
+    """`ckec plan`'s KV cache per rank is what the rank's engine allocates: on a ring cache,
+    the packed rows (six rings of window + chunk - 1 rows and one global layer), not every
+    layer at the whole context."""
+    import json
+
+    from tests.cli_runner import ckec
+
+    spec = tmp_path / "ring.cke"
+    spec.write_text(
+        (SPECS / "gemma3-tiny.cke").read_text().replace("context    128", "context    4096")
+    )
+    plan = tmp_path / "plan.json"
+    done = ckec("plan", spec, "--json", plan)
+    assert done.returncode == 0, done.stderr
+    planned = json.loads(plan.read_text())["memory"]["0"]["kv_cache"]
+    with ckeir.compile(spec, threads=1) as prog:
+        prog.generate([1, 2, 3], max_new_tokens=1)
+        held = sum(r.length for r in prog.engine.memory_regions() if r.name == "kv_cache")
+    assert planned == held
+    config = prog.config
+    assert held < 2 * config.layers * config.context * config.kv_dim * 4 / 2
