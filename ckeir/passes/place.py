@@ -304,8 +304,13 @@ def _check_whole_blocks(shape: Shape, heads, where: str, loc) -> None:
                 f"{h0 * hd}..{h1 * hd} of {split.describe()}, which cuts its blocks: "
                 "tensor parallelism splits the attention output along K in whole blocks",
                 loc=loc,
-                hint=f"split the layers into pipeline stages, or store {split.name} in a "
-                "32-wide type (e.g. `quantize weights q8_0`)",
+                hint=(
+                    f"split the layers into pipeline stages, or store {split.name} in a "
+                    "32-wide type (e.g. `quantize weights q8_0`)"
+                    if split.unit > 32
+                    else "split the layers into pipeline stages, or give the stage nodes "
+                    "whose query heads are whole blocks of 32 columns"
+                ),
             )
 
 

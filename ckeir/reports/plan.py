@@ -43,6 +43,7 @@ def plan_report(prog, machine=None) -> dict:
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
         tokens = _step_tokens(phase, progs, job)
+        group = prog.config.heads // prog.config.kv_heads  # query heads per key/value head
 
         def predicted(rows: int, plan=plan, progs=progs):
             if machine is None:
@@ -59,6 +60,9 @@ def plan_report(prog, machine=None) -> dict:
                     "ranks": list(s.ranks),
                     "layers": [s.first, s.last],
                     "kv_heads": [list(r) for r in s.kv_heads],
+                    # each rank's query heads: a share of one group where its key/value
+                    # head is held by several ranks (`replicated`)
+                    "heads": [list(s.query_heads(j, group)) for j in range(len(s.ranks))],
                     "ffn": [list(r) for r in s.ffn],
                     "vocab": [list(r) for r in s.vocab],
                     "predicted_seconds": pred.stage_time[s.index],
@@ -176,6 +180,7 @@ def print_plan(report: dict, console=None) -> None:
             "nodes → ranks",
             "layers",
             "kv heads",
+            "q heads",
             "ffn",
             "vocab",
             "predicted",
@@ -188,6 +193,7 @@ def print_plan(report: dict, console=None) -> None:
                 f"{', '.join(s['nodes'])} → {s['ranks']}",
                 f"{s['layers'][0]}..{s['layers'][1]}",
                 str(s["kv_heads"]),
+                str(s["heads"]),
                 str(s["ffn"]),
                 str(s["vocab"]),
                 format_seconds(s["predicted_seconds"]),
