@@ -8,15 +8,12 @@ import ctypes
 
 import numpy as np
 import pytest
+from isa_pairs import host_isas
 
-from ckeir.backends.llvm.host import ISA_LEVELS, HostCPU, detect_host, native_host
+from ckeir.backends.llvm.host import ISA_LEVELS, HostCPU, detect_host
 from ckeir.backends.llvm.jit import CompiledModule, compile_ir
 from ckeir.backends.llvm.kernels import Kernel, entry_ctx, kernel_entry_ir, module_ir
 from ckeir.backends.llvm.pool import Pool
-
-
-def available_isas() -> list[str]:
-    return list(ISA_LEVELS[: ISA_LEVELS.index(native_host().isa) + 1])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,7 +27,7 @@ def _object_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(params=ISA_LEVELS)
 def host(request: pytest.FixtureRequest) -> HostCPU:
-    if request.param not in available_isas():
+    if request.param not in host_isas():
         pytest.skip(f"host lacks {request.param}")
     return detect_host(request.param)
 

@@ -5,8 +5,9 @@ A row-parallel matmul (attention output, FFN down) gives each rank a range of wh
 K.  The first rank's kernel folds its chunks, ``(c0 + c1)``; a later rank's kernel delivers
 each chunk's sums apart (`separate`); folding those after the first rank's, in K order, is
 the single-rank kernel's ``((c0 + c1) + c2) + c3``.  Checked on each code path the host has
-(VNNI, the generic integer path), for decode (one token row) and prefill (several, with
-ragged token groups), with chunks shorter than a VNNI group span and longer.
+(VNNI, the generic integer path), each meeting every format and every case (`isa_pairs`),
+for decode (one token row) and prefill (several, with ragged token groups), with chunks
+shorter than a VNNI group span and longer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from isa_pairs import rotated
 
 from ckeir.backends.llvm.kernels.quant_matmul import qmatmul
 from ckeir.quant import qmatmul_reference
@@ -47,8 +49,9 @@ def _columns(w: np.ndarray, fmt: str, k: int, c0: int, c1: int) -> np.ndarray:
     return np.ascontiguousarray(w[:, c0 // 32 * bb : c1 // 32 * bb])
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize(("k", "chunk", "shards"), CASES)
+@pytest.mark.parametrize(
+    ("host", "fmt", "k", "chunk", "shards"), rotated(FORMATS, CASES), indirect=["host"]
+)
 @pytest.mark.parametrize("n", [1, 7])
 def test_chunked_equals_folded_shards(host, run_kernel, fmt, k, chunk, shards, n):
     n_out = 48

@@ -1,6 +1,8 @@
 """Every kernel against a numpy (float64) implementation of its semantics, for sizes that are
 and are not multiples of the vector width, decode (n=1) and prefill (n>1, pos>0), 1-3
-threads, on each ISA level the host supports (generic, avx2, avx512)."""
+threads, on each ISA level the host supports (generic, avx2, avx512); the quantized matmul
+meets each ISA level with every format and every shape, not with every pair of them
+(`isa_pairs`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import ctypes
 
 import numpy as np
 import pytest
+from isa_pairs import rotated
 
 from ckeir.backends.llvm import kernels as K
 from ckeir.backends.llvm.host import detect_host
@@ -91,8 +94,11 @@ def test_matmul(host, run_kernel, assert_close, n_out, k, tile, n, nth):
 QUANT_SHAPES = [(7, 64, (64, 256)), (300, 96, (16, 32)), (33, 576, (8, 256))]
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
-@pytest.mark.parametrize("n_out,k,tile", QUANT_SHAPES)
+@pytest.mark.parametrize(
+    "host,fmt,n_out,k,tile",
+    rotated(["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"], QUANT_SHAPES),
+    indirect=["host"],
+)
 @pytest.mark.parametrize("n", [1, 5])
 @pytest.mark.parametrize("nth", [1, 3])
 def test_matmul_quantized(host, run_kernel, assert_close, fmt, n_out, k, tile, n, nth):

@@ -13,6 +13,9 @@
   at SmolLM2's decode shapes and odd ones, bitwise equal whatever the thread count and
   bitwise equal to a numpy transcription of the order its docstring states; and SmolLM2
   with float activations keeps its greedy ids.
+
+Each ISA level meets every format and every shape, not every pair of them (`isa_pairs`):
+compiling a kernel is nearly all of a case's time.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from isa_pairs import rotated
 
 import ckeir
 from ckeir.backends.llvm.host import detect_host
@@ -142,8 +146,7 @@ def magnitude(x: np.ndarray, w: np.ndarray, fmt: str) -> np.ndarray:
 SHAPES = [(1, 1536), (7, 32), (33, 96), (300, 576), (300, 64)]  # N, K
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("n_out,k", SHAPES)
+@pytest.mark.parametrize("host,fmt,n_out,k", rotated(FORMATS, SHAPES), indirect=["host"])
 def test_qmatmul(host, run_kernel, fmt, n_out, k):
     kernel = qmatmul(fmt, n_out, k, (16, 256), host)
     w = quantize_rows(awkward(n_out, k), fmt)
@@ -234,8 +237,9 @@ def test_halves_to_floats_without_f16c_is_exact():
 # ---- qembed ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("vocab,dim", [(50, 64), (300, 576), (9, 32)])
+@pytest.mark.parametrize(
+    "host,fmt,vocab,dim", rotated(FORMATS, [(50, 64), (300, 576), (9, 32)]), indirect=["host"]
+)
 def test_qembed_is_bitwise_gguf(host, run_kernel, fmt, vocab, dim):
     table = quantize_rows(awkward(vocab, dim), fmt)
     want_all = dequantize_rows(table, fmt)
@@ -296,8 +300,9 @@ def float_gemv_runs(run_kernel, host, fmt: str, n_out: int, k: int, threads=(1, 
     return GemvRuns(fmt, x, w, outs)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("n_out,k", SMOLLM2_LAYERS + ODD)
+@pytest.mark.parametrize(
+    "host,fmt,n_out,k", rotated(FORMATS, SMOLLM2_LAYERS + ODD), indirect=["host"]
+)
 def test_float_activation_gemv(host, run_kernel, assert_close, fmt, n_out, k):
     """Within f32 accumulation error of Σ|w·x| (each output adds fewer than K/64 + 16
     rounded terms per lane: 1e-5 is a tenfold margin), and the same bits on 1, 2 or 3
@@ -363,8 +368,9 @@ def float_gemv_documented_order(x: np.ndarray, w: np.ndarray, fmt: str, fused: b
     return lane_sum(total + np.pad(mins, ((0, 0), (0, 8))))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("n_out,k", [(576, 576), *ODD])
+@pytest.mark.parametrize(
+    "host,fmt,n_out,k", rotated(FORMATS, [(576, 576), *ODD]), indirect=["host"]
+)
 def test_float_activation_gemv_adds_in_the_documented_order(host, run_kernel, fmt, n_out, k):
     """Bit for bit the order `_BlockGemv` documents (FMAs fused where the ISA has them)."""
     runs = float_gemv_runs(run_kernel, host, fmt, n_out, k, (2,))

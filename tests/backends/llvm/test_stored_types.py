@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from isa_pairs import rotated
 
 from ckeir.backends.llvm.host import ISA_LEVELS, detect_host, native_host
 from ckeir.backends.llvm.kernels.matmul import matmul
@@ -111,12 +112,12 @@ def magnitude(x: np.ndarray, w: np.ndarray, fmt: str) -> np.ndarray:
     return xs @ (np.abs(q * scale.astype(np.float64)) + np.abs(mins.astype(np.float64))).T
 
 
-@pytest.mark.parametrize("fmt", KQUANTS)
-@pytest.mark.parametrize("chunk", [0, 64, 256, 512])
+@pytest.mark.parametrize("host,fmt,chunk", rotated(KQUANTS, [0, 64, 256, 512]), indirect=["host"])
 def test_kqmatmul_chunks_and_rows(host, run_kernel, fmt, chunk):
-    """Quantizer-made K-quants at each ISA level: within 1e-5 of Σ|terms| of the oracle
-    whatever the chunk; `separate` chunk sums that fold (left to right) to the folded call's
-    bits; a rowwise call gives each token row the bits of that row alone."""
+    """Quantizer-made K-quants at each ISA level (each level meets every type and every
+    chunk, `isa_pairs`): within 1e-5 of Σ|terms| of the oracle whatever the chunk; `separate`
+    chunk sums that fold (left to right) to the folded call's bits; a rowwise call gives each
+    token row the bits of that row alone."""
     from ckeir.backends.llvm.kernels.kquant import kqmatmul
 
     n_out, k, n = 40, 1024, 6
