@@ -98,30 +98,45 @@ def sequence_rows(module: Operation) -> int:
     )
 
 
+def kv_extents(windows: list[int], context: int, rows: int) -> list[tuple[int, int]] | None:
+    """The packed cache's extent of each layer a func attends in, in order, for calls of up to
+    `rows` rows (0: no rings), given each layer's window (0: global): (first row, ring rows R
+    or 0 for the whole context); None when no layer keeps a ring (the cache stays layers x
+    context).  The one layout plan-memory writes into the IR and the runtime's KV handoff
+    reads back (`kv_cache_row`)."""
+    extents = [cost.kv_ring_rows(w if rows else 0, context, rows) for w in windows]
+    if all(r >= context for r in extents):
+        return None
+    firsts = [sum(extents[:i]) for i in range(len(extents))]
+    return [(f, r if r < context else 0) for f, r in zip(firsts, extents, strict=True)]
+
+
+def kv_cache_row(extent: tuple[int, int], pos):
+    """The packed cache's row of position `pos` (an int or an array) in a layer's extent."""
+    first, ring = extent
+    return first + (pos % ring if ring else pos)
+
+
 def plan_kv_cache(func: Operation, rows: int, rewriter: Rewriter) -> int | None:
     """Lay out the func's KV cache for calls of up to `rows` rows (0: no rings), see the
     module docstring; returns its rows per sequence, or None when no layer keeps a ring (the
     cache stays layers x context)."""
     attns = [op for op in func.regions[0].entry.ops if op.name == "cke.attention"]
     context = func.regions[0].entry.args[2].type.shape[-2]
-    extents = [
-        cost.kv_ring_rows(op.attr("window", 0) if rows else 0, context, rows) for op in attns
-    ]
-    ringed = any(r < context for r in extents)
-    top = 0
-    for op, r in zip(attns, extents, strict=True):
+    extents = kv_extents([op.attr("window", 0) for op in attns], context, rows)
+    for op in attns:
         for name in ("kv_row", "kv_rows"):
             if op.attr(name) is not None:
                 rewriter.remove_attr(op, name)
-        if ringed:
-            rewriter.set_attr(op, "kv_row", top)
-            if r < context:
-                rewriter.set_attr(op, "kv_rows", r)
-        top += r
     if func.attr("kv_rows") is not None:
         rewriter.remove_attr(func, "kv_rows")
-    if not ringed:
+    if extents is None:
         return None
+    for op, (first, ring) in zip(attns, extents, strict=True):
+        rewriter.set_attr(op, "kv_row", first)
+        if ring:
+            rewriter.set_attr(op, "kv_rows", ring)
+    top = sum(ring or context for _, ring in extents)
     rewriter.set_attr(func, "kv_rows", top)
     return top
 
@@ -134,12 +149,8 @@ class PlanMemory(Pass):
     def apply(self, module: Operation, ctx: PassContext, rewriter: Rewriter) -> None:
         require_ranked(module, self.name)  # an unranked value would get no buffer
         rows = sequence_rows(module)
-        # Prefill and decode placed apart hand the KV rows over in (L, C, KVD) caches
-        # (runtime.distributed's handoff): such a module keeps whole caches.
-        plans = (ctx.artifacts.get("placement") or {}).values()
-        rings = len({p.describe() for p in plans}) <= 1
         for func in funcs(module):
-            kv = plan_kv_cache(func, rows if rings else 0, rewriter)
+            kv = plan_kv_cache(func, rows, rewriter)
             if kv is not None:
                 ctx.stats.setdefault("kv_rows", {})[func.attr("sym_name")] = kv
             block = func.regions[0].entry

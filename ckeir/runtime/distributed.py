@@ -30,6 +30,7 @@ from ckeir.backends.llvm.pool import Pool
 from ckeir.backends.llvm.width import WidthPolicy
 from ckeir.driver import PREFILL_CHUNK
 from ckeir.errors import TransportError
+from ckeir.passes.plan_memory import kv_cache_row, kv_extents
 
 HANDOFF_TAG = 7
 # Set (to anything but "" or "0") to run every collective from Python between native
@@ -121,6 +122,8 @@ class RankEngine:
                 placement["prefill"], placement["decode"], config.layers, config.kv_heads
             )
         )
+        # phase -> {layer: its extent of this rank's packed cache} (rings), where it has one
+        self.extents = {} if same else self._cache_extents(lowered)
         self.world = tuple(sorted({r for p in placement.values() for r in p.ranks}))
         self.stats = defaultdict(float)
         self.native_seconds = {"prefill": 0.0, "decode": 0.0}
@@ -134,6 +137,33 @@ class RankEngine:
         # one event per collective of a fused call (for traces); without, they are counted
         # per kind in bulk and only the call's own time is an event
         self.trace_collectives = trace_collectives
+
+    def _cache_extents(self, lowered) -> dict[str, dict[int, tuple[int, int]]]:
+        """Each phase's layout of this rank's packed KV cache, as plan-memory laid it out: the
+        layers of the rank's stage in order, every func seeing calls of the prefill's rows."""
+        out = {}
+        for abi in lowered.programs.values():
+            if len(abi.cache_shape) != 2:  # (L, C, KVD): a layer's rows are its positions
+                continue
+            stage = next(s for s in self.placement[abi.phase].stages if self.rank in s.ranks)
+            layers = range(stage.first, stage.last + 1)
+            windows = [self.config.layer_window(layer) for layer in layers]
+            extents = kv_extents(windows, abi.context, self.max_prefill)
+            if extents is None or sum(r or abi.context for _, r in extents) != abi.cache_shape[0]:
+                raise RuntimeError(
+                    f"rank {self.rank}: the {abi.phase} program's KV cache of "
+                    f"{abi.cache_shape[0]} rows is not the layout of layers "
+                    f"{stage.first}..{stage.last} (the KV handoff could not find their rows)"
+                )
+            out[abi.phase] = dict(zip(layers, extents, strict=True))
+        return out
+
+    def _kv_rows(self, phase: str, layer: int, rows: slice):
+        """Index of `layer`'s rows at positions `rows` in this rank's `phase` cache."""
+        extent = self.extents.get(phase, {}).get(layer)
+        if extent is None:
+            return (layer, rows)
+        return (kv_cache_row(extent, np.arange(rows.start, rows.stop)),)
 
     # -- native collectives ------------------------------------------------------------------
     def _attach_comm(self, prog, compiled) -> None:
@@ -363,32 +393,35 @@ class RankEngine:
         self.events.append((st.kind, st.peer if st.peer >= 0 else st.group, wire, t0, dt))
 
     def _handoff(self, pos: int, n: int) -> None:
-        """Move the KV rows just written from their prefill owners to their decode owners."""
+        """Move the KV rows just written from their prefill owners to their decode owners
+        (each phase's cache finds a layer's rows in its own layout: rings, `kv_extents`)."""
         hd = self.config.head_dim
         pre = self.caches.get("prefill")
         dec = self.caches.get("decode")
+        rows = slice(pos, pos + n)
+
+        def at(phase, layer, head):
+            return (*self._kv_rows(phase, layer, rows), slice(head * hd, (head + 1) * hd))
+
         for (src, dst), moves in sorted(self.handoff.items()):
             if self.rank not in (src, dst):
                 continue
-            rows = slice(pos, pos + n)
             if src == dst:
                 for layer, i, j in moves:
                     for c in (0, 1):
-                        dec[c][layer, rows, j * hd : (j + 1) * hd] = pre[c][
-                            layer, rows, i * hd : (i + 1) * hd
-                        ]
+                        dec[c][at("decode", layer, j)] = pre[c][at("prefill", layer, i)]
                 continue
             buf = np.empty((2, len(moves), n, hd), np.float32)
             if self.rank == src:
                 for m, (layer, i, _j) in enumerate(moves):
                     for c in (0, 1):
-                        buf[c, m] = pre[c][layer, rows, i * hd : (i + 1) * hd]
+                        buf[c, m] = pre[c][at("prefill", layer, i)]
                 self.transport.send(buf.reshape(-1).view(np.uint8), dst, HANDOFF_TAG)
             else:
                 self.transport.recv(buf.reshape(-1).view(np.uint8), src, HANDOFF_TAG)
                 for m, (layer, _i, j) in enumerate(moves):
                     for c in (0, 1):
-                        dec[c][layer, rows, j * hd : (j + 1) * hd] = buf[c, m]
+                        dec[c][at("decode", layer, j)] = buf[c, m]
 
     # -- the Engine protocol ----------------------------------------------------------------
     def prefill(self, ids, pos):
