@@ -17,7 +17,8 @@ file really holds.
 
 Without llama-cpp-python (a long native build, not in the test extra), `make(...,
 maker="gguf")` writes the float and 32-element block types with `gguf.quants` instead: every
-matrix in the row's type, the norms in F32 (a "pure" file of ckeir's own making).
+matrix in the row's type but a 4- or 5-bit file's embedding table, which stays Q8_0 as
+llama.cpp keeps a tied table (it is the LM head), and the norms in F32.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import attrs
 
 from benchmarks.common import smollm2_gguf
 from ckeir.cache import cache_dir
+from ckeir.formats import FORMATS
 
 
 @attrs.frozen
@@ -180,14 +182,17 @@ def _write_typed(src: Path, dst: Path, fmt: str) -> None:
     import gguf
 
     qtype = gguf.GGMLQuantizationType[fmt.upper()]
+    tied = gguf.GGMLQuantizationType.Q8_0  # the embedding table of a 4- or 5-bit file
     reader = gguf.GGUFReader(str(src))
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(str(dst), arch)
     _copy_fields(reader, writer, file_type=None)
+    low_bits = FORMATS[fmt].bits in (4, 5)
     for t in reader.tensors:
         rows = t.data.reshape(tuple(reversed([int(x) for x in t.shape])))
         if rows.ndim == 2:
-            writer.add_tensor(t.name, gguf.quants.quantize(rows, qtype), raw_dtype=qtype)
+            q = tied if t.name == "token_embd.weight" and low_bits else qtype
+            writer.add_tensor(t.name, gguf.quants.quantize(rows, q), raw_dtype=q)
         else:
             writer.add_tensor(t.name, rows, raw_dtype=gguf.GGMLQuantizationType.F32)
     writer.write_header_to_file()

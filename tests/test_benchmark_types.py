@@ -34,11 +34,11 @@ def quick(tmp_path_factory):
         bench.main(
             ["--quick", "--types", "q4_0", "--no-gemma3", "--files", str(tmp), "--json", str(out)]
         )
-    return printed.getvalue(), json.loads(out.read_text())
+    return printed.getvalue(), json.loads(out.read_text()), out
 
 
 def test_the_file_holds_q4_0_and_a_token_reads_its_bytes(quick):
-    table, d = quick
+    table, d, _ = quick
     r = d["results"]["q4_0"]
     held = r["held"]
     # llama.cpp keeps the tied embedding table in Q8_0; gguf.quants makes it Q4_0 too
@@ -52,7 +52,7 @@ def test_the_file_holds_q4_0_and_a_token_reads_its_bytes(quick):
 
 
 def test_the_ids_are_what_the_program_generates(quick):
-    _, d = quick
+    _, d, _ = quick
     r = d["results"]["q4_0"]
     spec = Path(r["file"]).with_suffix(".cke")
     with ckeir.compile(spec, threads=2) as prog:
@@ -66,10 +66,25 @@ def test_the_ids_are_what_the_program_generates(quick):
 
 
 def test_the_gemv_share_is_the_gemv_benchmarks(quick):
-    _, d = quick
+    _, d, _ = quick
     r = d["results"]["q4_0"]
     assert set(d["gemv"]) == {t.lower() for t in r["held"] if t != "F32"}
     assert r["gemv_share"] == d["gemv"]["q4_0"]["fraction_of_read"]
     assert 0.05 < r["gemv_share"] < 3
     assert d["gemv"]["q4_0"]["kernel"].startswith("qmatmul_q4_0")
     assert r["kernel"].startswith("qmatmul: int8")
+
+
+def test_the_table_prints_again_from_its_json(quick, tmp_path):
+    """--from-json (rows of runs made in parts) gives the run's own row back."""
+    table, _, out = quick
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        bench.main(["--from-json", str(out), "--json", str(tmp_path / "again.json")])
+    row = next(line for line in table.splitlines() if line.startswith("|Q4_0"))
+    assert row in printed.getvalue().splitlines()
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert (
+        again["results"]["q4_0"]["greedy"]
+        == json.loads(out.read_text())["results"]["q4_0"]["greedy"]
+    )
