@@ -18,7 +18,9 @@ its extent of one packed cache, in layer order: `kv_row` (its first row) and, on
 `kv_rows` (R) on the attention op, and the rows of one sequence's cache, `kv_rows`, on the
 func; the runtime allocates that many rows (per slot) instead of layers x context.  Every
 func of a module sees the same T, so the prefill and decode programs that share a cache lay
-it out alike.  A module without a ring layer keeps its (L, C, KVD) cache, unannotated.
+it out alike; where prefill and decode place layers or heads apart, the runtime's KV handoff
+finds a layer's rows in each phase's cache by the same layout (`kv_extents`, `kv_cache_row`).
+A module without a ring layer keeps its (L, C, KVD) cache, unannotated.
 """
 
 from __future__ import annotations
