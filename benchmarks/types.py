@@ -72,12 +72,12 @@ def kernel(fmt_name: str, host) -> str:
     family = weight_matmul(fmt_name, activation(fmt_name), 256, 256, (64, 256), host).name
     family = family.split("_")[0]
     if not f.quantized:
-        return f"{family}: f32 FMA on {f.ggml_type} widened in registers, f32 activations"
-    dot = "int8 VNNI (vpdpbusd)" if host.has_vnni else "int8 generic"
+        return f"{family}: f32 FMA, {f.ggml_type} widened"
+    dot = "VNNI" if host.has_vnni else "generic"
     if f.super_block:
-        what = "scales and mins" if K_LAYOUTS[fmt_name].dmin is not None else "scales"
-        return f"{family}: {dot}, Q8_0 activations, the sub-blocks' {what} per 32"
-    return f"{family}: {dot}, Q8_0 activations"
+        what = "scales+mins" if K_LAYOUTS[fmt_name].dmin is not None else "scales"
+        return f"{family}: int8 {dot} × Q8_0, {what} per 32"
+    return f"{family}: int8 {dot} × Q8_0"
 
 
 def spec_for(path: Path, directory: Path) -> Path:
@@ -295,6 +295,9 @@ def render(results: dict, gemv: dict, run: dict, host_info: dict) -> None:
         table,
         notes=[
             f"host: {host_line(host_info)}",
+            "ckeir kernel: the decode matmul on the row's type (`kernels.weight_matmul`): float "
+            "activations on F16/BF16, else int8 dot products (vpdpbusd on VNNI) against "
+            "activations quantized per 32 (Q8_0 blocks).",
             "file: llama.cpp's file type (LLAMA_FTYPE_MOSTLY_*; gguf.quants: every matrix in "
             "the type) quantized from an f32 SmolLM2-135M; 'matrices held': tensors per GGML "
             "type (F32 norms left out).",
