@@ -106,7 +106,7 @@ def main() -> None:
         ],
     )
     if a.json:
-        write_json(a.json, {"rows": table, "first_difference": same})
+        write_json(a.json, "gemma3", {"rows": table, "first_difference": same})
 
 
 if __name__ == "__main__":
