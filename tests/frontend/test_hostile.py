@@ -125,9 +125,9 @@ HOSTILE = {
         "model tiny has no weight 'nonexistent' to leave unquantized",
         "nonexistent]",
     ),
-    "more tensor-parallel nodes than key/value heads": (
-        ("kv_heads   2", "kv_heads   1"),
-        "stage [n0, n1] has 2 nodes but model tiny has only 1 key/value head: tensor",
+    "more tensor-parallel nodes than a key/value head's query heads": (
+        ("heads      4\n  kv_heads   2", "heads      1\n  kv_heads   1"),
+        "stage [n0, n1] has 2 nodes but model tiny has 1 key/value head of 1 query heads each",
         "stage [n0, n1]",
     ),
     "more tensor-parallel nodes than vocabulary entries": (
