@@ -49,4 +49,6 @@ def test_a_waiting_rank_hands_its_cpu_to_the_peer_it_waits_for(link):
     ms before offering it, ~1.2 ms of every hop in SmolLM2's pipeline)."""
     _, used = launch_local(2, _one_cpu_pipeline, (ROUNDS,), timeout=120, link_model=link)
     assert len(used) == ROUNDS
-    assert np.median(used) < 0.5e-3, [f"{u * 1e3:.2f} ms" for u in used]
+    # CPU time, not wall time; the lower quartile, since a busy machine can only add to it
+    # (a waiter that keeps the CPU for a millisecond does so in every round)
+    assert np.percentile(used, 25) < 0.5e-3, [f"{u * 1e3:.2f} ms" for u in used]
