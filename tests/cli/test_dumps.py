@@ -2,9 +2,10 @@
 stage back unchanged, and `--emit=llvm` gives a module llvmlite parses and verifies.
 
 One spec per lowering path: the small specs (random weights) cover every schedule shape —
-one rank, pipeline, tensor parallel, hybrid and auto, batched, llama and gemma3 — and every
-pass stage; a real GGUF spec per family covers the file's own blocks (`quantize weights
-keep`: SmolLM2's Q4_1/Q8_0, Gemma 3's K-quants).  The real models' pipeline, tensor
+one rank, pipeline, tensor parallel, hybrid and auto, batched, llama and gemma3 (Gemma 3
+tensor parallel from tests/cli/specs/) — and every pass stage; a real GGUF spec per family
+covers the file's own blocks (`quantize weights keep`: SmolLM2's Q4_1/Q8_0, Gemma 3's
+K-quants).  The real models' pipeline, tensor
 parallel, hybrid and batched variants lower like the small specs of the same shape, at the
 cost of a 135M-270M compile each, so they are left out."""
 
@@ -30,6 +31,8 @@ SMALL = [
 ]
 REAL = ["smollm2-135m", "gemma3-270m"]  # one GGUF spec per family, computing on its blocks
 SPECS = [ROOT / "specs" / f"{name}.cke" for name in SMALL + REAL]
+# Gemma 3 tensor parallel at a small size (specs/ has it only at 270M)
+SPECS.append(Path(__file__).parent / "specs/gemma3-tiny-tp.cke")
 LOWERS_LIKE = {  # a spec left out, and the spec above whose lowering path it takes
     "smollm2-pipeline": "tiny-pipeline-batch4",
     "smollm2-pipeline-batch4": "tiny-pipeline-batch4",
@@ -38,15 +41,15 @@ LOWERS_LIKE = {  # a spec left out, and the spec above whose lowering path it ta
     "smollm2-hybrid": "hybrid",
     "smollm2-auto": "hybrid",
     "gemma3-270m-pipeline": "gemma3-tiny-pipeline",
-    "gemma3-270m-tp": "mha",
+    "gemma3-270m-tp": "gemma3-tiny-tp",
 }
 
 
 def test_every_spec_is_covered_or_named_with_its_lowering_path():
     """A spec added to specs/ is either dumped and lowered below or named in LOWERS_LIKE."""
     have = {p.stem for p in (ROOT / "specs").glob("*.cke")}
-    assert have == {p.stem for p in SPECS} | set(LOWERS_LIKE)
-    assert set(LOWERS_LIKE.values()) <= set(SMALL)
+    assert have == set(SMALL) | set(REAL) | set(LOWERS_LIKE)
+    assert set(LOWERS_LIKE.values()) <= {p.stem for p in SPECS} - set(REAL)
 
 
 def dump(spec, tmp_path, backend="reference"):
