@@ -10,6 +10,7 @@ import ctypes
 
 import numpy as np
 import pytest
+from isa_pairs import rotated
 
 from ckeir.backends.llvm.jit import compile_ir
 from ckeir.backends.llvm.kernels import (
@@ -47,8 +48,12 @@ def one_row_each(run_kernel, host, kernel, x: np.ndarray, arrays, out_cols: int)
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
-@pytest.mark.parametrize("chunk", [0, 64])
+# chunk 0 twice: with three ISA levels each format meets every level, each chunk every level
+@pytest.mark.parametrize(
+    "host,fmt,chunk",
+    rotated(["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"], [0, 64, 0]),
+    indirect=["host"],
+)
 def test_rowwise_qmatmul_gives_each_row_its_one_row_bits(host, run_kernel, fmt, chunk):
     """Without `rowwise`, rows in groups of 4 take prefill's order (d_x·q·d_w) and differ
     from the one-row GEMV (q·(d_w·d_x)) in the last bits; with it, every row of a call is
