@@ -298,7 +298,8 @@ def test_local_ranks_heal_a_damaged_cache(how, clean_tiny_cache, tmp_path):
     clean, ids = clean_tiny_cache
     root = tmp_path / "cache"
     shutil.copytree(clean, root)
-    assert_healed(run(TINY, root), ids, damage_each(root, [how]))
+    damaged = damage_each(root, [how])  # before the run that must heal it
+    assert_healed(run(TINY, root), ids, damaged)
 
 
 def test_concurrent_cold_runs(clean_tiny_cache, tmp_path):
