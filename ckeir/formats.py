@@ -123,11 +123,12 @@ K_LAYOUTS = {
 FFN_SHARD_UNIT = 32
 
 
-def split_unit(fmt: Format) -> int:
+def split_unit(fmt: Format, least: int = FFN_SHARD_UNIT) -> int:
     """Elements along K a tensor-parallel column shard of a matrix stored in `fmt` is made of:
-    its block (256 for a K-quant's super-block), and never fewer than FFN_SHARD_UNIT (the
-    int8 activations' blocks; F32, F16 and BF16 have one-element "blocks")."""
-    return max(FFN_SHARD_UNIT, fmt.block)
+    its block (256 for a K-quant's super-block), and never fewer than `least` (the FFN's
+    FFN_SHARD_UNIT, the int8 activations' blocks; attention's split by heads takes 1: F32,
+    F16 and BF16 have one-element "blocks")."""
+    return max(least, fmt.block)
 
 
 Q4_K = _ggml("q4_k", computes=True)

@@ -199,21 +199,23 @@ def model_shape(func: Operation) -> Shape:
         head.operands[1].type.shape[0],
         _element_bytes(gate.results[0].type),
         _element_bytes(head.operands[1].type),
-        _widest_blocks(ops, "attn_output"),
+        _widest_blocks(ops, "attn_output", least=1),
         _widest_blocks(ops, "ffn_down"),
     )
 
 
-def _widest_blocks(ops, kind: str) -> ColumnSplit:
+def _widest_blocks(ops, kind: str, least: int = FFN_SHARD_UNIT) -> ColumnSplit:
     """The `kind` weight whose stored blocks are widest along K (the first such: a Q4_K_M
-    file mixes Q4_K and Q6_K, both 256 wide)."""
+    file mixes Q4_K and Q6_K, both 256 wide), its unit never under `least` elements (the FFN's
+    shard unit; attention splits by heads, and float weights there by any head width)."""
     found = None
     for op in ops:
         if op.name == "cke.weight" and _layer_weight_kind(op.attr("name") or "") == kind:
             fmt = element_format(op.results[0].type.element)
-            if found is None or split_unit(fmt) > found.unit:
-                found = ColumnSplit(op.attr("name"), fmt.name, split_unit(fmt))
-    return found or ColumnSplit(kind, "f32")
+            unit = split_unit(fmt, least)
+            if found is None or unit > found.unit:
+                found = ColumnSplit(op.attr("name"), fmt.name, unit)
+    return found or ColumnSplit(kind, "f32", least)
 
 
 def _element_bytes(t: ShapedType) -> float:
