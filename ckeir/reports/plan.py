@@ -40,10 +40,10 @@ def plan_report(prog, machine=None) -> dict:
     # weights, KV cache and arenas per rank as place and plan-memory checked them
     memory = rank_memory(module)
     arenas: dict = {}
+    group = prog.config.heads // prog.config.kv_heads  # query heads per key/value head
     for phase, progs in programs.items():
         plan = prog.placement.get(phase)
         tokens = _step_tokens(phase, progs, job)
-        group = prog.config.heads // prog.config.kv_heads  # query heads per key/value head
 
         def predicted(rows: int, plan=plan, progs=progs):
             if machine is None:
