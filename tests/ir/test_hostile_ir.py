@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +17,16 @@ from hypothesis import strategies as st
 from ckeir.dialects import REGISTRY
 from ckeir.errors import CkeError, IRParseError
 from ckeir.ir import attributes as A
-from ckeir.ir import parse_ir, print_ir
+from ckeir.ir import core as ir_core
+from ckeir.ir import opdef, parse_ir, print_ir, verify
+from ckeir.ir import parser as ir_parser
 from ckeir.ir import types as T
+from ckeir.ir import verifier as ir_verifier
 from ckeir.ir.opdef import AttrSpec, attr_spec
 from ckeir.limits import MAX_IR_DEPTH
 
 from .test_verifier import OP_LINE, parse_sample, verify_error
+from .work import CountedText, counting, grows_linearly, hang_guard
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "specs" / "tiny.cke"
@@ -301,27 +303,38 @@ def test_nesting_up_to_the_bound_parses():
         parse_ir('"a.b"() {x = ' + "[" * (depth + 1) + "]" * (depth + 1) + "} : () -> ()")
 
 
-def test_parsing_is_linear_in_the_number_of_ops(tmp_path):
-    # Each op's location was found by splitting the whole text again: 20,000 ops took 15 s,
-    # 100,000 would take minutes.  A bound far above the linear time catches that.
-    body = "\n".join(f'  %{i} = "a.b"() : () -> i64' for i in range(100_000))
-    path = tmp_path / "big.mlir"
-    path.write_text('"c.d"() ({\n' + body + "\n}) : () -> ()\n")
-    code = f"from ckeir.ir import parse_ir; parse_ir(open({str(path)!r}).read())"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+def _ops(n: int) -> str:
+    body = "\n".join(f'  %{i} = "a.b"() : () -> i64' for i in range(n))
+    return '"c.d"() ({\n' + body + "\n}) : () -> ()\n"
 
 
-def test_verifying_many_blocks_is_linear(tmp_path):
-    # The verifier copied the visible values for every block: 20,000 blocks took 24 s.
-    n = 50_000
+def _blocks(n: int) -> str:
     body = "\n".join(f'^bb{i}(%a{i}: i64):\n  "a.b"(%a{i}) : (i64) -> ()' for i in range(n))
-    path = tmp_path / "blocks.mlir"
-    path.write_text('"c.d"() ({\n' + body + "\n}) : () -> ()\n")
-    code = (
-        "from ckeir.ir import parse_ir, verify; "
-        f"verify(parse_ir(open({str(path)!r}).read()), allow_unregistered=True)"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=90)
+    return '"c.d"() ({\n' + body + "\n}) : () -> ()\n"
+
+
+def test_parsing_is_linear_in_the_number_of_ops():
+    """The parser's work (lines run, characters of the text read, set elements taken in)
+    grows as the text: each op's location was found by counting the newlines before it, so
+    20,000 ops took 15 s.  Counted, not timed; the guard only ends a hang."""
+    work = {}
+    for n in (500, 2_000):
+        text = _ops(n)
+        with hang_guard(300), counting(ir_parser, ir_core) as work[n]:
+            module = parse_ir(CountedText(text, work[n]))
+        assert sum(op.name == "a.b" for op in module.walk()) == n
+    assert grows_linearly(work[500], work[2_000], 4) == []
+
+
+def test_verifying_many_blocks_is_linear():
+    """The verifier's work grows as the blocks: it copied the visible values for every
+    block, so 20,000 blocks took 24 s.  Counted, not timed; the guard only ends a hang."""
+    work = {}
+    for n in (500, 2_000):
+        module = parse_ir(_blocks(n))
+        with hang_guard(300), counting(ir_verifier, opdef, ir_core) as work[n]:
+            verify(module, allow_unregistered=True)
+    assert grows_linearly(work[500], work[2_000], 4) == []
 
 
 # ---- property: mutated IR through the default passes --------------------------------------
