@@ -142,6 +142,40 @@ def test_kqmatmul_chunks_and_rows(host, run_kernel, fmt, chunk):
         np.testing.assert_array_equal(rows[t].view(np.uint32), one[0].view(np.uint32))
 
 
+@pytest.mark.parametrize("fmt", ["q2_k", "q3_k"])
+def test_kqmatmul_sub_block_lanes_on_vnni(run_kernel, fmt):
+    """VNNI Q2_K and Q3_K sum each 16-element sub-block in one int32 lane over a super-block
+    (`Plan.grouped`: the activations stored in lane order, the 2-bit fields and Q3_K's mask
+    bits gathered by a dword permute and per-lane shifts).  Random bytes (every scale, min and
+    mask pattern) and quantizer-made rows, 6 tokens (one group of 4, then single rows), chunks
+    of whole super-blocks: within 1e-5 of Σ|terms| of the oracle; rowwise bits equal one
+    row's; `separate` chunk sums fold to the folded call's bits."""
+    from ckeir.backends.llvm.kernels.kquant import kqmatmul, plan
+
+    host = native_host()
+    if not plan(fmt, 256, host).vnni:
+        pytest.skip("host lacks AVX-512 VNNI")
+    n_out, k, n = 48, 1024, 6
+    for w in (random_rows(fmt, n_out, k, 7), quantize_rows(awkward(n_out, k), fmt)):
+        x = awkward(n, k)
+        want, mag = qmatmul_reference(x, w, fmt), magnitude(x, w, fmt)
+        for chunk in (0, 512):
+            assert plan(fmt, k, host, chunk).grouped
+            out = np.full((n, n_out), np.nan, np.float32)
+            run_kernel(kqmatmul(fmt, n_out, k, host, chunk), host, [x, w, out], n, nth=2)
+            assert (np.abs(out - want) <= 1e-5 * mag + 1e-30).all(), chunk
+            rows = np.full((n, n_out), np.nan, np.float32)
+            kern = kqmatmul(fmt, n_out, k, host, chunk, rowwise=True)
+            run_kernel(kern, host, [x, w, rows], n, nth=3)
+            one = np.full((1, n_out), np.nan, np.float32)
+            run_kernel(kqmatmul(fmt, n_out, k, host, chunk), host, [x[4:5].copy(), w, one], 1)
+            np.testing.assert_array_equal(rows[4].view(np.uint32), one[0].view(np.uint32))
+        parts = np.full((2, n, n_out), np.nan, np.float32)
+        run_kernel(kqmatmul(fmt, n_out, k, host, 512, True), host, [x, w, parts], n, nth=2)
+        folded = np.float32(-0.0) + parts[0] + parts[1]
+        np.testing.assert_array_equal(folded.view(np.uint32), out.view(np.uint32))
+
+
 @pytest.mark.parametrize("fmt", KQUANTS)
 def test_kquant_float_matmul_and_embed(host, run_kernel, assert_close, fmt):
     """The float-activation matmul (decode and prefill) within f32 accumulation error of

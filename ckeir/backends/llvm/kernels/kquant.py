@@ -1,20 +1,24 @@
-"""K-quants (Q4_K, Q5_K, Q6_K): 256-element super-blocks whose sub-blocks have scales of their
-own (layouts in `ckeir.formats.K_LAYOUTS`).  What the kernels share: reading a super-block's
-scales and a 32-element piece's integer quants (`SuperBlock`), the dequantized values (the
-embedding table and the float-activation matmul), and `kqmatmul`, the int8-activation matmul.
+"""K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): 256-element super-blocks whose sub-blocks have
+scales of their own (layouts in `ckeir.formats.K_LAYOUTS`).  What the kernels share: reading a
+super-block's scales and a 32-element piece's integer quants (`SuperBlock`), the dequantized
+values (the embedding table and the float-activation matmul), and `kqmatmul`, the
+int8-activation matmul.
 
 kqmatmul quantizes activations per 32 elements, as every other int8 path does (the numpy
 oracle, `ckeir.quant`, and the reference backend state that rule once for every format), so
 each 32-piece j of a super-block contributes
 
     d_x,j · (Σ_l q_w q_x · d·sc_j  -  dmin·m_j · Σ_l q_x)       Q4_K, Q5_K
-    d_x,j · Σ_{16-halves h} d·sc_h · Σ_l q_w q_x                Q6_K (q_w = q - 32)
+    d_x,j · Σ_{16-halves h} (d·sc_h · Σ_l q_w q_x  -  dmin·m_h · Σ_l q_x)    Q2_K
+    d_x,j · Σ_{16-halves h} d·sc_h · Σ_l q_w q_x                Q3_K, Q6_K (q_w less its zero)
 
 with exact int32 sums; d·sc and dmin·m are the f32 products gguf's dequantization forms.  Per
 piece, the products are summed in pairs (the shape LLVM lowers to `pmaddwd`), or, on VNNI
-hosts, by one 256-bit `vpdpbusd` (Q6_K's weights are offset to q ≥ 0 and the lanes start from
--32·Σq_x, which the quantizer stored).  The dmin·m·σ terms of a super-block (σ_j = d_x,j·Σq_x)
-are one 8-lane product.
+hosts, by one 256-bit `vpdpbusd` (Q6_K's and Q3_K's weights are offset to q ≥ 0 and the lanes
+start from -zero·Σq_x, which the quantizer stored).  The dmin·m·σ terms of a super-block
+(σ_j = d_x,j·Σq_x) are one 8-lane product.  On VNNI, Q2_K and Q3_K (2-3 bits a weight: a
+super-block is little memory for much unpacking) keep each 16-element sub-block in one int32
+lane across the super-block (`Plan.grouped`), so the float work is one product per super-block.
 
 A step of two pieces takes both as one 64-byte operand (`SuperBlock.pair`); in decode each
 super-block also prefetches the lines `common.PREFETCH` bytes ahead of it.
@@ -240,11 +244,26 @@ class Plan:
         return 2 if self.vnni and (not self.chunk or self.chunk >= 2 * QK) else 1
 
     @property
+    def grouped(self) -> bool:
+        """VNNI on Q2_K and Q3_K over whole super-blocks (no chunk, or chunks of them): each
+        int32 lane of one `vpdpbusd` chain sums one 16-element sub-block over the super-block's
+        four steps, so its scale is one float product per super-block, not one per step.  The
+        activations are stored in that order (`quantize`); the weights' 2-bit fields are
+        gathered into it by one dword permute per step, their bit fields sit at the same place
+        in every dword they gather."""
+        return (
+            self.vnni
+            and self.fmt.name in ("q2_k", "q3_k")
+            and (not self.chunk or self.chunk % QK_K == 0)
+        )
+
+    @property
     def accumulators(self) -> int:
         """Accumulators per token row, taking the steps of a super-block in turn: four
         independent FMA chains on VNNI (one left the super-block latency-bound), two on the
-        narrower vectors; the same count whatever the token group (rowwise bits)."""
-        return 4 if self.vnni else 2
+        narrower vectors, one when `grouped` (one FMA per super-block); the same count
+        whatever the token group (rowwise bits)."""
+        return 1 if self.grouped else 4 if self.vnni else 2
 
     @property
     def lanes(self) -> int:
@@ -264,7 +283,8 @@ class Plan:
 
     def offsets(self) -> dict[str, int]:
         """One token's scratch: q_x, d_x per piece, σ = d_x·Σq_x per piece, VNNI Q6_K's lane
-        corrections (8 i32 per piece), and the `stride` between tokens."""
+        corrections (8 i32 per piece; `grouped` Q3_K: 2, one per sub-block), and the `stride`
+        between tokens."""
         b = self.blocks
         sizes = {
             "q": QK * b,
@@ -350,31 +370,44 @@ class _KWriter:
         return f.gep(tok, f.add(self.at[name], f.mul(b, per)), "i8")
 
     def quantize(self, x: str, s: str) -> None:
-        f = self.f
-        with f.loop(0, self.p.blocks, 1, "qb") as b:
+        f, p = self.f, self.p
+        zero = K_LAYOUTS[p.fmt.name].zero
+        with f.loop(0, p.blocks, 1, "qb") as b:
             q, q32, d = quantize_block(f, x, b)
             f.store("<32 x i8>", q, f.gep(s, f.mul(b, QK), "i8"), 16)
             f.store("float", d, self.region(s, "dx", b, 4))
             halves = (
                 [q32]
-                if self.p.sigmas == 1
+                if p.sigmas == 1
                 else [shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)) for h in (0, 16)]
             )
             for h, part in enumerate(halves):
                 n = 32 // len(halves)
-                qsum = f.intrinsic(
-                    "i32", f"llvm.vector.reduce.add.v{n}i32", [(f"<{n} x i32>", part)]
-                )
-                sigma = f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
-                at = f.add(f.mul(b, self.p.sigmas), h)
+                qsum = f(f"sitofp i32 {_sum(f, part, n)} to float")
+                sigma = f(f"fmul float {d}, {qsum}", "sigma")
+                at = f.add(f.mul(b, p.sigmas), h)
                 f.store("float", sigma, self.region(s, "sigma", at, 4))
-            if self.p.corrected:  # lane l of vpdpbusd multiplies elements 4l..4l+3
+            if p.corrected and p.grouped:  # each sub-block's lane starts from -zero·Σq_x
+                sums = [
+                    _sum(f, shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)), 16)
+                    for h in (0, 16)
+                ]
+                two = f(f"insertelement <2 x i32> poison, i32 {sums[0]}, i64 0")
+                two = f(f"insertelement <2 x i32> {two}, i32 {sums[1]}, i64 1")
+                corr = f(f"mul <2 x i32> {two}, splat (i32 -{zero})", "corr")
+                f.store("<2 x i32>", corr, self.region(s, "corr", b, 8), 8)
+            elif p.corrected:  # lane l of vpdpbusd multiplies elements 4l..4l+3
                 parts = [shuffle(f, "<32 x i32>", q32, "poison", range(i, 32, 4)) for i in range(4)]
                 a = f(f"add <8 x i32> {parts[0]}, {parts[1]}")
                 c = f(f"add <8 x i32> {parts[2]}, {parts[3]}")
-                zero = K_LAYOUTS[self.p.fmt.name].zero
                 corr = f(f"mul <8 x i32> {f(f'add <8 x i32> {a}, {c}')}, splat (i32 -{zero})")
                 f.store("<8 x i32>", corr, self.region(s, "corr", b, 32), 16)
+        if p.grouped:  # step t's lane g: elements 16g + 4t .. 16g + 4t + 3 of the super-block
+            v = "<64 x i32>"
+            with f.loop(0, p.k // QK_K, 1, "qp") as sbi:
+                at = f.gep(s, f.mul(sbi, QK_K), "i8")
+                order = [4 * g + t for t in range(4) for g in range(16)]
+                f.store(v, shuffle(f, v, f.load(v, at, 16), "poison", order, "qg"), at, 16)
 
     # -- one weight row against `ntok` token rows
 
@@ -447,10 +480,15 @@ class _KWriter:
             elif blocks.mins:  # Q2_K: min terms per 16, added in pairs to one per piece
                 sig = f.load("<16 x float>", self.region(tok, "sigma", f.mul(b0, 2), 4), 4)
                 m16 = f(f"fmul <16 x float> {dm}, {sig}", "mt")
+                if p.grouped:
+                    mins.append(m16)
+                    continue
                 even, odd = (
                     shuffle(f, "<16 x float>", m16, "poison", range(i, 16, 2)) for i in (0, 1)
                 )
                 mins.append(f(f"fadd <8 x float> {even}, {odd}", "mt"))
+        if p.grouped:
+            return self.grouped_block(sb, b0, toks, acc, cs, mins)
         start, step = 0, p.step
         bt = vec(QK * step, "i8")
         for j0 in range(0, PIECES, step):
@@ -474,6 +512,53 @@ class _KWriter:
                 if at_end is not None:
                     at_end(ends.index(j))
                 start = j + 1
+
+    def grouped_block(self, sb: str, b0, toks: list[str], acc, cs: list[str], mins: list[str]):
+        """A `grouped` super-block: per step t, lane g takes bytes 4t..4t+3 of sub-block g,
+        whose 16 bytes of 2-bit fields are quarter g mod 2 of its 128-half's 32 bytes, at bit
+        2·((g mod 8) div 2); Q3_K's third bits are bit 4·(g div 8) + (g mod 8) div 2 of the
+        same bytes of the 32-byte mask.  The int32 lanes (Q3_K's from -4·Σq_x) are each
+        sub-block's exact Σ q_w q_x, scaled once by d·sc_g·d_x and, Q2_K, less its min term."""
+        f, lay, q3 = self.f, self.sb.lay, self.p.fmt.name == "q3_k"
+        i16, b64, f16 = "<16 x i32>", "<64 x i8>", "<16 x float>"
+        qs = f.load(i16, f.gep(sb, lay.qs, "i8"), 1)
+        hm = f.load("<8 x i32>", f.gep(sb, lay.qh, "i8"), 1) if q3 else None
+
+        def const(vals) -> str:
+            return "<" + ", ".join(f"i32 {v}" for v in vals) + ">"
+
+        sums = []
+        for tok in toks:
+            init = "zeroinitializer"
+            if q3:
+                init = f.load(i16, self.region(tok, "corr", b0, 8), 16)
+            sums.append(init)
+        for t in range(4):
+            lo = shuffle(f, i16, qs, "poison", [8 * (g // 8) + 4 * (g % 2) + t for g in range(16)])
+            lo = f(f"lshr {i16} {lo}, {const(2 * (g % 8 // 2) for g in range(16))}", "q2")
+            w = f(f"and {b64} {f(f'bitcast {i16} {lo} to {b64}')}, splat (i8 3)", "q2")
+            if q3:
+                hi = shuffle(f, "<8 x i32>", hm, "poison", [4 * (g % 2) + t for g in range(16)])
+                # byte b's bit n to its bit 2: rotate each dword by 2 - n (mod 32)
+                rot = const((2 - (4 * (g // 8) + g % 8 // 2)) % 32 for g in range(16))
+                hi = f.intrinsic(i16, "llvm.fshl.v16i32", [(i16, hi), (i16, hi), (i16, rot)])
+                hi = f(f"and {b64} {f(f'bitcast {i16} {hi} to {b64}')}, splat (i8 4)", "q3h")
+                w = f(f"or {b64} {w}, {hi}", "q3")
+            for k, tok in enumerate(toks):
+                x = f.load(b64, f.gep(tok, f.add(f.mul(b0, QK), 64 * t), "i8"), 16)
+                args = [(i16, sums[k]), (b64, w), (b64, x)]
+                sums[k] = f.intrinsic(i16, "llvm.x86.avx512.vpdpbusd.512", args)
+        for k in range(len(toks)):
+            a = acc[k][0]
+            lanes = f(f"sitofp {i16} {sums[k]} to {f16}", "df")
+            f.set(
+                a,
+                f.intrinsic(
+                    f16, "llvm.fmuladd.v16f32", [(f16, lanes), (f16, cs[k]), (f16, f.get(a))]
+                ),
+            )
+            if mins:
+                f.set(a, f(f"fsub {f16} {f.get(a)}, {mins[k]}", "acc"))
 
     def total(self, accs: list) -> str:
         """A token's accumulators summed: pairwise, then the lanes in a halving tree."""
@@ -517,6 +602,11 @@ class _KWriter:
         even, odd = (shuffle(f, "<32 x i32>", prod, "poison", range(i, 32, 2)) for i in (0, 1))
         pairs = f(f"add nsw <16 x i32> {even}, {odd}", "pairs")
         return f(f"sitofp <16 x i32> {pairs} to <16 x float>", "df")
+
+
+def _sum(f: FunctionWriter, v: str, n: int) -> str:
+    """The lanes of an `<n x i32>` summed."""
+    return f.intrinsic("i32", f"llvm.vector.reduce.add.v{n}i32", [(f"<{n} x i32>", v)])
 
 
 def _lane_sum(f: FunctionWriter, v: str, n: int) -> str:
