@@ -119,6 +119,13 @@ def _run_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.add_argument("--backend", choices=["llvm", "reference"], default="llvm")
     p.add_argument("--report", help="write the run report (JSON) to this file")
+    p.add_argument(
+        "--no-predict",
+        dest="predict",
+        action="store_false",
+        help="--report without the prediction for this machine: the machine is not measured "
+        "(the first report of a spec's shapes measures it for seconds); the report says so",
+    )
     p.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) to this file")
     p.add_argument(
         "--simulate-links",
@@ -361,6 +368,7 @@ def cmd_run(argv: list[str]) -> int:
     if args.prompt is not None:
         _check_utf8(args.prompt, "--prompt")
     _check_outputs(args, {"report": "--report", "trace": "--trace", "dump_dir": "--dump-dir"})
+    _check_predict(args)
     _check_measured(args)
     _check_threads(args.threads)
     transport = _transport(args)
@@ -369,6 +377,16 @@ def cmd_run(argv: list[str]) -> int:
     finally:
         if transport is not None:
             transport.close()
+
+
+def _check_predict(args) -> None:
+    """--no-predict leaves the prediction out of a report: without --report there is none to
+    leave it out of, and a flag that does nothing would be ignored silently."""
+    if not args.predict and args.report is None:
+        raise CkeError(
+            "--no-predict: only the run report holds a prediction, and no --report was asked for",
+            hint="give --report FILE.json, or leave --no-predict out",
+        )
 
 
 def _check_threads(threads: int | None) -> None:
@@ -644,8 +662,9 @@ def _evidence(args, prog, ids, figures: list[dict], links, where: str) -> None:
         return  # nothing native to measure (refused earlier when a report was asked for)
     threads = figures[0]["threads"]
     bw = read_bandwidth(threads, measure=args.measure_bandwidth, host=prog.host)
-    # the prediction may first measure this machine (seconds): only for a written report
-    predict = args.report is not None
+    # the prediction may first measure this machine (seconds): only for a written report,
+    # and not with --no-predict (the report then says it was not made)
+    predict = args.report is not None and args.predict
     report = run_report(prog, figures, bw, links, parity, predict=predict)
     observed = fastest_rank_cku(report)
     if bw is not None and observed > bw:  # the figure was measured under load: again

@@ -8,8 +8,9 @@ The same report comes from one rank, local ranks and MPI ranks: `ranks` (per ran
 busy seconds in native code, waiting seconds inside transport calls, bytes its transport
 counted, CKU — over the whole run) and `hops` (each sender → receiver pair's messages, mean
 bytes, measured and predicted seconds), next to the decode time per token measured and
-predicted for the machine and links the run used, and `linux`: what the kernel and the
-hardware saw of every rank (`ckeir.runtime.linux`).  `prefill.widths` and `decode.widths`
+predicted for the machine and links the run used (`prediction_absent` says why a report
+has none: `ckec run --no-predict`), and `linux`: what the kernel and the hardware saw of
+every rank (`ckeir.runtime.linux`).  `prefill.widths` and `decode.widths`
 say, per rank, how many tokens ran at each width of the rank's pool and how often its
 policy switched (`ckeir.backends.llvm.width`); the summary says when a run narrowed."""
 
@@ -117,6 +118,15 @@ def many_report(prog, figures: list[dict], bandwidth: float | None = None) -> di
     }
 
 
+# `prediction_absent` of a report made without its prediction: the predicted figures are
+# null for this reason, not for a failure
+NOT_PREDICTED = (
+    "not made: the run asked for no prediction (ckec run --no-predict), so this machine was "
+    "not measured; decode.predicted_seconds_per_token, prediction_basis and each hop's "
+    "predicted_seconds are null"
+)
+
+
 def run_report(
     prog,
     figures: list[dict],
@@ -129,8 +139,9 @@ def run_report(
     rank's figures (`ckeir.ranks.run_rank`, gathered on rank 0, in rank order) and the
     planner's prediction for the run as it ran (`links`: the simulated LinkModel, or None).
     Rank 0's clock measures the token times: every rank sees the same tokens.  `predict`:
-    False leaves the predictions None (a machine not measured yet is measured first, which
-    takes seconds: only worth it when a report is written)."""
+    False leaves the predictions None and says so in `prediction_absent` (a machine not
+    measured yet is measured first, which takes seconds: only worth it when a report is
+    written, and not when the user declined it)."""
     first = figures[0]
     stats = GenerationStats(**first["stats"])
     decode_tokens = max(stats.generated_tokens - 1, 0)
@@ -181,6 +192,7 @@ def run_report(
             "widths": _widths(figures, "decode"),
         },
         "prediction_basis": None if prediction is None else dict(prediction.basis),
+        "prediction_absent": None if predict else NOT_PREDICTED,
         "active_bytes_per_token": active,
         "cku_bytes_per_second": cku,
         **against_bandwidth(cku, bandwidth, node),
