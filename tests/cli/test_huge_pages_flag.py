@@ -12,7 +12,7 @@ pytestmark = [needs_smollm2, needs_thp]
 def _run(tmp_path, *flags, spec=SPEC) -> tuple[dict, str]:
     """Every rank's `linux.huge_pages` and the ids the run printed."""
     report = tmp_path / f"report{len(flags)}.json"
-    r = ckec("run", spec, "--ids", "1,2,3", "-n", "4", *flags, "--report", report)
+    r = ckec("run", spec, "--ids", "1,2,3", "-n", "4", *flags, "--report", report, "--no-predict")
     assert r.returncode == 0, r.stderr
     return json.loads(report.read_text())["linux"]["huge_pages"], r.stdout
 

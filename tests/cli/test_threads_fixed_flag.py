@@ -18,7 +18,8 @@ ROOT_SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 def _run(spec, tmp_path, *flags, env=None) -> tuple[str, dict]:
     report = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
-    r = ckec("run", spec, "--ids", "1,2,3", "-n", "40", "--report", report, *flags, env=env)
+    args = ("--ids", "1,2,3", "-n", "40", "--report", report, "--no-predict", *flags)
+    r = ckec("run", spec, *args, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout, json.loads(report.read_text())
 

@@ -122,7 +122,7 @@ def test_the_run_report_holds_the_rings(tmp_path):
     is the rings' and the global layer's rows, not 7 x 4096."""
     spec = tiny_spec(tmp_path, context=4096)
     report = tmp_path / "run.json"
-    done = ckec("run", spec, "--ids", "1,2,3", "-n", "4", "--report", report)
+    done = ckec("run", spec, "--ids", "1,2,3", "-n", "4", "--report", report, "--no-predict")
     assert done.returncode == 0, done.stderr
     held = json.loads(report.read_text())["linux"]["huge_pages"]["0"]["kv_cache"]
     assert held["bytes"] == 2 * (6 * 287 + 4096) * KVD * 4
