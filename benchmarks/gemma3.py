@@ -19,6 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import agree
 from benchmarks.common import REPO, common_args, fmt, host_line, log, print_table, write_json
 from benchmarks.e2e import LlamaCppEngine, llama_cpp_version
 from ckeir.runtime.generate import GenerationStats, generate_stream
@@ -61,25 +62,23 @@ def main() -> None:
     llama = LlamaCppEngine(GGUF, a.threads, n_ctx=a.prompt + a.tokens + 8)
     vocab = program.config.vocab
     rows = {"ckeir": [], "llama.cpp": []}
-    ids = {}
     engines = (("ckeir", program.engine), ("llama.cpp", llama))
     try:
         for _, engine in engines:  # untimed: first calls fault pages in, size buffers
             one_run(engine, prompt, 4, vocab)
         for r in range(a.rounds):
             for name, engine in engines:
-                stats, ids[name] = one_run(engine, prompt, a.tokens, vocab)
+                stats, _ = one_run(engine, prompt, a.tokens, vocab)
                 rows[name].append(stats)
                 log(
                     f"round {r}: {name} prefill {stats.prefill_tps:.0f} decode {stats.decode_tps:.1f}"
                 )
+        # untimed: the logits of both on llama.cpp's greedy path (benchmarks.agree)
+        steps = agree.agreement(program.engine, llama, prompt, a.tokens)
     finally:
         program.close()
         llama.close()
-    same = next(
-        (i for i, (x, y) in enumerate(zip(ids["ckeir"], ids["llama.cpp"], strict=True)) if x != y),
-        None,
-    )
+    same = agree.prefix(steps)
     table = []
     for what, tps in (("prefill", "prefill_tps"), ("decode", "decode_tps")):
         ours = [getattr(s, tps) for s in rows["ckeir"]]
@@ -100,13 +99,19 @@ def main() -> None:
         table,
         [
             host_line(),
-            "greedy ids agree for all " + str(len(ids["ckeir"]))
-            if same is None
-            else f"greedy ids agree for the first {same} of {len(ids['ckeir'])}",
+            f"greedy ids agree: {agree.summary(steps)} (benchmarks.agree: where the ids first "
+            "differ, llama.cpp's margin of its id over ckeir's, a tie when within "
+            f"{agree.TIE_RMS:g}× the RMS logit difference Δ of the engines; forced: both fed "
+            "llama.cpp's ids)",
         ],
     )
     if a.json:
-        write_json(a.json, "gemma3", {"rows": table, "first_difference": same})
+        first = None if same == len(steps) else same
+        write_json(
+            a.json,
+            "gemma3",
+            {"rows": table, "first_difference": first, "agreement": agree.as_dict(steps)},
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ activations means the weights are read as stored, never widened; the GEMV share 
 bandwidth of the row's type and of the file's mix, from `benchmarks.gemv_types` (one run, in
 this process); decode tok/s of ckeir and llama.cpp on the same threads, a short prompt then
 `--tokens` greedy steps through the same loop (`generate_stream`), in interleaved rounds,
-best of `--rounds`; and how many of the first 16 greedy ids after the prompt agree.
+best of `--rounds`; and how many of the first 16 greedy ids after the prompt agree, and where
+they part whether that is a near-tie of llama.cpp's logits (`benchmarks.agree`).
 
     python -m benchmarks.types [--types q4_0,q4_k] [--files DIR] [--threads 2] [--rounds 5]
                                [--tokens 128] [--no-gemma3] [--no-gemv] [--quick] [--json FILE]
@@ -29,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import typefiles
+from benchmarks import agree, typefiles
 from benchmarks.common import (
     REPO,
     common_args,
@@ -44,7 +45,6 @@ from benchmarks.e2e import (
     AGREE_TOKENS,
     IDLE_BETWEEN,
     LlamaCppEngine,
-    agreement,
     decode_bytes,
     gguf_tensor_bytes,
     llama_cpp_version,
@@ -125,7 +125,8 @@ def one_pass(engine, prompt: list[int], tokens: int, vocab: int) -> tuple[Genera
 
 def measure(label: str, spec: Path, path: Path, args, llama_ok: bool) -> dict:
     """ckeir and llama.cpp on one file: decode tok/s in interleaved rounds (best of N), the
-    first 16 greedy ids of each (from the first round), and the bytes per token ckeir's run
+    first 16 greedy ids of each (from the first round), their logits compared step by step on
+    llama.cpp's greedy path (untimed, after the rounds), and the bytes per token ckeir's run
     report counts."""
     import ckeir
     from ckeir.reports.run import decode_active_bytes, decode_weight_bytes
@@ -155,6 +156,8 @@ def measure(label: str, spec: Path, path: Path, args, llama_ok: bool) -> dict:
                 f"types: {label} round {r}: "
                 + ", ".join(f"{n} {1 / d[-1]:.1f} tok/s" for n, d in decode.items())
             )
+        steps = agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS) if llama else []
+        theirs = agree.llama_tokens(llama, PROMPT) if llama else None
         context = int(len(prompt) + args.tokens / 2)  # as the run report takes it
         active = decode_active_bytes(prog, context)
         weights = decode_weight_bytes(prog)
@@ -183,7 +186,15 @@ def measure(label: str, spec: Path, path: Path, args, llama_ok: bool) -> dict:
         "decode_seconds_per_token": decode,
         "tok_s": tps,
         "greedy": ids,
-        "agree": agreement(ids["ckeir"], ids.get("llama.cpp")),
+        # llama.cpp's own tokenization of the prompt (both engines run ckeir's)
+        "llama_prompt_ids": theirs,
+        "agree": f"{agree.prefix(steps)}/{len(steps)}" if steps else "—",
+        "agree_detail": (
+            ("PROMPT DIFFERS: " if theirs not in (None, prompt) else "") + agree.summary(steps)
+            if steps
+            else "—"
+        ),
+        "agreement": agree.as_dict(steps),
         "compile_and_warmup_s": compile_s,
     }
 
@@ -270,7 +281,7 @@ def render(results: dict, gemv: dict, run: dict, host_info: dict) -> None:
                 fmt(ours),
                 fmt(theirs),
                 "—" if not theirs else f"{ours / theirs:.2f}×",
-                r["agree"],
+                r.get("agree_detail", r["agree"]),
             ]
         )
     print_table(
@@ -309,8 +320,13 @@ def render(results: dict, gemv: dict, run: dict, host_info: dict) -> None:
             "GEMV share: benchmarks.gemv_types' decode GEMV on the row's type ("
             f"{run['shape']}, {run['threads']} threads) ÷ the stream read kernel, side by side; "
             "(mix): over the file's matrices, weighted by their bytes.",
-            f"ids agree: common prefix of the first {AGREE_TOKENS} greedy ids of ckeir and "
-            "llama.cpp after the prompt.",
+            f"ids agree: how many of the first {AGREE_TOKENS} greedy ids after the prompt "
+            "ckeir and llama.cpp share before the first that differs; there (benchmarks.agree), "
+            f"'tie' when llama.cpp prefers its id over ckeir's by a gap within {agree.TIE_RMS:g}× "
+            f"the engines' RMS logit difference Δ over llama.cpp's {agree.TOP} best tokens, else "
+            f"DIFFERS; 'N/{AGREE_TOKENS} forced': steps whose ids agree with both engines fed "
+            "llama.cpp's ids.  Both run ckeir's prompt ids; PROMPT DIFFERS where llama.cpp "
+            "tokenizes the prompt otherwise.",
         ],
     )
 
