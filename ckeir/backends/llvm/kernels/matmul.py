@@ -12,7 +12,8 @@ in prefill, quantized weights are dequantized in registers exactly as
 16 per fifth bit, in f32), so results match the f32 reference to rounding; f32 rows whose length W does not divide end with a
 masked tail.
 
-- n == 1 (decode GEMV): f32 weights `GEMV_ROWS` rows per step, streamed once; GGML blocks
+- n == 1 (decode GEMV): float weights `GEMV_ROWS` rows per step, streamed once, the next
+  block of rows prefetched while one is summed (`_next_block`); GGML blocks
   by `_BlockGemv` and K-quant super-blocks by `_KGemv`, which sum each block's (scale
   unit's) integer weights times x before scaling it once (dequantizing every element first
   cost 3x the int8 path's time per token on q4_1, 2x on Q4_K and Q6_K).
@@ -208,13 +209,22 @@ class _Rows:
 
 
 def _dots(
-    f: FunctionWriter, rows: _Rows, wrows: list[str], xrows: list[str], k0: str | int, klen: int
+    f: FunctionWriter,
+    rows: _Rows,
+    wrows: list[str],
+    xrows: list[str],
+    k0: str | int,
+    klen: int,
+    ahead=None,
 ) -> list[list[str]]:
-    """sums[i][j] = Σ_{k0 ≤ k < k0+klen} wrows[i][k] * xrows[j][k], vector accumulators."""
+    """sums[i][j] = Σ_{k0 ≤ k < k0+klen} wrows[i][k] * xrows[j][k], vector accumulators.
+    `ahead(kk)` (optional) is emitted at the start of every whole step."""
     v = rows.v
     accs = [[f.var(v.t, v.zero, "acc") for _ in xrows] for _ in wrows]
 
     def step(kk: str, lanes: int | None) -> None:
+        if ahead is not None and lanes is None:
+            ahead(kk)
         offsets = [kk] if rows.step == v.w else [f.add(kk, i) for i in range(0, rows.step, v.w)]
         xs = [[v.load(x, o, lanes) for o in offsets] for x in xrows]
         for i, wr in enumerate(wrows):
@@ -246,7 +256,8 @@ def _gemv(
         return
 
     def block(r: str, count: int) -> None:
-        sums = _dots(f, rows, [rows.row(f.add(r, i)) for i in range(count)], [x], 0, rows.k)
+        wrows = [rows.row(f.add(r, i)) for i in range(count)]
+        sums = _dots(f, rows, wrows, [x], 0, rows.k, _next_block(f, rows, wrows[0], count))
         for i in range(count):
             f.store("float", sums[i][0], f.gep(out, f.add(r, i)))
 
@@ -255,6 +266,24 @@ def _gemv(
         block(r, GEMV_ROWS)
     with f.loop(end, hi, 1, "r") as r:
         block(r, 1)
+
+
+def _next_block(f: FunctionWriter, rows: _Rows, first: str, count: int):
+    """The prefetches of a float decode GEMV's block of `count` rows from `first` (rows lie
+    back to back, so a block is `count` row lengths of bytes): at every step over K, the
+    lines of the block after it in proportion to the step, so that the whole next block is
+    asked for while this one is summed.  The hardware prefetchers alone leave a short-row
+    block waiting on DRAM: each step reads `count` rows at once, and a block of
+    SmolLM2's 576-wide rows ends before they catch on (benchmarks/float_gemv.py)."""
+    if count == 1:
+        return None
+    size = rows.fmt.row_bytes(rows.v.w) * count  # the block's bytes one step reads
+
+    def ahead(kk: str) -> None:
+        step = f.gep(first, f.mul(kk, size // rows.v.w), "i8")
+        prefetch_ahead(f, step, size, count * rows.row_bytes)
+
+    return ahead
 
 
 ROWWISE_TILE = 64  # weight rows a rowwise call sweeps with every token (a multiple of 16)
