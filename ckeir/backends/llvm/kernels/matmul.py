@@ -12,8 +12,8 @@ in prefill, quantized weights are dequantized in registers exactly as
 16 per fifth bit, in f32), so results match the f32 reference to rounding; f32 rows whose length W does not divide end with a
 masked tail.
 
-- n == 1 (decode GEMV): float weights `GEMV_ROWS` rows per step, streamed once, the next
-  block of rows prefetched while one is summed (`_next_block`); GGML blocks
+- n == 1 (decode GEMV): float weights `GEMV_ROWS` rows per step, streamed once (16-bit
+  ones with the next block of rows prefetched while one is summed, `_next_block`); GGML blocks
   by `_BlockGemv` and K-quant super-blocks by `_KGemv`, which sum each block's (scale
   unit's) integer weights times x before scaling it once (dequantizing every element first
   cost 3x the int8 path's time per token on q4_1, 2x on Q4_K and Q6_K).
@@ -272,10 +272,12 @@ def _next_block(f: FunctionWriter, rows: _Rows, first: str, count: int):
     """The prefetches of a float decode GEMV's block of `count` rows from `first` (rows lie
     back to back, so a block is `count` row lengths of bytes): at every step over K, the
     lines of the block after it in proportion to the step, so that the whole next block is
-    asked for while this one is summed.  The hardware prefetchers alone leave a short-row
-    block waiting on DRAM: each step reads `count` rows at once, and a block of
-    SmolLM2's 576-wide rows ends before they catch on (benchmarks/float_gemv.py)."""
-    if count == 1:
+    asked for while this one is summed.  On 16-bit weights the hardware prefetchers alone
+    left a block waiting on DRAM (a step reads half a line of each of `count` rows; 0.4-0.7
+    of read bandwidth at SmolLM2's 576-wide rows).  F32 rows (a whole line of each row per
+    step, a block twice as far) ran slower with it, at 0.67-0.93 of their speed without it
+    (A/B at SmolLM2's shapes on Ice Lake; benchmarks/float_gemv.py has the 16-bit A/B)."""
+    if count == 1 or rows.fmt.name not in HALF_FORMATS:
         return None
     size = rows.fmt.row_bytes(rows.v.w) * count  # the block's bytes one step reads
 
