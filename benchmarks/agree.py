@@ -52,6 +52,9 @@ class Step:
     corr: float  # Pearson correlation of the two logit vectors
     top_ours: tuple[tuple[int, float], ...]  # ckeir's 5 best (id, logit)
     top_ref: tuple[tuple[int, float], ...]  # llama.cpp's 5 best (id, logit)
+    # a third engine's (float64 reference) logit of ckeir's id minus that of llama.cpp's:
+    # > 0 where it sides with ckeir (None: no arbiter ran)
+    arbiter: float | None = None
 
     @property
     def same(self) -> bool:
@@ -68,7 +71,7 @@ def top(logits: np.ndarray, n: int = 5) -> tuple[tuple[int, float], ...]:
     return tuple((int(i), float(logits[i])) for i in best)
 
 
-def compare(ours: np.ndarray, ref: np.ndarray) -> Step:
+def compare(ours: np.ndarray, ref: np.ndarray, arbiter: np.ndarray | None = None) -> Step:
     ours = np.asarray(ours, np.float64).reshape(-1)
     ref = np.asarray(ref, np.float64).reshape(-1)
     a, b = int(np.argmax(ours)), int(np.argmax(ref))
@@ -90,6 +93,7 @@ def compare(ours: np.ndarray, ref: np.ndarray) -> Step:
         corr=float(np.corrcoef(ours, ref)[0, 1]),
         top_ours=top(ours),
         top_ref=top(ref),
+        arbiter=None if arbiter is None else float(arbiter.reshape(-1)[a] - arbiter.reshape(-1)[b]),
     )
 
 
@@ -119,10 +123,14 @@ def forced(engines: list, prompt: list[int], steps: int) -> list[list[np.ndarray
     return logits
 
 
-def agreement(ours, ref, prompt: list[int], steps: int) -> list[Step]:
-    """The two engines compared step by step on llama.cpp's greedy path."""
-    a, b = forced([ours, ref], prompt, steps)
-    return [compare(x, y) for x, y in zip(a, b, strict=True)]
+def agreement(ours, ref, prompt: list[int], steps: int, arbiter=None) -> list[Step]:
+    """The two engines compared step by step on llama.cpp's greedy path; with an `arbiter`
+    engine (the float64 reference backend), which of the two ids it prefers where they differ."""
+    if arbiter is None:
+        a, b = forced([ours, ref], prompt, steps)
+        return [compare(x, y) for x, y in zip(a, b, strict=True)]
+    a, c, b = forced([ours, arbiter, ref], prompt, steps)
+    return [compare(x, y, z) for x, y, z in zip(a, b, c, strict=True)]
 
 
 def prefix(steps: list[Step]) -> int:
@@ -131,9 +139,10 @@ def prefix(steps: list[Step]) -> int:
     return next((i for i, s in enumerate(steps) if not s.same), len(steps))
 
 
-def summary(steps: list[Step]) -> str:
-    """The ids column: `16/16`, or the agreeing prefix, what the first difference is, and
-    how many of the forced steps agree, e.g. `4/16 (tie at 4: gap 0.03, Δ 0.09); 15/16 forced`."""
+def summary(steps: list[Step], names=("ckeir", "llama.cpp")) -> str:
+    """The ids column: `16/16`, or the agreeing prefix, what the first difference is (with
+    an arbiter, whose id it prefers, by how much), and how many of the forced steps agree,
+    e.g. `4/16 (tie: gap 0.26, Δ 0.23; forced 15/16)`."""
     n, k = len(steps), prefix(steps)
     if k == n:
         return f"{n}/{n}"
@@ -141,8 +150,11 @@ def summary(steps: list[Step]) -> str:
     what = "tie" if s.tie else "DIFFERS"
     same = sum(x.same for x in steps)
     untied = sum(not x.same and not x.tie for x in steps)
-    tail = f"; {same}/{n} forced" + (f" ({untied} beyond a tie)" if untied else "")
-    return f"{k}/{n} ({what} at {k}: gap {s.margin:.3f}, Δ {s.rms_top:.3f}){tail}"
+    side = ""
+    if s.arbiter is not None:
+        side = f"; float64 sides with {names[s.arbiter < 0]} by {abs(s.arbiter):.2g}"
+    forced_ = f"forced {same}/{n}" + (f", {untied} beyond a tie" if untied else "")
+    return f"{k}/{n} ({what}: gap {s.margin:.2g}, Δ {s.rms_top:.2g}{side}; {forced_})"
 
 
 def as_dict(steps: list[Step]) -> list[dict]:
@@ -189,7 +201,7 @@ def show(steps: list[Step], tokenizer, ours: str, ref: str) -> None:
         print(f"  first difference at step {k}:")
         for name, best in ((ours, s.top_ours), (ref, s.top_ref)):
             print(f"    {name:9s} " + "  ".join(f"{i} {piece(i)} {v:.4f}" for i, v in best))
-    print(f"  {ours} vs {ref}: {summary(steps)}")
+    print(f"  {ours} vs {ref}: {summary(steps, (ours, ref))}")
 
 
 def main(argv=None) -> None:
@@ -243,9 +255,12 @@ def main(argv=None) -> None:
     if a.reference:  # each of ckeir and llama.cpp against the float64 reference
         pairs = [(1, 2), (1, 0), (2, 0)]
     for i, j in pairs:
-        steps = [compare(x, y) for x, y in zip(logits[i], logits[j], strict=True)]
+        # ckeir vs llama.cpp with the reference as the arbiter of the ids they part on
+        third = logits[0] if (i, j) == (1, 2) else [None] * a.steps
+        steps = [compare(*x) for x in zip(logits[i], logits[j], third, strict=True)]
         show(steps, tk, names[i], names[j])
-        results[f"{names[i]} vs {names[j]}"] = {"summary": summary(steps), "steps": as_dict(steps)}
+        label = f"{names[i]} vs {names[j]}"
+        results[label] = {"summary": summary(steps, names[i :: j - i]), "steps": as_dict(steps)}
     if a.json:
         write_json(a.json, "agree", results, spec=str(a.spec), text=a.prompt)
 

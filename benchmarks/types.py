@@ -17,13 +17,15 @@ best of `--rounds`; and how many of the first 16 greedy ids after the prompt agr
 they part whether that is a near-tie of llama.cpp's logits (`benchmarks.agree`).
 
     python -m benchmarks.types [--types q4_0,q4_k] [--files DIR] [--threads 2] [--rounds 5]
-                               [--tokens 128] [--no-gemma3] [--no-gemv] [--quick] [--json FILE]
+                               [--tokens 128] [--no-gemma3] [--no-gemv] [--quick] [--reference]
+                               [--json FILE]
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,6 +125,21 @@ def one_pass(engine, prompt: list[int], tokens: int, vocab: int) -> tuple[Genera
     return stats, ids
 
 
+def compared(prog, llama, spec: Path, prompt: list[int], reference: bool) -> list:
+    """Both engines' logits on llama.cpp's greedy path, step by step (`benchmarks.agree`,
+    untimed); with `reference`, the numpy backend in float64 on the dequantized weights as the
+    arbiter of the ids they part on."""
+    import ckeir
+
+    if llama is None:
+        return []
+    if not reference:
+        return agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS)
+    floats = agree.float_spec(spec, Path(tempfile.mkdtemp(prefix="ckeir-types-")))
+    with ckeir.compile(floats, backend="reference") as judge:
+        return agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS, judge.engine)
+
+
 def measure(label: str, spec: Path, path: Path, args, llama_ok: bool) -> dict:
     """ckeir and llama.cpp on one file: decode tok/s in interleaved rounds (best of N), the
     first 16 greedy ids of each (from the first round), their logits compared step by step on
@@ -156,7 +173,7 @@ def measure(label: str, spec: Path, path: Path, args, llama_ok: bool) -> dict:
                 f"types: {label} round {r}: "
                 + ", ".join(f"{n} {1 / d[-1]:.1f} tok/s" for n, d in decode.items())
             )
-        steps = agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS) if llama else []
+        steps = compared(prog, llama, spec, prompt, args.reference)
         theirs = agree.llama_tokens(llama, PROMPT) if llama else None
         context = int(len(prompt) + args.tokens / 2)  # as the run report takes it
         active = decode_active_bytes(prog, context)
@@ -323,10 +340,12 @@ def render(results: dict, gemv: dict, run: dict, host_info: dict) -> None:
             f"ids agree: how many of the first {AGREE_TOKENS} greedy ids after the prompt "
             "ckeir and llama.cpp share before the first that differs; there (benchmarks.agree), "
             f"'tie' when llama.cpp prefers its id over ckeir's by a gap within {agree.TIE_RMS:g}× "
-            f"the engines' RMS logit difference Δ over llama.cpp's {agree.TOP} best tokens, else "
-            f"DIFFERS; 'N/{AGREE_TOKENS} forced': steps whose ids agree with both engines fed "
-            "llama.cpp's ids.  Both run ckeir's prompt ids; PROMPT DIFFERS where llama.cpp "
-            "tokenizes the prompt otherwise.",
+            f"the engines' RMS logit difference Δ over llama.cpp's {agree.TOP} best tokens (the "
+            f"two ids left out), else DIFFERS; 'forced N/{AGREE_TOKENS}': steps whose ids agree "
+            "with both engines fed "
+            "llama.cpp's ids; with --reference, which of the two ids ckeir's numpy backend in "
+            "float64 prefers and by how much.  Both run ckeir's prompt ids; PROMPT DIFFERS where "
+            "llama.cpp tokenizes the prompt otherwise.",
         ],
     )
 
@@ -374,6 +393,12 @@ def main(argv=None) -> None:
     p.add_argument("--no-gemma3", action="store_true", help="skip the Gemma 3 270M row")
     p.add_argument("--no-gemv", action="store_true", help="skip the GEMV shares")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="where the ids differ, say which one ckeir's numpy reference backend prefers "
+        "(float64 on the dequantized weights, float activations; seconds a step)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 16 tokens, 1 round")
     p.add_argument(
         "--from-json",

@@ -98,9 +98,23 @@ def test_the_first_difference_is_where_free_running_ids_part(programs, by, verdi
     # the margin is the second engine's preference for its id over the first's, from its row
     assert (s.ours, s.ref) == (mine[4], theirs[4])
     assert s.margin == pytest.approx(by, abs=1e-4)
-    assert agree.summary(steps).startswith(f"4/{STEPS} ({verdict} at 4: gap {s.margin:.3f}")
+    assert agree.summary(steps).startswith(f"4/{STEPS} ({verdict}: gap {s.margin:.2g}, Δ")
     # fed the same ids again, the two agree at every other step
-    assert f"; {STEPS - 1}/{STEPS} forced" in agree.summary(steps)
+    assert agree.summary(steps).endswith(f"; forced {STEPS - 1}/{STEPS})") == (verdict == "tie")
+
+
+def test_an_arbiter_names_the_id_it_prefers(programs, tmp_path):
+    """A third engine on the same path (the float computation, unmoved): at the step where
+    the second engine's logit was moved, it sides with the first engine's id."""
+    a, b = programs
+    ours, ref = Recorded(a.engine), Recorded(b.engine, at=4, rank=1, by=4.0)
+    with ckeir.compile(agree.float_spec(SPEC, tmp_path), threads=1) as c:
+        judge = Recorded(c.engine)
+        steps = agree.agreement(ours, ref, PROMPT, STEPS, arbiter=judge)
+    assert ours.fed == judge.fed == ref.fed  # the arbiter is fed the same ids
+    s = steps[4]
+    assert s.arbiter > 0 and all(x.arbiter is not None for x in steps)
+    assert "float64 sides with ckeir by" in agree.summary(steps)
 
 
 def test_engines_that_agree_throughout_read_n_of_n(programs):
