@@ -153,7 +153,8 @@ def tsc_hz() -> float:
 
 def label(kernel: str) -> str:
     """A kernel name without its vector width and tile: what the op is."""
-    return re.sub(r"_(v\d+|t\d+(x\d+)?|vnni|sw16)\b", "", kernel)
+    kernel = re.sub(r"_t\d+(x\d+)?(?=_|$)", "", kernel)  # a matmul's tile
+    return re.sub(r"_(v\d+|vnni|sw16)$", "", kernel)  # the vector width or ISA path
 
 
 def weight_bytes(kernel: str) -> int | None:
@@ -213,7 +214,9 @@ def main(argv=None) -> None:
     hz = tsc_hz()
     compiled = compile_all(args.specs, args.against, args.threads, stamps)
     progs = {name: prog for name, (prog, _) in compiled.items()}
-    prompts = {s: p.tokenizer.encode_prompt(PROMPT) for s, p in progs.items()}
+    prompts = {  # a random-weight model has no tokenizer: a few ids
+        s: p.tokenizer.encode_prompt(PROMPT) if p.tokenizer else [1, 2, 3] for s, p in progs.items()
+    }
 
     def one(name: str, tokens: int) -> GenerationStats:
         prog, stats = progs[name], GenerationStats()
