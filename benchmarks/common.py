@@ -128,13 +128,15 @@ def _git(*args: str) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout if "-z" in args else out.stdout.strip()
 
 
 def _uncommitted() -> list[str] | None:
     """Files of the package with uncommitted changes: the code measured is not the commit's."""
-    status = _git("status", "--porcelain", "--", "ckeir")
-    return None if status is None else [line[3:] for line in status.splitlines()]
+    status = _git("status", "--porcelain", "-z", "--", "ckeir")  # NUL-ended, not stripped
+    return None if status is None else [entry[3:] for entry in status.split("\0") if entry]
 
 
 def host_description() -> dict:
