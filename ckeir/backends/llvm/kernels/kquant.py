@@ -232,6 +232,7 @@ class Plan:
     chunk: int = 0
     separate: bool = False
     rowwise: bool = False
+    gfni: bool = False  # the host has GF(2) affine byte transforms (`grouped` bit fields)
 
     @property
     def blocks(self) -> int:
@@ -291,6 +292,7 @@ class Plan:
             "dx": 4 * b,
             "sigma": 4 * b * self.sigmas,
             "corr": 32 * b if self.corrected else 0,
+            "dxx": 8 * b if self.grouped else 0,  # d_x per sub-block: 16 floats a super-block
         }
         return scratch_layout(sizes)
 
@@ -313,7 +315,17 @@ def plan(
             f"or one of 32, 64, 128"
         )
     vnni = host.has_vnni and {"avx512vl", "avx512bw", "f16c"} <= host.features
-    probe = Plan(FORMATS[fmt], k, vnni, "f16c" in host.features, 1, chunk, separate, rowwise)
+    probe = Plan(
+        FORMATS[fmt],
+        k,
+        vnni,
+        "f16c" in host.features,
+        1,
+        chunk,
+        separate,
+        rowwise,
+        "gfni" in host.features,
+    )
     per = SCRATCH_BYTES // probe.offsets()["stride"]
     return attrs.evolve(probe, batch=max(TOKENS, min(32, per) // TOKENS * TOKENS))
 
@@ -333,6 +345,7 @@ def kqmatmul(
     how = f"_c{p.chunk}{'s' if p.separate else ''}" if p.chunk else ""
     how += "_rw" if p.rowwise else ""
     path = "vnni" if p.vnni else f"v{host.vector_width}"
+    path += "_gf" if p.grouped and p.gfni else ""
     f = kernel_writer(f"kqmatmul_{fmt}_n{n_out}_k{k}{how}_{path}", 3)
     _KWriter(f, p, n_out).body()
     return finish_kernel(f, ("x", "w", "out"))
@@ -408,6 +421,10 @@ class _KWriter:
                 at = f.gep(s, f.mul(sbi, QK_K), "i8")
                 order = [4 * g + t for t in range(4) for g in range(16)]
                 f.store(v, shuffle(f, v, f.load(v, at, 16), "poison", order, "qg"), at, 16)
+                b0 = f.mul(sbi, PIECES)
+                dx = f.load("<8 x float>", self.region(s, "dx", b0, 4), 4)
+                dxx = shuffle(f, "<8 x float>", dx, "poison", [i // 2 for i in range(16)], "dxx")
+                f.store("<16 x float>", dxx, self.region(s, "dxx", b0, 8), 16)
 
     # -- one weight row against `ntok` token rows
 
@@ -466,6 +483,8 @@ class _KWriter:
             prefetch_ahead(f, sb, p.fmt.block_bytes)
         ds, dm = blocks.scales(sb)
         b0 = f.mul(s, PIECES)
+        if p.grouped:
+            return self.grouped_block(sb, b0, toks, acc, ds, dm)
         cs, mins = [], []
         for tok in toks:
             dx = f.load("<8 x float>", self.region(tok, "dx", b0, 4), 4)
@@ -480,15 +499,10 @@ class _KWriter:
             elif blocks.mins:  # Q2_K: min terms per 16, added in pairs to one per piece
                 sig = f.load("<16 x float>", self.region(tok, "sigma", f.mul(b0, 2), 4), 4)
                 m16 = f(f"fmul <16 x float> {dm}, {sig}", "mt")
-                if p.grouped:
-                    mins.append(m16)
-                    continue
                 even, odd = (
                     shuffle(f, "<16 x float>", m16, "poison", range(i, 16, 2)) for i in (0, 1)
                 )
                 mins.append(f(f"fadd <8 x float> {even}, {odd}", "mt"))
-        if p.grouped:
-            return self.grouped_block(sb, b0, toks, acc, cs, mins)
         start, step = 0, p.step
         bt = vec(QK * step, "i8")
         for j0 in range(0, PIECES, step):
@@ -513,7 +527,7 @@ class _KWriter:
                     at_end(ends.index(j))
                 start = j + 1
 
-    def grouped_block(self, sb: str, b0, toks: list[str], acc, cs: list[str], mins: list[str]):
+    def grouped_block(self, sb: str, b0, toks: list[str], acc, ds: str, dm: str | None):
         """A `grouped` super-block: per step t, lane g takes bytes 4t..4t+3 of sub-block g,
         whose 16 bytes of 2-bit fields are quarter g mod 2 of its 128-half's 32 bytes, at bit
         2·((g mod 8) div 2); Q3_K's third bits are bit 4·(g div 8) + (g mod 8) div 2 of the
@@ -524,9 +538,6 @@ class _KWriter:
         qs = f.load(i16, f.gep(sb, lay.qs, "i8"), 1)
         hm = f.load("<8 x i32>", f.gep(sb, lay.qh, "i8"), 1) if q3 else None
 
-        def const(vals) -> str:
-            return "<" + ", ".join(f"i32 {v}" for v in vals) + ">"
-
         sums = []
         for tok in toks:
             init = "zeroinitializer"
@@ -535,30 +546,51 @@ class _KWriter:
             sums.append(init)
         for t in range(4):
             lo = shuffle(f, i16, qs, "poison", [8 * (g // 8) + 4 * (g % 2) + t for g in range(16)])
-            lo = f(f"lshr {i16} {lo}, {const(2 * (g % 8 // 2) for g in range(16))}", "q2")
-            w = f(f"and {b64} {f(f'bitcast {i16} {lo} to {b64}')}, splat (i8 3)", "q2")
+            w = self.bit_field(lo, [2 * (g % 8 // 2) for g in range(16)], 2, 0)
             if q3:
                 hi = shuffle(f, "<8 x i32>", hm, "poison", [4 * (g % 2) + t for g in range(16)])
-                # byte b's bit n to its bit 2: rotate each dword by 2 - n (mod 32)
-                rot = const((2 - (4 * (g // 8) + g % 8 // 2)) % 32 for g in range(16))
-                hi = f.intrinsic(i16, "llvm.fshl.v16i32", [(i16, hi), (i16, hi), (i16, rot)])
-                hi = f(f"and {b64} {f(f'bitcast {i16} {hi} to {b64}')}, splat (i8 4)", "q3h")
+                hi = self.bit_field(hi, [4 * (g // 8) + g % 8 // 2 for g in range(16)], 1, 2)
                 w = f(f"or {b64} {w}, {hi}", "q3")
             for k, tok in enumerate(toks):
                 x = f.load(b64, f.gep(tok, f.add(f.mul(b0, QK), 64 * t), "i8"), 16)
                 args = [(i16, sums[k]), (b64, w), (b64, x)]
                 sums[k] = f.intrinsic(i16, "llvm.x86.avx512.vpdpbusd.512", args)
-        for k in range(len(toks)):
+        ndm = f(f"fneg {f16} {dm}", "ndm") if dm is not None else None
+        for k, tok in enumerate(toks):
             a = acc[k][0]
+            c = f(f"fmul {f16} {ds}, {f.load(f16, self.region(tok, 'dxx', b0, 8), 16)}", "c")
             lanes = f(f"sitofp {i16} {sums[k]} to {f16}", "df")
-            f.set(
-                a,
-                f.intrinsic(
-                    f16, "llvm.fmuladd.v16f32", [(f16, lanes), (f16, cs[k]), (f16, f.get(a))]
-                ),
-            )
-            if mins:
-                f.set(a, f(f"fsub {f16} {f.get(a)}, {mins[k]}", "acc"))
+            f.set(a, self.fmadd(lanes, c, f.get(a)))
+            if ndm is not None:  # less dmin·m_g · d_x·Σq_x
+                sig = f.load(f16, self.region(tok, "sigma", f.mul(b0, 2), 4), 4)
+                f.set(a, self.fmadd(ndm, sig, f.get(a)))
+
+    def fmadd(self, a: str, b: str, c: str) -> str:
+        """a·b + c on <16 x float>."""
+        t = "<16 x float>"
+        return self.f.intrinsic(t, "llvm.fmuladd.v16f32", [(t, a), (t, b), (t, c)])
+
+    def bit_field(self, v: str, first: list[int], width: int, at: int) -> str:
+        """Each byte of dword lane g of `v` (<16 x i32>): its bits first[g] .. first[g] +
+        width - 1, moved to bit `at`, the rest clear (<64 x i8>).  With GFNI one affine byte
+        transform (a bit matrix per qword: lanes 2i, 2i+1 share their `first`); else a
+        per-lane rotate and a mask."""
+        f, i16, b64 = self.f, "<16 x i32>", "<64 x i8>"
+        mask = ((1 << width) - 1) << at
+        if self.p.gfni and all(first[2 * i] == first[2 * i + 1] for i in range(8)):
+            # output bit o of a byte is the parity of (matrix byte 7 - o) & input byte
+            qwords = [
+                sum((1 << (first[2 * i] + o - at)) << (8 * (7 - o)) for o in range(at, at + width))
+                for i in range(8)
+            ]
+            m = "<" + ", ".join(f"i64 {q - (1 << 64) if q >= 1 << 63 else q}" for q in qwords) + ">"
+            matrix = f(f"bitcast <8 x i64> {m} to {b64}", "gf")
+            x = f(f"bitcast {i16} {v} to {b64}")
+            args = [(b64, x), (b64, matrix), ("i8", "0")]
+            return f.intrinsic(b64, "llvm.x86.vgf2p8affineqb.512", args)
+        rot = "<" + ", ".join(f"i32 {(at - s) % 32}" for s in first) + ">"
+        v = f.intrinsic(i16, "llvm.fshl.v16i32", [(i16, v), (i16, v), (i16, rot)])
+        return f(f"and {b64} {f(f'bitcast {i16} {v} to {b64}')}, splat (i8 {mask})", "fld")
 
     def total(self, accs: list) -> str:
         """A token's accumulators summed: pairwise, then the lanes in a halving tree."""
