@@ -284,8 +284,8 @@ class Plan:
 
     def offsets(self) -> dict[str, int]:
         """One token's scratch: q_x, d_x per piece, σ = d_x·Σq_x per piece, VNNI Q6_K's lane
-        corrections (8 i32 per piece; `grouped` Q3_K: 2, one per sub-block), and the `stride`
-        between tokens."""
+        corrections (8 i32 per piece; `grouped` Q3_K: 2, one per sub-block), `grouped` d_x per
+        sub-block, and the `stride` between tokens."""
         b = self.blocks
         sizes = {
             "q": QK * b,
@@ -389,24 +389,19 @@ class _KWriter:
             q, q32, d = quantize_block(f, x, b)
             f.store("<32 x i8>", q, f.gep(s, f.mul(b, QK), "i8"), 16)
             f.store("float", d, self.region(s, "dx", b, 4))
-            halves = (
-                [q32]
-                if p.sigmas == 1
-                else [shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)) for h in (0, 16)]
-            )
-            for h, part in enumerate(halves):
-                n = 32 // len(halves)
-                qsum = f(f"sitofp i32 {_sum(f, part, n)} to float")
-                sigma = f(f"fmul float {d}, {qsum}", "sigma")
-                at = f.add(f.mul(b, p.sigmas), h)
-                f.store("float", sigma, self.region(s, "sigma", at, 4))
-            if p.corrected and p.grouped:  # each sub-block's lane starts from -zero·Σq_x
-                sums = [
+            halves = None  # Σq_x per 16-element sub-block: Q2_K's σ, grouped Q3_K's lanes
+            if p.sigmas == 2 or (p.corrected and p.grouped):
+                halves = [
                     _sum(f, shuffle(f, "<32 x i32>", q32, "poison", range(h, h + 16)), 16)
                     for h in (0, 16)
                 ]
-                two = f(f"insertelement <2 x i32> poison, i32 {sums[0]}, i64 0")
-                two = f(f"insertelement <2 x i32> {two}, i32 {sums[1]}, i64 1")
+            for h, qsum in enumerate(halves if p.sigmas == 2 else [_sum(f, q32, 32)]):
+                sigma = f(f"fmul float {d}, {f(f'sitofp i32 {qsum} to float')}", "sigma")
+                at = f.add(f.mul(b, p.sigmas), h)
+                f.store("float", sigma, self.region(s, "sigma", at, 4))
+            if p.corrected and p.grouped:  # each sub-block's lane starts from -zero·Σq_x
+                two = f(f"insertelement <2 x i32> poison, i32 {halves[0]}, i64 0")
+                two = f(f"insertelement <2 x i32> {two}, i32 {halves[1]}, i64 1")
                 corr = f(f"mul <2 x i32> {two}, splat (i32 -{zero})", "corr")
                 f.store("<2 x i32>", corr, self.region(s, "corr", b, 8), 8)
             elif p.corrected:  # lane l of vpdpbusd multiplies elements 4l..4l+3
