@@ -205,9 +205,6 @@ def show(steps: list[Step], tokenizer, ours: str, ref: str) -> None:
 
 
 def main(argv=None) -> None:
-    import ckeir
-    from benchmarks.e2e import LlamaCppEngine
-
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--spec", type=Path, default=REPO / "specs" / "gemma3-270m.cke")
     p.add_argument("--prompt", default="Once upon a time")
@@ -226,8 +223,14 @@ def main(argv=None) -> None:
         "dequantized weights with float activations (slow: seconds a step)",
     )
     a = p.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="ckeir-agree-"))
-    floats = float_spec(a.spec, tmp)
+    with tempfile.TemporaryDirectory(prefix="ckeir-agree-") as tmp:
+        run(a, float_spec(a.spec, Path(tmp)))
+
+
+def run(a, floats: Path) -> None:
+    import ckeir
+    from benchmarks.e2e import LlamaCppEngine
+
     program = ckeir.compile(floats if a.activations == "f32" else a.spec, threads=a.threads)
     path = weights_path(program)
     tk = program.tokenizer
@@ -240,6 +243,7 @@ def main(argv=None) -> None:
         print("  THE PROMPTS DIFFER: both engines run ckeir's ids below")
     engines = [program.engine, llama]
     names = ["ckeir", "llama.cpp"]
+    ref = None
     if a.reference:
         log("agree: compiling the reference backend")
         ref = ckeir.compile(floats, backend="reference")
@@ -250,6 +254,8 @@ def main(argv=None) -> None:
     finally:
         program.close()
         llama.close()
+        if ref is not None:
+            ref.close()
     results = {"prompt": prompt, "llama_prompt": theirs}
     pairs = [(0, len(engines) - 1)]
     if a.reference:  # each of ckeir and llama.cpp against the float64 reference

@@ -135,9 +135,10 @@ def compared(prog, llama, spec: Path, prompt: list[int], reference: bool) -> lis
         return []
     if not reference:
         return agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS)
-    floats = agree.float_spec(spec, Path(tempfile.mkdtemp(prefix="ckeir-types-")))
-    with ckeir.compile(floats, backend="reference") as judge:
-        return agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS, judge.engine)
+    with tempfile.TemporaryDirectory(prefix="ckeir-types-") as tmp:
+        floats = agree.float_spec(spec, Path(tmp))
+        with ckeir.compile(floats, backend="reference") as judge:
+            return agree.agreement(prog.engine, llama, prompt, AGREE_TOKENS, judge.engine)
 
 
 def measure(label: str, spec: Path, path: Path, args, llama_ok: bool) -> dict:
